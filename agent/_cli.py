@@ -1,0 +1,79 @@
+"""Command-line entry point: ``python -m agent <command> ...``.
+
+Each command lives in its own module and is imported only when it is chosen, so
+``python -m agent run`` does not pay for the mock farm's imports and the worker
+does not pay for the local runner's. A command module provides two functions:
+
+``configure(parser: argparse.ArgumentParser) -> None``
+    adds the command's arguments;
+``main(args: argparse.Namespace) -> int``
+    runs the command and returns the process exit status.
+
+With no command (``python -m agent --farm-id ... --fleet-id ...``) the worker
+agent itself runs, as the official ``deadline-worker-agent`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+#: command name -> (module, one-line help). Contrib adapters register here too;
+#: they are separate modules but not separate programs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("agent._cmd_run", "run an OpenJD job template locally, like `openjd run`"),
+    "check": ("agent._cmd_check", "validate an OpenJD job or environment template"),
+    "mockfarm": ("agent.mockfarm._cli", "serve or drive the Deadline-compatible mock farm"),
+}
+
+#: The command used when the first argument names none of the above.
+WORKER_COMMAND = ("agent._cmd_worker", "run the worker agent against a Deadline farm")
+
+
+class _CommandModule(Protocol):
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def main(self, args: argparse.Namespace) -> int: ...
+
+
+def _load(module_name: str) -> _CommandModule:
+    return cast(_CommandModule, importlib.import_module(module_name))
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: python -m agent <command> [options]",
+        "       python -m agent --farm-id FARM --fleet-id FLEET [options]",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `python -m agent <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args and args[0] in COMMANDS:
+        name = args.pop(0)
+        module_name, help_ = COMMANDS[name]
+        prog = f"python -m agent {name}"
+    else:
+        module_name, help_ = WORKER_COMMAND
+        prog = "python -m agent"
+        if not args:
+            print(_usage(), file=sys.stderr)
+            return 2
+    module = _load(module_name)
+    parser = argparse.ArgumentParser(prog=prog, description=help_)
+    module.configure(parser)
+    namespace = parser.parse_args(args)
+    return module.main(namespace)
