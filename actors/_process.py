@@ -1,0 +1,338 @@
+"""One action's process: start it, pump its output, cancel it, time it out.
+
+Everything here is event-driven. The process is waited on with a pidfd (trio's
+``Process.wait``), its output is read as it arrives in chunks of up to
+``CHUNK_BYTES``, and cancellation and timeouts are deadlines in one task; there
+is no polling loop anywhere.
+
+The process runs in its own session and process group (``setsid``), with stdin
+from ``/dev/null`` and stderr merged into stdout through one pipe we create
+ourselves, so the pipe can be enlarged to cut the number of reads. Signals go to
+the whole group:
+
+- ``TERMINATE`` sends SIGKILL to the group at once.
+- ``NOTIFY_THEN_TERMINATE`` writes ``cancel_info.json`` (``{"NotifyEnd": ...}``)
+  into the working directory, sends SIGTERM to the group, and SIGKILLs the group
+  when the notify period ends. A later cancel with a shorter time limit brings
+  that moment forward; a time limit of 0 makes it a plain terminate.
+
+After a cancelled process exits, the group is swept with SIGKILL once more, so no
+process of the group outlives a cancelled action. A process that exits while a
+child still holds the output pipe gets ``STDOUT_GRACE_SECONDS`` to close it; then
+a warning is logged and the action ends with the process's own exit code.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import json
+import math
+import os
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import attrs
+import trio
+
+#: Largest read from the output pipe.
+CHUNK_BYTES = 1 << 20
+#: How long the output pipe may stay open after the process exits.
+STDOUT_GRACE_SECONDS = 5.0
+#: Bound on waiting for a SIGKILLed process to be reaped.
+REAP_TIMEOUT_SECONDS = 10.0
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_PIPE_BYTES = 1 << 20
+
+
+class CancelMode(enum.Enum):
+    TERMINATE = "TERMINATE"
+    NOTIFY_THEN_TERMINATE = "NOTIFY_THEN_TERMINATE"
+
+
+@attrs.frozen
+class CancelMethod:
+    mode: CancelMode = CancelMode.TERMINATE
+    #: Seconds between SIGTERM and SIGKILL for NOTIFY_THEN_TERMINATE.
+    notify_period: float = 0.0
+
+
+@attrs.frozen
+class ProcessResult:
+    exit_code: int | None
+    #: The process was cancelled (by request or by its timeout) while running.
+    canceled: bool
+    timed_out: bool
+    #: A cancel asked for the action to be reported FAILED (a malformed message).
+    mark_failed: bool
+    #: Why the process could not be started, if it could not.
+    spawn_error: str | None = None
+    pid: int | None = None
+
+
+LogFn = Callable[[str, str], None]
+
+
+def _utc_z(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ActionControl:
+    """The running action's cancel switch, safe to flip from any Trio task.
+
+    Several cancels merge: the earliest kill deadline wins and "mark failed" is
+    sticky. A cancel that arrives before the process has started is kept and
+    applied the moment it starts (or the start is skipped altogether).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.mark_failed = False
+        self.timed_out = False
+        self.reason: str | None = None
+        #: The earliest requested time limit, as an absolute ``trio.current_time()``.
+        self.limit_deadline = math.inf
+        self._changed = trio.Event()
+
+    def cancel(
+        self, *, time_limit: float | None = None, mark_failed: bool = False, reason: str
+    ) -> None:
+        """Ask for cancellation with the action's method, within ``time_limit`` seconds."""
+        if not self.requested:
+            self.reason = reason
+        self.requested = True
+        self.mark_failed = self.mark_failed or mark_failed
+        if time_limit is not None:
+            self.limit_deadline = min(self.limit_deadline, trio.current_time() + time_limit)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+def _open_pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(read_fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+    except OSError:
+        pass  # a smaller pipe only means more reads
+    return read_fd, write_fd
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> bool:
+    """Signal a process group; ``False`` when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # Members that changed user are out of reach; the rest were signalled.
+        return True
+    return True
+
+
+def spawn_error_exit_code(exc: OSError) -> int:
+    """The exit status a shell would give for a command it could not start."""
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+        return 127
+    return 126
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    method: CancelMethod,
+    runtime_limit: float | None,
+    control: ActionControl,
+    on_output: Callable[[bytes], Awaitable[None]],
+    log: LogFn,
+) -> ProcessResult:
+    """Run ``argv`` to completion under ``control``; feed its output to ``on_output``."""
+    if control.requested:
+        return ProcessResult(None, canceled=True, timed_out=False, mark_failed=control.mark_failed)
+    read_fd, write_fd = _open_pipe()
+    try:
+        try:
+            process = await trio.lowlevel.open_process(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_fd)
+    except OSError as exc:
+        os.close(read_fd)
+        reason = exc.strerror or str(exc)
+        return ProcessResult(
+            spawn_error_exit_code(exc),
+            canceled=False,
+            timed_out=False,
+            mark_failed=False,
+            spawn_error=f"{argv[0]}: {reason}",
+        )
+    supervisor = _Supervisor(process, read_fd, method, runtime_limit, control, on_output, log, cwd)
+    return await supervisor.run()
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        process: trio.Process,
+        read_fd: int,
+        method: CancelMethod,
+        runtime_limit: float | None,
+        control: ActionControl,
+        on_output: Callable[[bytes], Awaitable[None]],
+        log: LogFn,
+        cwd: Path,
+    ) -> None:
+        self._process = process
+        self._stream = trio.lowlevel.FdStream(read_fd)
+        self._method = method
+        self._runtime_limit = runtime_limit
+        self._control = control
+        self._on_output = on_output
+        self._log = log
+        self._cwd = cwd
+        self._canceled = False
+        self._exited = False
+        self._stop_reading = False
+        self._read_scope: trio.CancelScope | None = None
+        self._pump_done = trio.Event()
+
+    async def run(self) -> ProcessResult:
+        process = self._process
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump)
+                nursery.start_soon(self._canceller)
+                await process.wait()
+                self._exited = True
+                await self._drain_output()
+                nursery.cancel_scope.cancel(reason="the action's process has ended")
+        finally:
+            if process.returncode is None:
+                # We are being cancelled from outside (the agent is going down
+                # hard): nothing of this action may outlive us.
+                _killpg(process.pid, signal.SIGKILL)
+                with trio.move_on_after(REAP_TIMEOUT_SECONDS, shield=True):
+                    await process.wait()
+            self._stream.close()
+        if self._canceled:
+            # Sweep the group: members that ignored SIGTERM, or were still
+            # starting up, go with the action.
+            _killpg(process.pid, signal.SIGKILL)
+        control = self._control
+        return ProcessResult(
+            process.returncode,
+            canceled=self._canceled,
+            timed_out=control.timed_out and self._canceled,
+            mark_failed=control.mark_failed and self._canceled,
+            pid=process.pid,
+        )
+
+    async def _pump(self) -> None:
+        stream = self._stream
+        try:
+            while not self._stop_reading:
+                with trio.CancelScope() as scope:
+                    self._read_scope = scope
+                    data = await stream.receive_some(CHUNK_BYTES)
+                self._read_scope = None
+                if scope.cancelled_caught or not data:
+                    break
+                await self._on_output(data)
+        finally:
+            self._pump_done.set()
+
+    async def _drain_output(self) -> None:
+        """After exit: read what is left; give a child holding the pipe a grace period."""
+        with trio.move_on_after(STDOUT_GRACE_SECONDS):
+            await self._pump_done.wait()
+            return
+        self._log(
+            "warning",
+            f"the process exited but its output stayed open for {STDOUT_GRACE_SECONDS:g} s "
+            "(a child process still holds it); ending the action",
+        )
+        self._stop_reading = True
+        if self._read_scope is not None:
+            self._read_scope.cancel(reason="output grace period over")
+        await self._pump_done.wait()
+
+    async def _canceller(self) -> None:
+        control = self._control
+        if not control.requested:
+            deadline = (
+                math.inf
+                if self._runtime_limit is None
+                else trio.current_time() + self._runtime_limit
+            )
+            with trio.move_on_at(deadline):
+                while not control.requested:
+                    await control.wait_changed()
+            if not control.requested:
+                control.timed_out = True
+                self._log(
+                    "info", f"TIMEOUT: the runtime limit of {self._runtime_limit:g} s was reached"
+                )
+                control.cancel(reason="timeout")
+        if self._exited:
+            return  # too late: it ended on its own (a child may still hold the pipe)
+        self._canceled = True
+        pgid = self._process.pid
+        if self._method.mode is CancelMode.TERMINATE:
+            self._log("info", f"canceling: killing process group {pgid}")
+            _killpg(pgid, signal.SIGKILL)
+            return
+        notify_deadline = trio.current_time() + self._method.notify_period
+        notified = False
+        while True:
+            kill_at = min(notify_deadline, control.limit_deadline)
+            remaining = kill_at - trio.current_time()
+            if remaining <= 0:
+                self._log("info", f"canceling: killing process group {pgid}")
+                _killpg(pgid, signal.SIGKILL)
+                return
+            if not self._write_cancel_info(remaining):
+                self._log("warning", "terminating at once instead")
+                _killpg(pgid, signal.SIGKILL)
+                return
+            if not notified:
+                self._log(
+                    "info",
+                    f"canceling: SIGTERM to process group {pgid}; "
+                    f"SIGKILL in {remaining:.0f} s unless it exits",
+                )
+                _killpg(pgid, signal.SIGTERM)
+                notified = True
+            with trio.move_on_at(kill_at):
+                await control.wait_changed()
+                continue
+            self._log("info", f"notify period over: killing process group {pgid}")
+            _killpg(pgid, signal.SIGKILL)
+            return
+
+    def _write_cancel_info(self, remaining: float) -> bool:
+        notify_end = datetime.now(UTC) + timedelta(seconds=remaining)
+        path = self._cwd / "cancel_info.json"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as file:
+                json.dump({"NotifyEnd": _utc_z(notify_end)}, file)
+        except OSError as exc:
+            self._log("warning", f"could not write {path}: {exc}")
+            return False
+        return True

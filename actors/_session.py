@@ -1,0 +1,621 @@
+"""The session runner: one actor per OpenJD session.
+
+It owns a queue of actions and runs them one at a time, in one working
+directory, reporting every state change as an event. It behaves like
+openjd-sessions (which the official Deadline agent uses) without threads or
+polling: waits are channel receives, process waits and deadlines.
+
+Queue semantics
+---------------
+- Actions run in queue order. An action that does not succeed (FAILED,
+  CANCELED, TIMEOUT, INTERRUPTED) puts the session into *ending* mode: every
+  queued action that is not an environment exit is reported NEVER_ATTEMPTED at
+  once, and so is anything enqueued later. Environment exits still run, for the
+  environments that are entered (an environment whose onEnter failed counts as
+  entered, so its onExit runs).
+- ``Cancel`` cancels the running action with its own cancelation method (or
+  sooner, given a time limit) and drops queued actions it names.
+- ``Stop`` ends the session: the running action is reported (INTERRUPTED by
+  default) at once and cancelled within the grace period; queued actions are
+  NEVER_ATTEMPTED; then every entered environment is exited, innermost first,
+  within what is left of the grace.
+- After ``Finish`` (or when the inbox is closed), once the queue is empty, the
+  environments still entered are exited and the runner ends.
+
+The runner ends with a ``SessionEnded`` event, after removing its working
+directory (unless asked to keep it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+from openjd.expr import PathMappingRule
+from openjd.model import JobParameterValues
+
+from . import _output
+from ._messages import (
+    ActionEnded,
+    ActionFailMessage,
+    ActionKind,
+    ActionOutput,
+    ActionProgress,
+    ActionStarted,
+    ActionState,
+    ActionStatusMessage,
+    Cancel,
+    Enqueue,
+    EnterEnvironment,
+    ExitEnvironment,
+    Finish,
+    QueuedAction,
+    Replace,
+    Runnable,
+    RunTask,
+    SessionCommand,
+    SessionEnded,
+    SessionEvent,
+    SessionLog,
+    Stop,
+)
+from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
+from ._process import ActionControl, ProcessResult, run_process
+
+log = structlog.get_logger("farmhand.session")
+
+Resolver = Callable[[QueuedAction], Awaitable[Runnable]]
+
+#: How many finished action ids are remembered, so a ``Replace`` that still
+#: lists them (the farm has not seen the report yet) does not run them again.
+_REMEMBERED_DONE = 4096
+
+
+@attrs.frozen
+class SessionConfig:
+    """What a session needs to know before its first action."""
+
+    session_id: str
+    job_parameter_values: JobParameterValues = attrs.field(factory=dict)
+    job_name: str | None = None
+    path_mapping_rules: Sequence[PathMappingRule] = ()
+    #: Extra variables for every action of the session (e.g. ``DEADLINE_*``).
+    session_env: Mapping[str, str] = attrs.field(factory=dict)
+    #: The environment actions inherit; ``None`` means this process's.
+    base_env: Mapping[str, str] | None = None
+    #: OpenJD extensions the templates declared.
+    extensions: frozenset[str] = frozenset()
+    #: Where the working directory is created; ``None`` for the system default.
+    root_directory: Path | None = None
+    retain_working_directory: bool = False
+    #: Secrets shorter than this are not masked (so one letter does not mask the log).
+    min_secret_length: int = 1
+
+
+def default_session_root() -> Path:
+    return Path(tempfile.gettempdir()) / "farmhand-sessions"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _resolve_runnable(item: QueuedAction) -> Runnable:
+    if isinstance(item, EnterEnvironment | ExitEnvironment | RunTask):
+        return item
+    raise TypeError(f"no resolver for queued action of type {type(item).__name__}")
+
+
+@attrs.define(eq=False)
+class _Running:
+    """The action being run, and what has been learned about it so far."""
+
+    action_id: str | None
+    kind: ActionKind
+    control: ActionControl
+    started_at: datetime | None = None
+    progress: float | None = None
+    status_message: str | None = None
+    fail_message: str | None = None
+    #: Set when the final state was reported early (a Stop reports INTERRUPTED at once).
+    reported: bool = False
+
+
+class SessionRunner:
+    """Runs one OpenJD session's actions. Start it with ``nursery.start(runner.run)``;
+    the value it starts with is its inbox (a ``MemorySendChannel[SessionCommand]``).
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        events: trio.MemorySendChannel[SessionEvent],
+        *,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.config = config
+        self.session_id = config.session_id
+        self._events = events
+        self._resolver = resolver or _resolve_runnable
+        self._queue: deque[QueuedAction] = deque()
+        self._wakeup = trio.Event()
+        self._inbox_closed = False
+        self._ending = False  # an action did not succeed: only exits from now on
+        self._succeeded = True
+        self._stop: Stop | None = None
+        self._stop_deadline = math.inf
+        self._grace_over = False
+        self._running: _Running | None = None
+        self._done_ids: deque[str] = deque(maxlen=_REMEMBERED_DONE)
+        self._done_set: set[str] = set()
+        self._context: SessionContext | None = None
+        self._events_broken = False
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def working_directory(self) -> Path | None:
+        return self._context.working_directory if self._context else None
+
+    async def run(
+        self,
+        *,
+        task_status: trio.TaskStatus[
+            trio.MemorySendChannel[SessionCommand]
+        ] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        config = self.config
+        root = config.root_directory or default_session_root()
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        working_directory = Path(tempfile.mkdtemp(dir=root, prefix="session-"))
+        try:
+            self._context = SessionContext(
+                session_id=config.session_id,
+                working_directory=working_directory,
+                job_parameter_values=config.job_parameter_values,
+                job_name=config.job_name,
+                path_mapping_rules=config.path_mapping_rules,
+                session_env=config.session_env,
+                base_env=config.base_env,
+                extensions=config.extensions,
+                redactor=_output.Redactor(min_length=config.min_secret_length),
+            )
+            inbox_send, inbox_receive = trio.open_memory_channel[SessionCommand](0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_commands, inbox_receive)
+                nursery.start_soon(self._stop_watchdog)
+                await self._note(None, "info", f"session working directory: {working_directory}")
+                task_status.started(inbox_send)
+                await self._execute()
+                nursery.cancel_scope.cancel(reason="session ended")
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup(working_directory)
+
+    # ------------------------------------------------------------------ commands
+
+    async def _receive_commands(self, inbox: trio.MemoryReceiveChannel[SessionCommand]) -> None:
+        with inbox:
+            async for command in inbox:
+                await self._handle(command)
+        self._inbox_closed = True
+        self._wake()
+
+    async def _handle(self, command: SessionCommand) -> None:
+        if isinstance(command, Enqueue):
+            for item in command.actions:
+                if self._ending and item.kind is not ActionKind.ENV_EXIT:
+                    await self._never_attempted(item)
+                else:
+                    self._queue.append(item)
+        elif isinstance(command, Replace):
+            running_id = self._running.action_id if self._running else None
+            self._queue = deque(
+                item
+                for item in command.actions
+                if item.action_id != running_id and item.action_id not in self._done_set
+            )
+            if self._ending:
+                await self._drop_queued(keep_exits=True)
+        elif isinstance(command, Cancel):
+            await self._cancel(command)
+        elif isinstance(command, Finish):
+            self._inbox_closed = True
+        else:
+            await self._begin_stop(command)
+        self._wake()
+
+    async def _cancel(self, command: Cancel) -> None:
+        ids = command.action_ids
+        running = self._running
+        if running is not None and (ids is None or running.action_id in ids):
+            running.control.cancel(time_limit=command.time_limit, reason=command.reason)
+            await self._note(running.action_id, "info", f"cancel requested: {command.reason}")
+        if ids:
+            dropped = [item for item in self._queue if item.action_id in ids]
+            self._queue = deque(item for item in self._queue if item.action_id not in ids)
+            # Emit only after the queue is settled: the runner may pop while we await.
+            for item in dropped:
+                await self._never_attempted(item)
+
+    async def _begin_stop(self, command: Stop) -> None:
+        now = trio.current_time()
+        deadline = math.inf if command.grace is None else now + max(command.grace, 0.0)
+        first = self._stop is None
+        if first:
+            self._stop = command
+            self._ending = True
+        self._stop_deadline = min(self._stop_deadline, deadline)
+        running = self._running
+        if running is not None:
+            if first and running.kind is not ActionKind.ENV_EXIT:
+                # Report the running action's outcome now; the process may take a
+                # while to go, and the farm must not wait on it.
+                await self._end_action(running, command.running_state, None)
+                running.reported = True
+            grace = None if command.grace is None else max(command.grace, 0.0)
+            running.control.cancel(time_limit=grace, reason=command.reason)
+        await self._drop_queued(keep_exits=True)
+
+    async def _stop_watchdog(self) -> None:
+        """When a Stop's grace runs out, kill whatever is running at once."""
+        while True:
+            with trio.move_on_at(self._stop_deadline):
+                await self._wait_for_wakeup()
+                continue
+            break
+        self._grace_over = True
+        if self._running is not None:
+            self._running.control.cancel(time_limit=0, reason="the stop grace period is over")
+
+    # ------------------------------------------------------------------ execution
+
+    async def _execute(self) -> None:
+        context = self._context
+        assert context is not None
+        while self._stop is None:
+            if self._queue:
+                await self._run_item(self._queue.popleft())
+            elif self._inbox_closed:
+                break
+            else:
+                await self._wait_for_wakeup()
+        # Exit what is still entered, innermost first; within the stop's grace.
+        queued_exits = {
+            item.environment_id: item for item in self._queue if item.kind is ActionKind.ENV_EXIT
+        }
+        self._queue.clear()
+        for identifier in reversed(context.entered):
+            item = queued_exits.pop(identifier, None)
+            if self._grace_over:
+                if item is not None:
+                    await self._never_attempted(item)
+                context.finish_exit(identifier)
+                continue
+            if item is None:
+                item = ExitEnvironment(action_id=None, environment_id=identifier)
+            await self._run_item(item)
+        for item in queued_exits.values():
+            await self._never_attempted(item)
+
+    async def _run_item(self, item: QueuedAction) -> None:
+        context = self._context
+        assert context is not None
+        if item.kind is ActionKind.ENV_EXIT:
+            if item.environment_id is None or not context.is_entered(item.environment_id):
+                await self._never_attempted(item)
+                return
+        elif self._ending:
+            await self._never_attempted(item)
+            return
+        running = _Running(item.action_id, item.kind, ActionControl())
+        self._running = running
+        try:
+            await self._attempt(item, running, context)
+        finally:
+            self._running = None
+            if item.action_id is not None:
+                self._remember_done(item.action_id)
+            if item.kind is ActionKind.ENV_EXIT and item.environment_id is not None:
+                context.finish_exit(item.environment_id)
+
+    async def _attempt(
+        self, item: QueuedAction, running: _Running, context: SessionContext
+    ) -> None:
+        running.started_at = _now()
+        try:
+            runnable = await self._resolver(item)
+        except Exception as exc:  # the resolver's failure fails this action only
+            log.warning(
+                "session.resolve_failed",
+                session_id=self.session_id,
+                action_id=item.action_id,
+                error=str(exc),
+            )
+            await self._started(running, item.kind, "", {})
+            running.fail_message = str(exc)
+            await self._note(item.action_id, "error", f"cannot run this action: {exc}")
+            await self._end_action(running, ActionState.FAILED, None)
+            return
+        if running.reported:
+            return  # a Stop already reported it while it was being resolved
+        name, parameters = _describe(runnable, context)
+        await self._started(running, runnable.kind, name, parameters)
+        try:
+            prepared = self._prepare(runnable, context)
+        except ActionSetupError as exc:
+            running.fail_message = str(exc)
+            await self._note(item.action_id, "error", f"cannot run this action: {exc}")
+            await self._end_action(running, ActionState.FAILED, None)
+            return
+        if prepared.argv is None:
+            await self._end_action(running, ActionState.SUCCESS, None)
+            return
+        if isinstance(runnable, EnterEnvironment):
+            context.entering = runnable.environment_id
+        try:
+            result = await self._run_process(prepared, running, context)
+        finally:
+            context.entering = None
+        await self._end_action(running, _final_state(result), result.exit_code)
+
+    @staticmethod
+    def _prepare(runnable: Runnable, context: SessionContext) -> PreparedAction:
+        if isinstance(runnable, EnterEnvironment):
+            return context.prepare_enter(runnable)
+        if isinstance(runnable, ExitEnvironment):
+            return context.prepare_exit(runnable)
+        return context.prepare_task(runnable)
+
+    async def _run_process(
+        self, prepared: PreparedAction, running: _Running, context: SessionContext
+    ) -> ProcessResult:
+        assert prepared.argv is not None
+        action_id = running.action_id
+        pending: list[SessionEvent] = []
+        processor = _output.OutputProcessor(
+            context.redactor, lambda messages: self._apply(messages, running, context, pending)
+        )
+
+        async def flush(lines: list[str]) -> None:
+            if lines:
+                await self._emit(ActionOutput(self.session_id, action_id, tuple(lines)))
+            for event in pending:
+                await self._emit(event)
+            pending.clear()
+
+        async def on_output(data: bytes) -> None:
+            await flush(processor.feed(data))
+
+        def note(level: str, message: str) -> None:
+            pending.append(SessionLog(self.session_id, action_id, level, message))
+
+        await self._note(action_id, "info", f"running: {describe_command(prepared.argv)}")
+        result = await run_process(
+            prepared.argv,
+            env=prepared.env,
+            cwd=context.working_directory,
+            method=prepared.method,
+            runtime_limit=prepared.timeout,
+            control=running.control,
+            on_output=on_output,
+            log=note,
+        )
+        await flush(processor.finish())
+        if result.spawn_error is not None:
+            running.fail_message = running.fail_message or f"cannot start {result.spawn_error}"
+            await self._note(action_id, "error", f"cannot start {result.spawn_error}")
+        elif result.exit_code is not None:
+            await self._note(action_id, "info", f"process exited with code {result.exit_code}")
+        return result
+
+    def _apply(
+        self,
+        messages: list[_output.Message],
+        running: _Running,
+        context: SessionContext,
+        pending: list[SessionEvent],
+    ) -> None:
+        """Act on ``openjd_*`` messages (synchronously, before redaction)."""
+        sid, action_id = self.session_id, running.action_id
+        for message in messages:
+            if isinstance(message, _output.Progress):
+                running.progress = message.value
+                pending.append(ActionProgress(sid, action_id, message.value))
+            elif isinstance(message, _output.Status):
+                running.status_message = message.message
+                pending.append(ActionStatusMessage(sid, action_id, message.message))
+            elif isinstance(message, _output.Fail):
+                running.fail_message = message.message
+                pending.append(ActionFailMessage(sid, action_id, message.message))
+            elif isinstance(message, _output.Secret):
+                context.redactor.add(message.value)
+            elif isinstance(message, _output.SetEnv | _output.UnsetEnv):
+                pending.extend(self._apply_variable(message, running, context))
+            elif isinstance(message, _output.Malformed):
+                if message.redacted and context.redacted_env_allowed:
+                    pending.append(
+                        SessionLog(sid, action_id, "warning", f"{message.error}; no variable set")
+                    )
+                    continue
+                running.fail_message = message.error
+                pending.append(ActionFailMessage(sid, action_id, message.error))
+                pending.append(
+                    SessionLog(sid, action_id, "error", f"{message.error}; failing the action")
+                )
+                running.control.cancel(mark_failed=True, reason=message.error)
+            elif isinstance(message, _output.Ignored):
+                pending.append(SessionLog(sid, action_id, "warning", message.note))
+
+    def _apply_variable(
+        self, message: _output.SetEnv | _output.UnsetEnv, running: _Running, context: SessionContext
+    ) -> list[SessionEvent]:
+        sid, action_id = self.session_id, running.action_id
+        if running.kind is not ActionKind.ENV_ENTER:
+            name = message.name
+            return [
+                SessionLog(
+                    sid,
+                    action_id,
+                    "info",
+                    f"{name}: variables can only be set by an environment's onEnter; ignored",
+                )
+            ]
+        if isinstance(message, _output.UnsetEnv):
+            context.set_variable(message.name, None)
+            return []
+        if message.redacted and not context.redacted_env_allowed:
+            return [
+                SessionLog(
+                    sid,
+                    action_id,
+                    "warning",
+                    f"openjd_redacted_env: {message.name} is masked but not set; the template "
+                    "must declare the REDACTED_ENV_VARS extension",
+                )
+            ]
+        context.set_variable(message.name, message.value)
+        return []
+
+    # ------------------------------------------------------------------ events
+
+    async def _started(
+        self, running: _Running, kind: ActionKind, name: str, parameters: Mapping[str, str]
+    ) -> None:
+        assert running.started_at is not None
+        await self._emit(
+            ActionStarted(
+                self.session_id, running.action_id, kind, name, parameters, running.started_at
+            )
+        )
+
+    async def _end_action(
+        self, running: _Running, state: ActionState, exit_code: int | None
+    ) -> None:
+        if running.reported:
+            return
+        running.reported = True
+        await self._emit(
+            ActionEnded(
+                self.session_id,
+                running.action_id,
+                running.kind,
+                state,
+                exit_code=exit_code,
+                progress=running.progress,
+                status_message=running.status_message,
+                fail_message=running.fail_message,
+                started_at=running.started_at,
+                ended_at=_now(),
+            )
+        )
+        if not state.succeeded:
+            self._succeeded = False
+            if not self._ending:
+                # After the failed action's own report: the contract wants the
+                # NEVER_ATTEMPTED reports no earlier than their cause.
+                self._ending = True
+                await self._drop_queued(keep_exits=True)
+
+    async def _never_attempted(self, item: QueuedAction) -> None:
+        if item.action_id is not None:
+            self._remember_done(item.action_id)
+        await self._emit(
+            ActionEnded(self.session_id, item.action_id, item.kind, ActionState.NEVER_ATTEMPTED)
+        )
+
+    async def _drop_queued(self, *, keep_exits: bool) -> None:
+        """NEVER_ATTEMPT the queue, keeping exits of entered environments if asked."""
+        context = self._context
+
+        def keep(item: QueuedAction) -> bool:
+            return (
+                keep_exits
+                and item.kind is ActionKind.ENV_EXIT
+                and context is not None
+                and item.environment_id is not None
+                and context.is_entered(item.environment_id)
+            )
+
+        dropped = [item for item in self._queue if not keep(item)]
+        self._queue = deque(item for item in self._queue if keep(item))
+        # Emit only after the queue is settled: the runner may pop while we await.
+        for item in dropped:
+            await self._never_attempted(item)
+
+    async def _note(self, action_id: str | None, level: str, message: str) -> None:
+        await self._emit(SessionLog(self.session_id, action_id, level, message))
+
+    async def _emit(self, event: SessionEvent) -> None:
+        if self._events_broken:
+            return
+        try:
+            await self._events.send(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The owner stopped listening (it is going away); keep running the
+            # session to its end so processes and environments are cleaned up.
+            self._events_broken = True
+            log.warning("session.events_dropped", session_id=self.session_id)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self._wakeup = trio.Event()
+
+    async def _wait_for_wakeup(self) -> None:
+        await self._wakeup.wait()
+
+    def _remember_done(self, action_id: str) -> None:
+        if len(self._done_ids) == self._done_ids.maxlen:
+            self._done_set.discard(self._done_ids[0])
+        self._done_ids.append(action_id)
+        self._done_set.add(action_id)
+
+    async def _cleanup(self, working_directory: Path) -> None:
+        if not self.config.retain_working_directory:
+            try:
+                await trio.to_thread.run_sync(shutil.rmtree, working_directory)
+            except OSError as exc:
+                log.warning(
+                    "session.cleanup_failed",
+                    session_id=self.session_id,
+                    path=str(working_directory),
+                    error=str(exc),
+                )
+        with trio.move_on_after(5):
+            await self._emit(
+                SessionEnded(
+                    self.session_id,
+                    self._succeeded,
+                    str(working_directory) if self.config.retain_working_directory else None,
+                )
+            )
+
+
+def _final_state(result: ProcessResult) -> ActionState:
+    if result.spawn_error is not None or result.mark_failed:
+        return ActionState.FAILED
+    if result.timed_out:
+        return ActionState.TIMEOUT
+    if result.canceled:
+        return ActionState.CANCELED
+    return ActionState.SUCCESS if result.exit_code == 0 else ActionState.FAILED
+
+
+def _describe(runnable: Runnable, context: SessionContext) -> tuple[str, dict[str, str]]:
+    if isinstance(runnable, RunTask):
+        return runnable.step_name, {
+            name: str(value.value) for name, value in runnable.parameters.items()
+        }
+    if isinstance(runnable, EnterEnvironment):
+        return runnable.name, {}
+    return context.environment_name(runnable.environment_id), {}

@@ -1,0 +1,112 @@
+"""``python -m agent run TEMPLATE``: run a job template on this machine.
+
+Flag-compatible with ``openjd run``::
+
+    python -m agent run TEMPLATE [-p NAME=VALUE]... [--step NAME] [--run-dependencies]
+        [--environment ENV.yaml]... [--path-mapping-rules JSON|file://FILE]
+        [--task-param NAME=VALUE]... | [--tasks JSON|file://FILE] | [--maximum-tasks N]
+        [--preserve] [--output human|jsonl] [--verbose]
+
+Exit status: 0 when every action succeeded, 1 otherwise, 2 for a bad template,
+parameter or option (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from ._localrun import LocalRunOptions, plan_local_session, run_local_session, session_config
+from ._logging import configure_logging
+from ._render import HumanRenderer, JsonlRenderer
+from ._templates import TemplateError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("template", type=Path, help="the job template (JSON or YAML)")
+    parser.add_argument(
+        "-p",
+        "--job-param",
+        dest="parameters",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a job parameter: NAME=VALUE, a JSON object, or file://PATH (repeatable)",
+    )
+    parser.add_argument("--step", help="run only this step (by default every step, in order)")
+    deps = parser.add_mutually_exclusive_group()
+    deps.add_argument(
+        "--run-dependencies",
+        action="store_true",
+        help="with --step, run the step's dependencies first",
+    )
+    deps.add_argument("--no-run-dependencies", dest="run_dependencies", action="store_false")
+    parser.add_argument(
+        "--environment",
+        "--env",
+        dest="environments",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="ENV.yaml",
+        help="an environment template to enter around the job (repeatable, outermost first)",
+    )
+    parser.add_argument(
+        "--path-mapping-rules", help="pathmapping-1.0 rules: inline JSON or file://FILE"
+    )
+    tasks = parser.add_mutually_exclusive_group()
+    tasks.add_argument(
+        "--task-param",
+        "-tp",
+        dest="task_params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="run one task with these parameter values (repeat for each parameter)",
+    )
+    tasks.add_argument("--tasks", help="run these tasks: a JSON/YAML list of mappings or file://FILE")
+    tasks.add_argument("--maximum-tasks", type=int, help="run at most this many tasks of the step")
+    parser.add_argument(
+        "--preserve", action="store_true", help="keep the session's working directory"
+    )
+    parser.add_argument(
+        "--output",
+        choices=["human", "human-readable", "jsonl"],
+        default="human",
+        help="human (default): output as it comes plus a summary; jsonl: one JSON event per line",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show the runner's notes")
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_logging(verbose=args.verbose, stream=sys.stderr)
+    options = LocalRunOptions(
+        template=args.template,
+        parameters=args.parameters,
+        step=args.step,
+        run_dependencies=args.run_dependencies,
+        environments=args.environments,
+        path_mapping_rules=args.path_mapping_rules,
+        task_params=args.task_params,
+        tasks=args.tasks,
+        maximum_tasks=args.maximum_tasks,
+        preserve=args.preserve,
+    )
+    try:
+        plan = plan_local_session(options)
+    except TemplateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = sys.stdout.buffer
+    renderer: HumanRenderer | JsonlRenderer
+    if args.output == "jsonl":
+        renderer = JsonlRenderer(out, verbose=args.verbose)
+    else:
+        err = sys.stderr.buffer
+        renderer = HumanRenderer(out, err, verbose=args.verbose, live=sys.stderr.isatty())
+    config = session_config(plan, preserve=args.preserve)
+    trio.run(run_local_session, plan, config, renderer)
+    return 0 if renderer.success else 1
