@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from openjd.model import EnvironmentTemplate
-
 from ._templates import TemplateError, load_any_template
 
 
@@ -21,6 +19,7 @@ def main(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    kind = "environment" if isinstance(template, EnvironmentTemplate) else "job"
-    print(f"{args.template}: a valid {template.specificationVersion.value} {kind} template")
+    version = str(template.specificationVersion.value)
+    kind = "environment" if version.startswith("environment-") else "job"
+    print(f"{args.template}: a valid {version} {kind} template")
     return 0

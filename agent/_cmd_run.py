@@ -67,7 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="run one task with these parameter values (repeat for each parameter)",
     )
-    tasks.add_argument("--tasks", help="run these tasks: a JSON/YAML list of mappings or file://FILE")
+    tasks.add_argument(
+        "--tasks", help="run these tasks: a JSON/YAML list of mappings or file://FILE"
+    )
     tasks.add_argument("--maximum-tasks", type=int, help="run at most this many tasks of the step")
     parser.add_argument(
         "--preserve", action="store_true", help="keep the session's working directory"

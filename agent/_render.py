@@ -41,7 +41,7 @@ from actors import (
     SessionLog,
 )
 
-_encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_string = json.encoder.encode_basestring
 
 _KIND_LABEL = {
     ActionKind.ENV_ENTER: "Enter environment",
@@ -119,13 +119,13 @@ class JsonlRenderer:
                 }
             )
         elif isinstance(event, ActionEnded):
-            index = tracker.end(event)
-            if event.state is ActionState.NEVER_ATTEMPTED or index is None:
+            ended_index = tracker.end(event)
+            if event.state is ActionState.NEVER_ATTEMPTED or ended_index is None:
                 return
             self._write(
                 {
                     "event": "action_ended",
-                    "index": index,
+                    "index": ended_index,
                     "state": event.state.value,
                     "exit_code": event.exit_code,
                     "progress": event.progress,
@@ -263,6 +263,8 @@ class HumanRenderer:
         parts = [f"{n} {s.lower()}" for s, n in sorted(states.items())]
         elapsed = time.monotonic() - self._started
         outcome = "succeeded" if self.success else "FAILED"
-        self._note(f"session {outcome}: {ran} actions ran ({', '.join(parts) or 'none'}) in {elapsed:.2f} s")
+        self._note(
+            f"session {outcome}: {ran} actions ran ({', '.join(parts) or 'none'}) in {elapsed:.2f} s"
+        )
         if self._tracker.working_directory:
             self._note(f"working directory kept at {self._tracker.working_directory}")

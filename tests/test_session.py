@@ -14,17 +14,17 @@ import trio
 import trio.testing
 
 from actors import (
-    ActionOutput,
     ActionEnded,
     ActionKind,
+    ActionOutput,
     ActionStarted,
     ActionState,
     Cancel,
-    SessionLog,
     Enqueue,
     ExitEnvironment,
     Replace,
     RunTask,
+    SessionLog,
     Stop,
 )
 from tests.session_harness import (
@@ -36,7 +36,6 @@ from tests.session_harness import (
     plan,
     py,
     run_plan,
-    sh,
     step,
 )
 
@@ -69,7 +68,7 @@ async def test_environments_enter_in_order_and_exit_in_reverse(tmp_path: Path) -
         ],
     )
     recorder = await run_plan(plan(tmp_path, template), tmp_path)
-    assert [line for line in recorder.output()] == [
+    assert recorder.output() == [
         "enter outer",
         "enter inner",
         "enter step",
@@ -171,7 +170,7 @@ async def test_variables_only_environment_runs_no_process(tmp_path: Path) -> Non
         jobEnvironments=[env("Vars", variables={"COLOR": "blue"})],
     )
     recorder = await run_plan(plan(tmp_path, template), tmp_path)
-    enter, task, exit_ = (e for e in recorder.events if isinstance(e, ActionEnded))
+    enter, _, exit_ = (e for e in recorder.events if isinstance(e, ActionEnded))
     assert (enter.state, enter.exit_code) == (OK, None)
     assert (exit_.state, exit_.exit_code) == (OK, None)
     assert recorder.output() == ["blue"]
@@ -344,7 +343,7 @@ async def test_command_not_found_is_a_failed_action_with_127(tmp_path: Path) -> 
         jobEnvironments=[env("E", on_exit=echo("exit ran"))],
     )
     recorder = await run_plan(plan(tmp_path, template), tmp_path)
-    task_end = [e for e in recorder.events if isinstance(e, ActionEnded) and e.kind is TASK][0]
+    task_end = next(e for e in recorder.events if isinstance(e, ActionEnded) and e.kind is TASK)
     assert (task_end.state, task_end.exit_code) == (FAILED, 127)
     assert "no-such-command-farmhand" in (task_end.fail_message or "")
     assert recorder.output() == ["exit ran"]
@@ -383,12 +382,13 @@ async def test_cancel_terminate_kills_the_whole_process_group(tmp_path: Path) ->
             await session.enqueue(lp.actions)
             await session.recorder.wait_for(
                 lambda e: (
-                    isinstance(e, ActionOutput) and any(l.startswith("child ") for l in e.lines)
+                    isinstance(e, ActionOutput)
+                    and any(line.startswith("child ") for line in e.lines)
                 )
             )
             await session.send(Cancel(reason="test"))
     recorder = session.recorder
-    task_end = [e for e in recorder.events if isinstance(e, ActionEnded) and e.kind is TASK][0]
+    task_end = next(e for e in recorder.events if isinstance(e, ActionEnded) and e.kind is TASK)
     assert (task_end.state, task_end.exit_code) == (ActionState.CANCELED, -signal.SIGKILL)
     assert not _alive(_child_pid(recorder.output()))
     assert recorder.output()[-1] == "exited"  # the environment still exits
@@ -640,8 +640,8 @@ async def test_working_directory_is_removed_unless_kept(tmp_path: Path) -> None:
     lp = plan(tmp_path, job(step("S", task)))
     removed = await run_plan(lp, tmp_path)
     kept = await run_plan(lp, tmp_path, retain_working_directory=True)
-    assert not Path(removed.output()[0]).exists()
-    assert Path(kept.output()[0]).is_dir()
+    assert not await trio.Path(removed.output()[0]).exists()
+    assert await trio.Path(kept.output()[0]).is_dir()
     assert kept.session_ended().working_directory == kept.output()[0]
 
 
@@ -800,7 +800,7 @@ async def test_resolver_failure_fails_only_that_action(tmp_path: Path) -> None:
         tmp_path,
         job(step("S", echo("task")), jobEnvironments=[env("E", echo("enter"), echo("exit"))]),
     )
-    enter, task, exit_ = lp.actions
+    task = lp.actions[1]
 
     async def resolver(item: object) -> object:
         if item is task:

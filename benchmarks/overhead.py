@@ -1,0 +1,101 @@
+"""Per-task overhead of `python -m agent run` against a shell loop.
+
+2,000 tasks of `true` (by default) through the session runner, against a shell
+loop forking `/bin/true` as many times, and against `openjd run` when the
+OpenJD CLI is available (`--openjd PATH`, `.bench/openjd/bin/openjd`, or on
+PATH; install it with `python -m venv .bench/openjd && .bench/openjd/bin/pip
+install openjd-cli`).
+
+    python -m benchmarks.overhead [--tasks 2000] [--repeat 3]
+
+Target: at most 1.5 ms per task above the shell loop (openjd-sessions needs
+about 4.5 ms). The figure includes farmhand's start-up, spread over the tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from benchmarks._common import farmhand, find_openjd, median_of, run_measured, table
+
+TARGET_MS = 1.5
+
+
+def template(tasks: int) -> dict[str, object]:
+    return {
+        "specificationVersion": "jobtemplate-2023-09",
+        "name": "overhead",
+        "steps": [
+            {
+                "name": "T",
+                "parameterSpace": {
+                    "taskParameterDefinitions": [
+                        {"name": "I", "type": "INT", "range": f"1-{tasks}"}
+                    ]
+                },
+                "script": {"actions": {"onRun": {"command": "true"}}},
+            }
+        ],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--openjd", help="path to the openjd CLI to compare against")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "overhead.json"
+        path.write_text(json.dumps(template(args.tasks)))
+        one = Path(tmp) / "one.json"
+        one.write_text(json.dumps(template(1)))
+        shell = median_of(
+            args.repeat,
+            lambda: run_measured(
+                ["sh", "-c", f"i=0; while [ $i -lt {args.tasks} ]; do /bin/true; i=$((i+1)); done"]
+            ),
+        )
+        startup = median_of(args.repeat, lambda: run_measured(farmhand("run", str(one))))
+        ours = median_of(args.repeat, lambda: run_measured(farmhand("run", str(path))))
+        rows: list[list[object]] = [
+            ["runner", "total s", "ms/task", "ms/task above shell", "ratio to shell"]
+        ]
+
+        def row(name: str, seconds: float) -> list[object]:
+            per_task = seconds / args.tasks * 1000
+            above = (seconds - shell.seconds) / args.tasks * 1000
+            return [
+                name,
+                f"{seconds:.3f}",
+                f"{per_task:.3f}",
+                f"{above:.3f}",
+                f"{seconds / shell.seconds:.2f}x",
+            ]
+
+        rows.append(row("shell loop (/bin/true)", shell.seconds))
+        rows.append(row("farmhand run", ours.seconds))
+        openjd = find_openjd(args.openjd)
+        if openjd:
+            theirs = median_of(args.repeat, lambda: run_measured([openjd, "run", str(path)]))
+            rows.append(row("openjd run", theirs.seconds))
+        print(f"{args.tasks} tasks of `true`, median of {args.repeat} runs")
+        print(table(rows))
+        above_ms = (ours.seconds - shell.seconds) / args.tasks * 1000
+        print(f"farmhand start-up (1 task): {startup.seconds:.3f} s")
+        print(
+            f"farmhand overhead: {above_ms:.3f} ms/task above the shell loop (target <= {TARGET_MS} ms)"
+        )
+        if not openjd:
+            print("openjd CLI not found: pass --openjd PATH to compare")
+        return 0 if above_ms <= TARGET_MS else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
