@@ -153,6 +153,7 @@ class SessionRunner:
         self._stop: Stop | None = None
         self._stop_deadline = math.inf
         self._grace_over = False
+        self._cancel_after_running: set[str] = set()
         self._running: _Running | None = None
         self._done_ids: deque[str] = deque(maxlen=_REMEMBERED_DONE)
         self._done_set: set[str] = set()
@@ -239,12 +240,20 @@ class SessionRunner:
         if running is not None and (ids is None or running.action_id in ids):
             running.control.cancel(time_limit=command.time_limit, reason=command.reason)
             await self._note(running.action_id, "info", f"cancel requested: {command.reason}")
+            if ids:
+                # Queued ones go once the running one has reported: the contract
+                # wants no NEVER_ATTEMPTED before the final state of the running action.
+                self._cancel_after_running |= ids
+            return
         if ids:
-            dropped = [item for item in self._queue if item.action_id in ids]
-            self._queue = deque(item for item in self._queue if item.action_id not in ids)
-            # Emit only after the queue is settled: the runner may pop while we await.
-            for item in dropped:
-                await self._never_attempted(item)
+            await self._drop_named(ids)
+
+    async def _drop_named(self, ids: frozenset[str] | set[str]) -> None:
+        dropped = [item for item in self._queue if item.action_id in ids]
+        self._queue = deque(item for item in self._queue if item.action_id not in ids)
+        # Emit only after the queue is settled: the runner may pop while we await.
+        for item in dropped:
+            await self._never_attempted(item)
 
     async def _begin_stop(self, command: Stop) -> None:
         now = trio.current_time()
@@ -524,6 +533,9 @@ class SessionRunner:
                 # NEVER_ATTEMPTED reports no earlier than their cause.
                 self._ending = True
                 await self._drop_queued(keep_exits=True)
+        if self._cancel_after_running:
+            ids, self._cancel_after_running = self._cancel_after_running, set()
+            await self._drop_named(ids)
 
     async def _never_attempted(self, item: QueuedAction) -> None:
         if item.action_id is not None:

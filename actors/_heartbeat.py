@@ -1,0 +1,93 @@
+"""The heartbeat: call ``beat()`` at an interval, punctually, and measure it.
+
+For a Deadline farm the beat is an UpdateWorkerSchedule (the scheduler's
+``sync_now``); for other job systems it is their heartbeat endpoint. The
+interval can change while running (the farm says how often it wants to hear
+from the worker); a shorter interval takes effect at once.
+
+Beats are scheduled on a fixed grid (``start + n * interval``), so a slow beat
+does not push all later ones back; slots missed by more than one interval are
+skipped rather than beaten in a burst. Lateness (how long after its slot a
+beat started) is kept for the last ``history`` beats for ``statistics()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+
+@attrs.frozen
+class HeartbeatStatistics:
+    beats: int
+    interval: float
+    #: ``trio.current_time()`` when the last beat finished (``None``: none yet).
+    last_beat: float | None
+    lateness_p50: float
+    lateness_p99: float
+    lateness_max: float
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class Heartbeat:
+    def __init__(
+        self, beat: Callable[[], Awaitable[None]], interval: float, *, history: int = 1024
+    ) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._changed = trio.Event()
+        self._lateness: deque[float] = deque(maxlen=history)
+        self._beats = 0
+        self._last_beat: float | None = None
+
+    def set_interval(self, seconds: float) -> None:
+        if seconds != self._interval:
+            self._interval = max(seconds, 0.0)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def age(self) -> float | None:
+        """Seconds since the last beat finished."""
+        return None if self._last_beat is None else trio.current_time() - self._last_beat
+
+    def statistics(self) -> HeartbeatStatistics:
+        values = list(self._lateness)
+        return HeartbeatStatistics(
+            self._beats,
+            self._interval,
+            self._last_beat,
+            _percentile(values, 0.5),
+            _percentile(values, 0.99),
+            max(values, default=0.0),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        slot = trio.current_time()
+        while True:
+            while True:
+                with trio.move_on_at(slot):
+                    await self._changed.wait()
+                    # The interval changed: re-plan from the last beat.
+                    if self._last_beat is not None:
+                        slot = min(slot, self._last_beat + self._interval)
+                    continue
+                break
+            started = trio.current_time()
+            self._lateness.append(started - slot)
+            await self._beat()
+            self._beats += 1
+            self._last_beat = trio.current_time()
+            slot += self._interval
+            while slot < self._last_beat - self._interval:
+                slot += self._interval  # far behind: skip the missed slots, keep the grid

@@ -1,0 +1,327 @@
+"""The scheduler: owns UpdateWorkerSchedule for one worker.
+
+It keeps the pending action updates reported by the sessions (one merged entry
+per action, the latest fields winning), and syncs with the farm:
+
+- at once when an action reaches a final state (the contract asks for FAILED,
+  CANCELED and INTERRUPTED to be reported immediately; we do it for every final
+  state, so the farm can hand out the next work without waiting);
+- whenever the heartbeat asks (``sync_now``), at the farm's
+  ``updateIntervalSeconds``;
+- at most one call at a time: reports that arrive during a call go out in the
+  next one.
+
+Each call sends a snapshot of the pending updates and, once it succeeds,
+deletes only the entries that were sent and have not changed since, so a
+failed call loses nothing and a newer update is never dropped.
+
+From each response it creates a ``WorkSession`` for every new session, passes
+the assigned actions (``Replace``) and ``cancelSessionActions`` (``Cancel``) to
+the existing ones, stops the sessions the farm no longer assigns, and tells its
+owner when the farm asks the worker to stop (``desiredWorkerStatus``).
+
+If a session ended early (it could not start), actions the farm still assigns
+to it are returned at once: the first one and every environment exit FAILED,
+the others NEVER_ATTEMPTED, so the farm is never left waiting on a dead session.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol
+
+import attrs
+import structlog
+import trio
+
+from ._messages import ActionKind, ActionState, Cancel, Replace, Stop
+from ._worksession import Assignment, Report, SessionFinished, WorkSession
+
+log = structlog.get_logger("farmhand.scheduler")
+
+
+class ScheduleApi(Protocol):
+    """UpdateWorkerSchedule, with the client's retries for transient errors."""
+
+    async def update_worker_schedule(
+        self, updated_session_actions: Mapping[str, Mapping[str, Any]]
+    ) -> Mapping[str, Any]: ...
+
+
+SessionFactory = Callable[[Assignment, trio.MemorySendChannel[Report]], WorkSession]
+
+
+@attrs.frozen
+class SchedulerStatistics:
+    syncs: int
+    sessions: int
+    pending_updates: int
+    interval: float
+    #: Final states reported to the farm, by completedStatus.
+    reported: Mapping[str, int]
+    stop_requested: bool
+
+
+@attrs.define(eq=False)
+class _Pending:
+    fields: dict[str, Any]
+    version: int
+    final: bool
+
+
+class Scheduler:
+    def __init__(
+        self,
+        api: ScheduleApi,
+        session_factory: SessionFactory,
+        *,
+        initial_interval: float = 15.0,
+        on_interval: Callable[[float], None] | None = None,
+        on_stop_requested: Callable[[], None] | None = None,
+    ) -> None:
+        self._api = api
+        self._session_factory = session_factory
+        self.interval = initial_interval
+        self._on_interval = on_interval
+        self._on_stop_requested = on_stop_requested
+        self._pending: dict[str, _Pending] = {}
+        self._version = 0
+        self._sessions: dict[str, WorkSession] = {}
+        self._last_actions: dict[str, tuple[str, ...]] = {}
+        self._stopping: set[str] = set()
+        #: Sessions that ended while the farm still assigns them: ids already returned.
+        self._dead: dict[str, set[str]] = {}
+        self._requested = 0
+        self._completed = 0
+        self._wakeup = trio.Event()
+        self._synced = trio.Event()
+        self._syncs = 0
+        self._reported: Counter[str] = Counter()
+        self._stop_requested = False
+        self._accepting = True
+
+    # ------------------------------------------------------------------ public
+
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            self._syncs,
+            len(self._sessions),
+            len(self._pending),
+            self.interval,
+            dict(self._reported),
+            self._stop_requested,
+        )
+
+    @property
+    def sessions(self) -> Mapping[str, WorkSession]:
+        return self._sessions
+
+    def request_sync(self) -> None:
+        self._requested += 1
+        self._wake()
+
+    async def sync_now(self) -> None:
+        """Ask for a sync and wait until one that started after this call is done."""
+        self.request_sync()
+        target = self._requested
+        while self._completed < target:
+            await self._synced.wait()
+
+    def stop_sessions(
+        self, *, grace: float | None, running_state: ActionState, reason: str
+    ) -> None:
+        """Stop every session (a drain); the farm's later assignments are refused."""
+        self._accepting = False
+        for session_id, session in self._sessions.items():
+            self._stopping.add(session_id)
+            session.command(Stop(grace=grace, running_state=running_state, reason=reason))
+
+    async def wait_sessions_finished(self) -> None:
+        while self._sessions:
+            await next(iter(self._sessions.values())).finished.wait()
+            await trio.lowlevel.checkpoint()
+
+    async def run(
+        self,
+        *,
+        supervise: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the sessions and the sync loop.
+
+        The sessions live as long as this call; the sync loop runs under
+        ``supervise`` (for example, restarted after transport failures), so a
+        restart keeps every session and every pending update.
+        """
+        reports_send, reports_receive = trio.open_memory_channel[Report](256)
+        async with trio.open_nursery() as sessions:
+            sessions.start_soon(self._receive_reports, reports_receive)
+            loop = partial(self._sync_loop, sessions, reports_send)
+            task_status.started()
+            if supervise is None:
+                await loop()
+            else:
+                await supervise(loop)
+
+    async def _sync_loop(
+        self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
+    ) -> None:
+        while True:
+            while self._completed >= self._requested:
+                await self._wait_for_wakeup()
+            target = self._requested
+            await self._sync(sessions, reports)
+            self._completed = target
+            self._synced.set()
+            self._synced = trio.Event()
+
+    # ------------------------------------------------------------------ reports
+
+    async def _receive_reports(self, reports: trio.MemoryReceiveChannel[Report]) -> None:
+        async for report in reports:
+            if isinstance(report, SessionFinished):
+                self._session_finished(report)
+                continue
+            self._version += 1
+            entry = self._pending.get(report.action_id)
+            if entry is None:
+                self._pending[report.action_id] = _Pending(
+                    dict(report.fields), self._version, report.final
+                )
+            else:
+                if report.final and not entry.final:
+                    # A final report replaces the running one's transient fields.
+                    entry.fields.pop("updatedAt", None)
+                entry.fields.update(report.fields)
+                entry.version = self._version
+                entry.final = entry.final or report.final
+            if report.final:
+                self.request_sync()
+
+    def _session_finished(self, report: SessionFinished) -> None:
+        session = self._sessions.pop(report.session_id, None)
+        given = self._last_actions.pop(report.session_id, ())
+        if report.session_id in self._stopping:
+            self._stopping.discard(report.session_id)
+        elif session is not None:
+            # It ended on its own (it could not start) and has reported what it
+            # was given; the farm may still assign it more.
+            self._dead[report.session_id] = set(given)
+        log.info(
+            "scheduler.session_finished", session_id=report.session_id, succeeded=report.succeeded
+        )
+
+    # ------------------------------------------------------------------ syncing
+
+    async def _sync(self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]) -> None:
+        snapshot = {action_id: entry.version for action_id, entry in self._pending.items()}
+        payload = {action_id: dict(self._pending[action_id].fields) for action_id in snapshot}
+        response = await self._api.update_worker_schedule(payload)
+        self._syncs += 1
+        for action_id, version in snapshot.items():
+            entry = self._pending.get(action_id)
+            if entry is not None and entry.version == version:
+                del self._pending[action_id]
+                status = entry.fields.get("completedStatus")
+                if status:
+                    self._reported[str(status)] += 1
+        await self._apply(response, sessions, reports)
+
+    async def _apply(
+        self,
+        response: Mapping[str, Any],
+        sessions: trio.Nursery,
+        reports: trio.MemorySendChannel[Report],
+    ) -> None:
+        interval = response.get("updateIntervalSeconds")
+        if isinstance(interval, int | float) and interval != self.interval:
+            self.interval = float(interval)
+            if self._on_interval is not None:
+                self._on_interval(self.interval)
+        assigned: Mapping[str, Any] = response.get("assignedSessions") or {}
+        canceled: Mapping[str, Any] = response.get("cancelSessionActions") or {}
+
+        for session_id in list(self._sessions):
+            if session_id not in assigned and session_id not in self._stopping:
+                self._stopping.add(session_id)
+                self._sessions[session_id].command(
+                    Stop(
+                        grace=0,
+                        running_state=ActionState.CANCELED,
+                        reason="the farm ended the session",
+                    )
+                )
+        for session_id in list(self._dead):
+            if session_id not in assigned:
+                del self._dead[session_id]
+
+        for session_id, wire in assigned.items():
+            try:
+                assignment = Assignment.from_api(session_id, wire)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("scheduler.bad_assignment", session_id=session_id, error=repr(exc))
+                continue
+            if session_id in self._dead or (
+                session_id not in self._sessions and not self._accepting
+            ):
+                await self._return_actions(assignment)
+                continue
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._session_factory(assignment, reports.clone())
+                self._sessions[session_id] = session
+                sessions.start_soon(session.run)
+                log.info(
+                    "scheduler.session_created", session_id=session_id, job_id=assignment.job_id
+                )
+            ids = tuple(action.action_id for action in assignment.actions)
+            if ids != self._last_actions.get(session_id):
+                self._last_actions[session_id] = ids
+                session.command(Replace(assignment.actions))
+            to_cancel = canceled.get(session_id)
+            if to_cancel:
+                session.command(
+                    Cancel(action_ids=frozenset(map(str, to_cancel)), reason="canceled by the farm")
+                )
+
+        if response.get("desiredWorkerStatus") == "STOPPED" and not self._stop_requested:
+            self._stop_requested = True
+            log.info("scheduler.stop_requested")
+            if self._on_stop_requested is not None:
+                self._on_stop_requested()
+
+    async def _return_actions(self, assignment: Assignment) -> None:
+        """Answer for a session that cannot run: first and exits FAILED, the rest NEVER_ATTEMPTED."""
+        returned = self._dead.setdefault(assignment.session_id, set())
+        now = datetime.now(UTC)
+        first = True  # the farm refuses NEVER_ATTEMPTED for the first action it waits on
+        for action in assignment.actions:
+            if action.action_id in returned:
+                continue
+            returned.add(action.action_id)
+            if first or action.kind is ActionKind.ENV_EXIT:
+                fields: dict[str, Any] = {
+                    "completedStatus": "FAILED",
+                    "startedAt": now,
+                    "endedAt": now,
+                    "progressMessage": "the worker could not run this session",
+                }
+                first = False
+            else:
+                fields = {"completedStatus": "NEVER_ATTEMPTED"}
+            self._version += 1
+            self._pending[action.action_id] = _Pending(fields, self._version, True)
+        if self._pending:
+            self.request_sync()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self._wakeup = trio.Event()
+
+    async def _wait_for_wakeup(self) -> None:
+        await self._wakeup.wait()

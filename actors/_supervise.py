@@ -1,0 +1,87 @@
+"""A small supervisor: restart an actor after a transient failure.
+
+``supervise(fn, transient=(...))`` runs ``await fn()``. If it fails with one of
+the ``transient`` exceptions (alone or in an exception group made only of
+them), it is restarted after a full-jitter exponential backoff; after
+``max_restarts`` restarts within ``window`` seconds the failure is final and
+propagates. A run that lasted ``stable_after`` seconds resets the backoff.
+Anything else — a bug, ``Cancelled``, ``KeyboardInterrupt`` — propagates at
+once, and so does a normal return.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import attrs
+import structlog
+import trio
+
+log = structlog.get_logger("farmhand.supervise")
+
+
+class RestartLimitExceeded(Exception):
+    """An actor kept failing; the last failure is the ``__cause__``."""
+
+
+@attrs.define(eq=False)
+class SupervisorStatistics:
+    restarts: int = 0
+    last_error: str | None = None
+
+
+def _all_transient(error: BaseException, transient: tuple[type[BaseException], ...]) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return all(_all_transient(inner, transient) for inner in error.exceptions)
+    return isinstance(error, transient)
+
+
+async def supervise(
+    fn: Callable[[], Awaitable[None]],
+    *,
+    name: str,
+    transient: tuple[type[Exception], ...],
+    max_restarts: int = 5,
+    window: float = 300.0,
+    stable_after: float = 60.0,
+    backoff_base: float = 1.0,
+    backoff_max: float = 30.0,
+    rng: random.Random | None = None,
+    statistics: SupervisorStatistics | None = None,
+) -> None:
+    rng = rng or random.Random()
+    stats = statistics if statistics is not None else SupervisorStatistics()
+    restarts: deque[float] = deque()
+    attempt = 0
+    while True:
+        started = trio.current_time()
+        try:
+            await fn()
+            return
+        except Exception as exc:  # Cancelled and KeyboardInterrupt are BaseException: not caught
+            if not _all_transient(exc, transient):
+                raise
+            now = trio.current_time()
+            if now - started >= stable_after:
+                attempt = 0
+            while restarts and now - restarts[0] > window:
+                restarts.popleft()
+            if len(restarts) >= max_restarts:
+                raise RestartLimitExceeded(
+                    f"{name} failed {len(restarts) + 1} times in {window:g} s; giving up"
+                ) from exc
+            restarts.append(now)
+            attempt += 1
+            delay = rng.uniform(0, min(backoff_max, backoff_base * 2 ** (attempt - 1)))
+            stats.restarts += 1
+            stats.last_error = repr(exc)
+            log.warning(
+                "actor.restarting",
+                actor=name,
+                error=repr(exc),
+                attempt=attempt,
+                delay=round(delay, 3),
+            )
+            await trio.sleep(delay)

@@ -1,0 +1,571 @@
+"""One assigned Deadline session: from wire actions to a SessionRunner and back.
+
+A ``WorkSession`` is started by the scheduler for each session in
+``assignedSessions``. It
+
+1. opens the session's log: the local file ``<logs>/<queue>/<session>.log``
+   (0600) and, when the assignment's ``logConfiguration`` says ``awslogs``, the
+   CloudWatch stream it names;
+2. fetches ``jobDetails`` (through the entity fetcher) and starts a
+   ``SessionRunner`` with the job's parameters, path-mapping rules and the
+   ``DEADLINE_*`` session variables;
+3. passes the scheduler's commands (``Replace`` with the assigned actions,
+   ``Cancel``, ``Stop``) to the runner; the runner's resolver turns each wire
+   action into a runnable just before it runs, fetching the step or
+   environment it needs;
+4. turns the runner's events into action reports for the scheduler (started,
+   progress, status, the final state) and into log lines;
+5. when the runner ends, flushes the log (bounded), drops the session's entity
+   cache and tells the scheduler the session is finished.
+
+If the session cannot start (bad log configuration, ``jobDetails`` failing),
+its first action is reported FAILED and the others NEVER_ATTEMPTED, as the
+worker API contract asks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from ._entities import (
+    EntityError,
+    EnvironmentDetails,
+    JobDetails,
+    StepDetails,
+    environment_details_id,
+    job_details_id,
+    parse_environment_details,
+    parse_job_details,
+    parse_step_details,
+    step_details_id,
+    task_parameters_from_wire,
+)
+from ._fetcher import FetcherCommand, Forget, fetch
+from ._logship import Destination, LogShipper, LogStream
+from ._messages import (
+    ActionEnded,
+    ActionKind,
+    ActionOutput,
+    ActionProgress,
+    ActionStarted,
+    ActionState,
+    ActionStatusMessage,
+    Enqueue,
+    EnterEnvironment,
+    ExitEnvironment,
+    Finish,
+    Replace,
+    Runnable,
+    RunTask,
+    SessionCommand,
+    SessionEnded,
+    SessionEvent,
+    SessionLog,
+    Stop,
+)
+from ._session import SessionConfig, SessionRunner
+
+log = structlog.get_logger("farmhand.worksession")
+
+#: UpdateWorkerSchedule's limit on progressMessage.
+MAX_PROGRESS_MESSAGE = 4096
+_COMPLETED_STATUS = {
+    ActionState.SUCCESS: "SUCCEEDED",
+    ActionState.FAILED: "FAILED",
+    ActionState.TIMEOUT: "FAILED",
+    ActionState.CANCELED: "CANCELED",
+    ActionState.INTERRUPTED: "INTERRUPTED",
+    ActionState.NEVER_ATTEMPTED: "NEVER_ATTEMPTED",
+}
+_KINDS = {
+    "envEnter": ActionKind.ENV_ENTER,
+    "envExit": ActionKind.ENV_EXIT,
+    "taskRun": ActionKind.TASK_RUN,
+}
+
+
+# ------------------------------------------------------------------ wire types
+
+
+@attrs.frozen
+class DeadlineAction:
+    """A session action as UpdateWorkerSchedule assigns it."""
+
+    action_id: str
+    definition: Mapping[str, Any]
+
+    @classmethod
+    def from_api(cls, wire: Mapping[str, Any]) -> DeadlineAction:
+        definition = wire["definition"]
+        if not isinstance(definition, Mapping) or len(definition) != 1:
+            raise ValueError(f"session action {wire.get('sessionActionId')}: bad definition")
+        return cls(str(wire["sessionActionId"]), definition)
+
+    @property
+    def type(self) -> str:
+        return next(iter(self.definition))
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        body = self.definition[self.type]
+        return body if isinstance(body, Mapping) else {}
+
+    @property
+    def kind(self) -> ActionKind:
+        # Attachment syncs run like a task (and fail, as farmhand does not sync attachments).
+        return _KINDS.get(self.type, ActionKind.TASK_RUN)
+
+    @property
+    def environment_id(self) -> str | None:
+        value = self.body.get("environmentId")
+        return str(value) if value is not None else None
+
+
+@attrs.frozen
+class LogConfig:
+    driver: str
+    group: str | None = None
+    stream: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_api(cls, wire: Mapping[str, Any] | None) -> LogConfig:
+        wire = wire or {}
+        options = wire.get("options") or {}
+        return cls(
+            str(wire.get("logDriver", "")),
+            options.get("logGroupName"),
+            options.get("logStreamName"),
+            wire.get("error"),
+        )
+
+
+@attrs.frozen
+class Assignment:
+    session_id: str
+    queue_id: str
+    job_id: str
+    actions: tuple[DeadlineAction, ...]
+    log_config: LogConfig
+
+    @classmethod
+    def from_api(cls, session_id: str, wire: Mapping[str, Any]) -> Assignment:
+        return cls(
+            session_id,
+            str(wire["queueId"]),
+            str(wire["jobId"]),
+            tuple(DeadlineAction.from_api(action) for action in wire.get("sessionActions") or ()),
+            LogConfig.from_api(wire.get("logConfiguration")),
+        )
+
+
+@attrs.frozen
+class WorkerIdentity:
+    farm_id: str
+    fleet_id: str
+    worker_id: str
+
+
+# ------------------------------------------------------------------ reports
+
+
+@attrs.frozen
+class ActionReport:
+    """An update for one action, in UpdateWorkerSchedule's wire form."""
+
+    session_id: str
+    action_id: str
+    fields: Mapping[str, Any]
+    final: bool
+
+
+@attrs.frozen
+class SessionFinished:
+    session_id: str
+    succeeded: bool
+
+
+Report = ActionReport | SessionFinished
+
+
+def exit_code_32(code: int) -> int:
+    """Fold an exit code into a signed 32-bit integer, as the API requires."""
+    return int.from_bytes((code & 0xFFFFFFFF).to_bytes(4, "big"), "big", signed=True)
+
+
+def _wire_time(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def final_fields(event: ActionEnded) -> dict[str, Any]:
+    """The fields that report an action's end."""
+    fields: dict[str, Any] = {"completedStatus": _COMPLETED_STATUS[event.state]}
+    if event.state is ActionState.NEVER_ATTEMPTED:
+        return fields
+    if event.started_at is not None:
+        fields["startedAt"] = _wire_time(event.started_at)
+    fields["endedAt"] = _wire_time(event.ended_at or datetime.now(UTC))
+    if event.exit_code is not None:
+        fields["processExitCode"] = exit_code_32(event.exit_code)
+    message = event.status_message
+    if not event.state.succeeded:
+        message = event.fail_message or message
+        if event.state is ActionState.TIMEOUT:
+            message = message or "TIMEOUT - Exceeded the allotted runtime limit."
+    if message:
+        fields["progressMessage"] = message[:MAX_PROGRESS_MESSAGE]
+    if event.progress is not None:
+        fields["progressPercent"] = min(max(event.progress, 0.0), 100.0)
+    if event.state is ActionState.SUCCESS and event.kind is ActionKind.TASK_RUN:
+        fields["manifests"] = []
+    return fields
+
+
+# ------------------------------------------------------------------ the session
+
+
+@attrs.frozen
+class WorkSessionOptions:
+    logs_dir: Path
+    session_root: Path | None = None
+    retain_working_directory: bool = False
+    local_session_logs: bool = True
+    min_secret_length: int = 1
+    #: How long a finished session may wait for its log to reach CloudWatch.
+    log_flush_seconds: float = 30.0
+
+
+class WorkSession:
+    """See the module docstring. Start with ``nursery.start_soon(session.run)``."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        *,
+        identity: WorkerIdentity,
+        fetcher: trio.MemorySendChannel[FetcherCommand],
+        reports: trio.MemorySendChannel[Report],
+        shipper: LogShipper,
+        options: WorkSessionOptions,
+        on_event: Any = None,
+    ) -> None:
+        self.assignment = assignment
+        self.session_id = assignment.session_id
+        self._identity = identity
+        self._fetcher = fetcher
+        self._reports = reports
+        self._shipper = shipper
+        self._options = options
+        self._on_event = on_event
+        # The scheduler never waits on a session: its commands queue here. They are
+        # few (one per UpdateWorkerSchedule response at most), so the buffer is not
+        # a memory risk.
+        self._command_send, self._command_receive = trio.open_memory_channel[SessionCommand](
+            math.inf
+        )
+        self._steps: dict[str, StepDetails] = {}
+        self._environments: dict[str, EnvironmentDetails] = {}
+        self._stream: LogStream | None = None
+        self.finished = trio.Event()
+
+    # ---- the scheduler's side (never blocks)
+
+    def command(self, command: SessionCommand) -> None:
+        try:
+            self._command_send.send_nowait(command)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the session has ended; nothing to do
+
+    # ---- the session's task
+
+    async def run(self) -> None:
+        succeeded = False
+        try:
+            with self._command_send:
+                self._stream = self._open_log()
+                job = await self._job_details()
+                if job is not None:
+                    succeeded = await self._run_runner(job)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish(succeeded)
+
+    def _open_log(self) -> LogStream:
+        config = self.assignment.log_config
+        destination = None
+        if config.driver == "awslogs" and config.group and config.stream and not config.error:
+            destination = Destination(config.group, config.stream)
+        path = self._options.logs_dir / self.assignment.queue_id / f"{self.session_id}.log"
+        return self._shipper.open_stream(path, destination)
+
+    async def _job_details(self) -> JobDetails | None:
+        config = self.assignment.log_config
+        if config.error or config.driver != "awslogs":
+            reason = config.error or f"log driver {config.driver!r} is not supported (only awslogs)"
+            await self._fail_session(f"bad log configuration: {reason}")
+            return None
+        [reply] = await fetch(
+            self._fetcher, self.session_id, [job_details_id(self.assignment.job_id)]
+        )
+        try:
+            return parse_job_details(reply.unwrap())
+        except EntityError as exc:
+            await self._fail_session(f"cannot get the job's details: {exc}")
+            return None
+
+    async def _fail_session(self, message: str) -> None:
+        """Report the queued actions as the contract asks: first FAILED, rest NEVER_ATTEMPTED."""
+        log.error("worksession.setup_failed", session_id=self.session_id, error=message)
+        self._write([f"[farmhand] session setup failed: {message}"])
+        first = True
+        now = datetime.now(UTC)
+        reported: set[str] = set()
+        while True:
+            try:
+                command = self._command_receive.receive_nowait()
+            except trio.WouldBlock:
+                return
+            actions = command.actions if isinstance(command, Enqueue | Replace) else ()
+            for action in actions:
+                if action.action_id is None or action.action_id in reported:
+                    continue  # a later Replace repeats what is still assigned
+                reported.add(action.action_id)
+                if first:
+                    fields = {
+                        "completedStatus": "FAILED",
+                        "startedAt": now,
+                        "endedAt": now,
+                        "progressMessage": message[:MAX_PROGRESS_MESSAGE],
+                    }
+                    first = False
+                else:
+                    fields = {"completedStatus": "NEVER_ATTEMPTED"}
+                if action.action_id is not None:
+                    await self._report(
+                        ActionReport(self.session_id, action.action_id, fields, True)
+                    )
+
+    async def _run_runner(self, job: JobDetails) -> bool:
+        identity = self._identity
+        config = SessionConfig(
+            session_id=self.session_id,
+            job_parameter_values=job.parameters,
+            path_mapping_rules=job.path_mapping_rules,
+            session_env={
+                "DEADLINE_SESSION_ID": self.session_id,
+                "DEADLINE_FARM_ID": identity.farm_id,
+                "DEADLINE_QUEUE_ID": self.assignment.queue_id,
+                "DEADLINE_JOB_ID": self.assignment.job_id,
+                "DEADLINE_FLEET_ID": identity.fleet_id,
+                "DEADLINE_WORKER_ID": identity.worker_id,
+            },
+            extensions=job.extensions,
+            root_directory=self._options.session_root,
+            retain_working_directory=self._options.retain_working_directory,
+            min_secret_length=self._options.min_secret_length,
+        )
+        events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
+        runner = SessionRunner(config, events_send, resolver=self._resolve)
+        succeeded = False
+
+        async def run_runner(
+            *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
+        ) -> None:
+            with events_send:
+                await runner.run(task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            inbox = await nursery.start(run_runner)
+            nursery.start_soon(self._forward_commands, inbox)
+            with events_receive:
+                async for event in events_receive:
+                    if isinstance(event, SessionEnded):
+                        succeeded = event.succeeded
+                    await self._handle_event(event)
+            nursery.cancel_scope.cancel(reason="the session runner ended")
+        return succeeded
+
+    async def _forward_commands(self, inbox: trio.MemorySendChannel[SessionCommand]) -> None:
+        with inbox:
+            async for command in self._command_receive:
+                await inbox.send(command)
+                if isinstance(command, Stop | Finish):
+                    return
+
+    # ---- resolving wire actions into runnables
+
+    async def _resolve(self, item: Any) -> Runnable:
+        if not isinstance(item, DeadlineAction):
+            raise TypeError(f"unexpected queued action {item!r}")
+        base_env = {"DEADLINE_SESSIONACTION_ID": item.action_id}
+        body = item.body
+        if item.type == "envEnter":
+            environment_id = str(body["environmentId"])
+            details, step = await self._environment(environment_id)
+            return EnterEnvironment(
+                action_id=item.action_id,
+                environment_id=environment_id,
+                environment=details.environment,
+                step_name=str(step.template.name) if step else None,
+                resolved_symtab=details.resolved_symtab,
+                env=base_env,
+            )
+        if item.type == "envExit":
+            return ExitEnvironment(
+                action_id=item.action_id, environment_id=str(body["environmentId"]), env=base_env
+            )
+        if item.type == "taskRun":
+            step_id = str(body["stepId"])
+            step = await self._step(step_id)
+            if step.template.script is None:
+                raise EntityError(
+                    ("stepDetails", self.assignment.job_id, step_id),
+                    "ValidationFailed",
+                    "the step has no script",
+                )
+            env = {**base_env, "DEADLINE_STEP_ID": step_id}
+            if body.get("taskId"):
+                env["DEADLINE_TASK_ID"] = str(body["taskId"])
+            try:
+                parameters = task_parameters_from_wire(body.get("parameters") or {})
+            except ValueError as exc:
+                raise EntityError(
+                    ("taskRun", item.action_id), "ValidationFailed", str(exc)
+                ) from exc
+            return RunTask(
+                action_id=item.action_id,
+                step_name=str(step.template.name),
+                script=step.template.script,
+                parameters=parameters,
+                resolved_symtab=step.resolved_symtab,
+                env=env,
+            )
+        raise EntityError(
+            ("action", item.action_id),
+            "Unsupported",
+            f"{item.type} actions are not supported by farmhand (job attachments are not synced)",
+        )
+
+    async def _step(self, step_id: str) -> StepDetails:
+        step = self._steps.get(step_id)
+        if step is None:
+            [reply] = await fetch(
+                self._fetcher, self.session_id, [step_details_id(self.assignment.job_id, step_id)]
+            )
+            step = self._steps[step_id] = parse_step_details(reply.unwrap())
+        return step
+
+    async def _environment(
+        self, environment_id: str
+    ) -> tuple[EnvironmentDetails, StepDetails | None]:
+        job_id = self.assignment.job_id
+        step_id = environment_id.split(":")[1] if environment_id.startswith("STEP:") else None
+        details = self._environments.get(environment_id)
+        identifiers = []
+        if details is None:
+            identifiers.append(environment_details_id(job_id, environment_id))
+        if step_id is not None and step_id not in self._steps:
+            identifiers.append(step_details_id(job_id, step_id))
+        if identifiers:
+            replies = await fetch(self._fetcher, self.session_id, identifiers)
+            if details is None:
+                details = self._environments[environment_id] = parse_environment_details(
+                    replies[0].unwrap()
+                )
+            if step_id is not None and step_id not in self._steps:
+                self._steps[step_id] = parse_step_details(replies[-1].unwrap())
+        assert details is not None
+        return details, self._steps.get(step_id) if step_id else None
+
+    # ---- events out
+
+    async def _handle_event(self, event: SessionEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+        if isinstance(event, ActionOutput):
+            self._write(event.lines)
+            return
+        action_id = event.action_id if not isinstance(event, SessionEnded) else None
+        if isinstance(event, ActionStarted):
+            params = " ".join(f"{k}={v}" for k, v in event.parameters.items())
+            self._write([f"==== {event.kind.value} {event.name} {params} ({action_id}) ===="])
+            if action_id is not None:
+                await self._report(
+                    ActionReport(
+                        self.session_id, action_id, {"startedAt": _wire_time(event.time)}, False
+                    )
+                )
+        elif isinstance(event, ActionProgress):
+            if action_id is not None:
+                fields = {
+                    "progressPercent": min(max(event.progress, 0.0), 100.0),
+                    "updatedAt": datetime.now(UTC),
+                }
+                await self._report(ActionReport(self.session_id, action_id, fields, False))
+        elif isinstance(event, ActionStatusMessage):
+            if action_id is not None:
+                fields = {
+                    "progressMessage": event.message[:MAX_PROGRESS_MESSAGE],
+                    "updatedAt": datetime.now(UTC),
+                }
+                await self._report(ActionReport(self.session_id, action_id, fields, False))
+        elif isinstance(event, SessionLog):
+            self._write(
+                [
+                    f"[farmhand] {event.level}: {event.message}"
+                    if event.level != "info"
+                    else f"[farmhand] {event.message}"
+                ]
+            )
+        elif isinstance(event, ActionEnded):
+            if event.state is not ActionState.NEVER_ATTEMPTED:
+                code = f", exit code {event.exit_code}" if event.exit_code is not None else ""
+                self._write([f"==== {action_id} ended: {event.state.value}{code} ===="])
+            if action_id is not None:
+                await self._report(
+                    ActionReport(self.session_id, action_id, final_fields(event), True)
+                )
+
+    def _write(self, lines: Any) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.write(lines)
+            except OSError as exc:  # a full disk must not stop the job
+                log.error(
+                    "worksession.log_write_failed", session_id=self.session_id, error=str(exc)
+                )
+
+    async def _report(self, report: Report) -> None:
+        try:
+            await self._reports.send(report)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("worksession.report_dropped", session_id=self.session_id)
+
+    async def _finish(self, succeeded: bool) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+            with trio.move_on_after(self._options.log_flush_seconds) as scope:
+                await stream.flush()
+            if scope.cancelled_caught:
+                pending = stream.statistics().bytes_pending
+                log.warning(
+                    "worksession.log_flush_timeout",
+                    session_id=self.session_id,
+                    bytes_pending=pending,
+                )
+        try:
+            self._fetcher.send_nowait(Forget(self.session_id))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the cache goes with the fetcher, or on the next Forget
+        with trio.move_on_after(10):
+            await self._report(SessionFinished(self.session_id, succeeded))
+        self.finished.set()

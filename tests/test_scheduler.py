@@ -1,0 +1,451 @@
+"""The scheduler and work sessions against a scripted farm, with real tiny processes."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from actors._entities import key_of
+from actors._fetcher import EntityFetcher
+from actors._logship import LogShipper
+from actors._messages import ActionState
+from actors._scheduler import Scheduler
+from actors._worksession import (
+    Assignment,
+    Report,
+    WorkerIdentity,
+    WorkSession,
+    WorkSessionOptions,
+    exit_code_32,
+)
+
+HEX = "0123456789abcdef" * 2
+FARM, FLEET, WORKER = f"farm-{HEX}", f"fleet-{HEX}", f"worker-{HEX}"
+QUEUE, JOB = f"queue-{HEX}", f"job-{HEX}"
+STEP = f"step-{HEX}"
+SESSION = f"session-{HEX}"
+ENV_ID = f"JOB:{JOB}:Env"
+PY = sys.executable
+
+
+def action_id(n: int) -> str:
+    return f"sessionaction-{HEX}-{n}"
+
+
+def task(n: int, frame: int) -> dict[str, Any]:
+    return {
+        "sessionActionId": action_id(n),
+        "definition": {
+            "taskRun": {
+                "stepId": STEP,
+                "taskId": f"task-{HEX}-{frame}",
+                "parameters": {"F": {"int": str(frame)}},
+            }
+        },
+    }
+
+
+def env_enter(n: int) -> dict[str, Any]:
+    return {"sessionActionId": action_id(n), "definition": {"envEnter": {"environmentId": ENV_ID}}}
+
+
+def env_exit(n: int) -> dict[str, Any]:
+    return {"sessionActionId": action_id(n), "definition": {"envExit": {"environmentId": ENV_ID}}}
+
+
+def session(*actions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "queueId": QUEUE,
+        "jobId": JOB,
+        "sessionActions": list(actions),
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {"logGroupName": "g", "logStreamName": SESSION},
+            "parameters": {},
+        },
+    }
+
+
+class FakeFarm:
+    """A scripted UpdateWorkerSchedule and BatchGetJobEntity."""
+
+    def __init__(self, on_run: dict[str, Any]) -> None:
+        self.calls: list[dict[str, dict[str, Any]]] = []
+        self.assigned: dict[str, dict[str, Any]] = {}
+        self.cancel: dict[str, list[str]] = {}
+        self.interval = 1000
+        self.stop = False
+        self.fail_next: list[Exception] = []
+        self.completed: dict[str, str] = {}
+        self.on_run = on_run
+        self.job_details_error: str | None = None
+        self.changed = trio.Event()
+
+    async def update_worker_schedule(
+        self, updated: Mapping[str, Mapping[str, Any]]
+    ) -> Mapping[str, Any]:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(copy.deepcopy(dict(updated)))  # type: ignore[arg-type]
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        for aid, fields in updated.items():
+            status = fields.get("completedStatus")
+            if status:
+                assert aid not in self.completed, f"{aid} reported twice"
+                self.completed[aid] = str(status)
+                for wire in self.assigned.values():
+                    wire["sessionActions"] = [
+                        a for a in wire["sessionActions"] if a["sessionActionId"] != aid
+                    ]
+        self.changed.set()
+        self.changed = trio.Event()
+        response: dict[str, Any] = {
+            "assignedSessions": copy.deepcopy(self.assigned),
+            "cancelSessionActions": dict(self.cancel),
+            "updateIntervalSeconds": self.interval,
+        }
+        if self.stop:
+            response["desiredWorkerStatus"] = "STOPPED"
+        return response
+
+    async def batch_get(self, identifiers: list[dict[str, Any]]) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        entities: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for identifier in identifiers:
+            kind = key_of(identifier)[0]
+            if kind == "jobDetails":
+                if self.job_details_error:
+                    errors.append(
+                        {
+                            "jobDetails": {
+                                "jobId": JOB,
+                                "code": self.job_details_error,
+                                "message": "no such job",
+                            }
+                        }
+                    )
+                else:
+                    entities.append(
+                        {
+                            "jobDetails": {
+                                "jobId": JOB,
+                                "logGroupName": "g",
+                                "schemaVersion": "jobtemplate-2023-09",
+                            }
+                        }
+                    )
+            elif kind == "stepDetails":
+                template = {"name": "Render", "script": {"actions": {"onRun": self.on_run}}}
+                entities.append(
+                    {
+                        "stepDetails": {
+                            "jobId": JOB,
+                            "stepId": STEP,
+                            "schemaVersion": "jobtemplate-2023-09",
+                            "template": template,
+                            "dependencies": [],
+                        }
+                    }
+                )
+            else:
+                template = {
+                    "name": "Env",
+                    "script": {
+                        "actions": {
+                            "onEnter": {"command": PY, "args": ["-c", "print('entered')"]},
+                            "onExit": {"command": PY, "args": ["-c", "print('exited')"]},
+                        }
+                    },
+                }
+                entities.append(
+                    {
+                        "environmentDetails": {
+                            "jobId": JOB,
+                            "environmentId": ENV_ID,
+                            "schemaVersion": "jobtemplate-2023-09",
+                            "template": template,
+                        }
+                    }
+                )
+        return {"entities": entities, "errors": errors}
+
+    async def wait_until(self, predicate: Any) -> None:
+        while not predicate():
+            await self.changed.wait()
+
+
+@attrs.define
+class Running:
+    farm: FakeFarm
+    scheduler: Scheduler
+    logs: Path
+    stop_requests: list[bool]
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, farm: FakeFarm) -> AsyncIterator[Running]:
+    stop_requests: list[bool] = []
+    async with trio.open_nursery() as nursery:
+        shipper = await nursery.start(LogShipper(None).run)
+        fetcher = await nursery.start(EntityFetcher(farm.batch_get).run)
+
+        def factory(assignment: Assignment, reports: trio.MemorySendChannel[Report]) -> WorkSession:
+            return WorkSession(
+                assignment,
+                identity=WorkerIdentity(FARM, FLEET, WORKER),
+                fetcher=fetcher,
+                reports=reports,
+                shipper=shipper,
+                options=WorkSessionOptions(
+                    logs_dir=tmp_path / "logs", session_root=tmp_path / "sessions"
+                ),
+            )
+
+        scheduler = Scheduler(farm, factory, on_stop_requested=lambda: stop_requests.append(True))
+        await nursery.start(scheduler.run)
+        yield Running(farm, scheduler, tmp_path / "logs", stop_requests)
+        nursery.cancel_scope.cancel()
+
+
+async def sync_until(r: Running, predicate: Any) -> None:
+    """Heartbeat by hand until the farm has seen what the test waits for."""
+    while not predicate():
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        await r.scheduler.sync_now()
+
+
+def started(farm: FakeFarm, n: int) -> Any:
+    return lambda: any(action_id(n) in c and "startedAt" in c[action_id(n)] for c in farm.calls)
+
+
+def py(code: str) -> dict[str, Any]:
+    return {"command": PY, "args": ["-c", code]}
+
+
+async def test_actions_run_and_every_final_state_is_reported_at_once(tmp_path: Path) -> None:
+    """Assigned actions run in order; each final state goes out without waiting for a heartbeat."""
+    farm = FakeFarm(py("print('frame {{Task.Param.F}}')"))
+    farm.assigned = {SESSION: session(env_enter(0), task(1, 1), task(2, 2), env_exit(3))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await r.scheduler.sync_now()  # the first heartbeat
+            await farm.wait_until(lambda: len(farm.completed) == 4)
+    assert farm.completed == {action_id(i): "SUCCEEDED" for i in range(4)}
+    # Started and finished reports carry times and the exit code; a task run also manifests.
+    finals = {
+        aid: fields
+        for call in farm.calls
+        for aid, fields in call.items()
+        if "completedStatus" in fields
+    }
+    assert finals[action_id(1)]["processExitCode"] == 0
+    assert finals[action_id(1)]["manifests"] == []
+    assert finals[action_id(1)]["startedAt"] <= finals[action_id(1)]["endedAt"]
+    assert "manifests" not in finals[action_id(0)]
+    log_text = (tmp_path / "logs" / QUEUE / f"{SESSION}.log").read_text()
+    assert "frame 1" in log_text and "frame 2" in log_text and "entered" in log_text
+
+
+async def test_session_env_vars_reach_the_actions(tmp_path: Path) -> None:
+    """DEADLINE_* session and action variables are set for every action."""
+    code = (
+        "import os; print(','.join(os.environ[k] for k in ('DEADLINE_SESSION_ID', 'DEADLINE_FARM_ID', "
+        "'DEADLINE_QUEUE_ID', 'DEADLINE_JOB_ID', 'DEADLINE_FLEET_ID', 'DEADLINE_WORKER_ID', "
+        "'DEADLINE_SESSIONACTION_ID', 'DEADLINE_STEP_ID', 'DEADLINE_TASK_ID')))"
+    )
+    farm = FakeFarm(py(code))
+    farm.assigned = {SESSION: session(task(0, 5))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await r.scheduler.sync_now()
+            await farm.wait_until(lambda: len(farm.completed) == 1)
+    log_text = (tmp_path / "logs" / QUEUE / f"{SESSION}.log").read_text()
+    assert (
+        f"{SESSION},{FARM},{QUEUE},{JOB},{FLEET},{WORKER},{action_id(0)},{STEP},task-{HEX}-5"
+        in log_text
+    )
+
+
+async def test_a_failed_call_loses_nothing_and_sends_it_again(tmp_path: Path) -> None:
+    """If UpdateWorkerSchedule fails, the same updates go out with the next call."""
+    farm = FakeFarm(py("pass"))
+    farm.assigned = {SESSION: session(task(0, 1))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await r.scheduler.sync_now()
+            await farm.wait_until(
+                lambda: any("completedStatus" in f for c in farm.calls for f in c.values()) or False
+            )
+    # The fake accepted it; now a farm that fails once, with the scheduler under supervision.
+    farm2 = FakeFarm(py("pass"))
+    farm2.assigned = {SESSION: session(task(0, 1))}
+
+    class Transient(Exception):
+        pass
+
+    async def supervise(loop: Any) -> None:
+        while True:
+            try:
+                await loop()
+            except Transient:
+                continue
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            shipper = await nursery.start(LogShipper(None).run)
+            fetcher = await nursery.start(EntityFetcher(farm2.batch_get).run)
+
+            def factory(
+                assignment: Assignment, reports: trio.MemorySendChannel[Report]
+            ) -> WorkSession:
+                return WorkSession(
+                    assignment,
+                    identity=WorkerIdentity(FARM, FLEET, WORKER),
+                    fetcher=fetcher,
+                    reports=reports,
+                    shipper=shipper,
+                    options=WorkSessionOptions(
+                        logs_dir=tmp_path / "logs2", session_root=tmp_path / "s2"
+                    ),
+                )
+
+            scheduler = Scheduler(farm2, factory)
+            await nursery.start(partial_run(scheduler, supervise))
+            await scheduler.sync_now()
+            farm2.fail_next = [Transient("connection dropped")]
+            await farm2.wait_until(lambda: len(farm2.completed) == 1)
+            nursery.cancel_scope.cancel()
+    sent_final = [
+        c for c in farm2.calls if action_id(0) in c and "completedStatus" in c[action_id(0)]
+    ]
+    assert len(sent_final) == 2  # once into the failure, once again
+    assert sent_final[0] == sent_final[1]
+    assert farm2.completed == {action_id(0): "SUCCEEDED"}
+
+
+def partial_run(scheduler: Scheduler, supervise: Any) -> Any:
+    async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await scheduler.run(supervise=supervise, task_status=task_status)
+
+    return run
+
+
+async def test_cancel_from_the_farm_cancels_the_running_action(tmp_path: Path) -> None:
+    """cancelSessionActions cancels the running action; the rest is never attempted."""
+    farm = FakeFarm(py("import time; print('ready', flush=True); time.sleep(600)"))
+    farm.assigned = {SESSION: session(task(0, 1), task(1, 2))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await sync_until(r, started(farm, 0))
+            farm.cancel = {SESSION: [action_id(0), action_id(1)]}
+            await r.scheduler.sync_now()
+            await farm.wait_until(lambda: len(farm.completed) == 2)
+    assert farm.completed == {action_id(0): "CANCELED", action_id(1): "NEVER_ATTEMPTED"}
+    # NEVER_ATTEMPTED is never reported before the final state of the action that caused it.
+    first_final = [
+        next(i for i, c in enumerate(farm.calls) if aid in c and "completedStatus" in c[aid])
+        for aid in (action_id(0), action_id(1))
+    ]
+    assert first_final[0] <= first_final[1]
+
+
+async def test_failure_reports_exit_code_and_fail_message(tmp_path: Path) -> None:
+    """A failing task reports FAILED with its (signed 32-bit) exit code and openjd_fail message."""
+    farm = FakeFarm(py("import sys; print('openjd_fail: no license'); sys.exit(3)"))
+    farm.assigned = {SESSION: session(task(0, 1), task(1, 2))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await r.scheduler.sync_now()
+            await farm.wait_until(lambda: len(farm.completed) == 2)
+    finals = {aid: f for c in farm.calls for aid, f in c.items() if "completedStatus" in f}
+    assert finals[action_id(0)]["completedStatus"] == "FAILED"
+    assert finals[action_id(0)]["processExitCode"] == 3
+    assert finals[action_id(0)]["progressMessage"] == "no license"
+    assert finals[action_id(1)] == {"completedStatus": "NEVER_ATTEMPTED"}
+    assert exit_code_32(4294967295) == -1 and exit_code_32(-9) == -9
+
+
+async def test_sessions_the_farm_drops_are_stopped(tmp_path: Path) -> None:
+    """A session missing from assignedSessions is stopped and ends."""
+    farm = FakeFarm(py("import time; print('ready', flush=True); time.sleep(600)"))
+    farm.assigned = {SESSION: session(task(0, 1))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await sync_until(r, started(farm, 0))
+            farm.assigned = {}
+            await r.scheduler.sync_now()
+            await r.scheduler.wait_sessions_finished()
+            await r.scheduler.sync_now()
+    assert farm.completed == {action_id(0): "CANCELED"}
+    assert r.scheduler.statistics().sessions == 0
+
+
+async def test_a_session_that_cannot_start_returns_its_actions(tmp_path: Path) -> None:
+    """If jobDetails fails, the first action is FAILED and the rest NEVER_ATTEMPTED, once."""
+    farm = FakeFarm(py("pass"))
+    farm.job_details_error = "ResourceNotFoundException"
+    farm.assigned = {SESSION: session(env_enter(0), task(1, 1), env_exit(2))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await r.scheduler.sync_now()
+            await farm.wait_until(lambda: len(farm.completed) == 3)
+            # The farm keeps the session and assigns it more work: returned at once.
+            farm.assigned[SESSION]["sessionActions"] = [task(3, 2), task(4, 3)]
+            await r.scheduler.sync_now()
+            await farm.wait_until(lambda: len(farm.completed) == 5)
+            await r.scheduler.sync_now()
+    assert farm.completed == {
+        action_id(0): "FAILED",
+        action_id(1): "NEVER_ATTEMPTED",
+        action_id(2): "NEVER_ATTEMPTED",
+        action_id(3): "FAILED",
+        action_id(4): "NEVER_ATTEMPTED",
+    }
+
+
+async def test_farm_interval_and_stop_request_reach_the_owner(tmp_path: Path) -> None:
+    """updateIntervalSeconds and desiredWorkerStatus=STOPPED are passed on."""
+    farm = FakeFarm(py("pass"))
+    farm.interval = 7
+    farm.stop = True
+    intervals: list[float] = []
+    async with trio.open_nursery() as nursery:
+        stopped: list[bool] = []
+        scheduler = Scheduler(
+            farm,
+            lambda a, r: pytest.fail("no sessions"),
+            on_interval=intervals.append,
+            on_stop_requested=lambda: stopped.append(True),
+        )
+        await nursery.start(scheduler.run)
+        await scheduler.sync_now()
+        await scheduler.sync_now()
+        nursery.cancel_scope.cancel()
+    assert intervals == [7.0]
+    assert stopped == [True]
+    assert scheduler.statistics().stop_requested
+
+
+async def test_stop_sessions_interrupts_running_work(tmp_path: Path) -> None:
+    """A drain stops the sessions: the running action is reported INTERRUPTED at once."""
+    farm = FakeFarm(py("import time; print('ready', flush=True); time.sleep(600)"))
+    farm.assigned = {SESSION: session(task(0, 1), task(1, 2))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await sync_until(r, started(farm, 0))
+            r.scheduler.stop_sessions(
+                grace=5, running_state=ActionState.INTERRUPTED, reason="drain"
+            )
+            await r.scheduler.wait_sessions_finished()
+            await r.scheduler.sync_now()
+    assert farm.completed == {action_id(0): "INTERRUPTED", action_id(1): "NEVER_ATTEMPTED"}
