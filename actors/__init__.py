@@ -4,6 +4,7 @@ The actors know nothing of the CLI or the farm they serve: they take commands
 through their inboxes and report events through the channels they are given.
 """
 
+from ._contain import Containment as Containment
 from ._messages import ActionEnded as ActionEnded
 from ._messages import ActionFailMessage as ActionFailMessage
 from ._messages import ActionKind as ActionKind

@@ -154,8 +154,12 @@ async def run_process(
     control: ActionControl,
     on_output: Callable[[bytes], Awaitable[None]],
     log: LogFn,
+    on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
-    """Run ``argv`` to completion under ``control``; feed its output to ``on_output``."""
+    """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
+
+    ``on_start(pid)`` runs right after the process starts (to contain it).
+    """
     if control.requested:
         return ProcessResult(None, canceled=True, timed_out=False, mark_failed=control.mark_failed)
     read_fd, write_fd = _open_pipe()
@@ -182,6 +186,8 @@ async def run_process(
             mark_failed=False,
             spawn_error=f"{argv[0]}: {reason}",
         )
+    if on_start is not None:
+        on_start(process.pid)
     supervisor = _Supervisor(process, read_fd, method, runtime_limit, control, on_output, log, cwd)
     return await supervisor.run()
 

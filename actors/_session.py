@@ -34,6 +34,7 @@ import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -43,6 +44,7 @@ from openjd.expr import PathMappingRule
 from openjd.model import JobParameterValues
 
 from . import _output
+from ._contain import Containment
 from ._messages import (
     ActionEnded,
     ActionFailMessage,
@@ -140,8 +142,11 @@ class SessionRunner:
         events: trio.MemorySendChannel[SessionEvent],
         *,
         resolver: Resolver | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.config = config
+        self._own_containment = containment is None
+        self._containment = containment
         self.session_id = config.session_id
         self._events = events
         self._resolver = resolver or _resolve_runnable
@@ -177,6 +182,10 @@ class SessionRunner:
         root = config.root_directory or default_session_root()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         working_directory = Path(tempfile.mkdtemp(dir=root, prefix="session-"))
+        if self._containment is None:
+            self._containment = Containment()
+        containment = self._containment
+        containment.track_directory(working_directory)
         try:
             self._context = SessionContext(
                 session_id=config.session_id,
@@ -184,7 +193,7 @@ class SessionRunner:
                 job_parameter_values=config.job_parameter_values,
                 job_name=config.job_name,
                 path_mapping_rules=config.path_mapping_rules,
-                session_env=config.session_env,
+                session_env={**config.session_env, **containment.environment(self.session_id)},
                 base_env=config.base_env,
                 extensions=config.extensions,
                 redactor=_output.Redactor(min_length=config.min_secret_length),
@@ -417,6 +426,7 @@ class SessionRunner:
             control=running.control,
             on_output=on_output,
             log=note,
+            on_start=partial(self._containment_attach, self.session_id),
         )
         await flush(processor.finish())
         if result.spawn_error is not None:
@@ -592,10 +602,26 @@ class SessionRunner:
         self._done_ids.append(action_id)
         self._done_set.add(action_id)
 
+    def _containment_attach(self, session_id: str, pid: int) -> None:
+        if self._containment is not None:
+            self._containment.attach(session_id, pid)
+
     async def _cleanup(self, working_directory: Path) -> None:
+        containment = self._containment
+        if containment is not None:
+            # Whatever of the session still runs (daemons its actions left) goes now,
+            # before its working directory.
+            with trio.move_on_after(30):
+                await containment.sweep(self.session_id)
+            if self.config.retain_working_directory:
+                containment.untrack_directory(working_directory)  # the user keeps it
+            if self._own_containment:
+                containment.close()
         if not self.config.retain_working_directory:
             try:
                 await trio.to_thread.run_sync(shutil.rmtree, working_directory)
+                if containment is not None:
+                    containment.untrack_directory(working_directory)
             except OSError as exc:
                 log.warning(
                     "session.cleanup_failed",

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
+
+from actors import Containment
 
 from ._localrun import LocalRunOptions, plan_local_session, run_local_session, session_config
 from ._logging import configure_logging
@@ -84,7 +87,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging(verbose=args.verbose, stream=sys.stderr)
+    # The session's own output is the point here; farmhand's log says only what matters.
+    configure_logging(verbose=args.verbose, quiet=not args.verbose, stream=sys.stderr)
     options = LocalRunOptions(
         template=args.template,
         parameters=args.parameters,
@@ -110,5 +114,11 @@ def main(args: argparse.Namespace) -> int:
         err = sys.stderr.buffer
         renderer = HumanRenderer(out, err, verbose=args.verbose, live=sys.stderr.isatty())
     config = session_config(plan, preserve=args.preserve)
-    trio.run(run_local_session, plan, config, renderer)
+    # The watchdog kills what this session started even if we are killed with SIGKILL.
+    containment = Containment()
+    containment.start_watchdog()
+    try:
+        trio.run(partial(run_local_session, plan, config, renderer, containment=containment))
+    finally:
+        containment.close()
     return 0 if renderer.success else 1

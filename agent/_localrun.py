@@ -39,6 +39,7 @@ from openjd.model import (
 from actors import (
     ActionState,
     Cancel,
+    Containment,
     Enqueue,
     EnterEnvironment,
     ExitEnvironment,
@@ -315,6 +316,7 @@ async def run_local_session(
     on_event: Callable[[SessionEvent], None],
     *,
     handle_signals: bool = True,
+    containment: Containment | None = None,
 ) -> None:
     """Run the plan to its end, passing each event to ``on_event`` in order.
 
@@ -323,7 +325,7 @@ async def run_local_session(
     is running at once; a third skips the remaining exits.
     """
     events_send, events_receive = trio.open_memory_channel[SessionEvent](8)
-    runner = SessionRunner(config, events_send)
+    runner = SessionRunner(config, events_send, containment=containment)
 
     async def run_runner(
         *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]

@@ -14,10 +14,15 @@ import structlog
 
 
 def configure_logging(
-    *, verbose: bool = False, stream: TextIO | None = None, json_format: bool = False
+    *,
+    verbose: bool = False,
+    quiet: bool = False,
+    stream: TextIO | None = None,
+    json_format: bool = False,
 ) -> None:
-    """Send farmhand's log to ``stream`` (stderr by default), INFO or DEBUG and up."""
-    level = logging.DEBUG if verbose else logging.INFO
+    """Send farmhand's log to ``stream`` (stderr by default): DEBUG and up when
+    ``verbose``, WARNING and up when ``quiet``, INFO and up otherwise."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_format

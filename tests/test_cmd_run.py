@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,6 +272,7 @@ def test_preserve_keeps_the_working_directory(tmp_path: Path) -> None:
     [line] = [line for line in result.stdout.splitlines() if "working directory kept at" in line]
     kept = Path(line.rsplit(" ", 1)[1])
     assert (kept / "marker.txt").read_text() == "x"
+    shutil.rmtree(kept)
 
 
 def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path) -> None:

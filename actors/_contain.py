@@ -1,0 +1,189 @@
+"""No orphaned processes: every process started for a session dies with it.
+
+``Containment`` keeps the processes of each session findable:
+
+- every action's environment carries ``FARMHAND_SESSION_TAG=<instance>/<session>``,
+  which children inherit, also daemons that left the process group (and the
+  process group itself is killed when an action is cancelled);
+- where a cgroup v2 subtree is writable, each session gets a cgroup below
+  ``farmhand-<instance>`` and its action processes are moved into it as they
+  start; members of a cgroup cannot leave it on their own.
+
+``sweep(session)`` kills whatever of a session is still alive when it ends.
+
+If the agent itself is killed (even with SIGKILL), a small watchdog process
+(``_watchdog.py``, started in its own session and deaf to terminal signals)
+sees its pipe from the agent close, kills every process carrying the
+instance's tag and everything in its cgroups, removes the session working
+directories it was told about, and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import structlog
+import trio
+
+from . import _watchdog
+from ._watchdog import TAG_VARIABLE
+
+log = structlog.get_logger("farmhand.contain")
+
+
+def _cgroup2_mount() -> Path | None:
+    try:
+        with open("/proc/self/mountinfo") as file:
+            for line in file:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return Path(left.split()[4])
+    except OSError:
+        pass
+    return None
+
+
+def _own_cgroup() -> Path | None:
+    mount = _cgroup2_mount()
+    if mount is None:
+        return None
+    try:
+        with open("/proc/self/cgroup") as file:
+            for line in file:
+                if line.startswith("0::"):
+                    return mount / line[3:].strip().lstrip("/")
+    except OSError:
+        pass
+    return None
+
+
+class Containment:
+    """See the module docstring."""
+
+    def __init__(self, *, use_cgroup: bool = True, instance: str | None = None) -> None:
+        self.instance = instance or uuid.uuid4().hex[:16]
+        self._cgroup_root: Path | None = self._make_cgroup_root() if use_cgroup else None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+
+    @property
+    def cgroup_root(self) -> Path | None:
+        return self._cgroup_root
+
+    def _make_cgroup_root(self) -> Path | None:
+        parent = _own_cgroup()
+        if parent is None:
+            return None
+        root = parent / f"farmhand-{self.instance}"
+        try:
+            root.mkdir()
+        except OSError as exc:
+            log.debug("contain.no_cgroup", path=str(root), error=str(exc))
+            return None
+        return root
+
+    def tag(self, session_id: str) -> str:
+        return f"{self.instance}/{session_id}"
+
+    def environment(self, session_id: str) -> dict[str, str]:
+        """Variables every process of the session must carry."""
+        return {TAG_VARIABLE: self.tag(session_id)}
+
+    def _session_cgroup(self, session_id: str) -> Path | None:
+        if self._cgroup_root is None:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in session_id)[:200]
+        return self._cgroup_root / safe
+
+    def attach(self, session_id: str, pid: int) -> None:
+        """Move a new action process into the session's cgroup (call right after it starts)."""
+        cgroup = self._session_cgroup(session_id)
+        if cgroup is None:
+            return
+        try:
+            cgroup.mkdir(exist_ok=True)
+            (cgroup / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            # The process may already be gone; the tag still finds its children.
+            log.debug("contain.attach_failed", pid=pid, error=str(exc))
+
+    async def sweep(self, session_id: str) -> int:
+        """Kill every process left of a session. Returns how many were signalled."""
+        cgroup = self._session_cgroup(session_id)
+
+        def work() -> int:
+            if cgroup is not None and cgroup.exists():
+                _watchdog.kill_cgroup(str(cgroup))
+            killed = _watchdog.kill_all(self.tag(session_id), exact=True)
+            if cgroup is not None:
+                _watchdog.remove_cgroup(str(cgroup))
+            return killed
+
+        # /proc scans are quick, but not free on a busy host: keep them off the loop.
+        killed = await trio.to_thread.run_sync(work)
+        if killed:
+            log.info("contain.swept", session_id=session_id, processes=killed)
+        return killed
+
+    # ---- the watchdog
+
+    def start_watchdog(self) -> None:
+        """Start the process that cleans up if this one dies. Idempotent."""
+        if self._watchdog is not None:
+            return
+        argv = [sys.executable, "-I", "-S", _watchdog.__file__, self.instance]
+        if self._cgroup_root is not None:
+            argv.append(str(self._cgroup_root))
+        self._watchdog = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # no terminal signals: it must outlive us
+            close_fds=True,
+        )
+
+    def track_directory(self, path: Path) -> None:
+        """Have the watchdog remove ``path`` if we die before we remove it."""
+        self._tell_watchdog(b"+" + os.fsencode(path))
+
+    def untrack_directory(self, path: Path) -> None:
+        self._tell_watchdog(b"-" + os.fsencode(path))
+
+    def _tell_watchdog(self, line: bytes) -> None:
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.stdin is None or b"\n" in line:
+            return
+        try:
+            watchdog.stdin.write(line + b"\n")
+            watchdog.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            log.warning("contain.watchdog_gone")
+
+    @property
+    def watchdog_pid(self) -> int | None:
+        return self._watchdog.pid if self._watchdog is not None else None
+
+    def close(self) -> None:
+        """Normal exit: let the watchdog sweep what is left, and remove our cgroups."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            watchdog.stdin.close()
+            try:
+                watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
+        elif self._cgroup_root is not None:
+            _watchdog.kill_cgroup(str(self._cgroup_root))
+            _watchdog.kill_all(self.instance)
+        if self._cgroup_root is not None:
+            _watchdog.remove_cgroup(str(self._cgroup_root))
+
+
+def default_containment() -> Containment:
+    """A containment without a watchdog (for tests and one-off runs)."""
+    return Containment(use_cgroup=os.environ.get("FARMHAND_NO_CGROUP") is None)

@@ -1,0 +1,154 @@
+"""Finding and killing every process started for farmhand's sessions.
+
+This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP]``)
+by the watchdog that outlives a killed agent, so it imports only the standard
+library and nothing from the package.
+
+A process belongs to farmhand when its environment carries
+``FARMHAND_SESSION_TAG=<instance>/<session>`` (every action's process gets it,
+and children inherit it), or when it is in one of our cgroups. Daemonised
+grandchildren that leave their process group keep both.
+
+Session ids are deliberately not used to find processes: once an action's
+leader has exited, its pid (the session id) can be reused by an unrelated
+process, which must never be killed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+
+TAG_VARIABLE = "FARMHAND_SESSION_TAG"
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def _state(pid: str) -> str | None:
+    """The process's state letter (``R``, ``S``, ``Z``...), ``None`` if it is gone."""
+    data = _read(f"/proc/{pid}/stat")
+    if data is None:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    return fields[0].decode() if fields else None
+
+
+def find_processes(tag: str, *, exact: bool = False) -> list[int]:
+    """Live processes carrying ``tag`` in their environment (a prefix, unless ``exact``)."""
+    own = os.getpid()
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        name = entry.name
+        if not name.isdigit() or int(name) == own:
+            continue
+        if _state(name) in (None, "Z", "X"):
+            continue
+        environ = _read(f"/proc/{name}/environ")
+        if environ is None:
+            continue
+        for item in environ.split(b"\0"):
+            if item == needle or (not exact and item.startswith(needle)):
+                found.append(int(name))
+                break
+    return found
+
+
+def kill_cgroup(path: str) -> None:
+    """Kill every process in a cgroup v2 directory and below (best effort)."""
+    kill = os.path.join(path, "cgroup.kill")
+    try:
+        with open(kill, "w") as file:
+            file.write("1")
+        return
+    except OSError:
+        pass
+    # Kernels before 5.14 have no cgroup.kill: signal the members ourselves.
+    for root, _dirs, _files in os.walk(path):
+        procs = _read(os.path.join(root, "cgroup.procs")) or b""
+        for pid in procs.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
+def remove_cgroup(path: str, *, patience: float = 2.0) -> None:
+    """Remove a cgroup directory tree, deepest first, once its killed members are
+    gone (a cgroup stays busy for the moment its processes take to exit)."""
+    deadline = time.monotonic() + patience
+    for root, _dirs, _files in os.walk(path, topdown=False):
+        while True:
+            try:
+                os.rmdir(root)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)  # a bounded wait for the kernel to finish the kill
+
+
+def kill_all(tag: str, *, exact: bool = False, rounds: int = 20) -> int:
+    """SIGKILL matching processes; scan again (a process may have forked while
+    we looked) until a scan finds none, at most ``rounds`` times."""
+    killed: set[int] = set()
+    for _ in range(rounds):
+        pids = find_processes(tag, exact=exact)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except OSError:
+                pass
+    return len(killed)
+
+
+def main(argv: list[str]) -> int:
+    """The watchdog: wait for the agent to go (EOF on stdin), then clean up.
+
+    While it waits, the agent tells it about session working directories, one
+    line each: ``+PATH`` (created) and ``-PATH`` (removed or to be kept). Those
+    still listed when the agent is gone are removed after its processes.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    tag = argv[1]
+    cgroup = argv[2] if len(argv) > 2 else ""
+    directories: set[str] = set()
+    pending = b""
+    try:
+        while chunk := os.read(0, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                path = line[1:].decode("utf-8", "surrogateescape")
+                if line.startswith(b"+"):
+                    directories.add(path)
+                elif line.startswith(b"-"):
+                    directories.discard(path)
+    except OSError:
+        pass
+    if cgroup:
+        kill_cgroup(cgroup)
+    kill_all(tag)
+    if cgroup:
+        remove_cgroup(cgroup)
+    for path in directories:
+        shutil.rmtree(path, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
