@@ -2,7 +2,8 @@
 
 ``Containment`` keeps the processes of each session findable:
 
-- every action's environment carries ``FARMHAND_SESSION_TAG=<instance>/<session>``,
+- every action's environment carries
+  ``FARMHAND_SESSION_TAG=<instance>/<session>/<action>``,
   which children inherit, also daemons that left the process group (and the
   process group itself is killed when an action is cancelled);
 - where a cgroup v2 subtree is writable, each session gets a cgroup below
@@ -86,11 +87,12 @@ class Containment:
         return root
 
     def tag(self, session_id: str) -> str:
-        return f"{self.instance}/{session_id}"
+        """The prefix of the tags of every process of a session."""
+        return f"{self.instance}/{session_id}/"
 
-    def environment(self, session_id: str) -> dict[str, str]:
-        """Variables every process of the session must carry."""
-        return {TAG_VARIABLE: self.tag(session_id)}
+    def action_environment(self, session_id: str, action: int) -> dict[str, str]:
+        """The variable an action's processes carry: ``<instance>/<session>/<action>``."""
+        return {TAG_VARIABLE: f"{self.tag(session_id)}{action}"}
 
     def _session_cgroup(self, session_id: str) -> Path | None:
         if self._cgroup_root is None:
@@ -117,7 +119,7 @@ class Containment:
         def work() -> int:
             if cgroup is not None and cgroup.exists():
                 _watchdog.kill_cgroup(str(cgroup))
-            killed = _watchdog.kill_all(self.tag(session_id), exact=True)
+            killed = _watchdog.kill_all(self.tag(session_id))
             if cgroup is not None:
                 _watchdog.remove_cgroup(str(cgroup))
             return killed

@@ -53,6 +53,7 @@ from openjd.model.v2023_09 import (
     StepScript,
 )
 
+from ._jobuser import ResolvedJobUser, launcher_script, share_with_group, sudo_argv
 from ._messages import EnterEnvironment, ExitEnvironment, RunTask
 from ._output import Redactor
 from ._process import CancelMethod, CancelMode
@@ -123,25 +124,36 @@ class SessionContext:
         base_env: Mapping[str, str] | None = None,
         extensions: Iterable[str] = (),
         redactor: Redactor | None = None,
+        job_user: ResolvedJobUser | None = None,
     ) -> None:
         self.session_id = session_id
         self.working_directory = working_directory
         self.files_directory = working_directory / "embedded_files"
         self.files_directory.mkdir(mode=0o700, exist_ok=True)
+        #: Run actions as this user (``None``: as the agent's own user).
+        self.job_user = job_user if job_user is not None and not job_user.is_agent_user else None
+        if self.job_user is not None:
+            share_with_group(working_directory, self.job_user, 0o770)
+            share_with_group(self.files_directory, self.job_user, 0o770)
+        self._launchers = 0
         self.job_parameter_values: JobParameterValues = dict(job_parameter_values or {})
         self.job_name = job_name
         self.path_mapping_rules = sort_path_mapping_rules(path_mapping_rules)
         self.extensions = frozenset(extensions)
         self.redactor = redactor if redactor is not None else Redactor()
-        env = dict(os.environ if base_env is None else base_env)
-        env.update(session_env or {})
-        env["OPENJD_SESSION_WORKING_DIR"] = str(working_directory)
-        self._base_env = env
+        self._agent_env = dict(os.environ if base_env is None else base_env)
+        #: Variables of the session itself (not inherited from the agent).
+        self._session_env = {
+            **(session_env or {}),
+            "OPENJD_SESSION_WORKING_DIR": str(working_directory),
+        }
         self._entered: list[_EnteredEnvironment] = []
         self._path_mapping_file: str | None = None
         self._resolved_bases: dict[int, dict[str, Any]] = {}
         #: The environment whose onEnter is running, which ``openjd_env`` changes.
         self.entering: str | None = None
+        #: Notes for the session log from preparing actions (taken by the runner).
+        self.notes: list[str] = []
 
     # ---------------------------------------------------------------- queries
 
@@ -180,15 +192,22 @@ class SessionContext:
         return False
 
     def process_env(self, extra: Mapping[str, str]) -> dict[str, str]:
-        env = dict(self._base_env)
-        env.update(extra)
-        for entry in self._entered:
-            for name, value in entry.changes.items():
-                if value is None:
-                    env.pop(name, None)
-                else:
-                    env[name] = value
+        """An action's environment: the agent's, then the session's, the action's
+        own and the entered environments' changes."""
+        env = dict(self._agent_env)
+        for name, value in self.session_changes(extra).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         return env
+
+    def session_changes(self, extra: Mapping[str, str]) -> dict[str, str | None]:
+        """What the session sets (a value) or unsets (``None``) on top of a base environment."""
+        changes: dict[str, str | None] = {**self._session_env, **extra}
+        for entry in self._entered:
+            changes.update(entry.changes)
+        return changes
 
     # ---------------------------------------------------------------- actions
 
@@ -358,6 +377,8 @@ class SessionContext:
             )
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 json.dump(document, file)
+            if self.job_user is not None:
+                share_with_group(Path(name), self.job_user, 0o640)
             self._path_mapping_file = name
         return self._path_mapping_file
 
@@ -378,19 +399,43 @@ class SessionContext:
             if let_bindings:
                 evaluate_let_bindings(symtab=symtab, let_bindings=let_bindings)
             for path, file in records:
-                self._write_file(path, file, symtab)
+                self._write_file(path, file, symtab, self.job_user)
             argv = [action.command.resolve(symtab=symtab), *_resolve_args(action.args, symtab)]
             timeout = _resolve_int(action.timeout, symtab, "timeout", minimum=1)
             method = _resolve_cancelation(action, symtab, default_notify)
+            if self.job_user is not None:
+                argv, env = self._as_job_user(argv, self.session_changes(extra_env))
+            else:
+                env = self.process_env(extra_env)
         except (ValueError, OSError) as exc:
             # FormatStringError and openjd.expr's errors are ValueErrors.
             raise ActionSetupError(str(exc)) from exc
         return PreparedAction(
             tuple(argv),
-            self.process_env(extra_env),
+            env,
             float(timeout) if timeout is not None else default_timeout,
             method,
         )
+
+    def _as_job_user(
+        self, argv: list[str], env: Mapping[str, str | None]
+    ) -> tuple[list[str], dict[str, str]]:
+        """Wrap the command: sudo runs a script that sets the session's variables (on the
+        job user's login environment, as openjd-sessions does) and execs it."""
+        assert self.job_user is not None
+        text, skipped = launcher_script(argv, env, self.working_directory)
+        if skipped:
+            self.notes.append(f"not passed to the job user (not shell names): {', '.join(skipped)}")
+        self._launchers += 1
+        path = self.working_directory / f".farmhand-action-{self._launchers}.sh"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700)
+        try:
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
+        share_with_group(path, self.job_user, 0o750)
+        # sudo itself runs with ours; it gives the job a clean login environment.
+        return sudo_argv(self.job_user, path), dict(self._agent_env)
 
     def _allocate_files(
         self, files: Iterable[Any], symtab: SymbolTable, prefix: str
@@ -417,7 +462,9 @@ class SessionContext:
         return records
 
     @staticmethod
-    def _write_file(path: Path, file: EmbeddedFileText, symtab: SymbolTable) -> None:
+    def _write_file(
+        path: Path, file: EmbeddedFileText, symtab: SymbolTable, job_user: ResolvedJobUser | None
+    ) -> None:
         data = file.data.resolve(symtab=symtab)
         end_of_line = file.endOfLine.value if file.endOfLine is not None else None
         if end_of_line == "CRLF":
@@ -429,6 +476,9 @@ class SessionContext:
         fd = os.open(path, flags, mode)
         try:
             os.write(fd, data.encode("utf-8"))
+            if job_user is not None:
+                os.fchown(fd, -1, job_user.gid)
+                mode |= stat.S_IRGRP | stat.S_IWGRP | (stat.S_IXGRP if file.runnable else 0)
             os.fchmod(fd, mode)  # the file may have existed with other bits
         finally:
             os.close(fd)

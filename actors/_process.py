@@ -155,10 +155,15 @@ async def run_process(
     on_output: Callable[[bytes], Awaitable[None]],
     log: LogFn,
     on_start: Callable[[int], None] | None = None,
+    also_signal: Callable[[signal.Signals], None] | None = None,
+    file_group: int | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
 
     ``on_start(pid)`` runs right after the process starts (to contain it).
+    ``also_signal(sig)`` is called whenever the process group is signalled, for
+    processes that cannot be reached through it (a job user's, behind sudo).
+    ``file_group`` is the group that must be able to read ``cancel_info.json``.
     """
     if control.requested:
         return ProcessResult(None, canceled=True, timed_out=False, mark_failed=control.mark_failed)
@@ -188,7 +193,18 @@ async def run_process(
         )
     if on_start is not None:
         on_start(process.pid)
-    supervisor = _Supervisor(process, read_fd, method, runtime_limit, control, on_output, log, cwd)
+    supervisor = _Supervisor(
+        process,
+        read_fd,
+        method,
+        runtime_limit,
+        control,
+        on_output,
+        log,
+        cwd,
+        also_signal,
+        file_group,
+    )
     return await supervisor.run()
 
 
@@ -203,8 +219,12 @@ class _Supervisor:
         on_output: Callable[[bytes], Awaitable[None]],
         log: LogFn,
         cwd: Path,
+        also_signal: Callable[[signal.Signals], None] | None,
+        file_group: int | None,
     ) -> None:
         self._process = process
+        self._also_signal = also_signal
+        self._file_group = file_group
         self._stream = trio.lowlevel.FdStream(read_fd)
         self._method = method
         self._runtime_limit = runtime_limit
@@ -232,14 +252,14 @@ class _Supervisor:
             if process.returncode is None:
                 # We are being cancelled from outside (the agent is going down
                 # hard): nothing of this action may outlive us.
-                _killpg(process.pid, signal.SIGKILL)
+                self._signal(signal.SIGKILL)
                 with trio.move_on_after(REAP_TIMEOUT_SECONDS, shield=True):
                     await process.wait()
             self._stream.close()
         if self._canceled:
             # Sweep the group: members that ignored SIGTERM, or were still
             # starting up, go with the action.
-            _killpg(process.pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
         control = self._control
         return ProcessResult(
             process.returncode,
@@ -301,7 +321,7 @@ class _Supervisor:
         pgid = self._process.pid
         if self._method.mode is CancelMode.TERMINATE:
             self._log("info", f"canceling: killing process group {pgid}")
-            _killpg(pgid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             return
         notify_deadline = trio.current_time() + self._method.notify_period
         notified = False
@@ -310,11 +330,11 @@ class _Supervisor:
             remaining = kill_at - trio.current_time()
             if remaining <= 0:
                 self._log("info", f"canceling: killing process group {pgid}")
-                _killpg(pgid, signal.SIGKILL)
+                self._signal(signal.SIGKILL)
                 return
             if not self._write_cancel_info(remaining):
                 self._log("warning", "terminating at once instead")
-                _killpg(pgid, signal.SIGKILL)
+                self._signal(signal.SIGKILL)
                 return
             if not notified:
                 self._log(
@@ -322,20 +342,31 @@ class _Supervisor:
                     f"canceling: SIGTERM to process group {pgid}; "
                     f"SIGKILL in {remaining:.0f} s unless it exits",
                 )
-                _killpg(pgid, signal.SIGTERM)
+                self._signal(signal.SIGTERM)
                 notified = True
             with trio.move_on_at(kill_at):
                 await control.wait_changed()
                 continue
             self._log("info", f"notify period over: killing process group {pgid}")
-            _killpg(pgid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             return
+
+    def _signal(self, sig: signal.Signals) -> None:
+        _killpg(self._process.pid, sig)
+        if self._also_signal is not None:
+            try:
+                self._also_signal(sig)
+            except Exception as exc:  # never let a signalling helper break the supervisor
+                self._log("warning", f"could not signal the job user's processes: {exc!r}")
 
     def _write_cancel_info(self, remaining: float) -> bool:
         notify_end = datetime.now(UTC) + timedelta(seconds=remaining)
         path = self._cwd / "cancel_info.json"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            if self._file_group is not None:
+                os.fchown(fd, -1, self._file_group)
+                os.fchmod(fd, 0o640)
             with os.fdopen(fd, "w") as file:
                 json.dump({"NotifyEnd": _utc_z(notify_end)}, file)
         except OSError as exc:

@@ -29,7 +29,9 @@ directory (unless asked to keep it).
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,6 +47,7 @@ from openjd.model import JobParameterValues
 
 from . import _output
 from ._contain import Containment
+from ._jobuser import JobUser, JobUserError, ResolvedJobUser, remove_as, signal_as, sudo_path
 from ._messages import (
     ActionEnded,
     ActionFailMessage,
@@ -71,6 +74,7 @@ from ._messages import (
 )
 from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
 from ._process import ActionControl, ProcessResult, run_process
+from ._watchdog import TAG_VARIABLE, find_processes
 
 log = structlog.get_logger("farmhand.session")
 
@@ -100,6 +104,8 @@ class SessionConfig:
     retain_working_directory: bool = False
     #: Secrets shorter than this are not masked (so one letter does not mask the log).
     min_secret_length: int = 1
+    #: Run the actions as this OS user (through sudo); ``None``: as the agent's user.
+    job_user: JobUser | None = None
 
 
 def default_session_root() -> Path:
@@ -159,6 +165,8 @@ class SessionRunner:
         self._stop_deadline = math.inf
         self._grace_over = False
         self._cancel_after_running: set[str] = set()
+        self._setup_error: str | None = None
+        self._actions_started = 0
         self._running: _Running | None = None
         self._done_ids: deque[str] = deque(maxlen=_REMEMBERED_DONE)
         self._done_set: set[str] = set()
@@ -179,8 +187,12 @@ class SessionRunner:
         ] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         config = self.config
+        job_user = self._resolve_job_user()
         root = config.root_directory or default_session_root()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if job_user is not None and root.stat().st_uid == os.geteuid():
+            # The job user must be able to reach its (group-shared) session directory.
+            root.chmod(root.stat().st_mode | 0o711)
         working_directory = Path(tempfile.mkdtemp(dir=root, prefix="session-"))
         if self._containment is None:
             self._containment = Containment()
@@ -193,10 +205,11 @@ class SessionRunner:
                 job_parameter_values=config.job_parameter_values,
                 job_name=config.job_name,
                 path_mapping_rules=config.path_mapping_rules,
-                session_env={**config.session_env, **containment.environment(self.session_id)},
+                session_env=config.session_env,
                 base_env=config.base_env,
                 extensions=config.extensions,
                 redactor=_output.Redactor(min_length=config.min_secret_length),
+                job_user=job_user,
             )
             inbox_send, inbox_receive = trio.open_memory_channel[SessionCommand](0)
             async with trio.open_nursery() as nursery:
@@ -209,6 +222,19 @@ class SessionRunner:
         finally:
             with trio.CancelScope(shield=True):
                 await self._cleanup(working_directory)
+
+    def _resolve_job_user(self) -> ResolvedJobUser | None:
+        if self.config.job_user is None:
+            return None
+        try:
+            resolved = self.config.job_user.resolve()
+            if not resolved.is_agent_user:
+                sudo_path()
+        except JobUserError as exc:
+            # Every action of the session fails with this reason.
+            self._setup_error = str(exc)
+            return None
+        return resolved
 
     # ------------------------------------------------------------------ commands
 
@@ -367,20 +393,32 @@ class SessionRunner:
             return  # a Stop already reported it while it was being resolved
         name, parameters = _describe(runnable, context)
         await self._started(running, runnable.kind, name, parameters)
+        self._actions_started += 1
+        tag = (
+            self._containment.action_environment(self.session_id, self._actions_started)
+            if self._containment
+            else {}
+        )
+        runnable = attrs.evolve(runnable, env={**runnable.env, **tag})
         try:
+            if self._setup_error is not None:
+                raise ActionSetupError(self._setup_error)
             prepared = self._prepare(runnable, context)
         except ActionSetupError as exc:
             running.fail_message = str(exc)
             await self._note(item.action_id, "error", f"cannot run this action: {exc}")
             await self._end_action(running, ActionState.FAILED, None)
             return
+        for note in context.notes:
+            await self._note(item.action_id, "warning", note)
+        context.notes.clear()
         if prepared.argv is None:
             await self._end_action(running, ActionState.SUCCESS, None)
             return
         if isinstance(runnable, EnterEnvironment):
             context.entering = runnable.environment_id
         try:
-            result = await self._run_process(prepared, running, context)
+            result = await self._run_process(prepared, running, context, tag.get(TAG_VARIABLE))
         finally:
             context.entering = None
         await self._end_action(running, _final_state(result), result.exit_code)
@@ -394,7 +432,11 @@ class SessionRunner:
         return context.prepare_task(runnable)
 
     async def _run_process(
-        self, prepared: PreparedAction, running: _Running, context: SessionContext
+        self,
+        prepared: PreparedAction,
+        running: _Running,
+        context: SessionContext,
+        tag: str | None,
     ) -> ProcessResult:
         assert prepared.argv is not None
         action_id = running.action_id
@@ -427,6 +469,10 @@ class SessionRunner:
             on_output=on_output,
             log=note,
             on_start=partial(self._containment_attach, self.session_id),
+            also_signal=partial(_signal_tagged, context.job_user, tag)
+            if context.job_user is not None and tag is not None
+            else None,
+            file_group=context.job_user.gid if context.job_user is not None else None,
         )
         await flush(processor.finish())
         if result.spawn_error is not None:
@@ -613,13 +659,28 @@ class SessionRunner:
             # before its working directory.
             with trio.move_on_after(30):
                 await containment.sweep(self.session_id)
+                job_user = self._context.job_user if self._context is not None else None
+                if job_user is not None:
+                    # Ours to kill even when we may not signal that user directly.
+                    leftovers = find_processes(containment.tag(self.session_id))
+                    if leftovers:
+                        await trio.to_thread.run_sync(
+                            signal_as, job_user, signal.SIGKILL, leftovers
+                        )
             if self.config.retain_working_directory:
                 containment.untrack_directory(working_directory)  # the user keeps it
             if self._own_containment:
                 containment.close()
         if not self.config.retain_working_directory:
+            job_user = self._context.job_user if self._context is not None else None
             try:
-                await trio.to_thread.run_sync(shutil.rmtree, working_directory)
+                try:
+                    await trio.to_thread.run_sync(shutil.rmtree, working_directory)
+                except PermissionError:
+                    if job_user is None:
+                        raise
+                    # Files the job user made that we may not delete: remove them as that user.
+                    await trio.to_thread.run_sync(remove_as, job_user, working_directory)
                 if containment is not None:
                     containment.untrack_directory(working_directory)
             except OSError as exc:
@@ -637,6 +698,13 @@ class SessionRunner:
                     str(working_directory) if self.config.retain_working_directory else None,
                 )
             )
+
+
+def _signal_tagged(user: ResolvedJobUser | None, tag: str | None, sig: signal.Signals) -> None:
+    """Signal an action's processes by their tag (sudo may put them in other sessions)."""
+    if user is None or tag is None:
+        return
+    signal_as(user, sig, find_processes(tag, exact=True))
 
 
 def _final_state(result: ProcessResult) -> ActionState:

@@ -5,7 +5,7 @@ by the watchdog that outlives a killed agent, so it imports only the standard
 library and nothing from the package.
 
 A process belongs to farmhand when its environment carries
-``FARMHAND_SESSION_TAG=<instance>/<session>`` (every action's process gets it,
+``FARMHAND_SESSION_TAG=<instance>/<session>/<action>`` (every action's process gets it,
 and children inherit it), or when it is in one of our cgroups. Daemonised
 grandchildren that leave their process group keep both.
 

@@ -191,7 +191,7 @@ async def open_session(config: SessionConfig, *, resolver: Any = None) -> AsyncI
 
 async def run_plan(lp: LocalPlan, tmp_path: Path, **overrides: Any) -> Recorder:
     config = session_config(lp, preserve=False)
-    config = _with(config, root_directory=tmp_path / "sessions", **overrides)
+    config = _with(config, **{"root_directory": tmp_path / "sessions", **overrides})
     async with open_session(config) as harness:
         await harness.enqueue(lp.actions)
     return harness.recorder

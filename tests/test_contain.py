@@ -114,11 +114,11 @@ def test_sweeping_one_session_spares_others() -> None:
     containment = Containment(use_cgroup=False)
     mine = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"],
-        env={**os.environ, **containment.environment("s1")},
+        env={**os.environ, **containment.action_environment("s1", 1)},
     )
     other = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"],
-        env={**os.environ, **containment.environment("s10")},
+        env={**os.environ, **containment.action_environment("s10", 1)},
     )
     try:
         deadline = time.monotonic() + 10
@@ -183,7 +183,9 @@ def test_killing_the_agent_with_sigkill_leaves_no_process_behind(tmp_path: Path)
         agent.wait()
         agent.stdout.close()
     deadline = time.monotonic() + 20
-    while (_alive(daemon) or _alive(task_pid)) and time.monotonic() < deadline:
+    while (
+        _alive(daemon) or _alive(task_pid) or Path(working_directory).exists()
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)  # the watchdog works asynchronously; we can only look
     assert not _alive(daemon), "the daemon survived the agent"
     assert not _alive(task_pid), "the task survived the agent"
