@@ -17,7 +17,8 @@ official ``{"amounts": {...}, "attributes": {...}}`` form) replaces the file's
 key by key. Configured capabilities override the detected ones per name
 (``agent._hostinfo``).
 
-Every problem is a one-line ``ConfigError`` that names its source: the flag, the
+Every value given is checked, also one that a higher source overrides. Every
+problem is a one-line ``ConfigError`` that names its source: the flag, the
 variable, or the file and ``[section] key``. Booleans accept what the official
 agent accepts (pydantic v1): ``true/false``, ``t/f``, ``yes/no``, ``y/n``,
 ``on/off``, ``1/0``, in any case.
@@ -735,23 +736,22 @@ def load_config(
     values: dict[str, object] = {}
     origins: dict[str, str] = {}
     for setting in _SETTINGS:
-        raw: object
-        inverted = False
+        # Highest first. Every value given is checked, also one a higher source overrides,
+        # so a bad line in the file fails now rather than on the day the override goes.
+        given: list[tuple[object, str, bool]] = []
         if setting.name in cli:
-            raw, where = cli[setting.name], setting.flag or setting.name
-        elif setting.env is not None and setting.env in env:
-            raw, where = env[setting.env], setting.env
-        elif setting.name in file_values:
-            raw, where = file_values[setting.name]
-            inverted = setting.toml_inverted
-        else:
-            continue
-        try:
-            value = setting.parse(raw)
-        except _Invalid as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        values[setting.name] = (not value) if inverted else value
-        origins[setting.name] = where
+            given.append((cli[setting.name], setting.flag or setting.name, False))
+        if setting.env is not None and setting.env in env:
+            given.append((env[setting.env], setting.env, False))
+        if setting.name in file_values:
+            given.append((*file_values[setting.name], setting.toml_inverted))
+        for raw, where, inverted in reversed(given):
+            try:
+                value = setting.parse(raw)
+            except _Invalid as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            values[setting.name] = (not value) if inverted else value
+            origins[setting.name] = where
 
     if _CAPABILITIES_ENV in env:
         values["capabilities"] = _capabilities_from_env(env[_CAPABILITIES_ENV])

@@ -122,6 +122,11 @@ def parse_nvidia_smi(text: str) -> NvidiaSmiReport:
     return NvidiaSmiReport(tuple(gpus), tuple(unreadable))
 
 
+async def _kill(process: trio.Process) -> None:
+    # nvidia-smi only reads, so there is nothing to wind down: no SIGTERM and 5 s grace first.
+    process.kill()
+
+
 async def probe_gpus(nvidia_smi: str = "nvidia-smi") -> NvidiaSmiReport:
     """Run nvidia-smi (at most ``NVIDIA_SMI_TIMEOUT`` seconds) and parse it; on any
     failure log a warning and report no GPUs."""
@@ -135,6 +140,7 @@ async def probe_gpus(nvidia_smi: str = "nvidia-smi") -> NvidiaSmiReport:
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
+                deliver_cancel=_kill,
             )
         except FileNotFoundError:
             log.warning("hostinfo.gpu_probe_failed", reason="nvidia-smi not found", gpus=0)
