@@ -1,0 +1,187 @@
+"""The credentials requests are signed with, and how the agent swaps them.
+
+A ``CredentialHolder`` is shared by every client of one worker. The agent starts
+it with the bootstrap credentials (``load_default_credentials``: botocore's
+default chain) and swaps in the fleet-role credentials from
+``AssumeFleetRoleForWorker`` with ``set_from_api``; the next request is signed
+with whatever the holder holds at that moment (each retry signs afresh).
+
+Any botocore ``Credentials`` works, including ``RefreshableCredentials``. Their
+refresh is a blocking call (often a network round trip), so when one is due it
+runs in a worker thread, one at a time, never on the Trio thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import botocore.credentials
+import botocore.exceptions
+import botocore.session
+import trio
+from botocore.credentials import Credentials, ReadOnlyCredentials
+
+from .._errors import CredentialsError
+
+# Resolving the default chain or refreshing can block on the network (instance
+# metadata, STS, a credential process). Few are ever needed at once.
+_CREDENTIALS_LIMITER = trio.CapacityLimiter(2)
+
+
+@attrs.frozen
+class CredentialStatistics:
+    #: How many times credentials were set (each swap counts).
+    generation: int
+    #: Refreshes of refreshable credentials run on our behalf.
+    refreshes: int
+    #: When the current credentials expire, if known.
+    expires_at: datetime | None
+    #: Whether the holder holds any credentials.
+    present: bool
+
+
+def static_credentials(
+    access_key_id: str, secret_access_key: str, session_token: str | None = None
+) -> Credentials:
+    """Plain credentials from their parts."""
+    return Credentials(access_key_id, secret_access_key, session_token, method="explicit")
+
+
+class CredentialHolder:
+    """Holds the credentials to sign with; the agent swaps them with ``set``."""
+
+    def __init__(
+        self, credentials: Credentials | None = None, *, expires_at: datetime | None = None
+    ) -> None:
+        self._credentials: Credentials | None = None
+        self._frozen: ReadOnlyCredentials | None = None
+        self._expires_at: datetime | None = None
+        self._generation = 0
+        self._refreshes = 0
+        self._refresh_lock = trio.Lock()
+        if credentials is not None:
+            self.set(credentials, expires_at=expires_at)
+
+    @property
+    def credentials(self) -> Credentials | None:
+        return self._credentials
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the current credentials expire, as given to ``set`` (``None``: unknown)."""
+        return self._expires_at
+
+    def set(self, credentials: Credentials | None, *, expires_at: datetime | None = None) -> None:
+        """Sign the next requests with ``credentials`` (``None``: with nothing; calls fail)."""
+        self._credentials = credentials
+        self._expires_at = expires_at
+        self._generation += 1
+        if credentials is None or isinstance(
+            credentials, botocore.credentials.RefreshableCredentials
+        ):
+            self._frozen = None
+        else:
+            self._frozen = _freeze(credentials)
+
+    def set_from_api(self, credentials: Mapping[str, Any]) -> None:
+        """Swap in the ``credentials`` member of an ``Assume*RoleForWorker`` response."""
+        try:
+            access_key = credentials["accessKeyId"]
+            secret_key = credentials["secretAccessKey"]
+        except KeyError as exc:
+            raise CredentialsError(f"the farm's credentials lack {exc.args[0]}") from exc
+        expiration = credentials.get("expiration")
+        self.set(
+            static_credentials(access_key, secret_key, credentials.get("sessionToken")),
+            expires_at=_as_datetime(expiration) if expiration is not None else None,
+        )
+
+    async def frozen(self) -> ReadOnlyCredentials:
+        """The credentials to sign one request with; refreshes in a thread when due."""
+        if self._frozen is not None:
+            return self._frozen
+        credentials = self._credentials
+        if credentials is None:
+            raise CredentialsError("no credentials to sign requests with")
+        if (
+            isinstance(credentials, botocore.credentials.RefreshableCredentials)
+            and credentials.refresh_needed()
+        ):
+            async with self._refresh_lock:
+                return await self._refresh(credentials)
+        return _freeze(credentials)
+
+    async def _refresh(self, credentials: Credentials) -> ReadOnlyCredentials:
+        if not credentials.refresh_needed():  # another task refreshed meanwhile
+            return _freeze(credentials)
+        self._refreshes += 1
+        try:
+            # Not abandoned on cancel: botocore holds its own lock while it
+            # refreshes, and the result is shared by every later request.
+            frozen: ReadOnlyCredentials = await trio.to_thread.run_sync(
+                credentials.get_frozen_credentials, limiter=_CREDENTIALS_LIMITER
+            )
+        except botocore.exceptions.BotoCoreError as exc:
+            raise CredentialsError(f"refreshing credentials failed: {exc}") from exc
+        return _check(frozen)
+
+    def statistics(self) -> CredentialStatistics:
+        return CredentialStatistics(
+            generation=self._generation,
+            refreshes=self._refreshes,
+            expires_at=self.expires_at,
+            present=self._credentials is not None,
+        )
+
+
+async def load_default_credentials(
+    session: botocore.session.Session | None = None,
+) -> Credentials | None:
+    """Resolve botocore's default credential chain (env, profile, process, SSO,
+    container, instance metadata) in a thread; ``None`` when it finds nothing.
+
+    This is how the bootstrap credentials are found, as the official agent does.
+    The chain may query the EC2 instance-metadata service unless
+    ``AWS_EC2_METADATA_DISABLED=true``.
+    """
+    session = session if session is not None else botocore.session.Session()
+    try:
+        # Abandoned on cancel: a read with no side effects; a hung metadata
+        # lookup must not hold up shutdown.
+        credentials: Credentials | None = await trio.to_thread.run_sync(
+            session.get_credentials, abandon_on_cancel=True, limiter=_CREDENTIALS_LIMITER
+        )
+    except botocore.exceptions.BotoCoreError as exc:
+        raise CredentialsError(f"resolving the default credentials failed: {exc}") from exc
+    return credentials
+
+
+def _freeze(credentials: Credentials) -> ReadOnlyCredentials:
+    try:
+        frozen: ReadOnlyCredentials = credentials.get_frozen_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise CredentialsError(f"reading credentials failed: {exc}") from exc
+    return _check(frozen)
+
+
+def _check(frozen: ReadOnlyCredentials) -> ReadOnlyCredentials:
+    if not frozen.access_key or not frozen.secret_key:
+        raise CredentialsError("the credentials lack an access key or secret key")
+    return frozen
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise CredentialsError(f"unreadable credential expiration {value!r}") from exc
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    raise CredentialsError(f"unreadable credential expiration {value!r}")
