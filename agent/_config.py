@@ -66,10 +66,11 @@ import attrs
 from openjd.model import validate_amount_capability_name, validate_attribute_capability_name
 from openjd.model.v2023_09 import STANDARD_AMOUNT_CAPABILITIES, STANDARD_ATTRIBUTE_CAPABILITIES
 
+from ._hostinfo import Capabilities
+
 __all__ = [
     "CONFIG_FILE_ENV",
     "DEFAULT_CONFIG_FILE",
-    "Capabilities",
     "ConfigError",
     "WorkerConfig",
     "configure_parser",
@@ -110,77 +111,40 @@ _ATTRIBUTE_VALUE_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_\-]{0,99}")
 _ATTRIBUTE_VALUES_MAX = 10
 
 
-def _freeze_amounts(value: Mapping[str, float]) -> Mapping[str, float]:
-    return MappingProxyType({name: float(amount) for name, amount in value.items()})
-
-
-def _freeze_attributes(value: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str, ...]]:
-    return MappingProxyType({name: tuple(values) for name, values in value.items()})
-
-
-@attrs.frozen
-class Capabilities:
-    """Worker capabilities: amounts (``amount.*`` -> number) and attributes (``attr.*`` -> labels)."""
-
-    amounts: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_amounts)
-    attributes: Mapping[str, tuple[str, ...]] = attrs.field(
-        factory=dict, converter=_freeze_attributes
-    )
-
-    @classmethod
-    def parse(
-        cls,
-        amounts: object,
-        attributes: object,
-        *,
-        where_amounts: str,
-        where_attributes: str,
-    ) -> Capabilities:
-        """Validate configured capabilities (names as openjd-model checks them, values as the
-        Deadline API takes them); raise ``ConfigError`` naming ``where_*``."""
-        if not isinstance(amounts, Mapping):
-            raise ConfigError(f"{where_amounts}: expected a table of name = number")
-        if not isinstance(attributes, Mapping):
-            raise ConfigError(f"{where_attributes}: expected a table of name = [labels]")
-        parsed_amounts: dict[str, float] = {}
-        for name, value in amounts.items():
-            where = f"{where_amounts} {name!r}"
-            _check_capability_name(name, validate_amount_capability_name, _STANDARD_AMOUNTS, where)
-            try:
-                number = _float(value)
-            except _Invalid as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-            if number < 0:
-                raise ConfigError(f"{where}: must not be negative, got {value!r}")
-            parsed_amounts[name] = number
-        parsed_attributes: dict[str, tuple[str, ...]] = {}
-        for name, values in attributes.items():
-            where = f"{where_attributes} {name!r}"
-            _check_capability_name(
-                name, validate_attribute_capability_name, _STANDARD_ATTRIBUTES, where
-            )
-            parsed_attributes[name] = _attribute_values(values, where)
-        _check_capability_count(parsed_amounts, _STANDARD_AMOUNTS, where_amounts, "amount")
-        _check_capability_count(parsed_attributes, _STANDARD_ATTRIBUTES, where_attributes, "attr")
-        return cls(parsed_amounts, parsed_attributes)
-
-    def merged(self, override: Capabilities) -> Capabilities:
-        """These capabilities with ``override``'s added; ``override`` wins per name."""
-        return Capabilities(
-            {**self.amounts, **override.amounts}, {**self.attributes, **override.attributes}
+def _parse_capabilities(
+    amounts: object,
+    attributes: object,
+    *,
+    where_amounts: str,
+    where_attributes: str,
+) -> Capabilities:
+    """Validate configured capabilities (names as openjd-model checks them, values as the
+    Deadline API takes them); raise ``ConfigError`` naming ``where_*``."""
+    if not isinstance(amounts, Mapping):
+        raise ConfigError(f"{where_amounts}: expected a table of name = number")
+    if not isinstance(attributes, Mapping):
+        raise ConfigError(f"{where_attributes}: expected a table of name = [labels]")
+    parsed_amounts: dict[str, float] = {}
+    for name, value in amounts.items():
+        where = f"{where_amounts} {name!r}"
+        _check_capability_name(name, validate_amount_capability_name, _STANDARD_AMOUNTS, where)
+        try:
+            number = _float(value)
+        except _Invalid as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if number < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value!r}")
+        parsed_amounts[name] = number
+    parsed_attributes: dict[str, tuple[str, ...]] = {}
+    for name, values in attributes.items():
+        where = f"{where_attributes} {name!r}"
+        _check_capability_name(
+            name, validate_attribute_capability_name, _STANDARD_ATTRIBUTES, where
         )
-
-    def to_api(self) -> dict[str, list[dict[str, Any]]]:
-        """The ``capabilities`` member of an UpdateWorker request."""
-        return {
-            "amounts": [
-                {"name": name, "value": value} for name, value in sorted(self.amounts.items())
-            ],
-            "attributes": [
-                {"name": name, "values": list(values)}
-                for name, values in sorted(self.attributes.items())
-            ],
-        }
+        parsed_attributes[name] = _attribute_values(values, where)
+    _check_capability_count(parsed_amounts, _STANDARD_AMOUNTS, where_amounts, "amount")
+    _check_capability_count(parsed_attributes, _STANDARD_ATTRIBUTES, where_attributes, "attr")
+    return Capabilities(parsed_amounts, parsed_attributes)
 
 
 def _check_capability_name(
@@ -860,7 +824,7 @@ def _capabilities_from_file(
                 f"{path}: [capabilities] {key}: unknown key ignored (capabilities go in "
                 "[capabilities.amounts] and [capabilities.attributes])"
             )
-    return Capabilities.parse(
+    return _parse_capabilities(
         table.get("amounts", {}),
         table.get("attributes", {}),
         where_amounts=f"{path}: [capabilities.amounts]",
@@ -881,7 +845,7 @@ def _capabilities_from_env(text: str) -> Capabilities:
     unknown = sorted(set(data) - {"amounts", "attributes"})
     if unknown:
         raise ConfigError(f"{where}: unknown member {unknown[0]!r} (expected amounts, attributes)")
-    return Capabilities.parse(
+    return _parse_capabilities(
         data.get("amounts", {}),
         data.get("attributes", {}),
         where_amounts=f"{where}: amounts",

@@ -36,6 +36,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -43,11 +44,10 @@ import psutil
 import structlog
 import trio
 
-from ._config import Capabilities
-
 __all__ = [
     "NVIDIA_SMI_QUERY",
     "NVIDIA_SMI_TIMEOUT",
+    "Capabilities",
     "GpuInfo",
     "HostFacts",
     "HostProperties",
@@ -68,6 +68,45 @@ _MIB = 1024 * 1024
 _GPU_AMOUNTS = ("amount.worker.gpu", "amount.worker.gpu.memory")
 _OS_FAMILIES = {"linux": "linux", "darwin": "macos", "windows": "windows"}
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+# --- capabilities -----------------------------------------------------------------------
+
+
+def _freeze_amounts(value: Mapping[str, float]) -> Mapping[str, float]:
+    return MappingProxyType({name: float(amount) for name, amount in value.items()})
+
+
+def _freeze_attributes(value: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str, ...]]:
+    return MappingProxyType({name: tuple(values) for name, values in value.items()})
+
+
+@attrs.frozen
+class Capabilities:
+    """Worker capabilities: amounts (``amount.*`` -> number) and attributes (``attr.*`` -> labels)."""
+
+    amounts: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_amounts)
+    attributes: Mapping[str, tuple[str, ...]] = attrs.field(
+        factory=dict, converter=_freeze_attributes
+    )
+
+    def merged(self, override: Capabilities) -> Capabilities:
+        """These capabilities with ``override``'s added; ``override`` wins per name."""
+        return Capabilities(
+            {**self.amounts, **override.amounts}, {**self.attributes, **override.attributes}
+        )
+
+    def to_api(self) -> dict[str, list[dict[str, Any]]]:
+        """The ``capabilities`` member of an UpdateWorker request."""
+        return {
+            "amounts": [
+                {"name": name, "value": value} for name, value in sorted(self.amounts.items())
+            ],
+            "attributes": [
+                {"name": name, "values": list(values)}
+                for name, values in sorted(self.attributes.items())
+            ],
+        }
 
 
 # --- GPUs ---------------------------------------------------------------------------------
@@ -243,7 +282,7 @@ def host_properties() -> HostProperties:
     return HostProperties(host_name, ipv4, ipv6)
 
 
-# --- capabilities ---------------------------------------------------------------------------
+# --- detection ----------------------------------------------------------------------------
 
 
 def os_family(system: str | None = None) -> str | None:

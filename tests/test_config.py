@@ -13,12 +13,12 @@ from agent._config import (
     _SETTINGS,
     CONFIG_FILE_ENV,
     DEFAULT_CONFIG_FILE,
-    Capabilities,
     ConfigError,
     WorkerConfig,
     configure_parser,
     load_config,
 )
+from agent._hostinfo import Capabilities
 
 DATA = Path(__file__).parent / "data"
 FARM = "farm-" + "0" * 32

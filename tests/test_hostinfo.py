@@ -15,10 +15,10 @@ import structlog.testing
 import trio
 import trio.testing
 
-from agent._config import Capabilities
 from agent._hostinfo import (
     NVIDIA_SMI_QUERY,
     NVIDIA_SMI_TIMEOUT,
+    Capabilities,
     GpuInfo,
     HostProperties,
     cpu_arch,
