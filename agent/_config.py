@@ -66,6 +66,7 @@ import attrs
 from openjd.model import validate_amount_capability_name, validate_attribute_capability_name
 from openjd.model.v2023_09 import STANDARD_AMOUNT_CAPABILITIES, STANDARD_ATTRIBUTE_CAPABILITIES
 
+from ._errors import ConfigurationError
 from ._hostinfo import Capabilities
 
 __all__ = [
@@ -96,8 +97,9 @@ _SESSION_RUNTIMES: tuple[SessionRuntime, ...] = ("python", "rust", "service-sele
 _LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line naming its source."""
+class ConfigError(ConfigurationError):
+    """A setting cannot be used; the message is one line naming its source (flag, variable,
+    or file and key). A ``ConfigurationError``, so one handler catches every setup problem."""
 
 
 # --- capabilities -----------------------------------------------------------------

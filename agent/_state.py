@@ -42,6 +42,8 @@ from typing import Any
 import attrs
 import structlog
 
+from ._errors import FarmhandError
+
 __all__ = [
     "CachedCredentials",
     "StateError",
@@ -64,7 +66,7 @@ EXPIRATION_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _WORKER_ID_RE = re.compile(r"worker-[0-9a-f]{32}")
 
 
-class StateError(Exception):
+class StateError(FarmhandError):
     """The worker's state file or credentials cache cannot be read or written."""
 
 

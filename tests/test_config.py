@@ -18,6 +18,7 @@ from agent._config import (
     configure_parser,
     load_config,
 )
+from agent._errors import ConfigurationError
 from agent._hostinfo import Capabilities
 
 DATA = Path(__file__).parent / "data"
@@ -51,8 +52,10 @@ def error(
     environ: Mapping[str, str] | None = None,
     file: Path | None = None,
 ) -> str:
-    with pytest.raises(ConfigError) as info:
+    # One handler for every setup problem: a ConfigError is a ConfigurationError.
+    with pytest.raises(ConfigurationError) as info:
         load(argv, environ, file)
+    assert type(info.value) is ConfigError
     message = str(info.value)
     assert "\n" not in message
     return message
