@@ -1,0 +1,29 @@
+"""farmhand's mock farm: a Deadline Cloud-compatible farm service on loopback.
+
+It speaks the AWS Deadline Cloud API (rest-json, botocore's ``deadline``
+2023-10-12 model) and CloudWatch Logs (JSON 1.1) on one server, so boto3's
+clients, farmhand's agent and the official deadline-worker-agent work against
+it unchanged. Embed it with ``open_mock_farm`` or run
+``python -m agent mockfarm serve``.
+"""
+
+from ._app import CallLog as CallLog
+from ._app import CallRecord as CallRecord
+from ._errors import ApiError as ApiError
+from ._farm import Farm as Farm
+from ._farm import FarmConfig as FarmConfig
+from ._faults import FaultConfig as FaultConfig
+from ._faults import OperationFaults as OperationFaults
+from ._logs import LogEvent as LogEvent
+from ._logs import LogStore as LogStore
+from ._server import MockFarm as MockFarm
+from ._server import MockFarmStatistics as MockFarmStatistics
+from ._server import make_client as make_client
+from ._server import open_mock_farm as open_mock_farm
+from ._state import FarmState as FarmState
+from ._state import Job as Job
+from ._state import Session as Session
+from ._state import SessionAction as SessionAction
+from ._state import Step as Step
+from ._state import Task as Task
+from ._state import Worker as Worker

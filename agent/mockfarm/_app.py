@@ -1,0 +1,340 @@
+"""The ASGI application: one server for Deadline (rest-json) and CloudWatch Logs (JSON 1.1).
+
+A request is routed by the models (``X-Amz-Target: Logs_20140328.*`` on ``POST /``
+is CloudWatch Logs; anything else is matched against Deadline's URIs), parsed
+and validated by the codec, passed through the fault injector, handled, and
+answered with the output serialized from the model. SigV4 headers are accepted
+and not verified. Every call is recorded.
+
+Bad input never reaches a handler: malformed JSON, wrong types and constraint
+violations are ``ValidationException`` (CloudWatch: ``InvalidParameterException``);
+an unknown route is ``UnknownOperationException`` (404); a Deadline operation the
+mock farm does not implement is ``NotImplementedException`` (501). A handler
+that raises anything but ``ApiError`` is a bug: it is logged and answered with
+``InternalServerErrorException`` (500).
+
+A few non-AWS routes under ``/_mockfarm/`` help tools and benchmarks:
+``GET /_mockfarm/info`` (the endpoint's default ids), ``GET|PUT /_mockfarm/faults``,
+``POST /_mockfarm/workers/{id}/stop`` and ``/_mockfarm/ping``, a bare endpoint
+that reads the body and answers ``{}`` without touching the farm.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
+from ._errors import ApiError, internal
+from ._farm import Farm
+from ._faults import FaultConfig, FaultInjector
+
+log = structlog.get_logger("farmhand.mockfarm")
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_AMZ_JSON = b"application/x-amz-json-1.1"
+_PING_BODY = b"{}"
+_PING_HEADERS = [(b"content-type", _JSON), (b"content-length", b"2")]
+
+
+@attrs.frozen
+class CallRecord:
+    """One request the farm answered (or dropped)."""
+
+    operation: str
+    #: ``deadline`` or ``logs``.
+    service: str
+    #: The parsed and validated input (``{}`` when the request did not parse).
+    input: Mapping[str, Any]
+    #: HTTP status sent (0 when the connection was dropped before an answer).
+    status: int
+    #: The error code sent, if any (``ThrottlingException``...).
+    error: str | None
+    #: ``trio.current_time()`` when the request arrived.
+    time: float
+    #: Wall-clock UTC when the request arrived.
+    timestamp: datetime
+    #: The connection was closed without a (complete) response.
+    dropped: bool = False
+
+
+class CallLog:
+    """The calls the farm received, oldest first (bounded: the oldest are forgotten)."""
+
+    def __init__(self, maxlen: int | None) -> None:
+        self._calls: deque[CallRecord] = deque(maxlen=maxlen)
+        self.counts: dict[str, int] = {}
+        self.total = 0
+
+    def append(self, record: CallRecord) -> None:
+        self._calls.append(record)
+        self.counts[record.operation] = self.counts.get(record.operation, 0) + 1
+        self.total += 1
+
+    def __iter__(self) -> Iterator[CallRecord]:
+        return iter(list(self._calls))
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __getitem__(self, index: int) -> CallRecord:
+        return self._calls[index]
+
+    def to(self, operation: str) -> list[CallRecord]:
+        """The recorded calls of one operation."""
+        return [call for call in self._calls if call.operation == operation]
+
+    def clear(self) -> None:
+        self._calls.clear()
+
+
+class _Drop(Exception):
+    """Close the connection instead of answering."""
+
+
+class MockFarmApp:
+    """The ASGI callable serving one ``Farm``."""
+
+    def __init__(
+        self,
+        farm: Farm,
+        *,
+        faults: FaultInjector,
+        calls: CallLog,
+        on_change: Callable[[], None],
+        info: Callable[[], Mapping[str, Any]],
+        stop_worker: Callable[[str], None],
+    ) -> None:
+        self.farm = farm
+        self.faults = faults
+        self.calls = calls
+        self._on_change = on_change
+        self._info = info
+        self._stop_worker = stop_worker
+        self._deadline = deadline_codec()
+        self._logs = logs_codec()
+        self._logs_prefix = (self._logs.target_prefix or "") + "."
+        self._request_ids = itertools.count(1)
+        #: ``(operation, client token) -> encoded output`` for idempotent retries.
+        self._tokens: dict[tuple[str, str], bytes] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        body = message.get("body", b"")
+        while message.get("more_body"):
+            message = await receive()
+            body += message.get("body", b"")
+        if message["type"] == "http.disconnect":
+            return
+        raw_path: bytes = scope["raw_path"]
+        if raw_path.startswith(b"/_mockfarm/"):
+            if raw_path == b"/_mockfarm/ping":
+                await send({"type": "http.response.start", "status": 200, "headers": _PING_HEADERS})
+                await send({"type": "http.response.body", "body": _PING_BODY})
+                return
+            status, payload = self._admin(scope["method"], raw_path, body)
+            await self._respond(send, status, [(b"content-type", _JSON)], payload)
+            return
+        try:
+            status, headers, payload = await self._dispatch(scope, body)
+        except _Drop:
+            # Announce a body, send none, and finish: the server closes the
+            # connection, so the client sees it drop before a complete answer.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", b"1024"), (b"connection", b"close")],
+                }
+            )
+            return
+        await self._respond(send, status, headers, payload)
+
+    async def _respond(
+        self, send: Send, status: int, headers: list[tuple[bytes, bytes]], payload: bytes
+    ) -> None:
+        headers.append((b"content-length", str(len(payload)).encode()))
+        headers.append((b"x-amzn-requestid", f"{next(self._request_ids):032x}".encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    # ------------------------------------------------------------ AWS requests
+
+    def _route(self, scope: Scope) -> tuple[ServiceCodec, Operation | None, dict[str, str], str]:
+        raw_path: bytes = scope["raw_path"]
+        method: str = scope["method"]
+        if raw_path == b"/" and method == "POST":
+            for name, value in scope["headers"]:
+                if name == b"x-amz-target":
+                    target = value.decode("latin-1")
+                    op_name = target.removeprefix(self._logs_prefix)
+                    return self._logs, self._logs.operations.get(op_name), {}, op_name
+        router = self._deadline.router
+        assert router is not None
+        found = router.match(method, raw_path)
+        if found is None:
+            return self._deadline, None, {}, f"{method} {raw_path.decode('latin-1')}"
+        operation, labels = found
+        return self._deadline, operation, labels, operation.name
+
+    async def _dispatch(
+        self, scope: Scope, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        arrived = trio.current_time()
+        codec, operation, labels, name = self._route(scope)
+        content_type = _JSON if codec is self._deadline else _AMZ_JSON
+        if operation is None:
+            error = ApiError(
+                "UnknownOperationException",
+                f"No {'CloudWatch Logs' if codec is self._logs else 'Deadline'} operation "
+                f"matches {name}.",
+                status=404 if codec is self._deadline else 400,
+            )
+            return self._error(codec, name, {}, error, arrived, content_type)
+        handler = (
+            self.farm.handlers.get(operation.name)
+            if codec is self._deadline
+            else self.farm.logs.handlers.get(operation.name)
+        )
+        try:
+            params = operation.parse(labels, scope["query_string"], scope["headers"], body)
+        except ApiError as invalid:
+            if codec is self._logs:
+                # CloudWatch Logs names its validation error differently.
+                invalid = ApiError("InvalidParameterException", invalid.message)
+            return self._error(codec, name, {}, invalid, arrived, content_type)
+        decision = self.faults.decide(name, params.get("workerId"))
+        if decision.delay:
+            await trio.sleep(decision.delay)
+        if decision.drop_before:
+            self._record(codec, name, params, 0, "DroppedConnection", arrived, dropped=True)
+            raise _Drop
+        if decision.error is not None:
+            return self._error(codec, name, params, decision.error, arrived, content_type)
+        if handler is None:
+            error = ApiError(
+                "NotImplementedException",
+                f"farmhand's mock farm does not implement {name}.",
+                status=501,
+            )
+            return self._error(codec, name, params, error, arrived, content_type)
+        token_key = None
+        if operation.idempotency_token is not None:
+            token = params.get(operation.idempotency_token)
+            if token is not None:
+                token_key = (name, token)
+                cached = self._tokens.get(token_key)
+                if cached is not None:
+                    self._record(codec, name, params, operation.status, None, arrived)
+                    return operation.status, [(b"content-type", content_type)], cached
+        try:
+            output = handler(params)
+            payload = codec.encode_output(operation, output)
+        except ApiError as error:
+            self._on_change()
+            return self._error(codec, name, params, error, arrived, content_type)
+        except Exception:
+            log.exception("mockfarm.handler_failed", operation=name)
+            self._on_change()
+            return self._error(
+                codec,
+                name,
+                params,
+                internal("The mock farm failed to handle the request; see its log."),
+                arrived,
+                content_type,
+            )
+        if token_key is not None:
+            self._tokens[token_key] = payload
+        self._on_change()
+        if decision.drop_after:
+            self._record(
+                codec, name, params, operation.status, "DroppedConnection", arrived, dropped=True
+            )
+            raise _Drop
+        self._record(codec, name, params, operation.status, None, arrived)
+        return operation.status, [(b"content-type", content_type)], payload
+
+    def _error(
+        self,
+        codec: ServiceCodec,
+        name: str,
+        params: Mapping[str, Any],
+        error: ApiError,
+        arrived: float,
+        content_type: bytes,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        status = codec.status_of(error)
+        self._record(codec, name, params, status, error.code, arrived)
+        headers = [(b"content-type", content_type), (b"x-amzn-errortype", error.code.encode())]
+        return status, headers, codec.error_body(error)
+
+    def _record(
+        self,
+        codec: ServiceCodec,
+        name: str,
+        params: Mapping[str, Any],
+        status: int,
+        error: str | None,
+        arrived: float,
+        *,
+        dropped: bool = False,
+    ) -> None:
+        self.calls.append(
+            CallRecord(name, codec.name, params, status, error, arrived, datetime.now(UTC), dropped)
+        )
+
+    # ------------------------------------------------------------ /_mockfarm/
+
+    def _admin(self, method: str, raw_path: bytes, body: bytes) -> tuple[int, bytes]:
+        path = raw_path.decode("latin-1")
+        try:
+            if path == "/_mockfarm/info" and method == "GET":
+                return 200, json.dumps(self._info()).encode()
+            if path == "/_mockfarm/faults":
+                if method == "PUT":
+                    config = FaultConfig.from_dict(json.loads(body or b"{}"))
+                    self.faults.configure(config)
+                    log.info("mockfarm.faults_changed", faults=config.to_dict())
+                if method in ("GET", "PUT"):
+                    return 200, json.dumps(self.faults.config.to_dict()).encode()
+            parts = path.strip("/").split("/")
+            if (
+                method == "POST"
+                and len(parts) == 4
+                and parts[1] == "workers"
+                and parts[3] == "stop"
+            ):
+                self._stop_worker(parts[2])
+                self._on_change()
+                return 200, b"{}"
+        except KeyError as exc:
+            return 404, json.dumps({"message": f"unknown worker {exc}"}).encode()
+        except ValueError as exc:
+            return 400, json.dumps({"message": str(exc)}).encode()
+        return 404, json.dumps({"message": f"no admin route {method} {path}"}).encode()

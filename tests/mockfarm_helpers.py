@@ -1,0 +1,184 @@
+"""Shared pieces for the mock farm tests: templates and a scripted worker.
+
+``ScriptedWorker`` speaks the worker side of the Deadline API through boto3's
+real ``deadline`` client, synchronously; tests run it in a worker thread with
+``trio.to_thread.run_sync`` against an embedded farm.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+CAPABILITIES = {
+    "amounts": [
+        {"name": "amount.worker.vcpu", "value": 4},
+        {"name": "amount.worker.memory", "value": 8192},
+    ],
+    "attributes": [
+        {"name": "attr.worker.os.family", "values": ["linux"]},
+        {"name": "attr.worker.cpu.arch", "values": ["x86_64"]},
+    ],
+}
+
+
+def job_template(
+    *,
+    frames: str = "1-3",
+    job_environments: int = 1,
+    step_environment: bool = False,
+    second_step: bool = False,
+    extensions: list[str] | None = None,
+) -> dict[str, Any]:
+    """A small job: step ``Render`` over ``Frame``, optionally a dependent step ``Encode``."""
+    render: dict[str, Any] = {
+        "name": "Render",
+        "parameterSpace": {
+            "taskParameterDefinitions": [
+                {"name": "Frame", "type": "INT", "range": "{{Param.Frames}}"}
+            ]
+        },
+        "script": {
+            "actions": {"onRun": {"command": "echo", "args": ["frame {{Task.Param.Frame}}"]}}
+        },
+    }
+    if step_environment:
+        render["stepEnvironments"] = [
+            {"name": "RenderEnv", "script": {"actions": {"onEnter": {"command": "true"}}}}
+        ]
+    template: dict[str, Any] = {
+        "specificationVersion": "jobtemplate-2023-09",
+        "name": "Test job",
+        "parameterDefinitions": [{"name": "Frames", "type": "STRING", "default": frames}],
+        "steps": [render],
+    }
+    if job_environments:
+        template["jobEnvironments"] = [
+            {"name": f"Env{i}", "script": {"actions": {"onEnter": {"command": "true"}}}}
+            for i in range(job_environments)
+        ]
+    if second_step:
+        template["steps"].append(
+            {
+                "name": "Encode",
+                "dependencies": [{"dependsOn": "Render"}],
+                "script": {"actions": {"onRun": {"command": "true"}}},
+            }
+        )
+    if extensions:
+        template["extensions"] = extensions
+    return template
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def completed(status: str = "SUCCEEDED", **extra: Any) -> dict[str, Any]:
+    stamp = now()
+    info: dict[str, Any] = {"completedStatus": status}
+    if status != "NEVER_ATTEMPTED":
+        info.update(startedAt=stamp, endedAt=stamp)
+    if status in ("SUCCEEDED", "FAILED"):
+        info["processExitCode"] = 0 if status == "SUCCEEDED" else 1
+    info.update(extra)
+    return info
+
+
+def kind_of(action: Mapping[str, Any]) -> str:
+    [(kind, _)] = action["definition"].items()
+    return str(kind)
+
+
+class ScriptedWorker:
+    """The worker API call sequence of an agent, driven step by step by a test."""
+
+    def __init__(self, client: Any, farm_id: str, fleet_id: str) -> None:
+        self.client = client
+        self.farm_id = farm_id
+        self.fleet_id = fleet_id
+        self.worker_id = ""
+        self.responses: list[dict[str, Any]] = []
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"farmId": self.farm_id, "fleetId": self.fleet_id, "workerId": self.worker_id}
+
+    def start(self) -> dict[str, Any]:
+        """CreateWorker, AssumeFleetRoleForWorker, UpdateWorker(STARTED): the bootstrap."""
+        created = self.client.create_worker(
+            farmId=self.farm_id,
+            fleetId=self.fleet_id,
+            hostProperties={
+                "hostName": "scripted",
+                "ipAddresses": {"ipV4Addresses": ["127.0.0.1"]},
+            },
+        )
+        self.worker_id = created["workerId"]
+        self.client.assume_fleet_role_for_worker(**self.ids)
+        return dict(
+            self.client.update_worker(status="STARTED", capabilities=CAPABILITIES, **self.ids)
+        )
+
+    def sync(self, updates: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        response = self.client.update_worker_schedule(
+            updatedSessionActions=dict(updates or {}), **self.ids
+        )
+        self.responses.append(response)
+        return dict(response)
+
+    def entities(self, job_id: str, actions: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """BatchGetJobEntity for the job and every entity the actions need."""
+        identifiers: list[dict[str, Any]] = [{"jobDetails": {"jobId": job_id}}]
+        for action in actions:
+            [(kind, body)] = action["definition"].items()
+            if kind == "taskRun":
+                identifiers.append({"stepDetails": {"jobId": job_id, "stepId": body["stepId"]}})
+            elif kind in ("envEnter", "envExit"):
+                identifiers.append(
+                    {
+                        "environmentDetails": {
+                            "jobId": job_id,
+                            "environmentId": body["environmentId"],
+                        }
+                    }
+                )
+        return dict(self.client.batch_get_job_entity(identifiers=identifiers[:10], **self.ids))
+
+    def run(
+        self,
+        outcome: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] = lambda _: completed(),
+        *,
+        max_syncs: int = 100,
+    ) -> list[Mapping[str, Any]]:
+        """Sync until the farm has nothing for this worker; every assigned action is
+        reported with ``outcome(action)`` (``None``: not reported yet). Returns the
+        actions in the order they were run."""
+        ran: list[Mapping[str, Any]] = []
+        updates: dict[str, Any] = {}
+        for _ in range(max_syncs):
+            response = self.sync(updates)
+            updates = {}
+            sessions = response["assignedSessions"]
+            if not sessions:
+                return ran
+            for session in sessions.values():
+                skipping = False
+                for action in session["sessionActions"]:
+                    if skipping and kind_of(action) != "envExit":
+                        # After a failure the worker skips all but environment exits.
+                        updates[action["sessionActionId"]] = completed("NEVER_ATTEMPTED")
+                        continue
+                    result = outcome(action)
+                    if result is None:
+                        break  # still running: later actions wait
+                    updates[action["sessionActionId"]] = result
+                    ran.append(action)
+                    skipping = skipping or result.get("completedStatus") != "SUCCEEDED"
+        raise AssertionError(f"the farm still had work after {max_syncs} syncs")
+
+
+def dumps(template: Mapping[str, Any]) -> str:
+    return json.dumps(template)
