@@ -30,6 +30,10 @@ from .._errors import CredentialsError
 # metadata, STS, a credential process). Few are ever needed at once.
 _CREDENTIALS_LIMITER = trio.CapacityLimiter(2)
 
+# What credential providers raise: botocore's own errors, and ClientError from
+# the STS or SSO calls some of them make.
+_CREDENTIAL_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
 
 @attrs.frozen
 class CredentialStatistics:
@@ -124,7 +128,7 @@ class CredentialHolder:
             frozen: ReadOnlyCredentials = await trio.to_thread.run_sync(
                 credentials.get_frozen_credentials, limiter=_CREDENTIALS_LIMITER
             )
-        except botocore.exceptions.BotoCoreError as exc:
+        except _CREDENTIAL_ERRORS as exc:
             raise CredentialsError(f"refreshing credentials failed: {exc}") from exc
         return _check(frozen)
 
@@ -154,7 +158,7 @@ async def load_default_credentials(
         credentials: Credentials | None = await trio.to_thread.run_sync(
             session.get_credentials, abandon_on_cancel=True, limiter=_CREDENTIALS_LIMITER
         )
-    except botocore.exceptions.BotoCoreError as exc:
+    except _CREDENTIAL_ERRORS as exc:
         raise CredentialsError(f"resolving the default credentials failed: {exc}") from exc
     return credentials
 
@@ -162,7 +166,7 @@ async def load_default_credentials(
 def _freeze(credentials: Credentials) -> ReadOnlyCredentials:
     try:
         frozen: ReadOnlyCredentials = credentials.get_frozen_credentials()
-    except botocore.exceptions.BotoCoreError as exc:
+    except _CREDENTIAL_ERRORS as exc:
         raise CredentialsError(f"reading credentials failed: {exc}") from exc
     return _check(frozen)
 
