@@ -347,6 +347,7 @@ async def test_no_credentials_is_a_clear_error() -> None:
         with pytest.raises(CredentialsError, match="no credentials"):
             await CALLS["UpdateWorkerSchedule"](deadline)
     assert fake.seen == []
+    assert deadline.statistics().operations["UpdateWorkerSchedule"].failures == 1
 
 
 async def test_invalid_parameters_are_rejected_before_sending() -> None:
@@ -806,3 +807,19 @@ async def test_static_credentials_need_both_keys() -> None:
     """Credentials without a secret are a CredentialsError before anything is sent."""
     with pytest.raises(CredentialsError):
         CredentialHolder(static_credentials("AKID", ""))
+
+
+async def test_worker_client_fits_the_actors() -> None:
+    """A WorkerClient is the scheduler's ScheduleApi and its batch_get_job_entity the
+    fetcher's BatchGet, as those are typed (mypy checks the assignments)."""
+    from actors._fetcher import BatchGet
+    from actors._scheduler import ScheduleApi
+
+    fake = FakeService(default=ok({"updateIntervalSeconds": 15, "entities": [], "errors": []}))
+    async with open_deadline(fake) as deadline:
+        worker = deadline.for_worker(FARM, FLEET, WORKER)
+        api: ScheduleApi = worker
+        batch_get: BatchGet = worker.batch_get_job_entity
+        assert (await api.update_worker_schedule({}))["updateIntervalSeconds"] == 15
+        assert (await batch_get([{"jobDetails": {"jobId": JOB}}]))["entities"] == []
+    assert fake.operations() == ["UpdateWorkerSchedule", "BatchGetJobEntity"]

@@ -48,6 +48,7 @@ from .._errors import (
     AccessDeniedError,
     ConfigurationError,
     ConflictError,
+    FarmhandError,
     InternalServerError,
     InvalidRequestError,
     NotFoundError,
@@ -175,6 +176,20 @@ class _Operation:
     idempotent_members: tuple[str, ...]
 
 
+@attrs.frozen
+class _Request:
+    """One call's request, serialized once; each attempt signs a copy."""
+
+    method: str
+    url: str
+    http_url: httpx.URL
+    headers: Mapping[str, str]
+    body: bytes
+
+
+_URL_CACHE_SIZE: Final = 256
+
+
 @functools.cache
 def _operation(service: str, name: str) -> _Operation:
     model = service_model(service)
@@ -261,6 +276,7 @@ class ServiceClient:
         self._retry_event = f"{self.model.service_name}.retry"
         self._signer: botocore.auth.SigV4Auth | None = None
         self._signer_key: ReadOnlyCredentials | None = None
+        self._urls: dict[str, httpx.URL] = {}
         self._counts: dict[str, _Counts] = {}
         self._retries_by_code: Counter[str] = Counter()
 
@@ -301,6 +317,9 @@ class ServiceClient:
                         raise
                     raise verdict from exc
                 error: ServiceError | TransportError = exc
+            except FarmhandError:  # no credentials, a bad endpoint: nothing to retry
+                counts.failures += 1
+                raise
             delay = policy.delay(number, getattr(error, "retry_after", None), self._random)
             counts.retries += 1
             code = error.code if isinstance(error, ServiceError) else "TransportError"
@@ -333,7 +352,7 @@ class ServiceClient:
             raise InvalidRequestError(op.name, report.generate_report())
         return params
 
-    def _serialize(self, op: _Operation, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _serialize(self, op: _Operation, params: Mapping[str, Any]) -> _Request:
         try:
             request: dict[str, Any] = _serializer(self._protocol).serialize_to_request(
                 params, op.model
@@ -346,42 +365,49 @@ class ServiceClient:
             botocore.awsrequest.prepare_request_dict(
                 request, endpoint_url=self.endpoint.url, user_agent=self._user_agent
             )
-            request["headers"]["Host"] = httpx.URL(request["url"]).netloc.decode("ascii")
+            url = self._url(request["url"])
         except (ValueError, httpx.InvalidURL) as exc:
             raise ConfigurationError(f"unusable endpoint URL {self.endpoint.url!r}: {exc}") from exc
-        return request
+        headers: dict[str, str] = dict(request["headers"])
+        # Signed as sent: the Host header is what httpx will put on the wire.
+        headers["Host"] = url.netloc.decode("ascii")
+        body = request["body"]
+        return _Request(
+            request["method"],
+            request["url"],
+            url,
+            headers,
+            body.encode() if isinstance(body, str) else body,
+        )
 
-    async def _sign(
-        self, request: dict[str, Any], number: int
-    ) -> botocore.awsrequest.AWSPreparedRequest:
+    def _url(self, text: str) -> httpx.URL:
+        # Parsing URLs is a good part of httpx's per-request cost, and a worker
+        # calls the same few URLs over and over.
+        url = self._urls.get(text)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[text] = httpx.URL(text)
+        return url
+
+    async def _sign(self, request: _Request, number: int) -> list[tuple[str, str]]:
         frozen = await self.credentials.frozen()
         if self._signer is None or frozen != self._signer_key:
             self._signer = botocore.auth.SigV4Auth(frozen, self._signing_name, self.endpoint.region)
             self._signer_key = frozen
         aws_request = botocore.awsrequest.AWSRequest(
-            method=request["method"],
-            url=request["url"],
-            data=request["body"],
-            headers=dict(request["headers"]),
+            method=request.method, url=request.url, data=request.body, headers=request.headers
         )
         aws_request.context = {}
         aws_request.headers["amz-sdk-request"] = f"attempt={number}"
         self._signer.add_auth(aws_request)
-        return aws_request.prepare()
+        return list(aws_request.headers.items())
 
-    async def _attempt(
-        self, op: _Operation, request: dict[str, Any], number: int
-    ) -> dict[str, Any]:
-        prepared = await self._sign(request, number)
-        try:
-            http_request = self._http.build_request(
-                prepared.method,
-                prepared.url,
-                headers=list(prepared.headers.items()),
-                content=prepared.body or b"",
-            )
-        except httpx.InvalidURL as exc:
-            raise ConfigurationError(f"unusable endpoint URL {prepared.url!r}: {exc}") from exc
+    async def _attempt(self, op: _Operation, request: _Request, number: int) -> dict[str, Any]:
+        headers = await self._sign(request, number)
+        http_request = self._http.build_request(
+            request.method, request.http_url, headers=headers, content=request.body
+        )
         response: httpx.Response | None = None
         with trio.move_on_after(self._attempt_limit):
             try:
