@@ -161,8 +161,9 @@ async def run_process(
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
 
     ``on_start(pid)`` runs right after the process starts (to contain it).
-    ``also_signal(sig)`` is called whenever the process group is signalled, for
-    processes that cannot be reached through it (a job user's, behind sudo).
+    ``also_signal(sig)`` reaches processes the process group does not (a job
+    user's, behind sudo); it then replaces the group signal for SIGTERM and
+    adds to it for SIGKILL.
     ``file_group`` is the group that must be able to read ``cancel_info.json``.
     """
     if control.requested:
@@ -352,7 +353,11 @@ class _Supervisor:
             return
 
     def _signal(self, sig: signal.Signals) -> None:
-        _killpg(self._process.pid, sig)
+        # With a helper (a job user's processes, behind sudo), a notify signal goes
+        # through it alone: signalling sudo too would make sudo relay a second
+        # copy, and a job's handler would run twice. SIGKILL goes both ways.
+        if self._also_signal is None or sig == signal.SIGKILL:
+            _killpg(self._process.pid, sig)
         if self._also_signal is not None:
             try:
                 self._also_signal(sig)

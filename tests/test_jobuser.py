@@ -131,7 +131,9 @@ async def test_notify_reaches_the_job_user(tmp_path: Path, job_user: str, root: 
             await session.enqueue(lp.actions)
             await session.recorder.wait_for_line("ready")
             await session.send(Cancel(reason="test"))
-    [term] = [line for line in session.recorder.output() if line.startswith("term ")]
+    terms = [line for line in session.recorder.output() if line.startswith("term ")]
+    assert len(terms) == 1, f"output {session.recorder.output()}, log {session.recorder.logs()}"
+    [term] = terms
     assert '"NotifyEnd"' in term
     [ended] = [e for e in session.recorder.events if isinstance(e, ActionEnded)]
     assert ended.state is ActionState.CANCELED
