@@ -201,9 +201,20 @@ class LogStreamStatistics:
 class LogStream:
     """One log: a local file, and (with a destination) its CloudWatch stream."""
 
-    def __init__(self, path: Path, destination: Destination | None, *, mode: int = 0o600) -> None:
+    def __init__(
+        self,
+        path: Path,
+        destination: Destination | None,
+        *,
+        mode: int = 0o600,
+        compact_over: int | None = None,
+    ) -> None:
+        """``compact_over``: once everything is shipped and the file holds more than
+        this many bytes, empty it (for a spool file that is not a log to keep)."""
         self.path = path
         self.destination = destination
+        self._compact_over = compact_over
+        self._base = 0  # bytes removed from the front of the file by compaction
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)
         os.fchmod(self._fd, mode)
@@ -287,8 +298,8 @@ class LogStream:
             while True:
                 batch = _read_batch(
                     read_fd,
-                    self._shipped,
-                    self._written,
+                    self._shipped - self._base,
+                    self._written - self._base,
                     shipper.max_batch_bytes,
                     shipper.max_batch_events,
                 )
@@ -323,7 +334,7 @@ class LogStream:
                             events=len(batch.events),
                         )
                         self._events_rejected += len(batch.events)
-                        self._advance(batch.end_offset)
+                        self._advance(self._base + batch.end_offset)
                         continue
                     if exc.kind is SinkErrorKind.MISSING:
                         try:
@@ -354,8 +365,8 @@ class LogStream:
                     log.warning(
                         "logs.events_rejected", stream=destination.stream, count=result.rejected
                     )
-                shipper.bytes_shipped += batch.end_offset - self._shipped
-                self._advance(batch.end_offset)
+                shipper.bytes_shipped += self._base + batch.end_offset - self._shipped
+                self._advance(self._base + batch.end_offset)
         finally:
             os.close(read_fd)
             self._given_up = self._given_up or self._shipped < self._written
@@ -363,6 +374,16 @@ class LogStream:
 
     def _advance(self, offset: int) -> None:
         self._shipped = offset
+        compact = self._compact_over
+        if (
+            compact is not None
+            and not self._closed
+            and self._shipped == self._written
+            and self._written - self._base > compact
+        ):
+            # Everything is shipped: start the spool file over.
+            os.ftruncate(self._fd, 0)
+            self._base = self._written
         self._wake()
 
 

@@ -81,12 +81,18 @@ class Scheduler:
         initial_interval: float = 15.0,
         on_interval: Callable[[float], None] | None = None,
         on_stop_requested: Callable[[], None] | None = None,
+        on_session_finished: Callable[[str], None] | None = None,
     ) -> None:
         self._api = api
         self._session_factory = session_factory
         self.interval = initial_interval
         self._on_interval = on_interval
         self._on_stop_requested = on_stop_requested
+        self._on_session_finished = on_session_finished
+        self._sessions_changed = trio.Event()
+        #: New sessions are refused (their actions returned as interrupted).
+        self._refuse_new = False
+        self._refused: set[str] = set()
         self._pending: dict[str, _Pending] = {}
         self._version = 0
         self._sessions: dict[str, WorkSession] = {}
@@ -101,7 +107,6 @@ class Scheduler:
         self._syncs = 0
         self._reported: Counter[str] = Counter()
         self._stop_requested = False
-        self._accepting = True
 
     # ------------------------------------------------------------------ public
 
@@ -134,7 +139,6 @@ class Scheduler:
         self, *, grace: float | None, running_state: ActionState, reason: str
     ) -> None:
         """Stop every session (a drain); the farm's later assignments are refused."""
-        self._accepting = False
         for session_id, session in self._sessions.items():
             self._stopping.add(session_id)
             session.command(Stop(grace=grace, running_state=running_state, reason=reason))
@@ -257,6 +261,7 @@ class Scheduler:
         for session_id in list(self._dead):
             if session_id not in assigned:
                 del self._dead[session_id]
+                self._refused.discard(session_id)
 
         for session_id, wire in assigned.items():
             try:
@@ -264,9 +269,15 @@ class Scheduler:
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("scheduler.bad_assignment", session_id=session_id, error=repr(exc))
                 continue
-            if session_id in self._dead or (
-                session_id not in self._sessions and not self._accepting
+            if session_id in self._refused or (
+                session_id not in self._sessions
+                and self._refuse_new
+                and session_id not in self._dead
             ):
+                self._refused.add(session_id)
+                await self._return_actions(assignment, interrupted=True)
+                continue
+            if session_id in self._dead:
                 await self._return_actions(assignment)
                 continue
             session = self._sessions.get(session_id)
@@ -293,8 +304,10 @@ class Scheduler:
             if self._on_stop_requested is not None:
                 self._on_stop_requested()
 
-    async def _return_actions(self, assignment: Assignment) -> None:
-        """Answer for a session that cannot run: first and exits FAILED, the rest NEVER_ATTEMPTED."""
+    async def _return_actions(self, assignment: Assignment, *, interrupted: bool = False) -> None:
+        """Answer for a session that cannot run: first and exits FAILED, the rest
+        NEVER_ATTEMPTED; or, for a worker that takes no new work, the first
+        INTERRUPTED (requeued elsewhere) and the rest NEVER_ATTEMPTED."""
         returned = self._dead.setdefault(assignment.session_id, set())
         now = datetime.now(UTC)
         first = True  # the farm refuses NEVER_ATTEMPTED for the first action it waits on
@@ -302,8 +315,16 @@ class Scheduler:
             if action.action_id in returned:
                 continue
             returned.add(action.action_id)
-            if first or action.kind is ActionKind.ENV_EXIT:
+            if interrupted and first:
                 fields: dict[str, Any] = {
+                    "completedStatus": "INTERRUPTED",
+                    "startedAt": now,
+                    "endedAt": now,
+                    "progressMessage": "the worker is stopping and takes no new work",
+                }
+                first = False
+            elif not interrupted and (first or action.kind is ActionKind.ENV_EXIT):
+                fields = {
                     "completedStatus": "FAILED",
                     "startedAt": now,
                     "endedAt": now,

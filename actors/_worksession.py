@@ -35,6 +35,7 @@ import attrs
 import structlog
 import trio
 
+from ._contain import Containment
 from ._entities import (
     EntityError,
     EnvironmentDetails,
@@ -49,6 +50,7 @@ from ._entities import (
     task_parameters_from_wire,
 )
 from ._fetcher import FetcherCommand, Forget, fetch
+from ._jobuser import JobUser
 from ._logship import Destination, LogShipper, LogStream
 from ._messages import (
     ActionEnded,
@@ -241,6 +243,10 @@ class WorkSessionOptions:
     min_secret_length: int = 1
     #: How long a finished session may wait for its log to reach CloudWatch.
     log_flush_seconds: float = 30.0
+    #: Run every job as the agent's own user, whatever the queue says.
+    run_jobs_as_agent_user: bool = False
+    #: Run every job as this user, whatever the queue says.
+    job_user_override: JobUser | None = None
 
 
 class WorkSession:
@@ -256,6 +262,7 @@ class WorkSession:
         shipper: LogShipper,
         options: WorkSessionOptions,
         on_event: Any = None,
+        containment: Containment | None = None,
     ) -> None:
         self.assignment = assignment
         self.session_id = assignment.session_id
@@ -265,6 +272,7 @@ class WorkSession:
         self._shipper = shipper
         self._options = options
         self._on_event = on_event
+        self._containment = containment
         # The scheduler never waits on a session: its commands queue here. They are
         # few (one per UpdateWorkerSchedule response at most), so the buffer is not
         # a memory risk.
@@ -371,9 +379,12 @@ class WorkSession:
             root_directory=self._options.session_root,
             retain_working_directory=self._options.retain_working_directory,
             min_secret_length=self._options.min_secret_length,
+            job_user=self._job_user(job),
         )
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
-        runner = SessionRunner(config, events_send, resolver=self._resolve)
+        runner = SessionRunner(
+            config, events_send, resolver=self._resolve, containment=self._containment
+        )
         succeeded = False
 
         async def run_runner(
@@ -392,6 +403,18 @@ class WorkSession:
                     await self._handle_event(event)
             nursery.cancel_scope.cancel(reason="the session runner ended")
         return succeeded
+
+    def _job_user(self, job: JobDetails) -> JobUser | None:
+        """Who runs the actions: the configured override, else the agent's user when
+        configured or asked for, else the queue's job user."""
+        options = self._options
+        if options.job_user_override is not None:
+            return options.job_user_override
+        if options.run_jobs_as_agent_user or job.run_as == "WORKER_AGENT_USER":
+            return None
+        if job.posix_user:
+            return JobUser(job.posix_user, job.posix_group)
+        return None
 
     async def _forward_commands(self, inbox: trio.MemorySendChannel[SessionCommand]) -> None:
         with inbox:

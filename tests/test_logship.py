@@ -305,3 +305,24 @@ async def test_multiline_messages_become_separate_lines(
         await stream.flush()
         nursery.cancel_scope.cancel()
     assert sink.messages() == ["a", "b", "c", " "]  # an empty line becomes a blank event
+
+
+async def test_a_spool_stream_is_emptied_once_shipped(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With compact_over, a fully shipped spool file starts over; nothing is lost or resent."""
+    sink = FakeSink()
+    async with trio.open_nursery() as nursery:
+        shipper = await start(nursery, sink)
+        from actors._logship import LogStream
+
+        stream = LogStream(tmp_path / "agent.spool", DEST, compact_over=100)
+        nursery.start_soon(stream._upload, sink, shipper)
+        for batch in range(5):
+            stream.write([f"line {batch}-{i} " + "x" * 30 for i in range(5)])
+            await stream.flush()
+            assert (tmp_path / "agent.spool").stat().st_size == 0
+        stats = stream.statistics()
+        nursery.cancel_scope.cancel()
+    assert sink.messages() == [f"line {b}-{i} " + "x" * 30 for b in range(5) for i in range(5)]
+    assert stats.bytes_pending == 0 and stats.bytes_written == stats.bytes_shipped > 500
