@@ -439,11 +439,14 @@ class LogShipper:
             task_status.started(self)
             await trio.sleep_forever()
 
-    def open_stream(self, path: Path, destination: Destination | None = None) -> LogStream:
-        """A new stream writing to ``path`` (0600) and, with a destination, to CloudWatch."""
+    def open_stream(
+        self, path: Path, destination: Destination | None = None, *, compact_over: int | None = None
+    ) -> LogStream:
+        """A new stream writing to ``path`` (0600) and, with a destination, to CloudWatch.
+        ``compact_over``: the file is a spool, emptied once shipped (see ``LogStream``)."""
         if destination is not None and self.sink is None:
             destination = None
-        stream = LogStream(path, destination)
+        stream = LogStream(path, destination, compact_over=compact_over)
         self._streams = [s for s in self._streams if not s.done]
         self._streams.append(stream)
         if destination is not None:

@@ -135,10 +135,25 @@ class Scheduler:
         while self._completed < target:
             await self._synced.wait()
 
+    def refuse_new_sessions(self) -> None:
+        """Take no new sessions (finish the current ones): the first action of a new
+        session is returned INTERRUPTED, so the farm gives the work to another worker
+        without counting a failure; the rest NEVER_ATTEMPTED."""
+        self._refuse_new = True
+
+    async def wait_sessions_changed(self) -> None:
+        """Wait until a session starts or finishes."""
+        await self._sessions_changed.wait()
+
+    def _sessions_did_change(self) -> None:
+        self._sessions_changed.set()
+        self._sessions_changed = trio.Event()
+
     def stop_sessions(
         self, *, grace: float | None, running_state: ActionState, reason: str
     ) -> None:
         """Stop every session (a drain); the farm's later assignments are refused."""
+        self._refuse_new = True
         for session_id, session in self._sessions.items():
             self._stopping.add(session_id)
             session.command(Stop(grace=grace, running_state=running_state, reason=reason))
@@ -217,6 +232,9 @@ class Scheduler:
         log.info(
             "scheduler.session_finished", session_id=report.session_id, succeeded=report.succeeded
         )
+        self._sessions_did_change()
+        if session is not None and self._on_session_finished is not None:
+            self._on_session_finished(report.session_id)
 
     # ------------------------------------------------------------------ syncing
 
@@ -288,6 +306,7 @@ class Scheduler:
                 log.info(
                     "scheduler.session_created", session_id=session_id, job_id=assignment.job_id
                 )
+                self._sessions_did_change()
             ids = tuple(action.action_id for action in assignment.actions)
             if ids != self._last_actions.get(session_id):
                 self._last_actions[session_id] = ids

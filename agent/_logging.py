@@ -2,15 +2,98 @@
 
 Events are named like ``session.started`` with details as key-value pairs, and
 carry whatever ``structlog.contextvars`` has bound (worker, session, action ids).
+The log goes to a stream (stderr by default) as console text or JSON, and
+optionally to a local file that rotates by size, keeping a number of old files.
+Sinks added with ``add_log_sink`` (the agent's CloudWatch stream) get every
+INFO-and-above record as one JSON line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
-from typing import TextIO
+import threading
+from collections.abc import Callable, Iterable, MutableMapping
+from pathlib import Path
+from typing import Any, TextIO
 
 import structlog
+
+LogSink = Callable[[Iterable[str]], None]
+_sinks: list[LogSink] = []
+
+
+def add_log_sink(sink: LogSink) -> None:
+    """Also send every INFO-and-above record, as a JSON line, to ``sink``."""
+    _sinks.append(sink)
+
+
+def remove_log_sink(sink: LogSink) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
+
+
+class RotatingFile:
+    """A text file that is rotated when it passes ``max_bytes``: ``name`` becomes
+    ``name.1``, ``name.1`` becomes ``name.2`` ... and ``name.<backups>`` is deleted."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file = self._open()
+
+    def _open(self) -> TextIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            if self.max_bytes and self._file.tell() >= self.max_bytes:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups <= 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class _Output:
+    """The end of the processor chain: one line to the stream, the file and the sinks."""
+
+    def __init__(self, stream: TextIO, file: RotatingFile | None, console: bool) -> None:
+        self._stream = stream
+        self._file = file
+        self._console = structlog.dev.ConsoleRenderer(colors=False) if console else None
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        as_json = json.dumps(event, default=str, ensure_ascii=False)
+        if _sinks and logging.getLevelName(str(event.get("level", "info")).upper()) >= logging.INFO:
+            for sink in list(_sinks):
+                try:
+                    sink([as_json])
+                except Exception:  # a sink must never break logging
+                    pass
+        if self._file is not None:
+            self._file.write(as_json)
+        return self._console(logger, method, event) if self._console is not None else as_json
 
 
 def configure_logging(
@@ -19,21 +102,22 @@ def configure_logging(
     quiet: bool = False,
     stream: TextIO | None = None,
     json_format: bool = False,
+    file: Path | None = None,
+    max_bytes: int = 10 * 1024 * 1024,
+    backups: int = 5,
 ) -> None:
-    """Send farmhand's log to ``stream`` (stderr by default): DEBUG and up when
-    ``verbose``, WARNING and up when ``quiet``, INFO and up otherwise."""
+    """Send farmhand's log to ``stream`` (stderr by default) and ``file``: DEBUG and
+    up when ``verbose``, WARNING and up when ``quiet``, INFO and up otherwise."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if json_format
-        else structlog.dev.ConsoleRenderer(colors=False)
+    rotating = (
+        RotatingFile(file, max_bytes=max_bytes, backups=backups) if file is not None else None
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            _Output(stream or sys.stderr, rotating, console=not json_format),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),

@@ -1,0 +1,428 @@
+"""The worker agent: one nursery tree of actors working a Deadline farm.
+
+``open_agent(config)`` bootstraps the worker and runs, under one nursery::
+
+    credentials refresher   renews the worker's credentials before they expire
+    log shipper             session logs and the agent's own log to files and CloudWatch
+    entity fetcher          BatchGetJobEntity, batched and shared
+    scheduler               UpdateWorkerSchedule; a WorkSession per assigned session
+    heartbeat               a sync at the farm's interval, whatever else happens
+    stop watcher            exit-after-jobs and idle-timeout, for ephemeral workers
+
+The block gets a ``Worker``: ``statistics()``, ``drain(grace)``,
+``finish_then_stop()`` and ``wait_stop_requested()``. Leaving the block drains
+the worker if it was not drained yet. Several workers can run in one process;
+they share nothing but the process.
+
+Stopping (one documented contract; see the README):
+
+- ``drain(grace)``: UpdateWorker(STOPPING); new work refused; running actions
+  reported INTERRUPTED at once and cancelled with their own method within
+  ``grace``; environment exits run within what is left; queued actions
+  NEVER_ATTEMPTED; a final UpdateWorkerSchedule; UpdateWorker(STOPPED). The
+  heartbeat keeps going until the end, and every call on the way out is
+  bounded in time. Calling it again with a shorter grace shortens it.
+- ``finish_then_stop()``: take no new sessions, let the current ones finish,
+  then ``wait_stop_requested()`` returns (``"finished"``).
+- The farm asking the worker to stop (``desiredWorkerStatus``), the
+  credentials running out, ``exit_after_jobs`` and ``idle_timeout`` also make
+  ``wait_stop_requested()`` return, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, Literal
+
+import attrs
+import httpx
+import structlog
+import trio
+
+from actors import ActionState, Containment, SessionEvent
+from actors._fetcher import EntityFetcher
+from actors._heartbeat import Heartbeat
+from actors._jobuser import JobUser
+from actors._logship import Destination, LogShipper, LogStream
+from actors._scheduler import Scheduler
+from actors._supervise import supervise
+from actors._worksession import (
+    Assignment,
+    Report,
+    WorkerIdentity,
+    WorkSession,
+    WorkSessionOptions,
+)
+
+from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
+from ._config import WorkerConfig
+from ._errors import FarmhandError, RetriesExhausted, TransportError
+from ._hostinfo import probe_host
+from ._logging import add_log_sink, remove_log_sink
+from ._logsink import CloudWatchSink
+from .deadline import (
+    NO_RETRIES,
+    CredentialHolder,
+    LogsClient,
+    ServiceEndpoint,
+    load_default_credentials,
+    resolve_endpoint,
+)
+
+log = structlog.get_logger("farmhand.worker")
+
+StopReason = Literal[
+    "farm", "credentials", "exit_after_jobs", "idle_timeout", "finished", "drained"
+]
+
+#: Bound on each network call made while stopping.
+SHUTDOWN_CALL_SECONDS = 5.0
+#: The scheduler's sync loop is restarted after these (its sessions live on).
+TRANSIENT = (TransportError, RetriesExhausted)
+
+
+@attrs.frozen
+class WorkerStatistics:
+    worker_id: str
+    state: str
+    sessions: int
+    #: Final action states reported to the farm, by completedStatus.
+    actions: Mapping[str, int]
+    syncs: int
+    heartbeat_age: float | None
+    heartbeat_lateness_p99: float
+    log_bytes_shipped: int
+    log_bytes_buffered: int
+    api_calls: int
+    api_retries: int
+    retries_by_operation: Mapping[str, int]
+    sessions_finished: int
+
+
+@attrs.frozen
+class Endpoints:
+    deadline: ServiceEndpoint
+    logs: ServiceEndpoint
+
+
+def resolve_endpoints(config: WorkerConfig) -> Endpoints:
+    """The Deadline and CloudWatch Logs endpoints for ``config`` (reads AWS config; call once)."""
+    deadline = resolve_endpoint("deadline", region=config.region, endpoint_url=config.endpoint_url)
+    if config.disable_host_prefix:
+        deadline = attrs.evolve(deadline, inject_host_prefix=False)
+    return Endpoints(deadline, resolve_endpoint("logs", region=config.region))
+
+
+class Worker:
+    """A running worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        booted: Bootstrapped,
+        scheduler: Scheduler,
+        heartbeat: Heartbeat,
+        shipper: LogShipper,
+        deadline_stats: Callable[[], Any],
+    ) -> None:
+        self.config = config
+        self.worker_id = booted.worker_id
+        self.farm_id = config.farm_id
+        self.fleet_id = config.fleet_id
+        self._booted = booted
+        self._scheduler = scheduler
+        self._heartbeat = heartbeat
+        self._shipper = shipper
+        self._deadline_stats = deadline_stats
+        self._state = "running"
+        self._stop_reason: StopReason | None = None
+        self._stop_requested = trio.Event()
+        self._drained = trio.Event()
+        self._draining = False
+        self._drain_deadline = math.inf
+        self._finish_then_stop = False
+        self.sessions_finished = 0
+
+    # ---------------------------------------------------------------- state
+
+    def statistics(self) -> WorkerStatistics:
+        scheduler = self._scheduler.statistics()
+        heartbeat = self._heartbeat.statistics()
+        shipper = self._shipper.statistics()
+        api = self._deadline_stats()
+        return WorkerStatistics(
+            worker_id=self.worker_id,
+            state=self._state,
+            sessions=scheduler.sessions,
+            actions=dict(scheduler.reported),
+            syncs=scheduler.syncs,
+            heartbeat_age=self._heartbeat.age(),
+            heartbeat_lateness_p99=heartbeat.lateness_p99,
+            log_bytes_shipped=shipper.bytes_shipped,
+            log_bytes_buffered=shipper.bytes_pending,
+            api_calls=api.calls,
+            api_retries=api.retries,
+            retries_by_operation={op: s.retries for op, s in api.operations.items()},
+            sessions_finished=self.sessions_finished,
+        )
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self._stop_reason
+
+    def request_stop(self, reason: StopReason) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.info("worker.stop_requested", reason=reason)
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> StopReason:
+        await self._stop_requested.wait()
+        assert self._stop_reason is not None
+        return self._stop_reason
+
+    # ---------------------------------------------------------------- stopping
+
+    def finish_then_stop(self) -> None:
+        """Finish the current sessions, take no new ones, then ask to stop."""
+        if self._finish_then_stop:
+            return
+        self._finish_then_stop = True
+        self._scheduler.refuse_new_sessions()
+        log.info("worker.finishing", sessions=len(self._scheduler.sessions))
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        if self._finish_then_stop and not self._scheduler.sessions:
+            self.request_stop("finished")
+
+    def _session_finished(self, session_id: str) -> None:
+        self.sessions_finished += 1
+        limit = self.config.exit_after_jobs
+        if limit is not None and self.sessions_finished >= limit:
+            self._scheduler.refuse_new_sessions()
+            if not self._scheduler.sessions:
+                self.request_stop("exit_after_jobs")
+            else:
+                self._finish_then_stop = True
+        self._check_finished()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop the worker (see the module docstring). ``grace`` defaults to the config's."""
+        grace = self.config.drain_grace_seconds if grace is None else max(grace, 0.0)
+        deadline = trio.current_time() + grace
+        if self._draining:
+            # A second request can only shorten the grace.
+            if deadline < self._drain_deadline:
+                self._drain_deadline = deadline
+                self._scheduler.stop_sessions(
+                    grace=grace, running_state=ActionState.INTERRUPTED, reason="drain, hurried"
+                )
+            await self._drained.wait()
+            return
+        self._draining = True
+        self._drain_deadline = deadline
+        self._state = "draining"
+        worker = self._booted.worker
+        log.info("worker.draining", grace=grace, sessions=len(self._scheduler.sessions))
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(worker.update_worker(status="STOPPING"), "UpdateWorker(STOPPING)")
+        self._scheduler.stop_sessions(
+            grace=grace, running_state=ActionState.INTERRUPTED, reason="the worker is draining"
+        )
+        # Sessions get their grace for actions and exits; then a moment for the last reports.
+        with trio.move_on_at(self._drain_deadline + SHUTDOWN_CALL_SECONDS):
+            await self._scheduler.wait_sessions_finished()
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
+        self._state = "stopped"
+        log.info("worker.stopped", worker_id=self.worker_id)
+        self.request_stop("drained")
+        self._drained.set()
+
+    async def _watch_idle(self, idle_timeout: float) -> None:
+        while True:
+            if self._scheduler.sessions:
+                await self._scheduler.wait_sessions_changed()
+                continue
+            with trio.move_on_after(idle_timeout):
+                await self._scheduler.wait_sessions_changed()
+                continue
+            self._scheduler.refuse_new_sessions()
+            self.request_stop("idle_timeout")
+            return
+
+
+async def _quietly(call: Any, what: str) -> None:
+    """Await a shutdown-time call; a failure is logged, not raised."""
+    try:
+        await call
+    except FarmhandError as exc:
+        log.warning("worker.shutdown_call_failed", call=what, error=str(exc))
+
+
+@asynccontextmanager
+async def open_agent(
+    config: WorkerConfig,
+    *,
+    http: httpx.AsyncClient | None = None,
+    endpoints: Endpoints | None = None,
+    bootstrap_credentials: CredentialHolder | None = None,
+    on_event: Callable[[str, SessionEvent], None] | None = None,
+    containment: Containment | None = None,
+) -> AsyncIterator[Worker]:
+    """Bootstrap a worker and run it for the block (see the module docstring).
+
+    ``on_event(session_id, event)`` sees every session event (output lines
+    included), for hosts that show them. ``endpoints`` and ``http`` let several
+    workers in one process share one resolution and one connection pool.
+    """
+    if endpoints is None:
+        endpoints = await trio.to_thread.run_sync(resolve_endpoints, config)
+    if bootstrap_credentials is None:
+        bootstrap_credentials = CredentialHolder(await load_default_credentials())
+    own_http = http is None
+    client = http or httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_keepalive_connections=4)
+    )
+    try:
+        await _make_dirs(config)
+        facts = await probe_host(overrides=config.capabilities, scratch_dir=config.session_root_dir)
+        booted = await bootstrap(
+            config,
+            http=client,
+            endpoint=endpoints.deadline,
+            bootstrap_credentials=bootstrap_credentials,
+            facts=facts,
+        )
+        async with _run_worker(
+            config, booted, client, endpoints, bootstrap_credentials, on_event, containment
+        ) as worker:
+            yield worker
+    finally:
+        if own_http:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
+
+async def _make_dirs(config: WorkerConfig) -> None:
+    def make() -> None:
+        config.worker_logs_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        config.session_root_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    await trio.to_thread.run_sync(make)
+
+
+@asynccontextmanager
+async def _run_worker(
+    config: WorkerConfig,
+    booted: Bootstrapped,
+    http: httpx.AsyncClient,
+    endpoints: Endpoints,
+    bootstrap_credentials: CredentialHolder,
+    on_event: Callable[[str, SessionEvent], None] | None,
+    containment: Containment | None,
+) -> AsyncIterator[Worker]:
+    logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
+    identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
+    override = config.posix_job_user_and_group
+    options = WorkSessionOptions(
+        logs_dir=config.worker_logs_dir,
+        session_root=config.session_root_dir,
+        retain_working_directory=config.retain_session_dir,
+        local_session_logs=config.local_session_logs,
+        min_secret_length=config.min_secret_length,
+        run_jobs_as_agent_user=config.run_jobs_as_agent_user,
+        job_user_override=JobUser(override[0], override[1] or None) if override else None,
+    )
+    own_containment = containment is None
+    if containment is None:
+        containment = Containment()
+        containment.start_watchdog()
+    worker: Worker | None = None
+    agent_stream: LogStream | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            shipper: LogShipper = await nursery.start(LogShipper(CloudWatchSink(logs_client)).run)
+            if booted.log_group and booted.log_stream:
+                agent_stream = shipper.open_stream(
+                    config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
+                    Destination(booted.log_group, booted.log_stream),
+                    compact_over=1 << 20,
+                )
+                add_log_sink(agent_stream.write)
+            fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
+            heartbeat_holder: list[Heartbeat] = []
+
+            def make_session(
+                assignment: Assignment, reports: trio.MemorySendChannel[Report]
+            ) -> WorkSession:
+                return WorkSession(
+                    assignment,
+                    identity=identity,
+                    fetcher=fetcher,
+                    reports=reports,
+                    shipper=shipper,
+                    options=options,
+                    on_event=partial(on_event, assignment.session_id) if on_event else None,
+                    containment=containment,
+                )
+
+            scheduler = Scheduler(
+                booted.worker,
+                make_session,
+                on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
+                on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
+                on_session_finished=lambda session_id: (
+                    worker._session_finished(session_id) if worker else None
+                ),
+            )
+            heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
+            heartbeat_holder.append(heartbeat)
+            await nursery.start(
+                partial(
+                    scheduler.run,
+                    supervise=partial(supervise, name="scheduler", transient=TRANSIENT),
+                )
+            )
+            worker = Worker(
+                config, booted, scheduler, heartbeat, shipper, booted.worker.deadline.statistics
+            )
+            await nursery.start(heartbeat.run)
+
+            async def credentials_failed(seconds_left: float) -> None:
+                worker.request_stop("credentials")
+
+            nursery.start_soon(
+                partial(
+                    refresh_credentials,
+                    config,
+                    booted,
+                    http=http,
+                    endpoint=endpoints.deadline,
+                    bootstrap_credentials=bootstrap_credentials,
+                    on_failure=credentials_failed,
+                )
+            )
+            if config.idle_timeout is not None:
+                nursery.start_soon(worker._watch_idle, config.idle_timeout)
+            try:
+                yield worker
+            finally:
+                with trio.CancelScope(shield=True):
+                    # Leaving the block drains the worker, within bounds.
+                    with trio.move_on_after(config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS):
+                        await worker.drain()
+                    if agent_stream is not None:
+                        remove_log_sink(agent_stream.write)
+                        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                            await agent_stream.flush()
+                nursery.cancel_scope.cancel(reason="the worker has stopped")
+    finally:
+        if own_containment:
+            await trio.to_thread.run_sync(containment.close)

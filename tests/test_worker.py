@@ -1,0 +1,144 @@
+"""The whole worker against the embedded mock farm over real loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+
+from agent._state import load_worker_state
+from agent.mockfarm import FarmConfig, FaultConfig
+from tests.worker_harness import farm_and_worker, py, simple_job, wait_job
+
+
+async def test_a_job_runs_to_success_with_logs_in_cloudwatch(tmp_path: Path) -> None:
+    """Bootstrap, run a job with an environment and three tasks, ship the session log."""
+    async with farm_and_worker(tmp_path) as (farm, worker, events):
+        job_id = farm.create_job(simple_job(py("print('frame {{Task.Param.Frame}}')")))
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = [s for s in farm.state.sessions.values() if s.job.job_id == job_id]
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: "frame 3" in farm.session_log(session.session_id))
+        log = farm.session_log(session.session_id)
+        stats = worker.statistics()
+    assert [line for line in log if line in ("entered", "frame 1", "frame 2", "frame 3")] == [
+        "entered",
+        "frame 1",
+        "frame 2",
+        "frame 3",
+    ]
+    assert {"frame 1", "frame 2", "frame 3", "entered", "exited"} <= set(events.lines())
+    assert stats.actions.get("SUCCEEDED", 0) >= 4
+    assert stats.worker_id.startswith("worker-")
+    state = load_worker_state(tmp_path / "persistence")
+    assert state is not None and state.worker_id == stats.worker_id
+    # The local session log is there too, private to the agent.
+    [local] = list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
+    assert (local.stat().st_mode & 0o777) == 0o600
+    assert "frame 2" in local.read_text()
+
+
+async def test_a_failed_task_fails_the_job(tmp_path: Path) -> None:
+    """A failing task is reported FAILED with its exit code and message."""
+    async with farm_and_worker(tmp_path) as (farm, _worker, _events):
+        job_id = farm.create_job(
+            simple_job(py("import sys; print('openjd_fail: bad frame'); sys.exit(2)"), frames="1")
+        )
+        assert await wait_job(farm, job_id) == "FAILED"
+        [task] = [t for step in farm.job(job_id).steps for t in step.tasks]
+    assert task.status == "FAILED"
+
+
+async def test_cancel_from_the_farm_stops_the_running_task(tmp_path: Path) -> None:
+    """Cancelling the job cancels the running action on the worker."""
+    async with farm_and_worker(tmp_path) as (farm, _worker, events):
+        job_id = farm.create_job(
+            simple_job(py("import time; print('running', flush=True); time.sleep(600)"), frames="1")
+        )
+        with trio.fail_after(30):
+            await events.wait_line("running")
+        farm.cancel_job(job_id)
+        assert await wait_job(farm, job_id) == "CANCELED"
+
+
+async def test_throttling_errors_and_dropped_connections_lose_nothing(tmp_path: Path) -> None:
+    """With throttling, 500s and dropped connections injected, every task still reports once."""
+    faults = (
+        FaultConfig(seed=7)
+        .with_operation(
+            "UpdateWorkerSchedule",
+            throttle_rate=0.2,
+            error_rate=0.1,
+            drop_rate=0.1,
+            retry_after_seconds=0,
+        )
+        .with_operation("BatchGetJobEntity", error_rate=0.2)
+    )
+    async with farm_and_worker(tmp_path, faults=faults) as (farm, _worker, _events):
+        job_id = farm.create_job(simple_job(py("print('x')"), frames="1-6"))
+        assert await wait_job(farm, job_id, 120) == "SUCCEEDED"
+        tasks = [t for step in farm.job(job_id).steps for t in step.tasks]
+    assert all(t.status == "SUCCEEDED" for t in tasks)
+    assert len(tasks) == 6
+
+
+async def test_farm_asks_the_worker_to_stop(tmp_path: Path) -> None:
+    """desiredWorkerStatus=STOPPED makes wait_stop_requested return 'farm'."""
+    async with farm_and_worker(tmp_path) as (farm, worker, _events):
+        farm.request_worker_stop(worker.worker_id)
+        with trio.fail_after(30):
+            assert await worker.wait_stop_requested() == "farm"
+        await worker.drain(0)
+        status = farm.worker(worker.worker_id).status
+    assert status == "STOPPED"
+
+
+async def test_drain_interrupts_running_work_and_stops_the_worker(tmp_path: Path) -> None:
+    """drain(): the running task is reported INTERRUPTED, the worker ends STOPPED."""
+    async with farm_and_worker(tmp_path) as (farm, worker, events):
+        job_id = farm.create_job(
+            simple_job(
+                py("import time; print('running', flush=True); time.sleep(600)"), frames="1-2"
+            )
+        )
+        with trio.fail_after(30):
+            await events.wait_line("running")
+        with trio.fail_after(30):
+            await worker.drain(2)
+        status = farm.worker(worker.worker_id).status
+        tasks = [t for step in farm.job(job_id).steps for t in step.tasks]
+    assert status == "STOPPED"
+    # INTERRUPTED work goes back to the queue for another worker.
+    assert all(t.status in ("READY", "PENDING") for t in tasks), [t.status for t in tasks]
+
+
+async def test_the_agent_log_goes_to_cloudwatch(tmp_path: Path) -> None:
+    """The agent's own log lines reach its CloudWatch stream as JSON."""
+    async with farm_and_worker(tmp_path) as (farm, worker, _events):
+        from agent._logging import configure_logging
+
+        configure_logging(quiet=False)
+        import structlog
+
+        structlog.get_logger("test").info("hello.cloudwatch", marker=42)
+        with trio.fail_after(30):
+            await farm.wait_until(
+                lambda: any("hello.cloudwatch" in m for m in farm.worker_log(worker.worker_id))
+            )
+        [line] = [m for m in farm.worker_log(worker.worker_id) if "hello.cloudwatch" in m]
+    assert json.loads(line)["marker"] == 42
+
+
+async def test_exit_after_jobs(tmp_path: Path) -> None:
+    """With exit_after_jobs=1, the worker asks to stop after its first session."""
+    config = FarmConfig(update_interval_seconds=1, max_retries_per_task=0)
+    async with farm_and_worker(tmp_path, farm_config=config, exit_after_jobs=1) as (
+        farm,
+        worker,
+        _events,
+    ):
+        job_id = farm.create_job(simple_job(py("print('x')"), frames="1"))
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        with trio.fail_after(60):
+            assert await worker.wait_stop_requested() == "exit_after_jobs"

@@ -1,0 +1,124 @@
+"""Running farmhand workers against the embedded mock farm, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from actors import SessionEvent
+from agent._config import WorkerConfig
+from agent._worker import Endpoints, Worker, open_agent
+from agent.deadline import CredentialHolder, ServiceEndpoint, static_credentials
+from agent.mockfarm import FarmConfig, FaultConfig, MockFarm, open_mock_farm
+
+PY = sys.executable
+
+
+def endpoints_for(farm: MockFarm) -> Endpoints:
+    region = farm.config.region
+    return Endpoints(
+        ServiceEndpoint("deadline", farm.endpoint_url, region, inject_host_prefix=False),
+        ServiceEndpoint("logs", farm.endpoint_url, region, inject_host_prefix=False),
+    )
+
+
+def worker_config(farm: MockFarm, root: Path, **changes: Any) -> WorkerConfig:
+    config = WorkerConfig(
+        farm_id=farm.farm_id,
+        fleet_id=farm.fleet_id,
+        worker_persistence_dir=root / "persistence",
+        session_root_dir=root / "sessions",
+        worker_logs_dir=root / "logs",
+        no_shutdown=True,
+        run_jobs_as_agent_user=True,
+        drain_grace_seconds=5.0,
+    )
+    return attrs.evolve(config, **changes)
+
+
+def bootstrap_credentials() -> CredentialHolder:
+    return CredentialHolder(static_credentials("AKIDBOOTSTRAP", "bootstrap-secret"))
+
+
+@attrs.define
+class Events:
+    """Every session event the worker showed, and a way to wait for a line."""
+
+    items: list[tuple[str, SessionEvent]] = attrs.field(factory=list)
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def __call__(self, session_id: str, event: SessionEvent) -> None:
+        self.items.append((session_id, event))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_line(self, text: str) -> None:
+        while text not in self.lines():
+            await self.changed.wait()
+
+    def lines(self) -> list[str]:
+        return [line for _, e in self.items for line in getattr(e, "lines", ())]
+
+
+@asynccontextmanager
+async def farm_and_worker(
+    root: Path,
+    *,
+    farm_config: FarmConfig | None = None,
+    faults: FaultConfig | None = None,
+    **config_changes: Any,
+) -> AsyncIterator[tuple[MockFarm, Worker, Events]]:
+    farm_config = farm_config or FarmConfig(update_interval_seconds=1, max_retries_per_task=0)
+    events = Events()
+    async with open_mock_farm(config=farm_config, faults=faults) as farm:
+        config = worker_config(farm, root, **config_changes)
+        async with open_agent(
+            config,
+            endpoints=endpoints_for(farm),
+            bootstrap_credentials=bootstrap_credentials(),
+            on_event=events,
+        ) as worker:
+            yield farm, worker, events
+
+
+def py(code: str) -> dict[str, Any]:
+    return {"command": PY, "args": ["-c", code]}
+
+
+def simple_job(
+    on_run: dict[str, Any], *, frames: str = "1-3", environments: bool = True
+) -> dict[str, Any]:
+    template: dict[str, Any] = {
+        "specificationVersion": "jobtemplate-2023-09",
+        "name": "worker test",
+        "steps": [
+            {
+                "name": "Render",
+                "parameterSpace": {
+                    "taskParameterDefinitions": [{"name": "Frame", "type": "INT", "range": frames}]
+                },
+                "script": {"actions": {"onRun": on_run}},
+            }
+        ],
+    }
+    if environments:
+        template["jobEnvironments"] = [
+            {
+                "name": "Env",
+                "script": {
+                    "actions": {"onEnter": py("print('entered')"), "onExit": py("print('exited')")}
+                },
+            }
+        ]
+    return template
+
+
+async def wait_job(farm: MockFarm, job_id: str, seconds: float = 60) -> str:
+    with trio.fail_after(seconds):
+        return await farm.wait_for_job(job_id)
