@@ -151,13 +151,14 @@ class ScriptedWorker:
         self,
         outcome: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] = lambda _: completed(),
         *,
+        updates: Mapping[str, Any] | None = None,
         max_syncs: int = 100,
     ) -> list[Mapping[str, Any]]:
-        """Sync until the farm has nothing for this worker; every assigned action is
-        reported with ``outcome(action)`` (``None``: not reported yet). Returns the
-        actions in the order they were run."""
+        """Sync (first reporting ``updates``) until the farm has nothing for this
+        worker; every assigned action is reported with ``outcome(action)``
+        (``None``: not reported yet). Returns the actions in the order they ran."""
         ran: list[Mapping[str, Any]] = []
-        updates: dict[str, Any] = {}
+        updates = dict(updates or {})
         for _ in range(max_syncs):
             response = self.sync(updates)
             updates = {}
@@ -182,3 +183,50 @@ class ScriptedWorker:
 
 def dumps(template: Mapping[str, Any]) -> str:
     return json.dumps(template)
+
+
+# ---------------------------------------------------------------- in-process calls
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+async def invoke(app: Any, operation: str, **params: Any) -> dict[str, Any]:
+    """Call a Deadline operation through the farm's ASGI dispatch (codec, faults,
+    handler, serializer) without a socket, so tests can use ``autojump_clock``.
+    An error response raises ``ApiError`` with the code, message and members."""
+    from urllib.parse import quote, urlencode
+
+    from agent.mockfarm import ApiError
+    from agent.mockfarm._codec import deadline_codec
+
+    codec = deadline_codec()
+    model = codec.model.operation_model(operation)
+    uri = model.http["requestUri"]
+    body = dict(params)
+    query: dict[str, Any] = {}
+    for name, member in model.input_shape.members.items():
+        location = member.serialization.get("location")
+        wire = member.serialization.get("name", name)
+        if location == "uri":
+            uri = uri.replace("{" + wire + "}", quote(str(body.pop(name)), safe=""))
+        elif location == "querystring" and name in body:
+            query[wire] = body.pop(name)
+    scope = {
+        "method": model.http["method"],
+        "raw_path": uri.encode(),
+        "query_string": urlencode(query).encode(),
+        "headers": [(b"content-type", b"application/json")],
+    }
+    status, headers, payload = await app._dispatch(
+        scope, json.dumps(body, default=_json_default).encode()
+    )
+    decoded = json.loads(payload) if payload else {}
+    if status >= 300:
+        code = dict(headers)[b"x-amzn-errortype"].decode()
+        message = decoded.pop("message", "")
+        raise ApiError(code, message, status=status, **decoded)
+    return dict(decoded)

@@ -101,7 +101,11 @@ class CallLog:
 
 
 class _Drop(Exception):
-    """Close the connection instead of answering."""
+    """Do not answer (for up to ``hold`` seconds)."""
+
+    def __init__(self, hold: float) -> None:
+        super().__init__(hold)
+        self.hold = hold
 
 
 class MockFarmApp:
@@ -162,9 +166,16 @@ class MockFarmApp:
             return
         try:
             status, headers, payload = await self._dispatch(scope, body)
-        except _Drop:
-            # Announce a body, send none, and finish: the server closes the
-            # connection, so the client sees it drop before a complete answer.
+        except _Drop as drop:
+            # Never answer: to the client this is a lost response (it times out
+            # and closes the connection). ASGI cannot close a connection before
+            # a response starts, so this is what a dropped connection looks like.
+            with trio.move_on_after(drop.hold):
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                return
+            # The client waited longer than the hold: give up with a response
+            # that announces a body it never sends, and close.
             await send(
                 {
                     "type": "http.response.start",
@@ -233,7 +244,7 @@ class MockFarmApp:
             await trio.sleep(decision.delay)
         if decision.drop_before:
             self._record(codec, name, params, 0, "DroppedConnection", arrived, dropped=True)
-            raise _Drop
+            raise _Drop(decision.drop_hold)
         if decision.error is not None:
             return self._error(codec, name, params, decision.error, arrived, content_type)
         if handler is None:
@@ -276,7 +287,7 @@ class MockFarmApp:
             self._record(
                 codec, name, params, operation.status, "DroppedConnection", arrived, dropped=True
             )
-            raise _Drop
+            raise _Drop(decision.drop_hold)
         self._record(codec, name, params, operation.status, None, arrived)
         return operation.status, [(b"content-type", content_type)], payload
 
@@ -289,10 +300,10 @@ class MockFarmApp:
         arrived: float,
         content_type: bytes,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        status = codec.status_of(error)
+        status, headers, payload = codec.error_response(error)
         self._record(codec, name, params, status, error.code, arrived)
-        headers = [(b"content-type", content_type), (b"x-amzn-errortype", error.code.encode())]
-        return status, headers, codec.error_body(error)
+        headers.insert(0, (b"content-type", content_type))
+        return status, headers, payload
 
     def _record(
         self,

@@ -196,13 +196,25 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    failures: list[OSError] = []
     try:
         trio.run(_serve_until_signal, args, config, faults)
-    except OSError as exc:
-        raise CliError(
-            f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", 1
-        ) from exc
+    except* OSError as group:
+        failures.extend(_leaves(group))
+    if failures:
+        reason = failures[0].strerror or str(failures[0])
+        raise CliError(f"cannot serve on {args.host}:{args.port}: {reason}", 1)
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
 
 
 def _load_faults(path: Path) -> FaultConfig:
@@ -272,8 +284,12 @@ class _Farm:
         self.queue_id: str = getattr(args, "queue_id", None) or info["queueId"]
         self.fleet_id: str = info["fleetId"]
         region = info.get("region", "us-west-2")
-        self.deadline = make_client("deadline", self.endpoint, region=region)
-        self.logs = make_client("logs", self.endpoint, region=region)
+        from botocore.config import Config
+
+        # A person at a terminal is better served by a few retries than by a throttle.
+        retries = Config(retries={"mode": "standard", "total_max_attempts": 4})
+        self.deadline = make_client("deadline", self.endpoint, region=region, config=retries)
+        self.logs = make_client("logs", self.endpoint, region=region, config=retries)
 
     def _info(self) -> dict[str, Any]:
         try:

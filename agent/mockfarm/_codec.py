@@ -740,6 +740,8 @@ class ServiceCodec:
     target_prefix: str | None
     error_status: dict[str, int]
     compiler: _Compiler
+    #: Error shape -> ``member -> header`` for members sent as headers.
+    error_headers: dict[str, dict[str, bytes]] = attrs.Factory(dict)
     shape_serializers: dict[str, Serializer | None] = attrs.Factory(dict)
 
     def status_of(self, error: ApiError) -> int:
@@ -747,12 +749,22 @@ class ServiceCodec:
             return error.status
         return self.error_status.get(error.code, 400)
 
-    def error_body(self, error: ApiError) -> bytes:
-        if self.target_prefix is None:
-            body = {"message": error.message, **error.members}
-        else:
-            body = {"__type": error.code, "message": error.message, **error.members}
-        return json.dumps(body, separators=(",", ":"), default=str).encode()
+    def error_response(self, error: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers and body of an error, laid out by its error shape: members
+        the shape puts in headers (``retryAfterSeconds`` is ``Retry-After``) go there."""
+        headers = [(b"x-amzn-errortype", error.code.encode())]
+        located = self.error_headers.get(error.code, {})
+        body: dict[str, Any] = {"message": error.message}
+        if self.target_prefix is not None:
+            body["__type"] = error.code
+        for name, value in error.members.items():
+            header = located.get(name)
+            if header is None:
+                body[name] = value
+            else:
+                headers.append((header, str(value).encode()))
+        payload = json.dumps(body, separators=(",", ":"), default=str).encode()
+        return self.status_of(error), headers, payload
 
     def serialize_shape(self, shape_name: str, value: Mapping[str, Any]) -> Serialized:
         """Serialize a structure of the named shape once, for reuse in later outputs."""
@@ -819,7 +831,13 @@ def _build_service(name: str) -> ServiceCodec:
                 op_model.http["method"], op_model.http["requestUri"].split("?")[0], operation
             )
     error_status = {}
+    error_headers: dict[str, dict[str, bytes]] = {}
     for shape in model.error_shapes:
+        error_headers[shape.name] = {
+            member_name: member.serialization["name"].encode()
+            for member_name, member in shape.members.items()
+            if member.serialization.get("location") == "header"
+        }
         error = shape.metadata.get("error") or {}
         status = error.get("httpStatusCode")
         if status is None:
@@ -833,6 +851,7 @@ def _build_service(name: str) -> ServiceCodec:
         target_prefix=model.metadata.get("targetPrefix") if protocol == "json" else None,
         error_status=error_status,
         compiler=compiler,
+        error_headers=error_headers,
     )
 
 

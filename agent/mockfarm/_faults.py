@@ -8,9 +8,12 @@ farm swaps it whole (``MockFarm.set_faults``, ``SIGHUP`` for ``serve``, or
 ``PUT /_mockfarm/faults``) while it runs.
 
 Per request the draws are made in this order: latency, ``drop_rate`` (the
-connection is closed and the request is not applied), ``throttle_rate``,
-``error_rate``, ``conflict_rate``, then ``drop_after_rate`` (the request is
-applied but its response is lost). A worker listed in ``offline_workers`` (or
+request is not applied and never answered), ``throttle_rate``, ``error_rate``,
+``conflict_rate``, then ``drop_after_rate`` (the request is applied but its
+response is lost). A dropped request looks like a network partition to the
+client: no answer until its read timeout. (ASGI gives an application no way to
+reset a connection before it answers; after ``drop_hold_seconds`` the farm
+closes the connection after the response headers.) A worker listed in ``offline_workers`` (or
 ``"*"`` for every worker) gets ``ConflictException(STATUS_CONFLICT)`` on each
 worker-scoped call, which is how the service tells an agent it is offline.
 """
@@ -62,10 +65,13 @@ class OperationFaults:
     #: Seconds added before answering, plus up to ``latency_jitter`` more.
     latency: float = attrs.field(default=0.0, validator=_non_negative)
     latency_jitter: float = attrs.field(default=0.0, validator=_non_negative)
-    #: The connection is closed before the request is applied.
+    #: The request is dropped before it is applied (never answered).
     drop_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: The request is applied, then the connection is closed without the response.
+    #: The request is applied, then its response is lost.
     drop_after_rate: float = attrs.field(default=0.0, validator=_rate)
+    #: A dropped request is never answered: the client times out. If it has not
+    #: given up after this many seconds, the connection is closed after the headers.
+    drop_hold_seconds: float = attrs.field(default=60.0, validator=_non_negative)
 
     @property
     def active(self) -> bool:
@@ -195,6 +201,7 @@ class Decision:
     error: ApiError | None = None
     drop_before: bool = False
     drop_after: bool = False
+    drop_hold: float = 60.0
 
 
 PASS = Decision()
@@ -269,7 +276,7 @@ class FaultInjector:
             delay += rng.random() * faults.latency_jitter
         if faults.drop_rate and rng.random() < faults.drop_rate:
             self._count("drop")
-            return Decision(delay=delay, drop_before=True)
+            return Decision(delay=delay, drop_before=True, drop_hold=faults.drop_hold_seconds)
         error: ApiError | None = None
         if faults.throttle_rate and rng.random() < faults.throttle_rate:
             self._count("throttle")
@@ -296,7 +303,7 @@ class FaultInjector:
             self._count("drop_after")
         if not delay and not drop_after:
             return PASS
-        return Decision(delay=delay, drop_after=drop_after)
+        return Decision(delay=delay, drop_after=drop_after, drop_hold=faults.drop_hold_seconds)
 
     def _count(self, kind: str) -> None:
         self.injected[kind] = self.injected.get(kind, 0) + 1

@@ -281,14 +281,15 @@ class Scheduler:
         target = task.target_status
         if status == "FAILED":
             job.failure_count += 1
+            exhausted = job.failure_count >= job.max_failed_tasks_count
             if target is not None:
                 self._apply_target(task, target)
-            elif task.failure_retry_count < job.max_retries_per_task:
+            elif not exhausted and task.failure_retry_count < job.max_retries_per_task:
                 task.failure_retry_count += 1
                 self.make_runnable(task)
             else:
                 self.set_task_status(task, "FAILED")
-            if job.failure_count >= job.max_failed_tasks_count:
+            if exhausted:
                 self.fail_job(job)
             return
         # CANCELED, INTERRUPTED, NEVER_ATTEMPTED: the task did not run to the end.
@@ -304,7 +305,8 @@ class Scheduler:
             if (
                 action.index > failed.index
                 and action.kind != "envExit"
-                and action.status == "ASSIGNED"
+                and action.started_at is None
+                and not action.completed
             ):
                 self.complete(action, "NEVER_ATTEMPTED")
 
@@ -336,8 +338,9 @@ class Scheduler:
         if not accepting:
             return
         while True:
-            active = sum(1 for s in worker.sessions.values() if not s.winding_down)
-            if active >= self.config.max_sessions_per_worker:
+            # Sessions still running their exits count: a worker starts a new
+            # session only once the old one has left its environments.
+            if len(worker.sessions) >= self.config.max_sessions_per_worker:
                 return
             choice = self._pick(worker)
             if choice is None:

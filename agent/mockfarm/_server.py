@@ -316,12 +316,13 @@ def hypercorn_config(host: str, port: int, *, keep_alive_timeout: float = 120.0)
 def make_client(
     service: str, endpoint_url: str, *, region: str = "us-west-2", **kwargs: Any
 ) -> Any:
-    """A boto3 client for a mock farm endpoint, with fake credentials and no host prefix."""
+    """A boto3 client for a mock farm endpoint: fake credentials, no host prefix, and
+    no retries unless ``config`` asks for them (so callers see every error)."""
     import boto3
     from botocore.config import Config
 
     config = kwargs.pop("config", None)
-    base = Config(inject_host_prefix=False, retries={"max_attempts": 1, "mode": "standard"})
+    base = Config(inject_host_prefix=False, retries={"total_max_attempts": 1, "mode": "standard"})
     session = boto3.session.Session(
         aws_access_key_id=kwargs.pop("aws_access_key_id", "AKIDMOCKFARM"),
         aws_secret_access_key=kwargs.pop("aws_secret_access_key", "mockfarm-secret"),
