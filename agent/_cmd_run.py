@@ -121,4 +121,5 @@ def main(args: argparse.Namespace) -> int:
         trio.run(partial(run_local_session, plan, config, renderer, containment=containment))
     finally:
         containment.close()
+    renderer.finish(planned=len(plan.actions))
     return 0 if renderer.success else 1

@@ -74,8 +74,21 @@ class _Tracker:
         return self.indices.get(action_id)
 
     def end(self, event: ActionEnded) -> int | None:
-        self.states[event.state.value] += 1
+        if event.state is not ActionState.NEVER_ATTEMPTED:
+            self.states[event.state.value] += 1
         return self.indices.get(event.action_id)
+
+    def session(self, event: SessionEnded) -> None:
+        self.session_succeeded = event.succeeded and self.session_succeeded is not False
+        self.working_directory = event.working_directory or self.working_directory
+
+    def finish(self, planned: int, succeeded: bool | None) -> None:
+        """Every planned action that did not start was never attempted."""
+        never = planned - self.next_index
+        if never > 0:
+            self.states[ActionState.NEVER_ATTEMPTED.value] = never
+        if succeeded is not None:
+            self.session_succeeded = succeeded and self.session_succeeded is not False
 
     @property
     def success(self) -> bool:
@@ -146,15 +159,21 @@ class JsonlRenderer:
                     }
                 )
         elif isinstance(event, SessionEnded):
-            tracker.session_succeeded = event.succeeded
-            self._write(
-                {
-                    "event": "session_ended",
-                    "status": "success" if tracker.success else "error",
-                    "actions": dict(sorted(tracker.states.items())),
-                }
-            )
-            self._out.flush()
+            tracker.session(event)
+
+    def finish(self, *, planned: int, succeeded: bool | None = None) -> None:
+        """The run is over: ``planned`` actions were planned; ``succeeded`` is the
+        farm's verdict, when there is one."""
+        tracker = self._tracker
+        tracker.finish(planned, succeeded)
+        self._write(
+            {
+                "event": "session_ended",
+                "status": "success" if tracker.success else "error",
+                "actions": dict(sorted(tracker.states.items())),
+            }
+        )
+        self._out.flush()
 
 
 class HumanRenderer:
@@ -235,9 +254,12 @@ class HumanRenderer:
                 prefix = "" if event.level == "info" else f"{event.level}: "
                 self._note(f"{prefix}{event.message}")
         elif isinstance(event, SessionEnded):
-            tracker.session_succeeded = event.succeeded
-            tracker.working_directory = event.working_directory
-            self._summary()
+            tracker.session(event)
+
+    def finish(self, *, planned: int, succeeded: bool | None = None) -> None:
+        """The run is over: print the summary (see ``JsonlRenderer.finish``)."""
+        self._tracker.finish(planned, succeeded)
+        self._summary()
 
     def _end(self, event: ActionEnded) -> None:
         index = self._tracker.end(event)

@@ -48,7 +48,7 @@ from actors._heartbeat import Heartbeat
 from actors._jobuser import JobUser
 from actors._logship import Destination, LogShipper, LogStream
 from actors._scheduler import Scheduler
-from actors._supervise import supervise
+from actors._supervise import SupervisorStatistics, supervise
 from actors._worksession import (
     Assignment,
     Report,
@@ -127,6 +127,7 @@ class Worker:
         heartbeat: Heartbeat,
         shipper: LogShipper,
         deadline_stats: Callable[[], Any],
+        scheduler_supervision: SupervisorStatistics,
     ) -> None:
         self.config = config
         self.worker_id = booted.worker_id
@@ -137,6 +138,9 @@ class Worker:
         self._heartbeat = heartbeat
         self._shipper = shipper
         self._deadline_stats = deadline_stats
+        self._scheduler_supervision = scheduler_supervision
+        #: Where /healthz and /metrics are served, when they are.
+        self.health_url: str | None = None
         self._state = "running"
         self._stop_reason: StopReason | None = None
         self._stop_requested = trio.Event()
@@ -168,6 +172,34 @@ class Worker:
             retries_by_operation={op: s.retries for op, s in api.operations.items()},
             sessions_finished=self.sessions_finished,
         )
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._heartbeat.statistics().interval
+
+    @property
+    def scheduler_restarts(self) -> int:
+        return self._scheduler_supervision.restarts
+
+    def api_statistics(self) -> dict[str, tuple[int, int]]:
+        """Deadline API (calls, retries) by operation."""
+        return {op: (s.calls, s.retries) for op, s in self._deadline_stats().operations.items()}
+
+    def actor_states(self) -> dict[str, str]:
+        """A word on each actor, for health checks."""
+        supervision = self._scheduler_supervision
+        shipper = self._shipper.statistics()
+        expires = self._booted.credentials.expires_at
+        return {
+            "scheduler": "running"
+            if supervision.restarts == 0
+            else f"restarted {supervision.restarts} times (last: {supervision.last_error})",
+            "heartbeat": f"{self._heartbeat.statistics().beats} beats",
+            "log_shipper": "running"
+            if shipper.upload_errors == 0
+            else f"{shipper.upload_errors} upload errors",
+            "credentials": f"expire {expires.isoformat()}" if expires else "do not expire",
+        }
 
     @property
     def stop_reason(self) -> StopReason | None:
@@ -384,14 +416,23 @@ async def _run_worker(
             )
             heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
             heartbeat_holder.append(heartbeat)
+            supervision = SupervisorStatistics()
             await nursery.start(
                 partial(
                     scheduler.run,
-                    supervise=partial(supervise, name="scheduler", transient=TRANSIENT),
+                    supervise=partial(
+                        supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
+                    ),
                 )
             )
             worker = Worker(
-                config, booted, scheduler, heartbeat, shipper, booted.worker.deadline.statistics
+                config,
+                booted,
+                scheduler,
+                heartbeat,
+                shipper,
+                booted.worker.deadline.statistics,
+                supervision,
             )
             await nursery.start(heartbeat.run)
 
@@ -411,6 +452,15 @@ async def _run_worker(
             )
             if config.idle_timeout is not None:
                 nursery.start_soon(worker._watch_idle, config.idle_timeout)
+            if config.health_port is not None:
+                from ._health import serve_health  # prometheus-client only when asked for
+
+                worker.health_url = await nursery.start(
+                    partial(
+                        serve_health, worker, host=config.health_address, port=config.health_port
+                    )
+                )
+                log.info("worker.health_endpoint", url=worker.health_url)
             try:
                 yield worker
             finally:

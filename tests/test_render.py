@@ -51,6 +51,7 @@ def test_human_live_progress_line_on_a_terminal() -> None:
     renderer = HumanRenderer(out, err, live=True)
     for event in _task_events():
         renderer(event)  # type: ignore[arg-type]
+    renderer.finish(planned=2)
     status = err.getvalue().decode()
     assert "\r\x1b[K[farmhand] Task 'Render' Frame=7   45.0%" in status
     assert "45.0%  tile 3" in status
@@ -68,6 +69,7 @@ def test_human_without_terminal_prints_no_status_line() -> None:
     renderer = HumanRenderer(out, err, live=False, verbose=True)
     for event in _task_events(ActionState.FAILED):
         renderer(event)  # type: ignore[arg-type]
+    renderer.finish(planned=2)
     assert err.getvalue() == b""
     text = out.getvalue().decode()
     assert "\x1b" not in text
@@ -86,6 +88,7 @@ def test_jsonl_escapes_and_counts() -> None:
     events[1] = ActionOutput("s", "a1", (tricky,))
     for event in events:
         renderer(event)  # type: ignore[arg-type]
+    renderer.finish(planned=2)
     parsed = [json.loads(line) for line in out.getvalue().decode().splitlines()]
     assert parsed[1] == {"event": "output", "index": 0, "line": tricky}
     assert parsed[-1] == {
