@@ -50,6 +50,9 @@ class Serialized(dict[str, Any]):
 DEADLINE = "deadline"
 LOGS = "logs"
 
+#: Outputs are trees the farm built (no cycles): skip the encoder's cycle check.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
 
 class _Invalid(Exception):
     """Problems found while validating: ``(path parts, message, cannot_parse)``."""
@@ -778,7 +781,7 @@ class ServiceCodec:
 
     def encode_output(self, operation: Operation, output: Mapping[str, Any]) -> bytes:
         wire = output if operation.serialize is None else operation.serialize(output)
-        return json.dumps(wire, separators=(",", ":")).encode()
+        return _ENCODER.encode(wire).encode()
 
 
 def _build_service(name: str) -> ServiceCodec:

@@ -256,15 +256,15 @@ class Scheduler:
             return
         if status != "NEVER_ATTEMPTED":
             action.ended_at = info.get("endedAt") or now
-        self.complete(action, status)
+        self.complete(action, status, now=now)
 
-    def complete(self, action: SessionAction, status: str) -> None:
+    def complete(self, action: SessionAction, status: str, *, now: datetime | None = None) -> None:
         """Apply a completed status (reported, or decided by the farm)."""
         action.status = status
         action.wire = _RELEASED
         session = action.session
         session.open.remove(action)
-        session.updated_at = utcnow()
+        session.updated_at = now or utcnow()
         if action.kind == "taskRun" and action.task is not None:
             self._task_run_completed(action.task, action, status)
         if status != "SUCCEEDED":

@@ -310,6 +310,7 @@ def hypercorn_config(host: str, port: int, *, keep_alive_timeout: float = 120.0)
     config.keep_alive_timeout = keep_alive_timeout
     config.keep_alive_max_requests = math.inf  # type: ignore[assignment]  # hypercorn compares with >=
     config.graceful_timeout = 2.0
+    config.include_server_header = False
     return config
 
 
