@@ -80,7 +80,12 @@ def test_retry_after_is_a_lower_bound_with_jitter(delay: float, after: float, un
     assert result >= delay
     assert result >= bound
     assert result <= max(delay, bound * 1.2)
-    assert result == max(delay, bound + unit * 0.2 * bound)
+    assert result == max(delay, bound * (1.0 + 0.2 * unit))
+
+
+def test_retry_after_jitter_never_rounds_above_its_bound() -> None:
+    """The case CI found: 19.25 s with the largest jitter stays within 20 %."""
+    assert honour_retry_after(0.0, 19.25, 0.9999999999999999) <= 19.25 * 1.2
 
 
 @pytest.mark.parametrize("after", [None, 0.0, -5.0, math.nan])

@@ -95,7 +95,9 @@ def honour_retry_after(delay: float, retry_after: float | None, unit: float) -> 
     if retry_after is None or not retry_after > 0:
         return delay
     after = min(float(retry_after), MAX_RETRY_AFTER)
-    return max(delay, after + unit * 0.2 * after)
+    # One product, not ``after + unit * 0.2 * after``: rounding is monotonic, so
+    # this form can never come out above ``after * 1.2``, which the sum can.
+    return max(delay, after * (1.0 + 0.2 * unit))
 
 
 @attrs.frozen
