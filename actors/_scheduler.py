@@ -107,6 +107,9 @@ class Scheduler:
         self._syncs = 0
         self._reported: Counter[str] = Counter()
         self._stop_requested = False
+        #: After the final sync: no more calls (see ``final_sync``).
+        self._closed = False
+        self._in_flight = False
 
     # ------------------------------------------------------------------ public
 
@@ -129,10 +132,28 @@ class Scheduler:
         self._wake()
 
     async def sync_now(self) -> None:
-        """Ask for a sync and wait until one that started after this call is done."""
+        """Ask for a sync and wait until one that started after this call is done.
+
+        Returns at once after ``final_sync``.
+        """
         self.request_sync()
         target = self._requested
-        while self._completed < target:
+        while self._completed < target and not self._closed:
+            await self._synced.wait()
+
+    async def final_sync(self) -> None:
+        """A last sync; after it the scheduler calls the farm no more.
+
+        For a worker about to report itself STOPPED: the farm answers a stopped
+        worker's sync with a conflict, so no sync (a heartbeat's, say) may start
+        after this, and one already on its way is waited for.
+        """
+        try:
+            await self.sync_now()
+        finally:
+            self._closed = True
+            self._wake()
+        while self._in_flight:
             await self._synced.wait()
 
     def refuse_new_sessions(self) -> None:
@@ -189,10 +210,22 @@ class Scheduler:
         self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
     ) -> None:
         while True:
-            while self._completed >= self._requested:
+            while self._closed or self._completed >= self._requested:
+                if self._closed:
+                    self._synced.set()  # nobody waits for a sync any more
                 await self._wait_for_wakeup()
             target = self._requested
-            await self._sync(sessions, reports)
+            self._in_flight = True
+            try:
+                await self._sync(sessions, reports)
+            except Exception as exc:
+                if not self._closed:
+                    raise
+                # Closed while this call was on its way (the final sync timed out):
+                # the worker is going anyway; its answer no longer matters.
+                log.warning("scheduler.late_sync_failed", error=repr(exc))
+            finally:
+                self._in_flight = False
             self._completed = target
             self._synced.set()
             self._synced = trio.Event()

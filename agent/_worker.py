@@ -269,7 +269,7 @@ class Worker:
         with trio.move_on_at(self._drain_deadline + SHUTDOWN_CALL_SECONDS):
             await self._scheduler.wait_sessions_finished()
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
+            await _quietly(self._scheduler.final_sync(), "UpdateWorkerSchedule (final)")
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"

@@ -449,3 +449,72 @@ async def test_stop_sessions_interrupts_running_work(tmp_path: Path) -> None:
             await r.scheduler.wait_sessions_finished()
             await r.scheduler.sync_now()
     assert farm.completed == {action_id(0): "INTERRUPTED", action_id(1): "NEVER_ATTEMPTED"}
+
+
+async def test_no_sync_starts_after_the_final_one() -> None:
+    """final_sync returns with no call on its way, even when a heartbeat asked for one
+    during the final call; after it, sync_now returns at once and the farm hears no more."""
+    farm = FakeFarm(py("pass"))
+    release = trio.Event()
+    entered = trio.Event()
+    in_flight = 0
+    original = farm.update_worker_schedule
+
+    async def counted(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            if not entered.is_set():
+                entered.set()
+                await release.wait()
+            return await original(updated)
+        finally:
+            in_flight -= 1
+
+    farm.update_worker_schedule = counted  # type: ignore[method-assign]
+    seen_in_flight: list[int] = []
+    async with trio.open_nursery() as nursery:
+        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
+        await nursery.start(scheduler.run)
+
+        async def final() -> None:
+            await scheduler.final_sync()
+            seen_in_flight.append(in_flight)
+
+        nursery.start_soon(final)
+        await entered.wait()  # the final call is held by the farm...
+        nursery.start_soon(scheduler.sync_now)  # ... when a heartbeat asks for another
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen_in_flight == [0]
+        calls = len(farm.calls)
+        with trio.fail_after(1):
+            await scheduler.sync_now()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(farm.calls) == calls
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_late_sync_failing_after_the_final_one_is_not_an_error() -> None:
+    """If the final sync gives up while a call is on its way, that call's failure
+    (the farm calling the worker offline, say) is logged, not raised."""
+    farm = FakeFarm(py("pass"))
+    release = trio.Event()
+
+    async def hung(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        await release.wait()
+        raise RuntimeError("the worker is STOPPED")
+
+    farm.update_worker_schedule = hung  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
+        await nursery.start(scheduler.run)
+        with trio.move_on_after(0.01) as scope:
+            await scheduler.final_sync()
+        assert scope.cancelled_caught
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(1):
+            await scheduler.sync_now()  # returns at once: closed, and nothing was raised
+        nursery.cancel_scope.cancel()
