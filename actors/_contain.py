@@ -6,9 +6,15 @@
   ``FARMHAND_SESSION_TAG=<instance>/<session>/<action>``,
   which children inherit, also daemons that left the process group (and the
   process group itself is killed when an action is cancelled);
+- each session's actions are started by its launcher (``_spawn.py``), a
+  child subreaper: whatever they start stays below it, daemons included, and
+  ``SessionLauncher.sweep()`` kills that whole tree;
 - where a cgroup v2 subtree is writable, each session gets a cgroup below
-  ``farmhand-<instance>`` and its action processes are moved into it as they
-  start; members of a cgroup cannot leave it on their own.
+  ``farmhand-<instance>``, and its launcher is moved into it before it starts
+  anything, so every action is born inside; members of a cgroup cannot leave
+  it on their own. (Moving each action's process from the agent once it has
+  started would race with its first fork: a migration waits for an RCU grace
+  period, several milliseconds, and a child forked meanwhile stays behind.)
 
 ``sweep(session)`` kills whatever of a session is still alive when it ends.
 
@@ -31,6 +37,7 @@ import structlog
 import trio
 
 from . import _watchdog
+from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE
 
 log = structlog.get_logger("farmhand.contain")
@@ -100,17 +107,26 @@ class Containment:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in session_id)[:200]
         return self._cgroup_root / safe
 
-    def attach(self, session_id: str, pid: int) -> None:
-        """Move a new action process into the session's cgroup (call right after it starts)."""
+    async def start_launcher(self, session_id: str) -> SessionLauncher | None:
+        """Start the launcher of a session's actions, in the session's cgroup if any.
+
+        ``None`` (with a warning) when it cannot be started: the actions are then
+        started directly, and the tag and the cgroup are what finds their processes.
+        """
         cgroup = self._session_cgroup(session_id)
-        if cgroup is None:
-            return
+        if cgroup is not None:
+            try:
+                cgroup.mkdir(exist_ok=True)
+            except OSError as exc:
+                log.debug("contain.no_session_cgroup", path=str(cgroup), error=str(exc))
+                cgroup = None
         try:
-            cgroup.mkdir(exist_ok=True)
-            (cgroup / "cgroup.procs").write_text(str(pid))
+            return await SessionLauncher.start(
+                cgroup_procs=cgroup / "cgroup.procs" if cgroup is not None else None
+            )
         except OSError as exc:
-            # The process may already be gone; the tag still finds its children.
-            log.debug("contain.attach_failed", pid=pid, error=str(exc))
+            log.warning("contain.no_launcher", session_id=session_id, error=str(exc))
+            return None
 
     async def sweep(self, session_id: str) -> int:
         """Kill every process left of a session. Returns how many were signalled."""

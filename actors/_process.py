@@ -35,9 +35,12 @@ import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
+
+from ._spawn import SessionLauncher
 
 #: Largest read from the output pipe.
 CHUNK_BYTES = 1 << 20
@@ -144,6 +147,16 @@ def spawn_error_exit_code(exc: OSError) -> int:
     return 126
 
 
+def _spawn_failed(argv: Sequence[str], exc: OSError) -> ProcessResult:
+    return ProcessResult(
+        spawn_error_exit_code(exc),
+        canceled=False,
+        timed_out=False,
+        mark_failed=False,
+        spawn_error=f"{argv[0]}: {exc.strerror or exc}",
+    )
+
+
 async def run_process(
     argv: Sequence[str],
     *,
@@ -154,13 +167,14 @@ async def run_process(
     control: ActionControl,
     on_output: Callable[[bytes], Awaitable[None]],
     log: LogFn,
-    on_start: Callable[[int], None] | None = None,
+    launcher: SessionLauncher | None = None,
     also_signal: Callable[[signal.Signals], None] | None = None,
     file_group: int | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
 
-    ``on_start(pid)`` runs right after the process starts (to contain it).
+    ``launcher`` starts the process, when given (to contain it and whatever it
+    starts); otherwise we start it ourselves.
     ``also_signal(sig)`` reaches processes the process group does not (a job
     user's, behind sudo); it then replaces the group signal for SIGTERM and
     adds to it for SIGKILL.
@@ -168,32 +182,30 @@ async def run_process(
     """
     if control.requested:
         return ProcessResult(None, canceled=True, timed_out=False, mark_failed=control.mark_failed)
-    read_fd, write_fd = _open_pipe()
+    try:
+        read_fd, write_fd = _open_pipe()
+    except OSError as exc:
+        return _spawn_failed(argv, exc)
+    process: _Process
     try:
         try:
-            process = await trio.lowlevel.open_process(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-            )
+            if launcher is not None:
+                process = await launcher.spawn(argv, env=env, cwd=cwd, output_fd=write_fd)
+            else:
+                process = await trio.lowlevel.open_process(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=write_fd,
+                    stderr=write_fd,
+                    cwd=cwd,
+                    env=dict(env),
+                    start_new_session=True,
+                )
         finally:
             os.close(write_fd)
     except OSError as exc:
         os.close(read_fd)
-        reason = exc.strerror or str(exc)
-        return ProcessResult(
-            spawn_error_exit_code(exc),
-            canceled=False,
-            timed_out=False,
-            mark_failed=False,
-            spawn_error=f"{argv[0]}: {reason}",
-        )
-    if on_start is not None:
-        on_start(process.pid)
+        return _spawn_failed(argv, exc)
     supervisor = _Supervisor(
         process,
         read_fd,
@@ -209,10 +221,22 @@ async def run_process(
     return await supervisor.run()
 
 
+class _Process(Protocol):
+    """What the supervisor needs of a process: ``trio.Process`` or a launched one."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
 class _Supervisor:
     def __init__(
         self,
-        process: trio.Process,
+        process: _Process,
         read_fd: int,
         method: CancelMethod,
         runtime_limit: float | None,

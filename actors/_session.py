@@ -74,6 +74,7 @@ from ._messages import (
 )
 from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
 from ._process import ActionControl, ProcessResult, run_process
+from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE, find_processes
 
 log = structlog.get_logger("farmhand.session")
@@ -172,6 +173,9 @@ class SessionRunner:
         self._done_set: set[str] = set()
         self._context: SessionContext | None = None
         self._events_broken = False
+        #: Starts the session's processes; made with the first one.
+        self._launcher: SessionLauncher | None = None
+        self._launcher_tried = False
 
     # ------------------------------------------------------------------ public
 
@@ -468,7 +472,7 @@ class SessionRunner:
             control=running.control,
             on_output=on_output,
             log=note,
-            on_start=partial(self._containment_attach, self.session_id),
+            launcher=await self._get_launcher(),
             also_signal=partial(_signal_tagged, context.job_user, tag)
             if context.job_user is not None and tag is not None
             else None,
@@ -648,11 +652,21 @@ class SessionRunner:
         self._done_ids.append(action_id)
         self._done_set.add(action_id)
 
-    def _containment_attach(self, session_id: str, pid: int) -> None:
-        if self._containment is not None:
-            self._containment.attach(session_id, pid)
+    async def _get_launcher(self) -> SessionLauncher | None:
+        if not self._launcher_tried and self._containment is not None:
+            self._launcher_tried = True
+            self._launcher = await self._containment.start_launcher(self.session_id)
+        return self._launcher
 
     async def _cleanup(self, working_directory: Path) -> None:
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            # Everything the session's actions left below it (daemons too) goes now.
+            # The launcher bounds the sweep itself.
+            killed = await launcher.sweep()
+            if killed:
+                log.info("session.swept", session_id=self.session_id, processes=killed)
+            await launcher.aclose()
         containment = self._containment
         if containment is not None:
             # Whatever of the session still runs (daemons its actions left) goes now,

@@ -17,6 +17,7 @@ from actors import (
     ActionOutput,
     ActionStarted,
     ActionState,
+    Containment,
     Enqueue,
     Finish,
     QueuedAction,
@@ -161,11 +162,13 @@ class Harness:
 
 
 @asynccontextmanager
-async def open_session(config: SessionConfig, *, resolver: Any = None) -> AsyncIterator[Harness]:
+async def open_session(
+    config: SessionConfig, *, resolver: Any = None, containment: Containment | None = None
+) -> AsyncIterator[Harness]:
     """Run a SessionRunner for the block; on exit, Finish it and wait for its end."""
     recorder = Recorder()
     send, receive = trio.open_memory_channel[SessionEvent](0)
-    runner = SessionRunner(config, send, resolver=resolver)
+    runner = SessionRunner(config, send, resolver=resolver, containment=containment)
 
     async def collect() -> None:
         async with receive:

@@ -47,6 +47,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, from the kernel's lists of children."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            stack.extend(children)
+    return found
+
+
 def _daemon_pid(lines: list[str]) -> int:
     [line] = [line for line in lines if line.startswith("daemon ")]
     return int(line.split()[1])
@@ -80,14 +100,29 @@ def _cgroup_available() -> bool:
         probe.close()
 
 
-@pytest.mark.skipif(not _cgroup_available(), reason="no writable cgroup v2 subtree on this host")
-async def test_a_daemon_that_clears_its_environment_is_caught_by_its_cgroup(tmp_path: Path) -> None:
-    """Where cgroups are writable, even a daemon without our tag dies with the session."""
+@pytest.mark.parametrize(
+    "use_cgroup",
+    [
+        pytest.param(False, id="subreaper"),
+        pytest.param(
+            True,
+            id="cgroup",
+            marks=pytest.mark.skipif(
+                not _cgroup_available(), reason="no writable cgroup v2 subtree on this host"
+            ),
+        ),
+    ],
+)
+async def test_a_daemon_that_clears_its_environment_dies_with_the_session(
+    tmp_path: Path, use_cgroup: bool
+) -> None:
+    """Even a daemon without our tag dies with the session: it stays below the session's
+    launcher (a subreaper), and is born in the session's cgroup where there is one."""
     clear = "os.environ.clear(); os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)'])"
     code = DAEMON.replace("        os.write(w, str(os.getpid()).encode())\n", "").format(
         env_clear="pass"
     )
-    # Report the pid, then become an untagged process (same pid) in the cgroup.
+    # Report the pid, then become an untagged process (same pid).
     code = code.replace(
         "        time.sleep(600)\n",
         f"        os.write(w, str(os.getpid()).encode()); os.close(w)\n        {clear}\n",
@@ -98,15 +133,25 @@ async def test_a_daemon_that_clears_its_environment_is_caught_by_its_cgroup(tmp_
         jobEnvironments=[env("E", py(code))],
     )
     lp = plan(tmp_path, template)
-    with trio.fail_after(30):
-        async with open_session(config_for(lp, tmp_path)) as session:
-            await session.enqueue(lp.actions)
-            await session.recorder.wait_for_line("task")
-            pid = _daemon_pid(session.recorder.output())
-            assert _alive(pid)
-            environ = await trio.Path(f"/proc/{pid}/environ").read_bytes()
-            assert TAG_VARIABLE.encode() not in environ
-    assert not _alive(pid)
+    containment = Containment(use_cgroup=use_cgroup)
+    try:
+        with trio.fail_after(30):
+            async with open_session(config_for(lp, tmp_path), containment=containment) as session:
+                await session.enqueue(lp.actions)
+                await session.recorder.wait_for_line("task")
+                pid = _daemon_pid(session.recorder.output())
+                assert _alive(pid)
+                environ = await trio.Path(f"/proc/{pid}/environ").read_bytes()
+                assert TAG_VARIABLE.encode() not in environ
+                cgroup = (await trio.Path(f"/proc/{pid}/cgroup").read_text()).splitlines()[-1]
+                if use_cgroup:
+                    assert containment.cgroup_root is not None
+                    assert cgroup.endswith(f"/{containment.cgroup_root.name}/local"), cgroup
+                else:
+                    assert "farmhand-" not in cgroup
+        assert not _alive(pid)
+    finally:
+        containment.close()
 
 
 def test_sweeping_one_session_spares_others() -> None:
@@ -166,15 +211,10 @@ def test_killing_the_agent_with_sigkill_leaves_no_process_behind(tmp_path: Path)
             if event.get("line") == "ready":
                 break
         assert daemon is not None and _alive(daemon)
-        # The task's own process, a child of the agent (started from one of its threads).
-        children = [
-            pid
-            for task in Path(f"/proc/{agent.pid}/task").iterdir()
-            for pid in (task / "children").read_text().split()
-        ]
+        # The task's own process, below the agent (started by the session's launcher).
         task_pid = next(
-            int(pid)
-            for pid in children
+            pid
+            for pid in _descendants(agent.pid)
             if b"time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_bytes()
         )
         working_directory = os.readlink(f"/proc/{task_pid}/cwd")

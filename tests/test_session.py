@@ -536,7 +536,10 @@ async def test_child_holding_output_open_ends_the_action_after_a_grace(
     finally:
         for line in session.recorder.output():
             if line.startswith("child "):
-                os.kill(int(line.split()[1]), signal.SIGKILL)
+                try:
+                    os.kill(int(line.split()[1]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # the session's sweep got it first
     assert isinstance(ended, ActionEnded)
     assert (ended.state, ended.exit_code) == (FAILED, 4)
     assert 5 <= waited < 6

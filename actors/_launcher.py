@@ -1,0 +1,295 @@
+"""A session's launcher: the process that starts the session's actions.
+
+This file is run as a script (``python -I -S _launcher.py``), one process per
+session, so it imports only the standard library and nothing from the package.
+``_spawn.py`` is the agent's side of it.
+
+Why a separate process: it is a child subreaper (``PR_SET_CHILD_SUBREAPER``),
+so every process started for the session stays below it, daemons included:
+when a process's parent exits, the kernel hands it to the launcher, not to
+init. Whatever is left when the session ends is therefore found by walking one
+process tree, with no help from the processes themselves (they may change
+their environment, process group and session as they like). Where a cgroup is
+used, the agent moves the launcher into the session's cgroup before it starts
+anything, so every action starts inside it. Moving an action's process after
+it has started would race with its first fork.
+
+The protocol, over a stream socket on fd 0: the agent sends JSON objects, each
+after its length (4 bytes, big-endian); the launcher answers with JSON lines.
+
+    agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH}, with one fd
+             (SCM_RIGHTS, on the length) for the action's stdout and stderr
+    launcher -> {"pid": N} or {"errno": E, "message": TEXT}
+    launcher -> {"exit": N, "code": C}  once the action's process has ended
+                (C as ``subprocess`` reports it: negative for a signal)
+    agent -> {"sweep": true}
+    launcher -> {"swept": COUNT}  once every process below it is gone
+
+When the socket closes (the agent is done, or dead), the launcher kills every
+process below it and exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+#: Bound on kill rounds in one sweep (each round kills everything found below).
+SWEEP_ROUNDS = 100
+#: Bound on one sweep, in real time (the agent does not time it out).
+SWEEP_SECONDS = 10.0
+#: Signals Python ignores and the actions must not (as ``subprocess`` restores them).
+_DEFAULT_IN_ACTIONS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _become_subreaper() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the tag and the cgroup still find the session's processes
+
+
+def _children_of(pid: int) -> dict[int, list[int]]:
+    """The tree of live processes as parent -> children."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 2 or fields[0] in (b"Z", b"X"):
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def _descendants(pid: int) -> list[int]:
+    tree = _children_of(pid)
+    found: list[int] = []
+    stack = list(tree.get(pid, ()))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(tree.get(child, ()))
+    return found
+
+
+class Launcher:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.me = os.getpid()
+        #: The action process whose exit the agent waits for.
+        self.action: int | None = None
+        wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.wake = wake_read
+        signal.set_wakeup_fd(wake_write)
+        # A handler (not SIG_DFL) so SIGCHLD reaches the wakeup fd.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+
+    def send(self, message: dict[str, object]) -> None:
+        try:
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:
+            pass  # the agent is gone; the loop sees the socket close
+
+    def receive(self) -> tuple[dict[str, object] | None, list[int]]:
+        """The next request and the fds that came with it; ``None`` at the end."""
+        try:
+            header, fds, _flags, _addr = socket.recv_fds(self.sock, 4, 4)
+            for fd in fds:
+                # Not inherited: the action gets it as its stdout and stderr only, so
+                # nothing it leaves behind holds its output open by accident.
+                os.set_inheritable(fd, False)
+            while header and len(header) < 4:
+                more = self.sock.recv(4 - len(header))
+                if not more:
+                    break
+                header += more
+            if len(header) < 4:
+                return None, fds
+            (size,) = struct.unpack("!I", header)
+            body = bytearray()
+            while len(body) < size:
+                chunk = self.sock.recv(min(size - len(body), 1 << 20))
+                if not chunk:
+                    return None, fds
+                body += chunk
+        except OSError:
+            return None, []
+        return json.loads(body), fds
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.action:
+                self.action = None
+                self.send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def spawn(self, request: dict[str, object], fds: list[int]) -> None:
+        argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
+        env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
+        cwd = str(request["cwd"])
+        try:
+            if len(fds) != 1 or not argv:
+                raise OSError(errno.EINVAL, "a spawn request needs an argv and one fd")
+            os.chdir(cwd)
+            try:
+                pid = _spawn(argv, env, fds[0])
+            finally:
+                os.chdir("/")
+        except OSError as exc:
+            self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
+        else:
+            self.action = pid
+            self.send({"pid": pid})
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def sweep(self) -> int:
+        """Kill everything below us, round after round, until nothing is left."""
+        killed: set[int] = set()
+        deadline = time.monotonic() + SWEEP_SECONDS
+        for _ in range(SWEEP_ROUNDS):
+            found = _descendants(self.me)
+            if not found:
+                break
+            for pid in found:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+                except OSError:
+                    pass
+            # Their children are handed to us as they die; reap, then look again.
+            self.wait_children_gone(set(found), deadline)
+            if time.monotonic() > deadline:
+                break
+        self.reap()
+        return len(killed)
+
+    def wait_children_gone(self, pids: set[int], deadline: float) -> None:
+        while pids:
+            self.reap()
+            pids = {pid for pid in pids if _exists(pid)}
+            remaining = deadline - time.monotonic()
+            if not pids or remaining <= 0:
+                return
+            select.select([self.wake], [], [], remaining)
+            _drain(self.wake)
+
+    def serve(self) -> None:
+        while True:
+            sock = self.sock.fileno()
+            readable, _, _ = select.select([sock, self.wake], [], [])
+            if self.wake in readable:
+                _drain(self.wake)
+                self.reap()
+            if sock not in readable:
+                continue
+            request, fds = self.receive()
+            if request is None:
+                for fd in fds:
+                    os.close(fd)
+                return
+            if "spawn" in request:
+                self.spawn(request, fds)
+                continue
+            for fd in fds:
+                os.close(fd)
+            if request.get("sweep"):
+                self.send({"swept": self.sweep()})
+
+
+def _spawn(argv: list[str], env: dict[str, str], output: int) -> int:
+    """Start ``argv`` as ``subprocess`` would with ``start_new_session``: found on the
+    ``PATH`` of ``env`` (not ours), stdin from /dev/null, stdout and stderr to
+    ``output``, every signal at its default. Raises the ``OSError`` exec raised.
+
+    A plain fork and exec, which is safe here (this process has one thread), and
+    not ``posix_spawn``: glibc's leaves its internal signals (32, 33) ignored in
+    the new program.
+    """
+    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: nothing here may return or raise
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(output, 1)
+            os.dup2(output, 2)
+            for sig in _DEFAULT_IN_ACTIONS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(errors_write, struct.pack("!i", exc.errno or errno.EIO))
+        finally:
+            os._exit(127)
+    os.close(errors_write)
+    try:
+        report = os.read(errors_read, 4)
+    finally:
+        os.close(errors_read)
+    if not report:
+        return pid  # exec closed the pipe: the command runs
+    os.waitpid(pid, 0)
+    (code,) = struct.unpack("!i", report)
+    raise OSError(code, os.strerror(code), argv[0])
+
+
+def _exists(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """Terminal and stop signals are not for us: the launcher goes when its socket
+    closes. (A handler, not SIG_IGN, which the actions would inherit.)"""
+
+
+def main() -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, _ignore)
+    _become_subreaper()
+    sock = socket.socket(fileno=0)
+    launcher = Launcher(sock)
+    try:
+        launcher.serve()
+    finally:
+        launcher.sweep()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

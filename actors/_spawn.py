@@ -1,0 +1,236 @@
+"""The agent's side of a session's launcher (``_launcher.py``).
+
+A ``SessionLauncher`` is one small process per session that starts the
+session's actions for us and stays the ancestor of everything they start (it
+is a child subreaper), so that ``sweep()`` can kill whatever the session left,
+daemons included, and closing it, or the agent dying, kills the rest.
+
+``spawn()`` returns a ``LaunchedProcess``, which looks like the part of
+``trio.Process`` the action supervisor uses: ``pid``, ``returncode`` and
+``wait()``. Its pid leads its own session and process group, as an action
+started directly would.
+
+One exchange at a time: a session runs one action at a time, and the lock
+makes ``sweep()`` wait for a running action's process to end.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from . import _launcher
+
+log = structlog.get_logger("farmhand.spawn")
+
+#: Bound on the launcher's exit once told to go (it sweeps first).
+EXIT_TIMEOUT_SECONDS = 30.0
+#: Bound on waiting for a killed action whose launcher is gone.
+REAP_TIMEOUT_SECONDS = 10.0
+
+
+async def _kill_and_wait(pid: int) -> None:
+    """SIGKILL the group ``pid`` leads and wait until ``pid`` is gone (not our child:
+    we watch it through a pidfd)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone
+    try:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+        with trio.move_on_after(REAP_TIMEOUT_SECONDS):
+            await trio.lowlevel.wait_readable(pidfd)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+class LauncherGone(OSError):
+    """The session's launcher exited or stopped answering."""
+
+
+class LaunchedProcess:
+    """An action's process, started by the launcher."""
+
+    def __init__(self, launcher: SessionLauncher, pid: int) -> None:
+        self._launcher = launcher
+        self.pid = pid
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = await self._launcher._wait_exit(self.pid)
+        return self.returncode
+
+
+class SessionLauncher:
+    """See the module docstring. Start one with ``await SessionLauncher.start()``."""
+
+    def __init__(self, process: trio.Process, sock: trio.socket.SocketType) -> None:
+        self._process = process
+        self._sock = sock
+        self._buffer = b""
+        self._lock = trio.Lock()
+        self._gone = False
+
+    @classmethod
+    async def start(cls, *, cgroup_procs: Path | None = None) -> SessionLauncher:
+        """Start a launcher; move it into the cgroup first, if one is given.
+
+        Raises ``OSError`` when it cannot be started.
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with theirs:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-I", "-S", _launcher.__file__],
+                    stdin=theirs.fileno(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    # No terminal signals: it must outlive a Ctrl-C long enough to
+                    # clean up, and it goes when its socket closes.
+                    start_new_session=True,
+                )
+        except BaseException:
+            ours.close()
+            raise
+        launcher = cls(process, trio.socket.from_stdlib_socket(ours))
+        if cgroup_procs is not None:
+            # Before it starts anything: what it starts is then born in the cgroup.
+            # A migration waits for an RCU grace period (milliseconds): not on the loop.
+            try:
+                await trio.to_thread.run_sync(cgroup_procs.write_text, str(process.pid))
+            except OSError as exc:
+                log.debug("spawn.cgroup_failed", path=str(cgroup_procs), error=str(exc))
+        return launcher
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def spawn(
+        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output_fd: int
+    ) -> LaunchedProcess:
+        """Start ``argv`` with stdout and stderr on ``output_fd`` (which stays ours to close).
+
+        Raises ``OSError`` as exec would (``FileNotFoundError`` for a missing command).
+        """
+        body = json.dumps({"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}).encode()
+        async with self._lock:
+            with self._exchange():
+                await self._send(body, output_fd)
+                reply = await self._receive()
+                while "exit" in reply:  # a process the last sweep killed
+                    reply = await self._receive()
+        if "pid" in reply:
+            return LaunchedProcess(self, int(reply["pid"]))
+        code = int(reply.get("errno") or errno.EIO)
+        raise OSError(code, str(reply.get("message") or os.strerror(code)), argv[0])
+
+    async def _wait_exit(self, pid: int) -> int:
+        async with self._lock:
+            try:
+                while True:
+                    reply = await self._receive()
+                    if reply.get("exit") == pid:
+                        return int(reply["code"])
+            except LauncherGone:
+                # Its status is lost with the launcher: make sure it is gone too.
+                log.error("spawn.launcher_gone", launcher=self._process.pid, pid=pid)
+                await _kill_and_wait(pid)
+                return -signal.SIGKILL
+
+    async def sweep(self) -> int:
+        """Kill every process below the launcher; how many were killed.
+
+        The launcher bounds its own sweep (in real time), so there is no timeout
+        here; one would also fire at once under a test's autojump clock.
+        """
+        if self._gone:
+            return 0
+        async with self._lock:
+            with self._exchange():
+                try:
+                    await self._send(json.dumps({"sweep": True}).encode(), None)
+                    while True:
+                        reply = await self._receive()
+                        if "swept" in reply:
+                            return int(reply["swept"])
+                except LauncherGone:
+                    return 0
+
+    @contextmanager
+    def _exchange(self) -> Iterator[None]:
+        """A request and its answer. Abandoned halfway (cancelled), the stream would
+        hold an answer the next exchange would take for its own: let the launcher
+        go instead (it kills what is below it and exits)."""
+        try:
+            yield
+        except BaseException:
+            if not self._gone:
+                log.warning("spawn.exchange_abandoned", launcher=self._process.pid)
+                self._close_socket()
+            raise
+
+    async def aclose(self) -> None:
+        """Let it go: it kills whatever is left below it and exits."""
+        self._close_socket()
+        with trio.CancelScope(shield=True), trio.move_on_after(EXIT_TIMEOUT_SECONDS):
+            await self._process.wait()
+            return
+        self._process.kill()
+        with trio.CancelScope(shield=True):
+            await self._process.wait()
+
+    def _close_socket(self) -> None:
+        self._gone = True
+        self._sock.close()
+
+    async def _send(self, body: bytes, fd: int | None) -> None:
+        if self._gone:
+            raise LauncherGone(errno.EPIPE, "the session's launcher has exited")
+        data = memoryview(struct.pack("!I", len(body)) + body)
+        ancillary: list[tuple[int, int, Any]] = []
+        if fd is not None:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        try:
+            sent = await self._sock.sendmsg([data], ancillary)
+            while sent < len(data):
+                sent += await self._sock.send(data[sent:])
+        except OSError as exc:
+            self._gone = True
+            raise LauncherGone(errno.EPIPE, "the session's launcher has exited") from exc
+
+    async def _receive(self) -> dict[str, Any]:
+        while b"\n" not in self._buffer:
+            if self._gone:
+                raise LauncherGone(errno.EPIPE, "the session's launcher has exited")
+            try:
+                chunk = await self._sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._gone = True
+                raise LauncherGone(errno.EPIPE, "the session's launcher has exited")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
