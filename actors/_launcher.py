@@ -39,6 +39,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -47,8 +48,6 @@ PR_SET_CHILD_SUBREAPER = 36
 SWEEP_ROUNDS = 100
 #: Bound on one sweep, in real time (the agent does not time it out).
 SWEEP_SECONDS = 10.0
-#: Signals Python ignores and the actions must not (as ``subprocess`` restores them).
-_DEFAULT_IN_ACTIONS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def _become_subreaper() -> None:
@@ -93,7 +92,7 @@ class Launcher:
         self.sock = sock
         self.me = os.getpid()
         #: The action process whose exit the agent waits for.
-        self.action: int | None = None
+        self.action: subprocess.Popen[bytes] | None = None
         wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
@@ -140,9 +139,14 @@ class Launcher:
                 return
             if pid == 0:
                 return
-            if pid == self.action:
+            action = self.action
+            if action is not None and pid == action.pid:
                 self.action = None
-                self.send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+                code = os.waitstatus_to_exitcode(status)
+                # We reaped it, not the Popen: say so, or the Popen would try to
+                # reap the pid later (and could take a new child's status).
+                action.returncode = code
+                self.send({"exit": pid, "code": code})
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> None:
         argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
@@ -151,16 +155,12 @@ class Launcher:
         try:
             if len(fds) != 1 or not argv:
                 raise OSError(errno.EINVAL, "a spawn request needs an argv and one fd")
-            os.chdir(cwd)
-            try:
-                pid = _spawn(argv, env, fds[0])
-            finally:
-                os.chdir("/")
+            process = _spawn(argv, env, cwd, fds[0])
         except OSError as exc:
             self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
         else:
-            self.action = pid
-            self.send({"pid": pid})
+            self.action = process
+            self.send({"pid": process.pid})
         finally:
             for fd in fds:
                 os.close(fd)
@@ -219,41 +219,25 @@ class Launcher:
                 self.send({"swept": self.sweep()})
 
 
-def _spawn(argv: list[str], env: dict[str, str], output: int) -> int:
-    """Start ``argv`` as ``subprocess`` would with ``start_new_session``: found on the
-    ``PATH`` of ``env`` (not ours), stdin from /dev/null, stdout and stderr to
-    ``output``, every signal at its default. Raises the ``OSError`` exec raised.
+def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subprocess.Popen[bytes]:
+    """Start ``argv`` exactly as trio (``subprocess``) would start it directly: in a
+    new session, found on the ``PATH`` of ``env``, stdin from /dev/null, stdout
+    and stderr to ``output``. Raises the ``OSError`` exec raised.
 
-    A plain fork and exec, which is safe here (this process has one thread), and
-    not ``posix_spawn``: glibc's leaves its internal signals (32, 33) ignored in
-    the new program.
+    ``subprocess`` forks with vfork here, and resets SIGPIPE and SIGXFSZ, which
+    Python ignores. (Not ``posix_spawn``: glibc's leaves its internal signals 32
+    and 33 ignored in the new program. Not a fork with Python code in the
+    child: its copy-on-write faults cost milliseconds.)
     """
-    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # the child: nothing here may return or raise
-        try:
-            os.setsid()
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.dup2(output, 1)
-            os.dup2(output, 2)
-            for sig in _DEFAULT_IN_ACTIONS:
-                signal.signal(sig, signal.SIG_DFL)
-            os.execvpe(argv[0], argv, env)
-        except OSError as exc:
-            os.write(errors_write, struct.pack("!i", exc.errno or errno.EIO))
-        finally:
-            os._exit(127)
-    os.close(errors_write)
-    try:
-        report = os.read(errors_read, 4)
-    finally:
-        os.close(errors_read)
-    if not report:
-        return pid  # exec closed the pipe: the command runs
-    os.waitpid(pid, 0)
-    (code,) = struct.unpack("!i", report)
-    raise OSError(code, os.strerror(code), argv[0])
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _exists(pid: int) -> bool:

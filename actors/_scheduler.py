@@ -127,6 +127,11 @@ class Scheduler:
     def sessions(self) -> Mapping[str, WorkSession]:
         return self._sessions
 
+    @property
+    def closed(self) -> bool:
+        """``final_sync`` has been called: no more calls to the farm."""
+        return self._closed
+
     def request_sync(self) -> None:
         self._requested += 1
         self._wake()
@@ -219,7 +224,7 @@ class Scheduler:
             try:
                 await self._sync(sessions, reports)
             except Exception as exc:
-                if not self._closed:
+                if not self.closed:
                     raise
                 # Closed while this call was on its way (the final sync timed out):
                 # the worker is going anyway; its answer no longer matters.
