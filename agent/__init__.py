@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._errors import JobSpecError as JobSpecError
+    from ._hostinfo import GpuInfo as GpuInfo
+    from ._hostinfo import NvidiaSmiReport as NvidiaSmiReport
+    from ._hostinfo import probe_gpus as probe_gpus
     from ._joblog import LogFile as LogFile
     from ._joblog import OutputSink as OutputSink
     from ._joblog import OutputTail as OutputTail
@@ -34,10 +37,14 @@ if TYPE_CHECKING:
     from ._jobstop import Shutdown as Shutdown
     from ._jobstop import ShutdownStatistics as ShutdownStatistics
     from ._jobstop import StopLevel as StopLevel
+    from ._logging import configure_logging as configure_logging
 
 #: public name -> the private module that defines it.
 _EXPORTS: dict[str, str] = {
     "JobSpecError": "._errors",
+    "GpuInfo": "._hostinfo",
+    "NvidiaSmiReport": "._hostinfo",
+    "probe_gpus": "._hostinfo",
     "LogFile": "._joblog",
     "OutputSink": "._joblog",
     "OutputTail": "._joblog",
@@ -53,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "Shutdown": "._jobstop",
     "ShutdownStatistics": "._jobstop",
     "StopLevel": "._jobstop",
+    "configure_logging": "._logging",
 }
 
 __all__ = sorted(_EXPORTS)

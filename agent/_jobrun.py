@@ -16,7 +16,7 @@ timeouts as the Deadline worker::
 A ``JobSpec`` is either an OpenJD job template with parameter values, planned
 as ``python -m agent run`` plans it (environments entered, tasks in order,
 environments exited), or a plain command: argv, environment and working
-directory, run as the one task of a session (see ``agent._command``).
+directory, run as the one task of a session (see ``COMMAND_LAUNCHER``).
 
 Stopping a run (each callable from any task, before or during the run):
 
@@ -37,10 +37,8 @@ The first request decides the outcome; a later one can only shorten the grace.
 from __future__ import annotations
 
 import enum
-import json
 import re
 import shlex
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -76,7 +74,6 @@ from actors import (
     Stop,
 )
 
-from . import _command
 from ._errors import JobSpecError
 from ._joblog import OutputSink, Tee
 from ._localrun import TaskSelection, plan_job
@@ -95,8 +92,8 @@ log = structlog.get_logger("farmhand.jobrun")
 
 #: Seconds a cancel, interrupt or timeout gives the job before it is killed.
 DEFAULT_GRACE = 30.0
-#: The launcher's own notify period: the longest OpenJD allows. A stop's grace
-#: is what really decides when a command is killed.
+#: A command's own notify period: the longest OpenJD allows. A stop's grace is
+#: what really decides when a command is killed.
 _COMMAND_NOTIFY_SECONDS = 600
 _ENV_NAME_RE = re.compile(r"[^=\0]+")
 
@@ -185,23 +182,18 @@ class JobSpec:
         if cwd is not None and (not str(cwd) or "\0" in str(cwd)):
             raise JobSpecError(f"working directory {str(cwd)!r} is not usable")
         name = name or Path(argv[0]).name
-        launch = {"argv": list(argv), "cwd": str(cwd) if cwd is not None else None}
-        task = RunTask(
-            action_id="command",
-            step_name=name,
-            script=_command_script(),
-            parameters={
-                "Python": ParameterValue(type=ParameterValueType.STRING, value=sys.executable),
-                "Launcher": ParameterValue(type=ParameterValueType.STRING, value=_command.__file__),
-                "Command": ParameterValue(
-                    type=ParameterValueType.STRING, value=json.dumps(launch, ensure_ascii=False)
-                ),
-            },
-        )
+        task = RunTask(action_id="command", step_name=name, script=_command_script())
         return cls(
             name=name,
             actions=(task,),
             kind="command",
+            parameter_values={
+                "Argv": ParameterValue(type=ParameterValueType.LIST_STRING, value=list(argv)),
+                "Cwd": ParameterValue(
+                    type=ParameterValueType.STRING, value=str(cwd) if cwd is not None else ""
+                ),
+            },
+            extensions=frozenset({"EXPR"}),
             env=variables,
             base_env=None if inherit_env else {},
             argv=argv,
@@ -301,31 +293,48 @@ def _parse_text(text: str, what: str) -> dict[str, Any]:
     return document
 
 
+#: How a command starts: a POSIX shell changes directory, says why when the command
+#: cannot be found, and replaces itself with the command (which so keeps its process,
+#: process group and containment tag). ``$1`` is the directory ("": stay), the rest is
+#: the command line, passed as separate arguments and never read as a format string.
+COMMAND_LAUNCHER = (
+    '[ -z "$1" ] || cd -- "$1" 2>/dev/null'
+    " || { printf 'openjd_fail: cannot change to directory %s\\n' \"$1\"; exit 126; }; "
+    "shift; "
+    'command -v "$1" >/dev/null 2>&1'
+    " || { printf 'openjd_fail: cannot start %s: command not found\\n' \"$1\"; exit 127; }; "
+    'exec "$@"'
+)
+
+
 @cache
 def _command_script() -> StepScript:
-    """The fixed one-task script commands run as (``python -I -S _command.py JSON``)."""
+    """The fixed script every command runs as: ``/bin/sh -c LAUNCHER farmhand CWD ARGV...``.
+
+    The command line is a ``LIST[STRING]`` job parameter that the EXPR extension
+    spreads into separate arguments, so a command of any length needs no template
+    of its own, and no interpreter starts before it."""
     document = {
         "specificationVersion": "jobtemplate-2023-09",
+        "extensions": ["EXPR"],
         "name": "command",
+        "parameterDefinitions": [
+            {"name": "Argv", "type": "LIST[STRING]"},
+            {"name": "Cwd", "type": "STRING"},
+        ],
         "steps": [
             {
                 "name": "command",
-                "parameterSpace": {
-                    "taskParameterDefinitions": [
-                        {"name": "Python", "type": "STRING", "range": ["python"]},
-                        {"name": "Launcher", "type": "STRING", "range": ["launcher"]},
-                        {"name": "Command", "type": "STRING", "range": ["command"]},
-                    ]
-                },
                 "script": {
                     "actions": {
                         "onRun": {
-                            "command": "{{Task.Param.Python}}",
+                            "command": "/bin/sh",
                             "args": [
-                                "-I",
-                                "-S",
-                                "{{Task.Param.Launcher}}",
-                                "{{Task.Param.Command}}",
+                                "-c",
+                                COMMAND_LAUNCHER,
+                                "farmhand",
+                                "{{Param.Cwd}}",
+                                "{{Param.Argv}}",
                             ],
                             "cancelation": {
                                 "mode": "NOTIFY_THEN_TERMINATE",
@@ -337,9 +346,12 @@ def _command_script() -> StepScript:
             }
         ],
     }
-    here = Path(_command.__file__).parent
+    here = Path.cwd()
     created = create_job(
-        decode_job(document, source="command"), {}, template_dir=here, current_dir=here
+        decode_job(document, source="command"),
+        {"Argv": ["true"], "Cwd": ""},
+        template_dir=here,
+        current_dir=here,
     )
     script = created.job.steps[0].script
     assert script is not None

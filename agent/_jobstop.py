@@ -128,7 +128,7 @@ class Shutdown:
 
     def _raise_to(self, level: StopLevel, reason: str, grace: float | None = None) -> None:
         if level > self._level:
-            log.info("shutdown.requested", level=level.name.lower(), reason=reason)
+            log.info("shutdown.requested", stop=level.name.lower(), reason=reason)
             self._level = level
             if self._reason is None:
                 self._reason = reason

@@ -81,10 +81,10 @@ async def test_sigusr1_lets_the_running_job_finish(tmp_path: Path) -> None:
     )
 
 
-async def test_sigterm_stops_gracefully_then_a_second_kills(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_sigterm_stops_gracefully_then_a_second_kills() -> None:
     """First SIGTERM: the job gets SIGTERM and the grace; the second SIGTERM kills it now."""
+    # A real clock: the job reacts in real time, and a jumping clock would reach the
+    # end of the grace first.
     shutdown = Shutdown(grace=500)
     sink = Lines()
     run = trapping_run(sink)
@@ -93,18 +93,18 @@ async def test_sigterm_stops_gracefully_then_a_second_kills(
         with shutdown.guard(run):
             nursery.start_soon(run.run)
             await sink.wait_for("ready")
-            start = trio.current_time()
             os.kill(os.getpid(), signal.SIGTERM)
             await sink.wait_for("got SIGTERM")  # the job is told, and keeps going
             assert shutdown.level is StopLevel.GRACEFUL
-            await trio.sleep(3)
+            assert run.statistics().state == "stopping"
+            start = trio.current_time()
             os.kill(os.getpid(), signal.SIGINT)
             outcome = await run.wait_ended()
         nursery.cancel_scope.cancel(reason="test over")
     assert (outcome.status, outcome.error) == (JobStatus.INTERRUPTED, "SIGTERM")
     assert shutdown.statistics().level is StopLevel.IMMEDIATE
-    # The runner's notes come once the process is gone: killed 3 s in, not 500.
-    assert sink.time_of("killing process group") - start == pytest.approx(3)
+    # The runner's notes come once the process is gone: killed now, not 500 s on.
+    assert sink.time_of("canceling: killing process group") - start < 30
     assert shutdown.statistics().signals == 2
 
 
@@ -157,9 +157,7 @@ async def test_a_run_guarded_after_the_stop_is_interrupted_before_it_starts() ->
     assert outcome.actions == {"NEVER_ATTEMPTED": 1}
 
 
-async def test_levels_only_go_up_and_a_shorter_grace_applies(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_levels_only_go_up_and_a_shorter_grace_applies() -> None:
     """finish() after stop() changes nothing; stop(grace=...) again shortens the grace."""
     shutdown = Shutdown(grace=1000)
     sink = Lines()
@@ -168,18 +166,17 @@ async def test_levels_only_go_up_and_a_shorter_grace_applies(
         with shutdown.guard(run):
             nursery.start_soon(run.run)
             await sink.wait_for("ready")
-            start = trio.current_time()
             shutdown.stop("first")
             shutdown.finish("later")
             assert shutdown.level is StopLevel.GRACEFUL
             await sink.wait_for("got SIGTERM")
             hurried = trio.current_time()
-            shutdown.stop("hurry", grace=4)
+            shutdown.stop("hurry", grace=0.5)
             outcome = await run.wait_ended()
     assert outcome.status is JobStatus.INTERRUPTED
     assert shutdown.reason == "first"
-    assert hurried == start
-    assert sink.time_of("killing process group") - hurried == pytest.approx(4)
+    killed = sink.time_of("notify period over: killing process group") - hurried
+    assert 0.5 <= killed < 30
 
 
 @pytest.mark.parametrize("level", [StopLevel.FINISH, StopLevel.GRACEFUL, StopLevel.IMMEDIATE])
