@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,3 +248,30 @@ async def test_the_answer_to_a_report_is_passed_on(tmp_path: Path) -> None:
         await reporter.wait_delivered()
         nursery.cancel_scope.cancel()
     assert heard == [("j1", "canceled")]
+
+
+async def test_a_request_cancelled_mid_body_leaves_no_generator_behind() -> None:
+    """httpx sends json= bodies from an async generator, which a cancel mid-send leaves for
+    the garbage collector (a ResourceWarning in Trio); the worker's client sends its own."""
+
+    class Stall(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            async for _ in request.stream:  # type: ignore[union-attr]
+                await trio.sleep_forever()
+            raise AssertionError("not reached")
+
+    async def cancelled_while_sending(send: Callable[[], Any]) -> list[warnings.WarningMessage]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            gc.collect()
+            await trio.testing.wait_all_tasks_blocked()
+        return [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+    async with httpx.AsyncClient(transport=Stall()) as http:
+        client = QueueClient(http, "http://queue.test")
+        assert await cancelled_while_sending(lambda: http.post("http://queue.test/", json={})) != []
+        assert await cancelled_while_sending(lambda: client.heartbeat({"worker_id": "w"})) == []

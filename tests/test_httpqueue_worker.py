@@ -274,6 +274,22 @@ async def test_exit_after_job_runs_one_job_then_stops(tmp_path: Path) -> None:
         assert worker.statistics().state == "finishing"
 
 
+async def test_a_rejected_job_does_not_count_for_exit_after_job(tmp_path: Path) -> None:
+    """--exit-after-job means after a job it ran: one it rejected does not end the worker."""
+    paths = make_paths(tmp_path)
+    async with open_job_server() as server:
+        picky = await server.submit({"config_path": paths.config("p"), "requirements": {"gpus": 8}})
+        plain = await server.submit({"config_path": paths.config("q")})
+        with trio.fail_after(30):
+            worker = QueueWorker(
+                worker_config(paths, server.url, exit_after_job=True), capabilities=Capabilities()
+            )
+            await worker.run()
+    assert server.job(plain["job_id"])["status"] == "finished"
+    assert server.job(picky["job_id"])["status"] == "queued"
+    assert worker.statistics().jobs_rejected == 1
+
+
 async def test_slots_run_jobs_side_by_side(tmp_path: Path, notifier: Notifier) -> None:
     """With two slots two jobs run at once, and the heartbeat says no slot is free."""
     paths = make_paths(tmp_path)
@@ -321,3 +337,15 @@ async def test_container_mode_end_to_end_with_a_gpu_refusal(
     assert first[-3:] == ["img:1", "--job_id", job["job_id"]]
     assert "--gpus" in first and "--gpus" not in second
     assert f"container says: --job_id {job['job_id']}" in paths.log(job["job_id"])
+
+
+async def test_a_job_whose_log_cannot_be_written_fails_with_the_reason(tmp_path: Path) -> None:
+    """No log on the shared directory, no run: the job fails saying why; the worker goes on."""
+    paths = make_paths(tmp_path)
+    (paths.shared / "jobs").write_text("not a directory")
+    async with open_job_server() as server:
+        job = await server.submit({"config_path": paths.config("x")})
+        async with running_worker(worker_config(paths, server.url)):
+            done = await job_status(server, job["job_id"], *FINAL)
+    assert done["status"] == "failed"
+    assert done["error"].startswith(f"cannot open the job's log {paths.shared / 'jobs'}")

@@ -100,7 +100,7 @@ class JobServer:
         self._changed = trio.Event()
 
     async def _persist(self, jobs: list[Job]) -> None:
-        if jobs:
+        if jobs and self.store.durable:
             snapshot = [dict(job) for job in jobs]
             # Not abandoned on cancel: the answer waits until the change is on disk.
             await trio.to_thread.run_sync(self.store.save, snapshot, limiter=_STORE_LIMITER)

@@ -33,6 +33,8 @@ class StoreError(Exception):
 class Store(Protocol):
     #: What and where, for the server's first log line.
     description: str
+    #: Whether ``save`` writes anything (the server skips the thread when not).
+    durable: bool
 
     def load(self) -> list[Job]: ...
 
@@ -45,6 +47,7 @@ class MemoryStore:
     """Keeps nothing: for tests and throw-away queues."""
 
     description = "memory (nothing is kept)"
+    durable = False
 
     def load(self) -> list[Job]:
         return []
@@ -57,6 +60,8 @@ class MemoryStore:
 
 
 class JsonStore:
+    durable = True
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"JSON file {path}"
@@ -107,6 +112,8 @@ class JsonStore:
 
 
 class SqliteStore:
+    durable = True
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"SQLite database {path}"

@@ -379,11 +379,12 @@ class QueueWorker:
                 if answer is None:
                     await trio.sleep(self._poll_delay())
             if answer is not None:
-                await self._take(answer, reporter, client)
-                if self.config.exit_after_job:
+                ran = await self._take(answer, reporter, client)
+                if ran and self.config.exit_after_job:
                     self.shutdown.finish("exit after job")
 
-    async def _take(self, answer: dict[str, Any], reporter: Reporter, client: QueueClient) -> None:
+    async def _take(self, answer: dict[str, Any], reporter: Reporter, client: QueueClient) -> bool:
+        """Run the job the server handed out, or say why not; whether it ran."""
         try:
             offer = JobOffer.from_api(answer)
         except ProtocolError as exc:
@@ -392,14 +393,14 @@ class QueueWorker:
                 await self._reject(reporter, job_id, f"malformed job: {exc}")
             else:
                 log.error("httpqueue.job_unreadable", error=str(exc), job=str(answer)[:500])
-            return
+            return False
         if not self.shutdown.accepting:
             # The stop came while the job was on its way: give it back untouched.
             log.info("httpqueue.job_released", job_id=offer.job_id, reason=self.shutdown.reason)
             await reporter.job_released(
                 offer.job_id, f"the worker is stopping ({self.shutdown.reason})"
             )
-            return
+            return False
         assert self.capabilities is not None
         try:
             unmet = self.capabilities.unmet(offer.requirements())
@@ -407,8 +408,9 @@ class QueueWorker:
             unmet = [f"its requirements cannot be read: {exc}"]
         if unmet:
             await self._reject(reporter, offer.job_id, "; ".join(unmet))
-            return
+            return False
         await self._run_job(offer, reporter, client)
+        return True
 
     async def _reject(self, reporter: Reporter, job_id: str, reason: str) -> None:
         self._jobs_rejected += 1
@@ -424,11 +426,22 @@ class QueueWorker:
         self._controls[offer.job_id] = control
         structlog.contextvars.bind_contextvars(job_id=offer.job_id)
         try:
-            await reporter.job_started(offer.job_id)
             context = JobContext(offer, config.shared_dir, config.worker_id)
-            try:
-                log_file = await trio.to_thread.run_sync(LogFile, context.log_path)
-            except OSError as exc:
+            opened: list[LogFile | OSError] = []
+
+            async def open_log() -> None:
+                try:
+                    opened.append(await trio.to_thread.run_sync(LogFile, context.log_path))
+                except OSError as exc:
+                    opened.append(exc)
+
+            # Two writes to disk, side by side: the state file (with the report) and the log.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(open_log)
+                await reporter.job_started(offer.job_id)
+            [log_file] = opened
+            if isinstance(log_file, OSError):
+                exc = log_file
                 error = f"cannot open the job's log {context.log_path}: {exc.strerror or exc}"
                 log.error("httpqueue.job_log_failed", error=error)
                 await reporter.job_ended(offer.job_id, "failed", error=error)
