@@ -7,6 +7,7 @@ of these, chained with ``raise ... from exc``::
     ├── ConfigurationError         the setup cannot work (no region, bad endpoint URL)
     ├── CredentialsError           nothing to sign with, or refreshing credentials failed
     ├── InvalidRequestError        parameters break the service model; nothing was sent
+    ├── JobSpecError               a job (template, parameters, command) cannot be run as given
     ├── TransportError             no HTTP answer: connect, read, protocol, no answer in time
     ├── ServiceError               the service answered with an error
     │   ├── ThrottlingError        429 and Throttling* codes: slow down
@@ -49,6 +50,10 @@ class InvalidRequestError(FarmhandError, ValueError):
         super().__init__(f"{operation}: invalid parameters: {report}")
         self.operation = operation
         self.report = report
+
+
+class JobSpecError(FarmhandError, ValueError):
+    """A job spec cannot be run as given: a bad template, parameter or command. One line."""
 
 
 class TransportError(FarmhandError):

@@ -17,7 +17,7 @@ NEVER_ATTEMPTED and still runs the exits of the environments that were entered.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,9 @@ import structlog
 import trio
 from openjd.expr import PathMappingRule
 from openjd.model import (
+    EnvironmentTemplate,
     Job,
+    JobTemplate,
     ParameterValue,
     ParameterValueType,
     Step,
@@ -91,25 +93,65 @@ class LocalPlan:
     task_count: int
 
 
+@attrs.frozen
+class TaskSelection:
+    """Which steps and tasks of a job run (``openjd run``'s selection flags)."""
+
+    step: str | None = None
+    run_dependencies: bool = False
+    task_params: Sequence[str] = ()
+    tasks: str | None = None
+    maximum_tasks: int | None = None
+
+
 def plan_local_session(options: LocalRunOptions) -> LocalPlan:
     """Validate everything and lay out the session's actions. Raises ``TemplateError``."""
     environments = [load_environment_template(path) for path in options.environments]
     template = load_job_template(options.template)
     parameters = parse_job_parameters(options.parameters)
-    created = create_job(
-        template,
-        parameters,
-        environments=environments,
-        template_dir=options.template.parent,
-        current_dir=Path.cwd(),
-    )
-    job = created.job
     rules = (
         tuple(parse_path_mapping_rules(options.path_mapping_rules))
         if options.path_mapping_rules
         else ()
     )
-    steps, selected = _select_steps(job, options)
+    selection = TaskSelection(
+        step=options.step,
+        run_dependencies=options.run_dependencies,
+        task_params=options.task_params,
+        tasks=options.tasks,
+        maximum_tasks=options.maximum_tasks,
+    )
+    return plan_job(
+        template,
+        parameters,
+        environments=environments,
+        template_dir=options.template.parent,
+        path_mapping_rules=rules,
+        selection=selection,
+    )
+
+
+def plan_job(
+    template: JobTemplate,
+    parameters: Mapping[str, Any],
+    *,
+    template_dir: Path,
+    environments: Sequence[EnvironmentTemplate] = (),
+    path_mapping_rules: Sequence[PathMappingRule] = (),
+    selection: TaskSelection = TaskSelection(),
+) -> LocalPlan:
+    """Lay out one session's actions for a decoded template and plain parameter values
+    (``{"Frames": "1-10"}``; defaults and types come from the template). Raises
+    ``TemplateError``. Relative PATH parameters resolve against ``template_dir``."""
+    created = create_job(
+        template,
+        dict(parameters),
+        environments=environments,
+        template_dir=template_dir,
+        current_dir=Path.cwd(),
+    )
+    job = created.job
+    steps, selected = _select_steps(job, selection)
     builder = _PlanBuilder(created)
     for index, env_template in enumerate(environments):
         builder.enter(f"EXTERNAL:{index}:{env_template.environment.name}", env_template.environment)
@@ -118,7 +160,7 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
     for step in steps:
         tasks: Iterable[TaskParameterSet]
         if step is selected:
-            tasks = _selected_tasks(step, options)
+            tasks = _selected_tasks(step, selection)
         else:
             tasks = StepParameterSpaceIterator(space=step.parameterSpace)
         builder.step(step, tasks)
@@ -131,12 +173,12 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
         created,
         tuple(builder.actions),
         frozenset(extensions),
-        rules,
+        tuple(path_mapping_rules),
         builder.task_count,
     )
 
 
-def _select_steps(job: Job, options: LocalRunOptions) -> tuple[list[Step], Step | None]:
+def _select_steps(job: Job, options: TaskSelection) -> tuple[list[Step], Step | None]:
     steps = job.steps
     by_name = {step.name: step for step in steps}
     if options.step is not None:
@@ -179,7 +221,7 @@ def _dependencies(step: Step, by_name: dict[str, Step]) -> list[Step]:
     return ordered
 
 
-def _selected_tasks(step: Step, options: LocalRunOptions) -> Iterable[TaskParameterSet]:
+def _selected_tasks(step: Step, options: TaskSelection) -> Iterable[TaskParameterSet]:
     iterator = StepParameterSpaceIterator(space=step.parameterSpace)
     if options.task_params or options.tasks:
         raw = [_parse_task_params(options.task_params)] if options.task_params else []

@@ -105,10 +105,13 @@ def configure_logging(
     file: Path | None = None,
     max_bytes: int = 10 * 1024 * 1024,
     backups: int = 5,
+    level: int | None = None,
 ) -> None:
     """Send farmhand's log to ``stream`` (stderr by default) and ``file``: DEBUG and
-    up when ``verbose``, WARNING and up when ``quiet``, INFO and up otherwise."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    up when ``verbose``, WARNING and up when ``quiet``, INFO and up otherwise
+    (``level``, a ``logging`` level, overrides all three)."""
+    if level is None:
+        level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     rotating = (
         RotatingFile(file, max_bytes=max_bytes, backups=backups) if file is not None else None
     )

@@ -1,0 +1,311 @@
+"""The HTTP queue worker's configuration: flags, else environment variables.
+
+=======================  ======================  ==========================
+flag                     variable                default
+=======================  ======================  ==========================
+``--server``             ``SERVER``              (required)
+``--worker-id``          ``WORKER_ID``           the host name
+``--shared-dir``         ``SHARED_DIR``          (required; must exist)
+``--poll-interval``      ``POLL_INTERVAL``       5 s
+``--heartbeat-interval`` ``HEARTBEAT_INTERVAL``  15 s
+``--status-poll-interval`` ``STATUS_POLL_INTERVAL`` 5 s
+``--exit-after-job``     ``EXIT_AFTER_JOB``      off (``1/true/yes/on``)
+``--log-level``          ``LOG_LEVEL``           info
+``--label``              ``LABELS`` (commas)     none
+=======================  ======================  ==========================
+
+The rest are flags only: what to run (``--command`` or ``--image`` with its
+``--docker``, ``--docker-arg`` and ``--container-arg``), ``--tool``,
+``--gpus``, ``--slots``, ``--grace``, ``--max-runtime``, ``--state-dir``,
+``--max-retry-delay`` and ``--report-timeout``. A value that cannot be used
+is a ``ConfigError`` naming the flag or variable it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._protocol import labels_from
+from ._workload import ContainerWorkload, ProcessWorkload, TemplateFieldError, Workload
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A setting cannot be used. One line, naming where it came from."""
+
+
+@attrs.frozen
+class WorkerConfig:
+    server: str
+    shared_dir: Path
+    worker_id: str = attrs.field(factory=socket.gethostname)
+    #: ``--command``, split; or ``None`` for container mode.
+    command: tuple[str, ...] | None = None
+    image: str | None = None
+    docker: str = "docker"
+    docker_args: tuple[str, ...] = ()
+    container_args: tuple[str, ...] = ("--job_id", "{job_id}")
+    poll_interval: float = 5.0
+    heartbeat_interval: float = 15.0
+    status_poll_interval: float = 5.0
+    exit_after_job: bool = False
+    log_level: str = "info"
+    #: Tool name -> the command that prints its version.
+    tools: Mapping[str, str] = attrs.field(factory=dict)
+    labels: frozenset[str] = frozenset()
+    #: GPUs to advertise; ``None``: as many as nvidia-smi lists.
+    gpus: int | None = None
+    slots: int = 1
+    #: Seconds a stopped job gets between SIGTERM and SIGKILL.
+    grace: float = 30.0
+    #: The longest any job may run (a job's own ``timeout`` can only be shorter).
+    max_runtime: float | None = None
+    #: Where the worker keeps its unsent reports; default ``<shared_dir>/workers/<worker_id>``.
+    state_dir: Path | None = None
+    max_retry_delay: float = 30.0
+    #: Seconds to wait, when stopping, for unsent reports (they are kept for the next start).
+    report_timeout: float = 30.0
+    #: Seconds one HTTP request may take.
+    request_timeout: float = 30.0
+    #: Where job sessions' scratch directories go; ``None``: the system's temp dir.
+    session_root: Path | None = None
+
+    @property
+    def state_file(self) -> Path:
+        directory = self.state_dir or self.shared_dir / "workers" / self.worker_id
+        return directory / "httpqueue-state.json"
+
+    def workload(self, *, gpus: int) -> Workload:
+        if self.image is not None:
+            return ContainerWorkload(
+                self.image,
+                docker=self.docker,
+                docker_args=self.docker_args,
+                container_args=self.container_args,
+                gpus=gpus > 0,
+            )
+        assert self.command is not None
+        return ProcessWorkload(self.command)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--server", help="the job server's URL (SERVER)")
+    add("--worker-id", help="this worker's name (WORKER_ID; default: the host name)")
+    add("--shared-dir", help="the directory jobs share; logs go to its jobs/ (SHARED_DIR)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--command",
+        help="process mode: the command line to run for each job, with {job_id}, "
+        "{config_path}, ... filled in",
+    )
+    what.add_argument("--image", help="container mode: the image to `docker run` for each job")
+    add("--docker", default=None, help="the docker client (default: docker)")
+    add(
+        "--docker-arg",
+        action="append",
+        default=None,
+        metavar="ARG",
+        help="an extra `docker run` option, before the image (repeatable)",
+    )
+    add(
+        "--container-arg",
+        action="append",
+        default=None,
+        metavar="ARG",
+        help="an argument after the image (repeatable; default: --job_id {job_id})",
+    )
+    add("--poll-interval", help="seconds between polls for work when idle (POLL_INTERVAL; 5)")
+    add("--heartbeat-interval", help="seconds between heartbeats (HEARTBEAT_INTERVAL; 15)")
+    add(
+        "--status-poll-interval",
+        help="seconds between checks of a running job's status (STATUS_POLL_INTERVAL; 5)",
+    )
+    add(
+        "--exit-after-job",
+        action="store_const",
+        const="true",
+        default=None,
+        help="finish one job, then exit (EXIT_AFTER_JOB)",
+    )
+    add("--log-level", help=f"one of {', '.join(LOG_LEVELS)} (LOG_LEVEL; info)")
+    add(
+        "--tool",
+        action="append",
+        default=None,
+        metavar="NAME[=COMMAND]",
+        help="a tool jobs may require; COMMAND prints its version (default: NAME --version)",
+    )
+    add(
+        "--label",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="a label jobs may require (repeatable; LABELS, comma-separated)",
+    )
+    add("--gpus", help="GPUs to advertise: a number, or auto (default: what nvidia-smi lists)")
+    add("--slots", help="jobs run at the same time (default 1)")
+    add("--grace", help="seconds a stopped job gets between SIGTERM and SIGKILL (default 30)")
+    add("--max-runtime", help="seconds any job may run at most (default: no limit)")
+    add("--state-dir", help="where unsent reports are kept (default: SHARED_DIR/workers/WORKER_ID)")
+    add("--max-retry-delay", help="longest wait between retries to the server (default 30 s)")
+    add(
+        "--report-timeout",
+        help="seconds to wait for unsent reports when stopping (default 30; they are kept)",
+    )
+
+
+def _seconds(value: str | None, where: str, default: float | None, *, zero: bool = False) -> Any:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        kind = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+        raise ConfigError(f"{where}: must be {kind}, not {value!r}")
+    return number
+
+
+def _setting(
+    args: argparse.Namespace, environ: Mapping[str, str], name: str, variable: str | None
+) -> tuple[str | None, str]:
+    value = getattr(args, name, None)
+    flag = "--" + name.replace("_", "-")
+    if value is not None:
+        return str(value), flag
+    if variable is not None and variable in environ:
+        return environ[variable], variable
+    return None, flag
+
+
+def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> WorkerConfig:
+    """The configuration from parsed flags and the environment. Raises ``ConfigError``."""
+
+    def setting(name: str, variable: str | None = None) -> tuple[str | None, str]:
+        return _setting(args, environ, name, variable)
+
+    server, where = setting("server", "SERVER")
+    if not server:
+        raise ConfigError("no job server: give --server URL or set SERVER")
+    if not server.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: {server!r} is not an http:// or https:// URL")
+    shared, where = setting("shared_dir", "SHARED_DIR")
+    if not shared:
+        raise ConfigError("no shared directory: give --shared-dir DIR or set SHARED_DIR")
+    shared_dir = Path(shared).expanduser()
+    if not shared_dir.is_dir():
+        raise ConfigError(f"{where}: {shared_dir} is not a directory")
+    worker_id, where = setting("worker_id", "WORKER_ID")
+    worker_id = worker_id if worker_id is not None else socket.gethostname()
+    if not worker_id or "/" in worker_id or worker_id in (".", ".."):
+        raise ConfigError(f"{where}: {worker_id!r} cannot be a worker id (no '/', not empty)")
+
+    command: tuple[str, ...] | None = None
+    image: str | None = getattr(args, "image", None)
+    text = getattr(args, "command", None)
+    try:
+        if text is not None:
+            command = ProcessWorkload.from_text(text).command
+        elif image is not None:
+            ContainerWorkload(
+                image,
+                docker_args=args.docker_arg or (),
+                container_args=args.container_arg or ("--job_id", "{job_id}"),
+            )
+        else:
+            raise ConfigError("nothing to run: give --command COMMAND or --image IMAGE")
+    except TemplateFieldError as exc:
+        raise ConfigError(f"{'--command' if text is not None else '--image'}: {exc}") from exc
+
+    exit_after, where = setting("exit_after_job", "EXIT_AFTER_JOB")
+    exit_after_job = False
+    if exit_after is not None:
+        if exit_after.strip().lower() in _TRUE:
+            exit_after_job = True
+        elif exit_after.strip().lower() not in _FALSE:
+            raise ConfigError(f"{where}: must be true or false (1/0, yes/no), not {exit_after!r}")
+    level, where = setting("log_level", "LOG_LEVEL")
+    level = (level or "info").strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{where}: must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+
+    tools: dict[str, str] = {}
+    for item in args.tool or ():
+        name, sep, tool_command = item.partition("=")
+        name = name.strip()
+        if not name:
+            raise ConfigError(f"--tool: {item!r} must be NAME or NAME=COMMAND")
+        tool_command = tool_command.strip() if sep else f"{name} --version"
+        try:
+            if not shlex.split(tool_command):
+                raise ValueError("no command")
+        except ValueError as exc:
+            raise ConfigError(f"--tool {name}: {tool_command!r} is not a command: {exc}") from exc
+        tools[name] = tool_command
+    label_values = list(args.label or ())
+    if not label_values and "LABELS" in environ:
+        label_values = [environ["LABELS"]]
+    labels = labels_from(label_values)
+
+    gpus_text = getattr(args, "gpus", None)
+    gpus: int | None = None
+    if gpus_text is not None and gpus_text.strip().lower() != "auto":
+        if not gpus_text.strip().isdigit():
+            raise ConfigError(f"--gpus: must be a number of GPUs or auto, not {gpus_text!r}")
+        gpus = int(gpus_text)
+    slots_text = getattr(args, "slots", None)
+    slots = 1
+    if slots_text is not None:
+        if not slots_text.strip().isdigit() or int(slots_text) < 1:
+            raise ConfigError(f"--slots: must be a whole number, 1 or more, not {slots_text!r}")
+        slots = int(slots_text)
+
+    def seconds(name: str, variable: str | None, default: float | None, **kw: bool) -> Any:
+        value, where = setting(name, variable)
+        return _seconds(value, where, default, **kw)
+
+    state_dir = getattr(args, "state_dir", None)
+    return WorkerConfig(
+        server=server.rstrip("/"),
+        shared_dir=shared_dir.resolve(),
+        worker_id=worker_id,
+        command=command,
+        image=image,
+        docker=getattr(args, "docker", None) or "docker",
+        docker_args=tuple(args.docker_arg or ()),
+        container_args=tuple(args.container_arg or ("--job_id", "{job_id}")),
+        poll_interval=seconds("poll_interval", "POLL_INTERVAL", 5.0),
+        heartbeat_interval=seconds("heartbeat_interval", "HEARTBEAT_INTERVAL", 15.0),
+        status_poll_interval=seconds("status_poll_interval", "STATUS_POLL_INTERVAL", 5.0),
+        exit_after_job=exit_after_job,
+        log_level=level,
+        tools=tools,
+        labels=labels,
+        gpus=gpus,
+        slots=slots,
+        grace=seconds("grace", None, 30.0, zero=True),
+        max_runtime=seconds("max_runtime", None, None),
+        state_dir=Path(state_dir).expanduser() if state_dir else None,
+        max_retry_delay=seconds("max_retry_delay", None, 30.0),
+        report_timeout=seconds("report_timeout", None, 30.0, zero=True),
+    )
+
+
+def parse_worker_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse worker flags alone (for tests and embedding)."""
+    parser = argparse.ArgumentParser(prog="python -m agent httpqueue worker")
+    configure_parser(parser)
+    return parser.parse_args(list(argv))

@@ -1,0 +1,290 @@
+"""What the worker runs for a job: a command template, or a container image.
+
+The job says which job it is (``job_id``, ``job_name``, ``config_path``); the
+worker decides what to run for it. Both modes fill the same fields into their
+arguments: ``{job_id}``, ``{job_name}``, ``{config_path}``, ``{shared_dir}``,
+``{job_dir}`` (``<shared_dir>/jobs/<job_id>``) and ``{worker_id}``; ``{{`` and
+``}}`` are literal braces. The job's process also gets them as ``JOB_ID``,
+``JOB_NAME``, ``CONFIG_PATH``, ``SHARED_DIR``, ``JOB_DIR`` and ``WORKER_ID``.
+
+- **Process mode** (``--command``): the command line, split like a shell
+  would (``shlex``), runs in ``{job_dir}``.
+- **Container mode** (``--image``)::
+
+      docker run --rm --name farmhand-<job_id> --label farmhand.job_id=<job_id>
+          -v <shared_dir>:<shared_dir> -w <job_dir> -e JOB_ID=... [--gpus all]
+          [--docker-arg ...] IMAGE --job_id <job_id> [container args]
+
+  The shared directory is mounted at the same path, so paths in the job's
+  config mean the same inside. ``--gpus all`` is added when the host has GPUs
+  (nvidia-smi finds some); when Docker refuses it (no NVIDIA runtime: exit
+  status 125 and a GPU error), the job is run again at once without it, and
+  later jobs skip it. Stopping the ``docker`` client does not stop a
+  container, so after a job that was stopped (canceled, timed out,
+  interrupted) the worker removes its container (``docker rm -f``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+
+from agent import JobOutcome, JobSpec, JobStatus, OutputSink, OutputTail
+
+from ._protocol import JobOffer
+
+log = structlog.get_logger("farmhand.httpqueue.workload")
+
+FIELDS = ("job_id", "job_name", "config_path", "shared_dir", "job_dir", "worker_id")
+_FIELD_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+#: What Docker prints when it cannot give a container GPUs (no NVIDIA runtime or toolkit).
+DOCKER_GPU_ERRORS = (
+    "could not select device driver",
+    "nvidia-container-cli",
+    "unknown or invalid runtime name: nvidia",
+    "no known GPU vendor found",
+)
+DOCKER_RUN_FAILED = 125
+#: Seconds ``docker rm -f`` may take after a stopped job.
+CLEANUP_SECONDS = 30.0
+_CONTAINER_NAME_RE = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+class TemplateFieldError(ValueError):
+    """A command or argument template names a field that does not exist. One line."""
+
+
+def check_template(text: str) -> None:
+    """Raise ``TemplateFieldError`` unless every ``{field}`` in ``text`` is known."""
+    for match in _FIELD_RE.finditer(text):
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            continue
+        name = match.group(1)
+        if name is None:
+            raise TemplateFieldError(
+                f"{text!r}: a lone {token!r} (write {token * 2} for a literal brace)"
+            )
+        if name not in FIELDS:
+            raise TemplateFieldError(
+                f"{text!r}: unknown field {{{name}}} (fields: {', '.join(FIELDS)})"
+            )
+
+
+def fill(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with its ``{field}``s replaced (check it with ``check_template`` first)."""
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        return values[match.group(1)]
+
+    return _FIELD_RE.sub(replace, text)
+
+
+@attrs.frozen(eq=False)
+class JobContext:
+    """One job on this worker: the offer, where its files go, and its log."""
+
+    offer: JobOffer
+    shared_dir: Path
+    worker_id: str
+    log: OutputSink | None = None
+
+    def note(self, message: str) -> None:
+        """A ``[farmhand]`` line in the job's log."""
+        if self.log is not None:
+            self.log.write([f"[farmhand] {message}"])
+
+    @property
+    def job_dir(self) -> Path:
+        return self.shared_dir / "jobs" / self.offer.job_id
+
+    @property
+    def log_path(self) -> Path:
+        return self.job_dir / "logs" / f"{self.offer.job_id}.log"
+
+    def values(self) -> dict[str, str]:
+        offer = self.offer
+        return {
+            "job_id": offer.job_id,
+            "job_name": offer.job_name,
+            "config_path": offer.config_path,
+            "shared_dir": str(self.shared_dir),
+            "job_dir": str(self.job_dir),
+            "worker_id": self.worker_id,
+        }
+
+    def env(self) -> dict[str, str]:
+        return {name.upper(): value for name, value in self.values().items()}
+
+
+#: Runs one spec as the job's current run (the worker wires in logs, cancel and limits).
+Execute = Callable[[JobSpec, Sequence[OutputSink]], Awaitable[JobOutcome]]
+
+
+class ProcessWorkload:
+    """Process mode: a command template run on this host."""
+
+    mode = "process"
+
+    def __init__(self, command: Sequence[str]) -> None:
+        if not command:
+            raise TemplateFieldError("the command is empty")
+        for arg in command:
+            check_template(arg)
+        self.command = tuple(command)
+
+    @classmethod
+    def from_text(cls, text: str) -> ProcessWorkload:
+        try:
+            argv = shlex.split(text)
+        except ValueError as exc:
+            raise TemplateFieldError(f"the command {text!r} cannot be split: {exc}") from exc
+        return cls(argv)
+
+    def argv(self, job: JobContext) -> list[str]:
+        values = job.values()
+        return [fill(arg, values) for arg in self.command]
+
+    async def run(self, job: JobContext, execute: Execute) -> JobOutcome:
+        spec = JobSpec.from_command(
+            self.argv(job), env=job.env(), cwd=job.job_dir, name=job.offer.job_name
+        )
+        return await execute(spec, ())
+
+
+class ContainerWorkload:
+    """Container mode: ``docker run`` of an image, GPUs when the host has them."""
+
+    mode = "container"
+
+    def __init__(
+        self,
+        image: str,
+        *,
+        docker: str = "docker",
+        docker_args: Sequence[str] = (),
+        container_args: Sequence[str] = ("--job_id", "{job_id}"),
+        gpus: bool = False,
+    ) -> None:
+        if not image:
+            raise TemplateFieldError("the image is empty")
+        for arg in (*docker_args, *container_args):
+            check_template(arg)
+        self.image = image
+        self.docker = docker
+        self.docker_args = tuple(docker_args)
+        self.container_args = tuple(container_args)
+        #: Whether to ask for GPUs; cleared for good once Docker refuses them.
+        self.gpus = gpus
+
+    @staticmethod
+    def container_name(job: JobContext) -> str:
+        return "farmhand-" + _CONTAINER_NAME_RE.sub("_", job.offer.job_id)
+
+    def argv(self, job: JobContext, *, gpus: bool) -> list[str]:
+        values = job.values()
+        shared = str(job.shared_dir)
+        argv = [
+            self.docker,
+            "run",
+            "--rm",
+            "--name",
+            self.container_name(job),
+            "--label",
+            f"farmhand.job_id={job.offer.job_id}",
+            "-v",
+            f"{shared}:{shared}",
+            "-w",
+            str(job.job_dir),
+        ]
+        for name, value in job.env().items():
+            argv += ["-e", f"{name}={value}"]
+        if gpus:
+            argv += ["--gpus", "all"]
+        argv += [fill(arg, values) for arg in self.docker_args]
+        argv.append(self.image)
+        argv += [fill(arg, values) for arg in self.container_args]
+        return argv
+
+    async def run(self, job: JobContext, execute: Execute) -> JobOutcome:
+        tail = OutputTail(200)
+        gpus = self.gpus
+        spec = JobSpec.from_command(
+            self.argv(job, gpus=gpus), cwd=job.job_dir, name=job.offer.job_name
+        )
+        outcome = await execute(spec, (tail,))
+        if gpus and self._refused_gpus(outcome, tail):
+            self.gpus = False
+            log.warning(
+                "httpqueue.docker_gpus_refused",
+                job_id=job.offer.job_id,
+                note="running it again without --gpus; later jobs will not ask",
+            )
+            first = outcome
+            spec = JobSpec.from_command(
+                self.argv(job, gpus=False), cwd=job.job_dir, name=job.offer.job_name
+            )
+            job.note(
+                "docker refused GPUs (no NVIDIA runtime?): running the job again without --gpus"
+            )
+            outcome = await execute(spec, ())
+            outcome = attrs.evolve(
+                outcome, started_at=first.started_at, duration=first.duration + outcome.duration
+            )
+        if outcome.status is not JobStatus.SUCCEEDED and outcome.status is not JobStatus.FAILED:
+            await self.remove(job)
+        return outcome
+
+    @staticmethod
+    def _refused_gpus(outcome: JobOutcome, tail: OutputTail) -> bool:
+        return (
+            outcome.status is JobStatus.FAILED
+            and outcome.exit_code == DOCKER_RUN_FAILED
+            and tail.contains(*DOCKER_GPU_ERRORS)
+        )
+
+    async def remove(self, job: JobContext) -> None:
+        """``docker rm -f`` the job's container: the client was stopped, the container may not be."""
+        name = self.container_name(job)
+        with trio.move_on_after(CLEANUP_SECONDS) as scope:
+            try:
+                result = await trio.run_process(
+                    [self.docker, "rm", "-f", name],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            except OSError as exc:
+                log.error("httpqueue.container_cleanup_failed", container=name, error=str(exc))
+                return
+            output = (result.stderr or result.stdout).decode(errors="replace").strip()
+            if result.returncode != 0 and "No such container" not in output:
+                log.error(
+                    "httpqueue.container_cleanup_failed",
+                    container=name,
+                    status=result.returncode,
+                    output=output[:500],
+                )
+                job.note(f"could not remove container {name}: {output[:500]}")
+            else:
+                log.info("httpqueue.container_removed", container=name)
+                job.note(f"removed container {name}")
+        if scope.cancelled_caught:
+            log.error(
+                "httpqueue.container_cleanup_failed", container=name, error="docker rm -f timed out"
+            )
+            job.note(f"could not remove container {name}: docker rm -f timed out")
+
+
+Workload = ProcessWorkload | ContainerWorkload
