@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ._hostinfo import GpuInfo as GpuInfo
     from ._hostinfo import NvidiaSmiReport as NvidiaSmiReport
     from ._hostinfo import probe_gpus as probe_gpus
+    from ._httpbody import BytesBody as BytesBody
+    from ._httpbody import request_with_body as request_with_body
     from ._joblog import LogFile as LogFile
     from ._joblog import OutputSink as OutputSink
     from ._joblog import OutputTail as OutputTail
@@ -44,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "JobSpecError": "._errors",
     "GpuInfo": "._hostinfo",
     "NvidiaSmiReport": "._hostinfo",
+    "BytesBody": "._httpbody",
+    "request_with_body": "._httpbody",
     "probe_gpus": "._hostinfo",
     "LogFile": "._joblog",
     "OutputSink": "._joblog",

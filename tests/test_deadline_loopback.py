@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -9,6 +11,7 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from agent._errors import WorkerOffline
 from agent.deadline import CredentialHolder, DeadlineClient, ServiceEndpoint
@@ -136,3 +139,30 @@ async def test_worker_lifecycle_over_loopback_http() -> None:
     assert {seen.host for seen in fake.seen} == {f"127.0.0.1:{port}"}
     assert connections == [1]  # one kept-alive connection for every call
     assert deadline.statistics().retries == 1
+
+
+async def test_an_attempt_cut_short_mid_body_leaves_no_generator_behind() -> None:
+    """A call cancelled while its body is being sent leaves nothing for the garbage
+    collector to finalize (httpx's content= bodies are async generators: a
+    ResourceWarning under Trio, raised in whatever code runs next)."""
+
+    class Stall(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            async for _ in request.stream:  # type: ignore[union-attr]
+                await trio.sleep_forever()
+            raise AssertionError("not reached")
+
+    async with httpx.AsyncClient(transport=Stall()) as http:
+        deadline = DeadlineClient(
+            http, ServiceEndpoint("deadline", "http://deadline.test", REGION, False), holder()
+        )
+        worker = deadline.for_worker(FARM, FLEET, WORKER)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.update_worker_schedule, {})
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            gc.collect()
+            await trio.testing.wait_all_tasks_blocked()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -57,6 +57,7 @@ from .._errors import (
     TransportError,
     ValidationError,
 )
+from .._httpbody import request_with_body
 from ._credentials import CredentialHolder
 from ._endpoints import ServiceEndpoint
 from ._retry import DEFAULT_POLICY, RETRY, Attempt, RandomSource, RetryPolicy
@@ -405,8 +406,9 @@ class ServiceClient:
 
     async def _attempt(self, op: _Operation, request: _Request, number: int) -> dict[str, Any]:
         headers = await self._sign(request, number)
-        http_request = self._http.build_request(
-            request.method, request.http_url, headers=headers, content=request.body
+        # Not content=: see _httpbody (an attempt may be cut short mid-body).
+        http_request = request_with_body(
+            self._http, request.method, request.http_url, request.body, headers=headers
         )
         response: httpx.Response | None = None
         with trio.move_on_after(self._attempt_limit):

@@ -24,6 +24,7 @@ import httpx
 import structlog
 import trio
 
+from agent import request_with_body
 from agent.deadline import backoff_delay, honour_retry_after
 
 log = structlog.get_logger("farmhand.httpqueue.client")
@@ -73,16 +74,14 @@ class QueueClient:
         url = f"{self.server}{path}"
         what = f"{method} {path}"
         self.calls += 1
-        headers = {}
-        stream: _Body | None = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers = {"content-type": "application/json", "content-length": str(len(data))}
-            stream = _Body(data)
-        request = self.http.build_request(method, url, headers=headers)
-        if stream is not None:
-            # The client's headers (Host, User-Agent...) with our body, not its copy.
-            request = httpx.Request(method, request.url, headers=request.headers, stream=stream)
+        data = None if body is None else json.dumps(body).encode()
+        request = request_with_body(
+            self.http,
+            method,
+            url,
+            data,
+            headers={"content-type": "application/json"} if data is not None else None,
+        )
         try:
             response = await self.http.send(request)
         except httpx.HTTPError as exc:
@@ -133,36 +132,6 @@ class QueueClient:
 
     async def job(self, job_id: str) -> dict[str, Any]:
         return await self._json("GET", f"/api/jobs/{job_id}")
-
-
-class _Body(httpx.AsyncByteStream):
-    """A request body that is not an async generator.
-
-    httpx sends ``json=`` and ``content=`` bodies from an async generator; a
-    request cancelled while its body is being written (a worker stopping while
-    it polls) leaves that generator suspended, and its garbage collection is a
-    ResourceWarning in Trio. A plain iterator object has nothing to finalize.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def __aiter__(self) -> _Once:
-        return _Once(self._data)
-
-
-class _Once:
-    def __init__(self, data: bytes) -> None:
-        self._data: bytes | None = data
-
-    def __aiter__(self) -> _Once:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._data is None:
-            raise StopAsyncIteration
-        data, self._data = self._data, None
-        return data
 
 
 def _message(response: httpx.Response) -> str:
