@@ -73,6 +73,7 @@ from ._messages import (
     SessionLog,
     Stop,
 )
+from ._output import Redactor
 from ._session import SessionConfig, SessionRunner
 
 log = structlog.get_logger("farmhand.worksession")
@@ -241,6 +242,8 @@ class WorkSessionOptions:
     retain_working_directory: bool = False
     local_session_logs: bool = True
     min_secret_length: int = 1
+    #: Regular expressions whose matches are masked in the session's log and messages.
+    secret_patterns: tuple[str, ...] = ()
     #: How long a finished session may wait for its log to reach CloudWatch.
     log_flush_seconds: float = 30.0
     #: Run every job as the agent's own user, whatever the queue says.
@@ -295,6 +298,15 @@ class WorkSession:
     # ---- the session's task
 
     async def run(self) -> None:
+        # Every log line of the session (and of the runner it starts) carries its ids.
+        with structlog.contextvars.bound_contextvars(
+            session_id=self.session_id,
+            queue_id=self.assignment.queue_id,
+            job_id=self.assignment.job_id,
+        ):
+            await self._run()
+
+    async def _run(self) -> None:
         succeeded = False
         try:
             with self._command_send:
@@ -331,6 +343,8 @@ class WorkSession:
 
     async def _fail_session(self, message: str) -> None:
         """Report the queued actions as the contract asks: first FAILED, rest NEVER_ATTEMPTED."""
+        if self._options.secret_patterns:
+            message = Redactor(patterns=self._options.secret_patterns).redact(message)
         log.error("worksession.setup_failed", session_id=self.session_id, error=message)
         self._write([f"[farmhand] session setup failed: {message}"])
         first = True
@@ -379,6 +393,7 @@ class WorkSession:
             root_directory=self._options.session_root,
             retain_working_directory=self._options.retain_working_directory,
             min_secret_length=self._options.min_secret_length,
+            secret_patterns=self._options.secret_patterns,
             job_user=self._job_user(job),
         )
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)

@@ -51,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
         file=config.worker_logs_dir / "worker-agent.log",
         max_bytes=config.log_max_bytes,
         backups=config.log_rotate_count,
+        secret_patterns=config.secret_patterns,
+        min_secret_length=config.min_secret_length,
     )
     for note in config.warnings:
         log.warning("config.note", note=note)

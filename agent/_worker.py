@@ -369,6 +369,7 @@ async def _run_worker(
         retain_working_directory=config.retain_session_dir,
         local_session_logs=config.local_session_logs,
         min_secret_length=config.min_secret_length,
+        secret_patterns=config.secret_patterns,
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
         job_user_override=JobUser(override[0], override[1] or None) if override else None,
     )
@@ -379,100 +380,109 @@ async def _run_worker(
     worker: Worker | None = None
     agent_stream: LogStream | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            shipper: LogShipper = await nursery.start(LogShipper(CloudWatchSink(logs_client)).run)
-            if booted.log_group and booted.log_stream:
-                agent_stream = shipper.open_stream(
-                    config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
-                    Destination(booted.log_group, booted.log_stream),
-                    compact_over=1 << 20,
+        # Every log line of the worker's actors (and the sessions they start) names it.
+        with structlog.contextvars.bound_contextvars(worker_id=booted.worker_id):
+            async with trio.open_nursery() as nursery:
+                shipper: LogShipper = await nursery.start(
+                    LogShipper(CloudWatchSink(logs_client)).run
                 )
-                add_log_sink(agent_stream.write)
-            fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
-            heartbeat_holder: list[Heartbeat] = []
+                if booted.log_group and booted.log_stream:
+                    agent_stream = shipper.open_stream(
+                        config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
+                        Destination(booted.log_group, booted.log_stream),
+                        compact_over=1 << 20,
+                    )
+                    add_log_sink(agent_stream.write)
+                fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
+                heartbeat_holder: list[Heartbeat] = []
 
-            def make_session(
-                assignment: Assignment, reports: trio.MemorySendChannel[Report]
-            ) -> WorkSession:
-                return WorkSession(
-                    assignment,
-                    identity=identity,
-                    fetcher=fetcher,
-                    reports=reports,
-                    shipper=shipper,
-                    options=options,
-                    on_event=partial(on_event, assignment.session_id) if on_event else None,
-                    containment=containment,
-                )
+                def make_session(
+                    assignment: Assignment, reports: trio.MemorySendChannel[Report]
+                ) -> WorkSession:
+                    return WorkSession(
+                        assignment,
+                        identity=identity,
+                        fetcher=fetcher,
+                        reports=reports,
+                        shipper=shipper,
+                        options=options,
+                        on_event=partial(on_event, assignment.session_id) if on_event else None,
+                        containment=containment,
+                    )
 
-            scheduler = Scheduler(
-                booted.worker,
-                make_session,
-                on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
-                on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
-                on_session_finished=lambda session_id: (
-                    worker._session_finished(session_id) if worker else None
-                ),
-            )
-            heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
-            heartbeat_holder.append(heartbeat)
-            supervision = SupervisorStatistics()
-            await nursery.start(
-                partial(
-                    scheduler.run,
-                    supervise=partial(
-                        supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
+                scheduler = Scheduler(
+                    booted.worker,
+                    make_session,
+                    on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
+                    on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
+                    on_session_finished=lambda session_id: (
+                        worker._session_finished(session_id) if worker else None
                     ),
                 )
-            )
-            worker = Worker(
-                config,
-                booted,
-                scheduler,
-                heartbeat,
-                shipper,
-                booted.worker.deadline.statistics,
-                supervision,
-            )
-            await nursery.start(heartbeat.run)
-
-            async def credentials_failed(seconds_left: float) -> None:
-                worker.request_stop("credentials")
-
-            nursery.start_soon(
-                partial(
-                    refresh_credentials,
-                    config,
-                    booted,
-                    http=http,
-                    endpoint=endpoints.deadline,
-                    bootstrap_credentials=bootstrap_credentials,
-                    on_failure=credentials_failed,
-                )
-            )
-            if config.idle_timeout is not None:
-                nursery.start_soon(worker._watch_idle, config.idle_timeout)
-            if config.health_port is not None:
-                from ._health import serve_health  # prometheus-client only when asked for
-
-                worker.health_url = await nursery.start(
+                heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
+                heartbeat_holder.append(heartbeat)
+                supervision = SupervisorStatistics()
+                await nursery.start(
                     partial(
-                        serve_health, worker, host=config.health_address, port=config.health_port
+                        scheduler.run,
+                        supervise=partial(
+                            supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
+                        ),
                     )
                 )
-                log.info("worker.health_endpoint", url=worker.health_url)
-            try:
-                yield worker
-            finally:
-                with trio.CancelScope(shield=True):
-                    # Leaving the block drains the worker, within bounds.
-                    with trio.move_on_after(config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS):
-                        await worker.drain()
-                    if agent_stream is not None:
-                        remove_log_sink(agent_stream.write)
-                        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-                            await agent_stream.flush()
-                nursery.cancel_scope.cancel(reason="the worker has stopped")
+                worker = Worker(
+                    config,
+                    booted,
+                    scheduler,
+                    heartbeat,
+                    shipper,
+                    booted.worker.deadline.statistics,
+                    supervision,
+                )
+                await nursery.start(heartbeat.run)
+
+                async def credentials_failed(seconds_left: float) -> None:
+                    worker.request_stop("credentials")
+
+                nursery.start_soon(
+                    partial(
+                        refresh_credentials,
+                        config,
+                        booted,
+                        http=http,
+                        endpoint=endpoints.deadline,
+                        bootstrap_credentials=bootstrap_credentials,
+                        on_failure=credentials_failed,
+                    )
+                )
+                if config.idle_timeout is not None:
+                    nursery.start_soon(worker._watch_idle, config.idle_timeout)
+                if config.health_port is not None:
+                    from ._health import serve_health  # prometheus-client only when asked for
+
+                    worker.health_url = await nursery.start(
+                        partial(
+                            serve_health,
+                            worker,
+                            host=config.health_address,
+                            port=config.health_port,
+                        )
+                    )
+                    log.info("worker.health_endpoint", url=worker.health_url)
+                try:
+                    yield worker
+                finally:
+                    with trio.CancelScope(shield=True):
+                        # Leaving the block drains the worker, within bounds.
+                        with trio.move_on_after(
+                            config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS
+                        ):
+                            await worker.drain()
+                        if agent_stream is not None:
+                            remove_log_sink(agent_stream.write)
+                            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                                await agent_stream.flush()
+                    nursery.cancel_scope.cancel(reason="the worker has stopped")
     finally:
         if own_containment:
             await trio.to_thread.run_sync(containment.close)

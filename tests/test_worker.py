@@ -176,3 +176,36 @@ async def test_health_and_metrics_endpoint(tmp_path: Path) -> None:
     assert stopped.status_code == 503
     assert "the worker is stopped" in stopped.json()["problems"]
     assert missing.status_code == 404
+
+
+async def test_secrets_never_reach_the_session_log_file_or_cloudwatch(tmp_path: Path) -> None:
+    """Configured patterns and openjd_redacted_env values are masked in the local session
+    log and in CloudWatch, including the runner's own lines (the command line)."""
+    template = simple_job(py("print('frame uses tok-0123abcd')"), frames="1", environments=False)
+    template["extensions"] = ["REDACTED_ENV_VARS"]
+    template["jobEnvironments"] = [
+        {
+            "name": "Secrets",
+            "script": {"actions": {"onEnter": py("print('openjd_redacted_env: PW=swordfish-42')")}},
+        }
+    ]
+    template["steps"][0]["script"]["actions"]["onRun"] = py(
+        "import os; print('frame uses tok-0123abcd and', os.environ['PW'])"
+    )
+    async with farm_and_worker(tmp_path, secret_patterns=(r"tok-[0-9a-f]{8}",)) as (
+        farm,
+        _worker,
+        _events,
+    ):
+        job_id = farm.create_job(template)
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = [s for s in farm.state.sessions.values() if s.job.job_id == job_id]
+        with trio.fail_after(30):
+            await farm.wait_until(
+                lambda: any("frame uses" in line for line in farm.session_log(session.session_id))
+            )
+        cloudwatch = "\n".join(farm.session_log(session.session_id))
+    [local] = list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
+    for text in (cloudwatch, local.read_text()):
+        assert "frame uses ******** and ********" in text
+        assert "tok-0123abcd" not in text and "swordfish-42" not in text
