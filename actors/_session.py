@@ -328,6 +328,8 @@ class SessionRunner:
         self._stop_deadline = min(self._stop_deadline, deadline)
         running = self._running
         if running is not None:
+            if command.running_state is ActionState.FAILED and running.fail_message is None:
+                running.fail_message = command.reason
             if first and running.kind is not ActionKind.ENV_EXIT:
                 # Report the running action's outcome now; the process may take a
                 # while to go, and the farm must not wait on it.

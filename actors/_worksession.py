@@ -18,18 +18,30 @@ A ``WorkSession`` is started by the scheduler for each session in
 5. when the runner ends, flushes the log (bounded), drops the session's entity
    cache and tells the scheduler the session is finished.
 
-If the session cannot start (bad log configuration, ``jobDetails`` failing),
-its first action is reported FAILED and the others NEVER_ATTEMPTED, as the
-worker API contract asks.
+If the session cannot start (bad log configuration, ``jobDetails`` failing,
+no credentials for a queue that has a role), its first action is reported
+FAILED and the others NEVER_ATTEMPTED, as the worker API contract asks.
+
+A job whose queue has a role (``queueRoleArn``) gets the queue's credentials
+from a ``QueueCredentialSource`` (the agent's ``AssumeQueueRoleForWorker``
+manager) for the session's lifetime, as the variables ``AWS_PROFILE``,
+``AWS_CONFIG_FILE`` and ``AWS_SHARED_CREDENTIALS_FILE`` (a ``credential_process``
+profile); the agent's own ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
+``AWS_SESSION_TOKEN`` are then not passed on, so they cannot shadow it. If the
+credentials can no longer be refreshed, the session is stopped: its running
+action FAILED (cancelled with its own method), the rest NEVER_ATTEMPTED.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -50,7 +62,7 @@ from ._entities import (
     task_parameters_from_wire,
 )
 from ._fetcher import FetcherCommand, Forget, fetch
-from ._jobuser import JobUser
+from ._jobuser import JobUser, JobUserError, ResolvedJobUser
 from ._logship import Destination, LogShipper, LogStream
 from ._messages import (
     ActionEnded,
@@ -170,6 +182,36 @@ class Assignment:
         )
 
 
+class QueueCredentialsError(Exception):
+    """The queue's credentials cannot be had; the session fails with this message."""
+
+
+@attrs.define(eq=False)
+class QueueAccess:
+    """A session's share of its queue's credentials."""
+
+    #: ``AWS_PROFILE``, ``AWS_CONFIG_FILE``, ``AWS_SHARED_CREDENTIALS_FILE``.
+    env: Mapping[str, str]
+    #: Set when the credentials can no longer be refreshed (``error`` says why).
+    failed: trio.Event = attrs.field(factory=trio.Event)
+    error: str | None = None
+
+
+class QueueCredentialSource(Protocol):
+    """Where sessions get their queue's credentials (``agent._queuecreds``)."""
+
+    def open_access(
+        self, queue_id: str, role_arn: str, job_user: ResolvedJobUser | None
+    ) -> AbstractAsyncContextManager[QueueAccess | None]:
+        """Share the queue's credentials for the block (``None``: the farm gave none).
+        Raises ``QueueCredentialsError`` when they cannot be had."""
+        ...
+
+
+#: The agent's own credentials, not passed to jobs that get a queue profile.
+_SHADOWING_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 @attrs.frozen
 class WorkerIdentity:
     farm_id: str
@@ -235,6 +277,18 @@ def final_fields(event: ActionEnded) -> dict[str, Any]:
 # ------------------------------------------------------------------ the session
 
 
+def _resolved(job_user: JobUser | None) -> ResolvedJobUser | None:
+    """The job user's ids, for sharing files with it (``None``: the agent's user, or one
+    that does not resolve; the runner then fails the actions with the reason)."""
+    if job_user is None:
+        return None
+    try:
+        resolved = job_user.resolve()
+    except JobUserError:
+        return None
+    return None if resolved.is_agent_user else resolved
+
+
 @attrs.frozen
 class WorkSessionOptions:
     logs_dir: Path
@@ -266,8 +320,10 @@ class WorkSession:
         options: WorkSessionOptions,
         on_event: Any = None,
         containment: Containment | None = None,
+        queue_credentials: QueueCredentialSource | None = None,
     ) -> None:
         self.assignment = assignment
+        self._queue_credentials = queue_credentials
         self.session_id = assignment.session_id
         self._identity = identity
         self._fetcher = fetcher
@@ -376,25 +432,49 @@ class WorkSession:
                     )
 
     async def _run_runner(self, job: JobDetails) -> bool:
+        job_user = self._job_user(job)
+        async with contextlib.AsyncExitStack() as stack:
+            access: QueueAccess | None = None
+            if job.queue_role_arn and self._queue_credentials is not None:
+                try:
+                    access = await stack.enter_async_context(
+                        self._queue_credentials.open_access(
+                            self.assignment.queue_id, job.queue_role_arn, _resolved(job_user)
+                        )
+                    )
+                except QueueCredentialsError as exc:
+                    await self._fail_session(f"cannot get the queue's credentials: {exc}")
+                    return False
+            return await self._run_with(job, job_user, access)
+
+    async def _run_with(
+        self, job: JobDetails, job_user: JobUser | None, access: QueueAccess | None
+    ) -> bool:
         identity = self._identity
+        session_env = {
+            "DEADLINE_SESSION_ID": self.session_id,
+            "DEADLINE_FARM_ID": identity.farm_id,
+            "DEADLINE_QUEUE_ID": self.assignment.queue_id,
+            "DEADLINE_JOB_ID": self.assignment.job_id,
+            "DEADLINE_FLEET_ID": identity.fleet_id,
+            "DEADLINE_WORKER_ID": identity.worker_id,
+        }
+        base_env = None
+        if access is not None:
+            session_env.update(access.env)
+            base_env = {k: v for k, v in os.environ.items() if k not in _SHADOWING_VARIABLES}
         config = SessionConfig(
             session_id=self.session_id,
             job_parameter_values=job.parameters,
             path_mapping_rules=job.path_mapping_rules,
-            session_env={
-                "DEADLINE_SESSION_ID": self.session_id,
-                "DEADLINE_FARM_ID": identity.farm_id,
-                "DEADLINE_QUEUE_ID": self.assignment.queue_id,
-                "DEADLINE_JOB_ID": self.assignment.job_id,
-                "DEADLINE_FLEET_ID": identity.fleet_id,
-                "DEADLINE_WORKER_ID": identity.worker_id,
-            },
+            session_env=session_env,
+            base_env=base_env,
             extensions=job.extensions,
             root_directory=self._options.session_root,
             retain_working_directory=self._options.retain_working_directory,
             min_secret_length=self._options.min_secret_length,
             secret_patterns=self._options.secret_patterns,
-            job_user=self._job_user(job),
+            job_user=job_user,
         )
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
         runner = SessionRunner(
@@ -411,6 +491,8 @@ class WorkSession:
         async with trio.open_nursery() as nursery:
             inbox = await nursery.start(run_runner)
             nursery.start_soon(self._forward_commands, inbox)
+            if access is not None:
+                nursery.start_soon(self._stop_when_failed, access)
             with events_receive:
                 async for event in events_receive:
                     if isinstance(event, SessionEnded):
@@ -430,6 +512,14 @@ class WorkSession:
         if job.posix_user:
             return JobUser(job.posix_user, job.posix_group)
         return None
+
+    async def _stop_when_failed(self, access: QueueAccess) -> None:
+        """The queue's credentials are gone: stop this session (only this queue's)."""
+        await access.failed.wait()
+        reason = f"the queue's credentials could not be refreshed: {access.error}"
+        log.error("worksession.queue_credentials_failed", error=access.error)
+        self._write([f"[farmhand] {reason}; stopping the session"])
+        self.command(Stop(grace=None, running_state=ActionState.FAILED, reason=reason))
 
     async def _forward_commands(self, inbox: trio.MemorySendChannel[SessionCommand]) -> None:
         with inbox:

@@ -77,7 +77,7 @@ async def _run(config: WorkerConfig) -> StopReason:
         async with open_agent(config) as worker, trio.open_nursery() as nursery:
             nursery.start_soon(_handle_signals, worker)
             reason = await worker.wait_stop_requested()
-            await worker.drain(_grace_for(config, reason))
+            await worker.drain(worker.stop_grace)
             nursery.cancel_scope.cancel(reason="the worker has stopped")
     except BaseExceptionGroup as group:
         # One farm error ends the worker; report it rather than the group around it.
@@ -91,12 +91,6 @@ async def _run(config: WorkerConfig) -> StopReason:
 def _first(group: BaseExceptionGroup[FarmhandError]) -> FarmhandError:
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _grace_for(config: WorkerConfig, reason: StopReason) -> float:
-    # Work still running when the farm or a limit asks us to stop is rare (the
-    # farm only asks an idle worker); give it the usual grace.
-    return config.drain_grace_seconds
 
 
 async def _handle_signals(worker: Worker) -> None:

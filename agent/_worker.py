@@ -63,6 +63,7 @@ from ._errors import FarmhandError, RetriesExhausted, TransportError
 from ._hostinfo import probe_host
 from ._logging import add_log_sink, remove_log_sink
 from ._logsink import CloudWatchSink
+from ._queuecreds import QueueCredentials
 from .deadline import (
     NO_RETRIES,
     CredentialHolder,
@@ -75,7 +76,13 @@ from .deadline import (
 log = structlog.get_logger("farmhand.worker")
 
 StopReason = Literal[
-    "farm", "credentials", "exit_after_jobs", "idle_timeout", "finished", "drained"
+    "farm",
+    "credentials",
+    "interruption",
+    "exit_after_jobs",
+    "idle_timeout",
+    "finished",
+    "drained",
 ]
 
 #: Bound on each network call made while stopping.
@@ -128,8 +135,10 @@ class Worker:
         shipper: LogShipper,
         deadline_stats: Callable[[], Any],
         scheduler_supervision: SupervisorStatistics,
+        queue_credentials: QueueCredentials | None = None,
     ) -> None:
         self.config = config
+        self._queue_credentials = queue_credentials
         self.worker_id = booted.worker_id
         self.farm_id = config.farm_id
         self.fleet_id = config.fleet_id
@@ -143,6 +152,7 @@ class Worker:
         self.health_url: str | None = None
         self._state = "running"
         self._stop_reason: StopReason | None = None
+        self._stop_grace: float | None = None
         self._stop_requested = trio.Event()
         self._drained = trio.Event()
         self._draining = False
@@ -199,16 +209,35 @@ class Worker:
             if shipper.upload_errors == 0
             else f"{shipper.upload_errors} upload errors",
             "credentials": f"expire {expires.isoformat()}" if expires else "do not expire",
+            **self._queue_states(),
+        }
+
+    def _queue_states(self) -> dict[str, str]:
+        if self._queue_credentials is None:
+            return {}
+        stats = self._queue_credentials.statistics()
+        return {
+            "queue_credentials": f"{stats.queues} queues, {stats.sessions} sessions, "
+            f"{stats.renewals} renewals, {stats.failures} failures"
         }
 
     @property
     def stop_reason(self) -> StopReason | None:
         return self._stop_reason
 
-    def request_stop(self, reason: StopReason) -> None:
+    @property
+    def stop_grace(self) -> float:
+        """The drain grace the reason for stopping leaves (the configured one at most)."""
+        configured = self.config.drain_grace_seconds
+        return configured if self._stop_grace is None else min(configured, self._stop_grace)
+
+    def request_stop(self, reason: StopReason, *, grace: float | None = None) -> None:
+        """Ask the worker's owner to stop it (``wait_stop_requested`` returns); ``grace``:
+        the most time the cause leaves for a drain."""
         if self._stop_reason is None:
             self._stop_reason = reason
-            log.info("worker.stop_requested", reason=reason)
+            self._stop_grace = grace
+            log.info("worker.stop_requested", reason=reason, grace=grace)
         self._stop_requested.set()
 
     async def wait_stop_requested(self) -> StopReason:
@@ -394,6 +423,10 @@ async def _run_worker(
                     )
                     add_log_sink(agent_stream.write)
                 fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
+                queue_credentials = QueueCredentials(
+                    booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
+                )
+                await nursery.start(queue_credentials.run)
                 heartbeat_holder: list[Heartbeat] = []
 
                 def make_session(
@@ -408,6 +441,7 @@ async def _run_worker(
                         options=options,
                         on_event=partial(on_event, assignment.session_id) if on_event else None,
                         containment=containment,
+                        queue_credentials=queue_credentials,
                     )
 
                 scheduler = Scheduler(
@@ -438,11 +472,12 @@ async def _run_worker(
                     shipper,
                     booted.worker.deadline.statistics,
                     supervision,
+                    queue_credentials,
                 )
                 await nursery.start(heartbeat.run)
 
                 async def credentials_failed(seconds_left: float) -> None:
-                    worker.request_stop("credentials")
+                    worker.request_stop("credentials", grace=seconds_left)
 
                 nursery.start_soon(
                     partial(
