@@ -61,6 +61,7 @@ from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
 from ._errors import FarmhandError, RetriesExhausted, TransportError
 from ._hostinfo import probe_host
+from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
 from ._logging import add_log_sink, remove_log_sink
 from ._logsink import CloudWatchSink
 from ._queuecreds import QueueCredentials
@@ -150,6 +151,8 @@ class Worker:
         self._scheduler_supervision = scheduler_supervision
         #: Where /healthz and /metrics are served, when they are.
         self.health_url: str | None = None
+        #: The spot/scale-in monitor, when configured.
+        self.imds: ImdsMonitor | None = None
         self._state = "running"
         self._stop_reason: StopReason | None = None
         self._stop_grace: float | None = None
@@ -210,7 +213,15 @@ class Worker:
             else f"{shipper.upload_errors} upload errors",
             "credentials": f"expire {expires.isoformat()}" if expires else "do not expire",
             **self._queue_states(),
+            **self._imds_states(),
         }
+
+    def _imds_states(self) -> dict[str, str]:
+        if self.imds is None:
+            return {}
+        stats = self.imds.statistics()
+        reach = "reachable" if stats.reachable else "unreachable"
+        return {"imds_monitor": f"{reach}, {stats.requests} requests, {stats.notices} notices"}
 
     def _queue_states(self) -> dict[str, str]:
         if self._queue_credentials is None:
@@ -317,6 +328,34 @@ class Worker:
             self._scheduler.refuse_new_sessions()
             self.request_stop("idle_timeout")
             return
+
+
+async def _monitor_imds(
+    config: WorkerConfig,
+    worker: Worker,
+    nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Drain at once, with the time left, on a spot or scale-in notice (``agent._imds``)."""
+
+    def on_notice(notice: InterruptionNotice) -> None:
+        grace = drain_grace(notice, config.drain_grace_seconds)
+        log.warning(
+            "worker.interruption",
+            kind=notice.kind,
+            action=notice.action,
+            seconds_left=round(notice.seconds_left, 1),
+            grace=grace,
+        )
+        worker.request_stop("interruption", grace=grace)
+        # The drain starts now, whatever the owner does; a later, more urgent
+        # notice shortens it (drain only ever shortens).
+        nursery.start_soon(worker.drain, grace)
+
+    monitor = ImdsMonitor(config.imds_endpoint, on_notice, interval=config.imds_interval_seconds)
+    worker.imds = monitor
+    await monitor.run(task_status=task_status)
 
 
 async def _quietly(call: Any, what: str) -> None:
@@ -492,6 +531,8 @@ async def _run_worker(
                 )
                 if config.idle_timeout is not None:
                     nursery.start_soon(worker._watch_idle, config.idle_timeout)
+                if config.imds_monitor:
+                    await nursery.start(_monitor_imds, config, worker, nursery)
                 if config.health_port is not None:
                     from ._health import serve_health  # prometheus-client only when asked for
 
