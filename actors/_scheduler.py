@@ -37,7 +37,7 @@ import attrs
 import structlog
 import trio
 
-from ._messages import ActionKind, ActionState, Cancel, Replace, Stop
+from ._messages import ActionKind, ActionState, Cancel, Finish, Replace, Stop
 from ._worksession import Assignment, Report, SessionFinished, WorkSession
 
 log = structlog.get_logger("farmhand.scheduler")
@@ -98,6 +98,13 @@ class Scheduler:
         self._sessions: dict[str, WorkSession] = {}
         self._last_actions: dict[str, tuple[str, ...]] = {}
         self._stopping: set[str] = set()
+        #: Sessions finishing the work they have (no more): not dead when they end.
+        self._finishing: set[str] = set()
+        #: The sync loop runs (``sync_now`` would wait forever otherwise).
+        self._syncing = False
+        #: No more syncs: the worker is telling the farm it has STOPPED.
+        self._closed = False
+        self._in_sync = False
         #: Sessions that ended while the farm still assigns them: ids already returned.
         self._dead: dict[str, set[str]] = {}
         self._requested = 0
@@ -129,10 +136,20 @@ class Scheduler:
         self._wake()
 
     async def sync_now(self) -> None:
-        """Ask for a sync and wait until one that started after this call is done."""
+        """Ask for a sync and wait until one that started after this call is done
+        (at once if the sync loop has ended or the scheduler is closed)."""
         self.request_sync()
         target = self._requested
-        while self._completed < target:
+        while self._completed < target and self._syncing and not self._closed:
+            await self._synced.wait()
+
+    async def close(self) -> None:
+        """Start no more syncs and wait for the one in flight, if any: the worker is
+        about to say STOPPED, after which the farm answers that it is offline.
+        Pending updates stay; ``sync_now`` returns at once from now on."""
+        self._closed = True
+        self._wake()
+        while self._in_sync and self._syncing:
             await self._synced.wait()
 
     def refuse_new_sessions(self) -> None:
@@ -149,6 +166,16 @@ class Scheduler:
         self._sessions_changed.set()
         self._sessions_changed = trio.Event()
 
+    def finish_sessions(self) -> None:
+        """Take no new sessions, and let each current one finish the actions it has
+        now, then end (``Finish``); actions the farm adds later are returned to it once
+        the session has ended."""
+        self._refuse_new = True
+        for session_id, session in self._sessions.items():
+            if session_id not in self._finishing and session_id not in self._stopping:
+                self._finishing.add(session_id)
+                session.command(Finish())
+
     def stop_sessions(
         self, *, grace: float | None, running_state: ActionState, reason: str
     ) -> None:
@@ -159,9 +186,11 @@ class Scheduler:
             session.command(Stop(grace=grace, running_state=running_state, reason=reason))
 
     async def wait_sessions_finished(self) -> None:
-        while self._sessions:
-            await next(iter(self._sessions.values())).finished.wait()
-            await trio.lowlevel.checkpoint()
+        # Each session's own event: they are also done when the reports loop that
+        # forgets them has ended (the scheduler failed).
+        while any(not session.finished.is_set() for session in self._sessions.values()):
+            for session in list(self._sessions.values()):
+                await session.finished.wait()
 
     async def run(
         self,
@@ -179,20 +208,33 @@ class Scheduler:
         async with trio.open_nursery() as sessions:
             sessions.start_soon(self._receive_reports, reports_receive)
             loop = partial(self._sync_loop, sessions, reports_send)
+            self._syncing = True
             task_status.started()
-            if supervise is None:
-                await loop()
-            else:
-                await supervise(loop)
+            try:
+                if supervise is None:
+                    await loop()
+                else:
+                    await supervise(loop)
+            finally:
+                # Restarts keep it going; past here no sync is coming: wake the waiters.
+                self._syncing = False
+                self._synced.set()
+                self._synced = trio.Event()
 
     async def _sync_loop(
         self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
     ) -> None:
         while True:
-            while self._completed >= self._requested:
+            while self._completed >= self._requested and not self._closed:
                 await self._wait_for_wakeup()
+            if self._closed:
+                return
             target = self._requested
-            await self._sync(sessions, reports)
+            self._in_sync = True
+            try:
+                await self._sync(sessions, reports)
+            finally:
+                self._in_sync = False
             self._completed = target
             self._synced.set()
             self._synced = trio.Event()
@@ -223,8 +265,9 @@ class Scheduler:
     def _session_finished(self, report: SessionFinished) -> None:
         session = self._sessions.pop(report.session_id, None)
         given = self._last_actions.pop(report.session_id, ())
-        if report.session_id in self._stopping:
+        if report.session_id in self._stopping or report.session_id in self._finishing:
             self._stopping.discard(report.session_id)
+            self._finishing.discard(report.session_id)
         elif session is not None:
             # It ended on its own (it could not start) and has reported what it
             # was given; the farm may still assign it more.

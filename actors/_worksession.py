@@ -522,15 +522,40 @@ class WorkSession:
         self.command(Stop(grace=None, running_state=ActionState.FAILED, reason=reason))
 
     async def _forward_commands(self, inbox: trio.MemorySendChannel[SessionCommand]) -> None:
+        """Pass the scheduler's commands to the runner. After ``Finish`` the session
+        keeps only the actions it had: the farm's later additions are ignored (the
+        scheduler returns them once the session ends) except environment exits, and
+        its removals and cancels still apply. After ``Stop`` only exits are added, and
+        a second ``Stop`` (a hurried drain) still gets through."""
+        assigned: set[str] = set()
+        frozen: set[str] | None = None
         with inbox:
             async for command in self._command_receive:
-                await inbox.send(command)
-                if isinstance(command, Stop | Finish):
-                    return
+                if isinstance(command, Replace):
+                    if frozen is None:
+                        assigned = {a.action_id for a in command.actions if a.action_id}
+                    else:
+                        kept = tuple(
+                            action
+                            for action in command.actions
+                            if action.action_id in frozen or action.kind is ActionKind.ENV_EXIT
+                        )
+                        command = Replace(kept)
+                elif isinstance(command, Finish) and frozen is None:
+                    frozen = assigned
+                elif isinstance(command, Stop):
+                    frozen = set()  # a stop ends the queue; a later one may hurry it
+                try:
+                    await inbox.send(command)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the runner has ended; nothing left to tell it
 
     # ---- resolving wire actions into runnables
 
     async def _resolve(self, item: Any) -> Runnable:
+        if isinstance(item, ExitEnvironment) and item.action_id is None:
+            # An exit the runner makes itself (a stop, or the end of a finished session).
+            return item
         if not isinstance(item, DeadlineAction):
             raise TypeError(f"unexpected queued action {item!r}")
         base_env = {"DEADLINE_SESSIONACTION_ID": item.action_id}

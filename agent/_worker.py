@@ -22,8 +22,9 @@ Stopping (one documented contract; see the README):
   NEVER_ATTEMPTED; a final UpdateWorkerSchedule; UpdateWorker(STOPPED). The
   heartbeat keeps going until the end, and every call on the way out is
   bounded in time. Calling it again with a shorter grace shortens it.
-- ``finish_then_stop()``: take no new sessions, let the current ones finish,
-  then ``wait_stop_requested()`` returns (``"finished"``).
+- ``finish_then_stop()``: take no new sessions, let each current one finish
+  the actions it has (later ones are returned to the farm, to go to another
+  worker), then ``wait_stop_requested()`` returns (``"finished"``).
 - The farm asking the worker to stop (``desiredWorkerStatus``), the
   credentials running out, ``exit_after_jobs`` and ``idle_timeout`` also make
   ``wait_stop_requested()`` return, with the reason.
@@ -153,6 +154,8 @@ class Worker:
         self.health_url: str | None = None
         #: The spot/scale-in monitor, when configured.
         self.imds: ImdsMonitor | None = None
+        #: Wraps the heartbeat's task; cancelled once the worker is STOPPED.
+        self.heartbeat_scope = trio.CancelScope()
         self._state = "running"
         self._stop_reason: StopReason | None = None
         self._stop_grace: float | None = None
@@ -160,6 +163,8 @@ class Worker:
         self._drained = trio.Event()
         self._draining = False
         self._drain_deadline = math.inf
+        #: Bounds the wait for the sessions; a hurried drain moves it closer.
+        self._drain_wait = trio.CancelScope()
         self._finish_then_stop = False
         self.sessions_finished = 0
 
@@ -259,11 +264,11 @@ class Worker:
     # ---------------------------------------------------------------- stopping
 
     def finish_then_stop(self) -> None:
-        """Finish the current sessions, take no new ones, then ask to stop."""
+        """Finish the actions the worker has, take no more, then ask to stop."""
         if self._finish_then_stop:
             return
         self._finish_then_stop = True
-        self._scheduler.refuse_new_sessions()
+        self._scheduler.finish_sessions()
         log.info("worker.finishing", sessions=len(self._scheduler.sessions))
         self._check_finished()
 
@@ -275,11 +280,11 @@ class Worker:
         self.sessions_finished += 1
         limit = self.config.exit_after_jobs
         if limit is not None and self.sessions_finished >= limit:
-            self._scheduler.refuse_new_sessions()
             if not self._scheduler.sessions:
+                self._scheduler.refuse_new_sessions()
                 self.request_stop("exit_after_jobs")
             else:
-                self._finish_then_stop = True
+                self.finish_then_stop()  # the sessions still running finish their work
         self._check_finished()
 
     async def drain(self, grace: float | None = None) -> None:
@@ -290,6 +295,9 @@ class Worker:
             # A second request can only shorten the grace.
             if deadline < self._drain_deadline:
                 self._drain_deadline = deadline
+                self._drain_wait.deadline = min(
+                    self._drain_wait.deadline, deadline + SHUTDOWN_CALL_SECONDS
+                )
                 self._scheduler.stop_sessions(
                     grace=grace, running_state=ActionState.INTERRUPTED, reason="drain, hurried"
                 )
@@ -306,10 +314,16 @@ class Worker:
             grace=grace, running_state=ActionState.INTERRUPTED, reason="the worker is draining"
         )
         # Sessions get their grace for actions and exits; then a moment for the last reports.
-        with trio.move_on_at(self._drain_deadline + SHUTDOWN_CALL_SECONDS):
+        self._drain_wait.deadline = self._drain_deadline + SHUTDOWN_CALL_SECONDS
+        with self._drain_wait:
             await self._scheduler.wait_sessions_finished()
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
+        # The heartbeat went on until here; a sync after STOPPED would be refused
+        # (the farm answers that the worker is offline), so none may start or be in flight.
+        self.heartbeat_scope.cancel(reason="the worker is stopping")
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(self._scheduler.close(), "UpdateWorkerSchedule (in flight)")
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"
@@ -400,10 +414,21 @@ async def open_agent(
             bootstrap_credentials=bootstrap_credentials,
             facts=facts,
         )
-        async with _run_worker(
-            config, booted, client, endpoints, bootstrap_credentials, on_event, containment
-        ) as worker:
-            yield worker
+        running = False
+        try:
+            async with _run_worker(
+                config, booted, client, endpoints, bootstrap_credentials, on_event, containment
+            ) as worker:
+                running = True
+                yield worker
+        finally:
+            if not running:
+                # Cancelled or failed while starting: the farm knows the worker as
+                # STARTED; tell it otherwise (a running worker's drain does this).
+                with trio.move_on_after(SHUTDOWN_CALL_SECONDS, shield=True):
+                    await _quietly(
+                        booted.worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)"
+                    )
     finally:
         if own_http:
             with trio.CancelScope(shield=True):
@@ -513,7 +538,13 @@ async def _run_worker(
                     supervision,
                     queue_credentials,
                 )
-                await nursery.start(heartbeat.run)
+
+                async def run_heartbeat(*, task_status: trio.TaskStatus[None]) -> None:
+                    assert worker is not None
+                    with worker.heartbeat_scope:
+                        await heartbeat.run(task_status=task_status)
+
+                await nursery.start(run_heartbeat)
 
                 async def credentials_failed(seconds_left: float) -> None:
                     worker.request_stop("credentials", grace=seconds_left)
@@ -545,6 +576,7 @@ async def _run_worker(
                         )
                     )
                     log.info("worker.health_endpoint", url=worker.health_url)
+                log.info("worker.started", worker_id=booted.worker_id)
                 try:
                     yield worker
                 finally:
@@ -556,8 +588,10 @@ async def _run_worker(
                             await worker.drain()
                         if agent_stream is not None:
                             remove_log_sink(agent_stream.write)
-                            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-                                await agent_stream.flush()
+                            # Unless an actor failed and took the shipper down with it.
+                            if not nursery.cancel_scope.cancel_called:
+                                with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                                    await agent_stream.flush()
                     nursery.cancel_scope.cancel(reason="the worker has stopped")
     finally:
         if own_containment:

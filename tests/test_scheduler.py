@@ -449,3 +449,73 @@ async def test_stop_sessions_interrupts_running_work(tmp_path: Path) -> None:
             await r.scheduler.wait_sessions_finished()
             await r.scheduler.sync_now()
     assert farm.completed == {action_id(0): "INTERRUPTED", action_id(1): "NEVER_ATTEMPTED"}
+
+
+async def test_finish_sessions_runs_what_they_have_and_returns_later_work(tmp_path: Path) -> None:
+    """finish_sessions: the session runs the actions it had, exits its environment and
+    ends; a task the farm adds meanwhile is not run, and once the session has ended
+    the farm gets it back INTERRUPTED (for another worker)."""
+    release = tmp_path / "release"
+    code = (
+        "import os, time\n"
+        f"while not os.path.exists({str(release)!r}): time.sleep(0.01)\n"
+        "print('frame {{Task.Param.F}}')"
+    )
+    farm = FakeFarm(py(code))
+    farm.assigned = {SESSION: session(env_enter(0), task(1, 1), task(2, 2))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await sync_until(r, started(farm, 1))
+            r.scheduler.finish_sessions()
+            farm.assigned[SESSION]["sessionActions"].append(task(3, 3))
+            await r.scheduler.sync_now()  # the addition reaches the (finishing) session
+            release.touch()
+            await r.scheduler.wait_sessions_finished()
+            await sync_until(r, lambda: action_id(3) in farm.completed)
+    assert farm.completed == {
+        action_id(0): "SUCCEEDED",
+        action_id(1): "SUCCEEDED",
+        action_id(2): "SUCCEEDED",
+        action_id(3): "INTERRUPTED",
+    }
+    log_text = (tmp_path / "logs" / QUEUE / f"{SESSION}.log").read_text()
+    assert "frame 2" in log_text and "frame 3" not in log_text
+    assert "exited" in log_text  # the environment the session entered was exited
+
+
+async def test_a_second_stop_hurries_the_first(tmp_path: Path) -> None:
+    """A stop with a long grace, then one with none: the action that ignores SIGTERM is
+    killed at once (a hurried drain), not at the end of the first grace."""
+    farm = FakeFarm(
+        {
+            **py(
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                " print('ready', flush=True); time.sleep(600)"
+            ),
+            "cancelation": {"mode": "NOTIFY_THEN_TERMINATE", "notifyPeriodInSeconds": 600},
+        }
+    )
+    farm.assigned = {SESSION: session(task(0, 1))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await sync_until(r, started(farm, 0))
+            r.scheduler.stop_sessions(grace=600, running_state=ActionState.INTERRUPTED, reason="a")
+            await sync_until(r, lambda: action_id(0) in farm.completed)
+            r.scheduler.stop_sessions(grace=0, running_state=ActionState.INTERRUPTED, reason="b")
+            await r.scheduler.wait_sessions_finished()
+    assert farm.completed == {action_id(0): "INTERRUPTED"}
+
+
+async def test_a_closed_scheduler_syncs_no_more(tmp_path: Path) -> None:
+    """After close() no sync starts (the worker is STOPPED) and sync_now returns at once."""
+    farm = FakeFarm(py("pass"))
+    async with trio.open_nursery() as nursery:
+        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
+        await nursery.start(scheduler.run)
+        await scheduler.sync_now()
+        await scheduler.close()
+        with trio.fail_after(1):
+            await scheduler.sync_now()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert len(farm.calls) == 1
