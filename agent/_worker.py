@@ -89,6 +89,16 @@ StopReason = Literal[
 
 #: Bound on each network call made while stopping.
 SHUTDOWN_CALL_SECONDS = 5.0
+
+
+def stop_bound(grace: float) -> float:
+    """The longest a drain with ``grace`` takes, to the agent's exit: the grace, then
+    at most 5 s each for the last reports of the sessions, UpdateWorker(STOPPING),
+    the final sync, a sync in flight, UpdateWorker(STOPPED) and the log flush. A
+    service manager's stop timeout must be longer."""
+    return grace + 6 * SHUTDOWN_CALL_SECONDS
+
+
 #: The scheduler's sync loop is restarted after these (its sessions live on).
 TRANSIENT = (TransportError, RetriesExhausted)
 
