@@ -38,7 +38,7 @@ import structlog
 import trio
 
 from ._messages import ActionKind, ActionState, Cancel, Finish, Replace, Stop
-from ._worksession import Assignment, Report, SessionFinished, WorkSession
+from ._worksession import Assignment, Report, SessionFinished, SessionReported, WorkSession
 
 log = structlog.get_logger("farmhand.scheduler")
 
@@ -100,6 +100,8 @@ class Scheduler:
         self._stopping: set[str] = set()
         #: Sessions finishing the work they have (no more): not dead when they end.
         self._finishing: set[str] = set()
+        #: Sessions whose every report is in ``_pending`` (their logs may still ship).
+        self._reported_sessions: set[str] = set()
         #: The sync loop runs (``sync_now`` would wait forever otherwise).
         self._syncing = False
         #: No more syncs: the worker is telling the farm it has STOPPED.
@@ -185,12 +187,28 @@ class Scheduler:
             self._stopping.add(session_id)
             session.command(Stop(grace=grace, running_state=running_state, reason=reason))
 
+    async def wait_sessions_reported(self) -> None:
+        """Wait until every session has ended and all its reports are pending here
+        (so the next sync carries them); their logs may still be shipping."""
+        while any(sid not in self._reported_sessions for sid in self._sessions):
+            if not self._syncing:
+                await self._wait_sessions_done()
+                return
+            await self._sessions_changed.wait()
+
     async def wait_sessions_finished(self) -> None:
-        # Each session's own event: they are also done when the reports loop that
-        # forgets them has ended (the scheduler failed).
-        while any(not session.finished.is_set() for session in self._sessions.values()):
-            for session in list(self._sessions.values()):
-                await session.finished.wait()
+        """Wait until every session has ended, its reports pending and its log shipped."""
+        while self._sessions:
+            if not self._syncing:
+                await self._wait_sessions_done()
+                return
+            await self._sessions_changed.wait()
+
+    async def _wait_sessions_done(self) -> None:
+        # The reports loop is gone (the scheduler failed) and forgets no session:
+        # wait on each session's own event.
+        for session in list(self._sessions.values()):
+            await session.finished.wait()
 
     async def run(
         self,
@@ -220,6 +238,7 @@ class Scheduler:
                 self._syncing = False
                 self._synced.set()
                 self._synced = trio.Event()
+                self._sessions_did_change()
 
     async def _sync_loop(
         self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
@@ -246,6 +265,10 @@ class Scheduler:
             if isinstance(report, SessionFinished):
                 self._session_finished(report)
                 continue
+            if isinstance(report, SessionReported):
+                self._reported_sessions.add(report.session_id)
+                self._sessions_did_change()
+                continue
             self._version += 1
             entry = self._pending.get(report.action_id)
             if entry is None:
@@ -264,6 +287,7 @@ class Scheduler:
 
     def _session_finished(self, report: SessionFinished) -> None:
         session = self._sessions.pop(report.session_id, None)
+        self._reported_sessions.discard(report.session_id)
         given = self._last_actions.pop(report.session_id, ())
         if report.session_id in self._stopping or report.session_id in self._finishing:
             self._stopping.discard(report.session_id)

@@ -238,7 +238,14 @@ class SessionFinished:
     succeeded: bool
 
 
-Report = ActionReport | SessionFinished
+@attrs.frozen
+class SessionReported:
+    """Every report of the session has been sent (its log may still be shipping)."""
+
+    session_id: str
+
+
+Report = ActionReport | SessionReported | SessionFinished
 
 
 def exit_code_32(code: int) -> int:
@@ -703,6 +710,9 @@ class WorkSession:
             log.warning("worksession.report_dropped", session_id=self.session_id)
 
     async def _finish(self, succeeded: bool) -> None:
+        # A drain can tell the farm STOPPED now; the log is flushed after.
+        with trio.move_on_after(10):
+            await self._report(SessionReported(self.session_id))
         stream = self._stream
         if stream is not None:
             stream.close()

@@ -35,6 +35,7 @@ Exit status 2 is a bad configuration.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -73,7 +74,11 @@ def main(args: argparse.Namespace) -> int:
     )
     for note in config.warnings:
         log.warning("config.note", note=note)
-    return trio.run(serve, config)
+    code = trio.run(serve, config)
+    # Exiting, the interpreter would collect every object left (botocore's service
+    # models above all): about 0.6 s. Frozen, they go with the process.
+    gc.freeze()
+    return code
 
 
 async def serve(config: WorkerConfig) -> int:

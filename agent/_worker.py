@@ -93,10 +93,10 @@ SHUTDOWN_CALL_SECONDS = 5.0
 
 def stop_bound(grace: float) -> float:
     """The longest a drain with ``grace`` takes, to the agent's exit: the grace, then
-    at most 5 s each for the last reports of the sessions, UpdateWorker(STOPPING),
-    the final sync, a sync in flight, UpdateWorker(STOPPED) and the log flush. A
-    service manager's stop timeout must be longer."""
-    return grace + 6 * SHUTDOWN_CALL_SECONDS
+    at most 5 s each for UpdateWorker(STOPPING), the sessions' last reports, the
+    final sync, a sync in flight, UpdateWorker(STOPPED), the sessions' logs and
+    the agent's log. A service manager's stop timeout must be longer."""
+    return grace + 7 * SHUTDOWN_CALL_SECONDS
 
 
 #: The scheduler's sync loop is restarted after these (its sessions live on).
@@ -326,7 +326,7 @@ class Worker:
         # Sessions get their grace for actions and exits; then a moment for the last reports.
         self._drain_wait.deadline = self._drain_deadline + SHUTDOWN_CALL_SECONDS
         with self._drain_wait:
-            await self._scheduler.wait_sessions_finished()
+            await self._scheduler.wait_sessions_reported()
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
         # The heartbeat went on until here; a sync after STOPPED would be refused
@@ -337,6 +337,9 @@ class Worker:
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"
+        # The sessions' last log lines, which need no farm, ship now.
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await self._scheduler.wait_sessions_finished()
         log.info("worker.stopped", worker_id=self.worker_id)
         self.request_stop("drained")
         self._drained.set()

@@ -81,9 +81,14 @@ class AgentProcess:
 
 @asynccontextmanager
 async def agent_process(
-    farm: MockFarm, root: Path, *args: str, drain_grace: float = 30.0
+    farm: MockFarm,
+    root: Path,
+    *args: str,
+    drain_grace: float = 30.0,
+    ready: str = "worker.started",
 ) -> AsyncIterator[AgentProcess]:
-    """Start the agent for the block; it is killed at the end if it still runs."""
+    """Start the agent for the block, once it has logged ``ready`` (by default: it
+    runs and takes signals); it is killed at the end if it still runs."""
     argv = [
         PY,
         "-m",
@@ -118,7 +123,7 @@ async def agent_process(
         nursery.start_soon(agent._read)
         try:
             with trio.fail_after(60):
-                await agent.wait_event("worker.started")  # signals go to the worker now
+                await agent.wait_event(ready)
             yield agent
         finally:
             if process.returncode is None:

@@ -293,3 +293,19 @@ async def test_an_unrecoverable_api_error_cancels_the_work_and_exits_1(tmp_path:
     assert gave_up["error_type"] == "WorkerOffline"
     tried = [c.input.get("status") for c in calls(farm, "UpdateWorker")]
     assert tried[-1] == "STOPPED"
+
+
+async def test_a_signal_while_starting_cancels_the_start(tmp_path: Path) -> None:
+    """SIGTERM while the bootstrap waits on a slow farm ends the agent at once, exit 0."""
+    async with open_mock_farm(config=FARM) as farm:
+        farm.set_faults(FaultConfig().with_operation("UpdateWorker", latency=30))
+        async with agent_process(farm, tmp_path, ready="bootstrap.worker_created") as agent:
+            agent.send(signal.SIGTERM)  # before UpdateWorker(STARTED), which takes 30 s
+            await agent.wait_event("worker.signal", action="stop starting")
+            start = trio.current_time()
+            with trio.fail_after(10):
+                code = await agent.wait()
+            took = trio.current_time() - start
+    assert code == 0
+    assert took < 3
+    assert not agent.events("worker.started")
