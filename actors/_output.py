@@ -8,7 +8,7 @@ string passes per chunk, not a Python loop per line.
 - ``LineSplitter`` decodes UTF-8 incrementally (invalid bytes become ``\\xNN``),
   ends lines at CR, LF or CRLF (also a CRLF split across two chunks), and keeps a
   last line that has no newline.
-- ``Redactor`` masks secret values.
+- ``Redactor`` masks secret values and matches of configured patterns.
 - ``parse_message`` recognises the ``openjd_*`` stdout protocol.
 - ``OutputProcessor`` ties them together: bytes in, finished lines out, messages
   handed to a callback *before* redaction is applied, so a secret announced on a
@@ -23,7 +23,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
@@ -106,7 +106,7 @@ class LineSplitter:
 
 
 class Redactor:
-    """Masks registered secret values in output text.
+    """Masks secrets in output text: registered values and configured patterns.
 
     All values are matched by one regular expression, longest first, in a single
     left-to-right scan, so masking a text and choosing where it may be cut agree
@@ -116,20 +116,40 @@ class Redactor:
     lines where a whole line equals them, as openjd-sessions does. Values shorter
     than ``min_length`` are not registered, so a one-letter "secret" does not mask
     every ``e`` in the log.
+
+    ``patterns`` are regular expressions (the worker's ``secret_patterns``); each
+    is matched within one line (``^`` and ``$`` are the line's ends), and every
+    non-empty match is masked. Where a value and a match overlap, their union is
+    masked as one.
     """
 
-    def __init__(self, *, min_length: int = 1) -> None:
+    def __init__(
+        self, *, min_length: int = 1, patterns: Iterable[str | re.Pattern[str]] = ()
+    ) -> None:
         self._min_length = max(1, min_length)
         self._values: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
         self._whole_lines: set[str] = set()
+        self._regexes = tuple(
+            p if isinstance(p, re.Pattern) else re.compile(p, re.MULTILINE) for p in patterns
+        )
         self.longest = 0
 
     def __bool__(self) -> bool:
-        return self._pattern is not None or bool(self._whole_lines)
+        return self._pattern is not None or bool(self._whole_lines) or bool(self._regexes)
 
-    def add(self, value: str) -> None:
-        """Register ``value`` (and its lines, if it has several) for masking."""
+    @property
+    def min_length(self) -> int:
+        return self._min_length
+
+    @property
+    def has_patterns(self) -> bool:
+        """Whether configured patterns are matched (their matches have no known length)."""
+        return bool(self._regexes)
+
+    def add(self, value: str) -> bool:
+        """Register ``value`` (and its lines, if it has several) for masking; whether
+        anything was long enough to register."""
         parts = value.split("\n")
         candidates = {value}
         if len(parts) > 1:
@@ -141,11 +161,49 @@ class Redactor:
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(map(re.escape, ordered)))
             self.longest = len(ordered[0])
+        return len(value) >= self._min_length
 
     def redact(self, text: str) -> str:
-        if self._pattern is None:
+        if not self._regexes:
+            return text if self._pattern is None else self._pattern.sub(REDACTED, text)
+        spans = self._spans(text)
+        if not spans:
             return text
-        return self._pattern.sub(REDACTED, text)
+        parts = []
+        last = 0
+        for start, end in spans:
+            parts.append(text[last:start])
+            parts.append(REDACTED)
+            last = end
+        parts.append(text[last:])
+        return "".join(parts)
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        """Where the secrets in ``text`` are: sorted, overlapping ones merged."""
+        found: list[tuple[int, int]] = []
+        if self._pattern is not None:
+            found.extend(match.span() for match in self._pattern.finditer(text))
+        for regex in self._regexes:
+            if regex.search(text) is None:
+                continue  # the common case: one C-speed scan of the whole block
+            offset = 0
+            for line in text.split("\n"):
+                for match in regex.finditer(line):
+                    start, end = match.span()
+                    if end > start:  # a pattern that can match nothing masks nothing there
+                        found.append((offset + start, offset + end))
+                offset += len(line) + 1
+        if len(found) < 2:
+            return found
+        found.sort()
+        merged = [found[0]]
+        for start, end in found[1:]:
+            last_start, last_end = merged[-1]
+            if start < last_end:
+                merged[-1] = (last_start, max(last_end, end))
+            else:
+                merged.append((start, end))
+        return merged
 
     def redact_whole_lines(self, lines: list[str]) -> list[str]:
         whole = self._whole_lines
@@ -159,15 +217,49 @@ class Redactor:
         The cut moves back to the start of the secret that straddles ``at``; if
         that secret starts at 0, forward to its end.
         """
-        if self._pattern is None:
+        if self._regexes:
+            spans: Iterable[tuple[int, int]] = self._spans(text)
+        elif self._pattern is not None:
+            spans = (m.span() for m in self._pattern.finditer(text, 0, at + self.longest))
+        else:
             return at
-        for match in self._pattern.finditer(text, 0, at + self.longest):
-            start, end = match.span()
+        for start, end in spans:
             if start >= at:
                 break
             if at < end:
                 return start if start > 0 else end
         return at
+
+
+class SecretRegistry:
+    """The secret values of the sessions alive in this process, for text written
+    outside them: the agent's own log masks them too (``agent._logging``).
+
+    Each session adds its values under an owner key and forgets them when it ends,
+    so a long-running worker does not collect the secrets of every job it ran.
+    ``version`` changes whenever the set does, so a reader can cache its matcher.
+    """
+
+    def __init__(self) -> None:
+        self._by_owner: dict[object, set[str]] = {}
+        self.version = 0
+
+    def add(self, owner: object, value: str) -> None:
+        values = self._by_owner.setdefault(owner, set())
+        if value not in values:
+            values.add(value)
+            self.version += 1
+
+    def forget(self, owner: object) -> None:
+        if self._by_owner.pop(owner, None):
+            self.version += 1
+
+    def values(self) -> set[str]:
+        return {value for values in self._by_owner.values() for value in values}
+
+
+#: The process's live session secrets (see ``SecretRegistry``).
+LIVE_SECRETS = SecretRegistry()
 
 
 # --------------------------------------------------------------------------
@@ -374,12 +466,18 @@ class OutputProcessor:
     def _overflow(self) -> list[str]:
         """Cut the pending partial line into pieces of at most ``max_line``.
 
-        At least the longest secret's length is held back, so a secret at the end
-        of what has arrived is seen whole before any cut near it is chosen.
+        At least the longest secret's length (``max_line`` with patterns) is held
+        back, so a secret at the end of what has arrived is seen whole before any
+        cut near it is chosen.
         """
         pieces: list[str] = []
         splitter, redactor, limit = self._splitter, self._redactor, self._max_line
-        while len(splitter.pending) > limit + max(redactor.longest - 1, 0):
+        hold = max(redactor.longest - 1, 0)
+        if redactor.has_patterns:
+            # A pattern's match has no known length: a match of up to ``limit``
+            # characters is seen whole before a cut near it is chosen.
+            hold = max(hold, limit)
+        while len(splitter.pending) > limit + hold:
             at = redactor.safe_cut(splitter.pending, limit) if redactor else limit
             piece = splitter.cut_pending(at)
             if "openjd_" in piece.lower():

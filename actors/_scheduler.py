@@ -37,8 +37,8 @@ import attrs
 import structlog
 import trio
 
-from ._messages import ActionKind, ActionState, Cancel, Replace, Stop
-from ._worksession import Assignment, Report, SessionFinished, WorkSession
+from ._messages import ActionKind, ActionState, Cancel, Finish, Replace, Stop
+from ._worksession import Assignment, Report, SessionFinished, SessionReported, WorkSession
 
 log = structlog.get_logger("farmhand.scheduler")
 
@@ -98,6 +98,15 @@ class Scheduler:
         self._sessions: dict[str, WorkSession] = {}
         self._last_actions: dict[str, tuple[str, ...]] = {}
         self._stopping: set[str] = set()
+        #: Sessions finishing the work they have (no more): not dead when they end.
+        self._finishing: set[str] = set()
+        #: Sessions whose every report is in ``_pending`` (their logs may still ship).
+        self._reported_sessions: set[str] = set()
+        #: The sync loop runs (``sync_now`` would wait forever otherwise).
+        self._syncing = False
+        #: No more syncs: the worker is telling the farm it has STOPPED.
+        self._closed = False
+        self._in_sync = False
         #: Sessions that ended while the farm still assigns them: ids already returned.
         self._dead: dict[str, set[str]] = {}
         self._requested = 0
@@ -107,9 +116,6 @@ class Scheduler:
         self._syncs = 0
         self._reported: Counter[str] = Counter()
         self._stop_requested = False
-        #: After the final sync: no more calls (see ``final_sync``).
-        self._closed = False
-        self._in_flight = False
 
     # ------------------------------------------------------------------ public
 
@@ -127,38 +133,30 @@ class Scheduler:
     def sessions(self) -> Mapping[str, WorkSession]:
         return self._sessions
 
-    @property
-    def closed(self) -> bool:
-        """``final_sync`` has been called: no more calls to the farm."""
-        return self._closed
-
     def request_sync(self) -> None:
         self._requested += 1
         self._wake()
 
     async def sync_now(self) -> None:
-        """Ask for a sync and wait until one that started after this call is done.
-
-        Returns at once after ``final_sync``.
-        """
+        """Ask for a sync and wait until one that started after this call is done
+        (at once if the sync loop has ended or the scheduler is closed)."""
         self.request_sync()
         target = self._requested
-        while self._completed < target and not self._closed:
+        while self._completed < target and self._syncing and not self._closed:
             await self._synced.wait()
 
-    async def final_sync(self) -> None:
-        """A last sync; after it the scheduler calls the farm no more.
+    @property
+    def closed(self) -> bool:
+        """``close`` has been called: no more calls to the farm."""
+        return self._closed
 
-        For a worker about to report itself STOPPED: the farm answers a stopped
-        worker's sync with a conflict, so no sync (a heartbeat's, say) may start
-        after this, and one already on its way is waited for.
-        """
-        try:
-            await self.sync_now()
-        finally:
-            self._closed = True
-            self._wake()
-        while self._in_flight:
+    async def close(self) -> None:
+        """Start no more syncs and wait for the one in flight, if any: the worker is
+        about to say STOPPED, after which the farm answers that it is offline.
+        Pending updates stay; ``sync_now`` returns at once from now on."""
+        self._closed = True
+        self._wake()
+        while self._in_sync and self._syncing:
             await self._synced.wait()
 
     def refuse_new_sessions(self) -> None:
@@ -175,6 +173,16 @@ class Scheduler:
         self._sessions_changed.set()
         self._sessions_changed = trio.Event()
 
+    def finish_sessions(self) -> None:
+        """Take no new sessions, and let each current one finish the actions it has
+        now, then end (``Finish``); actions the farm adds later are returned to it once
+        the session has ended."""
+        self._refuse_new = True
+        for session_id, session in self._sessions.items():
+            if session_id not in self._finishing and session_id not in self._stopping:
+                self._finishing.add(session_id)
+                session.command(Finish())
+
     def stop_sessions(
         self, *, grace: float | None, running_state: ActionState, reason: str
     ) -> None:
@@ -184,10 +192,28 @@ class Scheduler:
             self._stopping.add(session_id)
             session.command(Stop(grace=grace, running_state=running_state, reason=reason))
 
+    async def wait_sessions_reported(self) -> None:
+        """Wait until every session has ended and all its reports are pending here
+        (so the next sync carries them); their logs may still be shipping."""
+        while any(sid not in self._reported_sessions for sid in self._sessions):
+            if not self._syncing:
+                await self._wait_sessions_done()
+                return
+            await self._sessions_changed.wait()
+
     async def wait_sessions_finished(self) -> None:
+        """Wait until every session has ended, its reports pending and its log shipped."""
         while self._sessions:
-            await next(iter(self._sessions.values())).finished.wait()
-            await trio.lowlevel.checkpoint()
+            if not self._syncing:
+                await self._wait_sessions_done()
+                return
+            await self._sessions_changed.wait()
+
+    async def _wait_sessions_done(self) -> None:
+        # The reports loop is gone (the scheduler failed) and forgets no session:
+        # wait on each session's own event.
+        for session in list(self._sessions.values()):
+            await session.finished.wait()
 
     async def run(
         self,
@@ -205,32 +231,40 @@ class Scheduler:
         async with trio.open_nursery() as sessions:
             sessions.start_soon(self._receive_reports, reports_receive)
             loop = partial(self._sync_loop, sessions, reports_send)
+            self._syncing = True
             task_status.started()
-            if supervise is None:
-                await loop()
-            else:
-                await supervise(loop)
+            try:
+                if supervise is None:
+                    await loop()
+                else:
+                    await supervise(loop)
+            finally:
+                # Restarts keep it going; past here no sync is coming: wake the waiters.
+                self._syncing = False
+                self._synced.set()
+                self._synced = trio.Event()
+                self._sessions_did_change()
 
     async def _sync_loop(
         self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
     ) -> None:
         while True:
-            while self._closed or self._completed >= self._requested:
-                if self._closed:
-                    self._synced.set()  # nobody waits for a sync any more
+            while self._completed >= self._requested and not self._closed:
                 await self._wait_for_wakeup()
+            if self._closed:
+                return
             target = self._requested
-            self._in_flight = True
+            self._in_sync = True
             try:
                 await self._sync(sessions, reports)
             except Exception as exc:
                 if not self.closed:
                     raise
-                # Closed while this call was on its way (the final sync timed out):
-                # the worker is going anyway; its answer no longer matters.
+                # Closed while this call was on its way (waiting for it timed out, and
+                # the worker may have said STOPPED since): its answer no longer matters.
                 log.warning("scheduler.late_sync_failed", error=repr(exc))
             finally:
-                self._in_flight = False
+                self._in_sync = False
             self._completed = target
             self._synced.set()
             self._synced = trio.Event()
@@ -241,6 +275,10 @@ class Scheduler:
         async for report in reports:
             if isinstance(report, SessionFinished):
                 self._session_finished(report)
+                continue
+            if isinstance(report, SessionReported):
+                self._reported_sessions.add(report.session_id)
+                self._sessions_did_change()
                 continue
             self._version += 1
             entry = self._pending.get(report.action_id)
@@ -260,9 +298,11 @@ class Scheduler:
 
     def _session_finished(self, report: SessionFinished) -> None:
         session = self._sessions.pop(report.session_id, None)
+        self._reported_sessions.discard(report.session_id)
         given = self._last_actions.pop(report.session_id, ())
-        if report.session_id in self._stopping:
+        if report.session_id in self._stopping or report.session_id in self._finishing:
             self._stopping.discard(report.session_id)
+            self._finishing.discard(report.session_id)
         elif session is not None:
             # It ended on its own (it could not start) and has reported what it
             # was given; the farm may still assign it more.

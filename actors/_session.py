@@ -105,6 +105,9 @@ class SessionConfig:
     retain_working_directory: bool = False
     #: Secrets shorter than this are not masked (so one letter does not mask the log).
     min_secret_length: int = 1
+    #: Regular expressions whose matches are masked in every line and message, as
+    #: ``openjd_redacted_env`` values are.
+    secret_patterns: tuple[str, ...] = ()
     #: Run the actions as this OS user (through sudo); ``None``: as the agent's user.
     job_user: JobUser | None = None
 
@@ -136,6 +139,9 @@ class _Running:
     fail_message: str | None = None
     #: Set when the final state was reported early (a Stop reports INTERRUPTED at once).
     reported: bool = False
+    #: A malformed environment command fails the action, even if its process had
+    #: already exited 0 when the line was read.
+    mark_failed: bool = False
 
 
 class SessionRunner:
@@ -176,6 +182,10 @@ class SessionRunner:
         #: Starts the session's processes; made with the first one.
         self._launcher: SessionLauncher | None = None
         self._launcher_tried = False
+        #: Masks the session's secrets in everything it emits (output, notes, messages).
+        self.redactor = _output.Redactor(
+            min_length=config.min_secret_length, patterns=config.secret_patterns
+        )
 
     # ------------------------------------------------------------------ public
 
@@ -189,6 +199,13 @@ class SessionRunner:
         task_status: trio.TaskStatus[
             trio.MemorySendChannel[SessionCommand]
         ] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # The session's log lines (and its actions', which add action_id) carry its id.
+        with structlog.contextvars.bound_contextvars(session_id=self.config.session_id):
+            await self._run(task_status)
+
+    async def _run(
+        self, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
     ) -> None:
         config = self.config
         job_user = self._resolve_job_user()
@@ -212,20 +229,31 @@ class SessionRunner:
                 session_env=config.session_env,
                 base_env=config.base_env,
                 extensions=config.extensions,
-                redactor=_output.Redactor(min_length=config.min_secret_length),
+                redactor=self.redactor,
                 job_user=job_user,
             )
             inbox_send, inbox_receive = trio.open_memory_channel[SessionCommand](0)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive_commands, inbox_receive)
-                nursery.start_soon(self._stop_watchdog)
-                await self._note(None, "info", f"session working directory: {working_directory}")
-                task_status.started(inbox_send)
-                await self._execute()
-                nursery.cancel_scope.cancel(reason="session ended")
+            await self._run_session(inbox_send, inbox_receive, task_status)
         finally:
             with trio.CancelScope(shield=True):
-                await self._cleanup(working_directory)
+                try:
+                    await self._cleanup(working_directory)
+                finally:
+                    _output.LIVE_SECRETS.forget(id(self))
+
+    async def _run_session(
+        self,
+        inbox_send: trio.MemorySendChannel[SessionCommand],
+        inbox_receive: trio.MemoryReceiveChannel[SessionCommand],
+        task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]],
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_commands, inbox_receive)
+            nursery.start_soon(self._stop_watchdog)
+            await self._note(None, "info", f"session working directory: {self.working_directory}")
+            task_status.started(inbox_send)
+            await self._execute()
+            nursery.cancel_scope.cancel(reason="session ended")
 
     def _resolve_job_user(self) -> ResolvedJobUser | None:
         if self.config.job_user is None:
@@ -304,6 +332,8 @@ class SessionRunner:
         self._stop_deadline = min(self._stop_deadline, deadline)
         running = self._running
         if running is not None:
+            if command.running_state is ActionState.FAILED and running.fail_message is None:
+                running.fail_message = command.reason
             if first and running.kind is not ActionKind.ENV_EXIT:
                 # Report the running action's outcome now; the process may take a
                 # while to go, and the farm must not wait on it.
@@ -367,7 +397,8 @@ class SessionRunner:
         running = _Running(item.action_id, item.kind, ActionControl())
         self._running = running
         try:
-            await self._attempt(item, running, context)
+            with structlog.contextvars.bound_contextvars(action_id=item.action_id):
+                await self._attempt(item, running, context)
         finally:
             self._running = None
             if item.action_id is not None:
@@ -396,6 +427,8 @@ class SessionRunner:
         if running.reported:
             return  # a Stop already reported it while it was being resolved
         name, parameters = _describe(runnable, context)
+        # action_id (and session_id) come from the bound context.
+        log.debug("session.action_started", kind=runnable.kind.value, name=name)
         await self._started(running, runnable.kind, name, parameters)
         self._actions_started += 1
         tag = (
@@ -425,7 +458,8 @@ class SessionRunner:
             result = await self._run_process(prepared, running, context, tag.get(TAG_VARIABLE))
         finally:
             context.entering = None
-        await self._end_action(running, _final_state(result), result.exit_code)
+        state = ActionState.FAILED if running.mark_failed else _final_state(result)
+        await self._end_action(running, state, result.exit_code)
 
     @staticmethod
     def _prepare(runnable: Runnable, context: SessionContext) -> PreparedAction:
@@ -506,7 +540,9 @@ class SessionRunner:
                 running.fail_message = message.message
                 pending.append(ActionFailMessage(sid, action_id, message.message))
             elif isinstance(message, _output.Secret):
-                context.redactor.add(message.value)
+                if context.redactor.add(message.value):
+                    # Also kept out of the agent's own log while the session lives.
+                    _output.LIVE_SECRETS.add(id(self), message.value)
             elif isinstance(message, _output.SetEnv | _output.UnsetEnv):
                 pending.extend(self._apply_variable(message, running, context))
             elif isinstance(message, _output.Malformed):
@@ -516,6 +552,7 @@ class SessionRunner:
                     )
                     continue
                 running.fail_message = message.error
+                running.mark_failed = True
                 pending.append(ActionFailMessage(sid, action_id, message.error))
                 pending.append(
                     SessionLog(sid, action_id, "error", f"{message.error}; failing the action")
@@ -572,6 +609,12 @@ class SessionRunner:
         if running.reported:
             return
         running.reported = True
+        log.debug(
+            "session.action_ended",
+            action_id=running.action_id,
+            state=state.value,
+            exit_code=exit_code,
+        )
         await self._emit(
             ActionEnded(
                 self.session_id,
@@ -629,6 +672,8 @@ class SessionRunner:
     async def _emit(self, event: SessionEvent) -> None:
         if self._events_broken:
             return
+        if self.redactor and not isinstance(event, ActionOutput):
+            event = _redact_event(self.redactor, event)
         try:
             await self._events.send(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -712,6 +757,25 @@ class SessionRunner:
                     str(working_directory) if self.config.retain_working_directory else None,
                 )
             )
+
+
+def _redact_event(redactor: _output.Redactor, event: SessionEvent) -> SessionEvent:
+    """Mask secrets in an event's text (output lines are masked as they are read)."""
+    if isinstance(event, SessionLog | ActionStatusMessage | ActionFailMessage):
+        masked = redactor.redact(event.message)
+        return event if masked == event.message else attrs.evolve(event, message=masked)
+    if isinstance(event, ActionEnded) and (event.status_message or event.fail_message):
+        return attrs.evolve(
+            event,
+            status_message=redactor.redact(event.status_message) if event.status_message else None,
+            fail_message=redactor.redact(event.fail_message) if event.fail_message else None,
+        )
+    if isinstance(event, ActionStarted) and event.parameters:
+        return attrs.evolve(
+            event,
+            parameters={name: redactor.redact(value) for name, value in event.parameters.items()},
+        )
+    return event
 
 
 def _signal_tagged(user: ResolvedJobUser | None, tag: str | None, sig: signal.Signals) -> None:

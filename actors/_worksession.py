@@ -18,18 +18,30 @@ A ``WorkSession`` is started by the scheduler for each session in
 5. when the runner ends, flushes the log (bounded), drops the session's entity
    cache and tells the scheduler the session is finished.
 
-If the session cannot start (bad log configuration, ``jobDetails`` failing),
-its first action is reported FAILED and the others NEVER_ATTEMPTED, as the
-worker API contract asks.
+If the session cannot start (bad log configuration, ``jobDetails`` failing,
+no credentials for a queue that has a role), its first action is reported
+FAILED and the others NEVER_ATTEMPTED, as the worker API contract asks.
+
+A job whose queue has a role (``queueRoleArn``) gets the queue's credentials
+from a ``QueueCredentialSource`` (the agent's ``AssumeQueueRoleForWorker``
+manager) for the session's lifetime, as the variables ``AWS_PROFILE``,
+``AWS_CONFIG_FILE`` and ``AWS_SHARED_CREDENTIALS_FILE`` (a ``credential_process``
+profile); the agent's own ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
+``AWS_SESSION_TOKEN`` are then not passed on, so they cannot shadow it. If the
+credentials can no longer be refreshed, the session is stopped: its running
+action FAILED (cancelled with its own method), the rest NEVER_ATTEMPTED.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -50,7 +62,7 @@ from ._entities import (
     task_parameters_from_wire,
 )
 from ._fetcher import FetcherCommand, Forget, fetch
-from ._jobuser import JobUser
+from ._jobuser import JobUser, JobUserError, ResolvedJobUser
 from ._logship import Destination, LogShipper, LogStream
 from ._messages import (
     ActionEnded,
@@ -73,6 +85,7 @@ from ._messages import (
     SessionLog,
     Stop,
 )
+from ._output import Redactor
 from ._session import SessionConfig, SessionRunner
 
 log = structlog.get_logger("farmhand.worksession")
@@ -169,6 +182,36 @@ class Assignment:
         )
 
 
+class QueueCredentialsError(Exception):
+    """The queue's credentials cannot be had; the session fails with this message."""
+
+
+@attrs.define(eq=False)
+class QueueAccess:
+    """A session's share of its queue's credentials."""
+
+    #: ``AWS_PROFILE``, ``AWS_CONFIG_FILE``, ``AWS_SHARED_CREDENTIALS_FILE``.
+    env: Mapping[str, str]
+    #: Set when the credentials can no longer be refreshed (``error`` says why).
+    failed: trio.Event = attrs.field(factory=trio.Event)
+    error: str | None = None
+
+
+class QueueCredentialSource(Protocol):
+    """Where sessions get their queue's credentials (``agent._queuecreds``)."""
+
+    def open_access(
+        self, queue_id: str, role_arn: str, job_user: ResolvedJobUser | None
+    ) -> AbstractAsyncContextManager[QueueAccess | None]:
+        """Share the queue's credentials for the block (``None``: the farm gave none).
+        Raises ``QueueCredentialsError`` when they cannot be had."""
+        ...
+
+
+#: The agent's own credentials, not passed to jobs that get a queue profile.
+_SHADOWING_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 @attrs.frozen
 class WorkerIdentity:
     farm_id: str
@@ -195,7 +238,14 @@ class SessionFinished:
     succeeded: bool
 
 
-Report = ActionReport | SessionFinished
+@attrs.frozen
+class SessionReported:
+    """Every report of the session has been sent (its log may still be shipping)."""
+
+    session_id: str
+
+
+Report = ActionReport | SessionReported | SessionFinished
 
 
 def exit_code_32(code: int) -> int:
@@ -234,6 +284,18 @@ def final_fields(event: ActionEnded) -> dict[str, Any]:
 # ------------------------------------------------------------------ the session
 
 
+def _resolved(job_user: JobUser | None) -> ResolvedJobUser | None:
+    """The job user's ids, for sharing files with it (``None``: the agent's user, or one
+    that does not resolve; the runner then fails the actions with the reason)."""
+    if job_user is None:
+        return None
+    try:
+        resolved = job_user.resolve()
+    except JobUserError:
+        return None
+    return None if resolved.is_agent_user else resolved
+
+
 @attrs.frozen
 class WorkSessionOptions:
     logs_dir: Path
@@ -241,6 +303,8 @@ class WorkSessionOptions:
     retain_working_directory: bool = False
     local_session_logs: bool = True
     min_secret_length: int = 1
+    #: Regular expressions whose matches are masked in the session's log and messages.
+    secret_patterns: tuple[str, ...] = ()
     #: How long a finished session may wait for its log to reach CloudWatch.
     log_flush_seconds: float = 30.0
     #: Run every job as the agent's own user, whatever the queue says.
@@ -263,8 +327,10 @@ class WorkSession:
         options: WorkSessionOptions,
         on_event: Any = None,
         containment: Containment | None = None,
+        queue_credentials: QueueCredentialSource | None = None,
     ) -> None:
         self.assignment = assignment
+        self._queue_credentials = queue_credentials
         self.session_id = assignment.session_id
         self._identity = identity
         self._fetcher = fetcher
@@ -295,6 +361,15 @@ class WorkSession:
     # ---- the session's task
 
     async def run(self) -> None:
+        # Every log line of the session (and of the runner it starts) carries its ids.
+        with structlog.contextvars.bound_contextvars(
+            session_id=self.session_id,
+            queue_id=self.assignment.queue_id,
+            job_id=self.assignment.job_id,
+        ):
+            await self._run()
+
+    async def _run(self) -> None:
         succeeded = False
         try:
             with self._command_send:
@@ -331,6 +406,8 @@ class WorkSession:
 
     async def _fail_session(self, message: str) -> None:
         """Report the queued actions as the contract asks: first FAILED, rest NEVER_ATTEMPTED."""
+        if self._options.secret_patterns:
+            message = Redactor(patterns=self._options.secret_patterns).redact(message)
         log.error("worksession.setup_failed", session_id=self.session_id, error=message)
         self._write([f"[farmhand] session setup failed: {message}"])
         first = True
@@ -362,24 +439,49 @@ class WorkSession:
                     )
 
     async def _run_runner(self, job: JobDetails) -> bool:
+        job_user = self._job_user(job)
+        async with contextlib.AsyncExitStack() as stack:
+            access: QueueAccess | None = None
+            if job.queue_role_arn and self._queue_credentials is not None:
+                try:
+                    access = await stack.enter_async_context(
+                        self._queue_credentials.open_access(
+                            self.assignment.queue_id, job.queue_role_arn, _resolved(job_user)
+                        )
+                    )
+                except QueueCredentialsError as exc:
+                    await self._fail_session(f"cannot get the queue's credentials: {exc}")
+                    return False
+            return await self._run_with(job, job_user, access)
+
+    async def _run_with(
+        self, job: JobDetails, job_user: JobUser | None, access: QueueAccess | None
+    ) -> bool:
         identity = self._identity
+        session_env = {
+            "DEADLINE_SESSION_ID": self.session_id,
+            "DEADLINE_FARM_ID": identity.farm_id,
+            "DEADLINE_QUEUE_ID": self.assignment.queue_id,
+            "DEADLINE_JOB_ID": self.assignment.job_id,
+            "DEADLINE_FLEET_ID": identity.fleet_id,
+            "DEADLINE_WORKER_ID": identity.worker_id,
+        }
+        base_env = None
+        if access is not None:
+            session_env.update(access.env)
+            base_env = {k: v for k, v in os.environ.items() if k not in _SHADOWING_VARIABLES}
         config = SessionConfig(
             session_id=self.session_id,
             job_parameter_values=job.parameters,
             path_mapping_rules=job.path_mapping_rules,
-            session_env={
-                "DEADLINE_SESSION_ID": self.session_id,
-                "DEADLINE_FARM_ID": identity.farm_id,
-                "DEADLINE_QUEUE_ID": self.assignment.queue_id,
-                "DEADLINE_JOB_ID": self.assignment.job_id,
-                "DEADLINE_FLEET_ID": identity.fleet_id,
-                "DEADLINE_WORKER_ID": identity.worker_id,
-            },
+            session_env=session_env,
+            base_env=base_env,
             extensions=job.extensions,
             root_directory=self._options.session_root,
             retain_working_directory=self._options.retain_working_directory,
             min_secret_length=self._options.min_secret_length,
-            job_user=self._job_user(job),
+            secret_patterns=self._options.secret_patterns,
+            job_user=job_user,
         )
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
         runner = SessionRunner(
@@ -396,6 +498,8 @@ class WorkSession:
         async with trio.open_nursery() as nursery:
             inbox = await nursery.start(run_runner)
             nursery.start_soon(self._forward_commands, inbox)
+            if access is not None:
+                nursery.start_soon(self._stop_when_failed, access)
             with events_receive:
                 async for event in events_receive:
                     if isinstance(event, SessionEnded):
@@ -416,16 +520,49 @@ class WorkSession:
             return JobUser(job.posix_user, job.posix_group)
         return None
 
+    async def _stop_when_failed(self, access: QueueAccess) -> None:
+        """The queue's credentials are gone: stop this session (only this queue's)."""
+        await access.failed.wait()
+        reason = f"the queue's credentials could not be refreshed: {access.error}"
+        log.error("worksession.queue_credentials_failed", error=access.error)
+        self._write([f"[farmhand] {reason}; stopping the session"])
+        self.command(Stop(grace=None, running_state=ActionState.FAILED, reason=reason))
+
     async def _forward_commands(self, inbox: trio.MemorySendChannel[SessionCommand]) -> None:
+        """Pass the scheduler's commands to the runner. After ``Finish`` the session
+        keeps only the actions it had: the farm's later additions are ignored (the
+        scheduler returns them once the session ends) except environment exits, and
+        its removals and cancels still apply. After ``Stop`` only exits are added, and
+        a second ``Stop`` (a hurried drain) still gets through."""
+        assigned: set[str] = set()
+        frozen: set[str] | None = None
         with inbox:
             async for command in self._command_receive:
-                await inbox.send(command)
-                if isinstance(command, Stop | Finish):
-                    return
+                if isinstance(command, Replace):
+                    if frozen is None:
+                        assigned = {a.action_id for a in command.actions if a.action_id}
+                    else:
+                        kept = tuple(
+                            action
+                            for action in command.actions
+                            if action.action_id in frozen or action.kind is ActionKind.ENV_EXIT
+                        )
+                        command = Replace(kept)
+                elif isinstance(command, Finish) and frozen is None:
+                    frozen = assigned
+                elif isinstance(command, Stop):
+                    frozen = set()  # a stop ends the queue; a later one may hurry it
+                try:
+                    await inbox.send(command)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the runner has ended; nothing left to tell it
 
     # ---- resolving wire actions into runnables
 
     async def _resolve(self, item: Any) -> Runnable:
+        if isinstance(item, ExitEnvironment) and item.action_id is None:
+            # An exit the runner makes itself (a stop, or the end of a finished session).
+            return item
         if not isinstance(item, DeadlineAction):
             raise TypeError(f"unexpected queued action {item!r}")
         base_env = {"DEADLINE_SESSIONACTION_ID": item.action_id}
@@ -573,6 +710,9 @@ class WorkSession:
             log.warning("worksession.report_dropped", session_id=self.session_id)
 
     async def _finish(self, succeeded: bool) -> None:
+        # A drain can tell the farm STOPPED now; the log is flushed after.
+        with trio.move_on_after(10):
+            await self._report(SessionReported(self.session_id))
         stream = self._stream
         if stream is not None:
             stream.close()

@@ -16,6 +16,9 @@ from 15 minutes before expiry, once a minute until it works, first with the
 worker's current credentials and, once those have expired (a host that
 slept), with the bootstrap credentials. If they come within 10 minutes of
 expiring without a renewal, it calls ``on_failure`` with the time left.
+Credentials that live less than an hour get the same windows in proportion
+(``agent._queuecreds.refresh_windows``: half, a third and a twelfth of their
+lifetime), so short-lived ones are renewed in time rather than in a loop.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import trio
 from ._config import WorkerConfig
 from ._errors import FarmhandError, WorkerNotFound
 from ._hostinfo import HostFacts
+from ._queuecreds import expiry_deadline, refresh_windows
 from ._state import (
     CachedCredentials,
     WorkerState,
@@ -47,11 +51,9 @@ log = structlog.get_logger("farmhand.bootstrap")
 
 #: The sentinel line external tools watch for (the official agent's wording).
 BOOTSTRAPPED = "Worker successfully bootstrapped and is now running."
-#: Credentials are renewed from this long before they expire...
+#: Cached credentials with less left than this are not used at start (they are
+#: renewed from then on; see ``agent._queuecreds.refresh_windows``).
 ADVISORY_REFRESH = timedelta(minutes=15)
-#: ... and a worker whose credentials come this close to expiring must stop.
-MANDATORY_REFRESH = timedelta(minutes=10)
-RETRY_EVERY = timedelta(minutes=1)
 
 
 @attrs.frozen
@@ -146,10 +148,6 @@ def _api_form(cached: CachedCredentials) -> dict[str, Any]:
     }
 
 
-def _trio_deadline(moment: datetime) -> float:
-    return trio.current_time() + (moment - datetime.now(UTC)).total_seconds()
-
-
 async def refresh_credentials(
     config: WorkerConfig,
     booted: Bootstrapped,
@@ -164,34 +162,33 @@ async def refresh_credentials(
     as_bootstrap = DeadlineClient(http, endpoint, bootstrap_credentials).for_worker(
         config.farm_id, config.fleet_id, booted.worker_id
     )
+    issued = trio.current_time()
     while True:
-        expires = holder.expires_at
-        if expires is None:
+        expiration = holder.expires_at
+        if expiration is None:
             return  # credentials that never expire
-        await trio.sleep_until(_trio_deadline(expires - ADVISORY_REFRESH))
-        renewed = False
-        while not renewed:
-            client = (
-                booted.worker
-                if holder.expires_at and holder.expires_at > datetime.now(UTC)
-                else as_bootstrap
-            )
+        # Trio's clock from here on: a host that sleeps is caught by the next check.
+        expires = expiry_deadline(expiration)
+        start, give_up, retry = refresh_windows(expires - issued)
+        await trio.sleep_until(expires - start)
+        while True:
+            client = booted.worker if trio.current_time() < expires else as_bootstrap
             try:
                 response = await client.assume_fleet_role_for_worker()
+                break
             except FarmhandError as exc:
-                left = (expires - datetime.now(UTC)).total_seconds()
+                left = expires - trio.current_time()
                 log.warning("credentials.refresh_failed", error=str(exc), seconds_left=round(left))
-                if left <= MANDATORY_REFRESH.total_seconds():
+                if left <= give_up:
                     outcome = on_failure(max(left, 0.0))
                     if outcome is not None:
                         await outcome
                     return
-                await trio.sleep(RETRY_EVERY.total_seconds())
-                continue
-            cached = CachedCredentials.from_api(response["credentials"])
-            holder.set_from_api(response["credentials"])
-            await trio.to_thread.run_sync(
-                save_credentials, config.worker_persistence_dir, booted.worker_id, cached
-            )
-            log.info("credentials.refreshed", expires=cached.expiration.isoformat())
-            renewed = True
+                await trio.sleep(retry)
+        cached = CachedCredentials.from_api(response["credentials"])
+        holder.set_from_api(response["credentials"])
+        issued = trio.current_time()
+        await trio.to_thread.run_sync(
+            save_credentials, config.worker_persistence_dir, booted.worker_id, cached
+        )
+        log.info("credentials.refreshed", expires=cached.expiration.isoformat())

@@ -5,25 +5,43 @@ Configuration comes from flags, ``DEADLINE_WORKER_*`` variables and
 
 Signals:
 
-- first SIGTERM or SIGINT: drain (``--drain-grace-seconds``, 4 s by default),
-  then exit 0;
-- a second one: drain with no grace left;
-- a third: exit at once (the watchdog still kills what the jobs left running);
-- SIGUSR1: finish the current work, take no more, then stop and exit 0.
+- first SIGTERM or SIGINT: drain (``--drain-grace-seconds``, 4 s by default):
+  UpdateWorker(STOPPING), running actions reported INTERRUPTED at once and
+  cancelled with their own method within the grace, environment exits within
+  what is left, queued actions NEVER_ATTEMPTED, a final UpdateWorkerSchedule,
+  UpdateWorker(STOPPED), then exit 0; heartbeats go on until then;
+- a second one: the same with no grace left (actions killed, exits skipped);
+- a third: exit at once (status 130; the watchdog still kills what the jobs
+  left running);
+- SIGUSR1: finish the actions the worker has, take no more, then stop and exit 0.
 
-Exit status: 0 after a drain or a stop asked for by the farm, by ``SIGUSR1``,
-``--exit-after-jobs`` or ``--idle-timeout``; 1 when the farm gives up on the
-worker (offline, not found) or an API error cannot be recovered from; 2 for a
-bad configuration.
+Other ways to stop, each a defined path:
+
+- the farm asks (``desiredWorkerStatus=STOPPED``): drain, exit 0, and shut the
+  host down unless ``--no-shutdown`` (the official agent's default);
+- ``--exit-after-jobs N`` or ``--idle-timeout SECONDS``: drain, exit 0;
+- a spot interruption or scale-in notice (``--imds-monitor``): drain at once
+  with the time the notice leaves, exit 0;
+- the worker's credentials cannot be renewed before they expire: drain within
+  the time they have left, exit 1 (so the service manager restarts it, and the
+  new process bootstraps fresh credentials);
+- the farm gives up on the worker (offline, not found) or an API error cannot
+  be recovered from: the sessions are cancelled (their processes killed), an
+  UpdateWorker(STOPPED) is tried, exit 1.
+
+Exit status 2 is a bad configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 
+import attrs
 import structlog
 import trio
 
@@ -51,10 +69,16 @@ def main(args: argparse.Namespace) -> int:
         file=config.worker_logs_dir / "worker-agent.log",
         max_bytes=config.log_max_bytes,
         backups=config.log_rotate_count,
+        secret_patterns=config.secret_patterns,
+        min_secret_length=config.min_secret_length,
     )
     for note in config.warnings:
         log.warning("config.note", note=note)
-    return trio.run(serve, config)
+    code = trio.run(serve, config)
+    # Exiting, the interpreter would collect every object left (botocore's service
+    # models above all): about 0.6 s. Frozen, they go with the process.
+    gc.freeze()
+    return code
 
 
 async def serve(config: WorkerConfig) -> int:
@@ -65,18 +89,41 @@ async def serve(config: WorkerConfig) -> int:
         kind = "worker.farm_gave_up" if isinstance(exc, UnrecoverableError) else "worker.failed"
         log.error(kind, error=str(exc), error_type=type(exc).__name__)
         return 1
+    if reason == "credentials":
+        # Drained; a fresh start (the service manager's) bootstraps new credentials.
+        log.error("worker.credentials_lost", note="exit 1 so the service manager restarts it")
+        return 1
     if reason == "farm" and config.shutdown_on_stop:
         await _shut_down_host()
     return 0
 
 
-async def _run(config: WorkerConfig) -> StopReason:
+@attrs.define(eq=False)
+class _Signals:
+    """Where SIGTERM/SIGINT go: to the start-up (cancelled) until the worker runs,
+    then to the worker (drained)."""
+
+    startup: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    worker: Worker | None = None
+    stops: int = 0
+
+
+async def _run(config: WorkerConfig) -> StopReason | None:
+    """Run the worker; why it stopped (``None``: stopped by a signal while starting)."""
+    # Signals are caught from the start: one during the bootstrap cancels it (and
+    # the farm is told STOPPED if the worker was registered already).
+    state = _Signals()
+    reason: StopReason | None = None
     try:
-        async with open_agent(config) as worker, trio.open_nursery() as nursery:
-            nursery.start_soon(_handle_signals, worker)
-            reason = await worker.wait_stop_requested()
-            await worker.drain(_grace_for(config, reason))
-            nursery.cancel_scope.cancel(reason="the worker has stopped")
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_handle_signals, signals, state, nursery)
+                with state.startup:
+                    async with open_agent(config) as worker:
+                        state.worker = worker
+                        reason = await worker.wait_stop_requested()
+                        await worker.drain(worker.stop_grace)
+                nursery.cancel_scope.cancel(reason="the worker has stopped")
     except BaseExceptionGroup as group:
         # One farm error ends the worker; report it rather than the group around it.
         matched, rest = group.split(FarmhandError)
@@ -91,34 +138,34 @@ def _first(group: BaseExceptionGroup[FarmhandError]) -> FarmhandError:
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _grace_for(config: WorkerConfig, reason: StopReason) -> float:
-    # Work still running when the farm or a limit asks us to stop is rare (the
-    # farm only asks an idle worker); give it the usual grace.
-    return config.drain_grace_seconds
-
-
-async def _handle_signals(worker: Worker) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
-        stops = 0
-        async with trio.open_nursery() as nursery:
-            async for signum in signals:
-                if signum == signal.SIGUSR1:
-                    log.info(
-                        "worker.signal", signal="SIGUSR1", action="finish current work, then stop"
-                    )
-                    worker.finish_then_stop()
-                    continue
-                stops += 1
-                name = signal.Signals(signum).name
-                if stops == 1:
-                    log.info("worker.signal", signal=name, action="drain")
-                    nursery.start_soon(worker.drain)
-                elif stops == 2:
-                    log.warning("worker.signal", signal=name, action="drain with no grace")
-                    nursery.start_soon(worker.drain, 0.0)
-                else:
-                    log.warning("worker.signal", signal=name, action="exit now")
-                    os._exit(130)
+async def _handle_signals(
+    signals: AsyncIterator[int], state: _Signals, nursery: trio.Nursery
+) -> None:
+    # Signals coalesce: nothing here may block before the next one is read.
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        worker = state.worker
+        if signum == signal.SIGUSR1:
+            if worker is None:
+                log.warning("worker.signal", signal=name, action="ignored while starting")
+                continue
+            log.info("worker.signal", signal=name, action="finish current work, then stop")
+            worker.finish_then_stop()
+            continue
+        state.stops += 1
+        if state.stops >= 3:
+            log.warning("worker.signal", signal=name, action="exit now")
+            os._exit(130)
+        if worker is None:
+            if state.stops == 1:
+                log.info("worker.signal", signal=name, action="stop starting")
+                state.startup.cancel(reason=f"{name} while starting")
+        elif state.stops == 1:
+            log.info("worker.signal", signal=name, action="drain")
+            nursery.start_soon(worker.drain)
+        else:
+            log.warning("worker.signal", signal=name, action="drain with no grace")
+            nursery.start_soon(worker.drain, 0.0)
 
 
 async def _shut_down_host() -> None:

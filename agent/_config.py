@@ -242,6 +242,8 @@ class WorkerConfig:
     #: Watch IMDS for spot interruption and ASG termination notices.
     imds_monitor: bool = False
     imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
+    #: How often the IMDS monitor asks (one request each time, the two notices in turn).
+    imds_interval_seconds: float = 1.0
     #: Stop the worker after this many sessions have ended; ``None``: never.
     exit_after_jobs: int | None = None
     #: Stop the worker after this many seconds without work; ``None``: never.
@@ -571,6 +573,9 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("imds_endpoint", _url,
              "--imds-endpoint", _E + "IMDS_ENDPOINT", ("aws", "imds_endpoint"),
              f"instance metadata endpoint (default {DEFAULT_IMDS_ENDPOINT})", metavar="URL"),
+    _Setting("imds_interval_seconds", _at_least(_float, 0, strictly=True),
+             "--imds-interval", _E + "IMDS_INTERVAL", ("aws", "imds_interval_seconds"),
+             "seconds between the IMDS monitor's requests (default 1)", metavar="SECONDS"),
     _Setting("drain_grace_seconds", _at_least(_float, 0),
              "--drain-grace-seconds", _E + "DRAIN_GRACE_SECONDS", ("worker", "drain_grace_seconds"),
              "how long a drain on the first SIGTERM/SIGINT waits for sessions "

@@ -6,6 +6,12 @@ The log goes to a stream (stderr by default) as console text or JSON, and
 optionally to a local file that rotates by size, keeping a number of old files.
 Sinks added with ``add_log_sink`` (the agent's CloudWatch stream) get every
 INFO-and-above record as one JSON line.
+
+Secrets never reach any of them: before a record is rendered, every string in
+it (the event, each value, inside lists and mappings; other values by their
+``str``) is masked where it matches a configured secret pattern or holds a
+secret value of a session alive in this process (``openjd_redacted_env``;
+``actors._output.LIVE_SECRETS``).
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ from typing import Any, TextIO
 
 import structlog
 
+from actors._output import LIVE_SECRETS, Redactor
+
 LogSink = Callable[[Iterable[str]], None]
 _sinks: list[LogSink] = []
+#: The file the current configuration writes to (closed when logging is reconfigured).
+_file: RotatingFile | None = None
 
 
 def add_log_sink(sink: LogSink) -> None:
@@ -75,6 +85,49 @@ class RotatingFile:
             self._file.close()
 
 
+class _Mask:
+    """The processor that masks secrets in a record before it is rendered."""
+
+    def __init__(self, patterns: Iterable[str], min_length: int) -> None:
+        self._patterns = tuple(patterns)
+        self._min_length = min_length
+        self._version = -1
+        self._redactor = Redactor(patterns=self._patterns)
+
+    def _current(self) -> Redactor:
+        version = LIVE_SECRETS.version
+        if version != self._version:
+            redactor = Redactor(min_length=self._min_length, patterns=self._patterns)
+            for value in LIVE_SECRETS.values():
+                redactor.add(value)
+            self._redactor, self._version = redactor, version
+        return self._redactor
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        redactor = self._current()
+        if not redactor:
+            return event
+        for key, value in event.items():
+            event[key] = _masked(redactor, value)
+        return event
+
+
+def _masked(redactor: Redactor, value: Any) -> Any:
+    if isinstance(value, str):
+        return redactor.redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_masked(redactor, item) for item in value]
+    if isinstance(value, dict):
+        return {key: _masked(redactor, item) for key, item in value.items()}
+    text = str(value)
+    masked = redactor.redact(text)
+    return value if masked == text else masked
+
+
 class _Output:
     """The end of the processor chain: one line to the stream, the file and the sinks."""
 
@@ -106,13 +159,19 @@ def configure_logging(
     max_bytes: int = 10 * 1024 * 1024,
     backups: int = 5,
     level: int | None = None,
+    secret_patterns: Iterable[str] = (),
+    min_secret_length: int = 1,
 ) -> None:
     """Send farmhand's log to ``stream`` (stderr by default) and ``file``: DEBUG and
     up when ``verbose``, WARNING and up when ``quiet``, INFO and up otherwise
-    (``level``, a ``logging`` level, overrides all three)."""
+    (``level``, a ``logging`` level, overrides all three). Matches of
+    ``secret_patterns`` and live session secrets are masked."""
+    global _file
     if level is None:
         level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    rotating = (
+    if _file is not None:
+        _file.close()
+    rotating = _file = (
         RotatingFile(file, max_bytes=max_bytes, backups=backups) if file is not None else None
     )
     structlog.configure(
@@ -120,6 +179,7 @@ def configure_logging(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _Mask(secret_patterns, min_secret_length),
             _Output(stream or sys.stderr, rotating, console=not json_format),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

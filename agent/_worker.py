@@ -22,8 +22,9 @@ Stopping (one documented contract; see the README):
   NEVER_ATTEMPTED; a final UpdateWorkerSchedule; UpdateWorker(STOPPED). The
   heartbeat keeps going until the end, and every call on the way out is
   bounded in time. Calling it again with a shorter grace shortens it.
-- ``finish_then_stop()``: take no new sessions, let the current ones finish,
-  then ``wait_stop_requested()`` returns (``"finished"``).
+- ``finish_then_stop()``: take no new sessions, let each current one finish
+  the actions it has (later ones are returned to the farm, to go to another
+  worker), then ``wait_stop_requested()`` returns (``"finished"``).
 - The farm asking the worker to stop (``desiredWorkerStatus``), the
   credentials running out, ``exit_after_jobs`` and ``idle_timeout`` also make
   ``wait_stop_requested()`` return, with the reason.
@@ -61,8 +62,10 @@ from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
 from ._errors import FarmhandError, RetriesExhausted, TransportError
 from ._hostinfo import probe_host
+from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
 from ._logging import add_log_sink, remove_log_sink
 from ._logsink import CloudWatchSink
+from ._queuecreds import QueueCredentials
 from .deadline import (
     NO_RETRIES,
     CredentialHolder,
@@ -75,11 +78,27 @@ from .deadline import (
 log = structlog.get_logger("farmhand.worker")
 
 StopReason = Literal[
-    "farm", "credentials", "exit_after_jobs", "idle_timeout", "finished", "drained"
+    "farm",
+    "credentials",
+    "interruption",
+    "exit_after_jobs",
+    "idle_timeout",
+    "finished",
+    "drained",
 ]
 
 #: Bound on each network call made while stopping.
 SHUTDOWN_CALL_SECONDS = 5.0
+
+
+def stop_bound(grace: float) -> float:
+    """The longest a drain with ``grace`` takes, to the agent's exit: the grace, then
+    at most 5 s each for UpdateWorker(STOPPING), the sessions' last reports, the
+    final sync, a sync in flight, UpdateWorker(STOPPED), the sessions' logs and
+    the agent's log. A service manager's stop timeout must be longer."""
+    return grace + 7 * SHUTDOWN_CALL_SECONDS
+
+
 #: The scheduler's sync loop is restarted after these (its sessions live on).
 TRANSIENT = (TransportError, RetriesExhausted)
 
@@ -128,8 +147,10 @@ class Worker:
         shipper: LogShipper,
         deadline_stats: Callable[[], Any],
         scheduler_supervision: SupervisorStatistics,
+        queue_credentials: QueueCredentials | None = None,
     ) -> None:
         self.config = config
+        self._queue_credentials = queue_credentials
         self.worker_id = booted.worker_id
         self.farm_id = config.farm_id
         self.fleet_id = config.fleet_id
@@ -141,12 +162,19 @@ class Worker:
         self._scheduler_supervision = scheduler_supervision
         #: Where /healthz and /metrics are served, when they are.
         self.health_url: str | None = None
+        #: The spot/scale-in monitor, when configured.
+        self.imds: ImdsMonitor | None = None
+        #: Wraps the heartbeat's task; cancelled once the worker is STOPPED.
+        self.heartbeat_scope = trio.CancelScope()
         self._state = "running"
         self._stop_reason: StopReason | None = None
+        self._stop_grace: float | None = None
         self._stop_requested = trio.Event()
         self._drained = trio.Event()
         self._draining = False
         self._drain_deadline = math.inf
+        #: Bounds the wait for the sessions; a hurried drain moves it closer.
+        self._drain_wait = trio.CancelScope()
         self._finish_then_stop = False
         self.sessions_finished = 0
 
@@ -199,16 +227,43 @@ class Worker:
             if shipper.upload_errors == 0
             else f"{shipper.upload_errors} upload errors",
             "credentials": f"expire {expires.isoformat()}" if expires else "do not expire",
+            **self._queue_states(),
+            **self._imds_states(),
+        }
+
+    def _imds_states(self) -> dict[str, str]:
+        if self.imds is None:
+            return {}
+        stats = self.imds.statistics()
+        reach = "reachable" if stats.reachable else "unreachable"
+        return {"imds_monitor": f"{reach}, {stats.requests} requests, {stats.notices} notices"}
+
+    def _queue_states(self) -> dict[str, str]:
+        if self._queue_credentials is None:
+            return {}
+        stats = self._queue_credentials.statistics()
+        return {
+            "queue_credentials": f"{stats.queues} queues, {stats.sessions} sessions, "
+            f"{stats.renewals} renewals, {stats.failures} failures"
         }
 
     @property
     def stop_reason(self) -> StopReason | None:
         return self._stop_reason
 
-    def request_stop(self, reason: StopReason) -> None:
+    @property
+    def stop_grace(self) -> float:
+        """The drain grace the reason for stopping leaves (the configured one at most)."""
+        configured = self.config.drain_grace_seconds
+        return configured if self._stop_grace is None else min(configured, self._stop_grace)
+
+    def request_stop(self, reason: StopReason, *, grace: float | None = None) -> None:
+        """Ask the worker's owner to stop it (``wait_stop_requested`` returns); ``grace``:
+        the most time the cause leaves for a drain."""
         if self._stop_reason is None:
             self._stop_reason = reason
-            log.info("worker.stop_requested", reason=reason)
+            self._stop_grace = grace
+            log.info("worker.stop_requested", reason=reason, grace=grace)
         self._stop_requested.set()
 
     async def wait_stop_requested(self) -> StopReason:
@@ -219,11 +274,11 @@ class Worker:
     # ---------------------------------------------------------------- stopping
 
     def finish_then_stop(self) -> None:
-        """Finish the current sessions, take no new ones, then ask to stop."""
+        """Finish the actions the worker has, take no more, then ask to stop."""
         if self._finish_then_stop:
             return
         self._finish_then_stop = True
-        self._scheduler.refuse_new_sessions()
+        self._scheduler.finish_sessions()
         log.info("worker.finishing", sessions=len(self._scheduler.sessions))
         self._check_finished()
 
@@ -235,11 +290,11 @@ class Worker:
         self.sessions_finished += 1
         limit = self.config.exit_after_jobs
         if limit is not None and self.sessions_finished >= limit:
-            self._scheduler.refuse_new_sessions()
             if not self._scheduler.sessions:
+                self._scheduler.refuse_new_sessions()
                 self.request_stop("exit_after_jobs")
             else:
-                self._finish_then_stop = True
+                self.finish_then_stop()  # the sessions still running finish their work
         self._check_finished()
 
     async def drain(self, grace: float | None = None) -> None:
@@ -250,6 +305,9 @@ class Worker:
             # A second request can only shorten the grace.
             if deadline < self._drain_deadline:
                 self._drain_deadline = deadline
+                self._drain_wait.deadline = min(
+                    self._drain_wait.deadline, deadline + SHUTDOWN_CALL_SECONDS
+                )
                 self._scheduler.stop_sessions(
                     grace=grace, running_state=ActionState.INTERRUPTED, reason="drain, hurried"
                 )
@@ -266,13 +324,22 @@ class Worker:
             grace=grace, running_state=ActionState.INTERRUPTED, reason="the worker is draining"
         )
         # Sessions get their grace for actions and exits; then a moment for the last reports.
-        with trio.move_on_at(self._drain_deadline + SHUTDOWN_CALL_SECONDS):
-            await self._scheduler.wait_sessions_finished()
+        self._drain_wait.deadline = self._drain_deadline + SHUTDOWN_CALL_SECONDS
+        with self._drain_wait:
+            await self._scheduler.wait_sessions_reported()
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(self._scheduler.final_sync(), "UpdateWorkerSchedule (final)")
+            await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
+        # The heartbeat went on until here; a sync after STOPPED would be refused
+        # (the farm answers that the worker is offline), so none may start or be in flight.
+        self.heartbeat_scope.cancel(reason="the worker is stopping")
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(self._scheduler.close(), "UpdateWorkerSchedule (in flight)")
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"
+        # The sessions' last log lines, which need no farm, ship now.
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await self._scheduler.wait_sessions_finished()
         log.info("worker.stopped", worker_id=self.worker_id)
         self.request_stop("drained")
         self._drained.set()
@@ -288,6 +355,34 @@ class Worker:
             self._scheduler.refuse_new_sessions()
             self.request_stop("idle_timeout")
             return
+
+
+async def _monitor_imds(
+    config: WorkerConfig,
+    worker: Worker,
+    nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Drain at once, with the time left, on a spot or scale-in notice (``agent._imds``)."""
+
+    def on_notice(notice: InterruptionNotice) -> None:
+        grace = drain_grace(notice, config.drain_grace_seconds)
+        log.warning(
+            "worker.interruption",
+            kind=notice.kind,
+            action=notice.action,
+            seconds_left=round(notice.seconds_left, 1),
+            grace=grace,
+        )
+        worker.request_stop("interruption", grace=grace)
+        # The drain starts now, whatever the owner does; a later, more urgent
+        # notice shortens it (drain only ever shortens).
+        nursery.start_soon(worker.drain, grace)
+
+    monitor = ImdsMonitor(config.imds_endpoint, on_notice, interval=config.imds_interval_seconds)
+    worker.imds = monitor
+    await monitor.run(task_status=task_status)
 
 
 async def _quietly(call: Any, what: str) -> None:
@@ -332,10 +427,21 @@ async def open_agent(
             bootstrap_credentials=bootstrap_credentials,
             facts=facts,
         )
-        async with _run_worker(
-            config, booted, client, endpoints, bootstrap_credentials, on_event, containment
-        ) as worker:
-            yield worker
+        running = False
+        try:
+            async with _run_worker(
+                config, booted, client, endpoints, bootstrap_credentials, on_event, containment
+            ) as worker:
+                running = True
+                yield worker
+        finally:
+            if not running:
+                # Cancelled or failed while starting: the farm knows the worker as
+                # STARTED; tell it otherwise (a running worker's drain does this).
+                with trio.move_on_after(SHUTDOWN_CALL_SECONDS, shield=True):
+                    await _quietly(
+                        booted.worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)"
+                    )
     finally:
         if own_http:
             with trio.CancelScope(shield=True):
@@ -369,6 +475,7 @@ async def _run_worker(
         retain_working_directory=config.retain_session_dir,
         local_session_logs=config.local_session_logs,
         min_secret_length=config.min_secret_length,
+        secret_patterns=config.secret_patterns,
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
         job_user_override=JobUser(override[0], override[1] or None) if override else None,
     )
@@ -379,100 +486,126 @@ async def _run_worker(
     worker: Worker | None = None
     agent_stream: LogStream | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            shipper: LogShipper = await nursery.start(LogShipper(CloudWatchSink(logs_client)).run)
-            if booted.log_group and booted.log_stream:
-                agent_stream = shipper.open_stream(
-                    config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
-                    Destination(booted.log_group, booted.log_stream),
-                    compact_over=1 << 20,
+        # Every log line of the worker's actors (and the sessions they start) names it.
+        with structlog.contextvars.bound_contextvars(worker_id=booted.worker_id):
+            async with trio.open_nursery() as nursery:
+                shipper: LogShipper = await nursery.start(
+                    LogShipper(CloudWatchSink(logs_client)).run
                 )
-                add_log_sink(agent_stream.write)
-            fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
-            heartbeat_holder: list[Heartbeat] = []
-
-            def make_session(
-                assignment: Assignment, reports: trio.MemorySendChannel[Report]
-            ) -> WorkSession:
-                return WorkSession(
-                    assignment,
-                    identity=identity,
-                    fetcher=fetcher,
-                    reports=reports,
-                    shipper=shipper,
-                    options=options,
-                    on_event=partial(on_event, assignment.session_id) if on_event else None,
-                    containment=containment,
+                if booted.log_group and booted.log_stream:
+                    agent_stream = shipper.open_stream(
+                        config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
+                        Destination(booted.log_group, booted.log_stream),
+                        compact_over=1 << 20,
+                    )
+                    add_log_sink(agent_stream.write)
+                fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
+                queue_credentials = QueueCredentials(
+                    booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
                 )
+                await nursery.start(queue_credentials.run)
+                heartbeat_holder: list[Heartbeat] = []
 
-            scheduler = Scheduler(
-                booted.worker,
-                make_session,
-                on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
-                on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
-                on_session_finished=lambda session_id: (
-                    worker._session_finished(session_id) if worker else None
-                ),
-            )
-            heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
-            heartbeat_holder.append(heartbeat)
-            supervision = SupervisorStatistics()
-            await nursery.start(
-                partial(
-                    scheduler.run,
-                    supervise=partial(
-                        supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
+                def make_session(
+                    assignment: Assignment, reports: trio.MemorySendChannel[Report]
+                ) -> WorkSession:
+                    return WorkSession(
+                        assignment,
+                        identity=identity,
+                        fetcher=fetcher,
+                        reports=reports,
+                        shipper=shipper,
+                        options=options,
+                        on_event=partial(on_event, assignment.session_id) if on_event else None,
+                        containment=containment,
+                        queue_credentials=queue_credentials,
+                    )
+
+                scheduler = Scheduler(
+                    booted.worker,
+                    make_session,
+                    on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
+                    on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
+                    on_session_finished=lambda session_id: (
+                        worker._session_finished(session_id) if worker else None
                     ),
                 )
-            )
-            worker = Worker(
-                config,
-                booted,
-                scheduler,
-                heartbeat,
-                shipper,
-                booted.worker.deadline.statistics,
-                supervision,
-            )
-            await nursery.start(heartbeat.run)
-
-            async def credentials_failed(seconds_left: float) -> None:
-                worker.request_stop("credentials")
-
-            nursery.start_soon(
-                partial(
-                    refresh_credentials,
-                    config,
-                    booted,
-                    http=http,
-                    endpoint=endpoints.deadline,
-                    bootstrap_credentials=bootstrap_credentials,
-                    on_failure=credentials_failed,
-                )
-            )
-            if config.idle_timeout is not None:
-                nursery.start_soon(worker._watch_idle, config.idle_timeout)
-            if config.health_port is not None:
-                from ._health import serve_health  # prometheus-client only when asked for
-
-                worker.health_url = await nursery.start(
+                heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
+                heartbeat_holder.append(heartbeat)
+                supervision = SupervisorStatistics()
+                await nursery.start(
                     partial(
-                        serve_health, worker, host=config.health_address, port=config.health_port
+                        scheduler.run,
+                        supervise=partial(
+                            supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
+                        ),
                     )
                 )
-                log.info("worker.health_endpoint", url=worker.health_url)
-            try:
-                yield worker
-            finally:
-                with trio.CancelScope(shield=True):
-                    # Leaving the block drains the worker, within bounds.
-                    with trio.move_on_after(config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS):
-                        await worker.drain()
-                    if agent_stream is not None:
-                        remove_log_sink(agent_stream.write)
-                        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-                            await agent_stream.flush()
-                nursery.cancel_scope.cancel(reason="the worker has stopped")
+                worker = Worker(
+                    config,
+                    booted,
+                    scheduler,
+                    heartbeat,
+                    shipper,
+                    booted.worker.deadline.statistics,
+                    supervision,
+                    queue_credentials,
+                )
+
+                async def run_heartbeat(*, task_status: trio.TaskStatus[None]) -> None:
+                    assert worker is not None
+                    with worker.heartbeat_scope:
+                        await heartbeat.run(task_status=task_status)
+
+                await nursery.start(run_heartbeat)
+
+                async def credentials_failed(seconds_left: float) -> None:
+                    worker.request_stop("credentials", grace=seconds_left)
+
+                nursery.start_soon(
+                    partial(
+                        refresh_credentials,
+                        config,
+                        booted,
+                        http=http,
+                        endpoint=endpoints.deadline,
+                        bootstrap_credentials=bootstrap_credentials,
+                        on_failure=credentials_failed,
+                    )
+                )
+                if config.idle_timeout is not None:
+                    nursery.start_soon(worker._watch_idle, config.idle_timeout)
+                if config.imds_monitor:
+                    await nursery.start(_monitor_imds, config, worker, nursery)
+                if config.health_port is not None:
+                    from ._health import serve_health  # prometheus-client only when asked for
+
+                    worker.health_url = await nursery.start(
+                        partial(
+                            serve_health,
+                            worker,
+                            host=config.health_address,
+                            port=config.health_port,
+                        )
+                    )
+                    log.info("worker.health_endpoint", url=worker.health_url)
+                log.info("worker.started", worker_id=booted.worker_id)
+                try:
+                    yield worker
+                finally:
+                    with trio.CancelScope(shield=True):
+                        # Leaving the block drains the worker, within bounds.
+                        with trio.move_on_after(
+                            config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS
+                        ):
+                            await worker.drain()
+                        if agent_stream is not None:
+                            remove_log_sink(agent_stream.write)
+                            # Unless an actor failed and took the shipper down with it.
+                            if not nursery.cancel_scope.cancel_called:
+                                with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                                    await agent_stream.flush()
+                    nursery.cancel_scope.cancel(reason="the worker has stopped")
     finally:
         if own_containment:
             await trio.to_thread.run_sync(containment.close)

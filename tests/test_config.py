@@ -300,6 +300,7 @@ def test_every_farmhand_key_is_read() -> None:
     assert config.disable_host_prefix is True
     assert config.imds_monitor is True
     assert config.imds_endpoint == "http://127.0.0.1:1338"
+    assert config.imds_interval_seconds == 2.5
     assert config.log_format == "json"
     assert (config.log_rotate_count, config.log_max_bytes) == (2, 1048576)
     assert config.secret_patterns == ("tok-[0-9a-f]{16}", r"password=\S+")
@@ -467,6 +468,8 @@ def test_a_section_that_is_not_a_table_is_an_error(tmp_path: Path) -> None:
         ("[worker]\ndrain_grace_seconds = -1",
          "[worker] drain_grace_seconds: must be at least 0, got -1"),
         ("[worker]\nidle_timeout = nan", "[worker] idle_timeout: expected a finite number, got nan"),
+        ("[aws]\nimds_interval_seconds = 0",
+         "[aws] imds_interval_seconds: must be greater than 0, got 0"),
     ],
 )  # fmt: skip
 def test_a_bad_file_value_names_the_file_and_key(tmp_path: Path, toml: str, message: str) -> None:

@@ -238,3 +238,85 @@ def test_near_miss_redacted_env_masks_the_value() -> None:
     lines, messages = run([b"openjd_redacted_env:PASS=swordfish\n"])
     assert "swordfish" not in "\n".join(lines)
     assert any(isinstance(m, Malformed) for m in messages)
+
+
+# --------------------------------------------------------------------------
+# Configured secret patterns
+
+TOKEN = r"tok-[0-9a-f]{8}"
+
+
+def run_patterns(
+    chunks: list[bytes], patterns: tuple[str, ...], *, max_line: int = MAX_LINE_CHARS
+) -> list[str]:
+    processor = OutputProcessor(Redactor(patterns=patterns), lambda _: None, max_line=max_line)
+    lines: list[str] = []
+    for chunk in chunks:
+        lines.extend(processor.feed(chunk))
+    lines.extend(processor.finish())
+    return lines
+
+
+def test_pattern_matches_are_masked() -> None:
+    """Every match of a configured pattern is masked; the rest of the line stays."""
+    lines = run_patterns([b"key tok-0123abcd and tok-ffffffff.\nnone here\n"], (TOKEN,))
+    assert lines == [f"key {REDACTED} and {REDACTED}.", "none here"]
+
+
+def test_patterns_match_within_one_line() -> None:
+    """A pattern never matches across a line end, and ^/$ are the line's ends."""
+    redactor = Redactor(patterns=(r"pass\s+\S+", r"^secret$"))
+    assert redactor.redact("pass\nword\nsecret\nnot secret") == "pass\nword\n********\nnot secret"
+    assert redactor.redact("pass word") == REDACTED
+
+
+def test_a_pattern_that_can_match_nothing_masks_only_real_matches() -> None:
+    """Empty matches are ignored, so a zero-width pattern cannot mask between letters."""
+    assert Redactor(patterns=("(?=q)",)).redact("quiet") == "quiet"
+    assert Redactor(patterns=("q*",)).redact("aqqa") == f"a{REDACTED}a"
+
+
+def test_overlapping_value_and_pattern_are_masked_as_one() -> None:
+    """A secret value inside a pattern's match leaves no part of either visible."""
+    redactor = Redactor(patterns=(TOKEN,))
+    redactor.add("3abcd and")
+    assert redactor.redact("tok-0123abcd and more") == f"{REDACTED} more"
+
+
+@settings(max_examples=300)
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.text(alphabet="xyz -\n", max_size=12),
+            st.text(alphabet="0123456789abcdef", min_size=8, max_size=8).map("tok-".__add__),
+        ),
+        max_size=12,
+    ),
+    chunk=st.integers(min_value=1, max_value=9),
+    # Matches up to the line limit are kept whole (the limit is 64,000 in use).
+    max_line=st.integers(min_value=12, max_value=40),
+)
+def test_a_pattern_match_never_leaks_whatever_the_chunking(
+    parts: list[str], chunk: int, max_line: int
+) -> None:
+    """Tokens split over reads, and over forced splits of long lines, never show a
+    single hex digit (the text around them has none)."""
+    data = "".join(parts).encode()
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    out = "\n".join(run_patterns(chunks, (TOKEN,), max_line=max_line))
+    assert not set(out) & set("0123456789abcdef"), out
+    if any(part.startswith("tok-") for part in parts):
+        assert "*" in out  # masked (a mask itself may be cut by the line limit)
+
+
+@settings(max_examples=300)
+@given(
+    data=st.text(alphabet="abcqz \n", max_size=80).map(str.encode),
+    cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=8),
+)
+def test_pattern_masking_does_not_depend_on_the_chunking(data: bytes, cuts: list[int]) -> None:
+    """Whatever the reads, the masked lines are those of the output read in one go."""
+    patterns = (r"ab+c", r"^q", r"z$", r"a\s*c")
+    points = sorted({c for c in cuts if c <= len(data)})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert run_patterns(chunks, patterns) == run_patterns([data], patterns)

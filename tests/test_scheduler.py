@@ -451,9 +451,80 @@ async def test_stop_sessions_interrupts_running_work(tmp_path: Path) -> None:
     assert farm.completed == {action_id(0): "INTERRUPTED", action_id(1): "NEVER_ATTEMPTED"}
 
 
-async def test_no_sync_starts_after_the_final_one() -> None:
-    """final_sync returns with no call on its way, even when a heartbeat asked for one
-    during the final call; after it, sync_now returns at once and the farm hears no more."""
+async def test_finish_sessions_runs_what_they_have_and_returns_later_work(tmp_path: Path) -> None:
+    """finish_sessions: the session runs the actions it had, exits its environment and
+    ends; a task the farm adds meanwhile is not run, and once the session has ended
+    the farm gets it back INTERRUPTED (for another worker)."""
+    release = tmp_path / "release"
+    code = (
+        "import os, time\n"
+        f"while not os.path.exists({str(release)!r}): time.sleep(0.01)\n"
+        "print('frame {{Task.Param.F}}')"
+    )
+    farm = FakeFarm(py(code))
+    farm.assigned = {SESSION: session(env_enter(0), task(1, 1), task(2, 2))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await sync_until(r, started(farm, 1))
+            r.scheduler.finish_sessions()
+            farm.assigned[SESSION]["sessionActions"].append(task(3, 3))
+            await r.scheduler.sync_now()  # the addition reaches the (finishing) session
+            release.touch()
+            await r.scheduler.wait_sessions_finished()
+            await sync_until(r, lambda: action_id(3) in farm.completed)
+    assert farm.completed == {
+        action_id(0): "SUCCEEDED",
+        action_id(1): "SUCCEEDED",
+        action_id(2): "SUCCEEDED",
+        action_id(3): "INTERRUPTED",
+    }
+    log_text = (tmp_path / "logs" / QUEUE / f"{SESSION}.log").read_text()
+    assert "frame 2" in log_text and "frame 3" not in log_text
+    assert "exited" in log_text  # the environment the session entered was exited
+
+
+async def test_a_second_stop_hurries_the_first(tmp_path: Path) -> None:
+    """A stop with a long grace, then one with none: the action that ignores SIGTERM is
+    killed at once (a hurried drain), not at the end of the first grace."""
+    farm = FakeFarm(
+        {
+            **py(
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                " print('ready', flush=True); time.sleep(600)"
+            ),
+            "cancelation": {"mode": "NOTIFY_THEN_TERMINATE", "notifyPeriodInSeconds": 600},
+        }
+    )
+    farm.assigned = {SESSION: session(task(0, 1))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await sync_until(r, started(farm, 0))
+            r.scheduler.stop_sessions(grace=600, running_state=ActionState.INTERRUPTED, reason="a")
+            await sync_until(r, lambda: action_id(0) in farm.completed)
+            r.scheduler.stop_sessions(grace=0, running_state=ActionState.INTERRUPTED, reason="b")
+            await r.scheduler.wait_sessions_finished()
+    assert farm.completed == {action_id(0): "INTERRUPTED"}
+
+
+async def test_a_closed_scheduler_syncs_no_more(tmp_path: Path) -> None:
+    """After close() no sync starts (the worker is STOPPED) and sync_now returns at once."""
+    farm = FakeFarm(py("pass"))
+    async with trio.open_nursery() as nursery:
+        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
+        await nursery.start(scheduler.run)
+        await scheduler.sync_now()
+        await scheduler.close()
+        with trio.fail_after(1):
+            await scheduler.sync_now()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert len(farm.calls) == 1
+
+
+async def test_close_waits_for_a_sync_that_started_after_the_final_one() -> None:
+    """The final sync then close() leaves no call on its way, even when a heartbeat asked
+    for one during the final call; after it, sync_now returns at once and the farm hears
+    no more."""
     farm = FakeFarm(py("pass"))
     release = trio.Event()
     entered = trio.Event()
@@ -478,7 +549,8 @@ async def test_no_sync_starts_after_the_final_one() -> None:
         await nursery.start(scheduler.run)
 
         async def final() -> None:
-            await scheduler.final_sync()
+            await scheduler.sync_now()
+            await scheduler.close()
             seen_in_flight.append(in_flight)
 
         nursery.start_soon(final)
@@ -496,9 +568,9 @@ async def test_no_sync_starts_after_the_final_one() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_late_sync_failing_after_the_final_one_is_not_an_error() -> None:
-    """If the final sync gives up while a call is on its way, that call's failure
-    (the farm calling the worker offline, say) is logged, not raised."""
+async def test_a_late_sync_failing_after_close_is_not_an_error() -> None:
+    """If waiting for the call on its way gives up (and the worker says STOPPED), that
+    call's failure (the farm calling the worker offline, say) is logged, not raised."""
     farm = FakeFarm(py("pass"))
     release = trio.Event()
 
@@ -510,8 +582,10 @@ async def test_a_late_sync_failing_after_the_final_one_is_not_an_error() -> None
     async with trio.open_nursery() as nursery:
         scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
         await nursery.start(scheduler.run)
+        nursery.start_soon(scheduler.sync_now)
+        await trio.testing.wait_all_tasks_blocked()
         with trio.move_on_after(0.01) as scope:
-            await scheduler.final_sync()
+            await scheduler.close()
         assert scope.cancelled_caught
         release.set()
         await trio.testing.wait_all_tasks_blocked()

@@ -268,6 +268,48 @@ async def test_redacted_env_without_the_extension_masks_but_does_not_set(tmp_pat
     assert any("REDACTED_ENV_VARS" in line for line in recorder.logs())
 
 
+async def test_a_malformed_redacted_env_value_is_masked_in_messages_too(tmp_path: Path) -> None:
+    """The near miss fails the action; its value is masked in the fail message and notes."""
+    enter = py("print('openjd_redacted_env:PASS=swordfish99')")
+    template = job(step("S", py("print('never')")), jobEnvironments=[env("E", enter)])
+    recorder = await run_plan(plan(tmp_path, template), tmp_path)
+    ended = [e for e in recorder.events if isinstance(e, ActionEnded)]
+    texts = recorder.output() + recorder.logs() + [e.fail_message or "" for e in ended]
+    assert ended[0].state is FAILED
+    assert ended[0].fail_message and "incorrectly formatted" in ended[0].fail_message
+    assert "swordfish99" not in "\n".join(texts)
+
+
+async def test_secret_patterns_mask_output_notes_parameters_and_messages(tmp_path: Path) -> None:
+    """A configured pattern is masked in output, the runner's notes (the command line),
+    task parameters and the status and fail messages reported to the farm."""
+    token = "tok-0123abcd"
+    task = step(
+        "S",
+        {"command": PY, "args": ["-c", CODE, token, "{{Task.Param.Key}}"]},
+        parameterSpace={
+            "taskParameterDefinitions": [{"name": "Key", "type": "STRING", "range": [token]}]
+        },
+    )
+    lp = plan(tmp_path, job(task))
+    recorder = await run_plan(lp, tmp_path, secret_patterns=(r"tok-[0-9a-f]{8}",))
+    [started] = [e for e in recorder.events if isinstance(e, ActionStarted)]
+    [ended] = [e for e in recorder.events if isinstance(e, ActionEnded)]
+    texts = [*recorder.output(), *recorder.logs(), *started.parameters.values()]
+    texts += [ended.status_message or "", ended.fail_message or ""]
+    assert token not in "\n".join(texts)
+    assert "uses ********" in recorder.output()
+    assert ended.status_message == "status ********"
+    assert ended.fail_message == "fail ********"
+    assert started.parameters == {"Key": "********"}
+
+
+CODE = (
+    "import sys; print('uses', sys.argv[1]); print('openjd_status: status', sys.argv[2]);"
+    " print('openjd_fail: fail', sys.argv[1]); sys.exit(1)"
+)
+
+
 # ---------------------------------------------------------------------- messages
 
 

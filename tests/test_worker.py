@@ -176,3 +176,132 @@ async def test_health_and_metrics_endpoint(tmp_path: Path) -> None:
     assert stopped.status_code == 503
     assert "the worker is stopped" in stopped.json()["problems"]
     assert missing.status_code == 404
+
+
+async def test_secrets_never_reach_the_session_log_file_or_cloudwatch(tmp_path: Path) -> None:
+    """Configured patterns and openjd_redacted_env values are masked in the local session
+    log and in CloudWatch, including the runner's own lines (the command line)."""
+    template = simple_job(py("print('frame uses tok-0123abcd')"), frames="1", environments=False)
+    template["extensions"] = ["REDACTED_ENV_VARS"]
+    template["jobEnvironments"] = [
+        {
+            "name": "Secrets",
+            "script": {"actions": {"onEnter": py("print('openjd_redacted_env: PW=swordfish-42')")}},
+        }
+    ]
+    template["steps"][0]["script"]["actions"]["onRun"] = py(
+        "import os; print('frame uses tok-0123abcd and', os.environ['PW'])"
+    )
+    async with farm_and_worker(tmp_path, secret_patterns=(r"tok-[0-9a-f]{8}",)) as (
+        farm,
+        _worker,
+        _events,
+    ):
+        job_id = farm.create_job(template)
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = [s for s in farm.state.sessions.values() if s.job.job_id == job_id]
+        with trio.fail_after(30):
+            await farm.wait_until(
+                lambda: any("frame uses" in line for line in farm.session_log(session.session_id))
+            )
+        cloudwatch = "\n".join(farm.session_log(session.session_id))
+    [local] = list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
+    for text in (cloudwatch, local.read_text()):
+        assert "frame uses ******** and ********" in text
+        assert "tok-0123abcd" not in text and "swordfish-42" not in text
+
+
+SHOW_CREDENTIALS = """
+import configparser, json, os, shlex, subprocess
+import botocore.session
+config = configparser.ConfigParser()
+config.read(os.environ["AWS_CONFIG_FILE"])
+command = config["profile " + os.environ["AWS_PROFILE"]]["credential_process"]
+printed = json.loads(subprocess.run(shlex.split(command), capture_output=True, check=True).stdout)
+sdk = botocore.session.Session().get_credentials()
+print("process", printed["AccessKeyId"], "sdk", sdk.access_key, flush=True)
+print("profile", os.environ["AWS_PROFILE"], "env key", os.environ.get("AWS_ACCESS_KEY_ID"))
+"""
+
+
+async def test_a_job_gets_its_queues_credentials_through_a_profile(tmp_path: Path) -> None:
+    """A queue with a role: one AssumeQueueRoleForWorker; the job's SDK and the
+    credential_process see the queue's credentials, not the agent's; a queue without
+    a role gets no profile; no credentials are left behind."""
+    async with farm_and_worker(tmp_path) as (farm, _worker, events):
+        queue_id = farm.create_queue("With role", role_arn="arn:aws:iam::1:role/Q")
+        job_id = farm.create_job(
+            simple_job(py(SHOW_CREDENTIALS), frames="1-2", environments=False), queue_id=queue_id
+        )
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        plain = farm.create_job(
+            simple_job(py("import os; print('plain', os.environ.get('AWS_PROFILE'))"), frames="1")
+        )
+        assert await wait_job(farm, plain) == "SUCCEEDED"
+        calls = farm.calls_to("AssumeQueueRoleForWorker")
+    assert not (tmp_path / "persistence" / "queues").exists()
+    shown = [line.split() for line in events.lines() if line.startswith("process ")]
+    assert len(shown) == 2
+    for _, process_key, _, sdk_key in shown:
+        assert process_key == sdk_key and process_key.startswith("ASIA")
+    assert f"profile deadline-{queue_id} env key None" in events.lines()
+    assert "plain None" in events.lines()
+    assert [c.input["queueId"] for c in calls] == [queue_id]
+
+
+async def test_a_failed_queue_credentials_renewal_stops_only_that_queues_session(
+    tmp_path: Path,
+) -> None:
+    """Short-lived credentials are renewed (the worker's too); when the farm stops
+    giving a queue credentials, that queue's running task FAILS with the reason while
+    the other queue's session keeps running."""
+    release = tmp_path / "release"
+    config = FarmConfig(
+        update_interval_seconds=1,
+        max_retries_per_task=0,
+        max_sessions_per_worker=2,
+        credentials_lifetime_seconds=6,
+    )
+    async with farm_and_worker(tmp_path, farm_config=config) as (farm, worker, events):
+        queue_id = farm.create_queue("With role", role_arn="arn:aws:iam::1:role/Q")
+        with_role = farm.create_job(
+            simple_job(
+                py("import time; print('role task', flush=True); time.sleep(600)"),
+                frames="1",
+                environments=False,
+            ),
+            queue_id=queue_id,
+        )
+        other = farm.create_job(
+            simple_job(
+                py(
+                    "import os, time\n"
+                    "print('other task', flush=True)\n"
+                    f"while not os.path.exists({str(release)!r}): time.sleep(0.05)"
+                ),
+                frames="1",
+                environments=False,
+            )
+        )
+        with trio.fail_after(30):
+            await events.wait_line("role task")
+            await events.wait_line("other task")
+        farm.state.queues[queue_id].role_arn = None  # the farm gives no more credentials
+        assert await wait_job(farm, with_role, 30) == "FAILED"
+        assert farm.job(other).status not in ("SUCCEEDED", "FAILED")
+        [task] = [t for step in farm.job(other).steps for t in step.tasks]
+        running = task.status
+        release.touch()
+        assert await wait_job(farm, other, 30) == "SUCCEEDED"
+        fleet_renewals = len(farm.calls_to("AssumeFleetRoleForWorker"))
+        stopped = worker.stop_reason
+    assert running == "RUNNING"
+    failed = [
+        fields
+        for call in farm.calls_to("UpdateWorkerSchedule")
+        for fields in (call.input.get("updatedSessionActions") or {}).values()
+        if fields.get("completedStatus") == "FAILED"
+    ]
+    assert any("queue's credentials" in f.get("progressMessage", "") for f in failed), failed
+    assert fleet_renewals >= 2  # the worker's 6-second credentials were renewed in time
+    assert stopped is None

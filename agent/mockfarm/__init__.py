@@ -4,7 +4,8 @@ It speaks the AWS Deadline Cloud API (rest-json, botocore's ``deadline``
 2023-10-12 model) and CloudWatch Logs (JSON 1.1) on one server, so boto3's
 clients, farmhand's agent and the official deadline-worker-agent work against
 it unchanged. Embed it with ``open_mock_farm`` or run
-``python -m agent mockfarm serve``.
+``python -m agent mockfarm serve``. ``open_fake_imds`` serves a fake EC2
+instance metadata service for spot and scale-in notices.
 """
 
 from ._app import CallLog as CallLog
@@ -14,6 +15,8 @@ from ._farm import Farm as Farm
 from ._farm import FarmConfig as FarmConfig
 from ._faults import FaultConfig as FaultConfig
 from ._faults import OperationFaults as OperationFaults
+from ._imds import FakeImds as FakeImds
+from ._imds import open_fake_imds as open_fake_imds
 from ._logs import LogEvent as LogEvent
 from ._logs import LogStore as LogStore
 from ._server import MockFarm as MockFarm

@@ -170,6 +170,27 @@ class MockFarm:
         self.notify()
         return job.job_id
 
+    def create_queue(
+        self,
+        name: str,
+        *,
+        role_arn: str | None = None,
+        job_run_as_user: Mapping[str, Any] | None = None,
+        farm_id: str | None = None,
+    ) -> str:
+        """Add a queue (as ``CreateQueue``); returns its id. With ``role_arn``, workers
+        get credentials for its jobs from ``AssumeQueueRoleForWorker``."""
+        queue = self.farm._new_queue(
+            farm_id or self.farm_id,
+            name,
+            description=None,
+            role_arn=role_arn,
+            job_run_as_user=dict(job_run_as_user or {"runAs": "WORKER_AGENT_USER"}),
+            job_attachment_settings=None,
+        )
+        self.notify()
+        return queue.queue_id
+
     def job(self, job_id: str) -> Job:
         return self.state.jobs[job_id]
 
