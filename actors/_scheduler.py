@@ -5,7 +5,12 @@ per action, the latest fields winning), and syncs with the farm:
 
 - at once when an action reaches a final state (the contract asks for FAILED,
   CANCELED and INTERRUPTED to be reported immediately; we do it for every final
-  state, so the farm can hand out the next work without waiting);
+  state, so the farm can hand out the next work without waiting). A success
+  while its session still has assigned work to run is not urgent: such syncs
+  start at most one per ``report_interval`` (20 ms by default), so a stream of
+  millisecond tasks is reported in batches instead of one call per task, and a
+  fleet of them does not flood the farm. Anything else (a failure, a cancel,
+  an interrupt, or a session with nothing left to run) goes out at once;
 - whenever the heartbeat asks (``sync_now``), at the farm's
   ``updateIntervalSeconds``;
 - at most one call at a time: reports that arrive during a call go out in the
@@ -27,6 +32,7 @@ the others NEVER_ATTEMPTED, so the farm is never left waiting on a dead session.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -38,9 +44,12 @@ import structlog
 import trio
 
 from ._messages import ActionKind, ActionState, Cancel, Replace, Stop
-from ._worksession import Assignment, Report, SessionFinished, WorkSession
+from ._worksession import ActionReport, Assignment, Report, SessionFinished, WorkSession
 
 log = structlog.get_logger("farmhand.scheduler")
+
+#: The shortest time between two syncs made for routine (not urgent) reports.
+REPORT_INTERVAL = 0.02
 
 
 class ScheduleApi(Protocol):
@@ -82,8 +91,10 @@ class Scheduler:
         on_interval: Callable[[float], None] | None = None,
         on_stop_requested: Callable[[], None] | None = None,
         on_session_finished: Callable[[str], None] | None = None,
+        report_interval: float = REPORT_INTERVAL,
     ) -> None:
         self._api = api
+        self._report_interval = report_interval
         self._session_factory = session_factory
         self.interval = initial_interval
         self._on_interval = on_interval
@@ -102,6 +113,13 @@ class Scheduler:
         self._dead: dict[str, set[str]] = {}
         self._requested = 0
         self._completed = 0
+        #: A routine report is waiting for the next sync (at most one per report_interval).
+        self._report_pending = False
+        self._last_sync_started = -math.inf
+        #: Per session: assigned actions without a final report yet, and final reports
+        #: the farm may still list (so a repeated assignment does not count them open).
+        self._open: dict[str, set[str]] = {}
+        self._finals: dict[str, set[str]] = {}
         self._wakeup = trio.Event()
         self._synced = trio.Event()
         self._syncs = 0
@@ -189,9 +207,16 @@ class Scheduler:
         self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
     ) -> None:
         while True:
-            while self._completed >= self._requested:
+            while self._completed >= self._requested and not self._report_pending:
                 await self._wait_for_wakeup()
+            # Only routine reports: wait out the report interval, unless something urgent comes.
+            due = self._last_sync_started + self._report_interval
+            while self._completed >= self._requested and trio.current_time() < due:
+                with trio.move_on_at(due):
+                    await self._wait_for_wakeup()
             target = self._requested
+            self._report_pending = False
+            self._last_sync_started = trio.current_time()
             await self._sync(sessions, reports)
             self._completed = target
             self._synced.set()
@@ -218,10 +243,24 @@ class Scheduler:
                 entry.version = self._version
                 entry.final = entry.final or report.final
             if report.final:
-                self.request_sync()
+                self._report_final(report)
+
+    def _report_final(self, report: ActionReport) -> None:
+        finals = self._finals.setdefault(report.session_id, set())
+        finals.add(report.action_id)
+        still_open = self._open.get(report.session_id)
+        if still_open is not None:
+            still_open.discard(report.action_id)
+        if report.fields.get("completedStatus") != "SUCCEEDED" or not still_open:
+            self.request_sync()  # the contract's "immediately", or the session is out of work
+        elif not self._report_pending:
+            self._report_pending = True
+            self._wake()
 
     def _session_finished(self, report: SessionFinished) -> None:
         session = self._sessions.pop(report.session_id, None)
+        self._open.pop(report.session_id, None)
+        self._finals.pop(report.session_id, None)
         given = self._last_actions.pop(report.session_id, ())
         if report.session_id in self._stopping:
             self._stopping.discard(report.session_id)
@@ -310,6 +349,10 @@ class Scheduler:
             ids = tuple(action.action_id for action in assignment.actions)
             if ids != self._last_actions.get(session_id):
                 self._last_actions[session_id] = ids
+                assigned_ids = set(ids)
+                finals = self._finals.setdefault(session_id, set())
+                finals &= assigned_ids  # the farm has applied the others
+                self._open[session_id] = assigned_ids - finals
                 session.command(Replace(assignment.actions))
             to_cancel = canceled.get(session_id)
             if to_cancel:
