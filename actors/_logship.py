@@ -25,6 +25,7 @@ caller bounds the wait with a cancel scope.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import os
 import random
@@ -96,19 +97,35 @@ class Destination:
 # ----------------------------------------------------------------------- encoding
 
 
+# Lines come in bursts within the same second: both conversions go through the
+# second, cached (strftime and strptime are the costly part of a line).
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
+@functools.lru_cache(maxsize=64)
+def _second_of(text: str) -> int | None:
+    try:
+        return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return None
+
+
 def _format_timestamp(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{_second_text(ms // 1000)}{ms % 1000:03d}Z"
 
 
 def _parse_timestamp(text: str) -> int | None:
     if len(text) <= _TIMESTAMP_CHARS or text[_TIMESTAMP_CHARS - 1] != "Z":
         return None
-    try:
-        moment = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-        return int(moment.timestamp()) * 1000 + int(text[20:23])
-    except ValueError:
+    second = _second_of(text[:19])
+    millis = text[20:23]
+    if second is None or text[19] != "." or not millis.isdigit():
         return None
+    return second * 1000 + int(millis)
 
 
 def split_message(message: str, limit: int = MAX_EVENT_BYTES) -> list[str]:
