@@ -17,7 +17,7 @@ NEVER_ATTEMPTED and still runs the exits of the environments that were entered.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,11 @@ from ._templates import (
     CreatedJob,
     TemplateError,
     create_job,
-    load_environment_template,
-    load_job_template,
+    decode_environment,
+    decode_job,
     parse_job_parameters,
     parse_path_mapping_rules,
+    read_document,
 )
 
 log = structlog.get_logger("farmhand.run")
@@ -89,12 +90,24 @@ class LocalPlan:
     path_mapping_rules: tuple[PathMappingRule, ...]
     #: Number of task runs in the plan.
     task_count: int
+    #: What a farm needs to run the same session (``agent._farmrun``): the documents
+    #: as read, the steps chosen (``None``: all of them) and the tasks chosen for a
+    #: step when they are not its whole parameter space.
+    template_document: Mapping[str, Any] = attrs.field(factory=dict)
+    environment_documents: tuple[Mapping[str, Any], ...] = ()
+    steps: tuple[str, ...] | None = None
+    tasks: Mapping[str, tuple[TaskParameterSet, ...]] = attrs.field(factory=dict)
 
 
 def plan_local_session(options: LocalRunOptions) -> LocalPlan:
     """Validate everything and lay out the session's actions. Raises ``TemplateError``."""
-    environments = [load_environment_template(path) for path in options.environments]
-    template = load_job_template(options.template)
+    environment_documents = [read_document(path) for path in options.environments]
+    environments = [
+        decode_environment(document, source=str(path))
+        for document, path in zip(environment_documents, options.environments, strict=True)
+    ]
+    template_document = read_document(options.template)
+    template = decode_job(template_document, source=str(options.template))
     parameters = parse_job_parameters(options.parameters)
     created = create_job(
         template,
@@ -110,6 +123,7 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
         else ()
     )
     steps, selected = _select_steps(job, options)
+    chosen: dict[str, tuple[TaskParameterSet, ...]] = {}
     builder = _PlanBuilder(created)
     for index, env_template in enumerate(environments):
         builder.enter(f"EXTERNAL:{index}:{env_template.environment.name}", env_template.environment)
@@ -117,7 +131,11 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
         builder.enter(f"JOB:{environment.name}", environment)
     for step in steps:
         tasks: Iterable[TaskParameterSet]
-        if step is selected:
+        if step is selected and (
+            options.task_params or options.tasks or options.maximum_tasks is not None
+        ):
+            tasks = chosen[step.name] = tuple(_selected_tasks(step, options))
+        elif step is selected:
             tasks = _selected_tasks(step, options)
         else:
             tasks = StepParameterSpaceIterator(space=step.parameterSpace)
@@ -133,6 +151,10 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
         frozenset(extensions),
         rules,
         builder.task_count,
+        template_document=template_document,
+        environment_documents=tuple(environment_documents),
+        steps=tuple(step.name for step in steps) if options.step is not None else None,
+        tasks=chosen,
     )
 
 

@@ -42,7 +42,7 @@ import httpx
 import structlog
 import trio
 
-from actors import ActionState, Containment, SessionEvent
+from actors import ActionState, Cancel, Containment, SessionEvent
 from actors._fetcher import EntityFetcher
 from actors._heartbeat import Heartbeat
 from actors._jobuser import JobUser
@@ -215,6 +215,22 @@ class Worker:
         await self._stop_requested.wait()
         assert self._stop_reason is not None
         return self._stop_reason
+
+    # ---------------------------------------------------------------- nudges
+
+    async def sync_now(self) -> None:
+        """Call UpdateWorkerSchedule now (reports go out, news comes in) instead of at the
+        next heartbeat; returns once a call that started after this one is done. For a
+        host that knows the farm has something for the worker (a cancel, new work)."""
+        await self._scheduler.sync_now()
+
+    def cancel_running(self, *, time_limit: float | None = None, reason: str) -> None:
+        """Cancel the action each session is running, with its own cancelation method or
+        within ``time_limit`` seconds (0: kill it now). The sessions go on as after any
+        cancel: the rest of their work is skipped, their environment exits run, and the
+        farm hears the outcome as usual."""
+        for session in self._scheduler.sessions.values():
+            session.command(Cancel(time_limit=time_limit, reason=reason))
 
     # ---------------------------------------------------------------- stopping
 
