@@ -169,7 +169,7 @@ _DURATION = re.compile(r"\(exit -?\d+, [0-9.]+ s\)|\([0-9.]+ s\)| in [0-9.]+ s$"
 
 async def render(lp: LocalPlan, *, farm: bool) -> tuple[list[dict[str, Any]], str]:
     jsonl, out, err = io.BytesIO(), io.BytesIO(), io.BytesIO()
-    renderers = [JsonlRenderer(jsonl), HumanRenderer(out, err)]
+    renderers: list[JsonlRenderer | HumanRenderer] = [JsonlRenderer(jsonl), HumanRenderer(out, err)]
 
     def both(event: Any) -> None:
         for renderer in renderers:
