@@ -125,6 +125,7 @@ class Scheduler:
         self._syncs = 0
         self._reported: Counter[str] = Counter()
         self._stop_requested = False
+        self._closed = False
 
     # ------------------------------------------------------------------ public
 
@@ -143,15 +144,25 @@ class Scheduler:
         return self._sessions
 
     def request_sync(self) -> None:
+        if self._closed:
+            return
         self._requested += 1
         self._wake()
 
     async def sync_now(self) -> None:
-        """Ask for a sync and wait until one that started after this call is done."""
+        """Ask for a sync and wait until one that started after this call is done
+        (at once, with no call, once the scheduler is closed)."""
         self.request_sync()
         target = self._requested
-        while self._completed < target:
+        while self._completed < target and not self._closed:
             await self._synced.wait()
+
+    def close(self) -> None:
+        """Make no more calls (the worker has stopped: the farm would refuse them)."""
+        self._closed = True
+        self._report_pending = False
+        self._synced.set()
+        self._wake()
 
     def refuse_new_sessions(self) -> None:
         """Take no new sessions (finish the current ones): the first action of a new
@@ -207,13 +218,15 @@ class Scheduler:
         self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
     ) -> None:
         while True:
-            while self._completed >= self._requested and not self._report_pending:
+            while self._nothing_to_send():
                 await self._wait_for_wakeup()
             # Only routine reports: wait out the report interval, unless something urgent comes.
             due = self._last_sync_started + self._report_interval
             while self._completed >= self._requested and trio.current_time() < due:
                 with trio.move_on_at(due):
                     await self._wait_for_wakeup()
+            if self._nothing_to_send():
+                continue  # closed while waiting
             target = self._requested
             self._report_pending = False
             self._last_sync_started = trio.current_time()
@@ -221,6 +234,9 @@ class Scheduler:
             self._completed = target
             self._synced.set()
             self._synced = trio.Event()
+
+    def _nothing_to_send(self) -> bool:
+        return self._closed or (self._completed >= self._requested and not self._report_pending)
 
     # ------------------------------------------------------------------ reports
 
@@ -242,7 +258,7 @@ class Scheduler:
                 entry.fields.update(report.fields)
                 entry.version = self._version
                 entry.final = entry.final or report.final
-            if report.final:
+            if report.final and not self._closed:
                 self._report_final(report)
 
     def _report_final(self, report: ActionReport) -> None:

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 import structlog
 import trio
 
 from ._config import ConfigError, WorkerConfig, configure_parser, load_config
+from ._embed import serve_worker
 from ._errors import FarmhandError, UnrecoverableError
 from ._logging import configure_logging
-from ._worker import StopReason, Worker, open_agent
 
 log = structlog.get_logger("farmhand.main")
 
@@ -60,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
 async def serve(config: WorkerConfig) -> int:
     """Run the worker until it is stopped; the process exit status."""
     try:
-        reason = await _run(config)
+        reason = await serve_worker(config, handle_signals=True)
     except FarmhandError as exc:
         kind = "worker.farm_gave_up" if isinstance(exc, UnrecoverableError) else "worker.failed"
         log.error(kind, error=str(exc), error_type=type(exc).__name__)
@@ -68,57 +67,6 @@ async def serve(config: WorkerConfig) -> int:
     if reason == "farm" and config.shutdown_on_stop:
         await _shut_down_host()
     return 0
-
-
-async def _run(config: WorkerConfig) -> StopReason:
-    try:
-        async with open_agent(config) as worker, trio.open_nursery() as nursery:
-            nursery.start_soon(_handle_signals, worker)
-            reason = await worker.wait_stop_requested()
-            await worker.drain(_grace_for(config, reason))
-            nursery.cancel_scope.cancel(reason="the worker has stopped")
-    except BaseExceptionGroup as group:
-        # One farm error ends the worker; report it rather than the group around it.
-        matched, rest = group.split(FarmhandError)
-        if matched is not None and rest is None:
-            raise _first(matched) from group
-        raise
-    return reason
-
-
-def _first(group: BaseExceptionGroup[FarmhandError]) -> FarmhandError:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _grace_for(config: WorkerConfig, reason: StopReason) -> float:
-    # Work still running when the farm or a limit asks us to stop is rare (the
-    # farm only asks an idle worker); give it the usual grace.
-    return config.drain_grace_seconds
-
-
-async def _handle_signals(worker: Worker) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
-        stops = 0
-        async with trio.open_nursery() as nursery:
-            async for signum in signals:
-                if signum == signal.SIGUSR1:
-                    log.info(
-                        "worker.signal", signal="SIGUSR1", action="finish current work, then stop"
-                    )
-                    worker.finish_then_stop()
-                    continue
-                stops += 1
-                name = signal.Signals(signum).name
-                if stops == 1:
-                    log.info("worker.signal", signal=name, action="drain")
-                    nursery.start_soon(worker.drain)
-                elif stops == 2:
-                    log.warning("worker.signal", signal=name, action="drain with no grace")
-                    nursery.start_soon(worker.drain, 0.0)
-                else:
-                    log.warning("worker.signal", signal=name, action="exit now")
-                    os._exit(130)
 
 
 async def _shut_down_host() -> None:

@@ -128,6 +128,7 @@ class Worker:
         shipper: LogShipper,
         deadline_stats: Callable[[], Any],
         scheduler_supervision: SupervisorStatistics,
+        stop_heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.worker_id = booted.worker_id
@@ -139,6 +140,7 @@ class Worker:
         self._shipper = shipper
         self._deadline_stats = deadline_stats
         self._scheduler_supervision = scheduler_supervision
+        self._stop_heartbeat = stop_heartbeat
         #: Where /healthz and /metrics are served, when they are.
         self.health_url: str | None = None
         self._state = "running"
@@ -286,6 +288,9 @@ class Worker:
             await self._scheduler.wait_sessions_finished()
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
+        # A STOPPED worker makes no more calls: the farm would answer them STATUS_CONFLICT.
+        self._scheduler.close()
+        self._stop_heartbeat()
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"
@@ -432,6 +437,12 @@ async def _run_worker(
             )
             heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
             heartbeat_holder.append(heartbeat)
+            heartbeat_scope = trio.CancelScope()
+
+            async def run_heartbeat(*, task_status: trio.TaskStatus[None]) -> None:
+                with heartbeat_scope:
+                    await heartbeat.run(task_status=task_status)
+
             supervision = SupervisorStatistics()
             await nursery.start(
                 partial(
@@ -449,8 +460,9 @@ async def _run_worker(
                 shipper,
                 booted.worker.deadline.statistics,
                 supervision,
+                stop_heartbeat=partial(heartbeat_scope.cancel, reason="the worker has stopped"),
             )
-            await nursery.start(heartbeat.run)
+            await nursery.start(run_heartbeat)
 
             async def credentials_failed(seconds_left: float) -> None:
                 worker.request_stop("credentials")
