@@ -92,6 +92,8 @@ class WorkerStatistics:
     #: Final action states reported to the farm, by completedStatus.
     actions: Mapping[str, int]
     syncs: int
+    #: Action updates not yet acknowledged by the farm (they go out with the next call).
+    updates_pending: int
     heartbeat_age: float | None
     heartbeat_lateness_p99: float
     log_bytes_shipped: int
@@ -165,6 +167,7 @@ class Worker:
             sessions=scheduler.sessions,
             actions=dict(scheduler.reported),
             syncs=scheduler.syncs,
+            updates_pending=scheduler.pending_updates,
             heartbeat_age=self._heartbeat.age(),
             heartbeat_lateness_p99=heartbeat.lateness_p99,
             log_bytes_shipped=shipper.bytes_shipped,

@@ -122,3 +122,36 @@ def simple_job(
 async def wait_job(farm: MockFarm, job_id: str, seconds: float = 60) -> str:
     with trio.fail_after(seconds):
         return await farm.wait_for_job(job_id)
+
+
+def final_reports(farm: MockFarm) -> dict[str, list[tuple[str, bool]]]:
+    """For each session action: every completedStatus the worker sent, in order, with
+    whether that call was answered (a dropped or refused call may be sent again)."""
+    sent: dict[str, list[tuple[str, bool]]] = {}
+    for call in farm.calls_to("UpdateWorkerSchedule"):
+        answered = call.status == 200 and not call.dropped
+        for action_id, fields in (call.input.get("updatedSessionActions") or {}).items():
+            status = fields.get("completedStatus")
+            if status is not None:
+                sent.setdefault(action_id, []).append((str(status), answered))
+    return sent
+
+
+def assert_each_final_reported_once(farm: MockFarm, job_id: str) -> dict[str, str]:
+    """No status update lost or duplicated: every action of the job's sessions reached
+    a final state the worker reported, with one status, and nothing was sent again
+    after a call carrying it was answered. Returns action id -> the status."""
+    sent = final_reports(farm)
+    statuses: dict[str, str] = {}
+    for session in farm.job(job_id).sessions:
+        for action in session.actions:
+            reports = sent.get(action.action_id)
+            assert reports, f"{action.action_id} ({action.kind}) was never reported"
+            assert len({status for status, _ in reports}) == 1, reports
+            answered = [i for i, (_, ok) in enumerate(reports) if ok]
+            assert answered, f"{action.action_id}: no call carrying it was answered: {reports}"
+            assert answered == [len(reports) - 1], f"sent again after an answer: {reports}"
+            assert action.status == reports[0][0], (action.status, reports)
+            statuses[action.action_id] = action.status
+    assert farm.state.ignored_updates == []
+    return statuses
