@@ -402,6 +402,9 @@ async def _run_worker(
         containment.start_watchdog()
     worker: Worker | None = None
     agent_stream: LogStream | None = None
+    # The worker's tasks log with its id (they inherit it from here), so each
+    # worker's CloudWatch stream gets its own records when several share a process.
+    tokens = structlog.contextvars.bind_contextvars(worker_id=booted.worker_id)
     try:
         async with trio.open_nursery() as nursery:
             shipper: LogShipper = await nursery.start(LogShipper(CloudWatchSink(logs_client)).run)
@@ -411,7 +414,7 @@ async def _run_worker(
                     Destination(booted.log_group, booted.log_stream),
                     compact_over=1 << 20,
                 )
-                add_log_sink(agent_stream.write)
+                add_log_sink(agent_stream.write, worker_id=booted.worker_id)
             fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
             heartbeat_holder: list[Heartbeat] = []
 
@@ -492,6 +495,8 @@ async def _run_worker(
                     )
                 )
                 log.info("worker.health_endpoint", url=worker.health_url)
+            structlog.contextvars.reset_contextvars(**tokens)
+            tokens = {}
             try:
                 yield worker
             finally:
@@ -505,5 +510,7 @@ async def _run_worker(
                             await agent_stream.flush()
                 nursery.cancel_scope.cancel(reason="the worker has stopped")
     finally:
+        if tokens:
+            structlog.contextvars.reset_contextvars(**tokens)
         if own_containment:
             await trio.to_thread.run_sync(containment.close)

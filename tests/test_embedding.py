@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import pytest
 import trio
 
 import agent
+from agent._logging import configure_logging
 from agent.mockfarm import FarmConfig, open_mock_farm
 from tests.worker_harness import (
     Events,
@@ -69,6 +71,7 @@ async def test_several_workers_share_a_process_and_report_their_own_statistics(
     """Three workers in one process (one connection pool, one endpoint resolution) share
     a job's tasks; each has its own statistics, and draining one leaves the others working."""
     config = FarmConfig(update_interval_seconds=1, max_retries_per_task=0, pipeline_depth=1)
+    configure_logging(quiet=False)  # INFO records reach the workers' CloudWatch streams
     async with (
         open_mock_farm(config=config) as farm,
         httpx.AsyncClient() as http,
@@ -118,6 +121,14 @@ async def test_several_workers_share_a_process_and_report_their_own_statistics(
         second = farm.create_job(simple_job(py("print('x')"), frames="1-2", environments=False))
         assert await wait_job(farm, second) == "SUCCEEDED"
         assert workers[0].statistics().actions == stats[0].actions  # it took no more work
+        # Each worker's CloudWatch stream has its own records, not the others'.
+        for w in workers:
+            with trio.fail_after(30):
+                await farm.wait_until(
+                    lambda w=w: any("session_finished" in m for m in farm.worker_log(w.worker_id))
+                )
+            records = [json.loads(m) for m in farm.worker_log(w.worker_id)]
+            assert {r["worker_id"] for r in records if "worker_id" in r} == {w.worker_id}
         # A stopped worker makes no more calls (the farm would answer STATUS_CONFLICT).
         mine = [c for c in farm.calls if c.input.get("workerId") == workers[0].worker_id]
         last = max(i for i, c in enumerate(mine) if c.operation == "UpdateWorker")
