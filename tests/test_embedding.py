@@ -123,10 +123,12 @@ async def test_several_workers_share_a_process_and_report_their_own_statistics(
         assert workers[0].statistics().actions == stats[0].actions  # it took no more work
         # Each worker's CloudWatch stream has its own records, not the others'.
         for w in workers:
+
+            def logged(worker_id: str = w.worker_id) -> bool:
+                return any("session_finished" in m for m in farm.worker_log(worker_id))
+
             with trio.fail_after(30):
-                await farm.wait_until(
-                    lambda w=w: any("session_finished" in m for m in farm.worker_log(w.worker_id))
-                )
+                await farm.wait_until(logged)
             records = [json.loads(m) for m in farm.worker_log(w.worker_id)]
             assert {r["worker_id"] for r in records if "worker_id" in r} == {w.worker_id}
         # A stopped worker makes no more calls (the farm would answer STATUS_CONFLICT).
