@@ -126,6 +126,8 @@ class Scheduler:
         self._reported: Counter[str] = Counter()
         self._stop_requested = False
         self._closed = False
+        self._in_flight = False
+        self._call_over = trio.Event()
 
     # ------------------------------------------------------------------ public
 
@@ -157,12 +159,15 @@ class Scheduler:
         while self._completed < target and not self._closed:
             await self._synced.wait()
 
-    def close(self) -> None:
-        """Make no more calls (the worker has stopped: the farm would refuse them)."""
+    async def close(self) -> None:
+        """Make no more calls (the worker is stopping: the farm would refuse them);
+        returns once a call in flight is over (bound the wait with a cancel scope)."""
         self._closed = True
         self._report_pending = False
         self._synced.set()
         self._wake()
+        while self._in_flight:
+            await self._call_over.wait()
 
     def refuse_new_sessions(self) -> None:
         """Take no new sessions (finish the current ones): the first action of a new
@@ -230,7 +235,20 @@ class Scheduler:
             target = self._requested
             self._report_pending = False
             self._last_sync_started = trio.current_time()
-            await self._sync(sessions, reports)
+            self._in_flight = True
+            try:
+                await self._sync(sessions, reports)
+            except Exception:
+                if self._closed:
+                    # Closed while the call was out (the worker is stopping): whatever
+                    # it met no longer matters, and what it carried is in the final sync.
+                    log.info("scheduler.call_after_close_failed")
+                    continue
+                raise
+            finally:
+                self._in_flight = False
+                self._call_over.set()
+                self._call_over = trio.Event()
             self._completed = target
             self._synced.set()
             self._synced = trio.Event()

@@ -292,8 +292,9 @@ class Worker:
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
         # A STOPPED worker makes no more calls: the farm would answer them STATUS_CONFLICT.
-        self._scheduler.close()
         self._stop_heartbeat()
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await self._scheduler.close()
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"

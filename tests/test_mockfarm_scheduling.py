@@ -771,3 +771,21 @@ async def test_log_events_can_be_counted_without_being_kept() -> None:
         )
         assert farm.worker_log(agent.worker_id) == []
         assert farm.statistics().log_events == 1
+
+
+async def test_a_task_reported_only_at_its_end_still_has_a_start(farm: MockFarm) -> None:
+    """A task whose start and end come in one report has startedAt, and so do its
+    step and job (GetJob's startedAt is the first task's start)."""
+    job_id = farm.create_job(job_template(frames="1", job_environments=0))
+    agent = Agent(farm)
+    await agent.start()
+    [run] = await agent.actions()
+    done = completed()
+    await agent.sync({run["sessionActionId"]: done})
+    job = farm.job(job_id)
+    [task] = job.steps[0].tasks
+    assert task.status == "SUCCEEDED"
+    assert task.started_at == done["startedAt"]
+    assert job.steps[0].started_at == job.started_at == done["startedAt"]
+    got = await invoke(farm.app, "GetJob", farmId=farm.farm_id, queueId=farm.queue_id, jobId=job_id)
+    assert got["startedAt"] is not None and got["endedAt"] is not None

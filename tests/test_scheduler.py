@@ -520,3 +520,34 @@ async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
         {action_id(3)},
         {action_id(4)},
     ]
+
+
+async def test_close_waits_for_the_call_in_flight_and_makes_no_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """close() returns only once the call in flight has its answer (the worker may then
+    tell the farm it stopped); later syncs make no call, and a failure of the call that
+    was out when it closed does not end the scheduler."""
+    farm = FakeFarm(py("pass"))
+    real_sync = farm.update_worker_schedule
+    started = trio.Event()
+
+    async def slow(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        started.set()
+        await trio.sleep(5)
+        await real_sync(updated)
+        raise RuntimeError("the farm says the worker is stopping")
+
+    async with trio.open_nursery() as nursery:
+        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
+        await nursery.start(scheduler.run)
+        farm.update_worker_schedule = slow  # type: ignore[method-assign]
+        scheduler.request_sync()
+        await started.wait()
+        before = trio.current_time()
+        await scheduler.close()
+        assert trio.current_time() - before == 5  # waited for the answer
+        await scheduler.sync_now()  # returns at once, no call
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert len(farm.calls) == 1

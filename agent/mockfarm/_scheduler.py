@@ -275,6 +275,12 @@ class Scheduler:
         if task.latest_action is not action:
             return  # a stale report: the task has moved on
         job = task.step.job
+        started = action.started_at
+        if started is not None:
+            # A quick task's start may come only with its end: it still started.
+            for record in (task, task.step, job):
+                if record.started_at is None:
+                    record.started_at = started
         if status == "SUCCEEDED":
             task.target_status = None
             self.set_task_status(task, "SUCCEEDED")
