@@ -38,6 +38,7 @@ from functools import partial
 from typing import Any, Literal
 
 import attrs
+import botocore.session
 import httpx
 import structlog
 import trio
@@ -110,12 +111,27 @@ class Endpoints:
     logs: ServiceEndpoint
 
 
+def aws_session(config: WorkerConfig) -> botocore.session.Session:
+    """The AWS configuration the worker reads: the environment and config files, with
+    the configured profile (``--profile``, ``[aws] profile``) when there is one."""
+    return botocore.session.Session(profile=config.profile)
+
+
 def resolve_endpoints(config: WorkerConfig) -> Endpoints:
     """The Deadline and CloudWatch Logs endpoints for ``config`` (reads AWS config; call once)."""
-    deadline = resolve_endpoint("deadline", region=config.region, endpoint_url=config.endpoint_url)
+    session = aws_session(config)
+    deadline = resolve_endpoint(
+        "deadline", session=session, region=config.region, endpoint_url=config.endpoint_url
+    )
     if config.disable_host_prefix:
         deadline = attrs.evolve(deadline, inject_host_prefix=False)
-    return Endpoints(deadline, resolve_endpoint("logs", region=config.region))
+    return Endpoints(deadline, resolve_endpoint("logs", session=session, region=config.region))
+
+
+async def load_bootstrap_credentials(config: WorkerConfig) -> CredentialHolder:
+    """The credentials CreateWorker and AssumeFleetRoleForWorker are called with: the
+    default AWS chain, from the configured profile when there is one."""
+    return CredentialHolder(await load_default_credentials(aws_session(config)))
 
 
 class Worker:
@@ -342,7 +358,7 @@ async def open_agent(
     if endpoints is None:
         endpoints = await trio.to_thread.run_sync(resolve_endpoints, config)
     if bootstrap_credentials is None:
-        bootstrap_credentials = CredentialHolder(await load_default_credentials())
+        bootstrap_credentials = await load_bootstrap_credentials(config)
     own_http = http is None
     client = http or httpx.AsyncClient(
         timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_keepalive_connections=4)

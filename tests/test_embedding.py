@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -202,3 +203,32 @@ async def test_agent_run_raises_what_ends_the_worker(
         )
         with pytest.raises(agent.FarmhandError, match="ResourceNotFound"):
             await trio.to_thread.run_sync(agent.run, config)
+
+
+async def test_the_configured_profile_gives_credentials_and_region(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--profile ([aws] profile) picks the bootstrap credentials and the region, as the
+    official agent's --profile does."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[farmhand]\naws_access_key_id = AKIDFROMPROFILE\naws_secret_access_key = s\n"
+    )
+    config_file = tmp_path / "config"
+    config_file.write_text("[profile farmhand]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config_file))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    config = agent.WorkerConfig(farm_id="farm-" + "0" * 32, fleet_id="fleet-" + "0" * 32)
+    with_profile = attrs.evolve(config, profile="farmhand")
+    from agent._worker import load_bootstrap_credentials
+
+    holder = await load_bootstrap_credentials(with_profile)
+    assert (await holder.frozen()).access_key == "AKIDFROMPROFILE"
+    endpoints = await trio.to_thread.run_sync(agent.resolve_endpoints, with_profile)
+    assert endpoints.deadline.region == "eu-west-1"
+    assert "eu-west-1" in endpoints.logs.url
+    with pytest.raises(agent.FarmhandError, match="region"):
+        await trio.to_thread.run_sync(agent.resolve_endpoints, config)  # no profile, no region
