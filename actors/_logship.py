@@ -336,7 +336,7 @@ class LogStream:
                 else:
                     with trio.move_on_at(next_call):
                         await self._closed_event.wait()
-                    if self._closed:
+                    if self._closed_event.is_set():
                         continue  # closed while waiting: read the rest, maybe all of it
                 next_call = trio.current_time() + 1.0 / shipper.calls_per_second
                 try:

@@ -104,6 +104,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def preload(args: argparse.Namespace) -> None:
+    """The farm and the worker, unless the run is direct (see ``agent._cli``)."""
+    if not args.direct:
+        import agent._farmrun  # noqa: F401
+
+
 def main(args: argparse.Namespace) -> int:
     # The session's own output is the point here; farmhand's log says only what matters.
     configure_logging(verbose=args.verbose, quiet=not args.verbose, stream=sys.stderr)
