@@ -9,7 +9,8 @@ per action, the latest fields winning), and syncs with the farm:
   while its session still has assigned work to run is not urgent: such syncs
   start at most one per ``report_interval`` (20 ms by default), so a stream of
   millisecond tasks is reported in batches instead of one call per task, and a
-  fleet of them does not flood the farm. Anything else (a failure, a cancel,
+  fleet of them does not flood the farm (``report_interval_seconds`` in the
+  worker's configuration). Anything else (a failure, a cancel,
   an interrupt, or a session with nothing left to run) goes out at once;
 - whenever the heartbeat asks (``sync_now``), at the farm's
   ``updateIntervalSeconds``;

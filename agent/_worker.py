@@ -452,6 +452,7 @@ async def _run_worker(
             scheduler = Scheduler(
                 booted.worker,
                 make_session,
+                report_interval=config.report_interval_seconds,
                 on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
                 on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
                 on_session_finished=lambda session_id: (
