@@ -13,8 +13,10 @@ template was validated there, so a bad one never reaches the farm), starts one
 worker against the farm and shows the session's events as the worker sees them.
 The farm is told to run the job as ``openjd run`` would: in one session
 (``session_limit=1``), on this host whatever the steps' host requirements, with
-no retries, the job failing at its first failed task, and the log events it
-receives counted rather than kept. When the job is over and its session has
+no retries, the job failing at its first failed task. The session's output
+goes to the renderer only (no session log on disk or in the farm, which would
+throw it away); the agent's own log still goes through the log shipper. When
+the job is over and its session has
 ended on the worker, the worker finishes and stops (UpdateWorker STOPPED) and
 the farm's verdict (the job's task run status) is returned.
 
@@ -67,8 +69,9 @@ class FarmRunSettings:
     #: The worker's report interval for routine successes (its failures go at once):
     #: with millisecond tasks, one call reports a few dozen.
     report_interval_seconds: float = 0.05
-    #: Calls the farm remembers (for ``MockFarm.calls``).
-    call_history: int = 1000
+    #: Calls the farm remembers (for ``MockFarm.calls``): none, as nobody reads them
+    #: here, and a PutLogEvents input can be a megabyte.
+    call_history: int = 0
 
 
 def _farm_config(settings: FarmRunSettings) -> FarmConfig:
@@ -151,6 +154,9 @@ def worker_config(
         no_shutdown=True,
         run_jobs_as_agent_user=True,
         retain_session_dir=preserve,
+        # The session's output is what this command prints; a log of it on disk
+        # would be deleted with the run's directory.
+        local_session_logs=False,
         drain_grace_seconds=0.0,
         report_interval_seconds=report_interval,
         # This farm assigns work whatever the host has (match_host_requirements=False),
@@ -197,6 +203,9 @@ async def run_through_farm(
                     static_credentials("AKIDFARMHANDRUN", "farmhand-run")
                 ),
                 on_event=lambda _session_id, event: on_event(event),
+                # ... nor does the embedded farm keep it: the output goes to the
+                # renderer only, as with the direct runner.
+                ship_session_logs=False,
             ) as worker:
                 holder.append(worker)
                 await farm.wait_until(

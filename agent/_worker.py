@@ -348,11 +348,14 @@ async def open_agent(
     bootstrap_credentials: CredentialHolder | None = None,
     on_event: Callable[[str, SessionEvent], None] | None = None,
     containment: Containment | None = None,
+    ship_session_logs: bool = True,
 ) -> AsyncIterator[Worker]:
     """Bootstrap a worker and run it for the block (see the module docstring).
 
     ``on_event(session_id, event)`` sees every session event (output lines
-    included), for hosts that show them. ``endpoints`` and ``http`` let several
+    included), for hosts that show them; such a host may also keep session logs
+    out of CloudWatch (``ship_session_logs=False``; with ``local_session_logs``
+    off too, sessions keep no log at all). ``endpoints`` and ``http`` let several
     workers in one process share one resolution and one connection pool.
     """
     if endpoints is None:
@@ -374,7 +377,14 @@ async def open_agent(
             facts=facts,
         )
         async with _run_worker(
-            config, booted, client, endpoints, bootstrap_credentials, on_event, containment
+            config,
+            booted,
+            client,
+            endpoints,
+            bootstrap_credentials,
+            on_event,
+            containment,
+            ship_session_logs,
         ) as worker:
             yield worker
     finally:
@@ -400,6 +410,7 @@ async def _run_worker(
     bootstrap_credentials: CredentialHolder,
     on_event: Callable[[str, SessionEvent], None] | None,
     containment: Containment | None,
+    ship_session_logs: bool,
 ) -> AsyncIterator[Worker]:
     logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
     identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
@@ -409,6 +420,7 @@ async def _run_worker(
         session_root=config.session_root_dir,
         retain_working_directory=config.retain_session_dir,
         local_session_logs=config.local_session_logs,
+        ship_session_logs=ship_session_logs,
         min_secret_length=config.min_secret_length,
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
         job_user_override=JobUser(override[0], override[1] or None) if override else None,

@@ -277,3 +277,37 @@ async def test_health_and_metrics_endpoint(tmp_path: Path) -> None:
     assert stopped.status_code == 503
     assert "the worker is stopped" in stopped.json()["problems"]
     assert missing.status_code == 404
+
+
+async def test_without_local_session_logs_the_log_still_reaches_cloudwatch(
+    tmp_path: Path,
+) -> None:
+    """--no-local-session-logs: no <logs>/<queue>/<session>.log is kept, the lines still
+    reach CloudWatch (through a spool file that is removed once shipped)."""
+    async with farm_and_worker(tmp_path, local_session_logs=False) as (farm, worker, _events):
+        job_id = farm.create_job(simple_job(py("print('frame {{Task.Param.Frame}}')"), frames="1"))
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = farm.job(job_id).sessions
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: "exited" in farm.session_log(session.session_id))
+            # The spool goes once the log is shipped, before the session is done.
+            await farm.wait_until(lambda: worker.statistics().sessions_finished == 1)
+        spool = list((tmp_path / "logs" / ".spool").glob("*"))
+    assert spool == []
+    assert "frame 1" in farm.session_log(session.session_id)
+    assert not list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
+
+
+async def test_a_host_may_keep_session_logs_out_of_cloudwatch(tmp_path: Path) -> None:
+    """open_agent(ship_session_logs=False): the host sees the output (on_event) and the
+    local log has it; nothing goes to the session's CloudWatch stream."""
+    async with farm_and_worker(tmp_path, ship_session_logs=False) as (farm, _worker, events):
+        job_id = farm.create_job(simple_job(py("print('frame {{Task.Param.Frame}}')"), frames="1"))
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = farm.job(job_id).sessions
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: not farm.job(job_id).active_sessions)
+    assert "frame 1" in events.lines()
+    assert farm.session_log(session.session_id) == []
+    [local] = list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
+    assert "frame 1" in local.read_text()

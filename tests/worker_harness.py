@@ -72,6 +72,7 @@ async def farm_and_worker(
     *,
     farm_config: FarmConfig | None = None,
     faults: FaultConfig | None = None,
+    ship_session_logs: bool = True,
     **config_changes: Any,
 ) -> AsyncIterator[tuple[MockFarm, Worker, Events]]:
     farm_config = farm_config or FarmConfig(update_interval_seconds=1, max_retries_per_task=0)
@@ -83,6 +84,7 @@ async def farm_and_worker(
             endpoints=endpoints_for(farm),
             bootstrap_credentials=bootstrap_credentials(),
             on_event=events,
+            ship_session_logs=ship_session_logs,
         ) as worker:
             yield farm, worker, events
 
