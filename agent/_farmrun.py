@@ -16,9 +16,9 @@ The farm is told to run the job as ``openjd run`` would: in one session
 no retries, the job failing at its first failed task. The session's output
 goes to the renderer only (no session log on disk or in the farm, which would
 throw it away); the agent's own log still goes through the log shipper. When
-the job is over and its session has
-ended on the worker, the worker finishes and stops (UpdateWorker STOPPED) and
-the farm's verdict (the job's task run status) is returned.
+the job is over and its session has ended on the worker, the worker finishes
+and stops (UpdateWorker STOPPED) and the farm's verdict (the job's task run
+status) is returned.
 
 Signals (when ``handle_signals``): the first SIGINT or SIGTERM cancels the job
 on the farm, as a user would, and asks the worker to sync at once; the farm
@@ -203,8 +203,8 @@ async def run_through_farm(
                     static_credentials("AKIDFARMHANDRUN", "farmhand-run")
                 ),
                 on_event=lambda _session_id, event: on_event(event),
-                # ... nor does the embedded farm keep it: the output goes to the
-                # renderer only, as with the direct runner.
+                # The output goes to the renderer only, as with the direct runner: the
+                # embedded farm would throw a shipped copy away.
                 ship_session_logs=False,
             ) as worker:
                 holder.append(worker)
