@@ -101,17 +101,26 @@ async def test_several_workers_share_a_process_and_report_their_own_statistics(
             nursery.start_soon(one, index)
         with trio.fail_after(30):
             await started.wait()
+        # Each task waits until all three workers have a session, so all three get work
+        # however late their heartbeats come.
+        marker = tmp_path / "all-three-working"
+        wait_for_marker = (
+            f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.02)"
+        )
         job_id = farm.create_job(
-            simple_job(py("import time; time.sleep(0.2)"), frames="1-9", environments=False),
+            simple_job(py(wait_for_marker), frames="1-9", environments=False),
             max_worker_count=3,
         )
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: farm.job(job_id).active_sessions == 3)
+        marker.touch()
         assert await wait_job(farm, job_id) == "SUCCEEDED"
         with trio.fail_after(30):
             await farm.wait_until(lambda: all(w.statistics().sessions == 0 for w in workers))
         stats = [w.statistics() for w in workers]
         assert len({s.worker_id for s in stats}) == 3
         assert sum(s.actions.get("SUCCEEDED", 0) for s in stats) == 9
-        assert sum(1 for s in stats if s.actions.get("SUCCEEDED")) >= 2  # the work was shared
+        assert all(s.actions.get("SUCCEEDED") for s in stats)  # the work was shared
         for s in stats:
             assert s.state == "running"
             assert s.heartbeat_age is not None and 0 <= s.heartbeat_age < 5
