@@ -14,7 +14,8 @@ non-decreasing so every batch is in chronological order.
 Uploads respect PutLogEvents' limits: at most 1,048,576 bytes (each event
 counting its UTF-8 size plus 26) and 10,000 events per call, events of at most
 256 KiB (longer messages are split on UTF-8 boundaries), a batch spanning at
-most 24 hours, and at most ``calls_per_second`` calls per stream. Errors back
+most 24 hours, and at most ``calls_per_second`` calls per stream (plus, at
+once, the one that ships the rest of a closed stream). Errors back
 off exponentially with full jitter; a missing log stream is created; events the
 service rejects are skipped with a note in the agent log.
 
@@ -25,6 +26,7 @@ caller bounds the wait with a cancel scope.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import os
 import random
@@ -96,19 +98,35 @@ class Destination:
 # ----------------------------------------------------------------------- encoding
 
 
+# Lines come in bursts within the same second: both conversions go through the
+# second, cached (strftime and strptime are the costly part of a line).
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
+@functools.lru_cache(maxsize=64)
+def _second_of(text: str) -> int | None:
+    try:
+        return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return None
+
+
 def _format_timestamp(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{_second_text(ms // 1000)}{ms % 1000:03d}Z"
 
 
 def _parse_timestamp(text: str) -> int | None:
     if len(text) <= _TIMESTAMP_CHARS or text[_TIMESTAMP_CHARS - 1] != "Z":
         return None
-    try:
-        moment = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-        return int(moment.timestamp()) * 1000 + int(text[20:23])
-    except ValueError:
+    second = _second_of(text[:19])
+    millis = text[20:23]
+    if second is None or text[19] != "." or not millis.isdigit():
         return None
+    return second * 1000 + int(millis)
 
 
 def split_message(message: str, limit: int = MAX_EVENT_BYTES) -> list[str]:
@@ -227,6 +245,7 @@ class LogStream:
         self._events_rejected = 0
         self._errors = 0
         self._closed = False
+        self._closed_event = trio.Event()
         self._changed = trio.Event()
 
     # ---- writing (synchronous; never waits on the network)
@@ -257,6 +276,7 @@ class LogStream:
         if not self._closed:
             self._closed = True
             os.close(self._fd)
+            self._closed_event.set()
             self._wake()
 
     async def flush(self) -> None:
@@ -308,7 +328,16 @@ class LogStream:
                         return
                     await self._changed.wait()
                     continue
-                await trio.sleep_until(next_call)
+                # Paced; but the last batch of a closed stream (nothing can follow it, and
+                # a session waits on it to be reported done) goes at once.
+                if self._closed:
+                    if self._base + batch.end_offset < self._written:
+                        await trio.sleep_until(next_call)
+                else:
+                    with trio.move_on_at(next_call):
+                        await self._closed_event.wait()
+                    if self._closed_event.is_set():
+                        continue  # closed while waiting: read the rest, maybe all of it
                 next_call = trio.current_time() + 1.0 / shipper.calls_per_second
                 try:
                     result = await sink.put_log_events(

@@ -5,7 +5,13 @@ per action, the latest fields winning), and syncs with the farm:
 
 - at once when an action reaches a final state (the contract asks for FAILED,
   CANCELED and INTERRUPTED to be reported immediately; we do it for every final
-  state, so the farm can hand out the next work without waiting);
+  state, so the farm can hand out the next work without waiting). A success
+  while its session still has assigned work to run is not urgent: such syncs
+  start at most one per ``report_interval`` (20 ms by default), so a stream of
+  millisecond tasks is reported in batches instead of one call per task, and a
+  fleet of them does not flood the farm (``report_interval_seconds`` in the
+  worker's configuration). Anything else (a failure, a cancel,
+  an interrupt, or a session with nothing left to run) goes out at once;
 - whenever the heartbeat asks (``sync_now``), at the farm's
   ``updateIntervalSeconds``;
 - at most one call at a time: reports that arrive during a call go out in the
@@ -27,6 +33,7 @@ the others NEVER_ATTEMPTED, so the farm is never left waiting on a dead session.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -38,9 +45,19 @@ import structlog
 import trio
 
 from ._messages import ActionKind, ActionState, Cancel, Finish, Replace, Stop
-from ._worksession import Assignment, Report, SessionFinished, SessionReported, WorkSession
+from ._worksession import (
+    ActionReport,
+    Assignment,
+    Report,
+    SessionFinished,
+    SessionReported,
+    WorkSession,
+)
 
 log = structlog.get_logger("farmhand.scheduler")
+
+#: The shortest time between two syncs made for routine (not urgent) reports.
+REPORT_INTERVAL = 0.02
 
 
 class ScheduleApi(Protocol):
@@ -82,8 +99,10 @@ class Scheduler:
         on_interval: Callable[[float], None] | None = None,
         on_stop_requested: Callable[[], None] | None = None,
         on_session_finished: Callable[[str], None] | None = None,
+        report_interval: float = REPORT_INTERVAL,
     ) -> None:
         self._api = api
+        self._report_interval = report_interval
         self._session_factory = session_factory
         self.interval = initial_interval
         self._on_interval = on_interval
@@ -104,18 +123,25 @@ class Scheduler:
         self._reported_sessions: set[str] = set()
         #: The sync loop runs (``sync_now`` would wait forever otherwise).
         self._syncing = False
-        #: No more syncs: the worker is telling the farm it has STOPPED.
-        self._closed = False
-        self._in_sync = False
         #: Sessions that ended while the farm still assigns them: ids already returned.
         self._dead: dict[str, set[str]] = {}
         self._requested = 0
         self._completed = 0
+        #: A routine report is waiting for the next sync (at most one per report_interval).
+        self._report_pending = False
+        self._last_sync_started = -math.inf
+        #: Per session: assigned actions without a final report yet, and final reports
+        #: the farm may still list (so a repeated assignment does not count them open).
+        self._open: dict[str, set[str]] = {}
+        self._finals: dict[str, set[str]] = {}
         self._wakeup = trio.Event()
         self._synced = trio.Event()
         self._syncs = 0
         self._reported: Counter[str] = Counter()
         self._stop_requested = False
+        self._closed = False
+        self._in_flight = False
+        self._call_over = trio.Event()
 
     # ------------------------------------------------------------------ public
 
@@ -134,12 +160,15 @@ class Scheduler:
         return self._sessions
 
     def request_sync(self) -> None:
+        if self._closed:
+            return
         self._requested += 1
         self._wake()
 
     async def sync_now(self) -> None:
         """Ask for a sync and wait until one that started after this call is done
-        (at once if the sync loop has ended or the scheduler is closed)."""
+        (at once, with no call, once the scheduler is closed or its sync loop has
+        ended)."""
         self.request_sync()
         target = self._requested
         while self._completed < target and self._syncing and not self._closed:
@@ -151,13 +180,14 @@ class Scheduler:
         return self._closed
 
     async def close(self) -> None:
-        """Start no more syncs and wait for the one in flight, if any: the worker is
-        about to say STOPPED, after which the farm answers that it is offline.
-        Pending updates stay; ``sync_now`` returns at once from now on."""
+        """Make no more calls (the worker is stopping: the farm would refuse them);
+        returns once a call in flight is over (bound the wait with a cancel scope)."""
         self._closed = True
+        self._report_pending = False
+        self._synced.set()
         self._wake()
-        while self._in_sync and self._syncing:
-            await self._synced.wait()
+        while self._in_flight and self._syncing:
+            await self._call_over.wait()
 
     def refuse_new_sessions(self) -> None:
         """Take no new sessions (finish the current ones): the first action of a new
@@ -243,31 +273,45 @@ class Scheduler:
                 self._syncing = False
                 self._synced.set()
                 self._synced = trio.Event()
+                self._call_over.set()
                 self._sessions_did_change()
 
     async def _sync_loop(
         self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
     ) -> None:
         while True:
-            while self._completed >= self._requested and not self._closed:
+            while self._nothing_to_send():
                 await self._wait_for_wakeup()
-            if self._closed:
-                return
+            # Only routine reports: wait out the report interval, unless something urgent comes.
+            due = self._last_sync_started + self._report_interval
+            while self._completed >= self._requested and trio.current_time() < due:
+                with trio.move_on_at(due):
+                    await self._wait_for_wakeup()
+            if self._nothing_to_send():
+                continue  # closed while waiting
             target = self._requested
-            self._in_sync = True
+            self._report_pending = False
+            self._last_sync_started = trio.current_time()
+            self._in_flight = True
             try:
                 await self._sync(sessions, reports)
-            except Exception as exc:
-                if not self.closed:
-                    raise
-                # Closed while this call was on its way (waiting for it timed out, and
-                # the worker may have said STOPPED since): its answer no longer matters.
-                log.warning("scheduler.late_sync_failed", error=repr(exc))
+            except Exception:
+                if self._closed:
+                    # Closed while the call was out (the worker is stopping): whatever
+                    # it met no longer matters, and what it carried is in the final sync.
+                    log.info("scheduler.call_after_close_failed")
+                    continue
+                raise
             finally:
-                self._in_sync = False
+                self._in_flight = False
+                self._call_over.set()
+                self._call_over = trio.Event()
             self._completed = target
             self._synced.set()
             self._synced = trio.Event()
+
+    def _nothing_to_send(self) -> bool:
+        return self._closed or (self._completed >= self._requested and not self._report_pending)
 
     # ------------------------------------------------------------------ reports
 
@@ -293,12 +337,26 @@ class Scheduler:
                 entry.fields.update(report.fields)
                 entry.version = self._version
                 entry.final = entry.final or report.final
-            if report.final:
-                self.request_sync()
+            if report.final and not self._closed:
+                self._report_final(report)
+
+    def _report_final(self, report: ActionReport) -> None:
+        finals = self._finals.setdefault(report.session_id, set())
+        finals.add(report.action_id)
+        still_open = self._open.get(report.session_id)
+        if still_open is not None:
+            still_open.discard(report.action_id)
+        if report.fields.get("completedStatus") != "SUCCEEDED" or not still_open:
+            self.request_sync()  # the contract's "immediately", or the session is out of work
+        elif not self._report_pending:
+            self._report_pending = True
+            self._wake()
 
     def _session_finished(self, report: SessionFinished) -> None:
         session = self._sessions.pop(report.session_id, None)
         self._reported_sessions.discard(report.session_id)
+        self._open.pop(report.session_id, None)
+        self._finals.pop(report.session_id, None)
         given = self._last_actions.pop(report.session_id, ())
         if report.session_id in self._stopping or report.session_id in self._finishing:
             self._stopping.discard(report.session_id)
@@ -388,6 +446,10 @@ class Scheduler:
             ids = tuple(action.action_id for action in assignment.actions)
             if ids != self._last_actions.get(session_id):
                 self._last_actions[session_id] = ids
+                assigned_ids = set(ids)
+                finals = self._finals.setdefault(session_id, set())
+                finals &= assigned_ids  # the farm has applied the others
+                self._open[session_id] = assigned_ids - finals
                 session.command(Replace(assignment.actions))
             to_cancel = canceled.get(session_id)
             if to_cancel:

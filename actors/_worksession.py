@@ -307,6 +307,9 @@ class WorkSessionOptions:
     secret_patterns: tuple[str, ...] = ()
     #: How long a finished session may wait for its log to reach CloudWatch.
     log_flush_seconds: float = 30.0
+    #: Send session logs to the CloudWatch stream the farm names (an embedding host
+    #: that shows the output itself may turn it off).
+    ship_session_logs: bool = True
     #: Run every job as the agent's own user, whatever the queue says.
     run_jobs_as_agent_user: bool = False
     #: Run every job as this user, whatever the queue says.
@@ -348,6 +351,7 @@ class WorkSession:
         self._steps: dict[str, StepDetails] = {}
         self._environments: dict[str, EnvironmentDetails] = {}
         self._stream: LogStream | None = None
+        self._spool: Path | None = None
         self.finished = trio.Event()
 
     # ---- the scheduler's side (never blocks)
@@ -381,13 +385,29 @@ class WorkSession:
             with trio.CancelScope(shield=True):
                 await self._finish(succeeded)
 
-    def _open_log(self) -> LogStream:
+    def _open_log(self) -> LogStream | None:
+        """The session's log: the local file ``<logs>/<queue>/<session>.log`` and, when
+        the assignment names a CloudWatch stream and shipping is on, that stream. With
+        no local logs the lines wait for CloudWatch in a spool file removed at the end;
+        with neither, the session has no log (its events still reach ``on_event``)."""
         config = self.assignment.log_config
+        options = self._options
         destination = None
-        if config.driver == "awslogs" and config.group and config.stream and not config.error:
+        if (
+            options.ship_session_logs
+            and config.driver == "awslogs"
+            and config.group
+            and config.stream
+            and not config.error
+        ):
             destination = Destination(config.group, config.stream)
-        path = self._options.logs_dir / self.assignment.queue_id / f"{self.session_id}.log"
-        return self._shipper.open_stream(path, destination)
+        if options.local_session_logs:
+            path = options.logs_dir / self.assignment.queue_id / f"{self.session_id}.log"
+            return self._shipper.open_stream(path, destination)
+        if destination is None:
+            return None
+        self._spool = options.logs_dir / ".spool" / f"{self.session_id}.log"
+        return self._shipper.open_stream(self._spool, destination, compact_over=1 << 20)
 
     async def _job_details(self) -> JobDetails | None:
         config = self.assignment.log_config
@@ -725,6 +745,10 @@ class WorkSession:
                     session_id=self.session_id,
                     bytes_pending=pending,
                 )
+            elif self._spool is not None:
+                # Shipped: a spool is not a log to keep (one that is not is left for
+                # the uploader, which goes on after the session).
+                self._spool.unlink(missing_ok=True)
         try:
             self._fetcher.send_nowait(Forget(self.session_id))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

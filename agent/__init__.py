@@ -1,4 +1,14 @@
-"""farmhand's host side: the CLI, configuration, farm clients and the embedding API.
+"""farmhand's host side: the worker agent, the one-job API, configuration and clients.
+
+Embedding the worker in a Trio program::
+
+    async with agent.open_agent(config) as worker:
+        ...                              # worker.statistics(), worker.wait_stop_requested()
+        await worker.drain(grace)        # or leave the block: it drains too
+
+Anywhere else::
+
+    reason = agent.run(config)           # blocks this thread until the worker stops
 
 The one-job API, for adapters that get their jobs from something other than a
 Deadline farm (see ``contrib/``): describe a job with ``JobSpec``, run it with
@@ -18,7 +28,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._config import ConfigError as ConfigError
+    from ._config import WorkerConfig as WorkerConfig
+    from ._config import configure_parser as configure_parser
+    from ._config import load_config as load_config
+    from ._embed import run as run
+    from ._embed import serve_worker as serve_worker
+    from ._errors import FarmhandError as FarmhandError
     from ._errors import JobSpecError as JobSpecError
+    from ._errors import UnrecoverableError as UnrecoverableError
+    from ._hostinfo import Capabilities as Capabilities
     from ._hostinfo import GpuInfo as GpuInfo
     from ._hostinfo import NvidiaSmiReport as NvidiaSmiReport
     from ._hostinfo import probe_gpus as probe_gpus
@@ -40,15 +59,38 @@ if TYPE_CHECKING:
     from ._jobstop import ShutdownStatistics as ShutdownStatistics
     from ._jobstop import StopLevel as StopLevel
     from ._logging import configure_logging as configure_logging
+    from ._worker import Endpoints as Endpoints
+    from ._worker import StopReason as StopReason
+    from ._worker import Worker as Worker
+    from ._worker import WorkerStatistics as WorkerStatistics
+    from ._worker import open_agent as open_agent
+    from ._worker import resolve_endpoints as resolve_endpoints
 
 #: public name -> the private module that defines it.
 _EXPORTS: dict[str, str] = {
+    # the worker agent
+    "ConfigError": "._config",
+    "WorkerConfig": "._config",
+    "configure_parser": "._config",
+    "load_config": "._config",
+    "run": "._embed",
+    "serve_worker": "._embed",
+    "FarmhandError": "._errors",
+    "UnrecoverableError": "._errors",
+    "Capabilities": "._hostinfo",
+    "Endpoints": "._worker",
+    "StopReason": "._worker",
+    "Worker": "._worker",
+    "WorkerStatistics": "._worker",
+    "open_agent": "._worker",
+    "resolve_endpoints": "._worker",
+    # the one-job API and what adapters share
     "JobSpecError": "._errors",
     "GpuInfo": "._hostinfo",
     "NvidiaSmiReport": "._hostinfo",
+    "probe_gpus": "._hostinfo",
     "BytesBody": "._httpbody",
     "request_with_body": "._httpbody",
-    "probe_gpus": "._hostinfo",
     "LogFile": "._joblog",
     "OutputSink": "._joblog",
     "OutputTail": "._joblog",
@@ -73,7 +115,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'agent' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value

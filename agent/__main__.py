@@ -1,5 +1,3 @@
-import sys
+from agent._cli import program
 
-from agent._cli import main
-
-sys.exit(main())
+program()

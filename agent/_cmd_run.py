@@ -5,7 +5,14 @@ Flag-compatible with ``openjd run``::
     python -m agent run TEMPLATE [-p NAME=VALUE]... [--step NAME] [--run-dependencies]
         [--environment ENV.yaml]... [--path-mapping-rules JSON|file://FILE]
         [--task-param NAME=VALUE]... | [--tasks JSON|file://FILE] | [--maximum-tasks N]
-        [--preserve] [--output human|jsonl] [--verbose]
+        [--preserve] [--output human|jsonl] [--verbose] [--direct]
+
+By default the job goes through the whole agent: an embedded mock farm and one
+embedded worker in this process, over loopback HTTP (``agent._farmrun``).
+``--direct`` hands the session to the session runner without farm or worker
+(``agent._localrun``); a plan the Deadline API cannot carry (two
+``--environment`` templates with one name, a URI path-mapping rule) runs
+directly too. Both print the same output.
 
 Exit status: 0 when every action succeeded, 1 otherwise, 2 for a bad template,
 parameter or option (one line on stderr, no traceback).
@@ -22,7 +29,13 @@ import trio
 
 from actors import Containment
 
-from ._localrun import LocalRunOptions, plan_local_session, run_local_session, session_config
+from ._localrun import (
+    LocalPlan,
+    LocalRunOptions,
+    plan_local_session,
+    run_local_session,
+    session_config,
+)
 from ._logging import configure_logging
 from ._render import HumanRenderer, JsonlRenderer
 from ._templates import TemplateError
@@ -84,6 +97,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="human (default): output as it comes plus a summary; jsonl: one JSON event per line",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="also show the runner's notes")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="run the session without the embedded farm and worker (same output)",
+    )
+
+
+def preload(args: argparse.Namespace) -> None:
+    """The farm and the worker, unless the run is direct (see ``agent._cli``)."""
+    if not args.direct:
+        import agent._farmrun  # noqa: F401
 
 
 def main(args: argparse.Namespace) -> int:
@@ -113,7 +137,32 @@ def main(args: argparse.Namespace) -> int:
     else:
         err = sys.stderr.buffer
         renderer = HumanRenderer(out, err, verbose=args.verbose, live=sys.stderr.isatty())
-    config = session_config(plan, preserve=args.preserve)
+    reason = None
+    if not args.direct:
+        # Imported here: the direct runner does not pay for the farm and the worker.
+        from ._farmrun import run_through_farm, why_not_through_farm
+
+        reason = why_not_through_farm(plan)
+    if reason is not None:
+        print(f"[farmhand] note: running the session directly: {reason}", file=sys.stderr)
+    try:
+        succeeded: bool | None = None  # the direct runner has no verdict beyond the events
+        if args.direct or reason is not None:
+            _run_direct(plan, renderer, preserve=args.preserve)
+        else:
+            status = trio.run(partial(run_through_farm, plan, renderer, preserve=args.preserve))
+            succeeded = status == "SUCCEEDED"
+    except TemplateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    renderer.finish(planned=len(plan.actions), succeeded=succeeded)
+    return 0 if renderer.success else 1
+
+
+def _run_direct(
+    plan: LocalPlan, renderer: HumanRenderer | JsonlRenderer, *, preserve: bool
+) -> None:
+    config = session_config(plan, preserve=preserve)
     # The watchdog kills what this session started even if we are killed with SIGKILL.
     containment = Containment()
     containment.start_watchdog()
@@ -121,5 +170,3 @@ def main(args: argparse.Namespace) -> int:
         trio.run(partial(run_local_session, plan, config, renderer, containment=containment))
     finally:
         containment.close()
-    renderer.finish(planned=len(plan.actions))
-    return 0 if renderer.success else 1

@@ -37,18 +37,15 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import signal
 import sys
-from collections.abc import AsyncIterator
 
-import attrs
 import structlog
 import trio
 
 from ._config import ConfigError, WorkerConfig, configure_parser, load_config
+from ._embed import serve_worker
 from ._errors import FarmhandError, UnrecoverableError
 from ._logging import configure_logging
-from ._worker import StopReason, Worker, open_agent
 
 log = structlog.get_logger("farmhand.main")
 
@@ -84,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
 async def serve(config: WorkerConfig) -> int:
     """Run the worker until it is stopped; the process exit status."""
     try:
-        reason = await _run(config)
+        reason = await serve_worker(config, handle_signals=True)
     except FarmhandError as exc:
         kind = "worker.farm_gave_up" if isinstance(exc, UnrecoverableError) else "worker.failed"
         log.error(kind, error=str(exc), error_type=type(exc).__name__)
@@ -96,76 +93,6 @@ async def serve(config: WorkerConfig) -> int:
     if reason == "farm" and config.shutdown_on_stop:
         await _shut_down_host()
     return 0
-
-
-@attrs.define(eq=False)
-class _Signals:
-    """Where SIGTERM/SIGINT go: to the start-up (cancelled) until the worker runs,
-    then to the worker (drained)."""
-
-    startup: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    worker: Worker | None = None
-    stops: int = 0
-
-
-async def _run(config: WorkerConfig) -> StopReason | None:
-    """Run the worker; why it stopped (``None``: stopped by a signal while starting)."""
-    # Signals are caught from the start: one during the bootstrap cancels it (and
-    # the farm is told STOPPED if the worker was registered already).
-    state = _Signals()
-    reason: StopReason | None = None
-    try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_handle_signals, signals, state, nursery)
-                with state.startup:
-                    async with open_agent(config) as worker:
-                        state.worker = worker
-                        reason = await worker.wait_stop_requested()
-                        await worker.drain(worker.stop_grace)
-                nursery.cancel_scope.cancel(reason="the worker has stopped")
-    except BaseExceptionGroup as group:
-        # One farm error ends the worker; report it rather than the group around it.
-        matched, rest = group.split(FarmhandError)
-        if matched is not None and rest is None:
-            raise _first(matched) from group
-        raise
-    return reason
-
-
-def _first(group: BaseExceptionGroup[FarmhandError]) -> FarmhandError:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-async def _handle_signals(
-    signals: AsyncIterator[int], state: _Signals, nursery: trio.Nursery
-) -> None:
-    # Signals coalesce: nothing here may block before the next one is read.
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        worker = state.worker
-        if signum == signal.SIGUSR1:
-            if worker is None:
-                log.warning("worker.signal", signal=name, action="ignored while starting")
-                continue
-            log.info("worker.signal", signal=name, action="finish current work, then stop")
-            worker.finish_then_stop()
-            continue
-        state.stops += 1
-        if state.stops >= 3:
-            log.warning("worker.signal", signal=name, action="exit now")
-            os._exit(130)
-        if worker is None:
-            if state.stops == 1:
-                log.info("worker.signal", signal=name, action="stop starting")
-                state.startup.cancel(reason=f"{name} while starting")
-        elif state.stops == 1:
-            log.info("worker.signal", signal=name, action="drain")
-            nursery.start_soon(worker.drain)
-        else:
-            log.warning("worker.signal", signal=name, action="drain with no grace")
-            nursery.start_soon(worker.drain, 0.0)
 
 
 async def _shut_down_host() -> None:

@@ -244,6 +244,10 @@ class WorkerConfig:
     imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
     #: How often the IMDS monitor asks (one request each time, the two notices in turn).
     imds_interval_seconds: float = 1.0
+    #: The shortest time between two UpdateWorkerSchedule calls made only to report
+    #: successes while their session has more work (failures, and a session out of
+    #: work, are reported at once).
+    report_interval_seconds: float = 0.02
     #: Stop the worker after this many sessions have ended; ``None``: never.
     exit_after_jobs: int | None = None
     #: Stop the worker after this many seconds without work; ``None``: never.
@@ -580,6 +584,11 @@ _SETTINGS: tuple[_Setting, ...] = (
              "--drain-grace-seconds", _E + "DRAIN_GRACE_SECONDS", ("worker", "drain_grace_seconds"),
              "how long a drain on the first SIGTERM/SIGINT waits for sessions "
              f"(default {DEFAULT_DRAIN_GRACE_SECONDS:g})", metavar="SECONDS"),
+    _Setting("report_interval_seconds", _at_least(_float, 0),
+             "--report-interval-seconds", _E + "REPORT_INTERVAL_SECONDS",
+             ("worker", "report_interval_seconds"),
+             "at most one call per this many seconds to report successes while a session "
+             "has more to run (default 0.02; failures go at once)", metavar="SECONDS"),
     _Setting("exit_after_jobs", _at_least(_int, 1),
              "--exit-after-jobs", _E + "EXIT_AFTER_JOBS", ("worker", "exit_after_jobs"),
              "stop the worker after N sessions have ended", metavar="N"),

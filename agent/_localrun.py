@@ -59,10 +59,11 @@ from ._templates import (
     CreatedJob,
     TemplateError,
     create_job,
-    load_environment_template,
-    load_job_template,
+    decode_environment,
+    decode_job,
     parse_job_parameters,
     parse_path_mapping_rules,
+    read_document,
 )
 
 log = structlog.get_logger("farmhand.run")
@@ -91,6 +92,13 @@ class LocalPlan:
     path_mapping_rules: tuple[PathMappingRule, ...]
     #: Number of task runs in the plan.
     task_count: int
+    #: What a farm needs to run the same session (``agent._farmrun``): the documents
+    #: as read, the steps chosen (``None``: all of them) and the tasks chosen for a
+    #: step when they are not its whole parameter space.
+    template_document: Mapping[str, Any] = attrs.field(factory=dict)
+    environment_documents: tuple[Mapping[str, Any], ...] = ()
+    steps: tuple[str, ...] | None = None
+    tasks: Mapping[str, tuple[TaskParameterSet, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -106,8 +114,13 @@ class TaskSelection:
 
 def plan_local_session(options: LocalRunOptions) -> LocalPlan:
     """Validate everything and lay out the session's actions. Raises ``TemplateError``."""
-    environments = [load_environment_template(path) for path in options.environments]
-    template = load_job_template(options.template)
+    environment_documents = [read_document(path) for path in options.environments]
+    environments = [
+        decode_environment(document, source=str(path))
+        for document, path in zip(environment_documents, options.environments, strict=True)
+    ]
+    template_document = read_document(options.template)
+    template = decode_job(template_document, source=str(options.template))
     parameters = parse_job_parameters(options.parameters)
     rules = (
         tuple(parse_path_mapping_rules(options.path_mapping_rules))
@@ -128,6 +141,8 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
         template_dir=options.template.parent,
         path_mapping_rules=rules,
         selection=selection,
+        template_document=template_document,
+        environment_documents=environment_documents,
     )
 
 
@@ -139,10 +154,14 @@ def plan_job(
     environments: Sequence[EnvironmentTemplate] = (),
     path_mapping_rules: Sequence[PathMappingRule] = (),
     selection: TaskSelection = TaskSelection(),
+    template_document: Mapping[str, Any] | None = None,
+    environment_documents: Sequence[Mapping[str, Any]] = (),
 ) -> LocalPlan:
     """Lay out one session's actions for a decoded template and plain parameter values
     (``{"Frames": "1-10"}``; defaults and types come from the template). Raises
-    ``TemplateError``. Relative PATH parameters resolve against ``template_dir``."""
+    ``TemplateError``. Relative PATH parameters resolve against ``template_dir``.
+    ``template_document`` and ``environment_documents`` (the documents as read) go
+    into the plan for running it through a farm."""
     created = create_job(
         template,
         dict(parameters),
@@ -152,6 +171,7 @@ def plan_job(
     )
     job = created.job
     steps, selected = _select_steps(job, selection)
+    chosen: dict[str, tuple[TaskParameterSet, ...]] = {}
     builder = _PlanBuilder(created)
     for index, env_template in enumerate(environments):
         builder.enter(f"EXTERNAL:{index}:{env_template.environment.name}", env_template.environment)
@@ -159,7 +179,11 @@ def plan_job(
         builder.enter(f"JOB:{environment.name}", environment)
     for step in steps:
         tasks: Iterable[TaskParameterSet]
-        if step is selected:
+        if step is selected and (
+            selection.task_params or selection.tasks or selection.maximum_tasks is not None
+        ):
+            tasks = chosen[step.name] = tuple(_selected_tasks(step, selection))
+        elif step is selected:
             tasks = _selected_tasks(step, selection)
         else:
             tasks = StepParameterSpaceIterator(space=step.parameterSpace)
@@ -175,6 +199,10 @@ def plan_job(
         frozenset(extensions),
         tuple(path_mapping_rules),
         builder.task_count,
+        template_document=template_document or {},
+        environment_documents=tuple(environment_documents),
+        steps=tuple(step.name for step in steps) if selection.step is not None else None,
+        tasks=chosen,
     )
 
 

@@ -5,7 +5,9 @@ carry whatever ``structlog.contextvars`` has bound (worker, session, action ids)
 The log goes to a stream (stderr by default) as console text or JSON, and
 optionally to a local file that rotates by size, keeping a number of old files.
 Sinks added with ``add_log_sink`` (the agent's CloudWatch stream) get every
-INFO-and-above record as one JSON line.
+INFO-and-above record as one JSON line; a sink added for a worker id gets only
+the records of that worker or of none (with several workers in one process,
+each worker's stream gets its own records and the process's).
 
 Secrets never reach any of them: before a record is rendered, every string in
 it (the event, each value, inside lists and mappings; other values by their
@@ -30,19 +32,20 @@ import structlog
 from actors._output import LIVE_SECRETS, Redactor
 
 LogSink = Callable[[Iterable[str]], None]
-_sinks: list[LogSink] = []
+#: (sink, the worker whose records it takes, or None for all)
+_sinks: list[tuple[LogSink, str | None]] = []
 #: The file the current configuration writes to (closed when logging is reconfigured).
 _file: RotatingFile | None = None
 
 
-def add_log_sink(sink: LogSink) -> None:
-    """Also send every INFO-and-above record, as a JSON line, to ``sink``."""
-    _sinks.append(sink)
+def add_log_sink(sink: LogSink, *, worker_id: str | None = None) -> None:
+    """Also send every INFO-and-above record, as a JSON line, to ``sink``; with
+    ``worker_id``, only records bound to that worker or to no worker."""
+    _sinks.append((sink, worker_id))
 
 
 def remove_log_sink(sink: LogSink) -> None:
-    if sink in _sinks:
-        _sinks.remove(sink)
+    _sinks[:] = [entry for entry in _sinks if entry[0] is not sink]
 
 
 class RotatingFile:
@@ -139,7 +142,10 @@ class _Output:
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
         as_json = json.dumps(event, default=str, ensure_ascii=False)
         if _sinks and logging.getLevelName(str(event.get("level", "info")).upper()) >= logging.INFO:
-            for sink in list(_sinks):
+            worker = event.get("worker_id")
+            for sink, wanted in list(_sinks):
+                if wanted is not None and worker is not None and worker != wanted:
+                    continue
                 try:
                     sink([as_json])
                 except Exception:  # a sink must never break logging

@@ -39,11 +39,12 @@ from functools import partial
 from typing import Any, Literal
 
 import attrs
+import botocore.session
 import httpx
 import structlog
 import trio
 
-from actors import ActionState, Containment, SessionEvent
+from actors import ActionState, Cancel, Containment, SessionEvent
 from actors._fetcher import EntityFetcher
 from actors._heartbeat import Heartbeat
 from actors._jobuser import JobUser
@@ -111,6 +112,8 @@ class WorkerStatistics:
     #: Final action states reported to the farm, by completedStatus.
     actions: Mapping[str, int]
     syncs: int
+    #: Action updates not yet acknowledged by the farm (they go out with the next call).
+    updates_pending: int
     heartbeat_age: float | None
     heartbeat_lateness_p99: float
     log_bytes_shipped: int
@@ -127,12 +130,27 @@ class Endpoints:
     logs: ServiceEndpoint
 
 
+def aws_session(config: WorkerConfig) -> botocore.session.Session:
+    """The AWS configuration the worker reads: the environment and config files, with
+    the configured profile (``--profile``, ``[aws] profile``) when there is one."""
+    return botocore.session.Session(profile=config.profile)
+
+
 def resolve_endpoints(config: WorkerConfig) -> Endpoints:
     """The Deadline and CloudWatch Logs endpoints for ``config`` (reads AWS config; call once)."""
-    deadline = resolve_endpoint("deadline", region=config.region, endpoint_url=config.endpoint_url)
+    session = aws_session(config)
+    deadline = resolve_endpoint(
+        "deadline", session=session, region=config.region, endpoint_url=config.endpoint_url
+    )
     if config.disable_host_prefix:
         deadline = attrs.evolve(deadline, inject_host_prefix=False)
-    return Endpoints(deadline, resolve_endpoint("logs", region=config.region))
+    return Endpoints(deadline, resolve_endpoint("logs", session=session, region=config.region))
+
+
+async def load_bootstrap_credentials(config: WorkerConfig) -> CredentialHolder:
+    """The credentials CreateWorker and AssumeFleetRoleForWorker are called with: the
+    default AWS chain, from the configured profile when there is one."""
+    return CredentialHolder(await load_default_credentials(aws_session(config)))
 
 
 class Worker:
@@ -191,6 +209,7 @@ class Worker:
             sessions=scheduler.sessions,
             actions=dict(scheduler.reported),
             syncs=scheduler.syncs,
+            updates_pending=scheduler.pending_updates,
             heartbeat_age=self._heartbeat.age(),
             heartbeat_lateness_p99=heartbeat.lateness_p99,
             log_bytes_shipped=shipper.bytes_shipped,
@@ -270,6 +289,22 @@ class Worker:
         await self._stop_requested.wait()
         assert self._stop_reason is not None
         return self._stop_reason
+
+    # ---------------------------------------------------------------- nudges
+
+    async def sync_now(self) -> None:
+        """Call UpdateWorkerSchedule now (reports go out, news comes in) instead of at the
+        next heartbeat; returns once a call that started after this one is done. For a
+        host that knows the farm has something for the worker (a cancel, new work)."""
+        await self._scheduler.sync_now()
+
+    def cancel_running(self, *, time_limit: float | None = None, reason: str) -> None:
+        """Cancel the action each session is running, with its own cancelation method or
+        within ``time_limit`` seconds (0: kill it now). The sessions go on as after any
+        cancel: the rest of their work is skipped, their environment exits run, and the
+        farm hears the outcome as usual."""
+        for session in self._scheduler.sessions.values():
+            session.command(Cancel(time_limit=time_limit, reason=reason))
 
     # ---------------------------------------------------------------- stopping
 
@@ -402,17 +437,20 @@ async def open_agent(
     bootstrap_credentials: CredentialHolder | None = None,
     on_event: Callable[[str, SessionEvent], None] | None = None,
     containment: Containment | None = None,
+    ship_session_logs: bool = True,
 ) -> AsyncIterator[Worker]:
     """Bootstrap a worker and run it for the block (see the module docstring).
 
     ``on_event(session_id, event)`` sees every session event (output lines
-    included), for hosts that show them. ``endpoints`` and ``http`` let several
+    included), for hosts that show them; such a host may also keep session logs
+    out of CloudWatch (``ship_session_logs=False``; with ``local_session_logs``
+    off too, sessions keep no log at all). ``endpoints`` and ``http`` let several
     workers in one process share one resolution and one connection pool.
     """
     if endpoints is None:
         endpoints = await trio.to_thread.run_sync(resolve_endpoints, config)
     if bootstrap_credentials is None:
-        bootstrap_credentials = CredentialHolder(await load_default_credentials())
+        bootstrap_credentials = await load_bootstrap_credentials(config)
     own_http = http is None
     client = http or httpx.AsyncClient(
         timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_keepalive_connections=4)
@@ -430,7 +468,14 @@ async def open_agent(
         running = False
         try:
             async with _run_worker(
-                config, booted, client, endpoints, bootstrap_credentials, on_event, containment
+                config,
+                booted,
+                client,
+                endpoints,
+                bootstrap_credentials,
+                on_event,
+                containment,
+                ship_session_logs,
             ) as worker:
                 running = True
                 yield worker
@@ -465,6 +510,7 @@ async def _run_worker(
     bootstrap_credentials: CredentialHolder,
     on_event: Callable[[str, SessionEvent], None] | None,
     containment: Containment | None,
+    ship_session_logs: bool,
 ) -> AsyncIterator[Worker]:
     logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
     identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
@@ -474,6 +520,7 @@ async def _run_worker(
         session_root=config.session_root_dir,
         retain_working_directory=config.retain_session_dir,
         local_session_logs=config.local_session_logs,
+        ship_session_logs=ship_session_logs,
         min_secret_length=config.min_secret_length,
         secret_patterns=config.secret_patterns,
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
@@ -485,127 +532,131 @@ async def _run_worker(
         containment.start_watchdog()
     worker: Worker | None = None
     agent_stream: LogStream | None = None
+    # Every log line of the worker's actors (and the sessions they start) names it:
+    # its tasks inherit the binding from here. The host's own code in the block does
+    # not (it is reset before the yield), so that with several workers in one process
+    # each worker's CloudWatch stream gets its own records and the process's.
+    tokens = structlog.contextvars.bind_contextvars(worker_id=booted.worker_id)
     try:
-        # Every log line of the worker's actors (and the sessions they start) names it.
-        with structlog.contextvars.bound_contextvars(worker_id=booted.worker_id):
-            async with trio.open_nursery() as nursery:
-                shipper: LogShipper = await nursery.start(
-                    LogShipper(CloudWatchSink(logs_client)).run
+        async with trio.open_nursery() as nursery:
+            shipper: LogShipper = await nursery.start(LogShipper(CloudWatchSink(logs_client)).run)
+            if booted.log_group and booted.log_stream:
+                agent_stream = shipper.open_stream(
+                    config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
+                    Destination(booted.log_group, booted.log_stream),
+                    compact_over=1 << 20,
                 )
-                if booted.log_group and booted.log_stream:
-                    agent_stream = shipper.open_stream(
-                        config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
-                        Destination(booted.log_group, booted.log_stream),
-                        compact_over=1 << 20,
-                    )
-                    add_log_sink(agent_stream.write)
-                fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
-                queue_credentials = QueueCredentials(
-                    booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
+                add_log_sink(agent_stream.write, worker_id=booted.worker_id)
+            fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
+            queue_credentials = QueueCredentials(
+                booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
+            )
+            await nursery.start(queue_credentials.run)
+            heartbeat_holder: list[Heartbeat] = []
+
+            def make_session(
+                assignment: Assignment, reports: trio.MemorySendChannel[Report]
+            ) -> WorkSession:
+                return WorkSession(
+                    assignment,
+                    identity=identity,
+                    fetcher=fetcher,
+                    reports=reports,
+                    shipper=shipper,
+                    options=options,
+                    on_event=partial(on_event, assignment.session_id) if on_event else None,
+                    containment=containment,
+                    queue_credentials=queue_credentials,
                 )
-                await nursery.start(queue_credentials.run)
-                heartbeat_holder: list[Heartbeat] = []
 
-                def make_session(
-                    assignment: Assignment, reports: trio.MemorySendChannel[Report]
-                ) -> WorkSession:
-                    return WorkSession(
-                        assignment,
-                        identity=identity,
-                        fetcher=fetcher,
-                        reports=reports,
-                        shipper=shipper,
-                        options=options,
-                        on_event=partial(on_event, assignment.session_id) if on_event else None,
-                        containment=containment,
-                        queue_credentials=queue_credentials,
-                    )
-
-                scheduler = Scheduler(
-                    booted.worker,
-                    make_session,
-                    on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
-                    on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
-                    on_session_finished=lambda session_id: (
-                        worker._session_finished(session_id) if worker else None
+            scheduler = Scheduler(
+                booted.worker,
+                make_session,
+                report_interval=config.report_interval_seconds,
+                on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
+                on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
+                on_session_finished=lambda session_id: (
+                    worker._session_finished(session_id) if worker else None
+                ),
+            )
+            heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
+            heartbeat_holder.append(heartbeat)
+            supervision = SupervisorStatistics()
+            await nursery.start(
+                partial(
+                    scheduler.run,
+                    supervise=partial(
+                        supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
                     ),
                 )
-                heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
-                heartbeat_holder.append(heartbeat)
-                supervision = SupervisorStatistics()
-                await nursery.start(
-                    partial(
-                        scheduler.run,
-                        supervise=partial(
-                            supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
-                        ),
-                    )
-                )
-                worker = Worker(
+            )
+            worker = Worker(
+                config,
+                booted,
+                scheduler,
+                heartbeat,
+                shipper,
+                booted.worker.deadline.statistics,
+                supervision,
+                queue_credentials,
+            )
+
+            async def run_heartbeat(*, task_status: trio.TaskStatus[None]) -> None:
+                assert worker is not None
+                with worker.heartbeat_scope:
+                    await heartbeat.run(task_status=task_status)
+
+            await nursery.start(run_heartbeat)
+
+            async def credentials_failed(seconds_left: float) -> None:
+                worker.request_stop("credentials", grace=seconds_left)
+
+            nursery.start_soon(
+                partial(
+                    refresh_credentials,
                     config,
                     booted,
-                    scheduler,
-                    heartbeat,
-                    shipper,
-                    booted.worker.deadline.statistics,
-                    supervision,
-                    queue_credentials,
+                    http=http,
+                    endpoint=endpoints.deadline,
+                    bootstrap_credentials=bootstrap_credentials,
+                    on_failure=credentials_failed,
                 )
+            )
+            if config.idle_timeout is not None:
+                nursery.start_soon(worker._watch_idle, config.idle_timeout)
+            if config.imds_monitor:
+                await nursery.start(_monitor_imds, config, worker, nursery)
+            if config.health_port is not None:
+                from ._health import serve_health  # prometheus-client only when asked for
 
-                async def run_heartbeat(*, task_status: trio.TaskStatus[None]) -> None:
-                    assert worker is not None
-                    with worker.heartbeat_scope:
-                        await heartbeat.run(task_status=task_status)
-
-                await nursery.start(run_heartbeat)
-
-                async def credentials_failed(seconds_left: float) -> None:
-                    worker.request_stop("credentials", grace=seconds_left)
-
-                nursery.start_soon(
+                worker.health_url = await nursery.start(
                     partial(
-                        refresh_credentials,
-                        config,
-                        booted,
-                        http=http,
-                        endpoint=endpoints.deadline,
-                        bootstrap_credentials=bootstrap_credentials,
-                        on_failure=credentials_failed,
+                        serve_health,
+                        worker,
+                        host=config.health_address,
+                        port=config.health_port,
                     )
                 )
-                if config.idle_timeout is not None:
-                    nursery.start_soon(worker._watch_idle, config.idle_timeout)
-                if config.imds_monitor:
-                    await nursery.start(_monitor_imds, config, worker, nursery)
-                if config.health_port is not None:
-                    from ._health import serve_health  # prometheus-client only when asked for
-
-                    worker.health_url = await nursery.start(
-                        partial(
-                            serve_health,
-                            worker,
-                            host=config.health_address,
-                            port=config.health_port,
-                        )
-                    )
-                    log.info("worker.health_endpoint", url=worker.health_url)
-                log.info("worker.started", worker_id=booted.worker_id)
-                try:
-                    yield worker
-                finally:
-                    with trio.CancelScope(shield=True):
-                        # Leaving the block drains the worker, within bounds.
-                        with trio.move_on_after(
-                            config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS
-                        ):
-                            await worker.drain()
-                        if agent_stream is not None:
-                            remove_log_sink(agent_stream.write)
-                            # Unless an actor failed and took the shipper down with it.
-                            if not nursery.cancel_scope.cancel_called:
-                                with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-                                    await agent_stream.flush()
-                    nursery.cancel_scope.cancel(reason="the worker has stopped")
+                log.info("worker.health_endpoint", url=worker.health_url)
+            log.info("worker.started", worker_id=booted.worker_id)
+            structlog.contextvars.reset_contextvars(**tokens)
+            tokens = {}
+            try:
+                yield worker
+            finally:
+                with trio.CancelScope(shield=True):
+                    # Leaving the block drains the worker, within bounds.
+                    with trio.move_on_after(config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS):
+                        await worker.drain()
+                    if agent_stream is not None:
+                        remove_log_sink(agent_stream.write)
+                        # Unless an actor failed and took the shipper down with it.
+                        if not nursery.cancel_scope.cancel_called:
+                            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                                await agent_stream.flush()
+                nursery.cancel_scope.cancel(reason="the worker has stopped")
     finally:
+        if tokens:
+            structlog.contextvars.reset_contextvars(**tokens)
         if own_containment:
             await trio.to_thread.run_sync(containment.close)

@@ -3,8 +3,12 @@
 One task prints N MiB in 100-byte lines (`cat` of a file), every line going
 through the runner and out of `python -m agent run` (to /dev/null), against
 `cat` of the same data through a pipe. Sizes 5, 50 and 500 MiB by default.
+Both paths of `run` are measured: through the embedded farm and worker (where
+every line also goes to the session's local log and, through PutLogEvents, to
+the farm), and `--direct`.
 
     python -m benchmarks.output [--sizes 5,50,500] [--repeat 3] [--output human|jsonl]
+        [--paths farm,direct]
 
 Targets: at least 100 MiB/s and peak RSS at most 80 MiB at every size
 (openjd-sessions: 3.4 MiB/s). Throughput is reported both over the whole
@@ -53,11 +57,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--output", choices=["human", "jsonl"], default="human")
     parser.add_argument("--openjd", help="path to the openjd CLI to compare against (slow)")
+    parser.add_argument("--paths", default="farm,direct", help="farm, direct or both (default)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     ok = True
     rows: list[list[object]] = [
         [
+            "path",
             "MiB",
             "cat|cat s",
             "farmhand s",
@@ -70,23 +76,37 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.json"
         empty.write_text(json.dumps(template(None)))
-        startup = median_of(
-            args.repeat, lambda: run_measured(farmhand("run", str(empty), "--output", args.output))
-        )
-        for mib in sizes:
+        paths = [p.strip() for p in args.paths.split(",")]
+        extra = {"farm": [], "direct": ["--direct"]}
+        startups = {
+            path: median_of(
+                args.repeat,
+                partial(
+                    run_measured, farmhand("run", str(empty), "--output", args.output, *extra[path])
+                ),
+            )
+            for path in paths
+        }
+        for mib, path in ((mib, path) for mib in sizes for path in paths):
+            startup = startups[path]
             data = Path(tmp) / f"data-{mib}.txt"
-            write_data(data, mib)
+            if not data.exists():
+                write_data(data, mib)
             job = Path(tmp) / f"job-{mib}.json"
             job.write_text(json.dumps(template(data)))
             cat = median_of(args.repeat, partial(run_measured, ["sh", "-c", f"cat {data} | cat"]))
             ours = median_of(
                 args.repeat,
-                partial(run_measured, farmhand("run", str(job), "--output", args.output)),
+                partial(
+                    run_measured,
+                    farmhand("run", str(job), "--output", args.output, *extra[path]),
+                ),
             )
             rate = mib / ours.seconds
             rate_no_startup = mib / max(ours.seconds - startup.seconds, 1e-9)
             rows.append(
                 [
+                    path,
                     mib,
                     f"{cat.seconds:.3f}",
                     f"{ours.seconds:.3f}",
@@ -97,14 +117,17 @@ def main() -> int:
                 ]
             )
             ok = ok and rate_no_startup >= TARGET_MIB_S and ours.peak_rss_mib <= TARGET_RSS_MIB
-            data.unlink()
+            if path == paths[-1]:
+                data.unlink()
         print(
             f"one task printing N MiB in 100-byte lines, --output {args.output}, median of {args.repeat}"
         )
         print(table(rows))
-        print(
-            f"farmhand start-up (no output): {startup.seconds:.3f} s, peak RSS {startup.peak_rss_mib:.1f} MiB"
-        )
+        for path, startup in startups.items():
+            print(
+                f"farmhand start-up ({path}, no output): {startup.seconds:.3f} s, "
+                f"peak RSS {startup.peak_rss_mib:.1f} MiB"
+            )
         openjd = find_openjd(args.openjd)
         if openjd and args.openjd:
             data = Path(tmp) / "data-5.txt"

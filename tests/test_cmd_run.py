@@ -17,10 +17,27 @@ from tests.session_harness import env, job, py, step
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Extra arguments for ``run``: none (through the embedded farm and worker) or ``--direct``.
+_RUN_EXTRA: list[str] = []
+
+
+@pytest.fixture(params=["farm", "direct"])
+def run_path(request: pytest.FixtureRequest) -> Any:
+    """Run the test through the whole tree (the default) and through the direct runner."""
+    _RUN_EXTRA[:] = ["--direct"] if request.param == "direct" else []
+    yield request.param
+    _RUN_EXTRA.clear()
+
+
+def agent_argv(*args: str) -> list[str]:
+    if args and args[0] == "run":
+        args = (*args, *_RUN_EXTRA)
+    return [sys.executable, "-m", "agent", *args]
+
 
 def agent(*args: str, cwd: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        agent_argv(*args),
         cwd=cwd or ROOT,
         capture_output=True,
         text=True,
@@ -40,7 +57,7 @@ def events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines()]
 
 
-def test_example_job_runs_in_human_output() -> None:
+def test_example_job_runs_in_human_output(run_path: str) -> None:
     """The README's example job runs and succeeds."""
     result = agent("run", "agent/examples/hello.yaml", "-p", "Greeting=Hi")
     assert result.returncode == 0, result.stderr
@@ -48,7 +65,7 @@ def test_example_job_runs_in_human_output() -> None:
     assert "session succeeded: 8 actions ran" in result.stdout
 
 
-def test_jsonl_events(tmp_path: Path) -> None:
+def test_jsonl_events(tmp_path: Path, run_path: str) -> None:
     """--output jsonl prints the documented events, in order, one per line."""
     template = job(
         step(
@@ -95,7 +112,7 @@ def test_jsonl_events(tmp_path: Path) -> None:
     assert got[-1] == {"event": "session_ended", "status": "success", "actions": {"SUCCESS": 4}}
 
 
-def test_failure_exits_one_with_the_failure_reported(tmp_path: Path) -> None:
+def test_failure_exits_one_with_the_failure_reported(tmp_path: Path, run_path: str) -> None:
     """A failing action makes the run exit 1; the rest is counted as never attempted."""
     template = job(
         step(
@@ -139,7 +156,7 @@ def test_failure_exits_one_with_the_failure_reported(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_exit_two(
-    tmp_path: Path, content: str, args: list[str], message: str
+    tmp_path: Path, content: str, args: list[str], message: str, run_path: str
 ) -> None:
     """A bad template, parameter or option is a one-line error and exit status 2."""
     path = tmp_path / "job.yaml"
@@ -151,14 +168,14 @@ def test_bad_input_is_one_line_and_exit_two(
     assert result.stdout == ""
 
 
-def test_missing_template_file(tmp_path: Path) -> None:
+def test_missing_template_file(tmp_path: Path, run_path: str) -> None:
     """A template path that does not exist is reported, exit 2."""
     result = agent("run", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "cannot read" in result.stderr
 
 
-def test_step_selection_and_dependencies(tmp_path: Path) -> None:
+def test_step_selection_and_dependencies(tmp_path: Path, run_path: str) -> None:
     """--step runs one step; --run-dependencies runs what it depends on first."""
     template = job(
         step("A", py("print('A')")),
@@ -178,7 +195,7 @@ def test_step_selection_and_dependencies(tmp_path: Path) -> None:
     assert lines(everything) == ["A", "B", "C"]
 
 
-def test_external_environments_are_outermost(tmp_path: Path) -> None:
+def test_external_environments_are_outermost(tmp_path: Path, run_path: str) -> None:
     """--environment templates are entered first, in order, and exited last."""
     outer = {
         "specificationVersion": "environment-2023-09",
@@ -211,7 +228,7 @@ def test_external_environments_are_outermost(tmp_path: Path) -> None:
     ]
 
 
-def test_job_parameters_from_arguments_json_and_files(tmp_path: Path) -> None:
+def test_job_parameters_from_arguments_json_and_files(tmp_path: Path, run_path: str) -> None:
     """-p takes NAME=VALUE, inline JSON and file:// documents, later ones winning."""
     template = job(
         step("S", py("print('{{Param.A}} {{Param.B}} {{Param.C}}')")),
@@ -239,7 +256,7 @@ def test_job_parameters_from_arguments_json_and_files(tmp_path: Path) -> None:
     ]
 
 
-def test_choosing_tasks(tmp_path: Path) -> None:
+def test_choosing_tasks(tmp_path: Path, run_path: str) -> None:
     """--task-param, --tasks and --maximum-tasks choose which tasks run."""
     template = job(
         step(
@@ -264,7 +281,7 @@ def test_choosing_tasks(tmp_path: Path) -> None:
     assert outside.returncode == 2 and "task 0" in outside.stderr
 
 
-def test_preserve_keeps_the_working_directory(tmp_path: Path) -> None:
+def test_preserve_keeps_the_working_directory(tmp_path: Path, run_path: str) -> None:
     """--preserve keeps the session directory and says where it is."""
     template = job(step("S", py("open('marker.txt', 'w').write('x')")))
     result = agent("run", str(write(tmp_path, template)), "--preserve")
@@ -275,7 +292,7 @@ def test_preserve_keeps_the_working_directory(tmp_path: Path) -> None:
     shutil.rmtree(kept)
 
 
-def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path) -> None:
+def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path, run_path: str) -> None:
     """SIGINT cancels the running action with its method, runs the environment exits,
     and the run exits 1."""
     task = {
@@ -291,7 +308,7 @@ def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path) -> N
         step("S", task), jobEnvironments=[env("E", py("print('enter')"), py("print('exit ran')"))]
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", str(write(tmp_path, template)), "--output", "jsonl"],
+        agent_argv("run", str(write(tmp_path, template)), "--output", "jsonl"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -312,6 +329,119 @@ def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path) -> N
     assert lines == ["enter", "ready", "got SIGTERM", "exit ran"]
     states = [e["state"] for e in seen if e["event"] == "action_ended"]
     assert states == ["SUCCESS", "CANCELED", "SUCCESS"]
+
+
+def test_path_mapping_rules_map_path_parameters(tmp_path: Path, run_path: str) -> None:
+    """--path-mapping-rules maps PATH parameters and is offered as Session.PathMappingRulesFile."""
+    template = job(
+        step(
+            "S",
+            {
+                "command": sys.executable,
+                "args": [
+                    "-c",
+                    "import json, sys; print('{{Param.In}}'); "
+                    "print(json.load(open(sys.argv[1]))['path_mapping_rules'][0]['destination_path'])",
+                    "{{Session.PathMappingRulesFile}}",
+                ],
+            },
+        ),
+        parameterDefinitions=[{"name": "In", "type": "PATH"}],
+    )
+    rules = {
+        "version": "pathmapping-1.0",
+        "path_mapping_rules": [
+            {"source_path_format": "POSIX", "source_path": "/studio", "destination_path": "/mnt/x"}
+        ],
+    }
+    result = agent(
+        "run",
+        str(write(tmp_path, template)),
+        "-p",
+        "In=/studio/shot1",
+        "--path-mapping-rules",
+        json.dumps(rules),
+        "--output",
+        "jsonl",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [e["line"] for e in events(result.stdout) if e["event"] == "output"]
+    assert lines == ["/mnt/x/shot1", "/mnt/x"]
+
+
+def test_host_requirements_do_not_keep_a_step_from_running(tmp_path: Path, run_path: str) -> None:
+    """As with `openjd run`, a step runs on this host whatever its hostRequirements say."""
+    template = job(
+        step(
+            "S",
+            py("print('ran')"),
+            hostRequirements={"amounts": [{"name": "amount.worker.gpu", "min": 64}]},
+        )
+    )
+    result = agent("run", str(write(tmp_path, template)), "--output", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert [e["line"] for e in events(result.stdout) if e["event"] == "output"] == ["ran"]
+
+
+def test_a_second_sigint_kills_the_running_action_and_exits_still_run(
+    tmp_path: Path, run_path: str
+) -> None:
+    """The second SIGINT kills an action that ignores the first; environment exits still run."""
+    task = {
+        **py(
+            "import signal, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: print('ignoring SIGTERM', flush=True))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(600)\n"
+        ),
+        "cancelation": {"mode": "NOTIFY_THEN_TERMINATE", "notifyPeriodInSeconds": 300},
+    }
+    template = job(
+        step("S", task), jobEnvironments=[env("E", py("print('enter')"), py("print('exit ran')"))]
+    )
+    process = subprocess.Popen(
+        agent_argv("run", str(write(tmp_path, template)), "--output", "jsonl"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    seen: list[dict[str, Any]] = []
+    for line in process.stdout:
+        seen.append(json.loads(line))
+        if seen[-1].get("line") == "ready":
+            process.send_signal(signal.SIGINT)
+        elif seen[-1].get("line") == "ignoring SIGTERM":
+            process.send_signal(signal.SIGINT)
+            break
+    rest, _ = process.communicate(timeout=60)
+    seen.extend(events(rest))
+    assert process.returncode == 1
+    lines = [e["line"] for e in seen if e["event"] == "output"]
+    assert lines == ["enter", "ready", "ignoring SIGTERM", "exit ran"]
+    assert [e["state"] for e in seen if e["event"] == "action_ended"] == [
+        "SUCCESS",
+        "CANCELED",
+        "SUCCESS",
+    ]
+
+
+def test_a_plan_the_farm_cannot_carry_runs_directly(tmp_path: Path) -> None:
+    """Two --environment templates with one name cannot be queue environments: the run
+    says so on stderr and goes to the direct runner, with the same output."""
+    environment = {
+        "specificationVersion": "environment-2023-09",
+        "environment": env("Same", py("print('in')")),
+    }
+    first = write(tmp_path, environment, "a.json")
+    second = write(tmp_path, environment, "b.json")
+    template = write(tmp_path, job(step("S", py("print('task')"))))
+    result = agent("run", str(template), "--environment", str(first), "--environment", str(second))
+    assert result.returncode == 0, result.stderr
+    assert "running the session directly" in result.stderr
+    assert result.stdout.count("in\n") == 2 and "task" in result.stdout
 
 
 def test_check_validates_job_and_environment_templates(tmp_path: Path) -> None:

@@ -293,6 +293,7 @@ def test_every_farmhand_key_is_read() -> None:
     """farmhand's own keys load from the sections they belong to."""
     config = load((), IDS, DATA / "worker-farmhand-keys.toml")
     assert config.drain_grace_seconds == 12.5
+    assert config.report_interval_seconds == 0.25
     assert config.exit_after_jobs == 3
     assert config.idle_timeout == 600
     assert (config.health_port, config.health_address) == (8089, "::1")

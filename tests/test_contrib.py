@@ -21,7 +21,7 @@ def console_script() -> str:
     [(name, target)] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "scripts"
     ].items()
-    assert target == "agent._cli:main"
+    assert target == "agent._cli:program"
     return str(name)
 
 

@@ -326,3 +326,30 @@ async def test_a_spool_stream_is_emptied_once_shipped(
         nursery.cancel_scope.cancel()
     assert sink.messages() == [f"line {b}-{i} " + "x" * 30 for b in range(5) for i in range(5)]
     assert stats.bytes_pending == 0 and stats.bytes_written == stats.bytes_shipped > 500
+
+
+async def test_the_last_batch_of_a_closed_stream_is_not_held_back(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Closing a stream (a session ending) ships its last lines at once, not a pacing
+    interval later; a backlog is still paced."""
+    sink = FakeSink()
+    async with trio.open_nursery() as nursery:
+        shipper = await start(nursery, sink, max_batch_events=10)
+        stream = shipper.open_stream(tmp_path / "s.log", DEST)
+        stream.write(["first"])
+        await stream.flush()
+        stream.write(["last"])
+        stream.close()  # right after a call: the pace would hold it for 0.2 s
+        await stream.flush()
+        closed_at = trio.current_time()
+        busy = shipper.open_stream(tmp_path / "b.log", DEST)
+        busy.write([str(i) for i in range(30)])
+        busy.close()
+        await busy.flush()
+        nursery.cancel_scope.cancel()
+    times = [t for t, *_ in sink.calls]
+    assert times[:2] == [0.0, 0.0]
+    assert closed_at == 0.0
+    # The closed backlog: paced, but its last batch not held back.
+    assert [round(t - closed_at, 6) for t in times[2:]] == [0.0, 0.2, 0.2]

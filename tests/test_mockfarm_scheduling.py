@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -637,3 +638,154 @@ async def test_queue_role_credentials_need_a_session_and_a_role(farm: MockFarm) 
         "sessionToken",
         "expiration",
     }
+
+
+# ------------------------------------------------------------ options for embedding programs
+
+
+async def test_a_job_can_keep_some_steps_and_name_its_tasks(farm: MockFarm) -> None:
+    """steps= keeps the named steps (dependencies on the others dropped); tasks= gives a
+    step exactly these tasks, in this order, repeats included."""
+    from openjd.model import ParameterValue, ParameterValueType
+
+    def frame(n: int) -> dict[str, ParameterValue]:
+        return {"Frame": ParameterValue(type=ParameterValueType.INT, value=str(n))}
+
+    job_id = farm.create_job(
+        job_template(second_step=True, job_environments=0),
+        steps=["Encode"],
+    )
+    assert [s.name for s in farm.job(job_id).steps] == ["Encode"]
+    assert farm.job(job_id).steps[0].dependencies == []
+    assert "dependencies" not in farm.job(job_id).steps[0].spec.template
+    farm.cancel_job(job_id)
+    job_id = farm.create_job(
+        job_template(frames="1-10", job_environments=0),
+        tasks={"Render": [frame(9), frame(2), frame(9)]},
+    )
+    agent = Agent(farm)
+    await agent.start()
+    order: list[str] = []
+    actions = await agent.actions()
+    while actions:
+        order += [describe(a) for a in actions]
+        actions = await agent.actions(succeed_all(actions))
+    assert order == ["task 9", "task 2", "task 9"]
+    assert farm.job(job_id).status == "SUCCEEDED"
+    with pytest.raises(ApiError, match="no step named Nope"):
+        farm.create_job(job_template(), steps=["Nope"])
+
+
+async def test_a_session_limit_cancels_what_its_sessions_leave() -> None:
+    """With session_limit=1 a job never gets a second session: after a failed environment
+    (its tasks requeued) the rest is canceled and the job is over."""
+    template = job_template(frames="1-2", job_environments=1)
+    async with open_mock_farm(config=FarmConfig(max_retries_per_task=0)) as farm:
+        job_id = farm.create_job(template, session_limit=1)
+        agent = Agent(farm)
+        await agent.start()
+        enter, *_ = await agent.actions()
+        assert kind_of(enter) == "envEnter"
+        [exit_] = await agent.actions({enter["sessionActionId"]: completed("FAILED")})
+        assert kind_of(exit_) == "envExit"  # the failed environment is still exited
+        assert farm.job(job_id).status != "CANCELED"
+        response = await agent.sync({exit_["sessionActionId"]: completed()})
+        assert response["assignedSessions"] == {}
+        job = farm.job(job_id)
+        assert len(job.sessions) == 1
+        assert job.status == "CANCELED"
+        assert (await agent.sync())["assignedSessions"] == {}
+
+
+async def test_path_mapping_rules_reach_job_details(farm: MockFarm) -> None:
+    """path_mapping_rules= are served in jobDetails.pathMappingRules, which the worker reads."""
+    rule = {"sourcePathFormat": "WINDOWS", "sourcePath": "C:\\\\in", "destinationPath": "/mnt/in"}
+    job_id = farm.create_job(job_template(), path_mapping_rules=[rule])
+    agent = Agent(farm)
+    await agent.start()
+    await agent.sync()
+    answer = await invoke(
+        farm.app,
+        "BatchGetJobEntity",
+        identifiers=[{"jobDetails": {"jobId": job_id}}],
+        **agent.ids,
+    )
+    [entity] = answer["entities"]
+    assert entity["jobDetails"]["pathMappingRules"] == [rule]
+    details = _entities.parse_job_details(entity["jobDetails"])
+    assert [r.to_dict()["destination_path"] for r in details.path_mapping_rules] == ["/mnt/in"]
+
+
+async def test_host_requirements_can_be_ignored() -> None:
+    """match_host_requirements=False gives a step to a worker that does not meet it."""
+    template = job_template(job_environments=0)
+    template["steps"][0]["hostRequirements"] = {
+        "amounts": [{"name": "amount.worker.gpu", "min": 8}]
+    }
+    for match, expected in ((True, 0), (False, 3)):
+        config = FarmConfig(match_host_requirements=match, pipeline_depth=5)
+        async with open_mock_farm(config=config) as farm:
+            farm.create_job(template)
+            agent = Agent(farm)
+            await agent.start()
+            assert len(await agent.actions()) == expected
+
+
+async def test_queue_environments_from_python_wrap_jobs_in_priority_order(farm: MockFarm) -> None:
+    """create_queue_environment adds an environment every later job enters first; an
+    extension it declares is the session's too."""
+
+    def environment(name: str) -> dict[str, Any]:
+        return {
+            "specificationVersion": "environment-2023-09",
+            "extensions": ["REDACTED_ENV_VARS"],
+            "environment": {"name": name, "variables": {"A": "1"}},
+        }
+
+    farm.create_queue_environment(environment("Second"), priority=5)
+    farm.create_queue_environment(environment("First"), priority=1)
+    with pytest.raises(ApiError, match="already has an environment named"):
+        farm.create_queue_environment(environment("First"))
+    job_id = farm.create_job(job_template(job_environments=0, frames="1"))
+    assert "REDACTED_ENV_VARS" in farm.job(job_id).extensions
+    agent = Agent(farm)
+    await agent.start()
+    actions = await agent.actions()
+    names = [farm.job(job_id).environments[i][1].name for i in range(2)]
+    assert names == ["First", "Second"]
+    assert [kind_of(a) for a in actions] == ["envEnter", "envEnter", "taskRun"]
+
+
+async def test_log_events_can_be_counted_without_being_kept() -> None:
+    """keep_log_events=False: PutLogEvents is checked and counted, nothing is stored."""
+    async with open_mock_farm(config=FarmConfig(keep_log_events=False)) as farm:
+        agent = Agent(farm)
+        await agent.start()
+        group = f"/aws/deadline/{farm.farm_id}/{farm.fleet_id}"
+        farm.logs.put_log_events(
+            {
+                "logGroupName": group,
+                "logStreamName": agent.worker_id,
+                "logEvents": [{"timestamp": int(time.time() * 1000), "message": "hello"}],
+            }
+        )
+        assert farm.worker_log(agent.worker_id) == []
+        assert farm.statistics().log_events == 1
+
+
+async def test_a_task_reported_only_at_its_end_still_has_a_start(farm: MockFarm) -> None:
+    """A task whose start and end come in one report has startedAt, and so do its
+    step and job (GetJob's startedAt is the first task's start)."""
+    job_id = farm.create_job(job_template(frames="1", job_environments=0))
+    agent = Agent(farm)
+    await agent.start()
+    [run] = await agent.actions()
+    done = completed()
+    await agent.sync({run["sessionActionId"]: done})
+    job = farm.job(job_id)
+    [task] = job.steps[0].tasks
+    assert task.status == "SUCCEEDED"
+    assert task.started_at == done["startedAt"]
+    assert job.steps[0].started_at == job.started_at == done["startedAt"]
+    got = await invoke(farm.app, "GetJob", farmId=farm.farm_id, queueId=farm.queue_id, jobId=job_id)
+    assert got["startedAt"] is not None and got["endedAt"] is not None

@@ -20,6 +20,7 @@ from actors._logship import LogShipper
 from actors._messages import ActionState
 from actors._scheduler import Scheduler
 from actors._worksession import (
+    ActionReport,
     Assignment,
     Report,
     WorkerIdentity,
@@ -592,3 +593,104 @@ async def test_a_late_sync_failing_after_close_is_not_an_error() -> None:
         with trio.fail_after(1):
             await scheduler.sync_now()  # returns at once: closed, and nothing was raised
         nursery.cancel_scope.cancel()
+
+
+class ScriptedSession:
+    """Stands in for a WorkSession: the test writes its reports."""
+
+    def __init__(self, assignment: Assignment, reports: trio.MemorySendChannel[Report]) -> None:
+        self.assignment = assignment
+        self.session_id = assignment.session_id
+        self.reports = reports
+        self.commands: list[Any] = []
+        self.finished = trio.Event()
+
+    def command(self, command: Any) -> None:
+        self.commands.append(command)
+
+    async def run(self) -> None:
+        await trio.sleep_forever()
+
+    async def final(self, n: int, status: str) -> None:
+        fields = {"completedStatus": status}
+        await self.reports.send(ActionReport(SESSION, action_id(n), fields, True))
+
+
+async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A success while the session has work left waits for the report interval (so
+    millisecond tasks share calls); a failure, or a session out of work, syncs at once."""
+    farm = FakeFarm(py("pass"))
+    farm.assigned = {SESSION: session(task(0, 1), task(1, 2), task(2, 3), task(3, 4), task(4, 5))}
+    sessions: list[ScriptedSession] = []
+    times: list[float] = []
+    real_sync = farm.update_worker_schedule
+
+    async def timed(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        times.append(trio.current_time())
+        return await real_sync(updated)
+
+    farm.update_worker_schedule = timed  # type: ignore[method-assign]
+
+    def factory(assignment: Assignment, reports: trio.MemorySendChannel[Report]) -> Any:
+        sessions.append(ScriptedSession(assignment, reports))
+        return sessions[-1]
+
+    async with trio.open_nursery() as nursery:
+        scheduler = Scheduler(farm, factory, report_interval=1.0)
+        await nursery.start(scheduler.run)
+        await scheduler.sync_now()  # t=0: the session arrives
+        [worker_session] = sessions
+        await worker_session.final(0, "SUCCEEDED")
+        await worker_session.final(1, "SUCCEEDED")
+        await farm.wait_until(lambda: len(farm.completed) == 2)
+        assert times == [0.0, 1.0]  # one call for both, a report interval after the last
+        await trio.sleep(5)
+        await worker_session.final(2, "SUCCEEDED")  # the interval has passed: at once
+        await farm.wait_until(lambda: len(farm.completed) == 3)
+        await worker_session.final(3, "FAILED")  # urgent, though a call was just made
+        await farm.wait_until(lambda: len(farm.completed) == 4)
+        assert times[2:] == [6.0, 6.0]
+        await trio.sleep(0.1)
+        await worker_session.final(4, "SUCCEEDED")  # the last assigned: the session is idle
+        await farm.wait_until(lambda: len(farm.completed) == 5)
+        assert times[4:] == [6.1]
+        nursery.cancel_scope.cancel()
+    assert [c.keys() for c in farm.calls[1:]] == [
+        {action_id(0), action_id(1)},
+        {action_id(2)},
+        {action_id(3)},
+        {action_id(4)},
+    ]
+
+
+async def test_close_waits_for_the_call_in_flight_and_makes_no_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """close() returns only once the call in flight has its answer (the worker may then
+    tell the farm it stopped); later syncs make no call, and a failure of the call that
+    was out when it closed does not end the scheduler."""
+    farm = FakeFarm(py("pass"))
+    real_sync = farm.update_worker_schedule
+    started = trio.Event()
+
+    async def slow(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        started.set()
+        await trio.sleep(5)
+        await real_sync(updated)
+        raise RuntimeError("the farm says the worker is stopping")
+
+    async with trio.open_nursery() as nursery:
+        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
+        await nursery.start(scheduler.run)
+        farm.update_worker_schedule = slow  # type: ignore[method-assign]
+        scheduler.request_sync()
+        await started.wait()
+        before = trio.current_time()
+        await scheduler.close()
+        assert trio.current_time() - before == 5  # waited for the answer
+        await scheduler.sync_now()  # returns at once, no call
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert len(farm.calls) == 1

@@ -9,7 +9,14 @@ import trio
 
 from agent._state import load_worker_state
 from agent.mockfarm import FarmConfig, FaultConfig
-from tests.worker_harness import farm_and_worker, py, simple_job, wait_job
+from tests.worker_harness import (
+    assert_each_final_reported_once,
+    farm_and_worker,
+    final_reports,
+    py,
+    simple_job,
+    wait_job,
+)
 
 
 async def test_a_job_runs_to_success_with_logs_in_cloudwatch(tmp_path: Path) -> None:
@@ -47,7 +54,18 @@ async def test_a_failed_task_fails_the_job(tmp_path: Path) -> None:
         )
         assert await wait_job(farm, job_id) == "FAILED"
         [task] = [t for step in farm.job(job_id).steps for t in step.tasks]
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: not farm.job(job_id).active_sessions)
+        statuses = assert_each_final_reported_once(farm, job_id)
     assert task.status == "FAILED"
+    assert list(statuses.values()) == ["SUCCEEDED", "FAILED", "SUCCEEDED"]  # enter, task, exit
+    [failed] = [
+        fields
+        for call in farm.calls_to("UpdateWorkerSchedule")
+        for fields in (call.input.get("updatedSessionActions") or {}).values()
+        if fields.get("completedStatus") == "FAILED"
+    ]
+    assert (failed["processExitCode"], failed["progressMessage"]) == (2, "bad frame")
 
 
 async def test_cancel_from_the_farm_stops_the_running_task(tmp_path: Path) -> None:
@@ -60,27 +78,110 @@ async def test_cancel_from_the_farm_stops_the_running_task(tmp_path: Path) -> No
             await events.wait_line("running")
         farm.cancel_job(job_id)
         assert await wait_job(farm, job_id) == "CANCELED"
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: not farm.job(job_id).active_sessions)
+        statuses = assert_each_final_reported_once(farm, job_id)
+    # The environment was entered, the task canceled by the farm, the environment exited.
+    assert list(statuses.values()) == ["SUCCEEDED", "CANCELED", "SUCCEEDED"]
 
 
 async def test_throttling_errors_and_dropped_connections_lose_nothing(tmp_path: Path) -> None:
-    """With throttling, 500s and dropped connections injected, every task still reports once."""
+    """With throttling, 500s, requests dropped before and answers lost after being applied,
+    every action's final status reaches the farm, once, and no log line is lost or doubled."""
+    hold = {"drop_hold_seconds": 0.2, "retry_after_seconds": 0}
     faults = (
-        FaultConfig(seed=7)
+        # With seed 84 the first ten UpdateWorkerSchedule calls meet a lost answer, a 500,
+        # a dropped request and a throttle, none in a row (so backoffs stay short).
+        FaultConfig(seed=84)
         .with_operation(
             "UpdateWorkerSchedule",
-            throttle_rate=0.2,
+            throttle_rate=0.15,
             error_rate=0.1,
-            drop_rate=0.1,
-            retry_after_seconds=0,
+            drop_rate=0.05,
+            drop_after_rate=0.1,
+            **hold,
         )
-        .with_operation("BatchGetJobEntity", error_rate=0.2)
+        .with_operation("BatchGetJobEntity", error_rate=0.2, throttle_rate=0.1, **hold)
+        .with_operation("PutLogEvents", throttle_rate=0.2, error_rate=0.1, retry_after_seconds=0)
     )
-    async with farm_and_worker(tmp_path, faults=faults) as (farm, _worker, _events):
-        job_id = farm.create_job(simple_job(py("print('x')"), frames="1-6"))
+    async with farm_and_worker(tmp_path, faults=faults) as (farm, worker, _events):
+        job_id = farm.create_job(
+            simple_job(py("print('frame {{Task.Param.Frame}}')"), frames="1-8")
+        )
         assert await wait_job(farm, job_id, 120) == "SUCCEEDED"
-        tasks = [t for step in farm.job(job_id).steps for t in step.tasks]
-    assert all(t.status == "SUCCEEDED" for t in tasks)
-    assert len(tasks) == 6
+        with trio.fail_after(60):
+            # A report whose answer was lost is sent again, maybe after the farm is done.
+            await farm.wait_until(
+                lambda: (
+                    not farm.job(job_id).active_sessions
+                    and worker.statistics().updates_pending == 0
+                )
+            )
+        statuses = assert_each_final_reported_once(farm, job_id)
+        [session] = farm.job(job_id).sessions
+        with trio.fail_after(60):
+            await farm.wait_until(lambda: "exited" in farm.session_log(session.session_id))
+        log = farm.session_log(session.session_id)
+        injected = farm.statistics().faults_injected
+        resent = sum(len(r) - 1 for r in final_reports(farm).values())
+        stats = worker.statistics()
+    assert set(statuses.values()) == {"SUCCEEDED"} and len(statuses) == 10  # enter, 8, exit
+    for frame in range(1, 9):
+        assert log.count(f"frame {frame}") == 1, frame
+    # The faults did happen, and some reports had to be sent again.
+    assert {"throttle", "error", "drop", "drop_after"} <= set(injected), injected
+    assert resent > 0
+    assert stats.api_retries > 0
+
+
+async def test_a_timeout_fails_the_action_and_the_environment_still_exits(tmp_path: Path) -> None:
+    """An action over its timeout is reported FAILED with the TIMEOUT message; the rest of
+    the session is never attempted, and the environment's exit runs."""
+    task = {**py("import time; print('started', flush=True); time.sleep(60)"), "timeout": 1}
+    async with farm_and_worker(tmp_path) as (farm, _worker, events):
+        job_id = farm.create_job(simple_job(task, frames="1-2"), max_failed_tasks_count=1)
+        assert await wait_job(farm, job_id) == "FAILED"
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: not farm.job(job_id).active_sessions)
+        statuses = assert_each_final_reported_once(farm, job_id)
+    assert list(statuses.values()) == ["SUCCEEDED", "FAILED", "NEVER_ATTEMPTED", "SUCCEEDED"]
+    [failed] = [
+        fields
+        for call in farm.calls_to("UpdateWorkerSchedule")
+        for fields in (call.input.get("updatedSessionActions") or {}).values()
+        if fields.get("completedStatus") == "FAILED"
+    ]
+    assert failed["progressMessage"].startswith("TIMEOUT")
+    assert events.lines().count("exited") == 1
+
+
+async def test_an_entity_error_fails_only_the_action_that_needs_it(tmp_path: Path) -> None:
+    """When BatchGetJobEntity answers one entity with an error (here the second step's
+    details, gone from the farm), only the action that needs it fails: the first step's
+    tasks succeed, the rest is never attempted, the environment exits."""
+    template = simple_job(py("print('render {{Task.Param.Frame}}')"), frames="1-2")
+    template["steps"].append(
+        {
+            "name": "Encode",
+            "dependencies": [{"dependsOn": "Render"}],
+            "script": {"actions": {"onRun": py("print('encode')")}},
+        }
+    )
+    async with farm_and_worker(tmp_path) as (farm, _worker, events):
+        job_id = farm.create_job(template)
+        encode = farm.job(job_id).steps[1]
+        del farm.state.steps[encode.step_id]  # the farm no longer finds it
+        assert await wait_job(farm, job_id) == "FAILED"
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: not farm.job(job_id).active_sessions)
+        statuses = assert_each_final_reported_once(farm, job_id)
+        [session] = farm.job(job_id).sessions
+        failed = [a for a in session.actions if a.status == "FAILED"]
+    assert list(statuses.values()) == ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "FAILED", "SUCCEEDED"]
+    [action] = failed
+    assert action.task is not None and action.task.step is encode
+    assert "not found" in (action.progress_message or "")
+    assert "render 2" in events.lines() and "encode" not in events.lines()
 
 
 async def test_farm_asks_the_worker_to_stop(tmp_path: Path) -> None:
@@ -305,3 +406,37 @@ async def test_a_failed_queue_credentials_renewal_stops_only_that_queues_session
     assert any("queue's credentials" in f.get("progressMessage", "") for f in failed), failed
     assert fleet_renewals >= 2  # the worker's 6-second credentials were renewed in time
     assert stopped is None
+
+
+async def test_without_local_session_logs_the_log_still_reaches_cloudwatch(
+    tmp_path: Path,
+) -> None:
+    """--no-local-session-logs: no <logs>/<queue>/<session>.log is kept, the lines still
+    reach CloudWatch (through a spool file that is removed once shipped)."""
+    async with farm_and_worker(tmp_path, local_session_logs=False) as (farm, worker, _events):
+        job_id = farm.create_job(simple_job(py("print('frame {{Task.Param.Frame}}')"), frames="1"))
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = farm.job(job_id).sessions
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: "exited" in farm.session_log(session.session_id))
+            # The spool goes once the log is shipped, before the session is done.
+            await farm.wait_until(lambda: worker.statistics().sessions_finished == 1)
+        spool = list((tmp_path / "logs" / ".spool").glob("*"))
+    assert spool == []
+    assert "frame 1" in farm.session_log(session.session_id)
+    assert not list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
+
+
+async def test_a_host_may_keep_session_logs_out_of_cloudwatch(tmp_path: Path) -> None:
+    """open_agent(ship_session_logs=False): the host sees the output (on_event) and the
+    local log has it; nothing goes to the session's CloudWatch stream."""
+    async with farm_and_worker(tmp_path, ship_session_logs=False) as (farm, _worker, events):
+        job_id = farm.create_job(simple_job(py("print('frame {{Task.Param.Frame}}')"), frames="1"))
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = farm.job(job_id).sessions
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: not farm.job(job_id).active_sessions)
+    assert "frame 1" in events.lines()
+    assert farm.session_log(session.session_id) == []
+    [local] = list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
+    assert "frame 1" in local.read_text()

@@ -72,6 +72,7 @@ async def farm_and_worker(
     *,
     farm_config: FarmConfig | None = None,
     faults: FaultConfig | None = None,
+    ship_session_logs: bool = True,
     **config_changes: Any,
 ) -> AsyncIterator[tuple[MockFarm, Worker, Events]]:
     farm_config = farm_config or FarmConfig(update_interval_seconds=1, max_retries_per_task=0)
@@ -83,6 +84,7 @@ async def farm_and_worker(
             endpoints=endpoints_for(farm),
             bootstrap_credentials=bootstrap_credentials(),
             on_event=events,
+            ship_session_logs=ship_session_logs,
         ) as worker:
             yield farm, worker, events
 
@@ -122,3 +124,36 @@ def simple_job(
 async def wait_job(farm: MockFarm, job_id: str, seconds: float = 60) -> str:
     with trio.fail_after(seconds):
         return await farm.wait_for_job(job_id)
+
+
+def final_reports(farm: MockFarm) -> dict[str, list[tuple[str, bool]]]:
+    """For each session action: every completedStatus the worker sent, in order, with
+    whether that call was answered (a dropped or refused call may be sent again)."""
+    sent: dict[str, list[tuple[str, bool]]] = {}
+    for call in farm.calls_to("UpdateWorkerSchedule"):
+        answered = call.status == 200 and not call.dropped
+        for action_id, fields in (call.input.get("updatedSessionActions") or {}).items():
+            status = fields.get("completedStatus")
+            if status is not None:
+                sent.setdefault(action_id, []).append((str(status), answered))
+    return sent
+
+
+def assert_each_final_reported_once(farm: MockFarm, job_id: str) -> dict[str, str]:
+    """No status update lost or duplicated: every action of the job's sessions reached
+    a final state the worker reported, with one status, and nothing was sent again
+    after a call carrying it was answered. Returns action id -> the status."""
+    sent = final_reports(farm)
+    statuses: dict[str, str] = {}
+    for session in farm.job(job_id).sessions:
+        for action in session.actions:
+            reports = sent.get(action.action_id)
+            assert reports, f"{action.action_id} ({action.kind}) was never reported"
+            assert len({status for status, _ in reports}) == 1, reports
+            answered = [i for i, (_, ok) in enumerate(reports) if ok]
+            assert answered, f"{action.action_id}: no call carrying it was answered: {reports}"
+            assert answered == [len(reports) - 1], f"sent again after an answer: {reports}"
+            assert action.status == reports[0][0], (action.status, reports)
+            statuses[action.action_id] = action.status
+    assert farm.state.ignored_updates == []
+    return statuses

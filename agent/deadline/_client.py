@@ -60,6 +60,7 @@ from .._errors import (
 from .._httpbody import request_with_body
 from ._credentials import CredentialHolder
 from ._endpoints import ServiceEndpoint
+from ._parse import create_parser
 from ._retry import DEFAULT_POLICY, RETRY, Attempt, RandomSource, RetryPolicy
 
 log = structlog.get_logger("farmhand.aws")
@@ -141,8 +142,10 @@ _VALIDATION_CODES: Final = frozenset(
 
 @functools.cache
 def service_model(service: str) -> botocore.model.ServiceModel:
-    """botocore's model for ``service``, loaded once per process."""
-    return botocore.session.Session().get_service_model(service)
+    """botocore's model for ``service``, loaded once per process (from botocore's default
+    session, whose loader caches the model files for anyone else reading them too:
+    the mock farm does)."""
+    return botocore.session.get_session().get_service_model(service)
 
 
 @functools.cache
@@ -153,7 +156,7 @@ def _serializer(protocol: str) -> Any:
 
 @functools.cache
 def _parser(protocol: str) -> Any:
-    return botocore.parsers.create_parser(protocol)
+    return create_parser(protocol)
 
 
 _VALIDATOR: Final = botocore.validate.ParamValidator()

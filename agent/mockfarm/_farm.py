@@ -20,10 +20,17 @@ from typing import Any, TypeVar
 import attrs
 import structlog
 import trio
+from openjd.model import TaskParameterSet
 
 from ._codec import deadline_codec
 from ._errors import access_denied, conflict, not_found, validation
-from ._jobs import build_job, decode_environment, queue_environment_spec, require_template
+from ._jobs import (
+    build_job,
+    decode_environment,
+    queue_environment_spec,
+    require_template,
+    select_steps_and_tasks,
+)
 from ._logs import LogStore
 from ._scheduler import (
     Scheduler,
@@ -95,6 +102,13 @@ class FarmConfig:
     credentials_lifetime_seconds: float = attrs.field(default=3600.0, validator=_positive)
     region: str = "us-west-2"
     account_id: str = "123456789012"
+    #: Only workers whose capabilities meet a step's ``hostRequirements`` get its tasks, as
+    #: on the service. ``python -m agent run`` turns it off: it runs on this host, like
+    #: ``openjd run``, whatever the template asks for.
+    match_host_requirements: bool = True
+    #: Keep the log events workers send (``MockFarm.session_log``); ``False`` accepts
+    #: and counts them without keeping them, so a long run's memory stays flat.
+    keep_log_events: bool = True
     #: Display names of the farm, fleet and queue that exist from the start.
     default_farm_name: str = "Default farm"
     default_fleet_name: str = "Default fleet"
@@ -123,12 +137,13 @@ class Farm:
     def __init__(self, config: FarmConfig | None = None) -> None:
         self.config = config or FarmConfig()
         self.state = FarmState()
-        self.logs = LogStore(region=self.config.region)
+        self.logs = LogStore(region=self.config.region, keep_events=self.config.keep_log_events)
         self.scheduler = Scheduler(
             self.state,
             SchedulingConfig(
                 pipeline_depth=self.config.pipeline_depth,
                 max_sessions_per_worker=self.config.max_sessions_per_worker,
+                match_host_requirements=self.config.match_host_requirements,
             ),
             open_log_stream=self.logs.ensure_stream,
             serialize=deadline_codec().serialize_shape,
@@ -286,8 +301,21 @@ class Farm:
         description: str | None = None,
         attachments: dict[str, Any] | None = None,
         storage_profile_id: str | None = None,
+        steps: Sequence[str] | None = None,
+        tasks: Mapping[str, Sequence[TaskParameterSet]] | None = None,
+        path_mapping_rules: Sequence[Mapping[str, str]] = (),
+        session_limit: int | None = None,
     ) -> Job:
-        """Validate the template (ValidationException if bad) and add the job."""
+        """Validate the template (ValidationException if bad) and add the job.
+
+        Beyond CreateJob (for embedding programs such as ``python -m agent run``):
+        ``steps`` keeps only the named steps (dependencies on the others are
+        dropped); ``tasks`` replaces a step's tasks with the given parameter sets,
+        in that order; ``path_mapping_rules`` (``sourcePathFormat``, ``sourcePath``,
+        ``destinationPath``) go to workers in ``jobDetails``, as a storage profile's
+        would; ``session_limit`` caps the sessions the job ever gets: once that many
+        have ended, what is left of it is canceled.
+        """
         queue_environments = queue.ordered_environments()
         spec = build_job(
             template,
@@ -295,6 +323,7 @@ class Farm:
             parameters or {},
             queue_environments=[env.decoded for env in queue_environments],
         )
+        spec = select_steps_and_tasks(spec, steps, tasks)
         now = utcnow()
         job = Job(
             job_id=f"job-{new_hex()}",
@@ -304,7 +333,19 @@ class Farm:
             description=description if description is not None else spec.description,
             priority=priority,
             parameters=spec.parameters,
-            extensions=spec.extensions,
+            # A queue environment that declares an extension needs it in the sessions it wraps.
+            extensions=tuple(
+                dict.fromkeys(
+                    [
+                        *spec.extensions,
+                        *(
+                            str(getattr(extension, "value", extension))
+                            for env in queue_environments
+                            for extension in env.decoded.extensions or ()
+                        ),
+                    ]
+                )
+            ),
             template=template,
             template_type=template_type,
             created_at=now,
@@ -322,6 +363,8 @@ class Farm:
             max_worker_count=max_worker_count,
             attachments=attachments,
             storage_profile_id=storage_profile_id,
+            path_mapping_rules=[dict(rule) for rule in path_mapping_rules],
+            session_limit=session_limit,
         )
         job.environments = [
             (f"JOB:{job.job_id}:{env.queue_environment_id}", env.spec) for env in queue_environments
@@ -514,6 +557,8 @@ class Farm:
                 "jobRunAsUser": queue.job_run_as_user,
                 **extensions,
             }
+            if job.path_mapping_rules:
+                details["pathMappingRules"] = job.path_mapping_rules
             if queue.role_arn:
                 details["queueRoleArn"] = queue.role_arn
             if queue.job_attachment_settings:

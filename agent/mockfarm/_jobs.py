@@ -245,6 +245,35 @@ def build_job(
     )
 
 
+def select_steps_and_tasks(
+    spec: JobSpec,
+    steps: Sequence[str] | None,
+    tasks: Mapping[str, Sequence[Mapping[str, ParameterValue]]] | None,
+) -> JobSpec:
+    """Keep only the ``steps`` named (dropping dependencies on the others) and give the
+    steps named in ``tasks`` exactly those tasks, in that order."""
+    known = {step.name for step in spec.steps}
+    unknown = sorted((set(steps or ()) | set(tasks or ())) - known)
+    if unknown:
+        raise validation(f"The job has no step named {', '.join(unknown)}.", reason="OTHER")
+    keep = known if steps is None else set(steps)
+    selected = []
+    for step in spec.steps:
+        if step.name not in keep:
+            continue
+        dependencies = tuple(name for name in step.dependencies if name in keep)
+        template = step.template
+        if dependencies != step.dependencies:
+            template = {k: v for k, v in template.items() if k != "dependencies"}
+            if dependencies:
+                template["dependencies"] = [{"dependsOn": name} for name in dependencies]
+        space = step.space if tasks is None or step.name not in tasks else list(tasks[step.name])
+        selected.append(
+            attrs.evolve(step, dependencies=dependencies, template=template, space=space)
+        )
+    return attrs.evolve(spec, steps=tuple(selected))
+
+
 def queue_environment_spec(template: EnvironmentTemplate) -> EnvironmentSpec:
     return EnvironmentSpec(
         template.environment.name,

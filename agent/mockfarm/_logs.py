@@ -66,6 +66,8 @@ class LogStream:
     events: list[LogEvent] = attrs.Factory(list)
     stored_bytes: int = 0
     sequence: int = 0
+    #: Events accepted (kept or not: see ``LogStore(keep_events=...)``).
+    received: int = 0
 
     def messages(self) -> list[str]:
         return [event.message for event in self.events]
@@ -87,9 +89,15 @@ class LogStore:
     """Log groups, streams and events, with the ``logs`` operations as handlers."""
 
     def __init__(
-        self, *, region: str = "us-west-2", on_change: Callable[[], None] | None = None
+        self,
+        *,
+        region: str = "us-west-2",
+        on_change: Callable[[], None] | None = None,
+        keep_events: bool = True,
     ) -> None:
+        """``keep_events=False``: events are checked and counted, not kept."""
         self.region = region
+        self.keep_events = keep_events
         self.groups: dict[str, LogGroup] = {}
         self._on_change = on_change or (lambda: None)
         self.handlers: dict[str, Callable[[dict[str, Any]], Mapping[str, Any]]] = {
@@ -214,7 +222,9 @@ class LogStore:
             if timestamp < now - TOO_OLD_MS:
                 too_old_end = index
                 continue
-            stream.events.append(LogEvent(timestamp, event["message"], now))
+            stream.received += 1
+            if self.keep_events:
+                stream.events.append(LogEvent(timestamp, event["message"], now))
             stream.stored_bytes += len(event["message"].encode("utf-8"))
         stream.sequence += 1
         self._on_change()
@@ -337,6 +347,7 @@ class LogStore:
             "groups": len(self.groups),
             "streams": len(streams),
             "events": sum(len(s.events) for s in streams),
+            "events_received": sum(s.received for s in streams),
         }
 
     def __iter__(self) -> Iterator[LogGroup]:

@@ -71,6 +71,7 @@ class SchedulingConfig:
 
     pipeline_depth: int = 2
     max_sessions_per_worker: int = 1
+    match_host_requirements: bool = True
 
 
 class Scheduler:
@@ -274,6 +275,12 @@ class Scheduler:
         if task.latest_action is not action:
             return  # a stale report: the task has moved on
         job = task.step.job
+        started = action.started_at
+        if started is not None:
+            # A quick task's start may come only with its end: it still started.
+            for record in (task, task.step, job):
+                if record.started_at is None:
+                    record.started_at = started
         if status == "SUCCEEDED":
             task.target_status = None
             self.set_task_status(task, "SUCCEEDED")
@@ -376,11 +383,14 @@ class Scheduler:
             if step is current:
                 continue
             task = step.peek_ready()
-            if task is not None and worker_satisfies(
-                step.spec.host_requirements, session.worker.capabilities
-            ):
+            if task is not None and self._satisfies(step.spec.host_requirements, session.worker):
                 return task
         return None
+
+    def _satisfies(self, requirements: Mapping[str, Any] | None, worker: Worker) -> bool:
+        if not self.config.match_host_requirements:
+            return True
+        return worker_satisfies(requirements, worker.capabilities)
 
     def _pick(self, worker: Worker) -> tuple[Job, Task] | None:
         """The job a new session should run: highest priority, then oldest."""
@@ -389,6 +399,8 @@ class Scheduler:
             if job.queue.farm_id != worker.farm_id or job.failed:
                 continue
             if job.lifecycle_status == "ARCHIVED" or not job.task_counts.get("READY"):
+                continue
+            if job.session_limit is not None and len(job.sessions) >= job.session_limit:
                 continue
             if (
                 job.max_worker_count is not None
@@ -402,9 +414,7 @@ class Scheduler:
                 continue
             for step in job.steps:
                 task = step.peek_ready()
-                if task is not None and worker_satisfies(
-                    step.spec.host_requirements, worker.capabilities
-                ):
+                if task is not None and self._satisfies(step.spec.host_requirements, worker):
                     best = (job, task)
                     break
         return best
@@ -502,8 +512,16 @@ class Scheduler:
         session.lifecycle_status = "ENDED"
         session.ended_at = session.updated_at = utcnow()
         session.worker.sessions.pop(session.session_id, None)
-        session.job.active_sessions -= 1
+        job = session.job
+        job.active_sessions -= 1
         log.debug("mockfarm.session_ended", session_id=session.session_id)
+        limit = job.session_limit
+        if limit is not None and len(job.sessions) >= limit and not job.active_sessions:
+            # No session will come for what is left: it is canceled.
+            for step in job.steps:
+                for task in step.tasks:
+                    if task.status in ("READY", "PENDING"):
+                        self.set_task_status(task, "CANCELED")
 
     # ------------------------------------------------------------ the response
 

@@ -191,6 +191,37 @@ class MockFarm:
         self.notify()
         return queue.queue_id
 
+    def create_queue_environment(
+        self,
+        template: str | Mapping[str, Any],
+        *,
+        priority: int = 0,
+        queue_id: str | None = None,
+        farm_id: str | None = None,
+    ) -> str:
+        """Add an environment template to a queue (as ``CreateQueueEnvironment``); its id.
+
+        Jobs created afterwards enter the queue's environments first, lowest
+        ``priority`` first. Raises ``ApiError`` for a bad template or a name the
+        queue already has.
+        """
+        if isinstance(template, Mapping):
+            text, template_type = json.dumps(template), "JSON"
+        else:
+            text = template
+            template_type = "JSON" if text.lstrip().startswith("{") else "YAML"
+        result = self.farm.CreateQueueEnvironment(
+            {
+                "farmId": farm_id or self.farm_id,
+                "queueId": queue_id or self.queue_id,
+                "priority": priority,
+                "templateType": template_type,
+                "template": text,
+            }
+        )
+        self.notify()
+        return str(result["queueEnvironmentId"])
+
     def job(self, job_id: str) -> Job:
         return self.state.jobs[job_id]
 
@@ -232,7 +263,7 @@ class MockFarm:
             calls=self.calls.total,
             calls_by_operation=dict(self.calls.counts),
             faults_injected=dict(self._faults.injected),
-            log_events=self.logs.statistics()["events"],
+            log_events=self.logs.statistics()["events_received"],
         )
 
     # ------------------------------------------------------------ waiting

@@ -218,6 +218,10 @@ class Job:
     max_worker_count: int | None
     attachments: dict[str, Any] | None
     storage_profile_id: str | None
+    #: ``jobDetails.pathMappingRules``, as a storage profile would give them.
+    path_mapping_rules: list[dict[str, str]] = attrs.Factory(list)
+    #: The most sessions the job ever gets (``None``: no limit).
+    session_limit: int | None = None
     #: ``(environment id, spec)`` for queue environments then job environments.
     environments: list[tuple[str, EnvironmentSpec]] = attrs.Factory(list)
     steps: list[Step] = attrs.Factory(list)

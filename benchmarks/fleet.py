@@ -1,0 +1,290 @@
+"""Many embedded workers in one process against one mock farm.
+
+    python -m benchmarks.fleet [--workers 100,500,1000] [--tasks-per-worker 20]
+        [--update-interval 15] [--idle-seconds 30]
+
+The mock farm runs in its own process (``python -m agent mockfarm serve``), so
+this process holds only the workers: ``agent.open_agent`` N times, sharing one
+HTTP connection pool, one endpoint resolution and one containment watchdog, as
+a host embedding many workers would. For each N:
+
+1. **start-up**: all N bootstrap (CreateWorker, AssumeFleetRoleForWorker,
+   UpdateWorker) and heartbeat; the memory this process gained, per worker;
+2. **work**: one job of N x ``--tasks-per-worker`` short tasks (``true``);
+   tasks per second from its first task's start to its end (the job's
+   ``startedAt`` and ``endedAt``), and from its submission (which includes the
+   workers noticing it, at their next heartbeat);
+3. **idle**: ``--idle-seconds`` of heartbeats only; this process's CPU;
+4. **punctuality**: the heartbeat lateness (how long after its slot a beat
+   started) of every beat of every worker, p99 and worst, while the job ran
+   (start-up included) and while idle;
+
+then every worker drains. Each N runs in a fresh process (so memory is not
+shared between sizes); the baseline for memory is that process's RSS before
+its first worker. The heartbeat interval is the farm's ``--update-interval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import trio
+
+import agent
+from actors import Containment
+from agent._logging import configure_logging
+from agent.deadline import CredentialHolder, ServiceEndpoint, static_credentials
+from agent.mockfarm import make_client
+from benchmarks._common import ROOT, table
+
+
+def template(tasks: int) -> dict[str, Any]:
+    return {
+        "specificationVersion": "jobtemplate-2023-09",
+        "name": "fleet",
+        "steps": [
+            {
+                "name": "T",
+                "parameterSpace": {
+                    "taskParameterDefinitions": [
+                        {"name": "I", "type": "INT", "range": f"1-{tasks}"}
+                    ]
+                },
+                "script": {"actions": {"onRun": {"command": "true"}}},
+            }
+        ],
+    }
+
+
+@contextmanager
+def mock_farm(update_interval: int) -> Iterator[dict[str, str]]:
+    """``python -m agent mockfarm serve`` on a free port; its endpoint and ids."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "mockfarm",
+            "serve",
+            "--port",
+            "0",
+            "--update-interval",
+            str(update_interval),
+            "--max-retries",
+            "0",
+            "--worker-timeout",
+            "3600",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    found: dict[str, str] = {}
+    for line in process.stdout:
+        if match := re.match(r"mock farm listening on (\S+)", line):
+            found["endpoint"] = match[1]
+        elif match := re.match(r"\s+(farm|fleet|queue)\s+(\S+)", line):
+            found[match[1]] = match[2]
+        if len(found) == 4:
+            break
+    try:
+        yield found
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def fleet(n: int, farm: dict[str, str], args: argparse.Namespace, root: Path) -> list[Any]:
+    me = psutil.Process()
+    endpoint = farm["endpoint"]
+    endpoints = agent.Endpoints(
+        ServiceEndpoint("deadline", endpoint, "us-west-2", inject_host_prefix=False),
+        ServiceEndpoint("logs", endpoint, "us-west-2", inject_host_prefix=False),
+    )
+    deadline = make_client("deadline", endpoint)
+    containment = Containment()
+    containment.start_watchdog()
+    workers: list[agent.Worker] = []
+    all_up = trio.Event()
+    done = trio.Event()
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=limits) as http,
+        trio.open_nursery() as nursery,
+    ):
+        rss0 = me.memory_info().rss
+
+        async def one(index: int) -> None:
+            config = agent.WorkerConfig(
+                farm_id=farm["farm"],
+                fleet_id=farm["fleet"],
+                worker_persistence_dir=root / f"w{index}" / "persistence",
+                worker_logs_dir=root / f"w{index}" / "logs",
+                session_root_dir=root / "sessions",
+                run_jobs_as_agent_user=True,
+                no_shutdown=True,
+                drain_grace_seconds=0,
+                # No GPU probe per worker: one host, N workers.
+                capabilities=agent.Capabilities(
+                    {"amount.worker.gpu": 0, "amount.worker.gpu.memory": 0}
+                ),
+            )
+            async with agent.open_agent(
+                config,
+                http=http,
+                endpoints=endpoints,
+                bootstrap_credentials=CredentialHolder(static_credentials("AKIDFLEET", "fleet")),
+                containment=containment,
+            ) as worker:
+                workers.append(worker)
+                if len(workers) == n:
+                    all_up.set()
+                await done.wait()
+                await worker.drain(0)
+
+        start = time.perf_counter()
+        for index in range(n):
+            nursery.start_soon(one, index)
+        await all_up.wait()
+        # Wait for every worker's first heartbeat, then measure memory.
+        while any(w.statistics().heartbeat_age is None for w in workers):
+            await trio.sleep(0.1)
+        startup = time.perf_counter() - start
+        per_worker = (me.memory_info().rss - rss0) / n / 2**20
+
+        tasks = n * args.tasks_per_worker
+        submitted = time.perf_counter()
+        job_id = (
+            await trio.to_thread.run_sync(
+                lambda: deadline.create_job(
+                    farmId=farm["farm"],
+                    queueId=farm["queue"],
+                    template=json.dumps(template(tasks)),
+                    templateType="JSON",
+                    priority=50,
+                )
+            )
+        )["jobId"]
+        while True:
+            await trio.sleep(0.5)
+            job = await trio.to_thread.run_sync(
+                lambda: deadline.get_job(farmId=farm["farm"], queueId=farm["queue"], jobId=job_id)
+            )
+            if job["taskRunStatus"] in ("SUCCEEDED", "FAILED", "CANCELED"):
+                break
+        work_seconds = time.perf_counter() - submitted
+        status = job["taskRunStatus"]
+        busy_seconds = (job["endedAt"] - job["startedAt"]).total_seconds()
+
+        # Every beat's lateness is kept by the heartbeat (the last 1024 per worker).
+        busy_beats = [list(w._heartbeat._lateness) for w in workers]
+        cpu0 = sum(me.cpu_times()[:2])
+        await trio.sleep(args.idle_seconds)
+        idle_cpu = (sum(me.cpu_times()[:2]) - cpu0) / args.idle_seconds * 100
+        idle_beats = [
+            late
+            for w, before in zip(workers, busy_beats, strict=True)
+            for late in list(w._heartbeat._lateness)[len(before) :]
+        ]
+        done.set()
+    containment.close()
+    busy = [late for beats in busy_beats for late in beats]
+    return [
+        n,
+        f"{startup:.1f} s",
+        f"{per_worker:.2f} MiB",
+        f"{tasks / busy_seconds:.0f} / {tasks / work_seconds:.0f}"
+        + ("" if status == "SUCCEEDED" else f" ({status})"),
+        f"{idle_cpu:.1f} %",
+        f"{_p99(busy)} / {_p99(idle_beats)}",
+        f"{max(busy, default=0) * 1000:.0f} / {max(idle_beats, default=0) * 1000:.0f} ms",
+    ]
+
+
+def _p99(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000:.1f} ms"
+
+
+async def measure(args: argparse.Namespace) -> int:
+    rows: list[list[object]] = [
+        [
+            "workers",
+            "start-up",
+            "memory/worker",
+            "tasks/s (running / from submission)",
+            "idle CPU (of a core)",
+            "heartbeat lateness p99 (work / idle)",
+            "worst beat (work / idle)",
+        ]
+    ]
+    for n in args.workers:
+        result = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.fleet",
+                "--single",
+                str(n),
+                "--tasks-per-worker",
+                str(args.tasks_per_worker),
+                "--update-interval",
+                str(args.update_interval),
+                "--idle-seconds",
+                str(args.idle_seconds),
+            ],
+            cwd=ROOT,
+            capture_stdout=True,
+        )
+        rows.append(json.loads(result.stdout.decode().splitlines()[-1]))
+        print(table(rows), flush=True)
+        print(flush=True)
+    return 0
+
+
+async def single(args: argparse.Namespace) -> int:
+    configure_logging(quiet=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="farmhand-fleet-") as tmp,
+        mock_farm(args.update_interval) as farm,
+    ):
+        row = await fleet(args.single, farm, args, Path(tmp))
+    print(json.dumps(row), flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--workers", type=lambda text: [int(p) for p in text.split(",")], default=[100, 500, 1000]
+    )
+    parser.add_argument("--tasks-per-worker", type=int, default=20)
+    parser.add_argument("--update-interval", type=int, default=15)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--single", type=int, help=argparse.SUPPRESS)  # one size, in this process
+    args = parser.parse_args()
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    return trio.run(single if args.single else measure, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
