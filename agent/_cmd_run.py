@@ -21,6 +21,7 @@ parameter or option (one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -155,7 +156,14 @@ def main(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    renderer.finish(planned=len(plan.actions), succeeded=succeeded)
+    try:
+        renderer.finish(planned=len(plan.actions), succeeded=succeeded)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has gone (the runner cancelled the job when it noticed, see
+        # OutputGuard). What is still buffered goes nowhere, not to a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0 if renderer.success else 1
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import signal
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -50,6 +51,7 @@ from actors import SessionEvent, default_session_root
 from ._config import WorkerConfig
 from ._hostinfo import Capabilities
 from ._localrun import LocalPlan
+from ._render import OutputGuard
 from ._templates import TemplateError
 from ._worker import Endpoints, Worker, open_agent
 from .deadline import CredentialHolder, ServiceEndpoint, static_credentials
@@ -189,8 +191,11 @@ async def run_through_farm(
             job_id = submit(farm, plan)
             job = farm.job(job_id)
             holder: list[Worker] = []
+            interrupt = partial(_interrupt, farm, job_id, holder, nursery)
             if handle_signals:
-                nursery.start_soon(_forward_signals, farm, job_id, holder)
+                nursery.start_soon(_forward_signals, interrupt, holder)
+            # The output gone (a closed pipe) interrupts the run as a first signal does.
+            output = OutputGuard(on_event, interrupt)
             async with open_agent(
                 worker_config(
                     farm,
@@ -202,7 +207,7 @@ async def run_through_farm(
                 bootstrap_credentials=CredentialHolder(
                     static_credentials("AKIDFARMHANDRUN", "farmhand-run")
                 ),
-                on_event=lambda _session_id, event: on_event(event),
+                on_event=lambda _session_id, event: output(event),
                 # The output goes to the renderer only, as with the direct runner: the
                 # embedded farm would throw a shipped copy away.
                 ship_session_logs=False,
@@ -219,7 +224,15 @@ async def run_through_farm(
             return job.status
 
 
-async def _forward_signals(farm: MockFarm, job_id: str, holder: list[Worker]) -> None:
+def _interrupt(farm: MockFarm, job_id: str, holder: list[Worker], nursery: trio.Nursery) -> None:
+    """What the first signal does: cancel the job on the farm, and have the worker hear
+    of it at once (it cancels the running action with its own method)."""
+    farm.cancel_job(job_id)
+    if holder:
+        nursery.start_soon(holder[0].sync_now)
+
+
+async def _forward_signals(interrupt: Callable[[], None], holder: list[Worker]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         count = 0
         async with trio.open_nursery() as nursery:
@@ -228,9 +241,7 @@ async def _forward_signals(farm: MockFarm, job_id: str, holder: list[Worker]) ->
                 log.info("run.signal", signal=signal.Signals(signum).name, count=count)
                 worker = holder[0] if holder else None
                 if count == 1:
-                    farm.cancel_job(job_id)
-                    if worker is not None:
-                        nursery.start_soon(worker.sync_now)
+                    interrupt()
                 elif worker is None:
                     continue
                 elif count == 2:

@@ -55,6 +55,7 @@ from actors import (
     Stop,
 )
 
+from ._render import OutputGuard
 from ._templates import (
     CreatedJob,
     TemplateError,
@@ -409,9 +410,14 @@ async def run_local_session(
         await inbox.send(Finish())
         if handle_signals:
             nursery.start_soon(_forward_signals, inbox)
+        # The output gone (a closed pipe) interrupts the run as a first signal does.
+        output = OutputGuard(
+            on_event,
+            lambda: nursery.start_soon(inbox.send, Cancel(reason="the output was closed")),
+        )
         with events_receive:
             async for event in events_receive:
-                on_event(event)
+                output(event)
         nursery.cancel_scope.cancel(reason="session ended")
 
 

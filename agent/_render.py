@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from typing import BinaryIO
 
@@ -97,6 +98,33 @@ class _Tracker:
             for state in self.states
         )
         return bool(self.session_succeeded) and ran_ok
+
+
+class OutputGuard:
+    """``on_event`` for a session driver, for when the output goes away.
+
+    A reader that stops reading (``run ... | head``) makes the next write raise
+    ``BrokenPipeError``. The guard then calls ``on_closed`` once (the driver
+    interrupts the run as a first SIGINT would: the running action is cancelled
+    with its own method and the environment exits still run) and drops every
+    later event, so the session ends cleanly instead of with a traceback.
+    """
+
+    def __init__(
+        self, on_event: Callable[[SessionEvent], None], on_closed: Callable[[], None]
+    ) -> None:
+        self._on_event = on_event
+        self._on_closed = on_closed
+        self.closed = False
+
+    def __call__(self, event: SessionEvent) -> None:
+        if self.closed:
+            return
+        try:
+            self._on_event(event)
+        except BrokenPipeError:
+            self.closed = True
+            self._on_closed()
 
 
 class JsonlRenderer:

@@ -331,6 +331,40 @@ def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path, run_
     assert states == ["SUCCESS", "CANCELED", "SUCCESS"]
 
 
+def test_a_closed_output_cancels_the_run_without_a_traceback(tmp_path: Path, run_path: str) -> None:
+    """`run ... | head -1`: when the reader goes away, the running action is cancelled
+    with its method, the environment exits still run, and the run exits 1 quietly."""
+    marker = tmp_path / "exit-ran"
+    task = {
+        **py(
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+            "for i in range(600):\n"
+            "    print('line', i, flush=True)\n"
+            "    time.sleep(0.05)\n"
+        ),
+        "cancelation": {"mode": "NOTIFY_THEN_TERMINATE", "notifyPeriodInSeconds": 60},
+    }
+    exit_action = py(f"open({str(marker)!r}, 'w').write('ran')")
+    template = job(step("S", task), jobEnvironments=[env("E", py("print('enter')"), exit_action)])
+    process = subprocess.Popen(
+        agent_argv("run", str(write(tmp_path, template)), "--output", "jsonl"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    for line in process.stdout:
+        if json.loads(line).get("line") == "line 0":
+            break
+    process.stdout.close()  # the reader goes away, as head does
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in stderr, stderr
+    assert marker.read_text() == "ran"
+
+
 def test_path_mapping_rules_map_path_parameters(tmp_path: Path, run_path: str) -> None:
     """--path-mapping-rules maps PATH parameters and is offered as Session.PathMappingRulesFile."""
     template = job(
