@@ -18,7 +18,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._errors import ConfigurationError as ConfigurationError
+    from ._errors import CredentialsError as CredentialsError
+    from ._errors import FarmhandError as FarmhandError
     from ._errors import JobSpecError as JobSpecError
+    from ._errors import RetriesExhausted as RetriesExhausted
+    from ._errors import ServiceError as ServiceError
+    from ._errors import TransportError as TransportError
     from ._joblog import LogFile as LogFile
     from ._joblog import OutputSink as OutputSink
     from ._joblog import OutputTail as OutputTail
@@ -34,10 +40,17 @@ if TYPE_CHECKING:
     from ._jobstop import Shutdown as Shutdown
     from ._jobstop import ShutdownStatistics as ShutdownStatistics
     from ._jobstop import StopLevel as StopLevel
+    from ._logging import configure_logging as configure_logging
 
 #: public name -> the private module that defines it.
 _EXPORTS: dict[str, str] = {
+    "ConfigurationError": "._errors",
+    "CredentialsError": "._errors",
+    "FarmhandError": "._errors",
     "JobSpecError": "._errors",
+    "RetriesExhausted": "._errors",
+    "ServiceError": "._errors",
+    "TransportError": "._errors",
     "LogFile": "._joblog",
     "OutputSink": "._joblog",
     "OutputTail": "._joblog",
@@ -53,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     "Shutdown": "._jobstop",
     "ShutdownStatistics": "._jobstop",
     "StopLevel": "._jobstop",
+    "configure_logging": "._logging",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("agent._cmd_run", "run an OpenJD job template locally, like `openjd run`"),
     "check": ("agent._cmd_check", "validate an OpenJD job or environment template"),
     "mockfarm": ("agent.mockfarm._cli", "serve or drive the Deadline-compatible mock farm"),
+    "oneshot": ("contrib.oneshot._cli", "run one DynamoDB job record (a task started per job)"),
 }
 
 #: The command used when the first argument names none of the above.
