@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -289,3 +289,22 @@ async def agent_process(
                 process.kill()
                 with trio.CancelScope(shield=True):
                     await process.wait()
+
+
+def moto_server() -> Iterator[Moto]:
+    """For a module-scoped fixture: one moto server for the module's tests."""
+    server = Moto()
+    server.start()
+    yield server
+    if server.running:
+        server.stop()
+
+
+def point_at(moto: Moto, monkeypatch: Any) -> Moto:
+    """For a test fixture: this process's AWS clients go to ``moto`` (restarted if a
+    test left it down)."""
+    if not moto.running:
+        moto.start()
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
+    return moto

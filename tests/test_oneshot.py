@@ -12,6 +12,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,19 @@ import structlog
 import trio
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from contrib.oneshot import OneshotSettings, RecordError, run_oneshot
+from contrib._aws import open_aws
+from contrib.oneshot import JobTable, OneshotSettings, RecordError, run_oneshot
 
-from .aws_harness import PY, FakeHttp, Gate, Moto, agent_process, json_route
+from .aws_harness import (
+    PY,
+    FakeHttp,
+    Gate,
+    Moto,
+    agent_process,
+    json_route,
+    moto_server,
+    point_at,
+)
 
 _TO = TypeSerializer()
 _FROM = TypeDeserializer()
@@ -37,21 +48,12 @@ TRAP_TERM = (
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[Moto]:
-    server = Moto()
-    server.start()
-    yield server
-    if server.running:
-        server.stop()
+    yield from moto_server()
 
 
 @pytest.fixture
 def aws_env(moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Moto:
-    """Point this process's AWS clients at moto; restart moto if a test left it down."""
-    if not moto.running:
-        moto.start()
-    for name, value in moto.env().items():
-        monkeypatch.setenv(name, value)
-    return moto
+    return point_at(moto, monkeypatch)
 
 
 @pytest.fixture
@@ -611,3 +613,45 @@ async def test_unreadable_task_metadata_is_a_warning(
     record = get_record(aws_env, table, "job-m")
     assert record["claimed_by"].endswith(f":{record['task']['pid']}")
     assert record["task"]["batch_job_id"] == "b-1"
+
+
+# ----------------------------------------------------------------------- the table's writes
+
+
+async def test_claims_are_exclusive_and_retries_recognised(aws_env: Moto, table: str) -> None:
+    """Of two claims on one INITIALIZING record only the first lands; the same claim
+    repeated (a retry after a lost answer) counts as landed; so does a repeated finish,
+    while another attempt's finish does not land."""
+    put_record(aws_env, table, "job-c2", command=["true"])
+    async with open_aws(["dynamodb"], retry_seconds=5) as aws:
+        jobs = JobTable(aws.client("dynamodb"), table)
+        claim = partial(
+            jobs.claim, "job-c2", claimed_by="t", task={}, now="2026-01-01T00:00:00.000Z"
+        )
+        assert (await claim(attempt_id="a")).claimed
+        lost = await claim(attempt_id="b")
+        assert not lost.claimed
+        assert lost.record is not None
+        assert (lost.record.status, lost.record.attempt_id) == ("RUNNING", "a")
+        assert (await claim(attempt_id="a")).claimed
+        fields = {"completed_at": "2026-01-01T00:00:01.000Z", "exit_code": 0, "error_message": None}
+        assert not await jobs.finish("job-c2", "b", status="SUCCEEDED", fields=fields)
+        assert await jobs.finish("job-c2", "a", status="SUCCEEDED", fields=fields)
+        assert await jobs.finish("job-c2", "a", status="SUCCEEDED", fields=fields)
+        assert not (await jobs.heartbeat("job-c2", "a", now="x")).ours
+    record = get_record(aws_env, table, "job-c2")
+    assert (record["status"], record["attempt_id"], record["exit_code"]) == ("SUCCEEDED", "a", 0)
+
+
+async def test_a_log_that_cannot_be_opened_still_ends_the_record(
+    aws_env: Moto, table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When farmhand itself cannot run a claimed job (here: an unusable CloudWatch
+    endpoint), the record does not stay RUNNING: it ends FAILED with the reason."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "not a url")
+    put_record(aws_env, table, "job-nolog", command=["true"])
+    assert await run_oneshot(settings(table, "job-nolog", tmp_path)) == 1
+    record = get_record(aws_env, table, "job-nolog")
+    assert record["status"] == "FAILED"
+    assert "farmhand could not run the job" in record["error_message"]
+    assert "cannot resolve the logs endpoint" in record["error_message"]

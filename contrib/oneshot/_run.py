@@ -207,40 +207,44 @@ class _Oneshot:
         spool = settings.work_dir / "logs" / f"{stream.replace('/', '-')}.log"
         started_at = datetime.now(UTC)
         started = trio.current_time()
-        async with open_job_log(
-            aws if settings.cloudwatch else None,
-            group=settings.log_group,
-            stream=stream,
-            spool=spool,
-        ) as sink:
-            run = JobRun(
-                work.spec,
-                sinks=[sink],
-                max_runtime=work.max_runtime,
-                grace=settings.grace,
-                session_id=f"oneshot-{self.attempt_id[:16]}",
-                session_root=settings.work_dir / "sessions",
-                containment=self.containment,
-            )
-            heartbeat = Heartbeat(partial(self._beat, table, run), settings.heartbeat_interval)
-            try:
+        written: bool | None = None
+        try:
+            async with open_job_log(
+                aws if settings.cloudwatch else None,
+                group=settings.log_group,
+                stream=stream,
+                spool=spool,
+            ) as sink:
+                run = JobRun(
+                    work.spec,
+                    sinks=[sink],
+                    max_runtime=work.max_runtime,
+                    grace=settings.grace,
+                    session_id=f"oneshot-{self.attempt_id[:16]}",
+                    session_root=settings.work_dir / "sessions",
+                    containment=self.containment,
+                )
+                heartbeat = Heartbeat(partial(self._beat, table, run), settings.heartbeat_interval)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(heartbeat.run)
                     with self.shutdown.guard(run):
                         outcome = await run.run()
                     nursery.cancel_scope.cancel(reason="the job has ended")
-            except BaseException as exc:
-                # A bug, not the job: the record must not stay RUNNING.
-                outcome = JobOutcome(
-                    status=JobStatus.FAILED,
-                    exit_code=None,
-                    error=f"farmhand failed: {exc!r}"[:1000],
-                    started_at=started_at,
-                    completed_at=datetime.now(UTC),
-                    duration=trio.current_time() - started,
-                )
-                await self._finish(table, outcome, group, stream)
-                raise
+                written = await self._finish(table, outcome, group, stream)
+        except Exception as exc:
+            if written is not None:
+                raise  # the status is written; only closing the log failed
+            # Not the job: farmhand could not run it (e.g. the log could not be opened,
+            # or a bug). The record must not stay RUNNING.
+            log.exception("oneshot.internal_error")
+            outcome = JobOutcome(
+                status=JobStatus.FAILED,
+                exit_code=None,
+                error=f"farmhand could not run the job: {exc!r}"[:1000],
+                started_at=started_at,
+                completed_at=datetime.now(UTC),
+                duration=trio.current_time() - started,
+            )
             written = await self._finish(table, outcome, group, stream)
         if not written:
             return Exit.AWS_UNAVAILABLE
