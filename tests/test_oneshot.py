@@ -655,3 +655,14 @@ async def test_a_log_that_cannot_be_opened_still_ends_the_record(
     assert record["status"] == "FAILED"
     assert "farmhand could not run the job" in record["error_message"]
     assert "cannot resolve the logs endpoint" in record["error_message"]
+
+
+async def test_record_without_a_status_is_left_alone(
+    aws_env: Moto, table: str, tmp_path: Path
+) -> None:
+    """A record with no status (or one that is not a string) is not run (exit 3)."""
+    aws_env.client("dynamodb").put_item(
+        TableName=table, Item={"job_id": {"S": "job-ns"}, "command": {"L": [{"S": "true"}]}}
+    )
+    assert await run_oneshot(settings(table, "job-ns", tmp_path)) == 3
+    assert get_record(aws_env, table, "job-ns") == {"job_id": "job-ns", "command": ["true"]}

@@ -62,7 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how often heartbeat_at is stamped and cancel_requested read (default 30)",
     )
-    add_common_arguments(parser, grace=30.0, default_log_group=DEFAULT_LOG_GROUP)
+    # Below the usual 30 s kill delay of ECS and Kubernetes, leaving time for the final write.
+    add_common_arguments(parser, grace=20.0, default_log_group=DEFAULT_LOG_GROUP)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -64,18 +64,19 @@ class JobRecord:
     """The record as read (``item``: plain values, numbers as ``Decimal``)."""
 
     job_id: str
-    status: str
+    #: ``None`` when the record has no status (a string): it is not run.
+    status: str | None
     item: Mapping[str, Any]
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any], *, key: str) -> JobRecord:
         job_id = item.get(key)
         status = item.get("status")
-        if not isinstance(job_id, str):
-            raise RecordError(f"the record's {key} is not a string")
-        if not isinstance(status, str):
-            raise RecordError("the record has no status (a string)")
-        return cls(job_id=job_id, status=status, item=dict(item))
+        return cls(
+            job_id=str(job_id),
+            status=status if isinstance(status, str) else None,
+            item=dict(item),
+        )
 
     @property
     def attempt_id(self) -> str | None:

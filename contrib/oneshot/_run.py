@@ -67,7 +67,7 @@ class OneshotSettings:
     collection_command: str | None = None
     region: str | None = None
     max_runtime: float | None = 6 * 3600.0
-    grace: float = 30.0
+    grace: float = 20.0
     heartbeat_interval: float = 30.0
     retry_seconds: float = 600.0
     log_group: str = "/farmhand/oneshot"
