@@ -85,6 +85,9 @@ async def test_sigterm_stops_gracefully_then_a_second_kills(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """First SIGTERM: the job gets SIGTERM and the grace; the second SIGTERM kills it now."""
+    # The job and the signals are real: virtual time may jump only once they have had
+    # a moment of real time to arrive, or the clock races ahead of them under load.
+    autojump_clock.autojump_threshold = 0.25
     shutdown = Shutdown(grace=500)
     sink = Lines()
     run = trapping_run(sink)
@@ -161,6 +164,8 @@ async def test_levels_only_go_up_and_a_shorter_grace_applies(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """finish() after stop() changes nothing; stop(grace=...) again shortens the grace."""
+    # The job is real: see test_sigterm_stops_gracefully_then_a_second_kills.
+    autojump_clock.autojump_threshold = 0.25
     shutdown = Shutdown(grace=1000)
     sink = Lines()
     run = trapping_run(sink)
