@@ -34,8 +34,13 @@ if TYPE_CHECKING:
     from ._config import load_config as load_config
     from ._embed import run as run
     from ._embed import serve_worker as serve_worker
+    from ._errors import ConfigurationError as ConfigurationError
+    from ._errors import CredentialsError as CredentialsError
     from ._errors import FarmhandError as FarmhandError
     from ._errors import JobSpecError as JobSpecError
+    from ._errors import RetriesExhausted as RetriesExhausted
+    from ._errors import ServiceError as ServiceError
+    from ._errors import TransportError as TransportError
     from ._errors import UnrecoverableError as UnrecoverableError
     from ._hostinfo import Capabilities as Capabilities
     from ._hostinfo import GpuInfo as GpuInfo
@@ -77,6 +82,11 @@ _EXPORTS: dict[str, str] = {
     "serve_worker": "._embed",
     "FarmhandError": "._errors",
     "UnrecoverableError": "._errors",
+    "ConfigurationError": "._errors",
+    "CredentialsError": "._errors",
+    "RetriesExhausted": "._errors",
+    "ServiceError": "._errors",
+    "TransportError": "._errors",
     "Capabilities": "._hostinfo",
     "Endpoints": "._worker",
     "StopReason": "._worker",

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("agent._cmd_check", "validate an OpenJD job or environment template"),
     "mockfarm": ("agent.mockfarm._cli", "serve or drive the Deadline-compatible mock farm"),
     "httpqueue": ("contrib.httpqueue._cli", "work an HTTP job queue, or serve the reference one"),
+    "oneshot": ("contrib.oneshot._cli", "run one DynamoDB job record (a task started per job)"),
+    "ephemeral": ("contrib.ephemeral._cli", "run the one job of a throw-away CI instance"),
 }
 
 #: The command used when the first argument names none of the above.

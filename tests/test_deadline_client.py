@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,15 +36,18 @@ from agent.deadline import (
     CredentialHolder,
     DeadlineClient,
     RetryPolicy,
+    ServiceClient,
     ServiceEndpoint,
     entity_batch_limit,
     static_credentials,
 )
 
 from .test_aws_support import (
+    ACCESS_KEY,
     FARM,
     FLEET,
     QUEUE,
+    SECRET_KEY,
     WORKER,
     FakeService,
     conflict,
@@ -51,6 +55,7 @@ from .test_aws_support import (
     error,
     holder,
     ok,
+    verify_sigv4,
 )
 
 JOB = "job-" + "e" * 32
@@ -823,3 +828,33 @@ async def test_worker_client_fits_the_actors() -> None:
         assert (await api.update_worker_schedule({}))["updateIntervalSeconds"] == 15
         assert (await batch_get([{"jobDetails": {"jobId": JOB}}]))["entities"] == []
     assert fake.operations() == ["UpdateWorkerSchedule", "BatchGetJobEntity"]
+
+
+async def test_query_protocol_bodies_are_form_encoded_and_signed() -> None:
+    """An ec2-protocol operation goes out as a signed form body, and its XML answer is parsed."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = (
+            b'<TerminateInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            b"<requestId>r-1</requestId><instancesSet><item><instanceId>i-1</instanceId>"
+            b"<currentState><code>32</code><name>shutting-down</name></currentState>"
+            b"</item></instancesSet></TerminateInstancesResponse>"
+        )
+        return httpx.Response(200, content=body, headers={"content-type": "text/xml"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = ServiceClient(http, endpoint("ec2"), holder())
+        answer = await client.call("TerminateInstances", {"InstanceIds": ["i-1", "i-2"]})
+    [request] = seen
+    assert request.headers["content-type"].startswith("application/x-www-form-urlencoded")
+    assert verify_sigv4(request, {ACCESS_KEY: SECRET_KEY}, service="ec2") == ACCESS_KEY
+    assert dict(urllib.parse.parse_qsl(request.content.decode())) == {
+        "Action": "TerminateInstances",
+        "Version": "2016-11-15",
+        "InstanceId.1": "i-1",
+        "InstanceId.2": "i-2",
+    }
+    [item] = answer["TerminatingInstances"]
+    assert (item["InstanceId"], item["CurrentState"]["Name"]) == ("i-1", "shutting-down")

@@ -174,3 +174,16 @@ def test_delay_draws_twice_with_retry_after() -> None:
     capped = RetryPolicy(max_backoff=4.0)
     assert capped.delay(5, None, lambda: 0.75) == 4.0  # 0.75 * 16, capped
     assert capped.delay(6, None, lambda: 0.75) == pytest.approx(3.8)  # past 2*log2(4)
+
+
+def test_give_up_after_bounds_unlimited_budgets_in_time() -> None:
+    """With give_up_after, a retryable failure that late ends the call; an earlier one does not."""
+    policy = RetryPolicy(transport_errors=math.inf, give_up_after=60.0)
+    reset = TransportError("Op", "connection refused")
+    spent: Counter[str] = Counter()
+    assert policy.decide(reset, Attempt("Op", {}, 7, 59.9), spent) is RETRY
+    verdict = policy.decide(reset, Attempt("Op", {}, 8, 60.0), spent)
+    assert isinstance(verdict, RetriesExhausted)
+    assert (verdict.attempts, verdict.last_error) == (8, reset)
+    denied = _service(AccessDeniedError)  # terminal errors stay themselves
+    assert policy.decide(denied, Attempt("Op", {}, 1, 99.0), Counter()) is denied

@@ -24,6 +24,7 @@ import functools
 import importlib.metadata
 import json
 import random as _random
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -376,6 +377,10 @@ class ServiceClient:
         # Signed as sent: the Host header is what httpx will put on the wire.
         headers["Host"] = url.netloc.decode("ascii")
         body = request["body"]
+        if isinstance(body, Mapping):
+            # The query protocols (EC2, SQS's old one) serialize to form fields;
+            # botocore's request preparer encodes them just so.
+            body = urllib.parse.urlencode(body, doseq=True)
         return _Request(
             request["method"],
             request["url"],

@@ -20,6 +20,9 @@ operation (conflicts, not-found) before the standard table:
 - anything else is raised as it is.
 
 When a budget runs out the call raises ``RetriesExhausted`` from the last error.
+``give_up_after`` bounds all the budgets in time as well: a failure that comes
+that many seconds or more after the call's first attempt is not retried (so a
+call takes at most about that long, plus one backoff and one attempt).
 """
 
 from __future__ import annotations
@@ -110,6 +113,8 @@ class RetryPolicy:
     conflict_reasons: frozenset[str] = frozenset({"CONCURRENT_MODIFICATION"})
     rule: Rule | None = None
     max_backoff: float = MAX_BACKOFF
+    #: Seconds from the first attempt after which no failure is retried (``None``: no limit).
+    give_up_after: float | None = None
 
     def decide(
         self, error: ServiceError | TransportError, attempt: Attempt, spent: Counter[str]
@@ -122,6 +127,8 @@ class RetryPolicy:
         kind, budget = self._budget(error)
         if kind is None:
             return error
+        if self.give_up_after is not None and attempt.elapsed >= self.give_up_after:
+            return RetriesExhausted(attempt.operation, attempt.number, error)
         if spent[kind] >= budget:
             if budget == 0:  # never retried: the error is the answer
                 return error
