@@ -28,6 +28,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._asgi import Receive as Receive
+    from ._asgi import Scope as Scope
+    from ._asgi import Send as Send
+    from ._asgi import answer_lifespan as answer_lifespan
+    from ._asgi import hypercorn_config as hypercorn_config
     from ._config import ConfigError as ConfigError
     from ._config import WorkerConfig as WorkerConfig
     from ._config import configure_parser as configure_parser
@@ -99,6 +104,11 @@ _EXPORTS: dict[str, str] = {
     "GpuInfo": "._hostinfo",
     "NvidiaSmiReport": "._hostinfo",
     "probe_gpus": "._hostinfo",
+    "Receive": "._asgi",
+    "Scope": "._asgi",
+    "Send": "._asgi",
+    "answer_lifespan": "._asgi",
+    "hypercorn_config": "._asgi",
     "BytesBody": "._httpbody",
     "request_with_body": "._httpbody",
     "LogFile": "._joblog",

@@ -26,23 +26,18 @@ worker's statistics at scrape time:
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator
 from functools import partial
 from typing import Any, cast
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ._asgi import Receive, Scope, Send, answer_lifespan, hypercorn_config
 from ._worker import Worker
-
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 #: A heartbeat older than this many intervals makes the worker unhealthy.
 STALE_INTERVALS = 3.0
@@ -140,13 +135,8 @@ class HealthApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope.get("path", "")
@@ -186,11 +176,7 @@ async def serve_health(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/healthz`` and ``/metrics`` until cancelled; starts with the bound URL."""
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("farmhand.health.http")
-    config.graceful_timeout = 1.0
+    config = hypercorn_config(host, port, logger="farmhand.health.http", graceful_timeout=1.0)
     async with trio.open_nursery() as nursery:
         app = cast(Any, HealthApp(worker))
         binds = await nursery.start(partial(serve, app, config))

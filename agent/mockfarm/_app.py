@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ import attrs
 import structlog
 import trio
 
+from .._asgi import Receive, Scope, Send, answer_lifespan
 from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
 from ._errors import ApiError, internal
 from ._farm import Farm
@@ -39,9 +40,6 @@ from ._faults import FaultConfig, FaultInjector
 
 log = structlog.get_logger("farmhand.mockfarm")
 
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 _JSON = b"application/json"
 _AMZ_JSON = b"application/x-amz-json-1.1"
@@ -139,13 +137,7 @@ class MockFarmApp:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()

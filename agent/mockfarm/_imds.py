@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -30,15 +30,11 @@ import attrs
 import trio
 from hypercorn.trio import serve
 
-from ._server import hypercorn_config
+from .._asgi import Receive, Scope, Send, answer_lifespan, hypercorn_config
 
 TOKEN_PATH = "/latest/api/token"
 SPOT_PATH = "/latest/meta-data/spot/instance-action"
 LIFECYCLE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
-
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 @attrs.define(eq=False)
@@ -75,13 +71,8 @@ class FakeImds:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
@@ -132,7 +123,7 @@ class FakeImds:
 async def open_fake_imds(*, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[FakeImds]:
     """Serve a ``FakeImds`` on ``host:port`` (a free loopback port by default)."""
     imds = FakeImds()
-    config = hypercorn_config(host, port, keep_alive_timeout=30.0)
+    config = hypercorn_config(host, port, logger="farmhand.mockfarm.imds", keep_alive_timeout=30.0)
     config.graceful_timeout = 0.0  # hanging requests (``unavailable``) must not hold the exit
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:

@@ -14,8 +14,6 @@ records, logs and call record are on the ``MockFarm`` for assertions.
 from __future__ import annotations
 
 import json
-import logging
-import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -23,9 +21,9 @@ from typing import Any, cast
 
 import attrs
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from .._asgi import hypercorn_config
 from ._app import CallLog, CallRecord, MockFarmApp
 from ._farm import Farm, FarmConfig
 from ._faults import FaultConfig, FaultInjector
@@ -328,7 +326,9 @@ async def open_mock_farm(
         stop_worker=farm.request_worker_stop,
     )
     mock = MockFarm(farm, app, calls, injector)
-    server_config = hypercorn_config(host, port, keep_alive_timeout=keep_alive_timeout)
+    server_config = hypercorn_config(
+        host, port, logger="farmhand.mockfarm.http", keep_alive_timeout=keep_alive_timeout
+    )
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         # MockFarmApp is an ASGI 3 application; hypercorn's TypedDict signature
@@ -350,20 +350,6 @@ async def open_mock_farm(
         finally:
             watchdog.cancel(reason="mock farm closing")
             shutdown.set()
-
-
-def hypercorn_config(host: str, port: int, *, keep_alive_timeout: float = 120.0) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("farmhand.mockfarm.http")
-    # Agents keep connections for a long time between heartbeats; a close racing
-    # a new request would look like a network fault to the client.
-    config.keep_alive_timeout = keep_alive_timeout
-    config.keep_alive_max_requests = math.inf  # type: ignore[assignment]  # hypercorn compares with >=
-    config.graceful_timeout = 2.0
-    config.include_server_header = False
-    return config
 
 
 def make_client(

@@ -28,9 +28,7 @@ Every change is written to the store before the answer goes out.
 from __future__ import annotations
 
 import json
-import logging
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, cast
@@ -38,8 +36,9 @@ from urllib.parse import parse_qs
 
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+
+from agent import Receive, Scope, Send, answer_lifespan, hypercorn_config
 
 from ._protocol import JOB_STATUSES
 from ._queue import Job, JobQueue, QueueConfig, QueueError, public
@@ -47,9 +46,6 @@ from ._store import MemoryStore, Store, StoreError
 
 log = structlog.get_logger("farmhand.httpqueue.server")
 
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 #: Largest request body accepted.
 MAX_BODY_BYTES = 1 << 20
@@ -131,13 +127,8 @@ class JobServer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         body = b""
@@ -257,20 +248,6 @@ async def _respond(send: Send, status: int, answer: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def hypercorn_config(host: str, port: int) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("farmhand.httpqueue.http")
-    # Workers keep their connection between polls; a close racing a request would
-    # look like a network fault to them.
-    config.keep_alive_timeout = 120.0
-    config.keep_alive_max_requests = math.inf  # type: ignore[assignment]  # hypercorn compares with >=
-    config.graceful_timeout = 2.0
-    config.include_server_header = False
-    return config
-
-
 @asynccontextmanager
 async def open_job_server(
     *,
@@ -292,7 +269,7 @@ async def open_job_server(
                 partial(
                     serve,
                     cast(Any, server),
-                    hypercorn_config(host, port),
+                    hypercorn_config(host, port, logger="farmhand.httpqueue.http"),
                     shutdown_trigger=shutdown.wait,
                 )
             )
