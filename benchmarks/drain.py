@@ -31,8 +31,7 @@ from typing import Any
 
 import trio
 
-from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
-from benchmarks._agent import run_agent
+from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm, open_worker_process
 from benchmarks._common import table
 
 TASK = """
@@ -74,7 +73,7 @@ def _arrival(farm: MockFarm, since: int, test: Any) -> float | None:
 
 async def measure(farm: MockFarm, root: Path, *, busy: bool) -> dict[str, float]:
     started = root / "started"
-    async with run_agent(farm, root) as agent:
+    async with open_worker_process(farm, root) as agent:
         if busy:
             farm.create_job(template(started))
             with trio.fail_after(60):

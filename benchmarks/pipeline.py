@@ -37,7 +37,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -48,7 +47,7 @@ import attrs
 import psutil
 import trio
 
-from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
+from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm, worker_argv
 from benchmarks._common import ROOT, table
 
 TASK_TARGET_MS = 3.0
@@ -105,23 +104,7 @@ async def measure(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="farmhand-pipeline-") as tmp:
         root = Path(tmp)
         async with open_mock_farm(config=config, call_history=None) as farm:
-            argv = [
-                sys.executable,
-                "-m",
-                "agent",
-                "--farm-id",
-                farm.farm_id,
-                "--fleet-id",
-                farm.fleet_id,
-                "--run-jobs-as-agent-user",
-                "--no-shutdown",
-                "--persistence-dir",
-                str(root / "persistence"),
-                "--logs-dir",
-                str(root / "logs"),
-                "--session-root-dir",
-                str(root / "sessions"),
-            ]
+            argv = worker_argv(farm, root)
             env = {**os.environ, **farm.environ()}
             stderr = (root / "worker.stderr").open("wb")
             spawned = datetime.now(UTC)

@@ -42,8 +42,14 @@ from typing import Any
 import psutil
 import trio
 
-from agent.mockfarm import FarmConfig, FaultConfig, MockFarm, OperationFaults, open_mock_farm
-from benchmarks._agent import run_agent
+from agent.mockfarm import (
+    FarmConfig,
+    FaultConfig,
+    MockFarm,
+    OperationFaults,
+    open_mock_farm,
+    open_worker_process,
+)
 from benchmarks._common import table
 
 FINAL_ACTION = {"SUCCEEDED", "FAILED", "CANCELED", "INTERRUPTED", "NEVER_ATTEMPTED"}
@@ -161,7 +167,7 @@ async def soak(minutes: float, fault_rate: float, sample_seconds: float, seed: i
         async with open_mock_farm(
             config=config, faults=faults(fault_rate, seed), call_history=None
         ) as farm:
-            async with run_agent(farm, Path(tmp)) as agent:
+            async with open_worker_process(farm, Path(tmp)) as agent:
                 process = psutil.Process(agent.process.pid)
                 [worker_id] = list(farm.state.workers)
                 start = trio.current_time()

@@ -30,3 +30,6 @@ from ._state import SessionAction as SessionAction
 from ._state import Step as Step
 from ._state import Task as Task
 from ._state import Worker as Worker
+from ._workerproc import WorkerProcess as WorkerProcess
+from ._workerproc import open_worker_process as open_worker_process
+from ._workerproc import worker_argv as worker_argv
