@@ -103,7 +103,10 @@ def main() -> int:
                 ),
             )
             rate = mib / ours.seconds
-            rate_no_startup = mib / max(ours.seconds - startup.seconds, 1e-9)
+            # Below a tenth of the start-up, the difference is noise, not a rate.
+            output_seconds = ours.seconds - startup.seconds
+            measurable = output_seconds > startup.seconds / 10
+            rate_no_startup = mib / output_seconds if measurable else rate
             rows.append(
                 [
                     path,
@@ -111,7 +114,7 @@ def main() -> int:
                     f"{cat.seconds:.3f}",
                     f"{ours.seconds:.3f}",
                     f"{rate:.0f}",
-                    f"{rate_no_startup:.0f}",
+                    f"{rate_no_startup:.0f}" if measurable else "(within noise)",
                     f"{ours.seconds / cat.seconds:.1f}x",
                     f"{ours.peak_rss_mib:.1f}",
                 ]
