@@ -61,8 +61,6 @@ from actors import (
     ActionStarted,
     ActionState,
     Containment,
-    Enqueue,
-    Finish,
     Runnable,
     RunTask,
     SessionCommand,
@@ -70,13 +68,12 @@ from actors import (
     SessionEnded,
     SessionEvent,
     SessionLog,
-    SessionRunner,
     Stop,
 )
 
 from ._errors import JobSpecError
 from ._joblog import OutputSink, Tee
-from ._localrun import TaskSelection, plan_job
+from ._localrun import TaskSelection, plan_job, start_session
 from ._templates import (
     TemplateError,
     create_job,
@@ -517,19 +514,10 @@ class JobRun:
             root_directory=self._session_root,
             retain_working_directory=self._retain,
         )
-        events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
-        runner = SessionRunner(config, events_send, containment=self._containment)
-
-        async def run_runner(
-            *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
-        ) -> None:
-            with events_send:
-                await runner.run(task_status=task_status)
-
         async with trio.open_nursery() as nursery:
-            inbox = await nursery.start(run_runner)
-            await inbox.send(Enqueue(spec.actions))
-            await inbox.send(Finish())
+            inbox, events_receive = await start_session(
+                nursery, config, spec.actions, containment=self._containment, buffer=16
+            )
             nursery.start_soon(self._forward_requests, inbox)
             if self.max_runtime is not None:
                 nursery.start_soon(self._time_limit, self.max_runtime)

@@ -381,6 +381,32 @@ def session_config(plan: LocalPlan, *, preserve: bool, session_id: str = "local"
     )
 
 
+async def start_session(
+    nursery: trio.Nursery,
+    config: SessionConfig,
+    actions: Sequence[Runnable],
+    *,
+    containment: Containment | None = None,
+    buffer: int = 8,
+) -> tuple[trio.MemorySendChannel[SessionCommand], trio.MemoryReceiveChannel[SessionEvent]]:
+    """Start a ``SessionRunner`` in ``nursery`` with ``actions`` queued and nothing more
+    to come (``Finish``); its inbox, for cancels and stops, and its events, which end
+    when the session has."""
+    events_send, events_receive = trio.open_memory_channel[SessionEvent](buffer)
+    runner = SessionRunner(config, events_send, containment=containment)
+
+    async def run_runner(
+        *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
+    ) -> None:
+        with events_send:
+            await runner.run(task_status=task_status)
+
+    inbox: trio.MemorySendChannel[SessionCommand] = await nursery.start(run_runner)
+    await inbox.send(Enqueue(tuple(actions)))
+    await inbox.send(Finish())
+    return inbox, events_receive
+
+
 async def run_local_session(
     plan: LocalPlan,
     config: SessionConfig,
@@ -395,19 +421,10 @@ async def run_local_session(
     own method (the environment exits still run); a second signal kills what
     is running at once; a third skips the remaining exits.
     """
-    events_send, events_receive = trio.open_memory_channel[SessionEvent](8)
-    runner = SessionRunner(config, events_send, containment=containment)
-
-    async def run_runner(
-        *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
-    ) -> None:
-        with events_send:
-            await runner.run(task_status=task_status)
-
     async with trio.open_nursery() as nursery:
-        inbox = await nursery.start(run_runner)
-        await inbox.send(Enqueue(plan.actions))
-        await inbox.send(Finish())
+        inbox, events_receive = await start_session(
+            nursery, config, plan.actions, containment=containment
+        )
         if handle_signals:
             nursery.start_soon(_forward_signals, inbox)
         # The output gone (a closed pipe) interrupts the run as a first signal does.
