@@ -35,7 +35,6 @@ Exit status 2 is a bad configuration.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 
@@ -71,11 +70,7 @@ def main(args: argparse.Namespace) -> int:
     )
     for note in config.warnings:
         log.warning("config.note", note=note)
-    code = trio.run(serve, config)
-    # Exiting, the interpreter would collect every object left (botocore's service
-    # models above all): about 0.6 s. Frozen, they go with the process.
-    gc.freeze()
-    return code
+    return trio.run(serve, config)
 
 
 async def serve(config: WorkerConfig) -> int:
