@@ -86,6 +86,7 @@ from ._messages import (
     Stop,
 )
 from ._output import Redactor
+from ._paths import UnsafePathError, path_under, safe_id
 from ._session import SessionConfig, SessionRunner
 
 log = structlog.get_logger("farmhand.worksession")
@@ -170,6 +171,19 @@ class Assignment:
     job_id: str
     actions: tuple[DeadlineAction, ...]
     log_config: LogConfig
+
+    def unsafe_id(self) -> str | None:
+        """Why one of the ids that name this session's files cannot be used, or None."""
+        try:
+            for value, what in (
+                (self.session_id, "session id"),
+                (self.queue_id, "queue id"),
+                (self.job_id, "job id"),
+            ):
+                safe_id(value, what)
+        except UnsafePathError as exc:
+            return str(exc)
+        return None
 
     @classmethod
     def from_api(cls, session_id: str, wire: Mapping[str, Any]) -> Assignment:
@@ -402,11 +416,11 @@ class WorkSession:
         ):
             destination = Destination(config.group, config.stream)
         if options.local_session_logs:
-            path = options.logs_dir / self.assignment.queue_id / f"{self.session_id}.log"
+            path = path_under(options.logs_dir, self.assignment.queue_id, f"{self.session_id}.log")
             return self._shipper.open_stream(path, destination)
         if destination is None:
             return None
-        self._spool = options.logs_dir / ".spool" / f"{self.session_id}.log"
+        self._spool = path_under(options.logs_dir, ".spool", f"{self.session_id}.log")
         return self._shipper.open_stream(self._spool, destination, compact_over=1 << 20)
 
     async def _job_details(self) -> JobDetails | None:
