@@ -8,7 +8,7 @@ API contract asks) and then turned into openjd-model objects:
   group, the queue role, the declared extensions;
 - ``stepDetails``: the step's template (script) and dependencies;
 - ``environmentDetails``: an environment of the queue, the job or a step;
-- ``jobAttachmentDetails``: validated, but farmhand does not sync attachments.
+- ``jobAttachmentDetails``: the job's attachments (input manifests, output directories).
 
 A problem is an ``EntityError`` naming the entity and the field, so the one
 action that needed the entity fails with a message a person can act on.
@@ -62,6 +62,10 @@ def job_details_id(job_id: str) -> dict[str, Any]:
 
 def step_details_id(job_id: str, step_id: str) -> dict[str, Any]:
     return {"stepDetails": {"jobId": job_id, "stepId": step_id}}
+
+
+def job_attachment_details_id(job_id: str) -> dict[str, Any]:
+    return {"jobAttachmentDetails": {"jobId": job_id}}
 
 
 def environment_details_id(job_id: str, environment_id: str) -> dict[str, Any]:
@@ -270,6 +274,8 @@ class JobDetails:
     queue_role_arn: str | None
     extensions: frozenset[str]
     job_attachments: bool
+    #: The queue's ``jobAttachmentSettings`` (``s3BucketName``, ``rootPrefix``), if any.
+    job_attachment_settings: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -347,6 +353,9 @@ def parse_job_details(data: Mapping[str, Any]) -> JobDetails:
         queue_role_arn=data.get("queueRoleArn"),
         extensions=frozenset(data.get("extensions") or ()),
         job_attachments=bool(data.get("jobAttachmentSettings")),
+        job_attachment_settings=dict(data["jobAttachmentSettings"])
+        if isinstance(data.get("jobAttachmentSettings"), Mapping)
+        else None,
     )
 
 

@@ -35,13 +35,15 @@ Events (``SessionEvent``)::
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 if TYPE_CHECKING:
+    from openjd.expr import PathMappingRule
     from openjd.model import TaskParameterSet
     from openjd.model.v2023_09 import Environment, StepScript
 
@@ -50,6 +52,8 @@ class ActionKind(enum.Enum):
     ENV_ENTER = "env_enter"
     ENV_EXIT = "env_exit"
     TASK_RUN = "task_run"
+    #: Done by the agent itself, not a process: syncing job attachments.
+    SYNC_ATTACHMENTS = "sync_attachments"
 
 
 class ActionState(enum.Enum):
@@ -125,6 +129,41 @@ class ExitEnvironment:
         return ActionKind.ENV_EXIT
 
 
+class HostContext(Protocol):
+    """What an action the agent does itself (``HostAction``, ``TaskHook``) may use."""
+
+    @property
+    def working_directory(self) -> Path: ...
+
+    @property
+    def job_user(self) -> Any:
+        """The ``ResolvedJobUser`` that runs the session's processes, or ``None``."""
+
+    async def progress(self, percent: float) -> None:
+        """Report progress (as ``openjd_progress`` would)."""
+
+    async def status(self, message: str) -> None:
+        """Report a status message (as ``openjd_status`` would)."""
+
+    async def log(self, message: str, level: str = "info") -> None:
+        """A line in the session log."""
+
+    def add_path_mapping_rules(self, rules: Sequence[PathMappingRule]) -> None:
+        """Add path-mapping rules for the session's later actions."""
+
+
+class TaskHook(Protocol):
+    """Work around a task run: ``before`` it starts, ``after`` it succeeds.
+
+    ``after`` returns the action's ``manifests`` (job attachments' output
+    manifests); an exception from either fails the action with its message.
+    """
+
+    async def before(self, context: HostContext) -> None: ...
+
+    async def after(self, context: HostContext) -> Sequence[Mapping[str, str]]: ...
+
+
 @attrs.frozen
 class RunTask:
     """Run one task (or chunk) of a step."""
@@ -135,6 +174,8 @@ class RunTask:
     parameters: TaskParameterSet = attrs.field(factory=dict)
     resolved_symtab: Any = None
     env: Mapping[str, str] = attrs.field(factory=dict)
+    #: Work before and after the task (job attachments' output upload).
+    hook: TaskHook | None = None
 
     @property
     def kind(self) -> ActionKind:
@@ -149,7 +190,33 @@ class RunTask:
         return self.step_name
 
 
-Runnable = EnterEnvironment | ExitEnvironment | RunTask
+@attrs.frozen
+class HostAction:
+    """An action the agent does itself, in-process: ``work(context)``.
+
+    It succeeds when ``work`` returns and fails with the message of the
+    exception it raises (syncing job attachments is one).
+    """
+
+    action_id: str
+    label: str
+    work: Callable[[HostContext], Awaitable[None]]
+    env: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def kind(self) -> ActionKind:
+        return ActionKind.SYNC_ATTACHMENTS
+
+    @property
+    def environment_id(self) -> None:
+        return None
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+
+Runnable = EnterEnvironment | ExitEnvironment | RunTask | HostAction
 
 
 # --------------------------------------------------------------------------
@@ -272,6 +339,8 @@ class ActionEnded:
     fail_message: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    #: A task run's job-attachment output manifests (``None``: it has none to report).
+    manifests: tuple[Mapping[str, str], ...] | None = None
 
 
 @attrs.frozen

@@ -363,8 +363,14 @@ class SessionContext:
             self._resolved_bases[key] = base
         return base
 
+    def add_path_mapping_rules(self, rules: Iterable[PathMappingRule]) -> None:
+        """Add rules for later actions (job attachments map their roots after the session
+        has started); ``Session.PathMappingRulesFile`` is written anew for them."""
+        self.path_mapping_rules = sort_path_mapping_rules([*self.path_mapping_rules, *rules])
+        self._path_mapping_file = None
+
     def _path_mapping_rules_file(self) -> str:
-        """Write ``Session.PathMappingRulesFile`` once; the rules never change."""
+        """Write ``Session.PathMappingRulesFile`` once for each set of rules."""
         if self._path_mapping_file is None:
             document: dict[str, Any] = {}
             if self.path_mapping_rules:

@@ -22,6 +22,16 @@ Queue semantics
 - After ``Finish`` (or when the inbox is closed), once the queue is empty, the
   environments still entered are exited and the runner ends.
 
+Host actions
+------------
+A ``HostAction`` is work the agent does itself (syncing job attachments): its
+coroutine runs in the runner's task with a ``HostContext`` (progress, status,
+session-log lines, extra path-mapping rules for later actions) and is
+cancelled like a process would be. A ``RunTask`` may carry a ``TaskHook``:
+``before`` runs before the process starts, ``after`` once it has succeeded,
+and the action is reported SUCCEEDED (with the manifests ``after`` returns)
+only when ``after`` has returned; an exception from either fails the action.
+
 The runner ends with a ``SessionEnded`` event, after removing its working
 directory (unless asked to keep it).
 """
@@ -62,6 +72,8 @@ from ._messages import (
     EnterEnvironment,
     ExitEnvironment,
     Finish,
+    HostAction,
+    HostContext,
     QueuedAction,
     Replace,
     Runnable,
@@ -121,7 +133,7 @@ def _now() -> datetime:
 
 
 async def _resolve_runnable(item: QueuedAction) -> Runnable:
-    if isinstance(item, EnterEnvironment | ExitEnvironment | RunTask):
+    if isinstance(item, EnterEnvironment | ExitEnvironment | RunTask | HostAction):
         return item
     raise TypeError(f"no resolver for queued action of type {type(item).__name__}")
 
@@ -437,6 +449,9 @@ class SessionRunner:
             else {}
         )
         runnable = attrs.evolve(runnable, env={**runnable.env, **tag})
+        if isinstance(runnable, HostAction):
+            await self._run_host(runnable, running, context)
+            return
         try:
             if self._setup_error is not None:
                 raise ActionSetupError(self._setup_error)
@@ -452,6 +467,11 @@ class SessionRunner:
         if prepared.argv is None:
             await self._end_action(running, ActionState.SUCCESS, None)
             return
+        hook = runnable.hook if isinstance(runnable, RunTask) else None
+        host = _HostContext(self, running, context)
+        if hook is not None and not await self._host_call(hook.before, host, running):
+            await self._end_action(running, self._host_failed_state(running), None)
+            return
         if isinstance(runnable, EnterEnvironment):
             context.entering = runnable.environment_id
         try:
@@ -459,7 +479,58 @@ class SessionRunner:
         finally:
             context.entering = None
         state = ActionState.FAILED if running.mark_failed else _final_state(result)
-        await self._end_action(running, state, result.exit_code)
+        manifests: tuple[Mapping[str, str], ...] | None = None
+        if hook is not None and state is ActionState.SUCCESS and not running.reported:
+            found: list[Sequence[Mapping[str, str]]] = []
+
+            async def after(host: HostContext) -> None:
+                found.append(await hook.after(host))
+
+            if await self._host_call(after, host, running):
+                manifests = tuple(found[0])
+            else:
+                state = self._host_failed_state(running)
+        await self._end_action(running, state, result.exit_code, manifests=manifests)
+
+    async def _run_host(
+        self, runnable: HostAction, running: _Running, context: SessionContext
+    ) -> None:
+        host = _HostContext(self, running, context)
+        if await self._host_call(runnable.work, host, running):
+            await self._end_action(running, ActionState.SUCCESS, None)
+        else:
+            await self._end_action(running, self._host_failed_state(running), None)
+
+    async def _host_call(
+        self, work: Callable[[HostContext], Awaitable[None]], host: HostContext, running: _Running
+    ) -> bool:
+        """Run the agent's own work for an action; cancelled as the action is. ``True``: it
+        returned; ``False``: it raised (``fail_message`` says why) or was cancelled."""
+        control = running.control
+        failed = False
+
+        async def cancel_on_request(scope: trio.CancelScope) -> None:
+            while not control.requested:
+                await control.wait_changed()
+            scope.cancel(reason=control.reason or "the action was cancelled")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_on_request, nursery.cancel_scope)
+            try:
+                await work(host)
+            except Exception as exc:  # the work's failure fails this action only
+                failed = True
+                running.fail_message = str(exc)
+                await self._note(running.action_id, "error", str(exc))
+            nursery.cancel_scope.cancel(reason="the work is done")
+        return not failed and not control.requested
+
+    @staticmethod
+    def _host_failed_state(running: _Running) -> ActionState:
+        control = running.control
+        if control.requested and not control.mark_failed and running.fail_message is None:
+            return ActionState.CANCELED
+        return ActionState.FAILED
 
     @staticmethod
     def _prepare(runnable: Runnable, context: SessionContext) -> PreparedAction:
@@ -467,6 +538,7 @@ class SessionRunner:
             return context.prepare_enter(runnable)
         if isinstance(runnable, ExitEnvironment):
             return context.prepare_exit(runnable)
+        assert isinstance(runnable, RunTask), "host actions are not prepared"
         return context.prepare_task(runnable)
 
     async def _run_process(
@@ -604,7 +676,12 @@ class SessionRunner:
         )
 
     async def _end_action(
-        self, running: _Running, state: ActionState, exit_code: int | None
+        self,
+        running: _Running,
+        state: ActionState,
+        exit_code: int | None,
+        *,
+        manifests: tuple[Mapping[str, str], ...] | None = None,
     ) -> None:
         if running.reported:
             return
@@ -627,6 +704,7 @@ class SessionRunner:
                 fail_message=running.fail_message,
                 started_at=running.started_at,
                 ended_at=_now(),
+                manifests=manifests,
             )
         )
         if not state.succeeded:
@@ -795,7 +873,44 @@ def _final_state(result: ProcessResult) -> ActionState:
     return ActionState.SUCCESS if result.exit_code == 0 else ActionState.FAILED
 
 
+class _HostContext:
+    """The ``HostContext`` of one action (see ``HostAction``)."""
+
+    def __init__(self, runner: SessionRunner, running: _Running, context: SessionContext) -> None:
+        self._runner = runner
+        self._running = running
+        self._context = context
+
+    @property
+    def working_directory(self) -> Path:
+        return self._context.working_directory
+
+    @property
+    def job_user(self) -> ResolvedJobUser | None:
+        return self._context.job_user
+
+    async def progress(self, percent: float) -> None:
+        self._running.progress = percent
+        await self._runner._emit(
+            ActionProgress(self._runner.session_id, self._running.action_id, percent)
+        )
+
+    async def status(self, message: str) -> None:
+        self._running.status_message = message
+        await self._runner._emit(
+            ActionStatusMessage(self._runner.session_id, self._running.action_id, message)
+        )
+
+    async def log(self, message: str, level: str = "info") -> None:
+        await self._runner._note(self._running.action_id, level, message)
+
+    def add_path_mapping_rules(self, rules: Sequence[PathMappingRule]) -> None:
+        self._context.add_path_mapping_rules(rules)
+
+
 def _describe(runnable: Runnable, context: SessionContext) -> tuple[str, dict[str, str]]:
+    if isinstance(runnable, HostAction):
+        return runnable.label, {}
     if isinstance(runnable, RunTask):
         return runnable.step_name, {
             name: str(value.value) for name, value in runnable.parameters.items()

@@ -37,9 +37,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +55,7 @@ from ._entities import (
     JobDetails,
     StepDetails,
     environment_details_id,
+    job_attachment_details_id,
     job_details_id,
     parse_environment_details,
     parse_job_details,
@@ -76,6 +78,8 @@ from ._messages import (
     EnterEnvironment,
     ExitEnvironment,
     Finish,
+    HostAction,
+    HostContext,
     Replace,
     Runnable,
     RunTask,
@@ -84,6 +88,7 @@ from ._messages import (
     SessionEvent,
     SessionLog,
     Stop,
+    TaskHook,
 )
 from ._output import Redactor
 from ._paths import UnsafePathError, path_under, safe_id
@@ -105,6 +110,7 @@ _KINDS = {
     "envEnter": ActionKind.ENV_ENTER,
     "envExit": ActionKind.ENV_EXIT,
     "taskRun": ActionKind.TASK_RUN,
+    "syncInputJobAttachments": ActionKind.SYNC_ATTACHMENTS,
 }
 
 
@@ -136,7 +142,6 @@ class DeadlineAction:
 
     @property
     def kind(self) -> ActionKind:
-        # Attachment syncs run like a task (and fail, as farmhand does not sync attachments).
         return _KINDS.get(self.type, ActionKind.TASK_RUN)
 
     @property
@@ -222,6 +227,39 @@ class QueueCredentialSource(Protocol):
         ...
 
 
+class SessionAttachments(Protocol):
+    """Job attachments of one session (``agent.attachments.SessionAttachments``)."""
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """``DEADLINE_JA_S3_BUCKET`` and ``DEADLINE_JA_ROOT_PREFIX``."""
+        ...
+
+    async def sync_inputs(
+        self, context: HostContext, details: Mapping[str, Any], dependencies: Sequence[str]
+    ) -> None:
+        """``syncInputJobAttachments`` (``dependencies``: the ``stepId`` variant's steps)."""
+
+    def task_hook(self, *, step_id: str, task_id: str | None, action_id: str) -> TaskHook | None:
+        """The output upload around one task run (``None``: nothing was synced)."""
+
+
+class AttachmentProvider(Protocol):
+    """Where sessions of queues with ``jobAttachmentSettings`` get their attachments."""
+
+    def open_session(
+        self,
+        *,
+        settings: Mapping[str, Any],
+        farm_id: str,
+        queue_id: str,
+        job_id: str,
+        session_id: str,
+        queue_env: Mapping[str, str] | None,
+        storage_rules: Mapping[str, str] | None = None,
+    ) -> SessionAttachments: ...
+
+
 #: The agent's own credentials, not passed to jobs that get a queue profile.
 _SHADOWING_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -291,7 +329,7 @@ def final_fields(event: ActionEnded) -> dict[str, Any]:
     if event.progress is not None:
         fields["progressPercent"] = min(max(event.progress, 0.0), 100.0)
     if event.state is ActionState.SUCCESS and event.kind is ActionKind.TASK_RUN:
-        fields["manifests"] = []
+        fields["manifests"] = [dict(m) for m in event.manifests or ()]
     return fields
 
 
@@ -345,9 +383,12 @@ class WorkSession:
         on_event: Any = None,
         containment: Containment | None = None,
         queue_credentials: QueueCredentialSource | None = None,
+        attachments: AttachmentProvider | None = None,
     ) -> None:
         self.assignment = assignment
         self._queue_credentials = queue_credentials
+        self._attachment_provider = attachments
+        self._attachments: SessionAttachments | None = None
         self.session_id = assignment.session_id
         self._identity = identity
         self._fetcher = fetcher
@@ -504,6 +545,20 @@ class WorkSession:
         if access is not None:
             session_env.update(access.env)
             base_env = {k: v for k, v in os.environ.items() if k not in _SHADOWING_VARIABLES}
+        if job.job_attachment_settings and self._attachment_provider is not None:
+            try:
+                self._attachments = self._attachment_provider.open_session(
+                    settings=job.job_attachment_settings,
+                    farm_id=identity.farm_id,
+                    queue_id=self.assignment.queue_id,
+                    job_id=self.assignment.job_id,
+                    session_id=self.session_id,
+                    queue_env=access.env if access is not None else None,
+                )
+            except Exception as exc:  # bad settings fail this session only
+                await self._fail_session(f"bad jobAttachmentSettings: {exc}")
+                return False
+            session_env.update(self._attachments.env)
         config = SessionConfig(
             session_id=self.session_id,
             job_parameter_values=job.parameters,
@@ -628,6 +683,13 @@ class WorkSession:
             env = {**base_env, "DEADLINE_STEP_ID": step_id}
             if body.get("taskId"):
                 env["DEADLINE_TASK_ID"] = str(body["taskId"])
+            hook = None
+            if self._attachments is not None:
+                hook = self._attachments.task_hook(
+                    step_id=step_id,
+                    task_id=str(body["taskId"]) if body.get("taskId") else None,
+                    action_id=item.action_id,
+                )
             try:
                 parameters = task_parameters_from_wire(body.get("parameters") or {})
             except ValueError as exc:
@@ -641,12 +703,50 @@ class WorkSession:
                 parameters=parameters,
                 resolved_symtab=step.resolved_symtab,
                 env=env,
+                hook=hook,
+            )
+        if item.type == "syncInputJobAttachments":
+            dependent = str(body["stepId"]) if body.get("stepId") else None
+            label = (
+                f"job attachments of step {dependent}'s dependencies"
+                if dependent
+                else "job attachments"
+            )
+            return HostAction(
+                action_id=item.action_id,
+                label=label,
+                work=partial(self._sync_attachments, dependent),
+                env=base_env,
             )
         raise EntityError(
             ("action", item.action_id),
             "Unsupported",
-            f"{item.type} actions are not supported by farmhand (job attachments are not synced)",
+            f"{item.type} actions are not supported by farmhand",
         )
+
+    async def _sync_attachments(self, step_id: str | None, context: HostContext) -> None:
+        """``syncInputJobAttachments``: the one place a wire sync becomes library work."""
+        if self._attachments is None:
+            if self._attachment_provider is None:
+                raise EntityError(
+                    ("action", "syncInputJobAttachments"),
+                    "Unsupported",
+                    "this worker was started without job-attachment support",
+                )
+            raise EntityError(
+                ("jobDetails", self.assignment.job_id),
+                "ValidationFailed",
+                "the farm asked for a job-attachment sync but the job's queue has no "
+                "jobAttachmentSettings",
+            )
+        [reply] = await fetch(
+            self._fetcher, self.session_id, [job_attachment_details_id(self.assignment.job_id)]
+        )
+        details = reply.unwrap()
+        dependencies: tuple[str, ...] = ()
+        if step_id is not None:
+            dependencies = (await self._step(step_id)).dependencies
+        await self._attachments.sync_inputs(context, details, dependencies)
 
     async def _step(self, step_id: str) -> StepDetails:
         step = self._steps.get(step_id)

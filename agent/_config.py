@@ -235,6 +235,11 @@ class WorkerConfig:
     #: Deadline endpoint override; without it the AWS client layer resolves the endpoint
     #: (``AWS_ENDPOINT_URL_DEADLINE``, ``AWS_ENDPOINT_URL``, then the region's).
     endpoint_url: str | None = None
+    #: S3 endpoint for job attachments; without it botocore resolves it
+    #: (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, then the region's).
+    s3_endpoint_url: str | None = None
+    #: Job-attachment transfers at once per session.
+    attachment_concurrency: int = 16
     #: Do not prefix worker API hosts with ``scheduling.`` (needed for a fake on loopback).
     disable_host_prefix: bool = False
     #: How long a worker-initiated drain (first SIGTERM/SIGINT) lets sessions wind down.
@@ -567,6 +572,14 @@ _SETTINGS: tuple[_Setting, ...] = (
              "--endpoint-url", _E + "ENDPOINT_URL", ("aws", "endpoint_url"),
              "Deadline endpoint (default: $AWS_ENDPOINT_URL_DEADLINE, else the region's)",
              metavar="URL"),
+    _Setting("s3_endpoint_url", _url,
+             "--s3-endpoint-url", _E + "S3_ENDPOINT_URL", ("aws", "s3_endpoint_url"),
+             "S3 endpoint for job attachments (default: $AWS_ENDPOINT_URL_S3, else the region's)",
+             metavar="URL"),
+    _Setting("attachment_concurrency", _at_least(_int, 1),
+             "--attachment-concurrency", _E + "ATTACHMENT_CONCURRENCY",
+             ("worker", "attachment_concurrency"),
+             "job-attachment transfers at once per session (default 16)", metavar="N"),
     _Setting("disable_host_prefix", _bool,
              "--disable-host-prefix", _E + "DISABLE_HOST_PREFIX", ("aws", "disable_host_prefix"),
              "do not prefix worker API hosts with 'scheduling.' (for a local fake farm)",

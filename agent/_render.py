@@ -48,6 +48,7 @@ _KIND_LABEL = {
     ActionKind.ENV_ENTER: "Enter environment",
     ActionKind.ENV_EXIT: "Exit environment",
     ActionKind.TASK_RUN: "Task",
+    ActionKind.SYNC_ATTACHMENTS: "Sync job attachments",
 }
 
 

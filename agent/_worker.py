@@ -67,6 +67,7 @@ from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
 from ._logging import add_log_sink, remove_log_sink
 from ._logsink import CloudWatchSink
 from ._queuecreds import QueueCredentials
+from .attachments._worker import WorkerAttachments
 from .deadline import (
     NO_RETRIES,
     CredentialHolder,
@@ -552,6 +553,11 @@ async def _run_worker(
                 booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
             )
             await nursery.start(queue_credentials.run)
+            attachments = WorkerAttachments(
+                endpoint_url=config.s3_endpoint_url,
+                region=config.region,
+                max_concurrency=config.attachment_concurrency,
+            )
             heartbeat_holder: list[Heartbeat] = []
 
             def make_session(
@@ -567,6 +573,7 @@ async def _run_worker(
                     on_event=partial(on_event, assignment.session_id) if on_event else None,
                     containment=containment,
                     queue_credentials=queue_credentials,
+                    attachments=attachments,
                 )
 
             scheduler = Scheduler(

@@ -24,7 +24,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +46,7 @@ INPUT_MANIFEST_FOLDER = "Inputs"
 DEFAULT_CONCURRENCY = 16
 #: Files this large or larger move in ranged parts.
 DEFAULT_MULTIPART_THRESHOLD = 64 << 20
-DEFAULT_PART_SIZE = 16 << 20
+DEFAULT_PART_SIZE = 8 << 20
 #: Upload parts are read into memory (botocore signs their bytes); this many at once.
 UPLOAD_PART_SIZE = 8 << 20
 UPLOAD_PARTS_AT_ONCE = 4
@@ -221,7 +221,8 @@ class Progress:
             return attrs.evolve(self._stats, elapsed=time.monotonic() - self._started)
 
 
-ProgressCallback = Callable[[TransferStatistics], None]
+#: Called (in the Trio task) with a snapshot every interval and once at the end.
+ProgressCallback = Callable[[TransferStatistics], Awaitable[None]]
 
 
 async def report_progress(
@@ -230,7 +231,7 @@ async def report_progress(
     """Call ``callback`` with a snapshot every ``interval`` seconds until cancelled."""
     while True:
         await trio.sleep(interval)
-        callback(progress.statistics())
+        await callback(progress.statistics())
 
 
 # ------------------------------------------------------------------ transfers

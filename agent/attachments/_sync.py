@@ -348,7 +348,7 @@ async def download_files(
         raise collapse(group) from None
     final = progress.statistics()
     if on_progress is not None:
-        on_progress(final)
+        await on_progress(final)
     return final
 
 
@@ -607,7 +607,7 @@ async def upload_outputs(
     except* AttachmentError as group:
         raise collapse(group) from None
     if on_progress is not None:
-        on_progress(progress.statistics())
+        await on_progress(progress.statistics())
 
     reports: list[OutputManifestReport] = []
     for props, _root, changed in plans:
