@@ -241,8 +241,12 @@ async def test_round_trip_streams_whole_and_ranged(moto_s3: Moto, tmp_path: Path
     manifest = await upload_tree(moto_s3, src, **options)
     dest = tmp_path / "dest"
     seen: list[TransferStatistics] = []
+
+    async def on_progress(stats: TransferStatistics) -> None:
+        seen.append(stats)
+
     stats = await download_files(
-        transfers(moto_s3, **options), SETTINGS, [(manifest, dest)], on_progress=seen.append
+        transfers(moto_s3, **options), SETTINGS, [(manifest, dest)], on_progress=on_progress
     )
     assert read_tree(dest) == files
     for entry in manifest.paths:
@@ -299,24 +303,24 @@ async def test_transfers_stay_within_the_concurrency_limit(moto_s3: Moto, tmp_pa
     manifest = await upload_tree(moto_s3, src)
     xfer = transfers(moto_s3, max_concurrency=3)
     peak = 0
-    real_get = xfer.client.get_object
+    real_download = xfer._download_whole
     import threading
 
     lock = threading.Lock()
     running = 0
 
-    def counting_get(**kwargs: Any) -> Any:
+    def counting_download(*args: Any) -> Any:
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
         try:
-            return real_get(**kwargs)
+            return real_download(*args)
         finally:
             with lock:
                 running -= 1
 
-    xfer.client.get_object = counting_get
+    xfer._download_whole = counting_download  # type: ignore[method-assign,assignment]
     await download_files(xfer, SETTINGS, [(manifest, tmp_path / "dest")])
     assert read_tree(tmp_path / "dest") == read_tree(src)
     assert 1 <= peak <= 3
@@ -508,7 +512,7 @@ async def test_throttling_and_broken_streams_are_retried(moto_s3: Moto, tmp_path
     files = {f"f{i}.bin": os.urandom(3000) for i in range(4)}
     write_tree(src, files)
     manifest = await upload_tree(moto_s3, src)
-    xfer = transfers(moto_s3, chunk_size=1024)
+    xfer = transfers(moto_s3, chunk_size=1024, fast_get=False)
     throttled: list[str] = []
 
     class SlowDownRaw:
@@ -551,3 +555,32 @@ async def test_throttling_and_broken_streams_are_retried(moto_s3: Moto, tmp_path
     assert read_tree(tmp_path / "dest") == files
     assert len(throttled) >= len(files)
     assert len(broken) == len(files)
+
+
+async def test_fast_gets_are_used_and_fall_back_to_the_client(
+    moto_s3: Moto, tmp_path: Path
+) -> None:
+    """Small GETs bypass the botocore client; when that path fails, the client's GET does it."""
+    from agent.attachments import download_files
+
+    src = tmp_path / "src"
+    files = {f"f{i}.bin": os.urandom(1000) for i in range(5)}
+    write_tree(src, files)
+    manifest = await upload_tree(moto_s3, src)
+    xfer = transfers(moto_s3)
+    client_gets: list[str] = []
+    real_get = xfer.client.get_object
+
+    def counting_get(**kwargs: Any) -> Any:
+        client_gets.append(kwargs["Key"])
+        return real_get(**kwargs)
+
+    xfer.client.get_object = counting_get
+    await download_files(xfer, SETTINGS, [(manifest, tmp_path / "fast")])
+    assert read_tree(tmp_path / "fast") == files
+    assert client_gets == []
+    assert xfer._fast_get is not None
+    xfer._fast_get.base_url = "http://127.0.0.1:9/nothing-listens-here/"
+    await download_files(xfer, SETTINGS, [(manifest, tmp_path / "fallback")])
+    assert read_tree(tmp_path / "fallback") == files
+    assert len(client_gets) == len(files)
