@@ -28,8 +28,8 @@ from typing import Protocol, cast
 #: command name -> (module, one-line help). Contrib adapters register here too;
 #: they are separate modules but not separate programs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("agent._cmd_run", "run an OpenJD job template locally, like `openjd run`"),
-    "check": ("agent._cmd_check", "validate an OpenJD job or environment template"),
+    "run": ("agent.local._cmd_run", "run an OpenJD job template locally, like `openjd run`"),
+    "check": ("agent.local._cmd_check", "validate an OpenJD job or environment template"),
     "mockfarm": ("agent.mockfarm._cli", "serve or drive the Deadline-compatible mock farm"),
     "httpqueue": ("contrib.httpqueue._cli", "work an HTTP job queue, or serve the reference one"),
     "oneshot": ("contrib.oneshot._cli", "run one DynamoDB job record (a task started per job)"),
@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 #: The command used when the first argument names none of the above.
-WORKER_COMMAND = ("agent._cmd_worker", "run the worker agent against a Deadline farm")
+WORKER_COMMAND = ("agent.worker._cmd_worker", "run the worker agent against a Deadline farm")
 
 
 class _CommandModule(Protocol):

@@ -316,7 +316,7 @@ class _Farm:
 
 
 def _job_parameters(template: Path, arguments: Sequence[str]) -> dict[str, dict[str, Any]]:
-    from agent._templates import TemplateError, parse_job_parameters, read_document
+    from agent.local._templates import TemplateError, parse_job_parameters, read_document
 
     try:
         document = read_document(template)

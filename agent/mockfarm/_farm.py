@@ -24,6 +24,12 @@ from openjd.model import TaskParameterSet
 
 from ._codec import deadline_codec
 from ._errors import access_denied, conflict, not_found, validation
+from ._farmscheduler import (
+    FarmScheduler,
+    SchedulingConfig,
+    heartbeat_deadline,
+    utcnow,
+)
 from ._jobs import (
     build_job,
     decode_environment,
@@ -31,14 +37,8 @@ from ._jobs import (
     require_template,
     select_steps_and_tasks,
 )
-from ._logs import LogStore
-from ._scheduler import (
-    Scheduler,
-    SchedulingConfig,
-    heartbeat_deadline,
-    utcnow,
-)
-from ._state import (
+from ._logstore import LogStore
+from ._records import (
     TASK_RUN_STATUSES,
     FarmRecord,
     FarmState,
@@ -50,7 +50,7 @@ from ._state import (
     SessionAction,
     Step,
     Task,
-    Worker,
+    WorkerRecord,
     new_hex,
 )
 
@@ -138,7 +138,7 @@ class Farm:
         self.config = config or FarmConfig()
         self.state = FarmState()
         self.logs = LogStore(region=self.config.region, keep_events=self.config.keep_log_events)
-        self.scheduler = Scheduler(
+        self.scheduler = FarmScheduler(
             self.state,
             SchedulingConfig(
                 pipeline_depth=self.config.pipeline_depth,
@@ -219,7 +219,7 @@ class Farm:
             raise not_found("task", params["taskId"])
         return found
 
-    def worker(self, params: Mapping[str, Any]) -> Worker:
+    def worker(self, params: Mapping[str, Any]) -> WorkerRecord:
         self.fleet(params["farmId"], params["fleetId"])
         found = self.state.workers.get(params["workerId"])
         if found is None or found.fleet_id != params["fleetId"]:
@@ -423,7 +423,7 @@ class Farm:
             for session in job.sessions:
                 self.scheduler.cancel_session_work(session)
 
-    def sweep(self) -> list[Worker]:
+    def sweep(self) -> list[WorkerRecord]:
         """Mark workers that missed their heartbeats ``NOT_RESPONDING`` and requeue their work."""
         now = trio.current_time()
         timeout = self.config.worker_timeout_seconds
@@ -451,7 +451,7 @@ class Farm:
 
     def CreateWorker(self, p: dict[str, Any]) -> Mapping[str, Any]:
         fleet = self.fleet(p["farmId"], p["fleetId"])
-        worker = Worker(
+        worker = WorkerRecord(
             worker_id=f"worker-{new_hex()}",
             farm_id=fleet.farm_id,
             fleet_id=fleet.fleet_id,
@@ -538,7 +538,7 @@ class Farm:
                 errors.append({kind: {**ids, "code": exc.code, "message": exc.message}})
         return {"entities": entities, "errors": errors}
 
-    def _entity(self, worker: Worker, kind: str, ids: Mapping[str, str]) -> dict[str, Any]:
+    def _entity(self, worker: WorkerRecord, kind: str, ids: Mapping[str, str]) -> dict[str, Any]:
         job = self.state.jobs.get(ids["jobId"])
         if job is None or job.farm_id != worker.farm_id:
             raise _EntityError("ResourceNotFoundException", f"Job {ids['jobId']} not found.")
@@ -654,7 +654,7 @@ class Farm:
         del self.state.workers[worker.worker_id]
         return {}
 
-    def _worker_summary(self, worker: Worker) -> dict[str, Any]:
+    def _worker_summary(self, worker: WorkerRecord) -> dict[str, Any]:
         return {
             "farmId": worker.farm_id,
             "fleetId": worker.fleet_id,

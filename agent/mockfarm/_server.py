@@ -27,8 +27,8 @@ from .._asgi import hypercorn_config
 from ._app import CallLog, CallRecord, MockFarmApp
 from ._farm import Farm, FarmConfig
 from ._faults import FaultConfig, FaultInjector
-from ._logs import LogStore
-from ._state import FarmState, Job, Worker
+from ._logstore import LogStore
+from ._records import FarmState, Job, WorkerRecord
 
 #: Job statuses after which nothing more happens unless someone requeues.
 FINAL_JOB_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SUSPENDED", "NOT_COMPATIBLE"})
@@ -223,7 +223,7 @@ class MockFarm:
     def job(self, job_id: str) -> Job:
         return self.state.jobs[job_id]
 
-    def worker(self, worker_id: str) -> Worker:
+    def worker(self, worker_id: str) -> WorkerRecord:
         return self.state.workers[worker_id]
 
     def cancel_job(self, job_id: str) -> None:

@@ -32,7 +32,8 @@ from typing import Any
 import attrs
 import yaml
 
-from agent import JobSpec, JobSpecError
+from agent import JobSpecError
+from agent.jobs import JobSpec
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOG_GROUP = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}")

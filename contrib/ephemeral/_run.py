@@ -44,7 +44,8 @@ import structlog
 import trio
 
 from actors import Containment, Heartbeat
-from agent import FarmhandError, JobRun, JobSpec, JobStatus, ServiceError, Shutdown
+from agent import FarmhandError, ServiceError
+from agent.jobs import JobRun, JobSpec, JobStatus, Shutdown
 
 from .._aws import Aws, iso, open_aws, utc_now
 from .._common import (

@@ -24,8 +24,8 @@ import httpx
 import structlog
 import trio
 
-from agent import request_with_body
 from agent.deadline import backoff_delay, honour_retry_after
+from agent.jobs import request_with_body
 
 log = structlog.get_logger("farmhand.httpqueue.client")
 

@@ -38,7 +38,7 @@ import structlog
 import trio
 from hypercorn.trio import serve
 
-from agent import Receive, Scope, Send, answer_lifespan, hypercorn_config
+from agent.jobs import Receive, Scope, Send, answer_lifespan, hypercorn_config
 
 from ._protocol import JOB_STATUSES
 from ._queue import Job, JobQueue, QueueConfig, QueueError, public

@@ -42,7 +42,7 @@ import structlog
 import trio
 
 from actors import Containment
-from agent import (
+from agent.jobs import (
     JobOutcome,
     JobRun,
     JobSpec,

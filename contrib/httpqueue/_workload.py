@@ -35,7 +35,7 @@ import attrs
 import structlog
 import trio
 
-from agent import JobOutcome, JobSpec, JobStatus, OutputSink, OutputTail
+from agent.jobs import JobOutcome, JobSpec, JobStatus, OutputSink, OutputTail
 
 from ._protocol import JobOffer
 

@@ -38,7 +38,8 @@ import structlog
 import trio
 
 from actors import Containment, Heartbeat
-from agent import FarmhandError, JobOutcome, JobRun, JobStatus, Shutdown
+from agent import FarmhandError
+from agent.jobs import JobOutcome, JobRun, JobStatus, Shutdown
 
 from .._aws import Aws, iso, open_aws, utc_now
 from .._common import (
