@@ -245,40 +245,6 @@ async def test_exit_after_jobs(tmp_path: Path) -> None:
             assert await worker.wait_stop_requested() == "exit_after_jobs"
 
 
-async def test_health_and_metrics_endpoint(tmp_path: Path) -> None:
-    """/healthz says ok while running and 503 once stopped; /metrics is Prometheus text."""
-    import httpx
-
-    async with farm_and_worker(tmp_path, health_port=0) as (farm, worker, _events):
-        job_id = farm.create_job(simple_job(py("print('x')"), frames="1"))
-        assert await wait_job(farm, job_id) == "SUCCEEDED"
-        assert worker.health_url is not None
-        async with httpx.AsyncClient(base_url=worker.health_url) as http:
-            healthy = await http.get("/healthz")
-            metrics = await http.get("/metrics")
-            await worker.drain(0)
-            stopped = await http.get("/healthz")
-            missing = await http.get("/nope")
-    assert healthy.status_code == 200
-    assert healthy.json()["status"] == "ok"
-    assert healthy.json()["worker_id"] == worker.worker_id
-    assert set(healthy.json()["actors"]) >= {"scheduler", "heartbeat", "log_shipper", "credentials"}
-    text = metrics.text
-    for name in (
-        "farmhand_sessions",
-        'farmhand_actions_total{state="SUCCEEDED"}',
-        'farmhand_api_calls_total{operation="UpdateWorkerSchedule"}',
-        "farmhand_log_bytes_buffered",
-        "farmhand_heartbeat_age_seconds",
-        "process_resident_memory_bytes",
-        "process_open_fds",
-    ):
-        assert name in text, name
-    assert stopped.status_code == 503
-    assert "the worker is stopped" in stopped.json()["problems"]
-    assert missing.status_code == 404
-
-
 async def test_secrets_never_reach_the_session_log_file_or_cloudwatch(tmp_path: Path) -> None:
     """Configured patterns and openjd_redacted_env values are masked in the local session
     log and in CloudWatch, including the runner's own lines (the command line)."""
