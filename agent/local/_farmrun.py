@@ -51,7 +51,7 @@ from actors import SessionEvent, default_session_root
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from ..mockfarm import ApiError, FarmConfig, MockFarm, open_mock_farm
 from ..mockfarm._jobs import parameter_to_wire
-from ..mockfarm._server import FINAL_JOB_STATUSES
+from ..mockfarm._mockfarm import FINAL_JOB_STATUSES
 from ..worker._config import WorkerConfig
 from ..worker._hostinfo import Capabilities
 from ..worker._worker import Endpoints, Worker, open_agent

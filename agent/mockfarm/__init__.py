@@ -8,9 +8,9 @@ it unchanged. Embed it with ``open_mock_farm`` or run
 instance metadata service for spot and scale-in notices.
 """
 
+from ._apierrors import ApiError as ApiError
 from ._app import CallLog as CallLog
 from ._app import CallRecord as CallRecord
-from ._errors import ApiError as ApiError
 from ._fakeimds import FakeImds as FakeImds
 from ._fakeimds import open_fake_imds as open_fake_imds
 from ._farm import Farm as Farm
@@ -19,6 +19,10 @@ from ._faults import FaultConfig as FaultConfig
 from ._faults import OperationFaults as OperationFaults
 from ._logstore import LogEvent as LogEvent
 from ._logstore import LogStore as LogStore
+from ._mockfarm import MockFarm as MockFarm
+from ._mockfarm import MockFarmStatistics as MockFarmStatistics
+from ._mockfarm import make_client as make_client
+from ._mockfarm import open_mock_farm as open_mock_farm
 from ._records import FarmState as FarmState
 from ._records import Job as Job
 from ._records import Session as Session
@@ -26,7 +30,3 @@ from ._records import SessionAction as SessionAction
 from ._records import Step as Step
 from ._records import Task as Task
 from ._records import WorkerRecord as WorkerRecord
-from ._server import MockFarm as MockFarm
-from ._server import MockFarmStatistics as MockFarmStatistics
-from ._server import make_client as make_client
-from ._server import open_mock_farm as open_mock_farm

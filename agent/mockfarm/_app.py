@@ -33,8 +33,8 @@ import structlog
 import trio
 
 from .._asgi import Receive, Scope, Send, answer_lifespan
+from ._apierrors import ApiError, internal
 from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
-from ._errors import ApiError, internal
 from ._farm import Farm
 from ._faults import FaultConfig, FaultInjector
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 import botocore.session
 
-from ._errors import ApiError, validation
+from ._apierrors import ApiError, validation
 from ._shapes import (
     Invalid,
     Serialized,

@@ -19,8 +19,8 @@ import structlog
 import trio
 from openjd.model import TaskParameterSet
 
+from ._apierrors import not_found, validation
 from ._codec import deadline_codec
-from ._errors import not_found, validation
 from ._farmscheduler import FarmScheduler, SchedulingConfig, heartbeat_deadline, utcnow
 from ._jobs import build_job, select_steps_and_tasks
 from ._logstore import LogStore

@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 import structlog
 
-from ._errors import validation
+from ._apierrors import validation
 from ._jobs import worker_satisfies
 from ._records import (
     ACTIVE_TASK_STATUSES,

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._errors import ApiError
+from ._apierrors import ApiError
 
 MAX_BATCH_BYTES = 1_048_576
 MAX_EVENT_BYTES = 262_144

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._errors import conflict, not_found, validation
+from ._apierrors import conflict, not_found, validation
 from ._farmbase import CREATED_BY, FarmBase, _counts, _ip_addresses, _paginate
 from ._farmscheduler import utcnow
 from ._jobs import decode_environment, queue_environment_spec, require_template

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ._errors import ApiError, validation
+from ._apierrors import ApiError, validation
 
 Validator = Callable[[Any], Any]
 Serializer = Callable[[Any], Any]

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from ._errors import access_denied, conflict
+from ._apierrors import access_denied, conflict
 from ._farmbase import CREATED_BY, FarmBase, _fake_key, _ip_addresses, _paginate, log
 from ._farmscheduler import utcnow
 from ._records import Job, WorkerRecord, new_hex

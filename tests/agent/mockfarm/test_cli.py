@@ -15,7 +15,7 @@ import pytest
 import trio
 import yaml
 
-from agent.mockfarm import FarmConfig, MockFarm, _cli, open_mock_farm
+from agent.mockfarm import FarmConfig, MockFarm, _cmd_mockfarm, open_mock_farm
 from tests.mockfarm_helpers import ScriptedWorker, job_template
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m agent mockfarm")
-    _cli.configure(parser)
+    _cmd_mockfarm.configure(parser)
     return parser.parse_args(list(argv))
 
 
 async def run_cli(*argv: str) -> int:
     """Run a client command in a thread (it blocks on HTTP) against a farm on this loop."""
-    return await trio.to_thread.run_sync(_cli.main, parse(*argv))
+    return await trio.to_thread.run_sync(_cmd_mockfarm.main, parse(*argv))
 
 
 @pytest.fixture

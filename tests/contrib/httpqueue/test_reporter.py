@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from contrib.httpqueue import QueueClient, ServerRefused, ServerUnavailable
-from contrib.httpqueue._client import Backoff, retrying
+from contrib.httpqueue._queueclient import Backoff, retrying
 from contrib.httpqueue._reporter import RESTARTED, Reporter
 
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -35,7 +35,7 @@ import trio
 
 from ._farm import FarmConfig
 from ._faults import FaultConfig
-from ._server import make_client, open_mock_farm
+from ._mockfarm import make_client, open_mock_farm
 
 DEFAULT_PORT = 18080
 ENDPOINT_ENV = "FARMHAND_MOCKFARM_ENDPOINT"

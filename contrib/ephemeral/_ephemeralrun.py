@@ -57,7 +57,7 @@ from .._common import (
     open_job_log,
 )
 from ._bundle import BundleCache, BundleError, open_s3_client
-from ._config import ConfigError, JobConfig
+from ._ephemeralconfig import ConfigError, JobConfig
 from ._instance import instance_id_from_imds, run_terminate_command
 
 log = structlog.get_logger("farmhand.ephemeral")

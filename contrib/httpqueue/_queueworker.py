@@ -54,9 +54,16 @@ from agent.jobs import (
     probe_gpus,
 )
 
-from ._client import Backoff, QueueClient, ServerError, ServerRefused, ServerUnavailable, retrying
-from ._config import WorkerConfig
 from ._protocol import STOP_STATUSES, Capabilities, JobOffer, ProtocolError, extract_version
+from ._queueclient import (
+    Backoff,
+    QueueClient,
+    ServerError,
+    ServerRefused,
+    ServerUnavailable,
+    retrying,
+)
+from ._queueconfig import WorkerConfig
 from ._reporter import Reporter
 from ._workload import JobContext, Workload
 

@@ -2,7 +2,7 @@
 
 For a container task started per job (Fargate, Batch, a Kubernetes Job). The
 table, job and run mode also come from ``JOB_TABLE``, ``JOB_ID`` and
-``RUN_MODE``. See ``contrib.oneshot._run`` for the steps and
+``RUN_MODE``. See ``contrib.oneshot._oneshotrun`` for the steps and
 ``contrib._common`` for the exit statuses.
 """
 
@@ -23,8 +23,8 @@ from .._common import (
     positive_seconds,
     setup_logging,
 )
+from ._oneshotrun import OneshotSettings, run_oneshot
 from ._record import RUN_MODES
-from ._run import OneshotSettings, run_oneshot
 
 DEFAULT_LOG_GROUP = "/farmhand/oneshot"
 

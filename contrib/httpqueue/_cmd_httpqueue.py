@@ -43,7 +43,7 @@ class CliError(Exception):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from ._config import configure_parser
+    from ._queueconfig import configure_parser
 
     commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
     worker = commands.add_parser("worker", help="take jobs from a job server and run them")
@@ -126,8 +126,8 @@ def _worker(args: argparse.Namespace) -> int:
     from actors import Containment
     from agent import configure_logging
 
-    from ._config import ConfigError, load_config
-    from ._worker import QueueWorker
+    from ._queueconfig import ConfigError, load_config
+    from ._queueworker import QueueWorker
 
     try:
         config = load_config(args, environ=os.environ)
@@ -161,7 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
     from agent import configure_logging
 
     from ._queue import QueueConfig
-    from ._server import open_job_server
+    from ._queueserver import open_job_server
     from ._store import StoreError, open_store
 
     configure_logging(verbose=args.verbose)

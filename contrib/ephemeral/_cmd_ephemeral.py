@@ -2,7 +2,7 @@
 
 For one-job instances launched by an orchestrator (a CI runner per job): the
 job configuration is the JSON in an SSM parameter (``--config-parameter``, or
-``JOB_CONFIG_PARAMETER``). See ``contrib.ephemeral._run`` for the steps and
+``JOB_CONFIG_PARAMETER``). See ``contrib.ephemeral._ephemeralrun`` for the steps and
 ``contrib._common`` for the exit statuses.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import trio
 
 from .._common import Exit, add_common_arguments, from_env, positive_seconds, setup_logging
+from ._ephemeralrun import EphemeralSettings, run_ephemeral
 from ._instance import imds_endpoint
-from ._run import EphemeralSettings, run_ephemeral
 
 DEFAULT_LOG_GROUP = "/farmhand/ephemeral"
 
