@@ -423,6 +423,13 @@ class Scheduler:
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("scheduler.bad_assignment", session_id=session_id, error=repr(exc))
                 continue
+            unsafe = assignment.unsafe_id()
+            if unsafe is not None:
+                # Its files cannot be named: fail the session, never the worker.
+                if session_id not in self._dead:
+                    log.error("scheduler.unsafe_assignment", session_id=session_id, error=unsafe)
+                await self._return_actions(assignment, message=unsafe)
+                continue
             if session_id in self._refused or (
                 session_id not in self._sessions
                 and self._refuse_new
@@ -463,10 +470,16 @@ class Scheduler:
             if self._on_stop_requested is not None:
                 self._on_stop_requested()
 
-    async def _return_actions(self, assignment: Assignment, *, interrupted: bool = False) -> None:
-        """Answer for a session that cannot run: first and exits FAILED, the rest
-        NEVER_ATTEMPTED; or, for a worker that takes no new work, the first
-        INTERRUPTED (requeued elsewhere) and the rest NEVER_ATTEMPTED."""
+    async def _return_actions(
+        self,
+        assignment: Assignment,
+        *,
+        interrupted: bool = False,
+        message: str = "the worker could not run this session",
+    ) -> None:
+        """Answer for a session that cannot run: first and exits FAILED (with
+        ``message``), the rest NEVER_ATTEMPTED; or, for a worker that takes no new
+        work, the first INTERRUPTED (requeued elsewhere) and the rest NEVER_ATTEMPTED."""
         returned = self._dead.setdefault(assignment.session_id, set())
         now = datetime.now(UTC)
         first = True  # the farm refuses NEVER_ATTEMPTED for the first action it waits on
@@ -487,7 +500,7 @@ class Scheduler:
                     "completedStatus": "FAILED",
                     "startedAt": now,
                     "endedAt": now,
-                    "progressMessage": "the worker could not run this session",
+                    "progressMessage": message,
                 }
                 first = False
             else:

@@ -86,6 +86,7 @@ from ._messages import (
     Stop,
 )
 from ._output import Redactor
+from ._paths import UnsafePathError, path_under, safe_id
 from ._session import SessionConfig, SessionRunner
 
 log = structlog.get_logger("farmhand.worksession")
@@ -171,6 +172,19 @@ class Assignment:
     actions: tuple[DeadlineAction, ...]
     log_config: LogConfig
 
+    def unsafe_id(self) -> str | None:
+        """Why one of the ids that name this session's files cannot be used, or None."""
+        try:
+            for value, what in (
+                (self.session_id, "session id"),
+                (self.queue_id, "queue id"),
+                (self.job_id, "job id"),
+            ):
+                safe_id(value, what)
+        except UnsafePathError as exc:
+            return str(exc)
+        return None
+
     @classmethod
     def from_api(cls, session_id: str, wire: Mapping[str, Any]) -> Assignment:
         return cls(
@@ -209,7 +223,28 @@ class QueueCredentialSource(Protocol):
 
 
 #: The agent's own credentials, not passed to jobs that get a queue profile.
-_SHADOWING_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+#: Variables that carry the agent's own AWS credentials or point at them: never part of
+#: a job's environment (a queue's role credentials are added by the session instead).
+AGENT_CREDENTIAL_VARIABLES = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    }
+)
 
 
 @attrs.frozen
@@ -314,6 +349,9 @@ class WorkSessionOptions:
     run_jobs_as_agent_user: bool = False
     #: Run every job as this user, whatever the queue says.
     job_user_override: JobUser | None = None
+    #: Let jobs inherit the agent's AWS credential variables: only for ``run``, whose
+    #: jobs are the user's own, as with ``openjd run``. A farm's jobs never get them.
+    jobs_get_agent_credentials: bool = False
 
 
 class WorkSession:
@@ -402,11 +440,11 @@ class WorkSession:
         ):
             destination = Destination(config.group, config.stream)
         if options.local_session_logs:
-            path = options.logs_dir / self.assignment.queue_id / f"{self.session_id}.log"
+            path = path_under(options.logs_dir, self.assignment.queue_id, f"{self.session_id}.log")
             return self._shipper.open_stream(path, destination)
         if destination is None:
             return None
-        self._spool = options.logs_dir / ".spool" / f"{self.session_id}.log"
+        self._spool = path_under(options.logs_dir, ".spool", f"{self.session_id}.log")
         return self._shipper.open_stream(self._spool, destination, compact_over=1 << 20)
 
     async def _job_details(self) -> JobDetails | None:
@@ -486,10 +524,11 @@ class WorkSession:
             "DEADLINE_FLEET_ID": identity.fleet_id,
             "DEADLINE_WORKER_ID": identity.worker_id,
         }
-        base_env = None
         if access is not None:
             session_env.update(access.env)
-            base_env = {k: v for k, v in os.environ.items() if k not in _SHADOWING_VARIABLES}
+        base_env: Mapping[str, str] = os.environ
+        if not self._options.jobs_get_agent_credentials:
+            base_env = {k: v for k, v in os.environ.items() if k not in AGENT_CREDENTIAL_VARIABLES}
         config = SessionConfig(
             session_id=self.session_id,
             job_parameter_values=job.parameters,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
@@ -120,6 +121,8 @@ class FarmBase:
     def __init__(self, config: FarmConfig | None = None) -> None:
         self.config = config or FarmConfig()
         self.state = FarmState()
+        #: Temporary keys this farm handed out: access key id -> (secret, expiration).
+        self._issued_keys: dict[str, tuple[str, datetime]] = {}
         self.logs = LogStore(region=self.config.region, keep_events=self.config.keep_log_events)
         self.scheduler = FarmScheduler(
             self.state,

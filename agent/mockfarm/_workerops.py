@@ -189,12 +189,26 @@ class WorkerOperations(FarmBase):
         return None
 
     def _credentials(self) -> dict[str, Any]:
+        now = utcnow()
+        expiration = now + timedelta(seconds=self.config.credentials_lifetime_seconds)
+        access_key, secret = _fake_key("ASIA", 16), secrets.token_urlsafe(30)[:40]
+        for key, (_, expires) in list(self._issued_keys.items()):
+            if expires <= now:
+                del self._issued_keys[key]
+        self._issued_keys[access_key] = (secret, expiration)
         return {
-            "accessKeyId": _fake_key("ASIA", 16),
-            "secretAccessKey": secrets.token_urlsafe(30)[:40],
+            "accessKeyId": access_key,
+            "secretAccessKey": secret,
             "sessionToken": secrets.token_urlsafe(96),
-            "expiration": utcnow() + timedelta(seconds=self.config.credentials_lifetime_seconds),
+            "expiration": expiration,
         }
+
+    def issued_secret(self, access_key: str) -> str | None:
+        """The secret of a temporary key this farm handed out and that has not expired."""
+        issued = self._issued_keys.get(access_key)
+        if issued is None or issued[1] <= utcnow():
+            return None
+        return issued[0]
 
     def AssumeFleetRoleForWorker(self, p: dict[str, Any]) -> Mapping[str, Any]:
         self.worker(p)

@@ -34,6 +34,8 @@ import attrs
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from actors import UnsafePathError, safe_id
+
 #: What a worker reports about a job.
 AGENT_STATUSES = frozenset({"running", "finished", "failed", "canceled", "stopped"})
 #: A job's statuses on the server.
@@ -50,6 +52,15 @@ _BARE_VERSION_RE = re.compile(r"\d+(?:\.\d+)*")
 
 class ProtocolError(ValueError):
     """Wire data that does not have the shape the protocol asks for. One line."""
+
+
+class UnsafeJobId(ProtocolError):
+    """A job whose id cannot name its directory and log (``../x``, say): the worker
+    fails that job, saying why, and touches no file for it."""
+
+    def __init__(self, job_id: str, error: UnsafePathError) -> None:
+        super().__init__(str(error))
+        self.job_id = job_id
 
 
 # ------------------------------------------------------------------ requirements
@@ -216,6 +227,10 @@ class JobOffer:
             raise ProtocolError("a job must be an object")
         job_id = _string(payload, "job_id")
         assert job_id is not None
+        try:
+            safe_id(job_id, "job_id")
+        except UnsafePathError as exc:
+            raise UnsafeJobId(job_id, exc) from exc
         try:
             config_path = _string(payload, "config_path")
             job_name = _string(payload, "job_name", required=False) or job_id

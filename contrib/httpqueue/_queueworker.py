@@ -54,7 +54,14 @@ from agent.jobs import (
     probe_gpus,
 )
 
-from ._protocol import STOP_STATUSES, Capabilities, JobOffer, ProtocolError, extract_version
+from ._protocol import (
+    STOP_STATUSES,
+    Capabilities,
+    JobOffer,
+    ProtocolError,
+    UnsafeJobId,
+    extract_version,
+)
 from ._queueclient import (
     Backoff,
     QueueClient,
@@ -394,6 +401,11 @@ class QueueWorker:
         """Run the job the server handed out, or say why not; whether it ran."""
         try:
             offer = JobOffer.from_api(answer)
+        except UnsafeJobId as exc:
+            # Rejecting would hand it to the next worker; it can run nowhere.
+            log.error("httpqueue.job_id_unsafe", error=str(exc))
+            await reporter.job_ended(exc.job_id, "failed", error=f"refused: {exc}")
+            return False
         except ProtocolError as exc:
             job_id = answer.get("job_id")
             if isinstance(job_id, str) and job_id:

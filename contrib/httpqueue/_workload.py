@@ -26,6 +26,7 @@ arguments: ``{job_id}``, ``{job_name}``, ``{config_path}``, ``{shared_dir}``,
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ import attrs
 import structlog
 import trio
 
+from actors import path_under, safe_id
 from agent.jobs import JobOutcome, JobSpec, JobStatus, OutputSink, OutputTail
 
 from ._protocol import JobOffer
@@ -77,6 +79,72 @@ def check_template(text: str) -> None:
             )
 
 
+#: A field as a whole argument (``{config_path}``) or as an option's whole value
+#: (``--config={config_path}``): the only places a job's field may stand.
+_WHOLE_FIELD_RE = re.compile(r"(?:--?[A-Za-z0-9][A-Za-z0-9_.-]*=)?\{[a-z_]+\}")
+#: Programs that run code given on their command line, and the options that give it.
+_SHELLS = re.compile(r"busybox|[a-z]*sh|csh|fish")
+_INTERPRETERS = re.compile(
+    r"python[0-9.]*|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*|node|nodejs|deno|bun|php[0-9.]*"
+    r"|lua[0-9.]*|tclsh[0-9.]*|pwsh|powershell|osascript"
+)
+_CODE_LONG_OPTIONS = frozenset({"--command", "--eval", "-command", "-Command", "--exec"})
+
+
+#: Fields whose values the job's submitter chooses (the job id is checked to be a safe
+#: id; the others are free text).
+JOB_FIELDS = frozenset({"job_id", "job_name", "config_path"})
+FREE_TEXT_FIELDS = frozenset({"job_name", "config_path"})
+
+
+def _has_field(text: str, fields: frozenset[str]) -> bool:
+    return any(match.group(1) in fields for match in _FIELD_RE.finditer(text))
+
+
+def check_argv_safe(argv: Sequence[str], what: str) -> None:
+    """Raise ``TemplateFieldError`` where a job's field could be parsed as code.
+
+    The submitter's free text (``{config_path}``, ``{job_name}``) reaches the job's
+    process only as a whole argument (or an option's whole value,
+    ``--config={config_path}``), never inside text that a program parses; and no
+    field the submitter chooses is ever the code a shell or interpreter runs
+    (``sh -c {config_path}``): a job submitted with ``config_path=/x; touch
+    /tmp/owned`` must stay a file name. The worker's own fields (``{job_dir}``,
+    ``{shared_dir}``, ``{worker_id}``) and the job id, which is checked to be a
+    safe id, may be part of a longer argument (``--out {job_dir}/out``)."""
+    for arg in argv:
+        if _has_field(arg, FREE_TEXT_FIELDS) and not _WHOLE_FIELD_RE.fullmatch(arg):
+            raise TemplateFieldError(
+                f"{what}: {arg!r} puts a job's free-text field inside a longer argument, where a "
+                "program (a shell, above all) could parse it as code; pass each field "
+                "as an argument of its own ({config_path}) or read it from the "
+                "environment ($CONFIG_PATH)"
+            )
+    rest = list(argv)
+    # ``env [-i] [NAME=VALUE]... PROGRAM``: look at the program env runs.
+    while rest and (rest[0].rsplit("/", 1)[-1] == "env" or "=" in rest[0] or rest[0] == "-i"):
+        rest.pop(0)
+    program = rest[0].rsplit("/", 1)[-1] if rest else ""
+    if _SHELLS.fullmatch(program):
+        code_letters = frozenset("c")
+    elif _INTERPRETERS.fullmatch(program):
+        code_letters = frozenset("ceE")
+    else:
+        return
+    for option, code in itertools.pairwise(rest[1:]):
+        short = option.startswith("-") and not option.startswith("--")
+        if (
+            option in _CODE_LONG_OPTIONS
+            or (short and option[1:].isalpha() and code_letters & set(option[1:]))
+        ) and _has_field(code, JOB_FIELDS):
+            raise TemplateFieldError(
+                f"{what}: {program} ... {option} {code!r} would run a job's field as code "
+                "(a job could run any command on this worker); pass fields as arguments "
+                "after the code (sh -c 'cat \"$1\"' sh {config_path}) or read them from "
+                "the environment ($CONFIG_PATH)"
+            )
+
+
 def fill(text: str, values: Mapping[str, str]) -> str:
     """``text`` with its ``{field}``s replaced (check it with ``check_template`` first)."""
 
@@ -107,7 +175,7 @@ class JobContext:
 
     @property
     def job_dir(self) -> Path:
-        return self.shared_dir / "jobs" / self.offer.job_id
+        return path_under(self.shared_dir, "jobs", safe_id(self.offer.job_id, "job_id"))
 
     @property
     def log_path(self) -> Path:
@@ -142,6 +210,7 @@ class ProcessWorkload:
             raise TemplateFieldError("the command is empty")
         for arg in command:
             check_template(arg)
+        check_argv_safe(command, "the command")
         self.command = tuple(command)
 
     @classmethod
@@ -181,6 +250,8 @@ class ContainerWorkload:
             raise TemplateFieldError("the image is empty")
         for arg in (*docker_args, *container_args):
             check_template(arg)
+        check_argv_safe(docker_args, "the docker arguments")
+        check_argv_safe(container_args, "the container arguments")
         self.image = image
         self.docker = docker
         self.docker_args = tuple(docker_args)

@@ -37,7 +37,7 @@ import attrs
 import structlog
 import trio
 
-from actors import Containment, Heartbeat
+from actors import Containment, Heartbeat, path_under
 from agent import FarmhandError
 from agent.jobs import JobOutcome, JobRun, JobStatus, Shutdown
 
@@ -205,7 +205,7 @@ class _Oneshot:
             log_group=group,
             log_stream=stream if group else None,
         )
-        spool = settings.work_dir / "logs" / f"{stream.replace('/', '-')}.log"
+        spool = path_under(settings.work_dir, "logs", f"{stream.replace('/', '-')}.log")
         started_at = datetime.now(UTC)
         started = trio.current_time()
         written: bool | None = None

@@ -414,6 +414,33 @@ async def test_a_session_that_cannot_start_returns_its_actions(tmp_path: Path) -
     }
 
 
+async def test_an_assignment_whose_ids_would_leave_the_logs_dir_fails_that_session(
+    tmp_path: Path,
+) -> None:
+    """A queue id of '../../../../tmp/x' names no file: the session's first action and its
+    exits FAIL with the reason, the rest are NEVER_ATTEMPTED, and the worker runs its other
+    sessions."""
+    farm = FakeFarm(py("print('ran')"))
+    hostile = {**session(env_enter(0), task(1, 1), env_exit(2)), "queueId": "../../../../tmp/x"}
+    other = f"session-{'f' * 32}"
+    farm.assigned = {SESSION: hostile, other: session(task(3, 1))}
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            await r.scheduler.sync_now()
+            await farm.wait_until(lambda: len(farm.completed) == 4)
+            await r.scheduler.sync_now()
+    assert farm.completed == {
+        action_id(0): "FAILED",
+        action_id(1): "NEVER_ATTEMPTED",
+        action_id(2): "FAILED",
+        action_id(3): "SUCCEEDED",
+    }
+    [failed] = [c[action_id(0)] for c in farm.calls if "completedStatus" in c.get(action_id(0), {})]
+    assert failed["progressMessage"].startswith("queue id '../../../../tmp/x' is not a safe id")
+    assert sorted(p.name for p in r.logs.iterdir()) == [QUEUE]
+    assert not (tmp_path / "tmp").exists()
+
+
 async def test_farm_interval_and_stop_request_reach_the_owner(tmp_path: Path) -> None:
     """updateIntervalSeconds and desiredWorkerStatus=STOPPED are passed on."""
     farm = FakeFarm(py("pass"))

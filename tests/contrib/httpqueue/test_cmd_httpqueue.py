@@ -221,6 +221,26 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         ({}, ["--command", "true", "--gpus", "two"], "--gpus: must be a number of GPUs or auto"),
         ({}, ["--command", "true", "--tool", "=x"], "--tool: '=x' must be NAME"),
         ({"WORKER_ID": "a/b"}, ["--command", "true"], "WORKER_ID: 'a/b' cannot be a worker id"),
+        (  # the README's old example: job fields inside the text a shell parses
+            {},
+            ["--command", 'sh -c "echo job {job_id} reads {config_path}; cat {config_path}"'],
+            "--command: the command: 'echo job {job_id} reads {config_path}; cat {config_path}' "
+            "puts a job's free-text field inside a longer argument",
+        ),
+        ({}, ["--command", "bash -c {config_path}"], "would run a job's field as code"),
+        (
+            {},
+            [
+                "--image",
+                "img",
+                "--container-arg",
+                "sh",
+                "--container-arg=-c",
+                "--container-arg",
+                "{config_path}",
+            ],
+            "the container arguments: sh ... -c '{config_path}' would run a job's field as code",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(

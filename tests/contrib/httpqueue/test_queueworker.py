@@ -348,3 +348,41 @@ async def test_a_job_whose_log_cannot_be_written_fails_with_the_reason(tmp_path:
             done = await job_status(server, job["job_id"], *FINAL)
     assert done["status"] == "failed"
     assert done["error"].startswith(f"cannot open the job's log {paths.shared / 'jobs'}")
+
+
+async def test_a_job_field_never_runs_as_a_command(tmp_path: Path) -> None:
+    """config_path='/x; touch /tmp/owned' reaches the job as one argument: nothing is touched,
+    with the command form the README shows."""
+    paths = make_paths(tmp_path)
+    owned = tmp_path / "owned"
+    command = ("sh", "-c", 'echo "env: $CONFIG_PATH"; cat "$1"', "sh", "{config_path}")
+    async with open_job_server() as server:
+        job = await server.submit({"config_path": f"/x; touch {owned}"})
+        async with running_worker(worker_config(paths, server.url, command=command)):
+            done = await job_status(server, job["job_id"], *FINAL)
+    assert done["status"] == "failed"  # cat: no such file '/x; touch ...'
+    assert not owned.exists()
+    assert f"env: /x; touch {owned}" in paths.log(job["job_id"])
+
+
+async def test_a_job_id_that_leaves_the_shared_dir_fails_that_job_only(tmp_path: Path) -> None:
+    """job_id '../../../../tmp/x' is failed with the reason; no directory or log is made for
+    it anywhere; the worker goes on to the next job."""
+    paths = make_paths(tmp_path)
+    hostile = "../../../../tmp/x"
+    escaped = trio.Path(os.path.normpath(paths.shared / "jobs" / hostile))  # noqa: ASYNC240
+    assert not escaped.is_relative_to(paths.shared)
+    async with open_job_server() as server:
+        job = await server.submit({"config_path": paths.config("evil")})
+        record = server.queue.jobs.pop(job["job_id"])
+        record["job_id"] = hostile
+        server.queue.jobs[hostile] = record
+        plain = await server.submit({"config_path": paths.config("plain")})
+        async with running_worker(worker_config(paths, server.url)):
+            bad = await job_status(server, hostile, *FINAL)
+            good = await job_status(server, plain["job_id"], *FINAL)
+    assert bad["status"] == "failed"
+    assert bad["error"].startswith("refused: job_id '../../../../tmp/x' is not a safe id")
+    assert good["status"] == "finished"
+    assert not await escaped.exists() and not await escaped.parent.exists()
+    assert [p.name for p in await trio.Path(paths.shared / "jobs").iterdir()] == [plain["job_id"]]

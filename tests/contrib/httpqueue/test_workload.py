@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from actors import UnsafePathError
 from agent.jobs import JobOutcome, JobRun, JobSpec, JobStatus, OutputSink
 from contrib.httpqueue import JobOffer
+from contrib.httpqueue._protocol import UnsafeJobId
 from contrib.httpqueue._workload import (
     ContainerWorkload,
     JobContext,
@@ -152,7 +155,7 @@ def test_the_docker_command_line(tmp_path: Path) -> None:
         docker_args=["--shm-size", "8g"],
         container_args=["--job_id", "{job_id}", "--config", "{config_path}"],
     )
-    job = context(tmp_path, "job/odd:id")
+    job = context(tmp_path, "Job_1.odd-id")
     shared = str(job.shared_dir)
     argv = workload.argv(job, gpus=True)
     env_args = [arg for name, value in job.env().items() for arg in ("-e", f"{name}={value}")]
@@ -161,9 +164,9 @@ def test_the_docker_command_line(tmp_path: Path) -> None:
         "run",
         "--rm",
         "--name",
-        "farmhand-job_odd_id",
+        "farmhand-Job_1.odd-id",
         "--label",
-        "farmhand.job_id=job/odd:id",
+        "farmhand.job_id=Job_1.odd-id",
         "-v",
         f"{shared}:{shared}",
         "-w",
@@ -175,11 +178,22 @@ def test_the_docker_command_line(tmp_path: Path) -> None:
         "8g",
         "img:1",
         "--job_id",
-        "job/odd:id",
+        "Job_1.odd-id",
         "--config",
         job.offer.config_path,
     ]
     assert "--gpus" not in workload.argv(job, gpus=False)
+
+
+@pytest.mark.parametrize("job_id", ["job/odd:id", "../../../../tmp/x", "..", ".x", "a" * 129])
+def test_a_job_id_that_is_not_a_safe_id_names_no_directory(tmp_path: Path, job_id: str) -> None:
+    """Ids from the server are checked when the job is read and before any path is built."""
+    with pytest.raises(UnsafeJobId, match="is not a safe id") as caught:
+        JobOffer.from_api({"job_id": job_id, "config_path": "c"})
+    assert caught.value.job_id == job_id
+    job = JobContext(JobOffer(job_id, "train", "c"), tmp_path / "shared", "w1")
+    with pytest.raises(UnsafePathError, match="is not a safe id"):
+        job.job_dir  # noqa: B018
 
 
 async def test_a_container_job_runs_through_docker(tmp_path: Path, fake_docker: Path) -> None:
@@ -245,3 +259,44 @@ async def test_a_stopped_container_job_removes_its_container(
     calls = docker_calls(fake_docker)
     assert calls[-1] == ["rm", "-f", "farmhand-job-1"]
     assert "[farmhand] removed container farmhand-job-1" in log.lines
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "cat {config_path}",
+        "prog --config={config_path} --name {job_name} --out {job_dir}/out",
+        "sh -c 'cat \"$1\"' sh {config_path}",
+        "sh -c 'make -C {job_dir} JOB={worker_id}'",
+        "sh {config_path}",
+        "env A=1 python3 run.py {config_path}",
+    ],
+)
+def test_commands_that_pass_job_fields_as_whole_arguments_are_accepted(command: str) -> None:
+    """Fields as arguments of their own, or the worker's own fields in code, are safe."""
+    ProcessWorkload.from_text(command)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ('sh -c "echo job {job_id} reads {config_path}"', "inside a longer argument"),
+        ("prog x{config_path}", "inside a longer argument"),
+        ("prog --name='run {job_name}'", "inside a longer argument"),
+        ("sh -c {config_path}", "would run a job's field as code"),
+        ("bash -lc {job_id}", "would run a job's field as code"),
+        ("env -i A=1 /bin/dash -c {job_name}", "would run a job's field as code"),
+        ("busybox sh -c {config_path}", "would run a job's field as code"),
+        ("/usr/bin/python3 -c {config_path}", "would run a job's field as code"),
+        ("perl -e {config_path}", "would run a job's field as code"),
+        ("node --eval {job_id}", "would run a job's field as code"),
+    ],
+)
+def test_commands_that_could_run_a_job_field_as_code_are_refused(
+    command: str, message: str
+) -> None:
+    """A worker configured so refuses to start, saying why."""
+    with pytest.raises(TemplateFieldError, match=message):
+        ProcessWorkload.from_text(command)
+    with pytest.raises(TemplateFieldError, match=message):
+        ContainerWorkload("img", container_args=shlex.split(command))
