@@ -38,3 +38,4 @@ from ._paths import safe_id as safe_id
 from ._session import SessionConfig as SessionConfig
 from ._session import SessionRunner as SessionRunner
 from ._session import default_session_root as default_session_root
+from ._worksession import AGENT_CREDENTIAL_VARIABLES as AGENT_CREDENTIAL_VARIABLES
