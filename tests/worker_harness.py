@@ -13,7 +13,7 @@ import trio
 
 from actors import SessionEvent
 from agent.deadline import CredentialHolder, ServiceEndpoint, static_credentials
-from agent.mockfarm import FarmConfig, FaultConfig, MockFarm, open_mock_farm
+from agent.mockfarm import FarmConfig, FaultConfig, MockFarm, S3Config, open_mock_farm
 from agent.worker._config import WorkerConfig
 from agent.worker._worker import Endpoints, Worker, open_agent
 
@@ -73,11 +73,14 @@ async def farm_and_worker(
     farm_config: FarmConfig | None = None,
     faults: FaultConfig | None = None,
     ship_session_logs: bool = True,
+    s3: S3Config | None = None,
     **config_changes: Any,
 ) -> AsyncIterator[tuple[MockFarm, Worker, Events]]:
     farm_config = farm_config or FarmConfig(update_interval_seconds=1, max_retries_per_task=0)
     events = Events()
-    async with open_mock_farm(config=farm_config, faults=faults) as farm:
+    async with open_mock_farm(config=farm_config, faults=faults, s3=s3) as farm:
+        if s3 is not None:
+            config_changes.setdefault("s3_endpoint_url", farm.s3_endpoint_url)
         config = worker_config(farm, root, **config_changes)
         async with open_agent(
             config,

@@ -353,7 +353,7 @@ class _FastGet:
         try:
             size = 0
             if response.status != 200:
-                    return None
+                return None
             expected = response.headers.get("Content-Length")
             hasher = xxhash.xxh3_128()
             with open(tmp, "wb") as out:

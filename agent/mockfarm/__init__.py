@@ -30,3 +30,5 @@ from ._records import SessionAction as SessionAction
 from ._records import Step as Step
 from ._records import Task as Task
 from ._records import WorkerRecord as WorkerRecord
+from ._s3 import S3Config as S3Config
+from ._s3 import S3Unavailable as S3Unavailable

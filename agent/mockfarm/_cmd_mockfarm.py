@@ -36,6 +36,7 @@ import trio
 from ._farm import FarmConfig
 from ._faults import FaultConfig
 from ._mockfarm import make_client, open_mock_farm
+from ._s3 import DEFAULT_BUCKET, S3Config, S3Unavailable, moto_available
 
 DEFAULT_PORT = 18080
 ENDPOINT_ENV = "FARMHAND_MOCKFARM_ENDPOINT"
@@ -77,6 +78,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)"
     )
     serve.add_argument("--faults", type=Path, help="fault config (JSON or YAML); re-read on SIGHUP")
+    serve.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3 endpoint for job attachments (MinIO, real S3); default: serve moto's S3 "
+        "on the farm's host",
+    )
+    serve.add_argument(
+        "--s3-bucket",
+        default=DEFAULT_BUCKET,
+        help=f"bucket of the default queue's job attachments (default {DEFAULT_BUCKET})",
+    )
+    serve.add_argument(
+        "--no-s3", action="store_true", help="no job attachments (the default queue has no bucket)"
+    )
     serve.add_argument(
         "--update-interval",
         type=int,
@@ -223,11 +238,23 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    s3: S3Config | None = None
+    if not args.no_s3:
+        if args.s3_endpoint or moto_available():
+            s3 = S3Config(endpoint_url=args.s3_endpoint, bucket=args.s3_bucket)
+        else:
+            print(
+                "no S3 for job attachments: moto is not installed (pip install "
+                "'farmhand[mockfarm]') and no --s3-endpoint was given",
+                file=sys.stderr,
+            )
     failures: list[OSError] = []
     try:
-        trio.run(_serve_until_signal, args, config, faults, keys, generated)
+        trio.run(_serve_until_signal, args, config, faults, keys, generated, s3)
     except* OSError as group:
         failures.extend(_leaves(group))
+    except* S3Unavailable as group:
+        raise CliError(f"no S3 for job attachments: {group.exceptions[0]}", 1) from None
     if failures:
         reason = failures[0].strerror or str(failures[0])
         raise CliError(f"cannot serve on {args.host}:{args.port}: {reason}", 1)
@@ -304,15 +331,21 @@ async def _serve_until_signal(
     faults: FaultConfig | None,
     keys: dict[str, str] | None,
     generated: bool,
+    s3: S3Config | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_mock_farm(
-            config=config, faults=faults, host=args.host, port=args.port, keys=keys
+            config=config, faults=faults, host=args.host, port=args.port, keys=keys, s3=s3
         ) as farm:
             tune_gc()
             info = farm.info()
             print(f"mock farm listening on {farm.endpoint_url}", flush=True)
             print(f"  farm  {info['farmId']}\n  fleet {info['fleetId']}\n  queue {info['queueId']}")
+            if farm.s3 is not None:
+                print(
+                    f"  job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
+                    f"at {farm.s3_endpoint_url}"
+                )
             print("point boto3 or a worker agent at it with:")
             for name, value in farm.environ().items():
                 if name.startswith(("AWS_ENDPOINT", "AWS_DISABLE", "AWS_DEFAULT")):

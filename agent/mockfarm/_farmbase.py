@@ -99,6 +99,30 @@ class FarmConfig:
     default_queue_name: str = "Default queue"
 
 
+def _check_attachments(queue: Queue, attachments: Mapping[str, Any]) -> None:
+    """CreateJob's ``attachments`` need a queue with ``jobAttachmentSettings`` and sane roots."""
+    if not queue.job_attachment_settings:
+        raise validation(
+            f"Queue {queue.queue_id} has no jobAttachmentSettings; a job with attachments "
+            "cannot be created in it.",
+            reason="OTHER",
+        )
+    manifests = attachments.get("manifests")
+    if not isinstance(manifests, list):
+        raise validation("attachments.manifests must be a list.", reason="OTHER")
+    for entry in manifests:
+        if not isinstance(entry, Mapping) or not entry.get("rootPath"):
+            raise validation("Each of attachments.manifests needs a rootPath.", reason="OTHER")
+        if str(entry.get("rootPathFormat", "")).lower() not in ("posix", "windows"):
+            raise validation(
+                f"attachments.manifests rootPathFormat {entry.get('rootPathFormat')!r} "
+                "is not posix or windows.",
+                reason="OTHER",
+            )
+    if str(attachments.get("fileSystem", "COPIED")).upper() not in ("COPIED", "VIRTUAL"):
+        raise validation("attachments.fileSystem must be COPIED or VIRTUAL.", reason="OTHER")
+
+
 def _ip_addresses(host_properties: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not host_properties:
         return None
@@ -302,6 +326,8 @@ class FarmBase:
         would; ``session_limit`` caps the sessions the job ever gets: once that many
         have ended, what is left of it is canceled.
         """
+        if attachments is not None:
+            _check_attachments(queue, attachments)
         queue_environments = queue.ordered_environments()
         spec = build_job(
             template,

@@ -259,15 +259,24 @@ class FarmScheduler:
             action.ended_at = info.get("endedAt") or now
         self.complete(action, status, now=now)
 
-    def complete(self, action: SessionAction, status: str, *, now: datetime | None = None) -> None:
-        """Apply a completed status (reported, or decided by the farm)."""
+    def complete(
+        self,
+        action: SessionAction,
+        status: str,
+        *,
+        now: datetime | None = None,
+        charge_task: bool = False,
+    ) -> None:
+        """Apply a completed status (reported, or decided by the farm). ``charge_task``:
+        the task did not run because its inputs could not be had, which counts as a
+        failure of the task (retried, then FAILED), not as work to requeue forever."""
         action.status = status
         action.wire = _RELEASED
         session = action.session
         session.open.remove(action)
         session.updated_at = now or utcnow()
         if action.kind == "taskRun" and action.task is not None:
-            self._task_run_completed(action.task, action, status)
+            self._task_run_completed(action.task, action, "FAILED" if charge_task else status)
         if status != "SUCCEEDED":
             self._withdraw_after(session, action)
 
@@ -306,8 +315,11 @@ class FarmScheduler:
             self.make_runnable(task)
 
     def _withdraw_after(self, session: Session, failed: SessionAction) -> None:
-        """The worker skips what follows a failure (but exits): mirror that here."""
+        """The worker skips what follows a failure (but exits): mirror that here. Tasks
+        after a failed attachment sync are charged a failure: a job must not go on
+        requeueing (nor ever succeed) when its inputs cannot be had."""
         session.winding_down = True
+        inputs_failed = failed.kind == "syncInputJobAttachments" and failed.status == "FAILED"
         for action in list(session.open):
             if (
                 action.index > failed.index
@@ -315,7 +327,7 @@ class FarmScheduler:
                 and action.started_at is None
                 and not action.completed
             ):
-                self.complete(action, "NEVER_ATTEMPTED")
+                self.complete(action, "NEVER_ATTEMPTED", charge_task=inputs_failed)
 
     # ------------------------------------------------------------ workers going away
 
@@ -436,6 +448,9 @@ class FarmScheduler:
         worker.job_ids.add(job.job_id)
         job.sessions.append(session)
         job.active_sessions += 1
+        if job.attachments is not None:
+            # As the service does: the job's inputs before anything else of the session.
+            self._add_action(session, "syncInputJobAttachments")
         for environment_id, _ in job.environments:
             self._enter(session, environment_id)
         self._assign_task(session, first)
@@ -454,6 +469,7 @@ class FarmScheduler:
         *,
         environment_id: str | None = None,
         task: Task | None = None,
+        step_id: str | None = None,
     ) -> SessionAction:
         action_id, index = session.next_action_id()
         action = SessionAction(
@@ -463,6 +479,7 @@ class FarmScheduler:
             kind=kind,
             environment_id=environment_id,
             task=task,
+            step_id=step_id,
         )
         action.wire = self._serialize(
             "AssignedSessionAction",
@@ -481,6 +498,9 @@ class FarmScheduler:
         step = task.step
         if session.current_step is not step:
             self._exit_step_environments(session)
+            if session.job.attachments is not None and step.dependencies:
+                # The outputs of the steps this one depends on, before its environments.
+                self._add_action(session, "syncInputJobAttachments", step_id=step.step_id)
             for environment in step.spec.environments:
                 self._enter(session, step.environment_id(environment))
             session.current_step = step

@@ -13,6 +13,7 @@ records, logs and call record are on the ``MockFarm`` for assertions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from ._farm import Farm, FarmConfig
 from ._faults import FaultConfig, FaultInjector
 from ._logstore import LogStore
 from ._records import FarmState, Job, WorkerRecord
+from ._s3 import S3Config, open_s3
 
 #: Job statuses after which nothing more happens unless someone requeues.
 FINAL_JOB_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SUSPENDED", "NOT_COMPATIBLE"})
@@ -74,6 +76,9 @@ class MockFarm:
         self.calls = calls
         self._faults = faults
         self.endpoint_url = ""
+        #: The S3 endpoint of the farm's job attachments ("" when it has none).
+        self.s3_endpoint_url = ""
+        self.s3: S3Config | None = None
         self._changed = trio.Event()
         self._waiters = 0
 
@@ -104,13 +109,16 @@ class MockFarm:
         return self.farm.config
 
     def info(self) -> dict[str, Any]:
-        return {
+        info = {
             "endpointUrl": self.endpoint_url,
             "farmId": self.farm_id,
             "fleetId": self.fleet_id,
             "queueId": self.queue_id,
             "region": self.config.region,
         }
+        if self.s3_endpoint_url:
+            info["s3EndpointUrl"] = self.s3_endpoint_url
+        return info
 
     @property
     def access_key(self) -> tuple[str, str]:
@@ -130,6 +138,7 @@ class MockFarm:
             "AWS_SECRET_ACCESS_KEY": self.access_key[1],
             "AWS_EC2_METADATA_DISABLED": "true",
             "DEADLINE_CLOUD_TELEMETRY_OPT_OUT": "true",
+            **({"AWS_ENDPOINT_URL_S3": self.s3_endpoint_url} if self.s3_endpoint_url else {}),
         }
 
     def boto3_client(self, service: str, **kwargs: Any) -> Any:
@@ -194,16 +203,21 @@ class MockFarm:
         role_arn: str | None = None,
         job_run_as_user: Mapping[str, Any] | None = None,
         farm_id: str | None = None,
+        job_attachment_settings: Mapping[str, str] | None = None,
     ) -> str:
         """Add a queue (as ``CreateQueue``); returns its id. With ``role_arn``, workers
-        get credentials for its jobs from ``AssumeQueueRoleForWorker``."""
+        get credentials for its jobs from ``AssumeQueueRoleForWorker``; with
+        ``job_attachment_settings`` (``s3BucketName``, ``rootPrefix``), its jobs may
+        have attachments."""
         queue = self.farm._new_queue(
             farm_id or self.farm_id,
             name,
             description=None,
             role_arn=role_arn,
             job_run_as_user=dict(job_run_as_user or {"runAs": "WORKER_AGENT_USER"}),
-            job_attachment_settings=None,
+            job_attachment_settings=dict(job_attachment_settings)
+            if job_attachment_settings
+            else None,
         )
         self.notify()
         return queue.queue_id
@@ -324,6 +338,7 @@ async def open_mock_farm(
     call_history: int | None = 100_000,
     keep_alive_timeout: float = 120.0,
     keys: Mapping[str, str] | None = None,
+    s3: S3Config | None = None,
 ) -> AsyncIterator[MockFarm]:
     """Serve a mock farm on ``host:port`` (a free loopback port by default) while in the block.
 
@@ -331,6 +346,9 @@ async def open_mock_farm(
     ``keys`` (access key id -> secret) makes the farm verify every AWS request's SigV4
     signature against them and the temporary keys it hands out; without, it takes any
     request, which is safe on loopback only (``mockfarm serve`` enforces that).
+    ``s3`` gives the farm job attachments: its default queue gets
+    ``jobAttachmentSettings`` and an S3 endpoint (moto's, served on ``host``,
+    unless ``s3.endpoint_url`` names one); ``environ()`` then points at it too.
     """
     farm = Farm(config)
     calls = CallLog(call_history)
@@ -354,7 +372,15 @@ async def open_mock_farm(
         host, port, logger="farmhand.mockfarm.http", keep_alive_timeout=keep_alive_timeout
     )
     shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
+    async with contextlib.AsyncExitStack() as stack:
+        if s3 is not None:
+            mock.s3 = s3
+            mock.s3_endpoint_url = await stack.enter_async_context(
+                open_s3(s3, region=farm.config.region, keys=mock.access_key, host=host)
+            )
+            default_queue = farm.state.queues[farm.default_queue_id]
+            default_queue.job_attachment_settings = s3.settings()
+        nursery = await stack.enter_async_context(trio.open_nursery())
         # MockFarmApp is an ASGI 3 application; hypercorn's TypedDict signature
         # is stricter than the plain mappings it is written with.
         asgi = cast(Any, app)

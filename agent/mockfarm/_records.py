@@ -270,6 +270,8 @@ class SessionAction:
     kind: str
     environment_id: str | None = None
     task: Task | None = None
+    #: ``syncInputJobAttachments`` of a step's dependencies: that step.
+    step_id: str | None = None
     status: str = "ASSIGNED"
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -297,6 +299,8 @@ class SessionAction:
                 }
             }
         if self.kind == "syncInputJobAttachments":
+            if self.step_id is not None:
+                return {"syncInputJobAttachments": {"stepId": self.step_id}}
             return {"syncInputJobAttachments": {}}
         return {self.kind: {"environmentId": self.environment_id}}
 

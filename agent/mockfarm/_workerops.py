@@ -225,6 +225,12 @@ class WorkerOperations(FarmBase):
             return {}
         return {"credentials": self._credentials()}
 
+    def AssumeQueueRoleForUser(self, p: dict[str, Any]) -> Mapping[str, Any]:
+        """Credentials a submitter uses for the queue's job attachments (``deadline bundle
+        submit`` uploads inputs with them); they work for the farm's S3 endpoint."""
+        self.queue(p["farmId"], p["queueId"])
+        return {"credentials": self._credentials()}
+
     def DeleteWorker(self, p: dict[str, Any]) -> Mapping[str, Any]:
         worker = self.worker(p)
         if worker.status not in ("CREATED", "STOPPED", "NOT_RESPONDING"):
