@@ -520,8 +520,10 @@ class SessionRunner:
                 await work(host)
             except Exception as exc:  # the work's failure fails this action only
                 failed = True
-                running.fail_message = str(exc)
-                await self._note(running.action_id, "error", str(exc))
+                message = _error_line(exc)
+                log.warning("session.host_work_failed", error=message, exc_info=True)
+                running.fail_message = message
+                await self._note(running.action_id, "error", message)
             nursery.cancel_scope.cancel(reason="the work is done")
         return not failed and not control.requested
 
@@ -871,6 +873,23 @@ def _final_state(result: ProcessResult) -> ActionState:
     if result.canceled:
         return ActionState.CANCELED
     return ActionState.SUCCESS if result.exit_code == 0 else ActionState.FAILED
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for an error: a group's leaves (what actually failed), not its summary."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(exc)
+    parts = [str(e) or type(e).__name__ for e in leaves[:3]]
+    more = f" (and {len(leaves) - 3} more)" if len(leaves) > 3 else ""
+    return "; ".join(parts) + more
 
 
 class _HostContext:

@@ -393,7 +393,7 @@ class S3Transfers:
         part_size: int = DEFAULT_PART_SIZE,
         fast_get: bool = True,
     ) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, NoCredentialsError
 
         self.client = client
         self.bucket = bucket
@@ -404,6 +404,7 @@ class S3Transfers:
         self.part_size = part_size
         self._upload_parts_limiter = trio.CapacityLimiter(UPLOAD_PARTS_AT_ONCE)
         self._client_error = ClientError
+        self._no_credentials = NoCredentialsError
         self._fast_get = _FastGet.for_client(client, bucket, max_concurrency) if fast_get else None
         self._stream_errors = _stream_errors()
 
@@ -452,6 +453,11 @@ class S3Transfers:
                 return fn()
             except self._client_error as exc:
                 raise self._translate(exc, key, what) from exc
+            except self._no_credentials as exc:
+                raise TransferError(
+                    f"{what}: no AWS credentials for s3://{self.bucket}: the queue has no role "
+                    "(queueRoleArn) and this worker has no credentials of its own for S3"
+                ) from exc
             except self._stream_errors as exc:
                 if attempt == STREAM_ATTEMPTS:
                     raise TransferError(

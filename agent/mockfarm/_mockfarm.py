@@ -380,6 +380,11 @@ async def open_mock_farm(
             )
             default_queue = farm.state.queues[farm.default_queue_id]
             default_queue.job_attachment_settings = s3.settings()
+            # As a farm set up for attachments has: a queue role, whose credentials
+            # (AssumeQueueRoleForWorker/ForUser) reach the bucket.
+            default_queue.role_arn = default_queue.role_arn or (
+                f"arn:aws:iam::{farm.config.account_id}:role/farmhand-mockfarm-queue"
+            )
         nursery = await stack.enter_async_context(trio.open_nursery())
         # MockFarmApp is an ASGI 3 application; hypercorn's TypedDict signature
         # is stricter than the plain mappings it is written with.
