@@ -501,7 +501,11 @@ class S3Transfers:
 
         def run(stop: threading.Event) -> bool:
             try:
-                self.client.head_object(Bucket=self.bucket, Key=key)
+                self._retrying(
+                    lambda: self.client.head_object(Bucket=self.bucket, Key=key), key, "check"
+                )
+            except MissingObjectError:
+                return False
             except self._client_error as exc:
                 code, status = _error_code(exc)
                 if status == 404 or code in ("404", "NoSuchKey", "NotFound"):

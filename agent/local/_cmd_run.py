@@ -14,6 +14,12 @@ embedded worker in this process, over loopback HTTP (``agent.local._farmrun``).
 ``--environment`` templates with one name, a URI path-mapping rule) runs
 directly too. Both print the same output.
 
+``TEMPLATE`` may be a job bundle directory, as ``deadline bundle submit``
+takes (``template.yaml``, ``parameter_values.yaml``, ``asset_references.yaml``;
+``agent.local._bundle``): through the farm its files go through job
+attachments (moto's S3 in this process), and the job's outputs come back to
+the paths the bundle names.
+
 Exit status: 0 when every action succeeded, 1 otherwise, 2 for a bad template,
 parameter or option (one line on stderr, no traceback).
 """
@@ -31,6 +37,7 @@ import trio
 from actors import Containment
 
 from .._logging import configure_logging
+from ._bundle import JobBundle
 from ._localrun import (
     LocalPlan,
     LocalRunOptions,
@@ -43,7 +50,9 @@ from ._templates import TemplateError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("template", type=Path, help="the job template (JSON or YAML)")
+    parser.add_argument(
+        "template", type=Path, help="the job template (JSON or YAML), or a job bundle directory"
+    )
     parser.add_argument(
         "-p",
         "--job-param",
@@ -114,9 +123,19 @@ def preload(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     # The session's own output is the point here; farmhand's log says only what matters.
     configure_logging(verbose=args.verbose, quiet=not args.verbose, stream=sys.stderr)
+    bundle: JobBundle | None = None
+    template, parameters = args.template, list(args.parameters)
+    if args.template.is_dir():
+        try:
+            bundle = JobBundle.read(args.template)
+        except TemplateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        # The bundle's saved values first: -p overrides them.
+        template, parameters = bundle.template, [*bundle.parameters, *parameters]
     options = LocalRunOptions(
-        template=args.template,
-        parameters=args.parameters,
+        template=template,
+        parameters=parameters,
         step=args.step,
         run_dependencies=args.run_dependencies,
         environments=args.environments,
@@ -151,7 +170,9 @@ def main(args: argparse.Namespace) -> int:
         if args.direct or reason is not None:
             _run_direct(plan, renderer, preserve=args.preserve)
         else:
-            status = trio.run(partial(run_through_farm, plan, renderer, preserve=args.preserve))
+            status = trio.run(
+                partial(run_through_farm, plan, renderer, preserve=args.preserve, bundle=bundle)
+            )
             succeeded = status == "SUCCEEDED"
     except TemplateError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -36,10 +36,12 @@ while the report of the last one is in flight) and the heartbeat interval
 from __future__ import annotations
 
 import signal
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import structlog
@@ -48,13 +50,23 @@ from openjd.expr import PathMappingRule
 
 from actors import SessionEvent, default_session_root
 
+from ..attachments import AttachmentError, S3Settings
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
-from ..mockfarm import ApiError, FarmConfig, MockFarm, open_mock_farm
+from ..mockfarm import ApiError, FarmConfig, MockFarm, S3Config, open_mock_farm
 from ..mockfarm._jobs import parameter_to_wire
 from ..mockfarm._mockfarm import FINAL_JOB_STATUSES
+from ..mockfarm._s3 import moto_available
 from ..worker._config import WorkerConfig
 from ..worker._hostinfo import Capabilities
 from ..worker._worker import Endpoints, Worker, open_agent
+from ._bundle import (
+    BundleAssets,
+    JobBundle,
+    bundle_assets,
+    describe,
+    download_outputs,
+    upload_inputs,
+)
 from ._localrun import LocalPlan
 from ._render import OutputGuard
 from ._templates import TemplateError
@@ -115,7 +127,7 @@ def _wire_rule(rule: PathMappingRule) -> dict[str, str]:
     }
 
 
-def submit(farm: MockFarm, plan: LocalPlan) -> str:
+def submit(farm: MockFarm, plan: LocalPlan, *, attachments: Mapping[str, Any] | None = None) -> str:
     """Put the plan on the farm: its environments, then the job. Raises ``TemplateError``
     for what the farm refuses."""
     try:
@@ -131,6 +143,7 @@ def submit(farm: MockFarm, plan: LocalPlan) -> str:
             tasks=plan.tasks or None,
             path_mapping_rules=[_wire_rule(rule) for rule in plan.path_mapping_rules],
             session_limit=1,
+            attachments=dict(attachments) if attachments is not None else None,
         )
     except ApiError as exc:
         raise TemplateError(exc.message) from exc
@@ -174,21 +187,38 @@ async def run_through_farm(
     preserve: bool = False,
     handle_signals: bool = True,
     settings: FarmRunSettings | None = None,
+    bundle: JobBundle | None = None,
 ) -> str:
     """Run the plan on an embedded farm with one embedded worker; the job's final
-    task run status (``SUCCEEDED`` when everything ran and succeeded)."""
+    task run status (``SUCCEEDED`` when everything ran and succeeded). A job
+    bundle's files go through job attachments (``agent.local._bundle``)."""
     settings = settings or FarmRunSettings()
     root = default_session_root()
     # Before the worker makes it: the runner would make it private, not world-readable.
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    assets = (
+        bundle_assets(bundle, plan.template_document, plan.created.parameter_values)
+        if bundle is not None
+        else None
+    )
+    if assets is not None and not moto_available():
+        raise TemplateError(
+            "a job bundle's files go through job attachments, which need moto's S3 "
+            "(pip install 'farmhand[mockfarm]'); or run it with --direct"
+        )
     with tempfile.TemporaryDirectory(prefix="farmhand-run-") as tmp:
         async with (
             open_mock_farm(
-                config=_farm_config(settings), call_history=settings.call_history
+                config=_farm_config(settings),
+                call_history=settings.call_history,
+                s3=S3Config() if assets is not None else None,
             ) as farm,
             trio.open_nursery() as nursery,
         ):
-            job_id = submit(farm, plan)
+            attachments = None
+            if assets is not None:
+                attachments = await _upload_bundle(farm, assets)
+            job_id = submit(farm, plan, attachments=attachments)
             job = farm.job(job_id)
             holder: list[Worker] = []
             interrupt = partial(_interrupt, farm, job_id, holder, nursery)
@@ -197,11 +227,14 @@ async def run_through_farm(
             # The output gone (a closed pipe) interrupts the run as a first signal does.
             output = OutputGuard(on_event, interrupt)
             async with open_agent(
-                worker_config(
-                    farm,
-                    Path(tmp),
-                    preserve=preserve,
-                    report_interval=settings.report_interval_seconds,
+                attrs.evolve(
+                    worker_config(
+                        farm,
+                        Path(tmp),
+                        preserve=preserve,
+                        report_interval=settings.report_interval_seconds,
+                    ),
+                    s3_endpoint_url=farm.s3_endpoint_url or None,
                 ),
                 endpoints=_endpoints(farm),
                 bootstrap_credentials=CredentialHolder(
@@ -222,8 +255,53 @@ async def run_through_farm(
                 worker.finish_then_stop()
                 await worker.wait_stop_requested()
                 await worker.drain(0)
+            if assets is not None:
+                await _download_bundle(farm, assets, job_id)
             nursery.cancel_scope.cancel(reason="the run is over")
             return job.status
+
+
+async def _upload_bundle(farm: MockFarm, assets: BundleAssets) -> dict[str, Any]:
+    assert farm.s3 is not None
+    settings = S3Settings(farm.s3.bucket, farm.s3.root_prefix)
+    try:
+        attachments, files, size = await upload_inputs(
+            assets,
+            endpoint_url=farm.s3_endpoint_url,
+            settings=settings,
+            farm_id=farm.farm_id,
+            queue_id=farm.queue_id,
+            keys=farm.access_key,
+        )
+    except AttachmentError as exc:
+        raise TemplateError(f"cannot upload the bundle's inputs: {exc}") from exc
+    print(
+        f"[farmhand] job attachments: {files} input file(s), {size} bytes under {assets.root}",
+        file=sys.stderr,
+    )
+    return attachments
+
+
+async def _download_bundle(farm: MockFarm, assets: BundleAssets, job_id: str) -> None:
+    assert farm.s3 is not None
+    settings = S3Settings(farm.s3.bucket, farm.s3.root_prefix)
+    try:
+        stats = await download_outputs(
+            assets,
+            endpoint_url=farm.s3_endpoint_url,
+            settings=settings,
+            farm_id=farm.farm_id,
+            queue_id=farm.queue_id,
+            job_id=job_id,
+            keys=farm.access_key,
+        )
+    except AttachmentError as exc:
+        print(f"[farmhand] error: cannot download the job's outputs: {exc}", file=sys.stderr)
+        return
+    print(
+        f"[farmhand] job attachments: {describe(stats, assets.root, assets.outputs)}",
+        file=sys.stderr,
+    )
 
 
 def _interrupt(farm: MockFarm, job_id: str, holder: list[Worker], nursery: trio.Nursery) -> None:
