@@ -20,6 +20,7 @@ name; a mismatch raises ``HashMismatchError`` naming the file.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import random
 import threading
@@ -405,6 +406,7 @@ class S3Transfers:
         self._upload_parts_limiter = trio.CapacityLimiter(UPLOAD_PARTS_AT_ONCE)
         self._client_error = ClientError
         self._no_credentials = NoCredentialsError
+        self._tmp_ids = itertools.count()
         self._fast_get = _FastGet.for_client(client, bucket, max_concurrency) if fast_get else None
         self._stream_errors = _stream_errors()
 
@@ -542,20 +544,21 @@ class S3Transfers:
         mtime_us: int | None = None,
         progress: Progress | None = None,
         display_path: str | None = None,
-    ) -> None:
+        keep_existing: bool = False,
+    ) -> bool:
         """Stream ``key`` into ``dest``, check its xxh128 and size, then give it its name.
 
         The data goes to a temporary name beside ``dest`` first, so ``dest``
-        never holds a partial or unverified file.
+        never holds a partial or unverified file. ``keep_existing``: a file
+        already at ``dest`` with this size and mtime is kept (``False`` returned).
         """
         name = display_path or str(dest)
-        tmp = dest.parent / f".farmhand-{expected_hash[:16]}-{os.getpid()}.part"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if expected_size >= self.multipart_threshold:
-                digest, size = await self._download_parts(key, tmp, expected_size, progress, name)
-            else:
-                digest, size = await self._thread(self._download_whole, key, tmp, progress, name)
+        # Unique per transfer: two entries with one hash (duplicates, empty files) may
+        # land in one directory at once.
+        tmp = dest.parent / f".farmhand-{os.getpid()}-{next(self._tmp_ids)}.part"
+
+        def finish(digest: str, size: int) -> None:
+            """Verify, date and name the file (in the worker thread: it may touch a slow disk)."""
             if size != expected_size or digest != expected_hash:
                 raise HashMismatchError(
                     f"{name}: downloaded data does not match its manifest "
@@ -565,13 +568,46 @@ class S3Transfers:
             if mtime_us is not None:
                 os.utime(tmp, ns=(mtime_us * 1000, mtime_us * 1000))
             os.replace(tmp, dest)
-        finally:
+
+        def prepare() -> bool:
+            """Whether to download: ``False`` when the file is already in place."""
+            if keep_existing:
+                try:
+                    st = dest.stat()
+                except OSError:
+                    pass
+                else:
+                    if st.st_size == expected_size and (
+                        mtime_us is None or st.st_mtime_ns // 1000 == mtime_us
+                    ):
+                        return False
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            return True
+
+        def whole(stop: threading.Event) -> bool:
+            if not prepare():
+                return False
             try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
+                finish(*self._download_whole(key, tmp, progress, name, stop))
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
+
+        if expected_size < self.multipart_threshold:
+            fetched = await self._thread(whole)
+        elif fetched := await self._thread(lambda stop: prepare()):
+            try:
+                digest, size = await self._download_parts(key, tmp, expected_size, progress, name)
+                await self._thread(lambda stop: finish(digest, size))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(partial(tmp.unlink, missing_ok=True))
         if progress is not None:
-            progress.file_done()
+            if fetched:
+                progress.file_done()
+            else:
+                progress.file_done(skipped_bytes=expected_size)
+        return fetched
 
     def _download_whole(
         self, key: str, tmp: Path, progress: Progress | None, name: str, stop: threading.Event

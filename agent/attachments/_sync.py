@@ -290,14 +290,6 @@ async def fetch_output_manifests(
     return merged
 
 
-def _same_file(path: Path, entry: ManifestPath) -> bool:
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_size == entry.size and st.st_mtime_ns // 1000 == entry.mtime
-
-
 async def download_files(
     transfers: S3Transfers,
     settings: S3Settings,
@@ -323,9 +315,6 @@ async def download_files(
     async def worker() -> None:
         for entry, root in work:
             dest = root.joinpath(*PurePosixPath(entry.path).parts)
-            if _same_file(dest, entry):
-                progress.file_done(skipped_bytes=entry.size)
-                continue
             await transfers.download_file(
                 settings.data_key(entry.hash),
                 dest,
@@ -334,6 +323,7 @@ async def download_files(
                 mtime_us=entry.mtime,
                 progress=progress,
                 display_path=entry.path,
+                keep_existing=True,
             )
 
     try:
@@ -420,14 +410,18 @@ async def sync_inputs(
     jobs: list[tuple[Manifest, Path]] = []
     synced: list[SyncedRoot] = []
     manifest_dir = session_dir / "manifests"
+    suffix = "step" if dependencies else "job"
+
+    def write_manifest(root_path: str, local: Path, merged: Manifest) -> None:
+        manifest_dir.mkdir(parents=True, exist_ok=True)
+        (manifest_dir / f"{hash_bytes(root_path.encode())}_{suffix}").write_text(merged.encode())
+        local.mkdir(parents=True, exist_ok=True)
+
     for local, (root_path, manifests) in grouped.items():
         merged = merge_manifests(manifests)
         if merged is None:
             continue
-        manifest_dir.mkdir(parents=True, exist_ok=True)
-        suffix = "step" if dependencies else "job"
-        (manifest_dir / f"{hash_bytes(root_path.encode())}_{suffix}").write_text(merged.encode())
-        local.mkdir(parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(write_manifest, root_path, local, merged)
         jobs.append((merged, local))
         synced.append(SyncedRoot(root_path, local, len(merged.paths), merged.total_size))
     stats = await download_files(transfers, settings, jobs, on_progress=on_progress)
@@ -570,7 +564,7 @@ async def upload_outputs(
     for _, _, changed in plans:
         for relative, path in changed:
             digest, size = await hash_file(path)
-            st = path.stat()
+            st = await trio.to_thread.run_sync(path.stat)
             hashed[path] = ManifestPath(relative, digest, size, st.st_mtime_ns // 1000)
             sizes += size
     progress = Progress(files_total=total_files, bytes_total=sizes)

@@ -584,3 +584,16 @@ async def test_fast_gets_are_used_and_fall_back_to_the_client(
     await download_files(xfer, SETTINGS, [(manifest, tmp_path / "fallback")])
     assert read_tree(tmp_path / "fallback") == files
     assert len(client_gets) == len(files)
+
+
+async def test_files_with_one_hash_in_one_directory(moto_s3: Moto, tmp_path: Path) -> None:
+    """Duplicates (and empty files) share a hash and a directory; all of them arrive."""
+    from agent.attachments import download_files
+
+    src = tmp_path / "src"
+    files = {f"d/copy{i}.bin": b"same bytes" for i in range(6)}
+    files.update({f"d/empty{i}": b"" for i in range(6)})
+    write_tree(src, files)
+    manifest = await upload_tree(moto_s3, src)
+    await download_files(transfers(moto_s3), SETTINGS, [(manifest, tmp_path / "dest")])
+    assert read_tree(tmp_path / "dest") == files
