@@ -21,9 +21,9 @@ from actors._process import (
 
 #: Prints "ready", then waits; on SIGTERM prints what cancel_info.json says and exits 0.
 WAITER = (
-    "import json, signal, sys, time\n"
-    "def term(*_):\n"
-    "    print('term', json.load(open('cancel_info.json'))['NotifyEnd'], flush=True)\n"
+    "import json, os, signal, sys, time\n"
+    "def term(*_):\n"  # os.write: the signal may come while print('ready') is flushing
+    "    os.write(1, ('term ' + json.load(open('cancel_info.json'))['NotifyEnd']).encode())\n"
     "    sys.exit(0)\n"
     "signal.signal(signal.SIGTERM, term)\n"
     "print('ready', flush=True)\n"
@@ -132,7 +132,7 @@ async def test_notify_then_terminate_sends_sigterm_and_writes_cancel_info(tmp_pa
         await run.ready.wait()
         run.control.cancel(reason="test")
     [result] = results
-    assert result.canceled and result.exit_code == 0  # its handler ran and it left on its own
+    assert result.canceled and result.exit_code == 0, run.output  # its handler ran and it left
     notify_end = json.loads((tmp_path / "cancel_info.json").read_text())["NotifyEnd"]
     assert f"term {notify_end}".encode() in run.output
     assert notify_end.endswith("Z")
