@@ -1,6 +1,10 @@
 """The official ``deadline`` CLI submits a job bundle with attachments; farmhand runs it.
 
-    python -m tests.attachments_official DEADLINE_CLI WORKDIR
+    python -m tests.attachments_official DEADLINE_CLI WORKDIR [OFFICIAL_AGENT]
+
+With ``OFFICIAL_AGENT`` (a ``deadline-worker-agent`` executable) the official
+worker agent runs the job instead of farmhand's, against the same farm: the
+proof that the mock farm speaks the service's attachment contract.
 
 ``tests/agent/attachments/test_official_client.py`` runs this inside a network
 namespace with nothing but loopback (``unshare -rn``). It serves a mock farm
@@ -24,7 +28,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,7 @@ import trio
 import xxhash
 import yaml
 
-from agent.mockfarm import FarmConfig, S3Config, open_mock_farm
+from agent.mockfarm import FarmConfig, MockFarm, S3Config, open_mock_farm
 from agent.worker._worker import open_agent
 from tests.worker_harness import bootstrap_credentials, endpoints_for, worker_config
 
@@ -172,15 +179,56 @@ async def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, 
     }
 
 
-async def main(cli: str, workdir: Path) -> dict[str, Any]:
+@asynccontextmanager
+async def farmhand_worker(farm: MockFarm, workdir: Path) -> AsyncIterator[None]:
+    worker = worker_config(farm, workdir / "worker", s3_endpoint_url=farm.s3_endpoint_url)
+    async with open_agent(
+        worker, endpoints=endpoints_for(farm), bootstrap_credentials=bootstrap_credentials()
+    ):
+        yield
+
+
+@asynccontextmanager
+async def official_worker(farm: MockFarm, workdir: Path, agent: str) -> AsyncIterator[None]:
+    """deadline-worker-agent against the farm (the recipe of tests/mockfarm_official.py)."""
+    for name in ("logs", "persist", "sessions"):
+        (workdir / "official" / name).mkdir(parents=True, exist_ok=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        **farm.environ(),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    argv = [
+        agent, "--farm-id", farm.farm_id, "--fleet-id", farm.fleet_id,
+        "--run-jobs-as-agent-user", "--no-shutdown",
+        "--logs-dir", str(workdir / "official" / "logs"),
+        "--persistence-dir", str(workdir / "official" / "persist"),
+        "--session-root-dir", str(workdir / "official" / "sessions"),
+    ]  # fmt: skip
+    with (workdir / "official" / "agent-output.log").open("wb") as sink:
+        process = await trio.lowlevel.open_process(argv, env=env, stdout=sink, stderr=sink)
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(30):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+
+async def main(cli: str, workdir: Path, agent: str | None = None) -> dict[str, Any]:
     bundle, project = write_bundle(workdir)
-    config = FarmConfig(update_interval_seconds=1, max_retries_per_task=0)
+    config = FarmConfig(
+        update_interval_seconds=1, max_retries_per_task=0, worker_timeout_seconds=60
+    )
     report: dict[str, Any] = {}
     async with open_mock_farm(config=config, s3=S3Config()) as farm:
-        worker = worker_config(farm, workdir / "worker", s3_endpoint_url=farm.s3_endpoint_url)
-        async with open_agent(
-            worker, endpoints=endpoints_for(farm), bootstrap_credentials=bootstrap_credentials()
-        ):
+        worker = official_worker(farm, workdir, agent) if agent else farmhand_worker(farm, workdir)
+        async with worker:
             (workdir / "home").mkdir()
             deadline_config = workdir / "deadline.ini"
             deadline_config.write_text(
@@ -259,4 +307,5 @@ async def main(cli: str, workdir: Path) -> dict[str, Any]:
 
 if __name__ == "__main__":
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-    print(json.dumps(trio.run(main, sys.argv[1], Path(sys.argv[2]))))
+    agent = sys.argv[3] if len(sys.argv) > 3 else None
+    print(json.dumps(trio.run(main, sys.argv[1], Path(sys.argv[2]), agent)))

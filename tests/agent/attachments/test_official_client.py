@@ -95,3 +95,53 @@ async def test_deadline_cli_submit_run_download(tmp_path: Path) -> None:
         "empty.txt",
         "tex dir/wood grain.png",
     }
+
+
+OFFICIAL_AGENT = ROOT / ".venv-official" / "bin" / "deadline-worker-agent"
+
+
+@pytest.mark.skipif(
+    not OFFICIAL_AGENT.is_file(),
+    reason="the official agent is not installed (.venv-official, as .ci/run makes it)",
+)
+async def test_the_official_agent_runs_the_same_bundle(tmp_path: Path) -> None:
+    """deadline-worker-agent 0.33.6 runs the same bundle against the mock farm and the
+    CLI downloads the same outputs: the farm speaks the service's attachment contract."""
+    argv = [
+        "unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+        sys.executable, "-m", "tests.attachments_official", str(CLI), str(tmp_path),
+        str(OFFICIAL_AGENT),
+    ]  # fmt: skip
+    with trio.fail_after(300):
+        done = await trio.run_process(
+            argv, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    report = json.loads(done.stdout)
+    assert report["submit"]["exit"] == 0, report["submit"]["output"]
+    assert report["job_status"] == "SUCCEEDED", report.get("agent_output_tail")
+    kinds = [(kind, step) for kind, step, _, _ in report["actions"]]
+    assert kinds == [
+        ("syncInputJobAttachments", False),
+        ("taskRun", False),
+        ("syncInputJobAttachments", True),
+        ("taskRun", False),
+    ]
+    scene = b"the scene"
+    frame = b"rendered " + scene
+    big = hashlib.sha256(b"seed").digest() * 32768 * 24
+    seen = json.dumps({rel: size for rel, (size, _) in report["inputs"].items()}, sort_keys=True)
+    expected = {
+        "big.exr": _entry(big),
+        "comp/final.txt": _entry(f"composite of [{frame.decode()}] and {len(big)} bytes".encode()),
+        "empty output": _entry(b""),
+        "frames dir/ünïcode ✓/frame 0001.txt": _entry(frame),
+        "inputs seen.json": _entry(seen.encode()),
+    }
+    downloaded = dict(report["downloaded"])
+    # The official agent's second step re-uploads the first step's outputs it synced
+    # (its snapshot compares with the input manifests only), so download-output writes
+    # them twice, the second time as "name (1).ext" copies: the same bytes.
+    for name in [n for n in downloaded if " (1)" in n]:
+        assert downloaded.pop(name) == expected[name.replace(" (1)", "")]
+    assert downloaded == expected
