@@ -37,6 +37,7 @@ log = structlog.get_logger("farmhand.fetcher")
 BatchGet = Callable[[list[dict[str, Any]]], Awaitable[Mapping[str, Any]]]
 """``identifiers -> BatchGetJobEntity response`` (``entities`` and ``errors``)."""
 
+
 @attrs.frozen
 class FetcherStatistics:
     calls: int

@@ -53,7 +53,6 @@ class Heartbeat:
         self._lateness: deque[float] = deque(maxlen=history)
         self._beats = 0
         self._last_beat: float | None = None
-        self._dropped = 0
 
     def age(self) -> float | None:
         """Seconds since the last beat finished."""
@@ -112,6 +111,14 @@ class Heartbeat:
                 await self._beat()
                 self._beats += 1
                 self._last_beat = trio.current_time()
+                # A change that came during the beat (often its own doing) sets the next slot.
+                while inbox_open:
+                    try:
+                        self._interval = max(receive.receive_nowait().seconds, 0.0)
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        inbox_open = False
                 slot += self._interval
                 while slot < self._last_beat - self._interval:
                     slot += self._interval  # far behind: skip the missed slots, keep the grid

@@ -64,7 +64,7 @@ Work sessions report to the scheduler (``SessionReport``)::
 The owner commands the scheduler (``SchedulerCommand``)::
 
     SyncNow(reply_to)         call the farm now; reply once a later call is done
-    WaitSessions(until, ...)  reply once the sessions are reported/closed/changed
+    WaitSessions(until, ...)  reply once the sessions are reported/closed/busy
     FinishSessions()          no new sessions; current ones finish what they have
     StopSessions(...)         stop every session (a drain)
     RefuseNewSessions()       no new sessions; current ones go on
@@ -350,7 +350,6 @@ SessionEvent = (
 )
 
 
-
 # --------------------------------------------------------------------------
 # Entity fetcher
 
@@ -585,9 +584,10 @@ class SyncNow:
 @attrs.frozen
 class WaitSessions:
     """Reply once every session has ``reported`` (all updates pending, logs may still
-    ship) or is ``closed``, or once a session starts or ends (``changed``)."""
+    ship), once every session is ``closed`` (none left), or once there is a session
+    (``busy``)."""
 
-    until: Literal["reported", "closed", "changed"]
+    until: Literal["reported", "closed", "busy"]
     reply_to: trio.MemorySendChannel[None]
 
 

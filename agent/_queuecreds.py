@@ -53,8 +53,7 @@ import attrs
 import structlog
 import trio
 
-from actors._jobuser import ResolvedJobUser
-from actors._worksession import QueueAccess, QueueCredentialsError
+from actors import QueueAccess, QueueCredentialsError, ResolvedJobUser
 
 from ._errors import (
     FarmhandError,
