@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors._heartbeat import Heartbeat
+from actors import Heartbeat, set_interval
 from actors._supervise import RestartLimitExceeded, SupervisorStatistics, supervise
 
 
@@ -42,9 +42,9 @@ async def test_a_shorter_interval_applies_at_once(autojump_clock: trio.testing.M
 
     heartbeat = Heartbeat(beat, 100)
     async with trio.open_nursery() as nursery:
-        await nursery.start(heartbeat.run)
+        inbox = await nursery.start(heartbeat.run)
         await trio.sleep(5)
-        heartbeat.set_interval(15)
+        assert set_interval(inbox, 15)
         await trio.sleep(41)
         nursery.cancel_scope.cancel()
     assert starts == [0, 15, 30, 45]
