@@ -17,7 +17,6 @@ from ._heartbeat import set_interval as set_interval
 from ._jobuser import JobUser as JobUser
 from ._jobuser import JobUserError as JobUserError
 from ._jobuser import ResolvedJobUser as ResolvedJobUser
-from ._logship import Destination as Destination
 from ._logship import LogShipper as LogShipper
 from ._logship import LogShipperStatistics as LogShipperStatistics
 from ._logship import LogSink as LogSink
@@ -40,6 +39,7 @@ from ._messages import AssignedAction as AssignedAction
 from ._messages import Cancel as Cancel
 from ._messages import CancelRunning as CancelRunning
 from ._messages import CloseSchedule as CloseSchedule
+from ._messages import Destination as Destination
 from ._messages import Enqueue as Enqueue
 from ._messages import EnterEnvironment as EnterEnvironment
 from ._messages import ExitEnvironment as ExitEnvironment
@@ -53,6 +53,7 @@ from ._messages import HeartbeatCommand as HeartbeatCommand
 from ._messages import IntervalChanged as IntervalChanged
 from ._messages import LogEvent as LogEvent
 from ._messages import LogShipperCommand as LogShipperCommand
+from ._messages import LogWriter as LogWriter
 from ._messages import OpenLogStream as OpenLogStream
 from ._messages import QueuedAction as QueuedAction
 from ._messages import RefuseNewSessions as RefuseNewSessions

@@ -40,7 +40,7 @@ import outcome
 import structlog
 import trio
 
-from ._messages import LogEvent, LogShipperCommand, OpenLogStream
+from ._messages import Destination, LogEvent, LogShipperCommand, LogWriter, OpenLogStream
 
 log = structlog.get_logger("farmhand.logs")
 
@@ -84,12 +84,6 @@ class LogSink(Protocol):
     ) -> PutResult: ...
 
     async def create_log_stream(self, group: str, stream: str) -> None: ...
-
-
-@attrs.frozen
-class Destination:
-    group: str
-    stream: str
 
 
 # ----------------------------------------------------------------------- encoding
@@ -529,7 +523,9 @@ async def open_log_stream(
     compact_over: int | None = None,
 ) -> LogStream:
     """Ask the log shipper for a new stream (see ``LogShipper.open_stream``)."""
-    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[LogStream]](1)
+    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[LogWriter]](1)
     with reply_receive:
         await shipper.send(OpenLogStream(path, destination, reply_send, compact_over))
-        return (await reply_receive.receive()).unwrap()
+        stream = (await reply_receive.receive()).unwrap()
+    assert isinstance(stream, LogStream)  # the shipper opens nothing else
+    return stream

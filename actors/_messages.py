@@ -86,7 +86,7 @@ Heartbeat
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -98,8 +98,6 @@ import trio
 if TYPE_CHECKING:
     from openjd.model import TaskParameterSet
     from openjd.model.v2023_09 import Environment, StepScript
-
-    from ._logship import Destination, LogStream
 
 
 class ActionKind(enum.Enum):
@@ -389,13 +387,31 @@ class LogEvent:
 
 
 @attrs.frozen
+class Destination:
+    """A CloudWatch Logs stream."""
+
+    group: str
+    stream: str
+
+
+class LogWriter(Protocol):
+    """What an opened log stream offers its writer (``LogStream``)."""
+
+    def write(self, lines: Iterable[str], *, at: datetime | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+@attrs.frozen
 class OpenLogStream:
     """Open a log stream writing to ``path`` and, with a destination, shipping there;
     the reply is the stream (``compact_over``: the file is a spool, see ``LogStream``)."""
 
     path: Path
     destination: Destination | None
-    reply_to: trio.MemorySendChannel[outcome.Outcome[LogStream]]
+    reply_to: trio.MemorySendChannel[outcome.Outcome[LogWriter]]
     compact_over: int | None = None
 
 

@@ -63,7 +63,7 @@ from ._entities import (
 )
 from ._fetcher import fetch
 from ._jobuser import JobUser, JobUserError, ResolvedJobUser
-from ._logship import Destination, LogStream, open_log_stream
+from ._logship import LogStream, open_log_stream
 from ._messages import (
     ActionEnded,
     ActionKind,
@@ -74,6 +74,7 @@ from ._messages import (
     ActionStatusMessage,
     ActionUpdate,
     AssignedAction,
+    Destination,
     Enqueue,
     EnterEnvironment,
     ExitEnvironment,

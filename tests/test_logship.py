@@ -14,17 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors._logship import (
-    EVENT_OVERHEAD_BYTES,
-    MAX_EVENT_BYTES,
-    Destination,
-    LogEvent,
-    LogShipper,
-    LogSinkError,
-    PutResult,
-    SinkErrorKind,
-    split_message,
-)
+from actors import Destination, LogEvent, LogShipper, LogSinkError, PutResult, SinkErrorKind
+from actors._logship import EVENT_OVERHEAD_BYTES, MAX_EVENT_BYTES, split_message
 
 DEST = Destination("/aws/deadline/farm/queue", "session-1")
 
@@ -314,7 +305,7 @@ async def test_a_spool_stream_is_emptied_once_shipped(
     sink = FakeSink()
     async with trio.open_nursery() as nursery:
         shipper = await start(nursery, sink)
-        from actors._logship import LogStream
+        from actors import LogStream
 
         stream = LogStream(tmp_path / "agent.spool", DEST, compact_over=100)
         nursery.start_soon(stream._upload, sink, shipper)
