@@ -103,6 +103,7 @@ from ._session import default_session_root as default_session_root
 from ._supervise import RestartLimitExceeded as RestartLimitExceeded
 from ._supervise import SupervisorStatistics as SupervisorStatistics
 from ._supervise import supervise as supervise
+from ._worksession import AGENT_CREDENTIAL_VARIABLES as AGENT_CREDENTIAL_VARIABLES
 from ._worksession import QueueAccess as QueueAccess
 from ._worksession import QueueCredentialsError as QueueCredentialsError
 from ._worksession import QueueCredentialSource as QueueCredentialSource

@@ -156,7 +156,28 @@ class QueueCredentialSource(Protocol):
 
 
 #: The agent's own credentials, not passed to jobs that get a queue profile.
-_SHADOWING_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+#: Variables that carry the agent's own AWS credentials or point at them: never part of
+#: a job's environment (a queue's role credentials are added by the session instead).
+AGENT_CREDENTIAL_VARIABLES = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    }
+)
 
 
 @attrs.frozen
@@ -199,6 +220,9 @@ class WorkSessionOptions:
     run_jobs_as_agent_user: bool = False
     #: Run every job as this user, whatever the queue says.
     job_user_override: JobUser | None = None
+    #: Let jobs inherit the agent's AWS credential variables: only for ``run``, whose
+    #: jobs are the user's own, as with ``openjd run``. A farm's jobs never get them.
+    jobs_get_agent_credentials: bool = False
 
 
 class WorkSession:
@@ -371,10 +395,11 @@ class WorkSession:
             "DEADLINE_FLEET_ID": identity.fleet_id,
             "DEADLINE_WORKER_ID": identity.worker_id,
         }
-        base_env = None
         if access is not None:
             session_env.update(access.env)
-            base_env = {k: v for k, v in os.environ.items() if k not in _SHADOWING_VARIABLES}
+        base_env: Mapping[str, str] = os.environ
+        if not self._options.jobs_get_agent_credentials:
+            base_env = {k: v for k, v in os.environ.items() if k not in AGENT_CREDENTIAL_VARIABLES}
         config = SessionConfig(
             session_id=self.session_id,
             job_parameter_values=job.parameters,

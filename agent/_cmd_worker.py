@@ -41,6 +41,7 @@ import sys
 import structlog
 import trio
 
+from . import _credenv
 from ._config import ConfigError, WorkerConfig, configure_parser, load_config
 from ._embed import serve_worker
 from ._errors import FarmhandError, UnrecoverableError
@@ -59,6 +60,10 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # No process this one starts inherits the worker's keys, and no job of this user
+    # can read them from /proc/<pid>/environ or mem (see _credenv).
+    _credenv.take_from_environment()
+    _credenv.make_undumpable()
     configure_logging(
         verbose=config.verbose,
         json_format=config.log_format == "json",

@@ -211,6 +211,8 @@ async def run_through_farm(
                 # The output goes to the renderer only, as with the direct runner: the
                 # embedded farm would throw a shipped copy away.
                 ship_session_logs=False,
+                # As with `openjd run`, the user's jobs see the user's own environment.
+                jobs_get_agent_credentials=True,
             ) as worker:
                 holder.append(worker)
                 await farm.wait_until(

@@ -83,6 +83,7 @@ from actors import (
     wait_sessions,
 )
 
+from . import _credenv
 from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
 from ._errors import FarmhandError, RetriesExhausted, TransportError
@@ -158,8 +159,9 @@ class Endpoints:
 
 def aws_session(config: WorkerConfig) -> botocore.session.Session:
     """The AWS configuration the worker reads: the environment and config files, with
-    the configured profile (``--profile``, ``[aws] profile``) when there is one."""
-    return botocore.session.Session(profile=config.profile)
+    the configured profile (``--profile``, ``[aws] profile``) when there is one, and the
+    static keys the worker program took out of its environment (``_credenv``)."""
+    return _credenv.aws_session(config.profile)
 
 
 def resolve_endpoints(config: WorkerConfig) -> Endpoints:
@@ -488,13 +490,16 @@ async def open_agent(
     on_event: Callable[[str, SessionEvent], None] | None = None,
     containment: Containment | None = None,
     ship_session_logs: bool = True,
+    jobs_get_agent_credentials: bool = False,
 ) -> AsyncIterator[Worker]:
     """Bootstrap a worker and run it for the block (see the module docstring).
 
     ``on_event(session_id, event)`` sees every session event (output lines
     included), for hosts that show them; such a host may also keep session logs
     out of CloudWatch (``ship_session_logs=False``; with ``local_session_logs``
-    off too, sessions keep no log at all). ``endpoints`` and ``http`` let several
+    off too, sessions keep no log at all). Jobs never inherit the host's AWS
+    credential variables unless ``jobs_get_agent_credentials`` (``run`` does: its
+    jobs are the user's own). ``endpoints`` and ``http`` let several
     workers in one process share one resolution and one connection pool.
     """
     if endpoints is None:
@@ -526,6 +531,7 @@ async def open_agent(
                 on_event,
                 containment,
                 ship_session_logs,
+                jobs_get_agent_credentials,
             ) as worker:
                 running = True
                 yield worker
@@ -561,6 +567,7 @@ async def _run_worker(
     on_event: Callable[[str, SessionEvent], None] | None,
     containment: Containment | None,
     ship_session_logs: bool,
+    jobs_get_agent_credentials: bool,
 ) -> AsyncIterator[Worker]:
     logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
     identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
@@ -575,6 +582,7 @@ async def _run_worker(
         secret_patterns=config.secret_patterns,
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
         job_user_override=JobUser(override[0], override[1] or None) if override else None,
+        jobs_get_agent_credentials=jobs_get_agent_credentials,
     )
     own_containment = containment is None
     if containment is None:

@@ -39,6 +39,8 @@ from ._server import make_client, open_mock_farm
 
 DEFAULT_PORT = 18080
 ENDPOINT_ENV = "FARMHAND_MOCKFARM_ENDPOINT"
+KEY_ID_ENV = "FARMHAND_MOCKFARM_ACCESS_KEY_ID"
+SECRET_ENV = "FARMHAND_MOCKFARM_SECRET_ACCESS_KEY"
 FINAL = ("SUCCEEDED", "FAILED", "CANCELED", "SUSPENDED", "NOT_COMPATIBLE")
 
 #: openjd parameter type -> the member of Deadline's ``JobParameter`` union.
@@ -109,6 +111,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="sessions a worker runs at once (default 1)",
+    )
+    serve.add_argument(
+        "--access-key-id",
+        default=os.environ.get(KEY_ID_ENV),
+        metavar="ID",
+        help=f"verify every request's SigV4 signature against this key (also {KEY_ID_ENV}); "
+        f"its secret from {SECRET_ENV} or --secret-access-key-file",
+    )
+    serve.add_argument(
+        "--secret-access-key-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the secret access key for --access-key-id",
+    )
+    serve.add_argument(
+        "--verify-signatures",
+        action="store_true",
+        help="verify signatures on loopback too (with a new key pair, printed, unless given)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve beyond loopback without verifying signatures: anyone who reaches the "
+        "port can drive the farm",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every session too")
 
@@ -184,6 +210,7 @@ def main(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from agent._logging import configure_logging
 
+    keys, generated = _serve_keys(args)  # before any side effect: a refusal changes nothing
     configure_logging(verbose=args.verbose)
     faults = _load_faults(args.faults) if args.faults else None
     try:
@@ -198,13 +225,58 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     failures: list[OSError] = []
     try:
-        trio.run(_serve_until_signal, args, config, faults)
+        trio.run(_serve_until_signal, args, config, faults, keys, generated)
     except* OSError as group:
         failures.extend(_leaves(group))
     if failures:
         reason = failures[0].strerror or str(failures[0])
         raise CliError(f"cannot serve on {args.host}:{args.port}: {reason}", 1)
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve_keys(args: argparse.Namespace) -> tuple[dict[str, str] | None, bool]:
+    """The keys requests must be signed with (None: take any), and whether they were
+    made up here (and so must be printed)."""
+    key_id: str | None = args.access_key_id
+    if key_id:
+        if args.secret_access_key_file is not None:
+            try:
+                secret = args.secret_access_key_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CliError(f"--secret-access-key-file: cannot read it: {exc}") from exc
+        else:
+            secret = os.environ.get(SECRET_ENV, "")
+        if not secret:
+            raise CliError(
+                f"--access-key-id needs its secret: set {SECRET_ENV} or give "
+                "--secret-access-key-file FILE"
+            )
+        return {key_id: secret}, False
+    if args.verify_signatures:
+        import secrets
+
+        made = "AKIDFH" + secrets.token_hex(7).upper()
+        return {made: secrets.token_urlsafe(30)[:40]}, True
+    if not is_loopback(args.host) and not args.insecure:
+        raise CliError(
+            f"refusing to serve on {args.host} with no signature checks: anyone who can "
+            f"reach it could cancel jobs or run commands on its workers. Give "
+            f"--access-key-id ID (secret in {SECRET_ENV} or --secret-access-key-file) or "
+            "--verify-signatures, or --insecure to serve it open all the same"
+        )
+    return None, False
 
 
 def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
@@ -227,11 +299,15 @@ def _load_faults(path: Path) -> FaultConfig:
 
 
 async def _serve_until_signal(
-    args: argparse.Namespace, config: FarmConfig, faults: FaultConfig | None
+    args: argparse.Namespace,
+    config: FarmConfig,
+    faults: FaultConfig | None,
+    keys: dict[str, str] | None,
+    generated: bool,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_mock_farm(
-            config=config, faults=faults, host=args.host, port=args.port
+            config=config, faults=faults, host=args.host, port=args.port, keys=keys
         ) as farm:
             tune_gc()
             info = farm.info()
@@ -241,6 +317,16 @@ async def _serve_until_signal(
             for name, value in farm.environ().items():
                 if name.startswith(("AWS_ENDPOINT", "AWS_DISABLE", "AWS_DEFAULT")):
                     print(f"  export {name}={value}")
+            if keys is None:
+                print("requests are not verified (any signature is taken)")
+            else:
+                key_id, secret = farm.access_key
+                print(f"  export AWS_ACCESS_KEY_ID={key_id}")
+                if generated:
+                    print(f"  export AWS_SECRET_ACCESS_KEY={secret}")
+                else:
+                    print("  export AWS_SECRET_ACCESS_KEY=...  # the secret you gave the farm")
+                print("every request's SigV4 signature is verified")
             print(f"  export {ENDPOINT_ENV}={farm.endpoint_url}", flush=True)
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -288,8 +374,17 @@ class _Farm:
 
         # A person at a terminal is better served by a few retries than by a throttle.
         retries = Config(retries={"mode": "standard", "total_max_attempts": 4})
-        self.deadline = make_client("deadline", self.endpoint, region=region, config=retries)
-        self.logs = make_client("logs", self.endpoint, region=region, config=retries)
+        # A farm that verifies signatures needs the keys it was given (the environment's).
+        keys = {}
+        if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+            keys = {
+                "aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
+            }
+        self.deadline = make_client(
+            "deadline", self.endpoint, region=region, config=retries, **keys
+        )
+        self.logs = make_client("logs", self.endpoint, region=region, config=retries, **keys)
 
     def _info(self) -> dict[str, Any]:
         try:

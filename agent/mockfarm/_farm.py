@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -137,6 +137,8 @@ class Farm:
     def __init__(self, config: FarmConfig | None = None) -> None:
         self.config = config or FarmConfig()
         self.state = FarmState()
+        #: Temporary keys this farm handed out: access key id -> (secret, expiration).
+        self._issued_keys: dict[str, tuple[str, datetime]] = {}
         self.logs = LogStore(region=self.config.region, keep_events=self.config.keep_log_events)
         self.scheduler = Scheduler(
             self.state,
@@ -618,12 +620,26 @@ class Farm:
         return None
 
     def _credentials(self) -> dict[str, Any]:
+        now = utcnow()
+        expiration = now + timedelta(seconds=self.config.credentials_lifetime_seconds)
+        access_key, secret = _fake_key("ASIA", 16), secrets.token_urlsafe(30)[:40]
+        for key, (_, expires) in list(self._issued_keys.items()):
+            if expires <= now:
+                del self._issued_keys[key]
+        self._issued_keys[access_key] = (secret, expiration)
         return {
-            "accessKeyId": _fake_key("ASIA", 16),
-            "secretAccessKey": secrets.token_urlsafe(30)[:40],
+            "accessKeyId": access_key,
+            "secretAccessKey": secret,
             "sessionToken": secrets.token_urlsafe(96),
-            "expiration": utcnow() + timedelta(seconds=self.config.credentials_lifetime_seconds),
+            "expiration": expiration,
         }
+
+    def issued_secret(self, access_key: str) -> str | None:
+        """The secret of a temporary key this farm handed out and that has not expired."""
+        issued = self._issued_keys.get(access_key)
+        if issued is None or issued[1] <= utcnow():
+            return None
+        return issued[0]
 
     def AssumeFleetRoleForWorker(self, p: dict[str, Any]) -> Mapping[str, Any]:
         self.worker(p)

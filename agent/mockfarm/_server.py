@@ -59,8 +59,17 @@ def _wire_parameter(value: Any) -> dict[str, Any]:
 class MockFarm:
     """A running mock farm: where it listens, its state, and ways to drive it."""
 
-    def __init__(self, farm: Farm, app: MockFarmApp, calls: CallLog, faults: FaultInjector) -> None:
+    def __init__(
+        self,
+        farm: Farm,
+        app: MockFarmApp,
+        calls: CallLog,
+        faults: FaultInjector,
+        keys: Mapping[str, str] | None = None,
+    ) -> None:
         self.farm = farm
+        #: The keys requests must be signed with (None: any request is taken).
+        self.keys = dict(keys) if keys is not None else None
         self.app = app
         self.calls = calls
         self._faults = faults
@@ -103,6 +112,13 @@ class MockFarm:
             "region": self.config.region,
         }
 
+    @property
+    def access_key(self) -> tuple[str, str]:
+        """A key this farm takes: the first it was given, else the usual fake one."""
+        if self.keys:
+            return next(iter(self.keys.items()))
+        return ("AKIDMOCKFARM", "mockfarm-secret")
+
     def environ(self) -> dict[str, str]:
         """Environment variables that point boto3 (and the official agent) at this farm."""
         return {
@@ -110,14 +126,17 @@ class MockFarm:
             "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": self.endpoint_url,
             "AWS_DISABLE_HOST_PREFIX_INJECTION": "true",
             "AWS_DEFAULT_REGION": self.config.region,
-            "AWS_ACCESS_KEY_ID": "AKIDMOCKFARM",
-            "AWS_SECRET_ACCESS_KEY": "mockfarm-secret",
+            "AWS_ACCESS_KEY_ID": self.access_key[0],
+            "AWS_SECRET_ACCESS_KEY": self.access_key[1],
             "AWS_EC2_METADATA_DISABLED": "true",
             "DEADLINE_CLOUD_TELEMETRY_OPT_OUT": "true",
         }
 
     def boto3_client(self, service: str, **kwargs: Any) -> Any:
         """A boto3 client (``deadline`` or ``logs``) for this farm. Call it from a thread."""
+        key_id, secret = self.access_key
+        kwargs.setdefault("aws_access_key_id", key_id)
+        kwargs.setdefault("aws_secret_access_key", secret)
         return make_client(service, self.endpoint_url, region=self.config.region, **kwargs)
 
     # ------------------------------------------------------------ faults
@@ -304,10 +323,14 @@ async def open_mock_farm(
     port: int = 0,
     call_history: int | None = 100_000,
     keep_alive_timeout: float = 120.0,
+    keys: Mapping[str, str] | None = None,
 ) -> AsyncIterator[MockFarm]:
     """Serve a mock farm on ``host:port`` (a free loopback port by default) while in the block.
 
     ``call_history`` bounds how many calls ``MockFarm.calls`` keeps (``None``: all).
+    ``keys`` (access key id -> secret) makes the farm verify every AWS request's SigV4
+    signature against them and the temporary keys it hands out; without, it takes any
+    request, which is safe on loopback only (``mockfarm serve`` enforces that).
     """
     farm = Farm(config)
     calls = CallLog(call_history)
@@ -324,8 +347,9 @@ async def open_mock_farm(
         on_change=on_change,
         info=lambda: mock.info(),
         stop_worker=farm.request_worker_stop,
+        keys=keys,
     )
-    mock = MockFarm(farm, app, calls, injector)
+    mock = MockFarm(farm, app, calls, injector, keys)
     server_config = hypercorn_config(
         host, port, logger="farmhand.mockfarm.http", keep_alive_timeout=keep_alive_timeout
     )
