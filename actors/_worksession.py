@@ -263,7 +263,6 @@ class WorkSession:
         self._kinds: dict[str, ActionKind] = {}
         self._stream: LogStream | None = None
         self._spool: Path | None = None
-        self.finished = trio.Event()
 
     # ---- the session's task
 
@@ -672,4 +671,3 @@ class WorkSession:
             pass  # the cache goes with the fetcher, or on the next Forget
         with trio.move_on_after(10):
             await self._report(SessionClosed(self.session_id, succeeded))
-        self.finished.set()
