@@ -200,8 +200,3 @@ class Containment:
             _watchdog.kill_all(self.instance)
         if self._cgroup_root is not None:
             _watchdog.remove_cgroup(str(self._cgroup_root))
-
-
-def default_containment() -> Containment:
-    """A containment without a watchdog (for tests and one-off runs)."""
-    return Containment(use_cgroup=os.environ.get("FARMHAND_NO_CGROUP") is None)

@@ -30,32 +30,12 @@ import structlog
 import trio
 
 from ._entities import EntityError, EntityKey, key_of, validate
+from ._messages import Fetch, FetcherCommand, Forget, Replies
 
 log = structlog.get_logger("farmhand.fetcher")
 
 BatchGet = Callable[[list[dict[str, Any]]], Awaitable[Mapping[str, Any]]]
 """``identifiers -> BatchGetJobEntity response`` (``entities`` and ``errors``)."""
-
-Replies = list[outcome.Outcome[dict[str, Any]]]
-
-
-@attrs.frozen
-class Fetch:
-    """Ask for entities; the reply lists one outcome per identifier, in order."""
-
-    session_id: str
-    identifiers: tuple[dict[str, Any], ...]
-    reply_to: trio.MemorySendChannel[Replies]
-
-
-@attrs.frozen
-class Forget:
-    """The session ended: drop its cache."""
-
-    session_id: str
-
-
-FetcherCommand = Fetch | Forget
 
 
 @attrs.frozen

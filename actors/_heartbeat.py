@@ -3,7 +3,8 @@
 For a Deadline farm the beat is an UpdateWorkerSchedule (the scheduler's
 ``sync_now``); for other job systems it is their heartbeat endpoint. The
 interval can change while running (the farm says how often it wants to hear
-from the worker); a shorter interval takes effect at once.
+from the worker: ``SetInterval`` in the heartbeat's inbox); a shorter interval
+takes effect at once.
 
 Beats are scheduled on a fixed grid (``start + n * interval``), so a slow beat
 does not push all later ones back; slots missed by more than one interval are
@@ -19,6 +20,8 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
+
+from ._messages import HeartbeatCommand, SetInterval
 
 
 @attrs.frozen
@@ -40,21 +43,16 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 class Heartbeat:
+    """Beats on a fixed grid; its inbox takes ``SetInterval`` (latest wins)."""
+
     def __init__(
         self, beat: Callable[[], Awaitable[None]], interval: float, *, history: int = 1024
     ) -> None:
         self._beat = beat
         self._interval = interval
-        self._changed = trio.Event()
         self._lateness: deque[float] = deque(maxlen=history)
         self._beats = 0
         self._last_beat: float | None = None
-
-    def set_interval(self, seconds: float) -> None:
-        if seconds != self._interval:
-            self._interval = max(seconds, 0.0)
-            self._changed.set()
-            self._changed = trio.Event()
 
     def age(self) -> float | None:
         """Seconds since the last beat finished."""
@@ -71,23 +69,70 @@ class Heartbeat:
             max(values, default=0.0),
         )
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        slot = trio.current_time()
-        while True:
+    async def run(
+        self,
+        *,
+        task_status: trio.TaskStatus[
+            trio.MemorySendChannel[HeartbeatCommand]
+        ] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Beat until cancelled; ``started`` with the inbox. Senders use ``send_nowait``:
+        the inbox is read between beats and only the newest interval counts."""
+        send, receive = trio.open_memory_channel[HeartbeatCommand](INBOX_SIZE)
+        with receive:
+            task_status.started(send)
+            slot = trio.current_time()
+            inbox_open = True
             while True:
-                with trio.move_on_at(slot):
-                    await self._changed.wait()
-                    # The interval changed: re-plan from the last beat.
-                    if self._last_beat is not None:
-                        slot = min(slot, self._last_beat + self._interval)
-                    continue
-                break
-            started = trio.current_time()
-            self._lateness.append(started - slot)
-            await self._beat()
-            self._beats += 1
-            self._last_beat = trio.current_time()
-            slot += self._interval
-            while slot < self._last_beat - self._interval:
-                slot += self._interval  # far behind: skip the missed slots, keep the grid
+                while inbox_open:
+                    with trio.move_on_at(slot):
+                        try:
+                            commands = [await receive.receive()]
+                        except trio.EndOfChannel:
+                            inbox_open = False  # nobody will change the interval
+                            break
+                        while True:
+                            try:
+                                commands.append(receive.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        seconds = max(commands[-1].seconds, 0.0)  # latest wins
+                        if seconds != self._interval:
+                            self._interval = seconds
+                            # The interval changed: re-plan from the last beat.
+                            if self._last_beat is not None:
+                                slot = min(slot, self._last_beat + self._interval)
+                        continue
+                    break
+                if not inbox_open:
+                    await trio.sleep_until(slot)
+                started = trio.current_time()
+                self._lateness.append(started - slot)
+                await self._beat()
+                self._beats += 1
+                self._last_beat = trio.current_time()
+                # A change that came during the beat (often its own doing) sets the next slot.
+                while inbox_open:
+                    try:
+                        self._interval = max(receive.receive_nowait().seconds, 0.0)
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        inbox_open = False
+                slot += self._interval
+                while slot < self._last_beat - self._interval:
+                    slot += self._interval  # far behind: skip the missed slots, keep the grid
+
+
+#: Interval changes waiting for the end of a beat; the newest is the one that counts.
+INBOX_SIZE = 16
+
+
+def set_interval(heartbeat: trio.MemorySendChannel[HeartbeatCommand], seconds: float) -> bool:
+    """Tell a heartbeat its new interval without waiting; ``False`` if it was not
+    taken (the heartbeat is gone, or INBOX_SIZE changes are already waiting)."""
+    try:
+        heartbeat.send_nowait(SetInterval(seconds))
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True

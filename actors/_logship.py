@@ -36,8 +36,11 @@ from pathlib import Path
 from typing import Protocol
 
 import attrs
+import outcome
 import structlog
 import trio
+
+from ._messages import Destination, LogEvent, LogShipperCommand, LogWriter, OpenLogStream
 
 log = structlog.get_logger("farmhand.logs")
 
@@ -51,12 +54,6 @@ _READ_BYTES = 2 * MAX_BATCH_BYTES
 
 
 # ----------------------------------------------------------------------- sink
-
-
-@attrs.frozen
-class LogEvent:
-    timestamp: int  # milliseconds since the epoch
-    message: str
 
 
 class SinkErrorKind(enum.Enum):
@@ -87,12 +84,6 @@ class LogSink(Protocol):
     ) -> PutResult: ...
 
     async def create_log_stream(self, group: str, stream: str) -> None: ...
-
-
-@attrs.frozen
-class Destination:
-    group: str
-    stream: str
 
 
 # ----------------------------------------------------------------------- encoding
@@ -461,12 +452,33 @@ class LogShipper:
         self.errors = 0
 
     async def run(
-        self, *, task_status: trio.TaskStatus[LogShipper] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        task_status: trio.TaskStatus[
+            trio.MemorySendChannel[LogShipperCommand]
+        ] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Ship until cancelled; ``started`` with the inbox (``OpenLogStream``)."""
+        send, receive = trio.open_memory_channel[LogShipperCommand](16)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            task_status.started(self)
-            await trio.sleep_forever()
+            with receive:
+                task_status.started(send)
+                async for command in receive:
+                    # An unwritable path is the asker's error, not the shipper's.
+                    reply = outcome.capture(
+                        self.open_stream,
+                        command.path,
+                        command.destination,
+                        compact_over=command.compact_over,
+                    )
+                    with command.reply_to:
+                        try:
+                            command.reply_to.send_nowait(reply)
+                        except (trio.BrokenResourceError, trio.WouldBlock):
+                            if isinstance(reply, outcome.Value):
+                                reply.value.close()  # the asker went away
+            await trio.sleep_forever()  # the streams ship on until cancelled
 
     def open_stream(
         self, path: Path, destination: Destination | None = None, *, compact_over: int | None = None
@@ -501,3 +513,19 @@ class LogShipper:
             bytes_pending=sum(s.bytes_pending for s in stats if s.destination is not None),
             upload_errors=self.errors,
         )
+
+
+async def open_log_stream(
+    shipper: trio.MemorySendChannel[LogShipperCommand],
+    path: Path,
+    destination: Destination | None = None,
+    *,
+    compact_over: int | None = None,
+) -> LogStream:
+    """Ask the log shipper for a new stream (see ``LogShipper.open_stream``)."""
+    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[LogWriter]](1)
+    with reply_receive:
+        await shipper.send(OpenLogStream(path, destination, reply_send, compact_over))
+        stream = (await reply_receive.receive()).unwrap()
+    assert isinstance(stream, LogStream)  # the shipper opens nothing else
+    return stream

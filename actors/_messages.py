@@ -30,17 +30,70 @@ Events (``SessionEvent``)::
     SessionLog                a line the runner itself writes to the session log
     ActionEnded               the final state, exit code and last messages
     SessionEnded              the runner finished; nothing follows
+
+Entity fetcher
+==============
+
+``Fetch(session_id, identifiers, reply_to)`` asks for job entities (the reply is
+one outcome per identifier); ``Forget(session_id)`` drops a session's cache.
+
+Log shipper
+===========
+
+``OpenLogStream(path, destination, compact_over, reply_to)`` opens a stream (the
+reply is the ``LogStream``, written to synchronously); ``LogEvent`` is one
+timestamped line of a batch handed to a ``LogSink``.
+
+Scheduler
+=========
+
+What the farm says, already translated from its wire format by the farm client
+(``agent/deadline/_schedule.py`` for Deadline)::
+
+    Schedule                  one answer: assignments, cancels, interval, stop
+    SessionAssignment         one assigned session and its actions
+    AssignedAction            one action, typed (kind, environment, step, task)
+    SessionLogConfig          where the session's log goes
+
+Work sessions report to the scheduler (``SessionReport``)::
+
+    ActionUpdate              started, progress, status, or the final state
+    SessionReported           every update of the session has been sent
+    SessionClosed             the session is over: log flushed, cache dropped
+
+The owner commands the scheduler (``SchedulerCommand``)::
+
+    SyncNow(reply_to)         call the farm now; reply once a later call is done
+    WaitSessions(until, ...)  reply once the sessions are reported/closed/busy
+    FinishSessions()          no new sessions; current ones finish what they have
+    StopSessions(...)         stop every session (a drain)
+    RefuseNewSessions()       no new sessions; current ones go on
+    CancelRunning(...)        cancel the action every session is running
+    CloseSchedule(reply_to)   make no more calls; reply once none is in flight
+
+and hears from it (``SchedulerEvent``)::
+
+    IntervalChanged           the farm wants a sync every N seconds
+    FarmStopRequested         the farm asks the worker to stop
+    SessionClosed             (as above) one more session is over
+
+Heartbeat
+=========
+
+``SetInterval(seconds)`` changes how often it beats (latest wins).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
+import outcome
+import trio
 
 if TYPE_CHECKING:
     from openjd.expr import PathMappingRule
@@ -361,3 +414,339 @@ SessionEvent = (
     | ActionEnded
     | SessionEnded
 )
+
+
+# --------------------------------------------------------------------------
+# Entity fetcher
+
+#: The fetcher's answer to a ``Fetch``: one outcome per identifier, in order.
+Replies = list[outcome.Outcome[dict[str, Any]]]
+
+
+@attrs.frozen
+class Fetch:
+    """Ask for entities; the reply lists one outcome per identifier, in order."""
+
+    session_id: str
+    identifiers: tuple[dict[str, Any], ...]
+    reply_to: trio.MemorySendChannel[Replies]
+
+
+@attrs.frozen
+class Forget:
+    """The session ended: drop its cache."""
+
+    session_id: str
+
+
+FetcherCommand = Fetch | Forget
+
+
+# --------------------------------------------------------------------------
+# Log shipper
+
+
+@attrs.frozen
+class LogEvent:
+    """One line of a batch for a ``LogSink``."""
+
+    timestamp: int  # milliseconds since the epoch
+    message: str
+
+
+@attrs.frozen
+class Destination:
+    """A CloudWatch Logs stream."""
+
+    group: str
+    stream: str
+
+
+class LogWriter(Protocol):
+    """What an opened log stream offers its writer (``LogStream``)."""
+
+    def write(self, lines: Iterable[str], *, at: datetime | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+@attrs.frozen
+class OpenLogStream:
+    """Open a log stream writing to ``path`` and, with a destination, shipping there;
+    the reply is the stream (``compact_over``: the file is a spool, see ``LogStream``)."""
+
+    path: Path
+    destination: Destination | None
+    reply_to: trio.MemorySendChannel[outcome.Outcome[LogWriter]]
+    compact_over: int | None = None
+
+
+LogShipperCommand = OpenLogStream
+
+
+# --------------------------------------------------------------------------
+# Scheduler: what the farm assigns (already translated from its wire format)
+
+
+@attrs.frozen
+class AssignedAction:
+    """One assigned session action, as the farm client translated it."""
+
+    action_id: str
+    kind: ActionKind
+    #: The farm's name for the action type (``taskRun``, ``envEnter``, ...).
+    type_name: str
+    environment_id: str | None = None
+    step_id: str | None = None
+    task_id: str | None = None
+    #: Task parameter values in the farm's typed form, parsed when the task runs.
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Set when farmhand cannot run this type of action (it fails when it comes up).
+    unsupported: str | None = None
+
+
+@attrs.frozen
+class SessionLogConfig:
+    """Where a session's log goes; ``error`` is the farm's own complaint about it."""
+
+    driver: str
+    group: str | None = None
+    stream: str | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class SessionAssignment:
+    """One session the farm assigns to this worker, with its actions in order."""
+
+    session_id: str
+    queue_id: str
+    job_id: str
+    actions: tuple[AssignedAction, ...]
+    log_config: SessionLogConfig
+
+    def unsafe_id(self) -> str | None:
+        """Why one of the ids that name this session's files cannot be used, or None."""
+        from ._paths import UnsafePathError, safe_id
+
+        try:
+            for value, what in (
+                (self.session_id, "session id"),
+                (self.queue_id, "queue id"),
+                (self.job_id, "job id"),
+            ):
+                safe_id(value, what)
+        except UnsafePathError as exc:
+            return str(exc)
+        return None
+
+
+@attrs.frozen
+class Schedule:
+    """One answer of the farm to a sync."""
+
+    #: The sessions assigned now (a session missing here is over).
+    assigned: Mapping[str, SessionAssignment] = attrs.field(factory=dict)
+    #: Assigned sessions the client could not read (logged there): left as they are.
+    unreadable: frozenset[str] = frozenset()
+    #: Per session, the actions the farm cancels.
+    cancels: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
+    #: How often the farm wants a sync (``None``: unchanged).
+    interval: float | None = None
+    #: The farm asks the worker to stop.
+    stop_requested: bool = False
+
+
+# --------------------------------------------------------------------------
+# Scheduler: what the work sessions report
+
+
+@attrs.frozen
+class ActionUpdate:
+    """News of one action for the farm: ``state`` set means it is final.
+
+    Fields left ``None`` are unchanged; the scheduler merges the updates of one
+    action until a sync carries them.
+    """
+
+    session_id: str
+    action_id: str
+    kind: ActionKind
+    state: ActionState | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    #: When a progress or status update was made (dropped once the action is final).
+    updated_at: datetime | None = None
+    progress: float | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    #: A successful task run's job-attachment output manifests.
+    manifests: tuple[Mapping[str, str], ...] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state is not None
+
+    def merged(self, newer: ActionUpdate) -> ActionUpdate:
+        """This update with ``newer``'s fields on top (a final one drops ``updated_at``)."""
+        changes = {
+            field.name: value
+            for field in attrs.fields(ActionUpdate)
+            if (value := getattr(newer, field.name)) is not None
+        }
+        if newer.final and not self.final and newer.updated_at is None:
+            changes["updated_at"] = None  # a final update replaces the transient fields
+        return attrs.evolve(self, **changes)
+
+
+def returned_updates(
+    session_id: str,
+    actions: Sequence[AssignedAction],
+    *,
+    first: ActionState,
+    message: str,
+    now: datetime,
+    exits_fail: bool = False,
+) -> list[ActionUpdate]:
+    """Updates that give back actions that will not run: the first one ``first`` (the
+    farm refuses NEVER_ATTEMPTED for the action it waits on), with ``message``; with
+    ``exits_fail`` the environment exits FAILED too; every other one NEVER_ATTEMPTED."""
+    updates = []
+    for index, action in enumerate(actions):
+        if index == 0 or (exits_fail and action.kind is ActionKind.ENV_EXIT):
+            state = first if index == 0 else ActionState.FAILED
+            updates.append(
+                ActionUpdate(
+                    session_id,
+                    action.action_id,
+                    action.kind,
+                    state=state,
+                    started_at=now,
+                    ended_at=now,
+                    message=message,
+                )
+            )
+        else:
+            updates.append(
+                ActionUpdate(
+                    session_id, action.action_id, action.kind, state=ActionState.NEVER_ATTEMPTED
+                )
+            )
+    return updates
+
+
+@attrs.frozen
+class SessionReported:
+    """Every update of the session has been sent (its log may still be shipping)."""
+
+    session_id: str
+
+
+@attrs.frozen
+class SessionClosed:
+    """A work session is over: its log flushed (or given up on), its cache dropped."""
+
+    session_id: str
+    succeeded: bool
+
+
+SessionReport = ActionUpdate | SessionReported | SessionClosed
+
+
+# --------------------------------------------------------------------------
+# Scheduler: its owner's commands, and what it tells its owner
+
+
+@attrs.frozen
+class SyncNow:
+    """Call the farm now; the reply comes once a call that started after this one is
+    done (at once once the scheduler is closed or its sync loop has ended)."""
+
+    reply_to: trio.MemorySendChannel[None]
+
+
+@attrs.frozen
+class WaitSessions:
+    """Reply once every session has ``reported`` (all updates pending, logs may still
+    ship), once every session is ``closed`` (none left), or once there is a session
+    (``busy``)."""
+
+    until: Literal["reported", "closed", "busy"]
+    reply_to: trio.MemorySendChannel[None]
+
+
+@attrs.frozen
+class FinishSessions:
+    """Take no new sessions; each current one finishes the actions it has, then ends
+    (the farm's later additions are returned once it has ended)."""
+
+
+@attrs.frozen
+class StopSessions:
+    """Stop every session (a drain); later assignments are refused."""
+
+    grace: float | None
+    running_state: ActionState
+    reason: str
+
+
+@attrs.frozen
+class RefuseNewSessions:
+    """Take no new sessions (their first action is returned INTERRUPTED); current ones go on."""
+
+
+@attrs.frozen
+class CancelRunning:
+    """Cancel the action every session is running (its own method, or within ``time_limit``)."""
+
+    time_limit: float | None
+    reason: str
+
+
+@attrs.frozen
+class CloseSchedule:
+    """Make no more calls (the worker is stopping); reply once no call is in flight."""
+
+    reply_to: trio.MemorySendChannel[None]
+
+
+SchedulerCommand = (
+    SyncNow
+    | WaitSessions
+    | FinishSessions
+    | StopSessions
+    | RefuseNewSessions
+    | CancelRunning
+    | CloseSchedule
+)
+
+
+@attrs.frozen
+class IntervalChanged:
+    """The farm wants a sync every ``seconds``."""
+
+    seconds: float
+
+
+@attrs.frozen
+class FarmStopRequested:
+    """The farm asks the worker to stop (``desiredWorkerStatus``)."""
+
+
+SchedulerEvent = IntervalChanged | FarmStopRequested | SessionClosed
+
+
+# --------------------------------------------------------------------------
+# Heartbeat
+
+
+@attrs.frozen
+class SetInterval:
+    """Beat every ``seconds`` from now on (latest wins; a shorter one applies at once)."""
+
+    seconds: float
+
+
+HeartbeatCommand = SetInterval

@@ -1,7 +1,16 @@
-"""The scheduler: owns UpdateWorkerSchedule for one worker.
+"""The scheduler: syncs one worker's sessions with its farm.
 
-It keeps the pending action updates reported by the sessions (one merged entry
-per action, the latest fields winning), and syncs with the farm:
+It owns two inboxes: its owner's commands (``SchedulerCommand``: ``SyncNow``,
+``WaitSessions``, ``FinishSessions``, ``StopSessions``, ``RefuseNewSessions``,
+``CancelRunning``, ``CloseSchedule``), returned by ``nursery.start(scheduler.run)``,
+and its sessions' reports (``SessionReport``: ``ActionUpdate``,
+``SessionReported``, ``SessionClosed``). It tells its owner what the farm
+wants through ``events`` (``IntervalChanged``, ``FarmStopRequested``) and
+when a session is over (``SessionClosed``).
+
+It keeps the pending action updates (one merged ``ActionUpdate`` per action,
+the latest fields winning), and syncs with the farm through a ``ScheduleApi``
+(the farm client translates to and from its wire format):
 
 - at once when an action reaches a final state (the contract asks for FAILED,
   CANCELED and INTERRUPTED to be reported immediately; we do it for every final
@@ -12,8 +21,7 @@ per action, the latest fields winning), and syncs with the farm:
   fleet of them does not flood the farm (``report_interval_seconds`` in the
   worker's configuration). Anything else (a failure, a cancel,
   an interrupt, or a session with nothing left to run) goes out at once;
-- whenever the heartbeat asks (``sync_now``), at the farm's
-  ``updateIntervalSeconds``;
+- whenever the heartbeat asks (``SyncNow``), at the farm's interval;
 - at most one call at a time: reports that arrive during a call go out in the
   next one.
 
@@ -21,14 +29,15 @@ Each call sends a snapshot of the pending updates and, once it succeeds,
 deletes only the entries that were sent and have not changed since, so a
 failed call loses nothing and a newer update is never dropped.
 
-From each response it creates a ``WorkSession`` for every new session, passes
-the assigned actions (``Replace``) and ``cancelSessionActions`` (``Cancel``) to
-the existing ones, stops the sessions the farm no longer assigns, and tells its
-owner when the farm asks the worker to stop (``desiredWorkerStatus``).
+From each ``Schedule`` it starts a ``WorkSession`` for every new session
+(``nursery.start``), passes the assigned actions (``Replace``) and the cancels
+(``Cancel``) to the existing ones, and stops the sessions the farm no longer
+assigns.
 
 If a session ended early (it could not start), actions the farm still assigns
-to it are returned at once: the first one and every environment exit FAILED,
-the others NEVER_ATTEMPTED, so the farm is never left waiting on a dead session.
+to it are returned at once (``returned_updates``: the first one and every
+environment exit FAILED, the others NEVER_ATTEMPTED), so the farm is never left
+waiting on a dead session.
 """
 
 from __future__ import annotations
@@ -38,20 +47,37 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Literal, Protocol
 
 import attrs
 import structlog
 import trio
 
-from ._messages import ActionKind, ActionState, Cancel, Finish, Replace, Stop
-from ._worksession import (
-    ActionReport,
-    Assignment,
-    Report,
-    SessionFinished,
+from ._messages import (
+    ActionState,
+    ActionUpdate,
+    Cancel,
+    CancelRunning,
+    CloseSchedule,
+    FarmStopRequested,
+    Finish,
+    FinishSessions,
+    IntervalChanged,
+    RefuseNewSessions,
+    Replace,
+    Schedule,
+    SchedulerCommand,
+    SchedulerEvent,
+    SessionAssignment,
+    SessionClosed,
+    SessionCommand,
+    SessionReport,
     SessionReported,
-    WorkSession,
+    Stop,
+    StopSessions,
+    SyncNow,
+    WaitSessions,
+    returned_updates,
 )
 
 log = structlog.get_logger("farmhand.scheduler")
@@ -59,16 +85,26 @@ log = structlog.get_logger("farmhand.scheduler")
 #: The shortest time between two syncs made for routine (not urgent) reports.
 REPORT_INTERVAL = 0.02
 
+#: Session reports waiting for the scheduler (a session waits beyond that).
+REPORTS_BUFFER = 256
+
 
 class ScheduleApi(Protocol):
-    """UpdateWorkerSchedule, with the client's retries for transient errors."""
+    """The farm's side of a sync (UpdateWorkerSchedule for Deadline, translated by
+    ``agent.deadline.DeadlineSchedule``), with the client's retries."""
 
-    async def update_worker_schedule(
-        self, updated_session_actions: Mapping[str, Mapping[str, Any]]
-    ) -> Mapping[str, Any]: ...
+    async def sync(self, updates: Mapping[str, ActionUpdate]) -> Schedule: ...
 
 
-SessionFactory = Callable[[Assignment, trio.MemorySendChannel[Report]], WorkSession]
+class SessionActor(Protocol):
+    """What the scheduler starts per session (a ``WorkSession``)."""
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
+    ) -> None: ...
+
+
+SessionFactory = Callable[[SessionAssignment, trio.MemorySendChannel[SessionReport]], SessionActor]
 
 
 @attrs.frozen
@@ -77,51 +113,48 @@ class SchedulerStatistics:
     sessions: int
     pending_updates: int
     interval: float
-    #: Final states reported to the farm, by completedStatus.
-    reported: Mapping[str, int]
+    #: Final states reported to the farm, by state.
+    reported: Mapping[ActionState, int]
     stop_requested: bool
 
 
 @attrs.define(eq=False)
 class _Pending:
-    fields: dict[str, Any]
+    update: ActionUpdate
     version: int
-    final: bool
 
 
 class Scheduler:
+    """See the module docstring. Start with ``inbox = await nursery.start(scheduler.run)``."""
+
     def __init__(
         self,
         api: ScheduleApi,
         session_factory: SessionFactory,
         *,
+        events: trio.MemorySendChannel[SchedulerEvent] | None = None,
         initial_interval: float = 15.0,
-        on_interval: Callable[[float], None] | None = None,
-        on_stop_requested: Callable[[], None] | None = None,
-        on_session_finished: Callable[[str], None] | None = None,
         report_interval: float = REPORT_INTERVAL,
     ) -> None:
         self._api = api
         self._report_interval = report_interval
         self._session_factory = session_factory
-        self.interval = initial_interval
-        self._on_interval = on_interval
-        self._on_stop_requested = on_stop_requested
-        self._on_session_finished = on_session_finished
-        self._sessions_changed = trio.Event()
+        self._events = events
+        self._interval = initial_interval
         #: New sessions are refused (their actions returned as interrupted).
         self._refuse_new = False
         self._refused: set[str] = set()
         self._pending: dict[str, _Pending] = {}
         self._version = 0
-        self._sessions: dict[str, WorkSession] = {}
+        #: Each live session's inbox.
+        self._sessions: dict[str, trio.MemorySendChannel[SessionCommand]] = {}
         self._last_actions: dict[str, tuple[str, ...]] = {}
         self._stopping: set[str] = set()
         #: Sessions finishing the work they have (no more): not dead when they end.
         self._finishing: set[str] = set()
         #: Sessions whose every report is in ``_pending`` (their logs may still ship).
         self._reported_sessions: set[str] = set()
-        #: The sync loop runs (``sync_now`` would wait forever otherwise).
+        #: The sync loop runs (a SyncNow would wait forever otherwise).
         self._syncing = False
         #: Sessions that ended while the farm still assigns them: ids already returned.
         self._dead: dict[str, set[str]] = {}
@@ -135,13 +168,16 @@ class Scheduler:
         self._open: dict[str, set[str]] = {}
         self._finals: dict[str, set[str]] = {}
         self._wakeup = trio.Event()
-        self._synced = trio.Event()
         self._syncs = 0
-        self._reported: Counter[str] = Counter()
+        self._reported: Counter[ActionState] = Counter()
         self._stop_requested = False
         self._closed = False
         self._in_flight = False
-        self._call_over = trio.Event()
+        #: Replies owed: SyncNow (by the sync that answers it), CloseSchedule (once no
+        #: call is in flight), WaitSessions (by what they wait for).
+        self._sync_waiters: list[tuple[int, trio.MemorySendChannel[None]]] = []
+        self._close_waiters: list[trio.MemorySendChannel[None]] = []
+        self._session_waiters: list[WaitSessions] = []
 
     # ------------------------------------------------------------------ public
 
@@ -150,134 +186,154 @@ class Scheduler:
             self._syncs,
             len(self._sessions),
             len(self._pending),
-            self.interval,
+            self._interval,
             dict(self._reported),
             self._stop_requested,
         )
-
-    @property
-    def sessions(self) -> Mapping[str, WorkSession]:
-        return self._sessions
-
-    def request_sync(self) -> None:
-        if self._closed:
-            return
-        self._requested += 1
-        self._wake()
-
-    async def sync_now(self) -> None:
-        """Ask for a sync and wait until one that started after this call is done
-        (at once, with no call, once the scheduler is closed or its sync loop has
-        ended)."""
-        self.request_sync()
-        target = self._requested
-        while self._completed < target and self._syncing and not self._closed:
-            await self._synced.wait()
-
-    @property
-    def closed(self) -> bool:
-        """``close`` has been called: no more calls to the farm."""
-        return self._closed
-
-    async def close(self) -> None:
-        """Make no more calls (the worker is stopping: the farm would refuse them);
-        returns once a call in flight is over (bound the wait with a cancel scope)."""
-        self._closed = True
-        self._report_pending = False
-        self._synced.set()
-        self._wake()
-        while self._in_flight and self._syncing:
-            await self._call_over.wait()
-
-    def refuse_new_sessions(self) -> None:
-        """Take no new sessions (finish the current ones): the first action of a new
-        session is returned INTERRUPTED, so the farm gives the work to another worker
-        without counting a failure; the rest NEVER_ATTEMPTED."""
-        self._refuse_new = True
-
-    async def wait_sessions_changed(self) -> None:
-        """Wait until a session starts or finishes."""
-        await self._sessions_changed.wait()
-
-    def _sessions_did_change(self) -> None:
-        self._sessions_changed.set()
-        self._sessions_changed = trio.Event()
-
-    def finish_sessions(self) -> None:
-        """Take no new sessions, and let each current one finish the actions it has
-        now, then end (``Finish``); actions the farm adds later are returned to it once
-        the session has ended."""
-        self._refuse_new = True
-        for session_id, session in self._sessions.items():
-            if session_id not in self._finishing and session_id not in self._stopping:
-                self._finishing.add(session_id)
-                session.command(Finish())
-
-    def stop_sessions(
-        self, *, grace: float | None, running_state: ActionState, reason: str
-    ) -> None:
-        """Stop every session (a drain); the farm's later assignments are refused."""
-        self._refuse_new = True
-        for session_id, session in self._sessions.items():
-            self._stopping.add(session_id)
-            session.command(Stop(grace=grace, running_state=running_state, reason=reason))
-
-    async def wait_sessions_reported(self) -> None:
-        """Wait until every session has ended and all its reports are pending here
-        (so the next sync carries them); their logs may still be shipping."""
-        while any(sid not in self._reported_sessions for sid in self._sessions):
-            if not self._syncing:
-                await self._wait_sessions_done()
-                return
-            await self._sessions_changed.wait()
-
-    async def wait_sessions_finished(self) -> None:
-        """Wait until every session has ended, its reports pending and its log shipped."""
-        while self._sessions:
-            if not self._syncing:
-                await self._wait_sessions_done()
-                return
-            await self._sessions_changed.wait()
-
-    async def _wait_sessions_done(self) -> None:
-        # The reports loop is gone (the scheduler failed) and forgets no session:
-        # wait on each session's own event.
-        for session in list(self._sessions.values()):
-            await session.finished.wait()
 
     async def run(
         self,
         *,
         supervise: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[
+            trio.MemorySendChannel[SchedulerCommand]
+        ] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the sessions and the sync loop.
+        """Run the sessions and the sync loop; ``started`` with the command inbox.
 
         The sessions live as long as this call; the sync loop runs under
         ``supervise`` (for example, restarted after transport failures), so a
         restart keeps every session and every pending update.
         """
-        reports_send, reports_receive = trio.open_memory_channel[Report](256)
-        async with trio.open_nursery() as sessions:
-            sessions.start_soon(self._receive_reports, reports_receive)
-            loop = partial(self._sync_loop, sessions, reports_send)
-            self._syncing = True
-            task_status.started()
-            try:
-                if supervise is None:
-                    await loop()
-                else:
-                    await supervise(loop)
-            finally:
-                # Restarts keep it going; past here no sync is coming: wake the waiters.
-                self._syncing = False
-                self._synced.set()
-                self._synced = trio.Event()
-                self._call_over.set()
-                self._sessions_did_change()
+        # The owner's commands never block it (a signal handler, a sync method): they
+        # are few (one per stop, drain, cancel or sync request), so the buffer is no risk.
+        commands_send, commands_receive = trio.open_memory_channel[SchedulerCommand](math.inf)
+        reports_send, reports_receive = trio.open_memory_channel[SessionReport](REPORTS_BUFFER)
+        try:
+            async with trio.open_nursery() as sessions:
+                sessions.start_soon(self._receive_reports, reports_receive)
+                sessions.start_soon(self._receive_commands, commands_receive)
+                loop = partial(self._sync_loop, sessions, reports_send)
+                self._syncing = True
+                task_status.started(commands_send)
+                try:
+                    if supervise is None:
+                        await loop()
+                    else:
+                        await supervise(loop)
+                finally:
+                    # Restarts keep it going; past here no sync is coming: answer everyone.
+                    self._syncing = False
+                    self._answer_all()
+        finally:
+            self._answer_all()
+
+    # ------------------------------------------------------------------ commands
+
+    async def _receive_commands(
+        self, commands: trio.MemoryReceiveChannel[SchedulerCommand]
+    ) -> None:
+        with commands:
+            async for command in commands:
+                self._handle(command)
+
+    def _handle(self, command: SchedulerCommand) -> None:
+        if isinstance(command, SyncNow):
+            if self._closed or not self._syncing:
+                _answer(command.reply_to)
+                return
+            self._request_sync()
+            self._sync_waiters.append((self._requested, command.reply_to))
+        elif isinstance(command, WaitSessions):
+            self._session_waiters.append(command)
+            self._check_session_waiters()
+        elif isinstance(command, FinishSessions):
+            self._refuse_new = True
+            for session_id, session in self._sessions.items():
+                if session_id not in self._finishing and session_id not in self._stopping:
+                    self._finishing.add(session_id)
+                    _tell(session, Finish())
+        elif isinstance(command, StopSessions):
+            self._refuse_new = True
+            for session_id, session in self._sessions.items():
+                self._stopping.add(session_id)
+                _tell(
+                    session,
+                    Stop(
+                        grace=command.grace,
+                        running_state=command.running_state,
+                        reason=command.reason,
+                    ),
+                )
+        elif isinstance(command, RefuseNewSessions):
+            self._refuse_new = True
+        elif isinstance(command, CancelRunning):
+            for session in self._sessions.values():
+                _tell(session, Cancel(time_limit=command.time_limit, reason=command.reason))
+        elif isinstance(command, CloseSchedule):
+            self._closed = True
+            self._report_pending = False
+            self._answer_syncs(everyone=True)
+            self._wake()
+            if self._in_flight and self._syncing:
+                self._close_waiters.append(command.reply_to)
+            else:
+                _answer(command.reply_to)
+
+    def _answer_syncs(self, *, everyone: bool = False) -> None:
+        owed = []
+        for target, reply_to in self._sync_waiters:
+            if everyone or target <= self._completed:
+                _answer(reply_to)
+            else:
+                owed.append((target, reply_to))
+        self._sync_waiters = owed
+
+    def _check_session_waiters(self) -> None:
+        owed = []
+        for waiter in self._session_waiters:
+            if waiter.until == "reported":
+                done = all(sid in self._reported_sessions for sid in self._sessions)
+            elif waiter.until == "closed":
+                done = not self._sessions
+            else:
+                done = bool(self._sessions)
+            if done:
+                _answer(waiter.reply_to)
+            else:
+                owed.append(waiter)
+        self._session_waiters = owed
+
+    def _answer_all(self) -> None:
+        self._answer_syncs(everyone=True)
+        for reply_to in self._close_waiters:
+            _answer(reply_to)
+        self._close_waiters = []
+        for waiter in self._session_waiters:
+            _answer(waiter.reply_to)
+        self._session_waiters = []
+
+    def _sessions_did_change(self) -> None:
+        self._check_session_waiters()
+
+    async def _emit(self, event: SchedulerEvent) -> None:
+        if self._events is None:
+            return
+        try:
+            await self._events.send(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the owner stopped listening
+
+    # ------------------------------------------------------------------ syncing
+
+    def _request_sync(self) -> None:
+        if self._closed:
+            return
+        self._requested += 1
+        self._wake()
 
     async def _sync_loop(
-        self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]
+        self, sessions: trio.Nursery, reports: trio.MemorySendChannel[SessionReport]
     ) -> None:
         while True:
             while self._nothing_to_send():
@@ -304,21 +360,21 @@ class Scheduler:
                 raise
             finally:
                 self._in_flight = False
-                self._call_over.set()
-                self._call_over = trio.Event()
+                for reply_to in self._close_waiters:
+                    _answer(reply_to)
+                self._close_waiters = []
             self._completed = target
-            self._synced.set()
-            self._synced = trio.Event()
+            self._answer_syncs()
 
     def _nothing_to_send(self) -> bool:
         return self._closed or (self._completed >= self._requested and not self._report_pending)
 
     # ------------------------------------------------------------------ reports
 
-    async def _receive_reports(self, reports: trio.MemoryReceiveChannel[Report]) -> None:
+    async def _receive_reports(self, reports: trio.MemoryReceiveChannel[SessionReport]) -> None:
         async for report in reports:
-            if isinstance(report, SessionFinished):
-                self._session_finished(report)
+            if isinstance(report, SessionClosed):
+                await self._session_closed(report)
                 continue
             if isinstance(report, SessionReported):
                 self._reported_sessions.add(report.session_id)
@@ -327,32 +383,26 @@ class Scheduler:
             self._version += 1
             entry = self._pending.get(report.action_id)
             if entry is None:
-                self._pending[report.action_id] = _Pending(
-                    dict(report.fields), self._version, report.final
-                )
+                self._pending[report.action_id] = _Pending(report, self._version)
             else:
-                if report.final and not entry.final:
-                    # A final report replaces the running one's transient fields.
-                    entry.fields.pop("updatedAt", None)
-                entry.fields.update(report.fields)
+                entry.update = entry.update.merged(report)
                 entry.version = self._version
-                entry.final = entry.final or report.final
             if report.final and not self._closed:
                 self._report_final(report)
 
-    def _report_final(self, report: ActionReport) -> None:
+    def _report_final(self, report: ActionUpdate) -> None:
         finals = self._finals.setdefault(report.session_id, set())
         finals.add(report.action_id)
         still_open = self._open.get(report.session_id)
         if still_open is not None:
             still_open.discard(report.action_id)
-        if report.fields.get("completedStatus") != "SUCCEEDED" or not still_open:
-            self.request_sync()  # the contract's "immediately", or the session is out of work
+        if report.state is not ActionState.SUCCESS or not still_open:
+            self._request_sync()  # the contract's "immediately", or the session is out of work
         elif not self._report_pending:
             self._report_pending = True
             self._wake()
 
-    def _session_finished(self, report: SessionFinished) -> None:
+    async def _session_closed(self, report: SessionClosed) -> None:
         session = self._sessions.pop(report.session_id, None)
         self._reported_sessions.discard(report.session_id)
         self._open.pop(report.session_id, None)
@@ -369,66 +419,61 @@ class Scheduler:
             "scheduler.session_finished", session_id=report.session_id, succeeded=report.succeeded
         )
         self._sessions_did_change()
-        if session is not None and self._on_session_finished is not None:
-            self._on_session_finished(report.session_id)
+        if session is not None:
+            await self._emit(report)
 
-    # ------------------------------------------------------------------ syncing
+    # ------------------------------------------------------------------ applying
 
-    async def _sync(self, sessions: trio.Nursery, reports: trio.MemorySendChannel[Report]) -> None:
+    async def _sync(
+        self, sessions: trio.Nursery, reports: trio.MemorySendChannel[SessionReport]
+    ) -> None:
         snapshot = {action_id: entry.version for action_id, entry in self._pending.items()}
-        payload = {action_id: dict(self._pending[action_id].fields) for action_id in snapshot}
-        response = await self._api.update_worker_schedule(payload)
+        payload = {action_id: self._pending[action_id].update for action_id in snapshot}
+        schedule = await self._api.sync(payload)
         self._syncs += 1
         for action_id, version in snapshot.items():
             entry = self._pending.get(action_id)
             if entry is not None and entry.version == version:
                 del self._pending[action_id]
-                status = entry.fields.get("completedStatus")
-                if status:
-                    self._reported[str(status)] += 1
-        await self._apply(response, sessions, reports)
+                if entry.update.state is not None:
+                    self._reported[entry.update.state] += 1
+        await self._apply(schedule, sessions, reports)
 
     async def _apply(
         self,
-        response: Mapping[str, Any],
+        schedule: Schedule,
         sessions: trio.Nursery,
-        reports: trio.MemorySendChannel[Report],
+        reports: trio.MemorySendChannel[SessionReport],
     ) -> None:
-        interval = response.get("updateIntervalSeconds")
-        if isinstance(interval, int | float) and interval != self.interval:
-            self.interval = float(interval)
-            if self._on_interval is not None:
-                self._on_interval(self.interval)
-        assigned: Mapping[str, Any] = response.get("assignedSessions") or {}
-        canceled: Mapping[str, Any] = response.get("cancelSessionActions") or {}
+        if schedule.interval is not None and schedule.interval != self._interval:
+            self._interval = schedule.interval
+            await self._emit(IntervalChanged(self._interval))
+        assigned = schedule.assigned
+        still_there = assigned.keys() | schedule.unreadable
 
         for session_id in list(self._sessions):
-            if session_id not in assigned and session_id not in self._stopping:
+            if session_id not in still_there and session_id not in self._stopping:
                 self._stopping.add(session_id)
-                self._sessions[session_id].command(
+                _tell(
+                    self._sessions[session_id],
                     Stop(
                         grace=0,
                         running_state=ActionState.CANCELED,
                         reason="the farm ended the session",
-                    )
+                    ),
                 )
         for session_id in list(self._dead):
-            if session_id not in assigned:
+            if session_id not in still_there:
                 del self._dead[session_id]
                 self._refused.discard(session_id)
 
-        for session_id, wire in assigned.items():
-            try:
-                assignment = Assignment.from_api(session_id, wire)
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("scheduler.bad_assignment", session_id=session_id, error=repr(exc))
-                continue
+        for session_id, assignment in assigned.items():
             unsafe = assignment.unsafe_id()
             if unsafe is not None:
                 # Its files cannot be named: fail the session, never the worker.
                 if session_id not in self._dead:
                     log.error("scheduler.unsafe_assignment", session_id=session_id, error=unsafe)
-                await self._return_actions(assignment, message=unsafe)
+                self._return_actions(assignment, message=unsafe)
                 continue
             if session_id in self._refused or (
                 session_id not in self._sessions
@@ -436,16 +481,16 @@ class Scheduler:
                 and session_id not in self._dead
             ):
                 self._refused.add(session_id)
-                await self._return_actions(assignment, interrupted=True)
+                self._return_actions(assignment, interrupted=True)
                 continue
             if session_id in self._dead:
-                await self._return_actions(assignment)
+                self._return_actions(assignment)
                 continue
             session = self._sessions.get(session_id)
             if session is None:
-                session = self._session_factory(assignment, reports.clone())
+                actor = self._session_factory(assignment, reports.clone())
+                session = await sessions.start(actor.run)
                 self._sessions[session_id] = session
-                sessions.start_soon(session.run)
                 log.info(
                     "scheduler.session_created", session_id=session_id, job_id=assignment.job_id
                 )
@@ -457,22 +502,19 @@ class Scheduler:
                 finals = self._finals.setdefault(session_id, set())
                 finals &= assigned_ids  # the farm has applied the others
                 self._open[session_id] = assigned_ids - finals
-                session.command(Replace(assignment.actions))
-            to_cancel = canceled.get(session_id)
+                _tell(session, Replace(assignment.actions))
+            to_cancel = schedule.cancels.get(session_id)
             if to_cancel:
-                session.command(
-                    Cancel(action_ids=frozenset(map(str, to_cancel)), reason="canceled by the farm")
-                )
+                _tell(session, Cancel(action_ids=to_cancel, reason="canceled by the farm"))
 
-        if response.get("desiredWorkerStatus") == "STOPPED" and not self._stop_requested:
+        if schedule.stop_requested and not self._stop_requested:
             self._stop_requested = True
             log.info("scheduler.stop_requested")
-            if self._on_stop_requested is not None:
-                self._on_stop_requested()
+            await self._emit(FarmStopRequested())
 
-    async def _return_actions(
+    def _return_actions(
         self,
-        assignment: Assignment,
+        assignment: SessionAssignment,
         *,
         interrupted: bool = False,
         message: str = "the worker could not run this session",
@@ -481,34 +523,21 @@ class Scheduler:
         ``message``), the rest NEVER_ATTEMPTED; or, for a worker that takes no new
         work, the first INTERRUPTED (requeued elsewhere) and the rest NEVER_ATTEMPTED."""
         returned = self._dead.setdefault(assignment.session_id, set())
-        now = datetime.now(UTC)
-        first = True  # the farm refuses NEVER_ATTEMPTED for the first action it waits on
-        for action in assignment.actions:
-            if action.action_id in returned:
-                continue
-            returned.add(action.action_id)
-            if interrupted and first:
-                fields: dict[str, Any] = {
-                    "completedStatus": "INTERRUPTED",
-                    "startedAt": now,
-                    "endedAt": now,
-                    "progressMessage": "the worker is stopping and takes no new work",
-                }
-                first = False
-            elif not interrupted and (first or action.kind is ActionKind.ENV_EXIT):
-                fields = {
-                    "completedStatus": "FAILED",
-                    "startedAt": now,
-                    "endedAt": now,
-                    "progressMessage": message,
-                }
-                first = False
-            else:
-                fields = {"completedStatus": "NEVER_ATTEMPTED"}
+        fresh = [action for action in assignment.actions if action.action_id not in returned]
+        returned.update(action.action_id for action in fresh)
+        updates = returned_updates(
+            assignment.session_id,
+            fresh,
+            first=ActionState.INTERRUPTED if interrupted else ActionState.FAILED,
+            message="the worker is stopping and takes no new work" if interrupted else message,
+            now=datetime.now(UTC),
+            exits_fail=not interrupted,
+        )
+        for update in updates:
             self._version += 1
-            self._pending[action.action_id] = _Pending(fields, self._version, True)
+            self._pending[update.action_id] = _Pending(update, self._version)
         if self._pending:
-            self.request_sync()
+            self._request_sync()
 
     # ------------------------------------------------------------------ helpers
 
@@ -518,3 +547,59 @@ class Scheduler:
 
     async def _wait_for_wakeup(self) -> None:
         await self._wakeup.wait()
+
+
+def _tell(session: trio.MemorySendChannel[SessionCommand], command: SessionCommand) -> None:
+    try:
+        session.send_nowait(command)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the session has ended; nothing to do
+
+
+def _answer(reply_to: trio.MemorySendChannel[None]) -> None:
+    with reply_to:
+        try:
+            reply_to.send_nowait(None)
+        except (trio.BrokenResourceError, trio.WouldBlock):
+            pass  # the asker went away
+
+
+async def _ask(
+    scheduler: trio.MemorySendChannel[SchedulerCommand],
+    make: Callable[[trio.MemorySendChannel[None]], SchedulerCommand],
+) -> None:
+    reply_send, reply_receive = trio.open_memory_channel[None](1)
+    with reply_receive:
+        try:
+            await scheduler.send(make(reply_send))
+            await reply_receive.receive()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
+            pass  # the scheduler is gone: nothing is coming
+
+
+async def sync_now(scheduler: trio.MemorySendChannel[SchedulerCommand]) -> None:
+    """``SyncNow``: call the farm now; returns once a call that started after this one
+    is done (at once, with no call, once the scheduler is closed or gone)."""
+    await _ask(scheduler, SyncNow)
+
+
+async def wait_sessions(
+    scheduler: trio.MemorySendChannel[SchedulerCommand],
+    until: Literal["reported", "closed", "busy"],
+) -> None:
+    """``WaitSessions``: wait until every session has ``"reported"``, until every
+    session is ``"closed"``, or until there is a session (``"busy"``)."""
+    await _ask(scheduler, partial(WaitSessions, until))
+
+
+async def close_schedule(scheduler: trio.MemorySendChannel[SchedulerCommand]) -> None:
+    """``CloseSchedule``: no more calls; returns once no call is in flight (bound it)."""
+    await _ask(scheduler, CloseSchedule)
+
+
+def tell(scheduler: trio.MemorySendChannel[SchedulerCommand], command: SchedulerCommand) -> None:
+    """Send a command that needs no reply, without waiting (the inbox never fills)."""
+    try:
+        scheduler.send_nowait(command)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the scheduler is gone

@@ -1,22 +1,22 @@
-"""One assigned Deadline session: from wire actions to a SessionRunner and back.
+"""One assigned session: from assigned actions to a SessionRunner and back.
 
-A ``WorkSession`` is started by the scheduler for each session in
-``assignedSessions``. It
+A ``WorkSession`` is started by the scheduler (``nursery.start``) for each
+``SessionAssignment`` the farm makes; its inbox takes the runner's commands. It
 
-1. opens the session's log: the local file ``<logs>/<queue>/<session>.log``
-   (0600) and, when the assignment's ``logConfiguration`` says ``awslogs``, the
-   CloudWatch stream it names;
+1. opens the session's log through the log shipper: the local file
+   ``<logs>/<queue>/<session>.log`` (0600) and, when the assignment's log
+   configuration says ``awslogs``, the CloudWatch stream it names;
 2. fetches ``jobDetails`` (through the entity fetcher) and starts a
    ``SessionRunner`` with the job's parameters, path-mapping rules and the
    ``DEADLINE_*`` session variables;
 3. passes the scheduler's commands (``Replace`` with the assigned actions,
-   ``Cancel``, ``Stop``) to the runner; the runner's resolver turns each wire
-   action into a runnable just before it runs, fetching the step or
-   environment it needs;
-4. turns the runner's events into action reports for the scheduler (started,
-   progress, status, the final state) and into log lines;
-5. when the runner ends, flushes the log (bounded), drops the session's entity
-   cache and tells the scheduler the session is finished.
+   ``Cancel``, ``Stop``) to the runner; the runner's resolver turns each
+   ``AssignedAction`` into a runnable just before it runs, fetching the step
+   or environment it needs;
+4. turns the runner's events into ``ActionUpdate`` messages for the scheduler
+   (started, progress, status, the final state) and into log lines;
+5. when the runner ends, says ``SessionReported``, flushes the log (bounded),
+   drops the session's entity cache and says ``SessionClosed``.
 
 If the session cannot start (bad log configuration, ``jobDetails`` failing,
 no credentials for a queue that has a role), its first action is reported
@@ -63,9 +63,9 @@ from ._entities import (
     step_details_id,
     task_parameters_from_wire,
 )
-from ._fetcher import FetcherCommand, Forget, fetch
+from ._fetcher import fetch
 from ._jobuser import JobUser, JobUserError, ResolvedJobUser
-from ._logship import Destination, LogShipper, LogStream
+from ._logship import LogStream, open_log_stream
 from ._messages import (
     ActionEnded,
     ActionKind,
@@ -74,131 +74,65 @@ from ._messages import (
     ActionStarted,
     ActionState,
     ActionStatusMessage,
+    ActionUpdate,
+    AssignedAction,
+    Destination,
     Enqueue,
     EnterEnvironment,
     ExitEnvironment,
+    FetcherCommand,
     Finish,
+    Forget,
     HostAction,
     HostContext,
+    LogShipperCommand,
     Replace,
     Runnable,
     RunTask,
+    SessionAssignment,
+    SessionClosed,
     SessionCommand,
     SessionEnded,
     SessionEvent,
     SessionLog,
+    SessionReport,
+    SessionReported,
     Stop,
     TaskHook,
+    returned_updates,
 )
 from ._output import Redactor
-from ._paths import UnsafePathError, path_under, safe_id
+from ._paths import path_under
 from ._session import SessionConfig, SessionRunner
 
 log = structlog.get_logger("farmhand.worksession")
 
-#: UpdateWorkerSchedule's limit on progressMessage.
-MAX_PROGRESS_MESSAGE = 4096
-_COMPLETED_STATUS = {
-    ActionState.SUCCESS: "SUCCEEDED",
-    ActionState.FAILED: "FAILED",
-    ActionState.TIMEOUT: "FAILED",
-    ActionState.CANCELED: "CANCELED",
-    ActionState.INTERRUPTED: "INTERRUPTED",
-    ActionState.NEVER_ATTEMPTED: "NEVER_ATTEMPTED",
-}
-_KINDS = {
-    "envEnter": ActionKind.ENV_ENTER,
-    "envExit": ActionKind.ENV_EXIT,
-    "taskRun": ActionKind.TASK_RUN,
-    "syncInputJobAttachments": ActionKind.SYNC_ATTACHMENTS,
-}
+
+def final_update(session_id: str, event: ActionEnded) -> ActionUpdate:
+    """The update that reports an action's end."""
+    assert event.action_id is not None
+    if event.state is ActionState.NEVER_ATTEMPTED:
+        return ActionUpdate(session_id, event.action_id, event.kind, state=event.state)
+    message = event.status_message
+    if not event.state.succeeded:
+        message = event.fail_message or message
+        if event.state is ActionState.TIMEOUT:
+            message = message or "TIMEOUT - Exceeded the allotted runtime limit."
+    return ActionUpdate(
+        session_id,
+        event.action_id,
+        event.kind,
+        state=event.state,
+        started_at=event.started_at,
+        ended_at=event.ended_at or datetime.now(UTC),
+        exit_code=event.exit_code,
+        message=message or None,
+        progress=event.progress,
+        manifests=event.manifests,
+    )
 
 
-# ------------------------------------------------------------------ wire types
-
-
-@attrs.frozen
-class DeadlineAction:
-    """A session action as UpdateWorkerSchedule assigns it."""
-
-    action_id: str
-    definition: Mapping[str, Any]
-
-    @classmethod
-    def from_api(cls, wire: Mapping[str, Any]) -> DeadlineAction:
-        definition = wire["definition"]
-        if not isinstance(definition, Mapping) or len(definition) != 1:
-            raise ValueError(f"session action {wire.get('sessionActionId')}: bad definition")
-        return cls(str(wire["sessionActionId"]), definition)
-
-    @property
-    def type(self) -> str:
-        return next(iter(self.definition))
-
-    @property
-    def body(self) -> Mapping[str, Any]:
-        body = self.definition[self.type]
-        return body if isinstance(body, Mapping) else {}
-
-    @property
-    def kind(self) -> ActionKind:
-        return _KINDS.get(self.type, ActionKind.TASK_RUN)
-
-    @property
-    def environment_id(self) -> str | None:
-        value = self.body.get("environmentId")
-        return str(value) if value is not None else None
-
-
-@attrs.frozen
-class LogConfig:
-    driver: str
-    group: str | None = None
-    stream: str | None = None
-    error: str | None = None
-
-    @classmethod
-    def from_api(cls, wire: Mapping[str, Any] | None) -> LogConfig:
-        wire = wire or {}
-        options = wire.get("options") or {}
-        return cls(
-            str(wire.get("logDriver", "")),
-            options.get("logGroupName"),
-            options.get("logStreamName"),
-            wire.get("error"),
-        )
-
-
-@attrs.frozen
-class Assignment:
-    session_id: str
-    queue_id: str
-    job_id: str
-    actions: tuple[DeadlineAction, ...]
-    log_config: LogConfig
-
-    def unsafe_id(self) -> str | None:
-        """Why one of the ids that name this session's files cannot be used, or None."""
-        try:
-            for value, what in (
-                (self.session_id, "session id"),
-                (self.queue_id, "queue id"),
-                (self.job_id, "job id"),
-            ):
-                safe_id(value, what)
-        except UnsafePathError as exc:
-            return str(exc)
-        return None
-
-    @classmethod
-    def from_api(cls, session_id: str, wire: Mapping[str, Any]) -> Assignment:
-        return cls(
-            session_id,
-            str(wire["queueId"]),
-            str(wire["jobId"]),
-            tuple(DeadlineAction.from_api(action) for action in wire.get("sessionActions") or ()),
-            LogConfig.from_api(wire.get("logConfiguration")),
-        )
+# ------------------------------------------------------------------ credentials
 
 
 class QueueCredentialsError(Exception):
@@ -225,6 +159,31 @@ class QueueCredentialSource(Protocol):
         """Share the queue's credentials for the block (``None``: the farm gave none).
         Raises ``QueueCredentialsError`` when they cannot be had."""
         ...
+
+
+#: The agent's own credentials, not passed to jobs that get a queue profile.
+#: Variables that carry the agent's own AWS credentials or point at them: never part of
+#: a job's environment (a queue's role credentials are added by the session instead).
+AGENT_CREDENTIAL_VARIABLES = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    }
+)
 
 
 class SessionAttachments(Protocol):
@@ -260,98 +219,11 @@ class AttachmentProvider(Protocol):
     ) -> SessionAttachments: ...
 
 
-#: The agent's own credentials, not passed to jobs that get a queue profile.
-#: Variables that carry the agent's own AWS credentials or point at them: never part of
-#: a job's environment (a queue's role credentials are added by the session instead).
-AGENT_CREDENTIAL_VARIABLES = frozenset(
-    {
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_CREDENTIAL_EXPIRATION",
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_SHARED_CREDENTIALS_FILE",
-        "AWS_CONFIG_FILE",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_ROLE_ARN",
-        "AWS_ROLE_SESSION_NAME",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-    }
-)
-
-
 @attrs.frozen
 class WorkerIdentity:
     farm_id: str
     fleet_id: str
     worker_id: str
-
-
-# ------------------------------------------------------------------ reports
-
-
-@attrs.frozen
-class ActionReport:
-    """An update for one action, in UpdateWorkerSchedule's wire form."""
-
-    session_id: str
-    action_id: str
-    fields: Mapping[str, Any]
-    final: bool
-
-
-@attrs.frozen
-class SessionFinished:
-    session_id: str
-    succeeded: bool
-
-
-@attrs.frozen
-class SessionReported:
-    """Every report of the session has been sent (its log may still be shipping)."""
-
-    session_id: str
-
-
-Report = ActionReport | SessionReported | SessionFinished
-
-
-def exit_code_32(code: int) -> int:
-    """Fold an exit code into a signed 32-bit integer, as the API requires."""
-    return int.from_bytes((code & 0xFFFFFFFF).to_bytes(4, "big"), "big", signed=True)
-
-
-def _wire_time(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
-def final_fields(event: ActionEnded) -> dict[str, Any]:
-    """The fields that report an action's end."""
-    fields: dict[str, Any] = {"completedStatus": _COMPLETED_STATUS[event.state]}
-    if event.state is ActionState.NEVER_ATTEMPTED:
-        return fields
-    if event.started_at is not None:
-        fields["startedAt"] = _wire_time(event.started_at)
-    fields["endedAt"] = _wire_time(event.ended_at or datetime.now(UTC))
-    if event.exit_code is not None:
-        fields["processExitCode"] = exit_code_32(event.exit_code)
-    message = event.status_message
-    if not event.state.succeeded:
-        message = event.fail_message or message
-        if event.state is ActionState.TIMEOUT:
-            message = message or "TIMEOUT - Exceeded the allotted runtime limit."
-    if message:
-        fields["progressMessage"] = message[:MAX_PROGRESS_MESSAGE]
-    if event.progress is not None:
-        fields["progressPercent"] = min(max(event.progress, 0.0), 100.0)
-    if event.state is ActionState.SUCCESS and event.kind is ActionKind.TASK_RUN:
-        fields["manifests"] = [dict(m) for m in event.manifests or ()]
-    return fields
 
 
 # ------------------------------------------------------------------ the session
@@ -393,16 +265,17 @@ class WorkSessionOptions:
 
 
 class WorkSession:
-    """See the module docstring. Start with ``nursery.start_soon(session.run)``."""
+    """See the module docstring. Start with ``inbox = await nursery.start(session.run)``;
+    the inbox takes the runner's commands (``Replace``, ``Cancel``, ``Finish``, ``Stop``)."""
 
     def __init__(
         self,
-        assignment: Assignment,
+        assignment: SessionAssignment,
         *,
         identity: WorkerIdentity,
         fetcher: trio.MemorySendChannel[FetcherCommand],
-        reports: trio.MemorySendChannel[Report],
-        shipper: LogShipper,
+        reports: trio.MemorySendChannel[SessionReport],
+        shipper: trio.MemorySendChannel[LogShipperCommand],
         options: WorkSessionOptions,
         on_event: Any = None,
         containment: Containment | None = None,
@@ -429,21 +302,22 @@ class WorkSession:
         )
         self._steps: dict[str, StepDetails] = {}
         self._environments: dict[str, EnvironmentDetails] = {}
+        self._kinds: dict[str, ActionKind] = {}
         self._stream: LogStream | None = None
         self._spool: Path | None = None
-        self.finished = trio.Event()
-
-    # ---- the scheduler's side (never blocks)
-
-    def command(self, command: SessionCommand) -> None:
-        try:
-            self._command_send.send_nowait(command)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the session has ended; nothing to do
 
     # ---- the session's task
 
-    async def run(self) -> None:
+    async def run(
+        self,
+        *,
+        task_status: trio.TaskStatus[
+            trio.MemorySendChannel[SessionCommand]
+        ] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the session; ``started`` with its inbox, which never blocks the sender
+        (the scheduler's commands are few: one per UpdateWorkerSchedule at most)."""
+        task_status.started(self._command_send)
         # Every log line of the session (and of the runner it starts) carries its ids.
         with structlog.contextvars.bound_contextvars(
             session_id=self.session_id,
@@ -452,11 +326,17 @@ class WorkSession:
         ):
             await self._run()
 
+    def _command(self, command: SessionCommand) -> None:
+        try:
+            self._command_send.send_nowait(command)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the session has ended; nothing to do
+
     async def _run(self) -> None:
         succeeded = False
         try:
             with self._command_send:
-                self._stream = self._open_log()
+                self._stream = await self._open_log()
                 job = await self._job_details()
                 if job is not None:
                     succeeded = await self._run_runner(job)
@@ -464,7 +344,7 @@ class WorkSession:
             with trio.CancelScope(shield=True):
                 await self._finish(succeeded)
 
-    def _open_log(self) -> LogStream | None:
+    async def _open_log(self) -> LogStream | None:
         """The session's log: the local file ``<logs>/<queue>/<session>.log`` and, when
         the assignment names a CloudWatch stream and shipping is on, that stream. With
         no local logs the lines wait for CloudWatch in a spool file removed at the end;
@@ -482,11 +362,11 @@ class WorkSession:
             destination = Destination(config.group, config.stream)
         if options.local_session_logs:
             path = path_under(options.logs_dir, self.assignment.queue_id, f"{self.session_id}.log")
-            return self._shipper.open_stream(path, destination)
+            return await open_log_stream(self._shipper, path, destination)
         if destination is None:
             return None
         self._spool = path_under(options.logs_dir, ".spool", f"{self.session_id}.log")
-        return self._shipper.open_stream(self._spool, destination, compact_over=1 << 20)
+        return await open_log_stream(self._shipper, self._spool, destination, compact_over=1 << 20)
 
     async def _job_details(self) -> JobDetails | None:
         config = self.assignment.log_config
@@ -509,33 +389,24 @@ class WorkSession:
             message = Redactor(patterns=self._options.secret_patterns).redact(message)
         log.error("worksession.setup_failed", session_id=self.session_id, error=message)
         self._write([f"[farmhand] session setup failed: {message}"])
-        first = True
-        now = datetime.now(UTC)
-        reported: set[str] = set()
+        # Everything assigned so far, once each (a later Replace repeats what is still assigned).
+        actions: dict[str, AssignedAction] = {}
         while True:
             try:
                 command = self._command_receive.receive_nowait()
             except trio.WouldBlock:
-                return
-            actions = command.actions if isinstance(command, Enqueue | Replace) else ()
-            for action in actions:
-                if action.action_id is None or action.action_id in reported:
-                    continue  # a later Replace repeats what is still assigned
-                reported.add(action.action_id)
-                if first:
-                    fields = {
-                        "completedStatus": "FAILED",
-                        "startedAt": now,
-                        "endedAt": now,
-                        "progressMessage": message[:MAX_PROGRESS_MESSAGE],
-                    }
-                    first = False
-                else:
-                    fields = {"completedStatus": "NEVER_ATTEMPTED"}
-                if action.action_id is not None:
-                    await self._report(
-                        ActionReport(self.session_id, action.action_id, fields, True)
-                    )
+                break
+            for action in command.actions if isinstance(command, Enqueue | Replace) else ():
+                if isinstance(action, AssignedAction):
+                    actions.setdefault(action.action_id, action)
+        for update in returned_updates(
+            self.session_id,
+            list(actions.values()),
+            first=ActionState.FAILED,
+            message=message,
+            now=datetime.now(UTC),
+        ):
+            await self._report(update)
 
     async def _run_runner(self, job: JobDetails) -> bool:
         job_user = self._job_user(job)
@@ -640,7 +511,7 @@ class WorkSession:
         reason = f"the queue's credentials could not be refreshed: {access.error}"
         log.error("worksession.queue_credentials_failed", error=access.error)
         self._write([f"[farmhand] {reason}; stopping the session"])
-        self.command(Stop(grace=None, running_state=ActionState.FAILED, reason=reason))
+        self._command(Stop(grace=None, running_state=ActionState.FAILED, reason=reason))
 
     async def _forward_commands(self, inbox: trio.MemorySendChannel[SessionCommand]) -> None:
         """Pass the scheduler's commands to the runner. After ``Finish`` the session
@@ -677,12 +548,13 @@ class WorkSession:
         if isinstance(item, ExitEnvironment) and item.action_id is None:
             # An exit the runner makes itself (a stop, or the end of a finished session).
             return item
-        if not isinstance(item, DeadlineAction):
+        if not isinstance(item, AssignedAction):
             raise TypeError(f"unexpected queued action {item!r}")
+        if item.unsupported is not None:
+            raise EntityError(("action", item.action_id), "Unsupported", item.unsupported)
         base_env = {"DEADLINE_SESSIONACTION_ID": item.action_id}
-        body = item.body
-        if item.type == "envEnter":
-            environment_id = str(body["environmentId"])
+        if item.kind is ActionKind.ENV_ENTER:
+            environment_id = self._required(item, item.environment_id, "environment id")
             details, step = await self._environment(environment_id)
             return EnterEnvironment(
                 action_id=item.action_id,
@@ -692,46 +564,14 @@ class WorkSession:
                 resolved_symtab=details.resolved_symtab,
                 env=base_env,
             )
-        if item.type == "envExit":
+        if item.kind is ActionKind.ENV_EXIT:
             return ExitEnvironment(
-                action_id=item.action_id, environment_id=str(body["environmentId"]), env=base_env
-            )
-        if item.type == "taskRun":
-            step_id = str(body["stepId"])
-            step = await self._step(step_id)
-            if step.template.script is None:
-                raise EntityError(
-                    ("stepDetails", self.assignment.job_id, step_id),
-                    "ValidationFailed",
-                    "the step has no script",
-                )
-            env = {**base_env, "DEADLINE_STEP_ID": step_id}
-            if body.get("taskId"):
-                env["DEADLINE_TASK_ID"] = str(body["taskId"])
-            hook = None
-            if self._attachments is not None:
-                hook = self._attachments.task_hook(
-                    step_id=step_id,
-                    task_id=str(body["taskId"]) if body.get("taskId") else None,
-                    action_id=item.action_id,
-                )
-            try:
-                parameters = task_parameters_from_wire(body.get("parameters") or {})
-            except ValueError as exc:
-                raise EntityError(
-                    ("taskRun", item.action_id), "ValidationFailed", str(exc)
-                ) from exc
-            return RunTask(
                 action_id=item.action_id,
-                step_name=str(step.template.name),
-                script=step.template.script,
-                parameters=parameters,
-                resolved_symtab=step.resolved_symtab,
-                env=env,
-                hook=hook,
+                environment_id=self._required(item, item.environment_id, "environment id"),
+                env=base_env,
             )
-        if item.type == "syncInputJobAttachments":
-            dependent = str(body["stepId"]) if body.get("stepId") else None
+        if item.kind is ActionKind.SYNC_ATTACHMENTS:
+            dependent = item.step_id
             label = (
                 f"job attachments of step {dependent}'s dependencies"
                 if dependent
@@ -743,14 +583,38 @@ class WorkSession:
                 work=partial(self._sync_attachments, dependent),
                 env=base_env,
             )
-        raise EntityError(
-            ("action", item.action_id),
-            "Unsupported",
-            f"{item.type} actions are not supported by farmhand",
+        step_id = self._required(item, item.step_id, "step id")
+        step = await self._step(step_id)
+        if step.template.script is None:
+            raise EntityError(
+                ("stepDetails", self.assignment.job_id, step_id),
+                "ValidationFailed",
+                "the step has no script",
+            )
+        env = {**base_env, "DEADLINE_STEP_ID": step_id}
+        if item.task_id:
+            env["DEADLINE_TASK_ID"] = item.task_id
+        try:
+            parameters = task_parameters_from_wire(item.parameters)
+        except ValueError as exc:
+            raise EntityError(("taskRun", item.action_id), "ValidationFailed", str(exc)) from exc
+        hook = None
+        if self._attachments is not None:
+            hook = self._attachments.task_hook(
+                step_id=step_id, task_id=item.task_id or None, action_id=item.action_id
+            )
+        return RunTask(
+            action_id=item.action_id,
+            step_name=str(step.template.name),
+            script=step.template.script,
+            parameters=parameters,
+            resolved_symtab=step.resolved_symtab,
+            env=env,
+            hook=hook,
         )
 
     async def _sync_attachments(self, step_id: str | None, context: HostContext) -> None:
-        """``syncInputJobAttachments``: the one place a wire sync becomes library work."""
+        """``syncInputJobAttachments``: the one place a sync becomes library work."""
         if self._attachments is None:
             if self._attachment_provider is None:
                 raise EntityError(
@@ -772,6 +636,12 @@ class WorkSession:
         if step_id is not None:
             dependencies = (await self._step(step_id)).dependencies
         await self._attachments.sync_inputs(context, details, dependencies)
+
+    @staticmethod
+    def _required(action: AssignedAction, value: str | None, what: str) -> str:
+        if value is None:
+            raise EntityError(("action", action.action_id), "ValidationFailed", f"no {what}")
+        return value
 
     async def _step(self, step_id: str) -> StepDetails:
         step = self._steps.get(step_id)
@@ -814,28 +684,36 @@ class WorkSession:
             return
         action_id = event.action_id if not isinstance(event, SessionEnded) else None
         if isinstance(event, ActionStarted):
+            if action_id is not None:
+                self._kinds[action_id] = event.kind
             params = " ".join(f"{k}={v}" for k, v in event.parameters.items())
             self._write([f"==== {event.kind.value} {event.name} {params} ({action_id}) ===="])
             if action_id is not None:
                 await self._report(
-                    ActionReport(
-                        self.session_id, action_id, {"startedAt": _wire_time(event.time)}, False
-                    )
+                    ActionUpdate(self.session_id, action_id, event.kind, started_at=event.time)
                 )
         elif isinstance(event, ActionProgress):
             if action_id is not None:
-                fields = {
-                    "progressPercent": min(max(event.progress, 0.0), 100.0),
-                    "updatedAt": datetime.now(UTC),
-                }
-                await self._report(ActionReport(self.session_id, action_id, fields, False))
+                await self._report(
+                    ActionUpdate(
+                        self.session_id,
+                        action_id,
+                        self._kinds.get(action_id, ActionKind.TASK_RUN),
+                        progress=event.progress,
+                        updated_at=datetime.now(UTC),
+                    )
+                )
         elif isinstance(event, ActionStatusMessage):
             if action_id is not None:
-                fields = {
-                    "progressMessage": event.message[:MAX_PROGRESS_MESSAGE],
-                    "updatedAt": datetime.now(UTC),
-                }
-                await self._report(ActionReport(self.session_id, action_id, fields, False))
+                await self._report(
+                    ActionUpdate(
+                        self.session_id,
+                        action_id,
+                        self._kinds.get(action_id, ActionKind.TASK_RUN),
+                        message=event.message,
+                        updated_at=datetime.now(UTC),
+                    )
+                )
         elif isinstance(event, SessionLog):
             self._write(
                 [
@@ -849,9 +727,7 @@ class WorkSession:
                 code = f", exit code {event.exit_code}" if event.exit_code is not None else ""
                 self._write([f"==== {action_id} ended: {event.state.value}{code} ===="])
             if action_id is not None:
-                await self._report(
-                    ActionReport(self.session_id, action_id, final_fields(event), True)
-                )
+                await self._report(final_update(self.session_id, event))
 
     def _write(self, lines: Any) -> None:
         if self._stream is not None:
@@ -862,7 +738,7 @@ class WorkSession:
                     "worksession.log_write_failed", session_id=self.session_id, error=str(exc)
                 )
 
-    async def _report(self, report: Report) -> None:
+    async def _report(self, report: SessionReport) -> None:
         try:
             await self._reports.send(report)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -893,5 +769,4 @@ class WorkSession:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the cache goes with the fetcher, or on the next Forget
         with trio.move_on_after(10):
-            await self._report(SessionFinished(self.session_id, succeeded))
-        self.finished.set()
+            await self._report(SessionClosed(self.session_id, succeeded))

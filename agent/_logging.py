@@ -13,7 +13,7 @@ Secrets never reach any of them: before a record is rendered, every string in
 it (the event, each value, inside lists and mappings; other values by their
 ``str``) is masked where it matches a configured secret pattern or holds a
 secret value of a session alive in this process (``openjd_redacted_env``;
-``actors._output.LIVE_SECRETS``).
+``actors.LIVE_SECRETS``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from actors._output import LIVE_SECRETS, Redactor
+from actors import LIVE_SECRETS, Redactor
 
 LogSink = Callable[[Iterable[str]], None]
 #: (sink, the worker whose records it takes, or None for all)

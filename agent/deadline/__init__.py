@@ -40,3 +40,13 @@ from ._retry import Attempt as Attempt
 from ._retry import RetryPolicy as RetryPolicy
 from ._retry import backoff_delay as backoff_delay
 from ._retry import honour_retry_after as honour_retry_after
+from ._schedule import COMPLETED_STATUS as COMPLETED_STATUS
+from ._schedule import MAX_PROGRESS_MESSAGE as MAX_PROGRESS_MESSAGE
+from ._schedule import DeadlineSchedule as DeadlineSchedule
+from ._schedule import WireSchedule as WireSchedule
+from ._schedule import action_from_api as action_from_api
+from ._schedule import assignment_from_api as assignment_from_api
+from ._schedule import completed_counts as completed_counts
+from ._schedule import exit_code_32 as exit_code_32
+from ._schedule import schedule_from_api as schedule_from_api
+from ._schedule import update_fields as update_fields

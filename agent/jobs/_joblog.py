@@ -7,7 +7,7 @@ sinks: it opens them before the run and closes (flushes) them after it.
 - ``LogFile``: a plain local file, the lines appended as written, optionally
   each with a UTC timestamp.
 - ``open_cloudwatch_log``: a CloudWatch Logs stream through the log shipper
-  (``actors._logship``); the sink is the shipper's ``LogStream``, whose local
+  (``actors.LogShipper``); the sink is the shipper's ``LogStream``, whose local
   spool file is the upload queue, so a slow or unreachable CloudWatch never
   blocks the job and loses nothing while the block lasts.
 - ``OutputTail``: the last lines in memory, for error messages and for
@@ -30,7 +30,7 @@ import httpx
 import structlog
 import trio
 
-from actors._logship import Destination, LogShipper, LogSinkError, LogStream
+from actors import Destination, LogShipper, LogSinkError, LogStream
 
 from ..deadline import (
     NO_RETRIES,
@@ -168,7 +168,8 @@ async def open_cloudwatch_log(
         logs = LogsClient(client, endpoint, credentials, default_policy=NO_RETRIES)
         sink = CloudWatchSink(logs)
         async with trio.open_nursery() as nursery:
-            shipper: LogShipper = await nursery.start(LogShipper(sink).run)
+            shipper = LogShipper(sink)
+            await nursery.start(shipper.run)
             if create:
                 # The shipper creates a missing stream (and group) itself too; doing it
                 # first only spares the first batch a round trip.

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import nullcontext
 from functools import partial
 
@@ -81,12 +81,16 @@ async def serve_worker(
                         reason = await worker.wait_stop_requested()
                         await worker.drain(worker.stop_grace)
                 nursery.cancel_scope.cancel(reason="the worker has stopped")
-    except BaseExceptionGroup as group:
-        # One farm error ends the worker; report it rather than the group around it.
-        matched, rest = group.split(FarmhandError)
-        if matched is not None and rest is None:
-            raise _first(matched) from group
-        raise
+    except* FarmhandError as group:
+        # What ended the worker, not the nurseries around it: the one farm error as it
+        # is, or several summed up in one (the group chained, never dropped). Anything
+        # else in the group goes on as it came.
+        errors = list(_leaves(group))
+        if len(errors) == 1:
+            raise errors[0] from group
+        raise FarmhandError(
+            f"the worker ended with {len(errors)} errors: " + "; ".join(map(str, errors))
+        ) from group
     return reason
 
 
@@ -110,9 +114,12 @@ def run(
     )
 
 
-def _first(group: BaseExceptionGroup[FarmhandError]) -> FarmhandError:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+def _leaves(group: BaseExceptionGroup[FarmhandError]) -> Iterator[FarmhandError]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 async def _watch_event(stop: threading.Event, worker: Worker) -> None:

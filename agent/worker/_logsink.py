@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors._logship import LogEvent, LogSinkError, PutResult, SinkErrorKind
+from actors import LogEvent, LogSinkError, PutResult, SinkErrorKind
 
 from .._errors import (
     AccessDeniedError,

@@ -53,8 +53,7 @@ import attrs
 import structlog
 import trio
 
-from actors._jobuser import ResolvedJobUser
-from actors._worksession import QueueAccess, QueueCredentialsError
+from actors import QueueAccess, QueueCredentialsError, ResolvedJobUser
 
 from .._errors import (
     FarmhandError,
@@ -223,7 +222,7 @@ class QueueCredentials:
                     note="the farm gave no credentials; the jobs run without a queue profile",
                 )
                 entry.none = True
-                self._retire(entry, None, keep_waiters=True)
+                self._retire(entry, None)
             else:
                 self._install(entry, credentials)
                 assert self._nursery is not None, "QueueCredentials.run is not running"
@@ -231,7 +230,7 @@ class QueueCredentials:
         except (FarmhandError, OSError, ValueError) as exc:
             self._failures += 1
             log.error("queuecreds.unavailable", queue_id=entry.queue_id, error=str(exc))
-            self._retire(entry, str(exc), keep_waiters=True)
+            self._retire(entry, str(exc))
         finally:
             entry.ready.set()
 
@@ -288,9 +287,9 @@ class QueueCredentials:
             access.error = error
             access.failed.set()
 
-    def _retire(self, entry: _Entry, error: str | None, *, keep_waiters: bool = False) -> None:
+    def _retire(self, entry: _Entry, error: str | None) -> None:
         """Forget ``entry`` and remove its files (its sessions have ended, or it never got
-        credentials; ``keep_waiters``: sessions waiting for it still read ``error``)."""
+        credentials; sessions waiting for it still read ``error``)."""
         entry.scope.cancel(reason="no session uses these credentials")
         key = (entry.queue_id, entry.role_arn, entry.job_user.gid if entry.job_user else None)
         if self._entries.get(key) is entry:

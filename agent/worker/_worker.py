@@ -7,7 +7,10 @@
     entity fetcher          BatchGetJobEntity, batched and shared
     scheduler               UpdateWorkerSchedule; a WorkSession per assigned session
     heartbeat               a sync at the farm's interval, whatever else happens
+    scheduler follower      the scheduler's events: interval, farm stop, sessions over
     stop watcher            exit-after-jobs and idle-timeout, for ephemeral workers
+
+The actors talk by messages only (``actors._messages``; ARCHITECTURE.md).
 
 The block gets a ``Worker``: ``statistics()``, ``drain(grace)``,
 ``finish_then_stop()`` and ``wait_stop_requested()``. Leaving the block drains
@@ -44,19 +47,40 @@ import httpx
 import structlog
 import trio
 
-from actors import ActionState, Cancel, Containment, SessionEvent
-from actors._fetcher import EntityFetcher
-from actors._heartbeat import Heartbeat
-from actors._jobuser import JobUser
-from actors._logship import Destination, LogShipper, LogStream
-from actors._scheduler import Scheduler
-from actors._supervise import SupervisorStatistics, supervise
-from actors._worksession import (
-    Assignment,
-    Report,
+from actors import (
+    ActionState,
+    CancelRunning,
+    Containment,
+    Destination,
+    EntityFetcher,
+    FarmStopRequested,
+    FinishSessions,
+    Heartbeat,
+    HeartbeatCommand,
+    IntervalChanged,
+    JobUser,
+    LogShipper,
+    LogStream,
+    RefuseNewSessions,
+    Scheduler,
+    SchedulerCommand,
+    SchedulerEvent,
+    SessionAssignment,
+    SessionClosed,
+    SessionEvent,
+    SessionReport,
+    StopSessions,
+    SupervisorStatistics,
     WorkerIdentity,
     WorkSession,
     WorkSessionOptions,
+    close_schedule,
+    open_log_stream,
+    set_interval,
+    supervise,
+    sync_now,
+    tell,
+    wait_sessions,
 )
 
 from .._errors import FarmhandError, RetriesExhausted, TransportError
@@ -65,8 +89,10 @@ from ..attachments._worker import WorkerAttachments
 from ..deadline import (
     NO_RETRIES,
     CredentialHolder,
+    DeadlineSchedule,
     LogsClient,
     ServiceEndpoint,
+    completed_counts,
     load_default_credentials,
     resolve_endpoint,
 )
@@ -164,6 +190,7 @@ class Worker:
         config: WorkerConfig,
         booted: Bootstrapped,
         scheduler: Scheduler,
+        scheduler_inbox: trio.MemorySendChannel[SchedulerCommand],
         heartbeat: Heartbeat,
         shipper: LogShipper,
         deadline_stats: Callable[[], Any],
@@ -177,6 +204,7 @@ class Worker:
         self.fleet_id = config.fleet_id
         self._booted = booted
         self._scheduler = scheduler
+        self._scheduler_inbox = scheduler_inbox
         self._heartbeat = heartbeat
         self._shipper = shipper
         self._deadline_stats = deadline_stats
@@ -210,7 +238,7 @@ class Worker:
             worker_id=self.worker_id,
             state=self._state,
             sessions=scheduler.sessions,
-            actions=dict(scheduler.reported),
+            actions=completed_counts(scheduler.reported),
             syncs=scheduler.syncs,
             updates_pending=scheduler.pending_updates,
             heartbeat_age=self._heartbeat.age(),
@@ -299,15 +327,14 @@ class Worker:
         """Call UpdateWorkerSchedule now (reports go out, news comes in) instead of at the
         next heartbeat; returns once a call that started after this one is done. For a
         host that knows the farm has something for the worker (a cancel, new work)."""
-        await self._scheduler.sync_now()
+        await sync_now(self._scheduler_inbox)
 
     def cancel_running(self, *, time_limit: float | None = None, reason: str) -> None:
         """Cancel the action each session is running, with its own cancelation method or
         within ``time_limit`` seconds (0: kill it now). The sessions go on as after any
         cancel: the rest of their work is skipped, their environment exits run, and the
         farm hears the outcome as usual."""
-        for session in self._scheduler.sessions.values():
-            session.command(Cancel(time_limit=time_limit, reason=reason))
+        tell(self._scheduler_inbox, CancelRunning(time_limit, reason))
 
     # ---------------------------------------------------------------- stopping
 
@@ -316,20 +343,39 @@ class Worker:
         if self._finish_then_stop:
             return
         self._finish_then_stop = True
-        self._scheduler.finish_sessions()
-        log.info("worker.finishing", sessions=len(self._scheduler.sessions))
+        tell(self._scheduler_inbox, FinishSessions())
+        log.info("worker.finishing", sessions=self._sessions())
         self._check_finished()
 
+    def _sessions(self) -> int:
+        return self._scheduler.statistics().sessions
+
     def _check_finished(self) -> None:
-        if self._finish_then_stop and not self._scheduler.sessions:
+        if self._finish_then_stop and not self._sessions():
             self.request_stop("finished")
 
-    def _session_finished(self, session_id: str) -> None:
+    async def _follow_scheduler(
+        self,
+        events: trio.MemoryReceiveChannel[SchedulerEvent],
+        heartbeat: trio.MemorySendChannel[HeartbeatCommand],
+    ) -> None:
+        """What the scheduler says: the farm's interval goes to the heartbeat (latest
+        wins), a farm stop and finished sessions to the stop rules."""
+        with events:
+            async for event in events:
+                if isinstance(event, IntervalChanged):
+                    set_interval(heartbeat, event.seconds)
+                elif isinstance(event, FarmStopRequested):
+                    self.request_stop("farm")
+                elif isinstance(event, SessionClosed):
+                    self._session_closed()
+
+    def _session_closed(self) -> None:
         self.sessions_finished += 1
         limit = self.config.exit_after_jobs
         if limit is not None and self.sessions_finished >= limit:
-            if not self._scheduler.sessions:
-                self._scheduler.refuse_new_sessions()
+            if not self._sessions():
+                tell(self._scheduler_inbox, RefuseNewSessions())
                 self.request_stop("exit_after_jobs")
             else:
                 self.finish_then_stop()  # the sessions still running finish their work
@@ -346,8 +392,9 @@ class Worker:
                 self._drain_wait.deadline = min(
                     self._drain_wait.deadline, deadline + SHUTDOWN_CALL_SECONDS
                 )
-                self._scheduler.stop_sessions(
-                    grace=grace, running_state=ActionState.INTERRUPTED, reason="drain, hurried"
+                tell(
+                    self._scheduler_inbox,
+                    StopSessions(grace, ActionState.INTERRUPTED, "drain, hurried"),
                 )
             await self._drained.wait()
             return
@@ -355,42 +402,45 @@ class Worker:
         self._drain_deadline = deadline
         self._state = "draining"
         worker = self._booted.worker
-        log.info("worker.draining", grace=grace, sessions=len(self._scheduler.sessions))
+        log.info("worker.draining", grace=grace, sessions=self._sessions())
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPING"), "UpdateWorker(STOPPING)")
-        self._scheduler.stop_sessions(
-            grace=grace, running_state=ActionState.INTERRUPTED, reason="the worker is draining"
+        tell(
+            self._scheduler_inbox,
+            StopSessions(grace, ActionState.INTERRUPTED, "the worker is draining"),
         )
         # Sessions get their grace for actions and exits; then a moment for the last reports.
         self._drain_wait.deadline = self._drain_deadline + SHUTDOWN_CALL_SECONDS
         with self._drain_wait:
-            await self._scheduler.wait_sessions_reported()
+            await wait_sessions(self._scheduler_inbox, "reported")
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
+            await _quietly(sync_now(self._scheduler_inbox), "UpdateWorkerSchedule (final)")
         # The heartbeat went on until here; a sync after STOPPED would be refused
         # (the farm answers that the worker is offline), so none may start or be in flight.
         self.heartbeat_scope.cancel(reason="the worker is stopping")
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(self._scheduler.close(), "UpdateWorkerSchedule (in flight)")
+            await _quietly(
+                close_schedule(self._scheduler_inbox), "UpdateWorkerSchedule (in flight)"
+            )
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"
         # The sessions' last log lines, which need no farm, ship now.
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await self._scheduler.wait_sessions_finished()
+            await wait_sessions(self._scheduler_inbox, "closed")
         log.info("worker.stopped", worker_id=self.worker_id)
         self.request_stop("drained")
         self._drained.set()
 
     async def _watch_idle(self, idle_timeout: float) -> None:
         while True:
-            if self._scheduler.sessions:
-                await self._scheduler.wait_sessions_changed()
+            if self._sessions():
+                await wait_sessions(self._scheduler_inbox, "closed")
                 continue
             with trio.move_on_after(idle_timeout):
-                await self._scheduler.wait_sessions_changed()
+                await wait_sessions(self._scheduler_inbox, "busy")
                 continue
-            self._scheduler.refuse_new_sessions()
+            tell(self._scheduler_inbox, RefuseNewSessions())
             self.request_stop("idle_timeout")
             return
 
@@ -548,9 +598,12 @@ async def _run_worker(
     tokens = structlog.contextvars.bind_contextvars(worker_id=booted.worker_id)
     try:
         async with trio.open_nursery() as nursery:
-            shipper: LogShipper = await nursery.start(LogShipper(CloudWatchSink(logs_client)).run)
+            # The actors start in dependency order; each hands back its inbox.
+            shipper = LogShipper(CloudWatchSink(logs_client))
+            shipper_inbox = await nursery.start(shipper.run)
             if booted.log_group and booted.log_stream:
-                agent_stream = shipper.open_stream(
+                agent_stream = await open_log_stream(
+                    shipper_inbox,
                     config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
                     Destination(booted.log_group, booted.log_stream),
                     compact_over=1 << 20,
@@ -566,17 +619,16 @@ async def _run_worker(
                 region=config.region,
                 max_concurrency=config.attachment_concurrency,
             )
-            heartbeat_holder: list[Heartbeat] = []
 
             def make_session(
-                assignment: Assignment, reports: trio.MemorySendChannel[Report]
+                assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
             ) -> WorkSession:
                 return WorkSession(
                     assignment,
                     identity=identity,
                     fetcher=fetcher,
                     reports=reports,
-                    shipper=shipper,
+                    shipper=shipper_inbox,
                     options=options,
                     on_event=partial(on_event, assignment.session_id) if on_event else None,
                     containment=containment,
@@ -584,20 +636,15 @@ async def _run_worker(
                     attachments=attachments,
                 )
 
+            events_send, events_receive = trio.open_memory_channel[SchedulerEvent](16)
             scheduler = Scheduler(
-                booted.worker,
+                DeadlineSchedule(booted.worker),
                 make_session,
+                events=events_send,
                 report_interval=config.report_interval_seconds,
-                on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
-                on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
-                on_session_finished=lambda session_id: (
-                    worker._session_finished(session_id) if worker else None
-                ),
             )
-            heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
-            heartbeat_holder.append(heartbeat)
             supervision = SupervisorStatistics()
-            await nursery.start(
+            scheduler_inbox = await nursery.start(
                 partial(
                     scheduler.run,
                     supervise=partial(
@@ -605,10 +652,14 @@ async def _run_worker(
                     ),
                 )
             )
+            heartbeat = Heartbeat(
+                partial(sync_now, scheduler_inbox), scheduler.statistics().interval
+            )
             worker = Worker(
                 config,
                 booted,
                 scheduler,
+                scheduler_inbox,
                 heartbeat,
                 shipper,
                 booted.worker.deadline.statistics,
@@ -616,12 +667,15 @@ async def _run_worker(
                 queue_credentials,
             )
 
-            async def run_heartbeat(*, task_status: trio.TaskStatus[None]) -> None:
+            async def run_heartbeat(
+                *, task_status: trio.TaskStatus[trio.MemorySendChannel[HeartbeatCommand]]
+            ) -> None:
                 assert worker is not None
                 with worker.heartbeat_scope:
                     await heartbeat.run(task_status=task_status)
 
-            await nursery.start(run_heartbeat)
+            heartbeat_inbox = await nursery.start(run_heartbeat)
+            nursery.start_soon(worker._follow_scheduler, events_receive, heartbeat_inbox)
 
             async def credentials_failed(seconds_left: float) -> None:
                 worker.request_stop("credentials", grace=seconds_left)

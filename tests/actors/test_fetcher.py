@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
+from actors import EntityFetcher, FetcherCommand, Forget, fetch
 from actors._entities import EntityError, environment_details_id, job_details_id, step_details_id
-from actors._fetcher import EntityFetcher, FetcherCommand, Forget, fetch
 
 JOB = "job-" + "a" * 32
 

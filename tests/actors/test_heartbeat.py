@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors._heartbeat import Heartbeat
+from actors import Heartbeat, set_interval
 from actors._supervise import RestartLimitExceeded, SupervisorStatistics, supervise
 
 
@@ -42,9 +42,9 @@ async def test_a_shorter_interval_applies_at_once(autojump_clock: trio.testing.M
 
     heartbeat = Heartbeat(beat, 100)
     async with trio.open_nursery() as nursery:
-        await nursery.start(heartbeat.run)
+        inbox = await nursery.start(heartbeat.run)
         await trio.sleep(5)
-        heartbeat.set_interval(15)
+        assert set_interval(inbox, 15)
         await trio.sleep(41)
         nursery.cancel_scope.cancel()
     assert starts == [0, 15, 30, 45]
@@ -134,3 +134,26 @@ async def test_supervisor_restarts_groups_of_transient_failures(
 
     await supervise(actor, name="t", transient=(Flaky,), rng=random.Random(2))
     assert calls == 2
+
+
+async def test_a_heartbeat_whose_inbox_is_closed_beats_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Closing the inbox only means no more interval changes; the latest one counts."""
+    from actors import SetInterval
+
+    starts: list[float] = []
+
+    async def beat() -> None:
+        starts.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        inbox = await nursery.start(Heartbeat(beat, 10).run)
+        inbox.send_nowait(SetInterval(30))
+        inbox.send_nowait(SetInterval(20))  # latest wins
+        inbox.close()
+        await trio.sleep(61)
+        nursery.cancel_scope.cancel()
+    assert starts == [0, 20, 40, 60]
+    assert not set_interval(inbox, 5)  # closed: not taken

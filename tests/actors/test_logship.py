@@ -14,17 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors._logship import (
-    EVENT_OVERHEAD_BYTES,
-    MAX_EVENT_BYTES,
-    Destination,
-    LogEvent,
-    LogShipper,
-    LogSinkError,
-    PutResult,
-    SinkErrorKind,
-    split_message,
-)
+from actors import Destination, LogEvent, LogShipper, LogSinkError, PutResult, SinkErrorKind
+from actors._logship import EVENT_OVERHEAD_BYTES, MAX_EVENT_BYTES, split_message
 
 DEST = Destination("/aws/deadline/farm/queue", "session-1")
 
@@ -314,7 +305,7 @@ async def test_a_spool_stream_is_emptied_once_shipped(
     sink = FakeSink()
     async with trio.open_nursery() as nursery:
         shipper = await start(nursery, sink)
-        from actors._logship import LogStream
+        from actors import LogStream
 
         stream = LogStream(tmp_path / "agent.spool", DEST, compact_over=100)
         nursery.start_soon(stream._upload, sink, shipper)
@@ -353,3 +344,26 @@ async def test_the_last_batch_of_a_closed_stream_is_not_held_back(
     assert closed_at == 0.0
     # The closed backlog: paced, but its last batch not held back.
     assert [round(t - closed_at, 6) for t in times[2:]] == [0.0, 0.2, 0.2]
+
+
+async def test_streams_are_opened_through_the_inbox(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """OpenLogStream answers with a stream on its reply channel; a path that cannot be
+    opened is the asker's error, and the shipper goes on."""
+    from actors import open_log_stream
+
+    sink = FakeSink()
+    async with trio.open_nursery() as nursery:
+        inbox = await nursery.start(LogShipper(sink, rng=random.Random(7)).run)
+        stream = await open_log_stream(inbox, tmp_path / "s.log", DEST)
+        stream.write(["through the inbox"])
+        await stream.flush()
+        (tmp_path / "file").write_text("")
+        with pytest.raises(FileExistsError):  # its directory is a file
+            await open_log_stream(inbox, tmp_path / "file" / "under-a-file.log")
+        again = await open_log_stream(inbox, tmp_path / "t.log")
+        again.write(["still shipping"])
+        nursery.cancel_scope.cancel()
+    assert sink.messages()[-1].endswith("through the inbox")
+    assert (tmp_path / "t.log").read_text().endswith("still shipping\n")

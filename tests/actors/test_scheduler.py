@@ -6,6 +6,7 @@ import copy
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,34 @@ import pytest
 import trio
 import trio.testing
 
-from actors._entities import key_of
-from actors._fetcher import EntityFetcher
-from actors._logship import LogShipper
-from actors._messages import ActionState
-from actors._scheduler import Scheduler
-from actors._worksession import (
-    ActionReport,
-    Assignment,
-    Report,
+from actors import (
+    ActionKind,
+    ActionState,
+    ActionUpdate,
+    EntityFetcher,
+    FarmStopRequested,
+    FinishSessions,
+    IntervalChanged,
+    LogShipper,
+    Scheduler,
+    SchedulerCommand,
+    SchedulerEvent,
+    SchedulerStatistics,
+    SessionAssignment,
+    SessionCommand,
+    SessionReport,
+    StopSessions,
+    SyncNow,
     WorkerIdentity,
     WorkSession,
     WorkSessionOptions,
-    exit_code_32,
+    close_schedule,
+    sync_now,
+    tell,
+    wait_sessions,
 )
+from actors._entities import key_of
+from agent.deadline import DeadlineSchedule, exit_code_32
 
 HEX = "0123456789abcdef" * 2
 FARM, FLEET, WORKER = f"farm-{HEX}", f"fleet-{HEX}", f"worker-{HEX}"
@@ -186,11 +201,61 @@ class FakeFarm:
 
 
 @attrs.define
+class Handle:
+    """Drives a running scheduler through its inbox, as its owner does."""
+
+    scheduler: Scheduler
+    inbox: trio.MemorySendChannel[SchedulerCommand]
+
+    async def sync_now(self) -> None:
+        await sync_now(self.inbox)
+
+    def request_sync(self) -> None:
+        reply_send, _ = trio.open_memory_channel[None](1)
+        tell(self.inbox, SyncNow(reply_send))
+
+    async def close(self) -> None:
+        await close_schedule(self.inbox)
+
+    async def wait_sessions_finished(self) -> None:
+        await wait_sessions(self.inbox, "closed")
+
+    def stop_sessions(self, *, grace: float, running_state: ActionState, reason: str) -> None:
+        tell(self.inbox, StopSessions(grace, running_state, reason))
+
+    def finish_sessions(self) -> None:
+        tell(self.inbox, FinishSessions())
+
+    def statistics(self) -> SchedulerStatistics:
+        return self.scheduler.statistics()
+
+
+async def start_scheduler(
+    nursery: trio.Nursery, farm: Any, factory: Any, *, supervise: Any = None, **options: Any
+) -> Handle:
+    scheduler = Scheduler(DeadlineSchedule(farm), factory, **options)
+    inbox = await nursery.start(partial(scheduler.run, supervise=supervise))
+    return Handle(scheduler, inbox)
+
+
+@attrs.define
 class Running:
     farm: FakeFarm
-    scheduler: Scheduler
+    scheduler: Handle
     logs: Path
     stop_requests: list[bool]
+
+
+async def collect_events(
+    events: trio.MemoryReceiveChannel[SchedulerEvent],
+    intervals: list[float],
+    stop_requests: list[bool],
+) -> None:
+    async for event in events:
+        if isinstance(event, IntervalChanged):
+            intervals.append(event.seconds)
+        elif isinstance(event, FarmStopRequested):
+            stop_requests.append(True)
 
 
 @asynccontextmanager
@@ -200,7 +265,9 @@ async def running(tmp_path: Path, farm: FakeFarm) -> AsyncIterator[Running]:
         shipper = await nursery.start(LogShipper(None).run)
         fetcher = await nursery.start(EntityFetcher(farm.batch_get).run)
 
-        def factory(assignment: Assignment, reports: trio.MemorySendChannel[Report]) -> WorkSession:
+        def factory(
+            assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
+        ) -> WorkSession:
             return WorkSession(
                 assignment,
                 identity=WorkerIdentity(FARM, FLEET, WORKER),
@@ -212,8 +279,9 @@ async def running(tmp_path: Path, farm: FakeFarm) -> AsyncIterator[Running]:
                 ),
             )
 
-        scheduler = Scheduler(farm, factory, on_stop_requested=lambda: stop_requests.append(True))
-        await nursery.start(scheduler.run)
+        events_send, events_receive = trio.open_memory_channel[SchedulerEvent](16)
+        nursery.start_soon(collect_events, events_receive, [], stop_requests)
+        scheduler = await start_scheduler(nursery, farm, factory, events=events_send)
         yield Running(farm, scheduler, tmp_path / "logs", stop_requests)
         nursery.cancel_scope.cancel()
 
@@ -307,7 +375,7 @@ async def test_a_failed_call_loses_nothing_and_sends_it_again(tmp_path: Path) ->
             fetcher = await nursery.start(EntityFetcher(farm2.batch_get).run)
 
             def factory(
-                assignment: Assignment, reports: trio.MemorySendChannel[Report]
+                assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
             ) -> WorkSession:
                 return WorkSession(
                     assignment,
@@ -320,8 +388,7 @@ async def test_a_failed_call_loses_nothing_and_sends_it_again(tmp_path: Path) ->
                     ),
                 )
 
-            scheduler = Scheduler(farm2, factory)
-            await nursery.start(partial_run(scheduler, supervise))
+            scheduler = await start_scheduler(nursery, farm2, factory, supervise=supervise)
             await scheduler.sync_now()
             farm2.fail_next = [Transient("connection dropped")]
             await farm2.wait_until(lambda: len(farm2.completed) == 1)
@@ -332,13 +399,6 @@ async def test_a_failed_call_loses_nothing_and_sends_it_again(tmp_path: Path) ->
     assert len(sent_final) == 2  # once into the failure, once again
     assert sent_final[0] == sent_final[1]
     assert farm2.completed == {action_id(0): "SUCCEEDED"}
-
-
-def partial_run(scheduler: Scheduler, supervise: Any) -> Any:
-    async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await scheduler.run(supervise=supervise, task_status=task_status)
-
-    return run
 
 
 async def test_cancel_from_the_farm_cancels_the_running_action(tmp_path: Path) -> None:
@@ -449,13 +509,11 @@ async def test_farm_interval_and_stop_request_reach_the_owner(tmp_path: Path) ->
     intervals: list[float] = []
     async with trio.open_nursery() as nursery:
         stopped: list[bool] = []
-        scheduler = Scheduler(
-            farm,
-            lambda a, r: pytest.fail("no sessions"),
-            on_interval=intervals.append,
-            on_stop_requested=lambda: stopped.append(True),
+        events_send, events_receive = trio.open_memory_channel[SchedulerEvent](16)
+        nursery.start_soon(collect_events, events_receive, intervals, stopped)
+        scheduler = await start_scheduler(
+            nursery, farm, lambda a, r: pytest.fail("no sessions"), events=events_send
         )
-        await nursery.start(scheduler.run)
         await scheduler.sync_now()
         await scheduler.sync_now()
         nursery.cancel_scope.cancel()
@@ -538,8 +596,7 @@ async def test_a_closed_scheduler_syncs_no_more(tmp_path: Path) -> None:
     """After close() no sync starts (the worker is STOPPED) and sync_now returns at once."""
     farm = FakeFarm(py("pass"))
     async with trio.open_nursery() as nursery:
-        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
-        await nursery.start(scheduler.run)
+        scheduler = await start_scheduler(nursery, farm, lambda a, r: pytest.fail("no sessions"))
         await scheduler.sync_now()
         await scheduler.close()
         with trio.fail_after(1):
@@ -573,8 +630,7 @@ async def test_close_waits_for_a_sync_that_started_after_the_final_one() -> None
     farm.update_worker_schedule = counted  # type: ignore[method-assign]
     seen_in_flight: list[int] = []
     async with trio.open_nursery() as nursery:
-        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
-        await nursery.start(scheduler.run)
+        scheduler = await start_scheduler(nursery, farm, lambda a, r: pytest.fail("no sessions"))
 
         async def final() -> None:
             await scheduler.sync_now()
@@ -608,8 +664,7 @@ async def test_a_late_sync_failing_after_close_is_not_an_error() -> None:
 
     farm.update_worker_schedule = hung  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
-        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
-        await nursery.start(scheduler.run)
+        scheduler = await start_scheduler(nursery, farm, lambda a, r: pytest.fail("no sessions"))
         nursery.start_soon(scheduler.sync_now)
         await trio.testing.wait_all_tasks_blocked()
         with trio.move_on_after(0.01) as scope:
@@ -625,22 +680,27 @@ async def test_a_late_sync_failing_after_close_is_not_an_error() -> None:
 class ScriptedSession:
     """Stands in for a WorkSession: the test writes its reports."""
 
-    def __init__(self, assignment: Assignment, reports: trio.MemorySendChannel[Report]) -> None:
+    def __init__(
+        self, assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
+    ) -> None:
         self.assignment = assignment
         self.session_id = assignment.session_id
         self.reports = reports
         self.commands: list[Any] = []
-        self.finished = trio.Event()
 
-    def command(self, command: Any) -> None:
-        self.commands.append(command)
-
-    async def run(self) -> None:
-        await trio.sleep_forever()
+    async def run(
+        self, *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
+    ) -> None:
+        send, receive = trio.open_memory_channel[SessionCommand](100)
+        task_status.started(send)
+        async for command in receive:
+            self.commands.append(command)
 
     async def final(self, n: int, status: str) -> None:
-        fields = {"completedStatus": status}
-        await self.reports.send(ActionReport(SESSION, action_id(n), fields, True))
+        state = {"SUCCEEDED": ActionState.SUCCESS, "FAILED": ActionState.FAILED}[status]
+        await self.reports.send(
+            ActionUpdate(SESSION, action_id(n), ActionKind.TASK_RUN, state=state)
+        )
 
 
 async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
@@ -660,13 +720,14 @@ async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
 
     farm.update_worker_schedule = timed  # type: ignore[method-assign]
 
-    def factory(assignment: Assignment, reports: trio.MemorySendChannel[Report]) -> Any:
+    def factory(
+        assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
+    ) -> Any:
         sessions.append(ScriptedSession(assignment, reports))
         return sessions[-1]
 
     async with trio.open_nursery() as nursery:
-        scheduler = Scheduler(farm, factory, report_interval=1.0)
-        await nursery.start(scheduler.run)
+        scheduler = await start_scheduler(nursery, farm, factory, report_interval=1.0)
         await scheduler.sync_now()  # t=0: the session arrives
         [worker_session] = sessions
         await worker_session.final(0, "SUCCEEDED")
@@ -709,8 +770,7 @@ async def test_close_waits_for_the_call_in_flight_and_makes_no_more(
         raise RuntimeError("the farm says the worker is stopping")
 
     async with trio.open_nursery() as nursery:
-        scheduler = Scheduler(farm, lambda a, r: pytest.fail("no sessions"))
-        await nursery.start(scheduler.run)
+        scheduler = await start_scheduler(nursery, farm, lambda a, r: pytest.fail("no sessions"))
         farm.update_worker_schedule = slow  # type: ignore[method-assign]
         scheduler.request_sync()
         await started.wait()

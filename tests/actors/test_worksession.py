@@ -1,18 +1,25 @@
-"""actors._worksession: how a work session reports the end of each action.
+"""actors._worksession: how a work session reports the end of each action, as the
+Deadline edge (agent.deadline.update_fields) writes it for UpdateWorkerSchedule.
 
 (The session's traffic with the scheduler is exercised in test_scheduler.py.)"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from actors._messages import ActionEnded, ActionKind, ActionState
-from actors._worksession import MAX_PROGRESS_MESSAGE, exit_code_32, final_fields
+from actors import ActionEnded, ActionKind, ActionState, final_update
+from agent.deadline import MAX_PROGRESS_MESSAGE, exit_code_32, update_fields
 
 START = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
 END = START + timedelta(seconds=9)
+
+
+def final_fields(event: ActionEnded) -> dict[str, Any]:
+    """The wire fields that report the end: the session's ActionUpdate, translated."""
+    return update_fields(final_update(event.session_id, event))
 
 
 def ended(

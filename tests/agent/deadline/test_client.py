@@ -814,17 +814,19 @@ async def test_static_credentials_need_both_keys() -> None:
 
 
 async def test_worker_client_fits_the_actors() -> None:
-    """A WorkerClient is the scheduler's ScheduleApi and its batch_get_job_entity the
-    fetcher's BatchGet, as those are typed (mypy checks the assignments)."""
-    from actors._fetcher import BatchGet
-    from actors._scheduler import ScheduleApi
+    """A WorkerClient, through DeadlineSchedule, is the scheduler's ScheduleApi and its
+    batch_get_job_entity the fetcher's BatchGet, as those are typed (mypy checks the
+    assignments)."""
+    from actors import BatchGet, ScheduleApi
+    from agent.deadline import DeadlineSchedule, WireSchedule
 
     fake = FakeService(default=ok({"updateIntervalSeconds": 15, "entities": [], "errors": []}))
     async with open_deadline(fake) as deadline:
         worker = deadline.for_worker(FARM, FLEET, WORKER)
-        api: ScheduleApi = worker
+        wire: WireSchedule = worker
+        api: ScheduleApi = DeadlineSchedule(wire)
         batch_get: BatchGet = worker.batch_get_job_entity
-        assert (await api.update_worker_schedule({}))["updateIntervalSeconds"] == 15
+        assert (await api.sync({})).interval == 15
         assert (await batch_get([{"jobDetails": {"jobId": JOB}}]))["entities"] == []
     assert fake.operations() == ["UpdateWorkerSchedule", "BatchGetJobEntity"]
 
