@@ -187,3 +187,48 @@ async def test_serve_reports_a_port_in_use(farm: MockFarm) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.decode().startswith(f"error: cannot serve on 127.0.0.1:{port}")
+
+
+async def test_serve_serves_s3_for_job_attachments() -> None:
+    """serve starts moto's S3 beside the farm: the default queue has jobAttachmentSettings,
+    the bucket exists, and the exports point clients at it."""
+    argv = [sys.executable, "-m", "agent", "mockfarm", "serve", "--port", "0"]
+    process = await trio.lowlevel.open_process(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert process.stdout is not None
+    output = b""
+    try:
+        with trio.fail_after(30):
+            while b"export FARMHAND_MOCKFARM_ENDPOINT=" not in output:
+                output += await process.stdout.receive_some()
+            text = output.decode()
+            s3 = text.split("export AWS_ENDPOINT_URL_S3=")[1].split()[0]
+            assert f"job attachments: s3://farmhand-job-attachments/DeadlineCloud at {s3}" in text
+            endpoint = text.split("listening on ")[1].split()[0]
+            queue_id = text.split("queue ")[1].split()[0]
+            farm_id = text.split("farm  ")[1].split()[0]
+
+            def check() -> dict[str, str]:
+                from agent.attachments import make_s3_client
+                from agent.mockfarm import make_client
+
+                credentials = {"accessKeyId": "x", "secretAccessKey": "x"}
+                make_s3_client(endpoint_url=s3, credentials=credentials).head_bucket(
+                    Bucket="farmhand-job-attachments"
+                )
+                deadline = make_client("deadline", endpoint)
+                queue = deadline.get_queue(farmId=farm_id, queueId=queue_id)
+                return dict(queue["jobAttachmentSettings"])
+
+            settings = await trio.to_thread.run_sync(check)
+            assert settings == {
+                "s3BucketName": "farmhand-job-attachments",
+                "rootPrefix": "DeadlineCloud",
+            }
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
