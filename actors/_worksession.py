@@ -450,6 +450,12 @@ class WorkSession:
                     job_id=self.assignment.job_id,
                     session_id=self.session_id,
                     queue_env=access.env if access is not None else None,
+                    # A root in a storage profile's location lives where the job's
+                    # path-mapping rules put it, as with the official agent.
+                    storage_rules={
+                        str(rule.source_path): str(rule.destination_path)
+                        for rule in job.path_mapping_rules
+                    },
                 )
             except Exception as exc:  # bad settings fail this session only
                 await self._fail_session(f"bad jobAttachmentSettings: {exc}")

@@ -153,11 +153,16 @@ class PathMapping:
         }
 
 
-def path_mapping_rules(session_dir: Path, attachments: JobAttachments) -> list[PathMapping]:
-    """One rule per manifest root without a storage-profile location, as the official agent makes."""
+def path_mapping_rules(
+    session_dir: Path,
+    attachments: JobAttachments,
+    storage_rules: Mapping[str, str] | None = None,
+) -> list[PathMapping]:
+    """One rule per manifest root that the job's own rules (a storage profile's) do not
+    already map, to its ``assetroot-<hash>`` directory, as the official agent makes."""
     rules: dict[str, PathMapping] = {}
     for props in attachments.manifests:
-        if props.file_system_location_name:
+        if props.file_system_location_name and (storage_rules or {}).get(props.root_path):
             continue
         rules[props.root_path] = PathMapping(
             source_path_format=props.root_path_format.upper(),

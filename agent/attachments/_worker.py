@@ -78,9 +78,12 @@ def _share_tree(root: Path, user: ResolvedJobUser) -> None:
         del dirnames  # walked by os.walk
 
 
-def _openjd_rules(attachments: JobAttachments, session_dir: Path) -> list[PathMappingRule]:
+def _openjd_rules(
+    attachments: JobAttachments, session_dir: Path, storage_rules: Mapping[str, str]
+) -> list[PathMappingRule]:
     return [
-        PathMappingRule.from_dict(r.to_dict()) for r in path_mapping_rules(session_dir, attachments)
+        PathMappingRule.from_dict(r.to_dict())
+        for r in path_mapping_rules(session_dir, attachments, storage_rules)
     ]
 
 
@@ -189,14 +192,16 @@ class SessionAttachments:
             )
         if not dependencies:
             self.attachments = attachments
-            rules = _openjd_rules(attachments, session_dir)
+            rules = _openjd_rules(attachments, session_dir, self._storage_rules)
             context.add_path_mapping_rules(rules)
             for rule in rules:
                 await context.log(f"path mapping: {rule.source_path} -> {rule.destination_path}")
         elif self.attachments is None:
             # A step-dependency sync without the job-level one (the farm sends both).
             self.attachments = attachments
-            context.add_path_mapping_rules(_openjd_rules(attachments, session_dir))
+            context.add_path_mapping_rules(
+                _openjd_rules(attachments, session_dir, self._storage_rules)
+            )
         await context.log(
             f"syncing {what} from s3://{self.settings.bucket}/{self.settings.root_prefix}"
         )

@@ -597,3 +597,44 @@ async def test_files_with_one_hash_in_one_directory(moto_s3: Moto, tmp_path: Pat
     manifest = await upload_tree(moto_s3, src)
     await download_files(transfers(moto_s3), SETTINGS, [(manifest, tmp_path / "dest")])
     assert read_tree(tmp_path / "dest") == files
+
+
+def test_storage_profile_roots_stay_where_the_jobs_rules_put_them(tmp_path: Path) -> None:
+    """A root in a storage profile's location that the job's rules map lives there (no rule
+    of ours); one they do not map is synced into the session like any other."""
+    from agent.attachments import local_root
+
+    attachments = JobAttachments.from_api(
+        {
+            "manifests": [
+                {
+                    "rootPath": "/mnt/shared",
+                    "rootPathFormat": "posix",
+                    "fileSystemLocationName": "Shared",
+                },
+                {
+                    "rootPath": "C:\\\\proj",
+                    "rootPathFormat": "windows",
+                    "fileSystemLocationName": "Local",
+                },
+                {"rootPath": "/home/a/p", "rootPathFormat": "posix"},
+            ]
+        }
+    )
+    storage = {"/mnt/shared": "/srv/shared"}
+    rules = [r.to_dict() for r in path_mapping_rules(tmp_path, attachments, storage)]
+    assert rules == [
+        {
+            "source_path_format": "WINDOWS",
+            "source_path": "C:\\\\proj",
+            "destination_path": str(tmp_path / local_root_name("C:\\\\proj")),
+        },
+        {
+            "source_path_format": "POSIX",
+            "source_path": "/home/a/p",
+            "destination_path": str(tmp_path / local_root_name("/home/a/p")),
+        },
+    ]
+    shared, windows, _ = attachments.manifests
+    assert local_root(tmp_path, shared, storage) == Path("/srv/shared")
+    assert local_root(tmp_path, windows, storage) == tmp_path / local_root_name("C:\\\\proj")
