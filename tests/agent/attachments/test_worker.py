@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +274,77 @@ async def test_create_job_with_attachments_needs_queue_settings(tmp_path: Path) 
                 attachments={"manifests": [{"rootPath": "/a", "rootPathFormat": "posix"}]},
             )
         assert json.dumps(farm.state.jobs) == "{}"
+
+
+class _SlowS3:
+    """An S3 endpoint that takes ``delay`` seconds over every request, then answers 404:
+    a sync against it is slow on the wire, as a big download is."""
+
+    def __init__(self, delay: float) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                time.sleep(delay)
+                body = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>"
+                self.send_response(404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.requests = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_a_slow_sync_never_holds_up_the_heartbeat(tmp_path: Path) -> None:
+    """While a sync waits on a slow S3 for seconds, the worker keeps calling
+    UpdateWorkerSchedule at the farm's interval (transfers run in threads)."""
+    slow = _SlowS3(delay=4.0)
+    try:
+        async with farm_and_worker(tmp_path, s3=S3Config(), s3_endpoint_url=slow.url) as (
+            farm,
+            _worker,
+            _events,
+        ):
+            attachments = await upload_inputs(farm, {"scene.txt": b"x"}, tmp_path)
+            job_id = farm.create_job(
+                template(),
+                parameters={"Scene": f"{ROOT}/scene.txt", "Out": f"{ROOT}/renders"},
+                attachments=attachments,
+                max_retries_per_task=0,
+            )
+            await wait_job(farm, job_id)
+            sync = farm.job(job_id).sessions[0].actions[0]
+            assert sync.kind == "syncInputJobAttachments"
+            assert sync.status == "FAILED"
+            assert "does not exist" in (sync.progress_message or "")
+            assert sync.started_at is not None
+            assert sync.ended_at is not None
+            started = sync.started_at.timestamp()
+            ended = sync.ended_at.timestamp()
+            assert ended - started >= 3.9  # the manifest GET took the slow path
+            beats = [
+                c.timestamp.timestamp()
+                for c in farm.calls_to("UpdateWorkerSchedule")
+                if started < c.timestamp.timestamp() < ended
+            ]
+            # updateIntervalSeconds is 1: a heartbeat at least every 1.5 s while it waited.
+            assert len(beats) >= int((ended - started) / 1.5), (len(beats), ended - started)
+    finally:
+        slow.close()
