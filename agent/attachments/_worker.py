@@ -160,13 +160,18 @@ class SessionAttachments:
             "DEADLINE_JA_ROOT_PREFIX": self.settings.root_prefix,
         }
 
-    def _transfers_for_session(self) -> S3Transfers:
+    async def _transfers_for_session(self) -> S3Transfers:
         if self._transfers is None:
-            client = make_s3_client(
-                session=_boto3_session(self._queue_env),
-                region=self._worker.region,
-                endpoint_url=self._worker.endpoint_url,
-                max_pool_connections=self._worker.max_concurrency + 4,
+            # In a thread: resolving the queue's credential_process profile runs a
+            # process, and botocore loads its S3 model from disk.
+            worker, queue_env = self._worker, self._queue_env
+            client = await trio.to_thread.run_sync(
+                lambda: make_s3_client(
+                    session=_boto3_session(queue_env),
+                    region=worker.region,
+                    endpoint_url=worker.endpoint_url,
+                    max_pool_connections=worker.max_concurrency + 4,
+                )
             )
             self._transfers = S3Transfers(
                 client, self.settings.bucket, max_concurrency=self._worker.max_concurrency
@@ -219,7 +224,7 @@ class SessionAttachments:
                 await context.status(stats.describe("Downloaded"))
 
         synced, stats = await sync_inputs(
-            self._transfers_for_session(),
+            await self._transfers_for_session(),
             self.settings,
             attachments,
             session_dir,
@@ -294,7 +299,7 @@ class OutputUpload:
         lines: list[str] = []
         try:
             reports = await upload_outputs(
-                owner._transfers_for_session(),
+                await owner._transfers_for_session(),
                 owner.settings,
                 attachments,
                 context.working_directory,
