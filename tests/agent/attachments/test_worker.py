@@ -348,3 +348,24 @@ async def test_a_slow_sync_never_holds_up_the_heartbeat(tmp_path: Path) -> None:
             assert len(beats) >= int((ended - started) / 1.5), (len(beats), ended - started)
     finally:
         slow.close()
+
+
+async def test_virtual_file_system_falls_back_to_copying_said_once(tmp_path: Path) -> None:
+    """fileSystem VIRTUAL (a FUSE mount in the official agent) is served by copying, and the
+    session log says so once, not once per sync."""
+    async with farm_and_worker(tmp_path, s3=S3Config()) as (farm, _worker, _events):
+        attachments = await upload_inputs(farm, {"scene.txt": b"virtual"}, tmp_path)
+        attachments["fileSystem"] = "VIRTUAL"
+        job_id = farm.create_job(
+            template(),
+            parameters={"Scene": f"{ROOT}/scene.txt", "Out": f"{ROOT}/renders"},
+            attachments=attachments,
+        )
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        (session,) = farm.job(job_id).sessions
+        syncs = [a for a in session.actions if a.kind == "syncInputJobAttachments"]
+        assert len(syncs) == 2  # the job's inputs, then step B's dependencies
+        log = farm.session_log(session.session_id)
+        said = [line for line in log if "fileSystem VIRTUAL" in line]
+        assert len(said) == 1, said
+        assert "copied into the session instead" in said[0]
