@@ -56,7 +56,8 @@ def hash_file_sync(
 _LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("hash_limiter")
 
 
-def _limiter() -> trio.CapacityLimiter:
+def hash_limiter() -> trio.CapacityLimiter:
+    """The hashing threads' limiter (one per Trio run)."""
     try:
         return _LIMITER.get()
     except LookupError:
@@ -74,7 +75,7 @@ async def hash_file(path: Path, *, limiter: trio.CapacityLimiter | None = None) 
         return await trio.to_thread.run_sync(
             lambda: hash_file_sync(path, stop=stop),
             abandon_on_cancel=True,
-            limiter=limiter or _limiter(),
+            limiter=limiter or hash_limiter(),
         )
     finally:
         stop.set()

@@ -31,7 +31,7 @@ import attrs
 import trio
 
 from ._errors import AttachmentError, ManifestError, collapse
-from ._hashing import hash_bytes, hash_file
+from ._hashing import hash_bytes, hash_file_sync, hash_limiter
 from ._manifest import Manifest, ManifestPath, check_relative_path, decode_manifest, merge_manifests
 from ._s3 import (
     Progress,
@@ -563,35 +563,38 @@ async def upload_outputs(
         root = local_root(session_dir, props, storage_rules)
         changed = await trio.to_thread.run_sync(_changed_outputs, session_dir, props, root, before)
         plans.append((props, root, changed))
-    total_files = sum(len(c) for _, _, c in plans)
-    hashed: dict[Path, ManifestPath] = {}
-    sizes = 0
-    for _, _, changed in plans:
-        for relative, path in changed:
-            digest, size = await hash_file(path)
-            st = await trio.to_thread.run_sync(path.stat)
-            hashed[path] = ManifestPath(relative, digest, size, st.st_mtime_ns // 1000)
-            sizes += size
-    progress = Progress(files_total=total_files, bytes_total=sizes)
-    uploaded = 0
-    pending: Iterator[ManifestPath] = iter(
-        {entry.hash: entry for entry in hashed.values()}.values()
+    files = [(relative, path) for _, _, changed in plans for relative, path in changed]
+    total_bytes = await trio.to_thread.run_sync(
+        lambda: sum(os.stat(path).st_size for _, path in files)
     )
-    by_hash = {entry.hash: path for path, entry in hashed.items()}
+    progress = Progress(files_total=len(files), bytes_total=total_bytes)
+    hashed: dict[Path, ManifestPath] = {}
+    claimed: set[str] = set()
+    uploaded = 0
+    work: Iterator[tuple[str, Path]] = iter(files)
+
+    def hash_and_stat(path: Path) -> tuple[str, int, int]:
+        digest, size = hash_file_sync(path)
+        return digest, size, os.stat(path).st_mtime_ns // 1000
 
     async def worker() -> None:
+        """Hash a file, then upload it unless the bucket (or another worker) has it."""
         nonlocal uploaded
-        for entry in pending:
-            key = settings.data_key(entry.hash)
+        for relative, path in work:
+            digest, size, mtime = await trio.to_thread.run_sync(
+                hash_and_stat, path, limiter=hash_limiter()
+            )
+            entry = hashed[path] = ManifestPath(relative, digest, size, mtime)
+            key = settings.data_key(digest)
+            if digest in claimed:
+                progress.file_done(skipped_bytes=size)  # another worker has it in hand
+                continue
+            claimed.add(digest)
             if await transfers.exists(key):
-                progress.file_done(skipped_bytes=entry.size)
+                progress.file_done(skipped_bytes=size)
                 continue
             await transfers.upload_file(
-                key,
-                by_hash[entry.hash],
-                size=entry.size,
-                progress=progress,
-                display_path=entry.path,
+                key, path, size=size, progress=progress, display_path=entry.path
             )
             uploaded += 1
 
@@ -600,7 +603,7 @@ async def upload_outputs(
             if on_progress is not None:
                 nursery.start_soon(report_progress, progress, on_progress)
             async with trio.open_nursery() as workers:
-                for _ in range(min(transfers.max_concurrency, max(1, len(hashed)))):
+                for _ in range(min(transfers.max_concurrency, max(1, len(files)))):
                     workers.start_soon(worker)
             nursery.cancel_scope.cancel(reason="uploads finished")
     except* AttachmentError as group:
