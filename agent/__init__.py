@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ._config import WorkerConfig as WorkerConfig
     from ._config import configure_parser as configure_parser
     from ._config import load_config as load_config
+    from ._documents import DocumentError as DocumentError
+    from ._documents import load_document as load_document
     from ._embed import run as run
     from ._embed import serve_worker as serve_worker
     from ._errors import ConfigurationError as ConfigurationError
@@ -101,6 +103,8 @@ _EXPORTS: dict[str, str] = {
     "resolve_endpoints": "._worker",
     # the one-job API and what adapters share
     "JobSpecError": "._errors",
+    "DocumentError": "._documents",
+    "load_document": "._documents",
     "GpuInfo": "._hostinfo",
     "NvidiaSmiReport": "._hostinfo",
     "probe_gpus": "._hostinfo",

@@ -71,6 +71,7 @@ from actors import (
     Stop,
 )
 
+from ._documents import DocumentError, load_document
 from ._errors import JobSpecError
 from ._joblog import OutputSink, Tee
 from ._localrun import TaskSelection, plan_job, start_session
@@ -278,13 +279,10 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _parse_text(text: str, what: str) -> dict[str, Any]:
-    import yaml  # JSON is YAML too
-
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise TemplateError(f"the {what} is not valid JSON or YAML: {detail}") from exc
+        document = load_document(text, what=what)  # JSON is YAML too
+    except DocumentError as exc:
+        raise TemplateError(str(exc)) from None
     if not isinstance(document, dict):
         raise TemplateError(f"the {what} must be a mapping")
     return document

@@ -55,6 +55,7 @@ from actors import (
     Stop,
 )
 
+from ._documents import DocumentError, load_document, read_text
 from ._render import OutputGuard
 from ._templates import (
     CreatedJob,
@@ -281,15 +282,13 @@ def _parse_tasks(argument: str) -> list[dict[str, str]]:
     if text.startswith("file://"):
         path = Path(text.removeprefix("file://")).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise TemplateError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    import yaml  # only needed here
-
+            text = read_text(path, what="--tasks file")
+        except DocumentError as exc:
+            raise TemplateError(str(exc)) from None
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TemplateError(f"--tasks is not valid JSON/YAML: {exc}") from exc
+        document = load_document(text, what="--tasks list")
+    except DocumentError as exc:
+        raise TemplateError(str(exc)) from None
     if not isinstance(document, list) or not all(isinstance(item, dict) for item in document):
         raise TemplateError("--tasks must be a list of mappings from task parameter name to value")
     return [{str(k): str(v) for k, v in item.items()} for item in document]
