@@ -17,6 +17,7 @@ NEVER_ATTEMPTED and still runs the exits of the environments that were entered.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
@@ -261,6 +262,8 @@ def _selected_tasks(step: Step, options: TaskSelection) -> Iterable[TaskParamete
     if options.maximum_tasks is not None:
         if options.maximum_tasks < 1:
             raise TemplateError("--maximum-tasks must be at least 1")
+        if options.maximum_tasks > sys.maxsize:
+            raise TemplateError(f"--maximum-tasks must be at most {sys.maxsize}")
         return islice(iterator, options.maximum_tasks)
     return iterator
 

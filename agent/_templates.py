@@ -59,7 +59,9 @@ def read_document(path: Path) -> dict[str, Any]:
 def decode_job(document: dict[str, Any], *, source: str) -> JobTemplate:
     try:
         template = decode_job_template(template=document, supported_extensions=SUPPORTED_EXTENSIONS)
-    except (DecodeValidationError, NotImplementedError) as exc:
+    except (DecodeValidationError, NotImplementedError, TypeError, ValueError) as exc:
+        # TypeError/ValueError: openjd-model trips over some malformed documents
+        # (such as ``extensions: [[], [null]]``) before it can report them.
         raise TemplateError(f"{source}: {_first_line(str(exc))}") from exc
     _check_extensions(template.extensions, source)
     return template
@@ -70,7 +72,7 @@ def decode_environment(document: dict[str, Any], *, source: str) -> EnvironmentT
         template = decode_environment_template(
             template=document, supported_extensions=SUPPORTED_EXTENSIONS
         )
-    except (DecodeValidationError, NotImplementedError) as exc:
+    except (DecodeValidationError, NotImplementedError, TypeError, ValueError) as exc:
         raise TemplateError(f"{source}: {_first_line(str(exc))}") from exc
     _check_extensions(template.extensions, source)
     return template
