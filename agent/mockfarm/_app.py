@@ -35,8 +35,8 @@ import structlog
 import trio
 
 from .._asgi import Receive, Scope, Send, answer_lifespan
+from ._apierrors import ApiError, internal
 from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
-from ._errors import ApiError, internal
 from ._farm import Farm
 from ._faults import FaultConfig, FaultInjector
 from ._sigv4 import verify_request

@@ -36,7 +36,8 @@ from typing import Any
 
 import attrs
 
-from agent import DocumentError, JobSpec, JobSpecError, load_document
+from agent import JobSpecError
+from agent.jobs import DocumentError, JobSpec, load_document
 
 INITIALIZING = "INITIALIZING"
 RUNNING = "RUNNING"
