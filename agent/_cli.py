@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast

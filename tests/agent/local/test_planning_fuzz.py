@@ -200,7 +200,9 @@ def test_planning_raises_only_template_errors(inputs: dict[str, Any]) -> None:
             load_any_template(template)
         except TemplateError:
             pass
+        message = ""
         try:
             plan_local_session(options)
         except TemplateError as exc:
-            assert "\n" not in str(exc)
+            message = str(exc)
+        assert "\n" not in message
