@@ -105,6 +105,19 @@ def _load_json(text: str) -> Any:
     return value
 
 
+def load_json(data: str | bytes, *, what: str = "body") -> Any:
+    """JSON at most ``MAX_DEPTH`` deep (any size: bound that before), for request
+    bodies. ``DocumentError`` says what is wrong in one line."""
+    try:
+        return _load_json(data)  # type: ignore[arg-type]
+    except RecursionError:
+        raise DocumentError(f"the {what} is nested too deeply") from None
+    except DocumentError as exc:
+        raise DocumentError(f"the {what} {exc}") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise DocumentError(f"the {what} is not valid JSON: {_one_line(exc)}") from None
+
+
 def _check_depth(value: Any) -> None:
     """No deeper than ``MAX_DEPTH``, walked without recursion."""
     stack: list[tuple[Any, int]] = [(value, 0)]

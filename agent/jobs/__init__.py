@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .._asgi import hypercorn_config as hypercorn_config
     from .._documents import DocumentError as DocumentError
     from .._documents import load_document as load_document
+    from .._documents import load_json as load_json
     from .._httpbody import BytesBody as BytesBody
     from .._httpbody import request_with_body as request_with_body
     from ..worker._hostinfo import GpuInfo as GpuInfo
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "hypercorn_config": ".._asgi",
     "DocumentError": ".._documents",
     "load_document": ".._documents",
+    "load_json": ".._documents",
     "BytesBody": ".._httpbody",
     "request_with_body": ".._httpbody",
     "LogFile": "._joblog",

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import botocore.exceptions
+import httpx
 import pytest
 import trio
 
@@ -157,3 +158,20 @@ async def test_the_farm_refuses_the_billion_laughs_and_keeps_answering(farm: Moc
     response = await trio.to_thread.run_sync(deep)
     assert response["Error"]["Code"] == "ValidationException"  # type: ignore[index]
     assert "nested" in response["Error"]["Message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("depth", [100_000, 200])
+async def test_the_farm_refuses_deeply_nested_bodies(farm: MockFarm, depth: int) -> None:
+    """A 400 ValidationException saying why, not a 500 and a logged traceback."""
+    body = b'{"displayName": "q", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{farm.endpoint_url}/2023-10-12/farms/{farm.farm_id}/queues",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        assert response.headers["x-amzn-errortype"].startswith("ValidationException")
+        assert "nested" in response.json()["message"]
+        faults = await http.put(f"{farm.endpoint_url}/_mockfarm/faults", content=body)
+        assert faults.status_code == 400 and "nested" in faults.json()["message"]
