@@ -46,7 +46,7 @@ import structlog
 import trio
 from openjd.expr import PathMappingRule
 
-from actors import SessionEvent, default_session_root
+from actors import SessionEvent, default_session_root, private_directory
 
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from ..mockfarm import ApiError, FarmConfig, MockFarm, open_mock_farm
@@ -178,9 +178,8 @@ async def run_through_farm(
     """Run the plan on an embedded farm with one embedded worker; the job's final
     task run status (``SUCCEEDED`` when everything ran and succeeded)."""
     settings = settings or FarmRunSettings()
-    root = default_session_root()
-    # Before the worker makes it: the runner would make it private, not world-readable.
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Before the worker makes it: the worker would make it world-readable, not private.
+    private_directory(default_session_root())
     with tempfile.TemporaryDirectory(prefix="farmhand-run-") as tmp:
         async with (
             open_mock_farm(

@@ -100,3 +100,19 @@ def test_a_closed_output_is_one_line_and_exit_two() -> None:
     assert result.stderr.strip().splitlines() == [
         "error: the output was closed before everything was written"
     ]
+
+
+@pytest.mark.parametrize("how", ["--direct", "through the farm"])
+def test_run_refuses_a_session_root_someone_else_prepared(tmp_path: Path, how: str) -> None:
+    template = tmp_path / "job.json"
+    template.write_text(json.dumps(job(step("S", py("pass")))))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o1777)
+    (shared / f"farmhand-sessions-{os.geteuid()}").symlink_to(elsewhere)
+    extra = ["--direct"] if how == "--direct" else []
+    result = agent("run", str(template), *extra, env={**os.environ, "TMPDIR": str(shared)})
+    assert "is a symbolic link" in one_error_line(result)
+    assert list(elsewhere.iterdir()) == []
