@@ -32,12 +32,12 @@ from ._messages import Stop as Stop
 from ._openjd import SUPPORTED_EXTENSIONS as SUPPORTED_EXTENSIONS
 from ._output import REDACTED as REDACTED
 from ._paths import SAFE_ID as SAFE_ID
+from ._paths import UnsafeDirectoryError as UnsafeDirectoryError
 from ._paths import UnsafePathError as UnsafePathError
 from ._paths import path_under as path_under
+from ._paths import private_directory as private_directory
 from ._paths import safe_id as safe_id
 from ._session import SessionConfig as SessionConfig
 from ._session import SessionRunner as SessionRunner
-from ._session import UnsafeDirectoryError as UnsafeDirectoryError
 from ._session import default_session_root as default_session_root
-from ._session import private_directory as private_directory
 from ._worksession import AGENT_CREDENTIAL_VARIABLES as AGENT_CREDENTIAL_VARIABLES

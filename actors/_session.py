@@ -32,7 +32,6 @@ import math
 import os
 import shutil
 import signal
-import stat
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -74,6 +73,7 @@ from ._messages import (
     Stop,
 )
 from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
+from ._paths import private_directory
 from ._process import ActionControl, ProcessResult, run_process
 from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE, find_processes
@@ -118,41 +118,6 @@ def default_session_root() -> Path:
     own in the temporary directory (``/tmp/farmhand-sessions-<uid>``), which
     ``private_directory`` makes or checks before use."""
     return Path(tempfile.gettempdir()) / f"farmhand-sessions-{os.geteuid()}"
-
-
-class UnsafeDirectoryError(OSError):
-    """A directory we would write sessions into is not ours alone. One line."""
-
-
-def private_directory(path: Path) -> Path:
-    """``path`` as a directory only we can write to: made (mode 0700) if missing,
-    and otherwise checked with ``lstat``: a real directory, not a symbolic link,
-    owned by us, not writable by group or others. In a shared directory such as
-    ``/tmp`` anyone can create the name first; such a directory is refused."""
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise UnsafeDirectoryError(
-            f"cannot create the session directory {path}: {exc.strerror or exc}"
-        ) from None
-    info = os.lstat(path)
-    problem = None
-    if stat.S_ISLNK(info.st_mode):
-        problem = "is a symbolic link"
-    elif not stat.S_ISDIR(info.st_mode):
-        problem = "is not a directory"
-    elif info.st_uid != os.geteuid():
-        problem = f"belongs to uid {info.st_uid}, not to us (uid {os.geteuid()})"
-    elif info.st_mode & 0o022:
-        problem = f"can be written by others (mode {stat.S_IMODE(info.st_mode):04o})"
-    if problem is not None:
-        raise UnsafeDirectoryError(
-            f"refusing to use {path} for sessions: it {problem}; remove it, "
-            "or point TMPDIR (or the session root) somewhere private"
-        )
-    return path
 
 
 def _now() -> datetime:
