@@ -141,7 +141,7 @@ class JobSpec:
     """What to run: build one with ``from_command`` or ``from_template``."""
 
     name: str
-    actions: tuple[Runnable, ...]
+    actions: Sequence[Runnable]
     kind: Literal["template", "command"]
     parameter_values: JobParameterValues = attrs.field(factory=dict)
     extensions: frozenset[str] = frozenset()
@@ -589,6 +589,12 @@ class JobRun:
     # ---------------------------------------------------------------- outcome
 
     def _make_outcome(self, started_at: datetime, duration: float) -> JobOutcome:
+        # Every action that did not run was never attempted (the session runner is
+        # not even handed the task runs a failed session would skip).
+        never = ActionState.NEVER_ATTEMPTED.value
+        attempted = sum(n for state, n in self._states.items() if state != never)
+        if len(self.spec.actions) - attempted > 0:
+            self._states[never] = len(self.spec.actions) - attempted
         actions = dict(self._states)
         failure = self._first_failure
         stopped = self._stop_status is not None and (

@@ -103,6 +103,19 @@ def why_not_through_farm(plan: LocalPlan) -> str | None:
     for rule in plan.path_mapping_rules:
         if rule.to_dict()["source_path_format"] not in ("POSIX", "WINDOWS"):
             return "a path mapping rule's source format is neither POSIX nor WINDOWS"
+    # Deadline Cloud's quotas (the embedded farm keeps them too; see FarmConfig).
+    quotas = FarmConfig()
+    for name, count in plan.step_task_counts.items():
+        if count > quotas.max_tasks_per_step:
+            return (
+                f"step {name!r} has {count:,} tasks, and Deadline Cloud's quota "
+                f"'Tasks per step' allows {quotas.max_tasks_per_step:,}"
+            )
+    if plan.task_count > quotas.max_tasks_per_job:
+        return (
+            f"the job has {plan.task_count:,} tasks, and Deadline Cloud's quota "
+            f"'Tasks per job' allows {quotas.max_tasks_per_job:,}"
+        )
     return None
 
 
