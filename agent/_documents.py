@@ -36,10 +36,7 @@ ALIAS_BUDGET = 100_000
 #: Containers inside containers, at most (a job template needs about 10).
 MAX_DEPTH = 100
 
-try:
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[attr-defined]
-except AttributeError:  # PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where built
 
 
 class DocumentError(ValueError):

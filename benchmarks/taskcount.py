@@ -18,6 +18,7 @@ import os
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from benchmarks._common import ROOT, Measurement, farmhand, median_of, table
@@ -69,7 +70,7 @@ def main() -> None:
         for count in sizes:
             path = Path(directory) / f"job-{count}.json"
             path.write_text(json.dumps(template(count)))
-            results[count] = median_of(args.repeat, lambda path=path: measure(path))
+            results[count] = median_of(args.repeat, partial(measure, path))
     baseline = results[sizes[0]]
     rows: list[list[object]] = [["tasks", "wall s", "peak RSS MiB", "RSS / baseline"]]
     for count in sizes:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -185,14 +185,16 @@ def plan_job(
     for environment in job.jobEnvironments or ():
         builder.enter(f"JOB:{environment.name}", environment)
     for step in steps:
-        tasks: Sequence[TaskParameterSet]
+        tasks: _Tasks
         if step is selected and (selection.task_params or selection.tasks):
-            tasks = chosen[step.name] = tuple(_selected_tasks(step, selection))
+            selected_tasks = _selected_tasks(step, selection)
+            tasks = chosen[step.name] = tuple(selected_tasks[i] for i in range(len(selected_tasks)))
         elif step is selected:
             tasks = _selected_tasks(step, selection)
             if selection.maximum_tasks is not None:
                 # A farm gets the chosen tasks listed: only as many as it may take.
-                chosen[step.name] = tuple(islice(tasks, _FARM_LISTED_TASKS_LIMIT))
+                listed = min(len(tasks), _FARM_LISTED_TASKS_LIMIT)
+                chosen[step.name] = tuple(tasks[i] for i in range(listed))
         else:
             tasks = StepParameterSpaceIterator(space=step.parameterSpace)
         builder.step(step, tasks)
@@ -258,7 +260,7 @@ def _dependencies(step: Step, by_name: dict[str, Step]) -> list[Step]:
     return ordered
 
 
-def _selected_tasks(step: Step, options: TaskSelection) -> Sequence[TaskParameterSet]:
+def _selected_tasks(step: Step, options: TaskSelection) -> _Tasks:
     iterator = StepParameterSpaceIterator(space=step.parameterSpace)
     if options.task_params or options.tasks:
         raw = [_parse_task_params(options.task_params)] if options.task_params else []
@@ -332,19 +334,25 @@ def _typed_task(
 _FARM_LISTED_TASKS_LIMIT = 10_001
 
 
-class _Prefix(Sequence[TaskParameterSet]):
-    """The first ``count`` items of a (lazy) sequence, itself lazy."""
+class _Tasks(Protocol):
+    """What a step's tasks are taken from: a tuple, or openjd-model's lazy space."""
 
-    def __init__(self, items: Sequence[TaskParameterSet], count: int) -> None:
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> TaskParameterSet: ...
+
+
+class _Prefix:
+    """The first ``count`` items of a (lazy) sequence of tasks, itself lazy."""
+
+    def __init__(self, items: _Tasks, count: int) -> None:
         self._items = items
         self._count = min(count, len(items))
 
     def __len__(self) -> int:
         return self._count
 
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
+    def __getitem__(self, index: int) -> TaskParameterSet:
         if index < 0:
             index += self._count
         if not 0 <= index < self._count:
@@ -364,7 +372,7 @@ class _Segment:
     start: int
     count: int
     make: Callable[[int, TaskParameterSet | None], Runnable]
-    tasks: Sequence[TaskParameterSet] | None = None
+    tasks: _Tasks | None = None
     exit: bool = False
 
     def action(self, offset: int) -> Runnable:
@@ -474,7 +482,7 @@ class _PlanBuilder:
         )
         self._entered.remove(identifier)
 
-    def step(self, step: Step, tasks: Sequence[TaskParameterSet]) -> None:
+    def step(self, step: Step, tasks: _Tasks) -> None:
         step_envs = [f"STEP:{step.name}:{env.name}" for env in step.stepEnvironments or ()]
         for identifier, environment in zip(step_envs, step.stepEnvironments or (), strict=True):
             self.enter(identifier, environment, step=step)

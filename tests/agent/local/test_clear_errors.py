@@ -18,7 +18,7 @@ NOT_UTF8 = b"name: \xff\xfe caf\xe9\n"
 
 
 def agent(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(  # type: ignore[call-overload]
         [sys.executable, "-m", "agent", *args],
         cwd=ROOT,
         capture_output=True,
