@@ -84,8 +84,10 @@ from ._output import LIVE_SECRETS as LIVE_SECRETS
 from ._output import REDACTED as REDACTED
 from ._output import Redactor as Redactor
 from ._paths import SAFE_ID as SAFE_ID
+from ._paths import UnsafeDirectoryError as UnsafeDirectoryError
 from ._paths import UnsafePathError as UnsafePathError
 from ._paths import path_under as path_under
+from ._paths import private_directory as private_directory
 from ._paths import safe_id as safe_id
 from ._scheduler import REPORT_INTERVAL as REPORT_INTERVAL
 from ._scheduler import ScheduleApi as ScheduleApi

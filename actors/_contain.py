@@ -23,20 +23,37 @@ If the agent itself is killed (even with SIGKILL), a small watchdog process
 sees its pipe from the agent close, kills every process carrying the
 instance's tag and everything in its cgroups, removes the session working
 directories it was told about, and exits.
+
+If agent, launcher and watchdog are all killed at once, nobody is left to
+clean up. So each instance registers itself when its watchdog starts: a file
+``<instance>.lock`` in a private per-user directory
+(``$TMPDIR/farmhand-instances-<uid>``), which the agent and its watchdog hold
+a shared ``flock`` on while they live, and which lists the instance's cgroup
+and its session directories. The next instance to start takes every
+registration nobody holds any more (an exclusive lock succeeds only then) as
+a previous incarnation's, ends what is left of it (tagged processes, its
+cgroup, its session directories), logs what it ended, and removes the file.
+Registrations are written under their final name only once locked, so a live
+instance is never taken for a dead one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
+from typing import IO
 
 import structlog
 import trio
 
 from . import _watchdog
+from ._paths import UnsafeDirectoryError, private_directory
 from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE
 
@@ -69,6 +86,94 @@ def _own_cgroup() -> Path | None:
     return None
 
 
+def instances_directory() -> Path:
+    """Where running instances register (see the module docstring)."""
+    return Path(tempfile.gettempdir()) / f"farmhand-instances-{os.geteuid()}"
+
+
+def _registration(directory: Path, instance: str, cgroup_root: Path | None) -> IO[str]:
+    """``<instance>.lock`` in ``directory``, held (shared) through the returned file.
+    Written and locked under a temporary name first: a reaper never sees it unheld."""
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".new-", suffix=".lock")
+    file = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape")
+    try:
+        fcntl.flock(file, fcntl.LOCK_SH)
+        file.write(f"cgroup {cgroup_root or ''}\n")
+        file.flush()
+        os.rename(temporary, directory / f"{instance}.lock")
+    except BaseException:
+        file.close()
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return file
+
+
+def _plausible_cgroup(text: str) -> str | None:
+    """A cgroup root from a registration, if it is one of ours under the cgroup2 mount."""
+    mount = _cgroup2_mount()
+    path = Path(text)
+    if not text or mount is None or not path.is_absolute() or ".." in path.parts:
+        return None
+    if not path.name.startswith("farmhand-") or not path.is_relative_to(mount):
+        return None
+    return text
+
+
+def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object]]:
+    """End what is left of instances whose agent and watchdog are both gone (see the
+    module docstring); one report per instance ended, each also logged."""
+    directory = directory or instances_directory()
+    ended: list[dict[str, object]] = []
+    try:
+        names = sorted(entry.name for entry in os.scandir(directory))
+    except OSError:
+        return ended
+    for name in names:
+        if not name.endswith(".lock") or name.startswith("."):
+            continue
+        path = directory / name
+        try:
+            file = open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        except OSError:
+            continue
+        with file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: that instance is alive (or its watchdog is cleaning up)
+            instance = name.removesuffix(".lock")
+            cgroup = None
+            directories: set[str] = set()
+            for line in file.read().splitlines():
+                kind, _, value = line.partition(" ")
+                if kind == "cgroup":
+                    cgroup = _plausible_cgroup(value)
+                elif kind == "+":
+                    directories.add(value)
+                elif kind == "-":
+                    directories.discard(value)
+            populated = bool(cgroup) and Path(cgroup or "").exists()
+            if cgroup and populated:
+                _watchdog.kill_cgroup(cgroup)
+            killed = _watchdog.kill_all(f"{instance}/")
+            if cgroup and populated:
+                _watchdog.remove_cgroup(cgroup)
+            removed = [d for d in sorted(directories) if os.path.isdir(d)]
+            for leftover in removed:
+                shutil.rmtree(leftover, ignore_errors=True)
+            path.unlink(missing_ok=True)
+        report: dict[str, object] = {
+            "instance": instance,
+            "processes": killed,
+            "cgroup": cgroup if populated else None,
+            "directories": removed,
+        }
+        if killed or populated or removed:
+            log.warning("contain.stale_instance_ended", **report)
+        ended.append(report)
+    return ended
+
+
 class Containment:
     """See the module docstring."""
 
@@ -76,6 +181,8 @@ class Containment:
         self.instance = instance or uuid.uuid4().hex[:16]
         self._cgroup_root: Path | None = self._make_cgroup_root() if use_cgroup else None
         self._watchdog: subprocess.Popen[bytes] | None = None
+        self._registration: IO[str] | None = None
+        self._registration_path: Path | None = None
 
     @property
     def cgroup_root(self) -> Path | None:
@@ -148,13 +255,30 @@ class Containment:
 
     # ---- the watchdog
 
-    def start_watchdog(self) -> None:
-        """Start the process that cleans up if this one dies. Idempotent."""
+    def start_watchdog(self, *, registry: Path | None = None) -> None:
+        """End what previous incarnations left (``reap_stale_instances``), register
+        this instance, and start the process that cleans up if this one dies.
+        Idempotent. ``registry``: where instances register (``instances_directory()``)."""
         if self._watchdog is not None:
             return
-        argv = [sys.executable, "-I", "-S", _watchdog.__file__, self.instance]
-        if self._cgroup_root is not None:
-            argv.append(str(self._cgroup_root))
+        directory = registry or instances_directory()
+        try:
+            private_directory(directory)
+            reap_stale_instances(directory)
+            self._registration = _registration(directory, self.instance, self._cgroup_root)
+            self._registration_path = directory / f"{self.instance}.lock"
+        except (UnsafeDirectoryError, OSError) as exc:
+            # Containment still works; only a later start cannot find our leftovers.
+            log.warning("contain.not_registered", directory=str(directory), error=str(exc))
+        argv = [
+            sys.executable,
+            "-I",
+            "-S",
+            _watchdog.__file__,
+            self.instance,
+            str(self._cgroup_root or ""),
+            str(self._registration_path or ""),
+        ]
         self._watchdog = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -165,11 +289,24 @@ class Containment:
         )
 
     def track_directory(self, path: Path) -> None:
-        """Have the watchdog remove ``path`` if we die before we remove it."""
+        """Have the watchdog remove ``path`` if we die before we remove it (and the
+        next instance, if the watchdog dies with us)."""
         self._tell_watchdog(b"+" + os.fsencode(path))
+        self._register_line(f"+ {path}")
 
     def untrack_directory(self, path: Path) -> None:
         self._tell_watchdog(b"-" + os.fsencode(path))
+        self._register_line(f"- {path}")
+
+    def _register_line(self, line: str) -> None:
+        registration = self._registration
+        if registration is None or "\n" in line:
+            return
+        try:
+            registration.write(line + "\n")
+            registration.flush()
+        except (OSError, ValueError):
+            pass
 
     def _tell_watchdog(self, line: bytes) -> None:
         watchdog = self._watchdog
@@ -200,3 +337,9 @@ class Containment:
             _watchdog.kill_all(self.instance)
         if self._cgroup_root is not None:
             _watchdog.remove_cgroup(str(self._cgroup_root))
+        registration, self._registration = self._registration, None
+        if registration is not None:
+            if self._registration_path is not None:
+                self._registration_path.unlink(missing_ok=True)
+            registration.close()
+

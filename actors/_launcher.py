@@ -158,6 +158,9 @@ class Launcher:
             process = _spawn(argv, env, cwd, fds[0])
         except OSError as exc:
             self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
+        except (ValueError, TypeError) as exc:
+            # What exec cannot take (a NUL byte, say) fails this request, not the launcher.
+            self.send({"errno": errno.EINVAL, "message": str(exc)})
         else:
             self.action = process
             self.send({"pid": process.pid})

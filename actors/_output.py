@@ -374,6 +374,8 @@ def _parse_assignment(text: str, *, redacted: bool) -> list[Message]:
     command = "openjd_redacted_env" if redacted else "openjd_env"
     if _ASSIGNMENT_RE.fullmatch(text):
         name, _, value = text.partition("=")
+        if "\0" in value:  # no process could be started with it
+            return _nul_in_value(command, name, value, redacted)
         return [Secret(value), SetEnv(name, value, True)] if redacted else [SetEnv(name, value)]
     messages: list[Message] = []
     if redacted:
@@ -389,11 +391,18 @@ def _parse_assignment(text: str, *, redacted: bool) -> list[Message]:
             return messages
         if isinstance(decoded, str) and _ASSIGNMENT_RE.fullmatch(decoded):
             name, _, value = decoded.partition("=")
+            if "\0" in value:
+                return [*messages, *_nul_in_value(command, name, value, redacted)]
             if redacted:
                 return [*messages, Secret(value), SetEnv(name, value, True)]
             return [SetEnv(name, value)]
     messages.append(Malformed(f"{command}: expected NAME=value", redacted))
     return messages
+
+
+def _nul_in_value(command: str, name: str, value: str, redacted: bool) -> list[Message]:
+    secret: list[Message] = [Secret(value)] if redacted else []
+    return [*secret, Malformed(f"{command}: {name}: the value contains a NUL byte", redacted)]
 
 
 def _message_lines(block: str) -> Iterator[str]:

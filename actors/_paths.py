@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 #: Letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit; at most
@@ -46,4 +47,39 @@ def path_under(root: Path, *parts: str) -> Path:
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(real_base):
         raise UnsafePathError(f"{str(path)!r} leads out of {str(root)!r} (through a link)")
+    return path
+
+
+class UnsafeDirectoryError(OSError):
+    """A directory we would write sessions into is not ours alone. One line."""
+
+
+def private_directory(path: Path) -> Path:
+    """``path`` as a directory only we can write to: made (mode 0700) if missing,
+    and otherwise checked with ``lstat``: a real directory, not a symbolic link,
+    owned by us, not writable by group or others. In a shared directory such as
+    ``/tmp`` anyone can create the name first; such a directory is refused."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeDirectoryError(
+            f"cannot create the session directory {path}: {exc.strerror or exc}"
+        ) from None
+    info = os.lstat(path)
+    problem = None
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif info.st_uid != os.geteuid():
+        problem = f"belongs to uid {info.st_uid}, not to us (uid {os.geteuid()})"
+    elif info.st_mode & 0o022:
+        problem = f"can be written by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    if problem is not None:
+        raise UnsafeDirectoryError(
+            f"refusing to use {path} for sessions: it {problem}; remove it, "
+            "or point TMPDIR (or the session root) somewhere private"
+        )
     return path

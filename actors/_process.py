@@ -40,7 +40,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from ._spawn import SessionLauncher
+from ._spawn import SessionLauncher, check_exec_arguments
 
 #: Largest read from the output pipe.
 CHUNK_BYTES = 1 << 20
@@ -183,6 +183,7 @@ async def run_process(
     if control.requested:
         return ProcessResult(None, canceled=True, timed_out=False, mark_failed=control.mark_failed)
     try:
+        check_exec_arguments(argv, env, cwd)
         read_fd, write_fd = _open_pipe()
     except OSError as exc:
         return _spawn_failed(argv, exc)

@@ -85,6 +85,7 @@ from ._messages import (
     Stop,
 )
 from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
+from ._paths import private_directory
 from ._process import ActionControl, ProcessResult, run_process
 from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE, find_processes
@@ -125,7 +126,10 @@ class SessionConfig:
 
 
 def default_session_root() -> Path:
-    return Path(tempfile.gettempdir()) / "farmhand-sessions"
+    """Where sessions go when no root is configured: a directory of this user's
+    own in the temporary directory (``/tmp/farmhand-sessions-<uid>``), which
+    ``private_directory`` makes or checks before use."""
+    return Path(tempfile.gettempdir()) / f"farmhand-sessions-{os.geteuid()}"
 
 
 def _now() -> datetime:
@@ -221,8 +225,11 @@ class SessionRunner:
     ) -> None:
         config = self.config
         job_user = self._resolve_job_user()
-        root = config.root_directory or default_session_root()
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if config.root_directory is None:
+            root = private_directory(default_session_root())
+        else:
+            root = config.root_directory
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if job_user is not None and root.stat().st_uid == os.geteuid():
             # The job user must be able to reach its (group-shared) session directory.
             root.chmod(root.stat().st_mode | 0o711)

@@ -63,6 +63,22 @@ async def _kill_and_wait(pid: int) -> None:
         os.close(pidfd)
 
 
+def check_exec_arguments(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str) -> None:
+    """What exec cannot take, as the ``OSError`` (EINVAL) a failed start is: a NUL
+    byte in an argument, a variable or the directory, an unusable variable name.
+    Checked before anything is started, so that only this action fails."""
+    for index, argument in enumerate(argv):
+        if "\0" in argument:
+            raise OSError(errno.EINVAL, f"argument {index} contains a NUL byte")
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise OSError(errno.EINVAL, f"environment variable name {name!r} is not usable")
+        if "\0" in value:
+            raise OSError(errno.EINVAL, f"environment variable {name} contains a NUL byte")
+    if "\0" in str(cwd):
+        raise OSError(errno.EINVAL, "the working directory contains a NUL byte")
+
+
 class LauncherGone(OSError):
     """The session's launcher exited or stopped answering."""
 
@@ -133,6 +149,7 @@ class SessionLauncher:
 
         Raises ``OSError`` as exec would (``FileNotFoundError`` for a missing command).
         """
+        check_exec_arguments(argv, env, cwd)
         body = json.dumps({"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}).encode()
         async with self._lock:
             with self._exchange():

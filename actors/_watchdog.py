@@ -1,6 +1,6 @@
 """Finding and killing every process started for farmhand's sessions.
 
-This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP]``)
+This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP [LOCK]]``)
 by the watchdog that outlives a killed agent, so it imports only the standard
 library and nothing from the package.
 
@@ -127,6 +127,17 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     tag = argv[1]
     cgroup = argv[2] if len(argv) > 2 else ""
+    registration = argv[3] if len(argv) > 3 else ""
+    lock = None
+    if registration:
+        # Held (shared) while we live: the next agent leaves this instance to us.
+        try:
+            import fcntl
+
+            lock = open(registration, "rb")  # noqa: SIM115
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        except OSError:
+            lock = None
     directories: set[str] = set()
     pending = b""
     try:
@@ -147,6 +158,13 @@ def main(argv: list[str]) -> int:
         remove_cgroup(cgroup)
     for path in directories:
         shutil.rmtree(path, ignore_errors=True)
+    if lock is not None:
+        # Cleaned up: nothing is left for a later agent to end.
+        try:
+            os.unlink(registration)
+        except OSError:
+            pass
+        lock.close()
     return 0
 
 

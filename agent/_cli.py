@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
@@ -115,7 +116,15 @@ def main(argv: Sequence[str] | None = None, *, freeze_imports: bool = False) -> 
 
 def program() -> None:
     """The ``farmhand`` program (as ``python -m agent``)."""
-    code = main(freeze_imports=True)
+    try:
+        code = main(freeze_imports=True)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``... | head -1``): what is left to print goes nowhere,
+        # not into a traceback, neither now nor when the interpreter flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("error: the output was closed before everything was written", file=sys.stderr)
+        code = 2
     # Exiting, the interpreter would collect every object the command left (botocore's
     # service models above all, loaded after the start-up freeze): about 0.6 s for
     # the worker. Frozen, they go with the process.

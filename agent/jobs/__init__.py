@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .._asgi import Send as Send
     from .._asgi import answer_lifespan as answer_lifespan
     from .._asgi import hypercorn_config as hypercorn_config
+    from .._documents import DocumentError as DocumentError
+    from .._documents import load_document as load_document
+    from .._documents import load_json as load_json
     from .._httpbody import BytesBody as BytesBody
     from .._httpbody import request_with_body as request_with_body
     from ..worker._hostinfo import GpuInfo as GpuInfo
@@ -54,6 +57,9 @@ _EXPORTS: dict[str, str] = {
     "Send": ".._asgi",
     "answer_lifespan": ".._asgi",
     "hypercorn_config": ".._asgi",
+    "DocumentError": ".._documents",
+    "load_document": ".._documents",
+    "load_json": ".._documents",
     "BytesBody": ".._httpbody",
     "request_with_body": ".._httpbody",
     "LogFile": "._joblog",

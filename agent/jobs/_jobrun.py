@@ -71,6 +71,7 @@ from actors import (
     Stop,
 )
 
+from .._documents import DocumentError, load_document
 from .._errors import JobSpecError
 from ..local._localrun import TaskSelection, plan_job, start_session
 from ..local._templates import (
@@ -140,7 +141,7 @@ class JobSpec:
     """What to run: build one with ``from_command`` or ``from_template``."""
 
     name: str
-    actions: tuple[Runnable, ...]
+    actions: Sequence[Runnable]
     kind: Literal["template", "command"]
     parameter_values: JobParameterValues = attrs.field(factory=dict)
     extensions: frozenset[str] = frozenset()
@@ -278,13 +279,10 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _parse_text(text: str, what: str) -> dict[str, Any]:
-    import yaml  # JSON is YAML too
-
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise TemplateError(f"the {what} is not valid JSON or YAML: {detail}") from exc
+        document = load_document(text, what=what)  # JSON is YAML too
+    except DocumentError as exc:
+        raise TemplateError(str(exc)) from None
     if not isinstance(document, dict):
         raise TemplateError(f"the {what} must be a mapping")
     return document
@@ -591,6 +589,12 @@ class JobRun:
     # ---------------------------------------------------------------- outcome
 
     def _make_outcome(self, started_at: datetime, duration: float) -> JobOutcome:
+        # Every action that did not run was never attempted (the session runner is
+        # not even handed the task runs a failed session would skip).
+        never = ActionState.NEVER_ATTEMPTED.value
+        attempted = sum(n for state, n in self._states.items() if state != never)
+        if len(self.spec.actions) - attempted > 0:
+            self._states[never] = len(self.spec.actions) - attempted
         actions = dict(self._states)
         failure = self._first_failure
         stopped = self._stop_status is not None and (

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trio
 
-from actors import Containment
+from actors import Containment, UnsafeDirectoryError, default_session_root, private_directory
 
 from .._logging import configure_logging
 from ._bundle import JobBundle
@@ -147,7 +147,8 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         plan = plan_local_session(options)
-    except TemplateError as exc:
+        private_directory(default_session_root())
+    except (TemplateError, UnsafeDirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = sys.stdout.buffer

@@ -48,7 +48,7 @@ import structlog
 import trio
 from openjd.expr import PathMappingRule
 
-from actors import SessionEvent, default_session_root
+from actors import SessionEvent, default_session_root, private_directory
 
 from ..attachments import AttachmentError, S3Settings
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
@@ -115,6 +115,19 @@ def why_not_through_farm(plan: LocalPlan) -> str | None:
     for rule in plan.path_mapping_rules:
         if rule.to_dict()["source_path_format"] not in ("POSIX", "WINDOWS"):
             return "a path mapping rule's source format is neither POSIX nor WINDOWS"
+    # Deadline Cloud's quotas (the embedded farm keeps them too; see FarmConfig).
+    quotas = FarmConfig()
+    for name, count in plan.step_task_counts.items():
+        if count > quotas.max_tasks_per_step:
+            return (
+                f"step {name!r} has {count:,} tasks, and Deadline Cloud's quota "
+                f"'Tasks per step' allows {quotas.max_tasks_per_step:,}"
+            )
+    if plan.task_count > quotas.max_tasks_per_job:
+        return (
+            f"the job has {plan.task_count:,} tasks, and Deadline Cloud's quota "
+            f"'Tasks per job' allows {quotas.max_tasks_per_job:,}"
+        )
     return None
 
 
@@ -193,9 +206,8 @@ async def run_through_farm(
     task run status (``SUCCEEDED`` when everything ran and succeeded). A job
     bundle's files go through job attachments (``agent.local._bundle``)."""
     settings = settings or FarmRunSettings()
-    root = default_session_root()
-    # Before the worker makes it: the runner would make it private, not world-readable.
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Before the worker makes it: the worker would make it world-readable, not private.
+    private_directory(default_session_root())
     assets = (
         bundle_assets(bundle, plan.template_document, plan.created.parameter_values)
         if bundle is not None

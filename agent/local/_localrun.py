@@ -17,10 +17,11 @@ NEVER_ATTEMPTED and still runs the exits of the environments that were entered.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -39,6 +40,7 @@ from openjd.model import (
 )
 
 from actors import (
+    ActionEnded,
     ActionState,
     Cancel,
     Containment,
@@ -55,6 +57,7 @@ from actors import (
     Stop,
 )
 
+from .._documents import DocumentError, load_document, read_text
 from ._render import OutputGuard
 from ._templates import (
     CreatedJob,
@@ -88,7 +91,8 @@ class LocalRunOptions:
 class LocalPlan:
     job_name: str
     created: CreatedJob
-    actions: tuple[Runnable, ...]
+    #: Lazy: tasks are made as they are reached, whatever their number.
+    actions: PlannedActions
     extensions: frozenset[str]
     path_mapping_rules: tuple[PathMappingRule, ...]
     #: Number of task runs in the plan.
@@ -100,6 +104,8 @@ class LocalPlan:
     environment_documents: tuple[Mapping[str, Any], ...] = ()
     steps: tuple[str, ...] | None = None
     tasks: Mapping[str, tuple[TaskParameterSet, ...]] = attrs.field(factory=dict)
+    #: The number of task runs of each step in the plan.
+    step_task_counts: Mapping[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -179,13 +185,16 @@ def plan_job(
     for environment in job.jobEnvironments or ():
         builder.enter(f"JOB:{environment.name}", environment)
     for step in steps:
-        tasks: Iterable[TaskParameterSet]
-        if step is selected and (
-            selection.task_params or selection.tasks or selection.maximum_tasks is not None
-        ):
-            tasks = chosen[step.name] = tuple(_selected_tasks(step, selection))
+        tasks: _Tasks
+        if step is selected and (selection.task_params or selection.tasks):
+            selected_tasks = _selected_tasks(step, selection)
+            tasks = chosen[step.name] = tuple(selected_tasks[i] for i in range(len(selected_tasks)))
         elif step is selected:
             tasks = _selected_tasks(step, selection)
+            if selection.maximum_tasks is not None:
+                # A farm gets the chosen tasks listed: only as many as it may take.
+                listed = min(len(tasks), _FARM_LISTED_TASKS_LIMIT)
+                chosen[step.name] = tuple(tasks[i] for i in range(listed))
         else:
             tasks = StepParameterSpaceIterator(space=step.parameterSpace)
         builder.step(step, tasks)
@@ -196,7 +205,7 @@ def plan_job(
     return LocalPlan(
         str(job.name),
         created,
-        tuple(builder.actions),
+        PlannedActions(builder.segments),
         frozenset(extensions),
         tuple(path_mapping_rules),
         builder.task_count,
@@ -204,6 +213,7 @@ def plan_job(
         environment_documents=tuple(environment_documents),
         steps=tuple(step.name for step in steps) if selection.step is not None else None,
         tasks=chosen,
+        step_task_counts=builder.step_task_counts,
     )
 
 
@@ -250,7 +260,7 @@ def _dependencies(step: Step, by_name: dict[str, Step]) -> list[Step]:
     return ordered
 
 
-def _selected_tasks(step: Step, options: TaskSelection) -> Iterable[TaskParameterSet]:
+def _selected_tasks(step: Step, options: TaskSelection) -> _Tasks:
     iterator = StepParameterSpaceIterator(space=step.parameterSpace)
     if options.task_params or options.tasks:
         raw = [_parse_task_params(options.task_params)] if options.task_params else []
@@ -260,7 +270,9 @@ def _selected_tasks(step: Step, options: TaskSelection) -> Iterable[TaskParamete
     if options.maximum_tasks is not None:
         if options.maximum_tasks < 1:
             raise TemplateError("--maximum-tasks must be at least 1")
-        return islice(iterator, options.maximum_tasks)
+        if options.maximum_tasks > sys.maxsize:
+            raise TemplateError(f"--maximum-tasks must be at most {sys.maxsize}")
+        return _Prefix(iterator, options.maximum_tasks)
     return iterator
 
 
@@ -281,15 +293,13 @@ def _parse_tasks(argument: str) -> list[dict[str, str]]:
     if text.startswith("file://"):
         path = Path(text.removeprefix("file://")).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise TemplateError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    import yaml  # only needed here
-
+            text = read_text(path, what="--tasks file")
+        except DocumentError as exc:
+            raise TemplateError(str(exc)) from None
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TemplateError(f"--tasks is not valid JSON/YAML: {exc}") from exc
+        document = load_document(text, what="--tasks list")
+    except DocumentError as exc:
+        raise TemplateError(str(exc)) from None
     if not isinstance(document, list) or not all(isinstance(item, dict) for item in document):
         raise TemplateError("--tasks must be a list of mappings from task parameter name to value")
     return [{str(k): str(v) for k, v in item.items()} for item in document]
@@ -319,19 +329,143 @@ def _typed_task(
     return typed
 
 
+#: More tasks than this listed for a farm would be refused there anyway (see
+#: ``agent.local._farmrun``): a plan keeps no longer list of them.
+_FARM_LISTED_TASKS_LIMIT = 10_001
+
+
+class _Tasks(Protocol):
+    """What a step's tasks are taken from: a tuple, or openjd-model's lazy space."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> TaskParameterSet: ...
+
+
+class _Prefix:
+    """The first ``count`` items of a (lazy) sequence of tasks, itself lazy."""
+
+    def __init__(self, items: _Tasks, count: int) -> None:
+        self._items = items
+        self._count = min(count, len(items))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> TaskParameterSet:
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[TaskParameterSet]:
+        items = self._items
+        return (items[i] for i in range(self._count))
+
+
+@attrs.frozen
+class _Segment:
+    """``count`` consecutive actions from ``start``: one environment action, or a
+    step's task runs (``tasks``), made by ``make(offset, parameters)``."""
+
+    start: int
+    count: int
+    make: Callable[[int, TaskParameterSet | None], Runnable]
+    tasks: _Tasks | None = None
+    exit: bool = False
+
+    def action(self, offset: int) -> Runnable:
+        return self.make(offset, self.tasks[offset] if self.tasks is not None else None)
+
+    def actions_from(self, first: int) -> Iterator[Runnable]:
+        if self.tasks is None:
+            yield from (self.action(i) for i in range(first, self.count))
+            return
+        # By index: openjd-model's space iterator is its own iterator (iterating it
+        # twice would find it exhausted); indexing it is random access, and lazy.
+        tasks = self.tasks
+        yield from (self.make(i, tasks[i]) for i in range(first, self.count))
+
+
+#: Plans of up to this many actions are made when planned (and kept).
+_MADE_AT_ONCE = 4096
+
+
+class PlannedActions(Sequence[Runnable]):
+    """A session's actions, in order, made as they are reached: a step's task runs
+    come from its parameter space (openjd-model's ``StepParameterSpaceIterator``,
+    itself lazy), so the plan takes the same memory for ten tasks as for 10**8."""
+
+    def __init__(self, segments: Sequence[_Segment]) -> None:
+        self._segments = tuple(segments)
+        self._length = sum(segment.count for segment in self._segments)
+        # A small plan is made once, so that its actions keep their identity.
+        self._made: tuple[Runnable, ...] | None = None
+        if self._length <= _MADE_AT_ONCE:
+            self._made = tuple(self._make_from(0))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        if self._made is not None:
+            return self._made[index]
+        for segment in self._segments:
+            if index < segment.start + segment.count:
+                return segment.action(index - segment.start)
+        raise IndexError(index)  # pragma: no cover - the length says otherwise
+
+    def __iter__(self) -> Iterator[Runnable]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int, *, exits_only: bool = False) -> Iterator[Runnable]:
+        """The actions from ``start`` on; with ``exits_only``, only the environment
+        exits among them (what a session that is ending still runs), without making
+        the task runs in between."""
+        if self._made is not None:
+            return (
+                action
+                for action in self._made[start:]
+                if not exits_only or isinstance(action, ExitEnvironment)
+            )
+        return self._make_from(start, exits_only=exits_only)
+
+    def _make_from(self, start: int, *, exits_only: bool = False) -> Iterator[Runnable]:
+        for segment in self._segments:
+            end = segment.start + segment.count
+            if end <= start:
+                continue
+            if exits_only and not segment.exit:
+                continue
+            yield from segment.actions_from(max(start - segment.start, 0))
+
+
 class _PlanBuilder:
     def __init__(self, created: CreatedJob) -> None:
         self.created = created
-        self.actions: list[Runnable] = []
+        self.segments: list[_Segment] = []
+        self.length = 0
         self.task_count = 0
+        self.step_task_counts: dict[str, int] = {}
         self._entered: list[str] = []  # environment ids to exit, outermost first
 
+    def _add_one(self, action: Runnable, *, exit: bool = False) -> None:
+        self.segments.append(_Segment(self.length, 1, lambda _o, _t: action, exit=exit))
+        self.length += 1
+
     def _next_id(self) -> str:
-        return f"action-{len(self.actions) + 1}"
+        return f"action-{self.length + 1}"
 
     def enter(self, identifier: str, environment: Any, *, step: Step | None = None) -> None:
         symtab = self.created.step_symbol_tables.get(step.name) if step is not None else None
-        self.actions.append(
+        self._add_one(
             EnterEnvironment(
                 action_id=self._next_id(),
                 environment_id=identifier,
@@ -343,25 +477,35 @@ class _PlanBuilder:
         self._entered.append(identifier)
 
     def exit(self, identifier: str) -> None:
-        self.actions.append(ExitEnvironment(action_id=self._next_id(), environment_id=identifier))
+        self._add_one(
+            ExitEnvironment(action_id=self._next_id(), environment_id=identifier), exit=True
+        )
         self._entered.remove(identifier)
 
-    def step(self, step: Step, tasks: Iterable[TaskParameterSet]) -> None:
+    def step(self, step: Step, tasks: _Tasks) -> None:
         step_envs = [f"STEP:{step.name}:{env.name}" for env in step.stepEnvironments or ()]
         for identifier, environment in zip(step_envs, step.stepEnvironments or (), strict=True):
             self.enter(identifier, environment, step=step)
         symtab = self.created.step_symbol_tables.get(step.name)
-        for parameters in tasks:
-            self.actions.append(
-                RunTask(
-                    action_id=self._next_id(),
-                    step_name=step.name,
-                    script=step.script,
-                    parameters=parameters,
-                    resolved_symtab=symtab,
-                )
+        first = self.length + 1
+        name, script = step.name, step.script
+
+        def make(offset: int, parameters: TaskParameterSet | None) -> Runnable:
+            assert parameters is not None
+            return RunTask(
+                action_id=f"action-{first + offset}",
+                step_name=name,
+                script=script,
+                parameters=parameters,
+                resolved_symtab=symtab,
             )
-            self.task_count += 1
+
+        count = len(tasks)
+        if count:
+            self.segments.append(_Segment(self.length, count, make, tasks=tasks))
+            self.length += count
+        self.task_count += count
+        self.step_task_counts[step.name] = self.step_task_counts.get(step.name, 0) + count
         for identifier in reversed(step_envs):
             self.exit(identifier)
 
@@ -381,6 +525,11 @@ def session_config(plan: LocalPlan, *, preserve: bool, session_id: str = "local"
     )
 
 
+#: Actions enqueued ahead of the ones that have ended, at most (and in chunks of).
+_AHEAD = 256
+_CHUNK = 64
+
+
 async def start_session(
     nursery: trio.Nursery,
     config: SessionConfig,
@@ -389,22 +538,100 @@ async def start_session(
     containment: Containment | None = None,
     buffer: int = 8,
 ) -> tuple[trio.MemorySendChannel[SessionCommand], trio.MemoryReceiveChannel[SessionEvent]]:
-    """Start a ``SessionRunner`` in ``nursery`` with ``actions`` queued and nothing more
-    to come (``Finish``); its inbox, for cancels and stops, and its events, which end
-    when the session has."""
+    """Start a ``SessionRunner`` in ``nursery`` to run ``actions``, then nothing more
+    (``Finish``); its inbox, for cancels and stops, and its events, which end when
+    the session has.
+
+    The actions are handed over as the session gets to them, a few hundred ahead of
+    the last one that ended, so a plan of 10**8 tasks (``PlannedActions``) starts at
+    once and takes no more memory than one of ten. Once an action has failed (or
+    was cancelled) the session runs only environment exits: those alone follow,
+    and the other actions are never made (callers count them as never attempted).
+    """
+    runner_send, runner_receive = trio.open_memory_channel[SessionEvent](buffer)
     events_send, events_receive = trio.open_memory_channel[SessionEvent](buffer)
-    runner = SessionRunner(config, events_send, containment=containment)
+    runner = SessionRunner(config, runner_send, containment=containment)
+    progress = _Progress()
 
     async def run_runner(
         *, task_status: trio.TaskStatus[trio.MemorySendChannel[SessionCommand]]
     ) -> None:
-        with events_send:
+        with runner_send:
             await runner.run(task_status=task_status)
 
+    async def relay() -> None:
+        with runner_receive, events_send:
+            async for event in runner_receive:
+                if isinstance(event, ActionEnded):
+                    progress.ended(event)
+                await events_send.send(event)
+        progress.close()
+
     inbox: trio.MemorySendChannel[SessionCommand] = await nursery.start(run_runner)
-    await inbox.send(Enqueue(tuple(actions)))
-    await inbox.send(Finish())
+    nursery.start_soon(relay)
+    nursery.start_soon(_feed, inbox, actions, progress)
     return inbox, events_receive
+
+
+class _Progress:
+    """How far the session has got: what the feeder waits on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ending = False
+        self.closed = False
+        self._changed = trio.Event()
+
+    def ended(self, event: ActionEnded) -> None:
+        self.count += 1
+        if (
+            event.state is not ActionState.SUCCESS
+            and event.state is not ActionState.NEVER_ATTEMPTED
+        ):
+            self.ending = True
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait(self) -> None:
+        await self._changed.wait()
+
+
+async def _feed(
+    inbox: trio.MemorySendChannel[SessionCommand],
+    actions: Sequence[Runnable],
+    progress: _Progress,
+) -> None:
+    position = 0
+    pending = iter(actions)
+    try:
+        while position < len(actions) and not progress.closed:
+            if progress.ending:
+                # Only exits still run: hand those over, skip the rest unmade.
+                if isinstance(actions, PlannedActions):
+                    exits = list(actions.iter_from(position, exits_only=True))
+                else:
+                    exits = [
+                        a for a in islice(actions, position, None) if isinstance(a, ExitEnvironment)
+                    ]
+                if exits:
+                    await inbox.send(Enqueue(tuple(exits)))
+                break
+            if position - progress.count >= _AHEAD:
+                await progress.wait()
+                continue
+            chunk = tuple(islice(pending, _CHUNK))
+            position += len(chunk)
+            await inbox.send(Enqueue(chunk))
+        await inbox.send(Finish())
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the session has ended
 
 
 async def run_local_session(

@@ -205,6 +205,19 @@ class JsonlRenderer:
         self._out.flush()
 
 
+#: C0 controls but tab, DEL and C1 controls -> ``\xNN``: a job's escape sequences
+#: (``\x1b]...``, cursor moves, title changes, a bell) reach the user's terminal
+#: as text, never as commands to it.
+_VISIBLE = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if code != 0x09
+}
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN`` (tabs kept)."""
+    return text.translate(_VISIBLE)
+
+
 class HumanRenderer:
     """Output lines as they come, a header and a result line per action, a live
     progress line on a terminal, and a summary at the end."""
@@ -228,7 +241,7 @@ class HumanRenderer:
 
     def _note(self, text: str) -> None:
         self._clear_status()
-        self._out.write(f"[farmhand] {text}\n".encode("utf-8", "backslashreplace"))
+        self._out.write(f"[farmhand] {visible(text)}\n".encode("utf-8", "backslashreplace"))
         self._out.flush()
 
     def _clear_status(self) -> None:
@@ -246,7 +259,7 @@ class HumanRenderer:
             parts.append(f"{progress:5.1f}%")
         if message:
             parts.append(message)
-        line = "  ".join(p for p in parts if p)[:200]
+        line = visible("  ".join(p for p in parts if p))[:200]
         self._err.write(f"\r\x1b[K[farmhand] {line}".encode("utf-8", "backslashreplace"))
         self._err.flush()
         self._status_shown = True
@@ -255,7 +268,8 @@ class HumanRenderer:
         tracker = self._tracker
         if isinstance(event, ActionOutput):
             self._clear_status()
-            self._out.write(("\n".join(event.lines) + "\n").encode("utf-8", "backslashreplace"))
+            text = "\n".join(visible(line) for line in event.lines) + "\n"
+            self._out.write(text.encode("utf-8", "backslashreplace"))
             self._out.flush()
             if event.action_id in self._progress:
                 self._show_status(event.action_id)

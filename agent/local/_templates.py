@@ -7,18 +7,15 @@ decode them, and turns its errors into one clear ``TemplateError`` line.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 from openjd.expr import PathMappingRule
 from openjd.model import (
     DecodeValidationError,
-    DocumentType,
     EnvironmentTemplate,
     Job,
     JobParameterValues,
@@ -26,11 +23,12 @@ from openjd.model import (
     create_job_with_symbol_tables,
     decode_environment_template,
     decode_job_template,
-    document_string_to_object,
     preprocess_job_parameters,
 )
 
 from actors import SUPPORTED_EXTENSIONS
+
+from .._documents import DocumentError, load_document, read_text
 
 
 class TemplateError(Exception):
@@ -42,18 +40,15 @@ def _first_line(text: str) -> str:
 
 
 def read_document(path: Path) -> dict[str, Any]:
-    """A JSON or YAML document (by extension; YAML is tried for anything else)."""
+    """A JSON or YAML document (by extension; YAML is tried for anything else),
+    loaded within ``_documents``' bounds (size, YAML aliases, nesting)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TemplateError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    document_type = DocumentType.JSON if path.suffix.lower() == ".json" else DocumentType.YAML
-    try:
-        document = document_string_to_object(document=text, document_type=document_type)
-    except (DecodeValidationError, ValueError) as exc:
-        raise TemplateError(
-            f"{path}: not valid {document_type.value}: {_first_line(str(exc))}"
-        ) from exc
+        text = read_text(path, what="template")
+        document = load_document(
+            text, json_only=path.suffix.lower() == ".json", what=f"template {path}"
+        )
+    except DocumentError as exc:
+        raise TemplateError(str(exc)) from None
     if not isinstance(document, dict):
         raise TemplateError(
             f"{path}: the document must be a mapping, not {type(document).__name__}"
@@ -64,7 +59,9 @@ def read_document(path: Path) -> dict[str, Any]:
 def decode_job(document: dict[str, Any], *, source: str) -> JobTemplate:
     try:
         template = decode_job_template(template=document, supported_extensions=SUPPORTED_EXTENSIONS)
-    except (DecodeValidationError, NotImplementedError) as exc:
+    except (DecodeValidationError, NotImplementedError, TypeError, ValueError) as exc:
+        # TypeError/ValueError: openjd-model trips over some malformed documents
+        # (such as ``extensions: [[], [null]]``) before it can report them.
         raise TemplateError(f"{source}: {_first_line(str(exc))}") from exc
     _check_extensions(template.extensions, source)
     return template
@@ -75,7 +72,7 @@ def decode_environment(document: dict[str, Any], *, source: str) -> EnvironmentT
         template = decode_environment_template(
             template=document, supported_extensions=SUPPORTED_EXTENSIONS
         )
-    except (DecodeValidationError, NotImplementedError) as exc:
+    except (DecodeValidationError, NotImplementedError, TypeError, ValueError) as exc:
         raise TemplateError(f"{source}: {_first_line(str(exc))}") from exc
     _check_extensions(template.extensions, source)
     return template
@@ -123,9 +120,9 @@ def parse_job_parameters(arguments: Sequence[str]) -> dict[str, Any]:
             values.update(document)
         elif text.startswith("{"):
             try:
-                document = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TemplateError(f"job parameter {text!r} is not valid JSON: {exc.msg}") from exc
+                document = load_document(text, json_only=True, what="job parameter JSON")
+            except DocumentError as exc:
+                raise TemplateError(str(exc)) from None
             if not isinstance(document, dict):
                 raise TemplateError(f"job parameter {text!r} must be a JSON object")
             values.update(document)
@@ -140,13 +137,12 @@ def parse_job_parameters(arguments: Sequence[str]) -> dict[str, Any]:
 
 def _read_parameter_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TemplateError(f"cannot read parameter file {path}: {exc.strerror or exc}") from exc
-    try:
-        document = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise TemplateError(f"parameter file {path} is not valid: {_first_line(str(exc))}") from exc
+        text = read_text(path, what="parameter file")
+        document = load_document(
+            text, json_only=path.suffix.lower() == ".json", what=f"parameter file {path}"
+        )
+    except DocumentError as exc:
+        raise TemplateError(str(exc)) from None
     if not isinstance(document, dict):
         raise TemplateError(f"parameter file {path} must hold a mapping of names to values")
     return document
@@ -196,17 +192,13 @@ def parse_path_mapping_rules(argument: str) -> list[PathMappingRule]:
     if text.startswith("file://"):
         path = Path(text.removeprefix("file://")).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise TemplateError(
-                f"cannot read path mapping rules {path}: {exc.strerror or exc}"
-            ) from exc
+            text = read_text(path, what="path mapping rules")
+        except DocumentError as exc:
+            raise TemplateError(str(exc)) from None
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TemplateError(
-            f"path mapping rules are not valid JSON/YAML: {_first_line(str(exc))}"
-        ) from exc
+        document = load_document(text, what="path mapping rules")
+    except DocumentError as exc:
+        raise TemplateError(str(exc)) from None
     if not isinstance(document, dict):
         raise TemplateError(
             "path mapping rules must be an object with 'version' and 'path_mapping_rules'"

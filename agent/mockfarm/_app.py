@@ -35,6 +35,7 @@ import structlog
 import trio
 
 from .._asgi import Receive, Scope, Send, answer_lifespan
+from .._documents import load_json
 from ._apierrors import ApiError, internal
 from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
 from ._farm import Farm
@@ -352,7 +353,9 @@ class MockFarmApp:
                 return 200, json.dumps(self._info()).encode()
             if path == "/_mockfarm/faults":
                 if method == "PUT":
-                    config = FaultConfig.from_dict(json.loads(body or b"{}"))
+                    config = FaultConfig.from_dict(
+                        load_json(body or b"{}", what="fault configuration")
+                    )
                     self.faults.configure(config)
                     log.info("mockfarm.faults_changed", faults=config.to_dict())
                 if method in ("GET", "PUT"):

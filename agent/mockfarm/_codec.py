@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 import botocore.session
 
+from .._documents import DocumentError, load_json
 from ._apierrors import ApiError, validation
 from ._shapes import (
     Invalid,
@@ -118,15 +119,14 @@ class Operation:
 
 
 def decode_json_object(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object (an empty body is ``{}``)."""
+    """The request body as a JSON object (an empty body is ``{}``), nested at most
+    ``MAX_DEPTH`` deep (a deeper one is a 400, not a RecursionError)."""
     if not body or body.isspace():
         return {}
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise validation(
-            f"The request body is not valid JSON: {exc}", reason="CANNOT_PARSE"
-        ) from None
+        value = load_json(body, what="request body")
+    except DocumentError as exc:
+        raise validation(f"{str(exc)[:1].upper()}{str(exc)[1:]}", reason="CANNOT_PARSE") from None
     if type(value) is not dict:
         raise validation(
             f"The request body must be a JSON object, not {json_type(value)}",

@@ -20,10 +20,10 @@ import structlog
 import trio
 from openjd.model import TaskParameterSet
 
-from ._apierrors import not_found, validation
+from ._apierrors import ApiError, not_found, validation
 from ._codec import deadline_codec
 from ._farmscheduler import FarmScheduler, SchedulingConfig, heartbeat_deadline, utcnow
-from ._jobs import build_job, select_steps_and_tasks
+from ._jobs import JobSpec, build_job, select_steps_and_tasks
 from ._logstore import LogStore
 from ._records import (
     TASK_RUN_STATUSES,
@@ -82,6 +82,13 @@ class FarmConfig:
     #: Defaults of CreateJob's ``maxRetriesPerTask`` and ``maxFailedTasksCount``.
     max_retries_per_task: int = attrs.field(default=5, validator=_not_negative)
     max_failed_tasks_count: int = attrs.field(default=100, validator=_not_negative)
+    #: Deadline Cloud's service quotas "Tasks per step" (L-3DE82FE6) and "Tasks per job"
+    #: (L-CF66A041): 10,000 each by default in every Region, adjustable on request
+    #: (Deadline Cloud User Guide, "Quotas for Deadline Cloud"). CreateJob past them is a
+    #: ServiceQuotaExceededException naming the quota, and the farm never lays the
+    #: tasks out.
+    max_tasks_per_step: int = attrs.field(default=10_000, validator=_positive)
+    max_tasks_per_job: int = attrs.field(default=10_000, validator=_positive)
     #: Lifetime of the fake credentials from AssumeFleetRoleForWorker/AssumeQueueRoleForWorker.
     credentials_lifetime_seconds: float = attrs.field(default=3600.0, validator=_positive)
     region: str = "us-west-2"
@@ -295,6 +302,25 @@ class FarmBase:
         self.state.queues[queue.queue_id] = queue
         return queue
 
+    def _check_task_quotas(self, spec: JobSpec) -> None:
+        """Deadline Cloud's "Tasks per step" and "Tasks per job" quotas (see ``FarmConfig``)."""
+        total = 0
+        for step in spec.steps:
+            count = step.task_count
+            total += count
+            if count > self.config.max_tasks_per_step:
+                raise _quota_exceeded(
+                    f"Step {step.name!r} has {count:,} tasks; the quota "
+                    f"'Tasks per step' allows {self.config.max_tasks_per_step:,}.",
+                    "L-3DE82FE6",
+                )
+        if total > self.config.max_tasks_per_job:
+            raise _quota_exceeded(
+                f"The job has {total:,} tasks; the quota 'Tasks per job' allows "
+                f"{self.config.max_tasks_per_job:,}.",
+                "L-CF66A041",
+            )
+
     def create_job(
         self,
         queue: Queue,
@@ -336,6 +362,7 @@ class FarmBase:
             queue_environments=[env.decoded for env in queue_environments],
         )
         spec = select_steps_and_tasks(spec, steps, tasks)
+        self._check_task_quotas(spec)
         now = utcnow()
         job = Job(
             job_id=f"job-{new_hex()}",
@@ -473,3 +500,14 @@ def _paginate(items: Sequence[_T], p: Mapping[str, Any]) -> tuple[list[_T], str 
         start = int(token)
     end = start + p.get("maxResults", 100)
     return list(items[start:end]), (str(end) if end < len(items) else None)
+
+
+def _quota_exceeded(message: str, quota_code: str) -> ApiError:
+    return ApiError(
+        "ServiceQuotaExceededException",
+        message,
+        reason="SERVICE_QUOTA_EXCEEDED_EXCEPTION",
+        resourceType="task",
+        serviceCode="deadline",
+        quotaCode=quota_code,
+    )

@@ -31,12 +31,12 @@ from openjd.model import (
     create_job_with_symbol_tables,
     decode_environment_template,
     decode_job_template,
-    document_string_to_object,
     model_to_object,
     preprocess_job_parameters,
 )
 from openjd.model.v2023_09 import ExtensionName
 
+from .._documents import DocumentError, load_document
 from ._apierrors import validation
 
 JOB_SCHEMA = "jobtemplate-2023-09"
@@ -97,15 +97,18 @@ def parse_template_text(text: str, template_type: str | None, *, what: str) -> d
     """A JSON or YAML document that must be an object."""
     document_type = DocumentType.JSON if template_type == "JSON" else DocumentType.YAML
     try:
-        document = document_string_to_object(document=text, document_type=document_type)
-    except (DecodeValidationError, ValueError) as exc:
-        raise validation(
-            f"The {what} is not valid {document_type.value}: {_one_line(str(exc))}",
-            reason="OTHER",
-        ) from None
+        # Bounded: size, YAML aliases and nesting (a "billion laughs" is refused in
+        # milliseconds instead of freezing the farm).
+        document = load_document(text, json_only=template_type == "JSON", what=what)
+    except DocumentError as exc:
+        raise validation(_sentence(str(exc)), reason="OTHER") from None
     if not isinstance(document, dict):
         raise validation(f"The {what} must be a {document_type.value} object.", reason="OTHER")
     return document
+
+
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 def decode_environment(text: str, template_type: str) -> EnvironmentTemplate:

@@ -588,7 +588,8 @@ async def _run_worker(
     own_containment = containment is None
     if containment is None:
         containment = Containment()
-        containment.start_watchdog()
+        # It first ends what a killed previous incarnation left (/proc scans): not on the loop.
+        await trio.to_thread.run_sync(containment.start_watchdog)
     worker: Worker | None = None
     agent_stream: LogStream | None = None
     # Every log line of the worker's actors (and the sessions they start) names it:

@@ -30,10 +30,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
-import yaml
 
 from agent import JobSpecError
-from agent.jobs import JobSpec
+from agent.jobs import DocumentError, JobSpec, load_document
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOG_GROUP = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}")
@@ -211,10 +210,9 @@ def _relative_path(text: str) -> bool:
 def _template(raw: Any) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
-            raw = yaml.safe_load(raw)  # JSON is YAML too
-        except yaml.YAMLError as exc:
-            detail = " ".join(str(exc).split())
-            raise ConfigError(f"'template' is not valid JSON or YAML: {detail}") from exc
+            raw = load_document(raw, what="'template'")  # JSON is YAML too
+        except DocumentError as exc:
+            raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError("'template' must be an OpenJD job template (an object, or its text)")
     plain: dict[str, Any] = _plain(raw)

@@ -38,7 +38,15 @@ import structlog
 import trio
 from hypercorn.trio import serve
 
-from agent.jobs import Receive, Scope, Send, answer_lifespan, hypercorn_config
+from agent.jobs import (
+    DocumentError,
+    Receive,
+    Scope,
+    Send,
+    answer_lifespan,
+    hypercorn_config,
+    load_json,
+)
 
 from ._protocol import JOB_STATUSES
 from ._queue import Job, JobQueue, QueueConfig, QueueError, public
@@ -234,9 +242,9 @@ def _allow(method: str, allowed: str) -> None:
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QueueError(400, f"the body is not valid JSON: {exc}") from exc
+        return load_json(body or b"null")  # bounded nesting: deep bodies are a 400
+    except DocumentError as exc:
+        raise QueueError(400, str(exc)) from None
 
 
 async def _respond(send: Send, status: int, answer: Any) -> None:

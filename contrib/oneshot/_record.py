@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
 from agent import JobSpecError
-from agent.jobs import JobSpec
+from agent.jobs import DocumentError, JobSpec, load_document
 
 INITIALIZING = "INITIALIZING"
 RUNNING = "RUNNING"
@@ -207,10 +206,9 @@ def _template_document(template: Any) -> dict[str, Any]:
     if not isinstance(template, str):
         raise RecordError("'template' must be the template's JSON/YAML text or a map")
     try:
-        loaded = yaml.safe_load(template)  # JSON is YAML too
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise RecordError(f"'template' is not valid JSON or YAML: {detail}") from exc
+        loaded = load_document(template, what="'template'")  # JSON is YAML too
+    except DocumentError as exc:
+        raise RecordError(str(exc)) from None
     if not isinstance(loaded, dict):
         raise RecordError("'template' must be a mapping")
     return loaded

@@ -97,3 +97,43 @@ def test_jsonl_escapes_and_counts() -> None:
         "actions": {"NEVER_ATTEMPTED": 1, "SUCCESS": 1},
     }
     assert all(p["event"] != "log" for p in parsed)  # info notes only with --verbose
+
+
+def test_human_output_shows_control_characters_instead_of_sending_them() -> None:
+    """A job's escape sequences (a title change, a screen clear, a bell, C1 CSI)
+    reach the terminal as visible text; tabs stay tabs; jsonl keeps them as JSON escapes."""
+    hostile = "\x1b]0;owned\x07\x1b[2J\tok\x9b31m\x7f\x00"
+    events: list[object] = [
+        ActionStarted("s", "a1", ActionKind.TASK_RUN, "R\x1b[1m", {"F": "\x1b[31m7"}, T0),
+        ActionOutput("s", "a1", (hostile,)),
+        ActionProgress("s", "a1", 10.0),
+        ActionStatusMessage("s", "a1", "status \x1b[2J"),
+        ActionEnded(
+            "s",
+            "a1",
+            ActionKind.TASK_RUN,
+            ActionState.FAILED,
+            exit_code=1,
+            fail_message="bad \x1b[5m",
+            started_at=T0,
+            ended_at=T0,
+        ),
+        SessionEnded("s", False, None),
+    ]
+    out, err = io.BytesIO(), io.BytesIO()
+    human = HumanRenderer(out, err, live=True)
+    for event in events:
+        human(event)  # type: ignore[arg-type]
+    human.finish(planned=1)
+    text = out.getvalue().decode()
+    assert "\\x1b]0;owned\\x07\\x1b[2J\tok\\x9b31m\\x7f\\x00" in text
+    assert "R\\x1b[1m" in text and "F=\\x1b[31m7" in text and "bad \\x1b[5m" in text
+    assert not any(ch in text for ch in "\x1b\x07\x9b\x7f\x00")
+    # On stderr only our own line control (\r, ESC [K) remains.
+    status = err.getvalue().decode().replace("\r\x1b[K", "")
+    assert "status \\x1b[2J" in status and "\x1b" not in status
+    jsonl = io.BytesIO()
+    renderer = JsonlRenderer(jsonl)
+    renderer(events[0])  # type: ignore[arg-type]
+    renderer(events[1])  # type: ignore[arg-type]
+    assert json.loads(jsonl.getvalue().splitlines()[1])["line"] == hostile

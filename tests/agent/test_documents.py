@@ -1,0 +1,177 @@
+"""Hostile input (issue 19): documents that would take the host down are refused
+in one line, and whoever reads them (``check``, ``run``, the mock farm) goes on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import botocore.exceptions
+import httpx
+import pytest
+import trio
+
+from agent._documents import ALIAS_BUDGET, DocumentError, load_document, template_max_chars
+from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The classic "billion laughs": 9 levels of 9 aliases, 9**9 strings once expanded.
+BILLION_LAUGHS = (
+    "specificationVersion: jobtemplate-2023-09\n"
+    "name: laughs\n"
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+        for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "steps: *i\n"
+)
+
+
+def agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    return lines[0]
+
+
+# ---------------------------------------------------------------- billion laughs
+
+
+def test_the_billion_laughs_is_refused_before_it_expands() -> None:
+    assert len(BILLION_LAUGHS) < 700
+    with pytest.raises(DocumentError, match="expands through YAML aliases"):
+        load_document(BILLION_LAUGHS, what="job template")
+
+
+def test_aliases_within_the_budget_are_fine() -> None:
+    text = "a: &a [1, 2, 3]\nb: *a\nc: [*a, *a]\n"
+    assert load_document(text) == {"a": [1, 2, 3], "b": [1, 2, 3], "c": [[1, 2, 3]] * 2}
+    wide = "a: &a [" + ", ".join(["x"] * 1000) + "]\nb: [" + ", ".join(["*a"] * 99) + "]\n"
+    assert len(load_document(wide)["b"]) == 99  # about ALIAS_BUDGET nodes: still allowed
+    too_wide = "a: &a [" + ", ".join(["x"] * 1000) + "]\nb: [" + ", ".join(["*a"] * 102) + "]\n"
+    assert ALIAS_BUDGET < 102 * 1001
+    with pytest.raises(DocumentError, match="aliases"):
+        load_document(too_wide)
+
+
+@pytest.mark.parametrize(
+    ("text", "json_only", "message"),
+    [
+        ("a: &a [1, *a]", False, "refers to itself"),
+        ("[" * 100_000 + "]" * 100_000, True, "nested"),
+        ("[" * 100_000 + "]" * 100_000, False, "nest"),
+        ("a:\n" + "".join(" " * i + "- \n" for i in range(1, 300)), False, "nested more than"),
+        ("[" * 150 + "]" * 150, True, "nested more than 100"),
+    ],
+)
+def test_deep_and_self_referring_documents_are_refused(
+    text: str, json_only: bool, message: str
+) -> None:
+    with pytest.raises(DocumentError, match=message):
+        load_document(text, json_only=json_only)
+
+
+def test_the_template_size_is_the_services_limit(tmp_path: Path) -> None:
+    assert template_max_chars() == 1_000_000  # JobTemplate's max in botocore's deadline model
+    path = tmp_path / "big.yaml"
+    path.write_text("specificationVersion: jobtemplate-2023-09\n#" + "x" * 1_000_000 + "\n")
+    line = one_error_line(agent("check", str(path)))
+    assert "the limit is 1,000,000" in line
+
+
+def test_check_refuses_the_billion_laughs_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    line = one_error_line(agent("check", str(path)))
+    assert "expands through YAML aliases" in line and str(path) in line
+
+
+@pytest.fixture
+async def farm() -> AsyncIterator[MockFarm]:
+    async with open_mock_farm(config=FarmConfig(update_interval_seconds=1)) as farm:
+        yield farm
+
+
+async def test_the_farm_refuses_the_billion_laughs_and_keeps_answering(farm: MockFarm) -> None:
+    """A CreateJob with the billion laughs is a ValidationException, and a call made
+    while it is being refused is answered."""
+    deadline = farm.boto3_client("deadline")
+    results: dict[str, object] = {}
+
+    def create() -> None:
+        try:
+            deadline.create_job(
+                farmId=farm.farm_id,
+                queueId=farm.queue_id,
+                template=BILLION_LAUGHS,
+                templateType="YAML",
+                priority=1,
+            )
+        except botocore.exceptions.ClientError as exc:
+            results["create"] = exc.response
+        else:
+            results["create"] = "created"
+
+    def other() -> None:
+        results["queues"] = deadline.list_queues(farmId=farm.farm_id)["queues"]
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, create)
+            nursery.start_soon(trio.to_thread.run_sync, other)
+    create_error = results["create"]
+    assert isinstance(create_error, dict), create_error
+    assert create_error["Error"]["Code"] == "ValidationException"
+    assert "aliases" in create_error["Error"]["Message"]
+    assert [queue["queueId"] for queue in results["queues"]] == [farm.queue_id]  # type: ignore[attr-defined]
+
+    # ... and a JSON template nested too deep is refused the same way.
+    def deep() -> dict[str, object]:
+        try:
+            deadline.create_job(
+                farmId=farm.farm_id,
+                queueId=farm.queue_id,
+                template=json.dumps({"name": "x"})[:-1] + ', "a": ' + "[" * 5000 + "]" * 5000 + "}",
+                templateType="JSON",
+                priority=1,
+            )
+        except botocore.exceptions.ClientError as exc:
+            return dict(exc.response)
+        raise AssertionError("created")
+
+    response = await trio.to_thread.run_sync(deep)
+    assert response["Error"]["Code"] == "ValidationException"  # type: ignore[index]
+    assert "nested" in response["Error"]["Message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("depth", [100_000, 200])
+async def test_the_farm_refuses_deeply_nested_bodies(farm: MockFarm, depth: int) -> None:
+    """A 400 ValidationException saying why, not a 500 and a logged traceback."""
+    body = b'{"displayName": "q", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{farm.endpoint_url}/2023-10-12/farms/{farm.farm_id}/queues",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        assert response.headers["x-amzn-errortype"].startswith("ValidationException")
+        assert "nested" in response.json()["message"]
+        faults = await http.put(f"{farm.endpoint_url}/_mockfarm/faults", content=body)
+        assert faults.status_code == 400 and "nested" in faults.json()["message"]
