@@ -7,6 +7,8 @@ through their inboxes and report events through the channels they are given.
 from ._contain import Containment as Containment
 from ._heartbeat import Heartbeat as Heartbeat
 from ._heartbeat import HeartbeatStatistics as HeartbeatStatistics
+from ._jobuser import JobUser as JobUser
+from ._jobuser import JobUserError as JobUserError
 from ._messages import ActionEnded as ActionEnded
 from ._messages import ActionFailMessage as ActionFailMessage
 from ._messages import ActionKind as ActionKind

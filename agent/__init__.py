@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     from ._jobrun import JobRunStatistics as JobRunStatistics
     from ._jobrun import JobSpec as JobSpec
     from ._jobrun import JobStatus as JobStatus
+    from ._jobrun import JobUser as JobUser
+    from ._jobrun import JobUserError as JobUserError
     from ._jobrun import run_job as run_job
     from ._jobstop import Shutdown as Shutdown
     from ._jobstop import ShutdownStatistics as ShutdownStatistics
@@ -119,6 +121,8 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_GRACE": "._jobrun",
     "JobOutcome": "._jobrun",
     "JobRun": "._jobrun",
+    "JobUser": "._jobrun",
+    "JobUserError": "._jobrun",
     "JobRunStatistics": "._jobrun",
     "JobSpec": "._jobrun",
     "JobStatus": "._jobrun",
