@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "httpqueue": ("contrib.httpqueue._cli", "work an HTTP job queue, or serve the reference one"),
     "oneshot": ("contrib.oneshot._cli", "run one DynamoDB job record (a task started per job)"),
     "ephemeral": ("contrib.ephemeral._cli", "run the one job of a throw-away CI instance"),
+    "grpc": ("contrib.grpcagent._cli", "serve CI jobs pushed over gRPC (a push-model agent)"),
 }
 
 #: The command used when the first argument names none of the above.
