@@ -222,7 +222,7 @@ class CiAgent:
         except RequestError as exc:
             stream.fail("INVALID_ARGUMENT", str(exc))
             return
-        reason: tuple[pb.Rejected.Reason.ValueType, str] | None = None
+        reason: tuple[pb.Rejected.Reason, str] | None = None
         if self._nursery is None or not self.shutdown.accepting:
             reason = (pb.Rejected.STOPPING, f"the agent is stopping ({self.shutdown.reason})")
         elif request.job_id in self._jobs:
@@ -263,7 +263,7 @@ class CiAgent:
             job.cancel("the client went away")
 
     def _reject(
-        self, stream: EventStream, job_id: str, reason: pb.Rejected.Reason.ValueType, message: str
+        self, stream: EventStream, job_id: str, reason: pb.Rejected.Reason, message: str
     ) -> None:
         self._rejected += 1
         self._bump()
