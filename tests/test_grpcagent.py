@@ -7,6 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -529,7 +531,8 @@ async def test_the_cli_serves_until_sigterm(tmp_path: Path) -> None:
 
 
 async def test_the_job_runs_as_the_requested_user(tmp_path: Path) -> None:
-    """user (and group) in the request: the lane runs as that OS user."""
+    """user in the request: the lane runs as that OS user, and can write its directory
+    (whose files the agent then uploads); an unknown user is a rejection."""
     if os.geteuid() != 0:
         pytest.skip("a job user needs root (or a sudoers entry) to switch to")
     for tool in ("sudo", "useradd"):
@@ -539,23 +542,34 @@ async def test_the_job_runs_as_the_requested_user(tmp_path: Path) -> None:
 
     user = "farmhandjob"
 
-    def make_user() -> None:
+    def make_user() -> Path:
         try:
             pwd.getpwnam(user)
         except KeyError:
             subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True)
-        (tmp_path / "work").mkdir()
-        tmp_path.chmod(0o711)  # the job user passes through to its directory
-        (tmp_path / "work").chmod(0o711)
+        # A work directory the job user can pass through (pytest's are private to root).
+        root = Path(tempfile.mkdtemp(prefix="farmhand-grpc-user-"))
+        root.chmod(0o711)
+        return root
 
-    await trio.to_thread.run_sync(make_user)
-    async with running_agent(config_for(tmp_path)) as served:
-        client = Client.connect(served.port)
-        ev = await client.run_all(job_id="as-user", command=["id", "-un"], user=user)
-        missing = await client.run_all(job_id="nobody", command=["true"], user="no-such-user")
-        client.close()
+    root = await trio.to_thread.run_sync(make_user)
+    try:
+        async with running_agent(config_for(root)) as served:
+            client = Client.connect(served.port)
+            ev = await client.run_all(
+                job_id="as-user",
+                command=sh("id -un; echo made by the job user > out.txt; cat out.txt"),
+                user=user,
+                artifacts=["out.txt"],
+            )
+            missing = await client.run_all(job_id="nobody", command=["true"], user="no-such-user")
+            client.close()
+    finally:
+        await trio.to_thread.run_sync(partial(shutil.rmtree, root, ignore_errors=True))
     assert ev.final().finished.status == pb.Finished.SUCCEEDED, ev.lines()
-    assert user in ev.lines()
+    assert user in ev.lines() and "made by the job user" in ev.lines()
+    [artifact] = ev.final().finished.artifacts
+    assert (artifact.path, artifact.size) == ("out.txt", len("made by the job user\n"))
     assert missing.final().rejected.message == "job user 'no-such-user' does not exist"
 
 
