@@ -10,7 +10,7 @@ is found only by its tag, and only where ``ps`` shows environments (macOS
 ``ps -E`` for the agent's own user or as root).
 
 ``FARMHAND_POSIX_FALLBACK=1`` in the environment makes Linux use the fallback
-too: that is how the fallback is tested on Linux (tests/test_platform.py).
+too: that is how the fallback is tested on Linux (tests/actors/test_platform.py).
 
 This module is loaded by file path from the launcher and the watchdog (which
 run as ``python -I -S`` scripts), so it imports only the standard library.

@@ -1,4 +1,4 @@
-"""farmhand's host side: the worker agent, the one-job API, configuration and clients.
+"""farmhand's host side: the worker agent, its configuration, and farmhand's errors.
 
 Embedding the worker in a Trio program::
 
@@ -10,10 +10,10 @@ Anywhere else::
 
     reason = agent.run(config)           # blocks this thread until the worker stops
 
-The one-job API, for adapters that get their jobs from something other than a
-Deadline farm (see ``contrib/``): describe a job with ``JobSpec``, run it with
-``JobRun`` (its output to sinks such as ``LogFile`` or ``open_cloudwatch_log``),
-and stop it with ``Shutdown`` on signals.
+The package is laid out by concern: ``agent.worker`` (the worker host),
+``agent.local`` (``run`` and ``check``), ``agent.jobs`` (the one-job API that
+``contrib/`` adapters use: ``JobSpec``, ``JobRun``, ``Shutdown``, log sinks),
+``agent.deadline`` (the service clients) and ``agent.mockfarm``.
 
 The public names are imported when first used (PEP 562), not with the
 package: every ``python -m agent <command>`` imports this package, and the
@@ -28,17 +28,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._asgi import Receive as Receive
-    from ._asgi import Scope as Scope
-    from ._asgi import Send as Send
-    from ._asgi import answer_lifespan as answer_lifespan
-    from ._asgi import hypercorn_config as hypercorn_config
-    from ._config import ConfigError as ConfigError
-    from ._config import WorkerConfig as WorkerConfig
-    from ._config import configure_parser as configure_parser
-    from ._config import load_config as load_config
-    from ._embed import run as run
-    from ._embed import serve_worker as serve_worker
     from ._errors import ConfigurationError as ConfigurationError
     from ._errors import CredentialsError as CredentialsError
     from ._errors import FarmhandError as FarmhandError
@@ -47,90 +36,45 @@ if TYPE_CHECKING:
     from ._errors import ServiceError as ServiceError
     from ._errors import TransportError as TransportError
     from ._errors import UnrecoverableError as UnrecoverableError
-    from ._hostinfo import Capabilities as Capabilities
-    from ._hostinfo import GpuInfo as GpuInfo
-    from ._hostinfo import NvidiaSmiReport as NvidiaSmiReport
-    from ._hostinfo import probe_gpus as probe_gpus
-    from ._httpbody import BytesBody as BytesBody
-    from ._httpbody import request_with_body as request_with_body
-    from ._joblog import LogFile as LogFile
-    from ._joblog import OutputSink as OutputSink
-    from ._joblog import OutputTail as OutputTail
-    from ._joblog import Tee as Tee
-    from ._joblog import open_cloudwatch_log as open_cloudwatch_log
-    from ._jobrun import DEFAULT_GRACE as DEFAULT_GRACE
-    from ._jobrun import JobOutcome as JobOutcome
-    from ._jobrun import JobRun as JobRun
-    from ._jobrun import JobRunStatistics as JobRunStatistics
-    from ._jobrun import JobSpec as JobSpec
-    from ._jobrun import JobStatus as JobStatus
-    from ._jobrun import JobUser as JobUser
-    from ._jobrun import JobUserError as JobUserError
-    from ._jobrun import run_job as run_job
-    from ._jobstop import Shutdown as Shutdown
-    from ._jobstop import ShutdownStatistics as ShutdownStatistics
-    from ._jobstop import StopLevel as StopLevel
     from ._logging import configure_logging as configure_logging
-    from ._worker import Endpoints as Endpoints
-    from ._worker import StopReason as StopReason
-    from ._worker import Worker as Worker
-    from ._worker import WorkerStatistics as WorkerStatistics
-    from ._worker import open_agent as open_agent
-    from ._worker import resolve_endpoints as resolve_endpoints
+    from .worker._config import ConfigError as ConfigError
+    from .worker._config import WorkerConfig as WorkerConfig
+    from .worker._config import configure_parser as configure_parser
+    from .worker._config import load_config as load_config
+    from .worker._embed import run as run
+    from .worker._embed import serve_worker as serve_worker
+    from .worker._hostinfo import Capabilities as Capabilities
+    from .worker._worker import Endpoints as Endpoints
+    from .worker._worker import StopReason as StopReason
+    from .worker._worker import Worker as Worker
+    from .worker._worker import WorkerStatistics as WorkerStatistics
+    from .worker._worker import open_agent as open_agent
+    from .worker._worker import resolve_endpoints as resolve_endpoints
 
 #: public name -> the private module that defines it.
 _EXPORTS: dict[str, str] = {
-    # the worker agent
-    "ConfigError": "._config",
-    "WorkerConfig": "._config",
-    "configure_parser": "._config",
-    "load_config": "._config",
-    "run": "._embed",
-    "serve_worker": "._embed",
-    "FarmhandError": "._errors",
-    "UnrecoverableError": "._errors",
     "ConfigurationError": "._errors",
     "CredentialsError": "._errors",
+    "FarmhandError": "._errors",
+    "JobSpecError": "._errors",
     "RetriesExhausted": "._errors",
     "ServiceError": "._errors",
     "TransportError": "._errors",
-    "Capabilities": "._hostinfo",
-    "Endpoints": "._worker",
-    "StopReason": "._worker",
-    "Worker": "._worker",
-    "WorkerStatistics": "._worker",
-    "open_agent": "._worker",
-    "resolve_endpoints": "._worker",
-    # the one-job API and what adapters share
-    "JobSpecError": "._errors",
-    "GpuInfo": "._hostinfo",
-    "NvidiaSmiReport": "._hostinfo",
-    "probe_gpus": "._hostinfo",
-    "Receive": "._asgi",
-    "Scope": "._asgi",
-    "Send": "._asgi",
-    "answer_lifespan": "._asgi",
-    "hypercorn_config": "._asgi",
-    "BytesBody": "._httpbody",
-    "request_with_body": "._httpbody",
-    "LogFile": "._joblog",
-    "OutputSink": "._joblog",
-    "OutputTail": "._joblog",
-    "Tee": "._joblog",
-    "open_cloudwatch_log": "._joblog",
-    "DEFAULT_GRACE": "._jobrun",
-    "JobOutcome": "._jobrun",
-    "JobRun": "._jobrun",
-    "JobUser": "._jobrun",
-    "JobUserError": "._jobrun",
-    "JobRunStatistics": "._jobrun",
-    "JobSpec": "._jobrun",
-    "JobStatus": "._jobrun",
-    "run_job": "._jobrun",
-    "Shutdown": "._jobstop",
-    "ShutdownStatistics": "._jobstop",
-    "StopLevel": "._jobstop",
+    "UnrecoverableError": "._errors",
     "configure_logging": "._logging",
+    "ConfigError": ".worker._config",
+    "WorkerConfig": ".worker._config",
+    "configure_parser": ".worker._config",
+    "load_config": ".worker._config",
+    "run": ".worker._embed",
+    "serve_worker": ".worker._embed",
+    "Capabilities": ".worker._hostinfo",
+    "Endpoints": ".worker._worker",
+    "StopReason": ".worker._worker",
+    "Worker": ".worker._worker",
+    "WorkerStatistics": ".worker._worker",
+    "open_agent": ".worker._worker",
+    "resolve_endpoints": ".worker._worker",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -28,17 +28,32 @@ from typing import Protocol, cast
 #: command name -> (module, one-line help). Contrib adapters register here too;
 #: they are separate modules but not separate programs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("agent._cmd_run", "run an OpenJD job template locally, like `openjd run`"),
-    "check": ("agent._cmd_check", "validate an OpenJD job or environment template"),
-    "mockfarm": ("agent.mockfarm._cli", "serve or drive the Deadline-compatible mock farm"),
-    "httpqueue": ("contrib.httpqueue._cli", "work an HTTP job queue, or serve the reference one"),
-    "oneshot": ("contrib.oneshot._cli", "run one DynamoDB job record (a task started per job)"),
-    "ephemeral": ("contrib.ephemeral._cli", "run the one job of a throw-away CI instance"),
-    "grpc": ("contrib.grpcagent._cli", "serve CI jobs pushed over gRPC (a push-model agent)"),
+    "run": ("agent.local._cmd_run", "run an OpenJD job template locally, like `openjd run`"),
+    "check": ("agent.local._cmd_check", "validate an OpenJD job or environment template"),
+    "mockfarm": (
+        "agent.mockfarm._cmd_mockfarm",
+        "serve or drive the Deadline-compatible mock farm",
+    ),
+    "httpqueue": (
+        "contrib.httpqueue._cmd_httpqueue",
+        "work an HTTP job queue, or serve the reference one",
+    ),
+    "oneshot": (
+        "contrib.oneshot._cmd_oneshot",
+        "run one DynamoDB job record (a task started per job)",
+    ),
+    "ephemeral": (
+        "contrib.ephemeral._cmd_ephemeral",
+        "run the one job of a throw-away CI instance",
+    ),
+    "grpc": (
+        "contrib.grpcagent._cmd_grpc",
+        "serve CI jobs pushed over gRPC (a push-model agent)",
+    ),
 }
 
 #: The command used when the first argument names none of the above.
-WORKER_COMMAND = ("agent._cmd_worker", "run the worker agent against a Deadline farm")
+WORKER_COMMAND = ("agent.worker._cmd_worker", "run the worker agent against a Deadline farm")
 
 
 class _CommandModule(Protocol):
@@ -74,7 +89,11 @@ def main(argv: Sequence[str] | None = None, *, freeze_imports: bool = False) -> 
     them all again (a few hundred milliseconds in a short ``run``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        print(_usage())
+        # The worker is the command without a name: its own options belong here too.
+        module_name, help_ = WORKER_COMMAND
+        worker = argparse.ArgumentParser(prog="python -m agent", description=help_)
+        _load(module_name).configure(worker)
+        print(_usage() + "\n\nthe worker agent (no command):\n\n" + worker.format_help())
         return 0
     if args and args[0] in COMMANDS:
         name = args.pop(0)

@@ -31,8 +31,9 @@ from typing import Any
 
 import trio
 
-from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm, open_worker_process
+from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
 from benchmarks._common import table
+from tests.workerproc import open_worker_process
 
 TASK = """
 import pathlib, signal, sys, time

@@ -58,7 +58,8 @@ def plain_true(jobs: int) -> float:
 
 def job_runs(jobs: int, root: Path) -> float:
     from actors import Containment
-    from agent import JobRun, JobSpec, configure_logging
+    from agent import configure_logging
+    from agent.jobs import JobRun, JobSpec
 
     configure_logging(quiet=True)
 

@@ -44,7 +44,7 @@ def shell_loop(jobs: int) -> float:
 
 async def job_runs(jobs: int, root: Path) -> float:
     from actors import Containment
-    from agent import JobRun, JobSpec
+    from agent.jobs import JobRun, JobSpec
 
     containment = Containment()
     try:

@@ -47,8 +47,9 @@ import attrs
 import psutil
 import trio
 
-from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm, worker_argv
+from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
 from benchmarks._common import ROOT, table
+from tests.workerproc import worker_argv
 
 TASK_TARGET_MS = 3.0
 SILENT_TARGET_PERCENT = 0.2

@@ -48,9 +48,9 @@ from agent.mockfarm import (
     MockFarm,
     OperationFaults,
     open_mock_farm,
-    open_worker_process,
 )
 from benchmarks._common import table
+from tests.workerproc import open_worker_process
 
 FINAL_ACTION = {"SUCCEEDED", "FAILED", "CANCELED", "INTERRUPTED", "NEVER_ATTEMPTED"}
 FINAL_TASK = {"SUCCEEDED", "FAILED", "CANCELED"}

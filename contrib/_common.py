@@ -25,18 +25,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from agent import (
-    FarmhandError,
-    JobOutcome,
-    JobStatus,
-    LogFile,
-    OutputSink,
-    RetriesExhausted,
-    Shutdown,
-    TransportError,
-    configure_logging,
-    open_cloudwatch_log,
-)
+from agent import FarmhandError, RetriesExhausted, TransportError, configure_logging
+from agent.jobs import JobOutcome, JobStatus, LogFile, OutputSink, Shutdown, open_cloudwatch_log
 
 from ._aws import DEFAULT_RETRY_SECONDS, Aws
 

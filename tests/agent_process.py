@@ -1,5 +1,5 @@
 """A real ``python -m agent`` worker process against an embedded mock farm
-(``agent.mockfarm.open_worker_process``), and helpers to read what it sent.
+(``tests.workerproc.open_worker_process``), and helpers to read what it sent.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from agent.mockfarm import CallRecord, MockFarm, WorkerProcess, open_worker_process
+from agent.mockfarm import CallRecord, MockFarm
+from tests.workerproc import WorkerProcess, open_worker_process
 
 PY = sys.executable
 
@@ -26,7 +27,7 @@ def agent_process(
     ready: str = "worker.started",
 ) -> AbstractAsyncContextManager[WorkerProcess]:
     """The agent for the block, once it has logged ``ready`` (see
-    ``agent.mockfarm.open_worker_process``), with a drain grace of ``drain_grace``."""
+    ``tests.workerproc.open_worker_process``), with a drain grace of ``drain_grace``."""
     return open_worker_process(
         farm, root, "--drain-grace-seconds", str(drain_grace), *args, ready=ready
     )

@@ -20,7 +20,7 @@ import attrs
 import grpc
 import trio
 
-from agent import Shutdown
+from agent.jobs import Shutdown
 from contrib.grpcagent import AgentConfig, ServingAgent, serve
 from contrib.grpcagent import ci_agent_pb2 as pb
 from contrib.grpcagent import ci_agent_pb2_grpc as pb_grpc

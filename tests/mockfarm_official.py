@@ -2,7 +2,7 @@
 
     python -m tests.mockfarm_official AGENT_EXECUTABLE WORKDIR
 
-``tests/test_mockfarm_official.py`` runs this inside a network namespace that has
+``tests/agent/mockfarm/test_official.py`` runs this inside a network namespace that has
 nothing but loopback (``unshare -rn``), so the agent's hard-coded calls to the
 EC2 metadata service (169.254.169.254) fail at once and nothing leaves the
 machine. It serves a farm, submits a job with a job environment and three

@@ -28,7 +28,7 @@ from actors import (
     SessionLog,
     SessionRunner,
 )
-from agent._localrun import LocalPlan, LocalRunOptions, plan_local_session, session_config
+from agent.local._localrun import LocalPlan, LocalRunOptions, plan_local_session, session_config
 
 PY = sys.executable
 

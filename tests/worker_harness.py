@@ -12,10 +12,10 @@ import attrs
 import trio
 
 from actors import SessionEvent
-from agent._config import WorkerConfig
-from agent._worker import Endpoints, Worker, open_agent
 from agent.deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from agent.mockfarm import FarmConfig, FaultConfig, MockFarm, open_mock_farm
+from agent.worker._config import WorkerConfig
+from agent.worker._worker import Endpoints, Worker, open_agent
 
 PY = sys.executable
 

@@ -10,7 +10,7 @@ precomputed members, and every leaf goes straight to the parser's own handler
 (``int`` for a rest-json integer, the timestamp and blob parsers, the
 JSON-value header decoder...). Everything else, the metadata, headers, payloads,
 errors and tagged-union checks, is botocore's code, so the result is the same
-dict botocore returns (``tests/test_deadline_parse.py`` compares the two on
+dict botocore returns (``tests/agent/deadline/test_parse.py`` compares the two on
 every output shape of both models).
 """
 

@@ -8,28 +8,25 @@ it unchanged. Embed it with ``open_mock_farm`` or run
 instance metadata service for spot and scale-in notices.
 """
 
+from ._apierrors import ApiError as ApiError
 from ._app import CallLog as CallLog
 from ._app import CallRecord as CallRecord
-from ._errors import ApiError as ApiError
+from ._fakeimds import FakeImds as FakeImds
+from ._fakeimds import open_fake_imds as open_fake_imds
 from ._farm import Farm as Farm
 from ._farm import FarmConfig as FarmConfig
 from ._faults import FaultConfig as FaultConfig
 from ._faults import OperationFaults as OperationFaults
-from ._imds import FakeImds as FakeImds
-from ._imds import open_fake_imds as open_fake_imds
-from ._logs import LogEvent as LogEvent
-from ._logs import LogStore as LogStore
-from ._server import MockFarm as MockFarm
-from ._server import MockFarmStatistics as MockFarmStatistics
-from ._server import make_client as make_client
-from ._server import open_mock_farm as open_mock_farm
-from ._state import FarmState as FarmState
-from ._state import Job as Job
-from ._state import Session as Session
-from ._state import SessionAction as SessionAction
-from ._state import Step as Step
-from ._state import Task as Task
-from ._state import Worker as Worker
-from ._workerproc import WorkerProcess as WorkerProcess
-from ._workerproc import open_worker_process as open_worker_process
-from ._workerproc import worker_argv as worker_argv
+from ._logstore import LogEvent as LogEvent
+from ._logstore import LogStore as LogStore
+from ._mockfarm import MockFarm as MockFarm
+from ._mockfarm import MockFarmStatistics as MockFarmStatistics
+from ._mockfarm import make_client as make_client
+from ._mockfarm import open_mock_farm as open_mock_farm
+from ._records import FarmState as FarmState
+from ._records import Job as Job
+from ._records import Session as Session
+from ._records import SessionAction as SessionAction
+from ._records import Step as Step
+from ._records import Task as Task
+from ._records import WorkerRecord as WorkerRecord

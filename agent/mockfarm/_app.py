@@ -3,8 +3,10 @@
 A request is routed by the models (``X-Amz-Target: Logs_20140328.*`` on ``POST /``
 is CloudWatch Logs; anything else is matched against Deadline's URIs), parsed
 and validated by the codec, passed through the fault injector, handled, and
-answered with the output serialized from the model. SigV4 headers are accepted
-and not verified. Every call is recorded.
+answered with the output serialized from the model. SigV4 signatures are
+verified when the farm was given keys (``open_mock_farm(keys=...)``, which
+``mockfarm serve`` requires beyond loopback; see ``_sigv4``), else accepted as
+they come. Every call is recorded.
 
 Bad input never reaches a handler: malformed JSON, wrong types and constraint
 violations are ``ValidationException`` (CloudWatch: ``InvalidParameterException``);
@@ -33,10 +35,11 @@ import structlog
 import trio
 
 from .._asgi import Receive, Scope, Send, answer_lifespan
+from ._apierrors import ApiError, internal
 from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
-from ._errors import ApiError, internal
 from ._farm import Farm
 from ._faults import FaultConfig, FaultInjector
+from ._sigv4 import verify_request
 
 log = structlog.get_logger("farmhand.mockfarm")
 
@@ -98,6 +101,12 @@ class CallLog:
         self._calls.clear()
 
 
+def _from_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    host = client[0] if client else ""
+    return host == "::1" or host.startswith("127.") or host == "localhost"
+
+
 class _Drop(Exception):
     """Do not answer (for up to ``hold`` seconds)."""
 
@@ -118,6 +127,7 @@ class MockFarmApp:
         on_change: Callable[[], None],
         info: Callable[[], Mapping[str, Any]],
         stop_worker: Callable[[str], None],
+        keys: Mapping[str, str] | None = None,
     ) -> None:
         self.farm = farm
         self.faults = faults
@@ -125,6 +135,8 @@ class MockFarmApp:
         self._on_change = on_change
         self._info = info
         self._stop_worker = stop_worker
+        #: access key id -> secret: verify every AWS request's signature (None: accept all).
+        self._keys = keys
         self._deadline = deadline_codec()
         self._logs = logs_codec()
         self._logs_prefix = (self._logs.target_prefix or "") + "."
@@ -149,6 +161,12 @@ class MockFarmApp:
             return
         raw_path: bytes = scope["raw_path"]
         if raw_path.startswith(b"/_mockfarm/"):
+            if self._keys is not None and scope["method"] != "GET" and not _from_loopback(scope):
+                # The admin routes are unsigned: a farm open beyond loopback takes changes
+                # (faults, stopping workers) from this host only.
+                payload = b'{"message": "the /_mockfarm/ routes change nothing for remote clients"}'
+                await self._respond(send, 403, [(b"content-type", _JSON)], payload)
+                return
             if raw_path == b"/_mockfarm/ping":
                 await send({"type": "http.response.start", "status": 200, "headers": _PING_HEADERS})
                 await send({"type": "http.response.body", "body": _PING_BODY})
@@ -225,9 +243,18 @@ class MockFarmApp:
             else self.farm.logs.handlers.get(operation.name)
         )
         try:
+            if self._keys is not None:
+                verify_request(
+                    scope["method"],
+                    scope["raw_path"],
+                    scope["query_string"],
+                    scope["headers"],
+                    body,
+                    self._secret_for,
+                )
             params = operation.parse(labels, scope["query_string"], scope["headers"], body)
         except ApiError as invalid:
-            if codec is self._logs:
+            if codec is self._logs and invalid.status != 403:
                 # CloudWatch Logs names its validation error differently.
                 invalid = ApiError("InvalidParameterException", invalid.message)
             return self._error(codec, name, {}, invalid, arrived, content_type)
@@ -282,6 +309,10 @@ class MockFarmApp:
             raise _Drop(decision.drop_hold)
         self._record(codec, name, params, operation.status, None, arrived)
         return operation.status, [(b"content-type", content_type)], payload
+
+    def _secret_for(self, access_key: str) -> str | None:
+        assert self._keys is not None
+        return self._keys.get(access_key) or self.farm.issued_secret(access_key)
 
     def _error(
         self,

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import yaml
 
-from ._errors import ApiError, conflict, internal, throttled
+from ._apierrors import ApiError, conflict, internal, throttled
 
 CONFLICT_REASONS = ("CONCURRENT_MODIFICATION", "STATUS_CONFLICT")
 

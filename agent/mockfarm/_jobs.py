@@ -37,7 +37,7 @@ from openjd.model import (
 )
 from openjd.model.v2023_09 import ExtensionName
 
-from ._errors import validation
+from ._apierrors import validation
 
 JOB_SCHEMA = "jobtemplate-2023-09"
 ENVIRONMENT_SCHEMA = "environment-2023-09"

@@ -8,9 +8,9 @@ message to SQS, cleans up and terminates itself. See the README section
 
 from ._bundle import BundleCache as BundleCache
 from ._bundle import BundleError as BundleError
-from ._config import BundleRef as BundleRef
-from ._config import ConfigError as ConfigError
-from ._config import JobConfig as JobConfig
-from ._run import EphemeralSettings as EphemeralSettings
-from ._run import Report as Report
-from ._run import run_ephemeral as run_ephemeral
+from ._ephemeralconfig import BundleRef as BundleRef
+from ._ephemeralconfig import ConfigError as ConfigError
+from ._ephemeralconfig import JobConfig as JobConfig
+from ._ephemeralrun import EphemeralSettings as EphemeralSettings
+from ._ephemeralrun import Report as Report
+from ._ephemeralrun import run_ephemeral as run_ephemeral

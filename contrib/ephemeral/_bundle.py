@@ -41,7 +41,7 @@ import trio
 from agent import RetriesExhausted
 from agent.deadline import backoff_delay
 
-from ._config import BundleRef
+from ._ephemeralconfig import BundleRef
 
 log = structlog.get_logger("farmhand.ephemeral")
 

@@ -6,23 +6,23 @@ job server over HTTP and runs it with farmhand's one-job API;
 protocol is in the README ("HTTP job queue").
 """
 
-from ._client import QueueClient as QueueClient
-from ._client import ServerError as ServerError
-from ._client import ServerRefused as ServerRefused
-from ._client import ServerUnavailable as ServerUnavailable
-from ._config import ConfigError as ConfigError
-from ._config import WorkerConfig as WorkerConfig
-from ._config import load_config as load_config
 from ._protocol import Capabilities as Capabilities
 from ._protocol import JobOffer as JobOffer
 from ._protocol import ProtocolError as ProtocolError
 from ._protocol import Requirements as Requirements
 from ._queue import JobQueue as JobQueue
 from ._queue import QueueConfig as QueueConfig
-from ._server import JobServer as JobServer
-from ._server import open_job_server as open_job_server
+from ._queueclient import QueueClient as QueueClient
+from ._queueclient import ServerError as ServerError
+from ._queueclient import ServerRefused as ServerRefused
+from ._queueclient import ServerUnavailable as ServerUnavailable
+from ._queueconfig import ConfigError as ConfigError
+from ._queueconfig import WorkerConfig as WorkerConfig
+from ._queueconfig import load_config as load_config
+from ._queueserver import JobServer as JobServer
+from ._queueserver import open_job_server as open_job_server
+from ._queueworker import QueueWorker as QueueWorker
 from ._store import JsonStore as JsonStore
 from ._store import MemoryStore as MemoryStore
 from ._store import SqliteStore as SqliteStore
 from ._store import open_store as open_store
-from ._worker import QueueWorker as QueueWorker

@@ -33,7 +33,7 @@ import attrs
 import structlog
 import trio
 
-from ._client import Backoff, QueueClient, ServerRefused, ServerUnavailable, retrying
+from ._queueclient import Backoff, QueueClient, ServerRefused, ServerUnavailable, retrying
 
 log = structlog.get_logger("farmhand.httpqueue.reporter")
 

@@ -37,7 +37,7 @@ import structlog
 import trio
 
 from actors import path_under, safe_id
-from agent import JobOutcome, JobSpec, JobStatus, OutputSink, OutputTail
+from agent.jobs import JobOutcome, JobSpec, JobStatus, OutputSink, OutputTail
 
 from ._protocol import JobOffer
 

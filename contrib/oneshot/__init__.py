@@ -6,11 +6,11 @@ and writes how it went back to the record. See the README section "One-shot
 job records" for the record schema and the exit statuses.
 """
 
+from ._oneshotrun import OneshotSettings as OneshotSettings
+from ._oneshotrun import run_oneshot as run_oneshot
 from ._record import RUN_MODES as RUN_MODES
 from ._record import JobRecord as JobRecord
 from ._record import RecordError as RecordError
 from ._record import Work as Work
 from ._record import resolve_work as resolve_work
-from ._run import OneshotSettings as OneshotSettings
-from ._run import run_oneshot as run_oneshot
 from ._table import JobTable as JobTable

@@ -37,7 +37,8 @@ from typing import Any
 import attrs
 import yaml
 
-from agent import JobSpec, JobSpecError
+from agent import JobSpecError
+from agent.jobs import JobSpec
 
 INITIALIZING = "INITIALIZING"
 RUNNING = "RUNNING"

@@ -1,0 +1,93 @@
+"""The one-job API: what ``contrib/`` adapters build on.
+
+Adapters that get their jobs from something other than a Deadline farm describe a
+job with ``JobSpec``, run it with ``JobRun`` (its output to sinks such as
+``LogFile`` or ``open_cloudwatch_log``), and stop it with ``Shutdown`` on signals.
+The kit also carries what adapters share with the worker: the GPU probe, the
+ASGI types and ``hypercorn_config`` for a small HTTP server, and
+``request_with_body`` for an HTTP client. Errors are ``agent``'s.
+
+Names are imported when first used (PEP 562), as in ``agent``: an adapter's
+HTTP server does not pay for the job runner. To export a name, add it to
+``_EXPORTS`` and to the ``TYPE_CHECKING`` block.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._asgi import Receive as Receive
+    from .._asgi import Scope as Scope
+    from .._asgi import Send as Send
+    from .._asgi import answer_lifespan as answer_lifespan
+    from .._asgi import hypercorn_config as hypercorn_config
+    from .._httpbody import BytesBody as BytesBody
+    from .._httpbody import request_with_body as request_with_body
+    from ..worker._hostinfo import GpuInfo as GpuInfo
+    from ..worker._hostinfo import NvidiaSmiReport as NvidiaSmiReport
+    from ..worker._hostinfo import probe_gpus as probe_gpus
+    from ._joblog import LogFile as LogFile
+    from ._joblog import OutputSink as OutputSink
+    from ._joblog import OutputTail as OutputTail
+    from ._joblog import Tee as Tee
+    from ._joblog import open_cloudwatch_log as open_cloudwatch_log
+    from ._jobrun import DEFAULT_GRACE as DEFAULT_GRACE
+    from ._jobrun import JobOutcome as JobOutcome
+    from ._jobrun import JobRun as JobRun
+    from ._jobrun import JobRunStatistics as JobRunStatistics
+    from ._jobrun import JobSpec as JobSpec
+    from ._jobrun import JobStatus as JobStatus
+    from ._jobrun import JobUser as JobUser
+    from ._jobrun import JobUserError as JobUserError
+    from ._jobrun import run_job as run_job
+    from ._jobstop import Shutdown as Shutdown
+    from ._jobstop import ShutdownStatistics as ShutdownStatistics
+    from ._jobstop import StopLevel as StopLevel
+
+#: public name -> the private module that defines it.
+_EXPORTS: dict[str, str] = {
+    "GpuInfo": "..worker._hostinfo",
+    "NvidiaSmiReport": "..worker._hostinfo",
+    "probe_gpus": "..worker._hostinfo",
+    "Receive": ".._asgi",
+    "Scope": ".._asgi",
+    "Send": ".._asgi",
+    "answer_lifespan": ".._asgi",
+    "hypercorn_config": ".._asgi",
+    "BytesBody": ".._httpbody",
+    "request_with_body": ".._httpbody",
+    "LogFile": "._joblog",
+    "OutputSink": "._joblog",
+    "OutputTail": "._joblog",
+    "Tee": "._joblog",
+    "open_cloudwatch_log": "._joblog",
+    "DEFAULT_GRACE": "._jobrun",
+    "JobOutcome": "._jobrun",
+    "JobRun": "._jobrun",
+    "JobRunStatistics": "._jobrun",
+    "JobSpec": "._jobrun",
+    "JobStatus": "._jobrun",
+    "JobUser": "._jobrun",
+    "JobUserError": "._jobrun",
+    "run_job": "._jobrun",
+    "Shutdown": "._jobstop",
+    "ShutdownStatistics": "._jobstop",
+    "StopLevel": "._jobstop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,180 @@
+"""``python -m agent run TEMPLATE``: run a job template on this machine.
+
+Flag-compatible with ``openjd run``::
+
+    python -m agent run TEMPLATE [-p NAME=VALUE]... [--step NAME] [--run-dependencies]
+        [--environment ENV.yaml]... [--path-mapping-rules JSON|file://FILE]
+        [--task-param NAME=VALUE]... | [--tasks JSON|file://FILE] | [--maximum-tasks N]
+        [--preserve] [--output human|jsonl] [--verbose] [--direct]
+
+By default the job goes through the whole agent: an embedded mock farm and one
+embedded worker in this process, over loopback HTTP (``agent.local._farmrun``).
+``--direct`` hands the session to the session runner without farm or worker
+(``agent.local._localrun``); a plan the Deadline API cannot carry (two
+``--environment`` templates with one name, a URI path-mapping rule) runs
+directly too. Both print the same output.
+
+Exit status: 0 when every action succeeded, 1 otherwise, 2 for a bad template,
+parameter or option (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from actors import Containment
+
+from .._logging import configure_logging
+from ._localrun import (
+    LocalPlan,
+    LocalRunOptions,
+    plan_local_session,
+    run_local_session,
+    session_config,
+)
+from ._render import HumanRenderer, JsonlRenderer
+from ._templates import TemplateError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("template", type=Path, help="the job template (JSON or YAML)")
+    parser.add_argument(
+        "-p",
+        "--job-param",
+        dest="parameters",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a job parameter: NAME=VALUE, a JSON object, or file://PATH (repeatable)",
+    )
+    parser.add_argument("--step", help="run only this step (by default every step, in order)")
+    deps = parser.add_mutually_exclusive_group()
+    deps.add_argument(
+        "--run-dependencies",
+        action="store_true",
+        help="with --step, run the step's dependencies first",
+    )
+    deps.add_argument("--no-run-dependencies", dest="run_dependencies", action="store_false")
+    parser.add_argument(
+        "--environment",
+        "--env",
+        dest="environments",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="ENV.yaml",
+        help="an environment template to enter around the job (repeatable, outermost first)",
+    )
+    parser.add_argument(
+        "--path-mapping-rules", help="pathmapping-1.0 rules: inline JSON or file://FILE"
+    )
+    tasks = parser.add_mutually_exclusive_group()
+    tasks.add_argument(
+        "--task-param",
+        "-tp",
+        dest="task_params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="run one task with these parameter values (repeat for each parameter)",
+    )
+    tasks.add_argument(
+        "--tasks", help="run these tasks: a JSON/YAML list of mappings or file://FILE"
+    )
+    tasks.add_argument("--maximum-tasks", type=int, help="run at most this many tasks of the step")
+    parser.add_argument(
+        "--preserve", action="store_true", help="keep the session's working directory"
+    )
+    parser.add_argument(
+        "--output",
+        choices=["human", "human-readable", "jsonl"],
+        default="human",
+        help="human (default): output as it comes plus a summary; jsonl: one JSON event per line",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show the runner's notes")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="run the session without the embedded farm and worker (same output)",
+    )
+
+
+def preload(args: argparse.Namespace) -> None:
+    """The farm and the worker, unless the run is direct (see ``agent._cli``)."""
+    if not args.direct:
+        import agent.local._farmrun  # noqa: F401
+
+
+def main(args: argparse.Namespace) -> int:
+    # The session's own output is the point here; farmhand's log says only what matters.
+    configure_logging(verbose=args.verbose, quiet=not args.verbose, stream=sys.stderr)
+    options = LocalRunOptions(
+        template=args.template,
+        parameters=args.parameters,
+        step=args.step,
+        run_dependencies=args.run_dependencies,
+        environments=args.environments,
+        path_mapping_rules=args.path_mapping_rules,
+        task_params=args.task_params,
+        tasks=args.tasks,
+        maximum_tasks=args.maximum_tasks,
+        preserve=args.preserve,
+    )
+    try:
+        plan = plan_local_session(options)
+    except TemplateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = sys.stdout.buffer
+    renderer: HumanRenderer | JsonlRenderer
+    if args.output == "jsonl":
+        renderer = JsonlRenderer(out, verbose=args.verbose)
+    else:
+        err = sys.stderr.buffer
+        renderer = HumanRenderer(out, err, verbose=args.verbose, live=sys.stderr.isatty())
+    reason = None
+    if not args.direct:
+        # Imported here: the direct runner does not pay for the farm and the worker.
+        from ._farmrun import run_through_farm, why_not_through_farm
+
+        reason = why_not_through_farm(plan)
+    if reason is not None:
+        print(f"[farmhand] note: running the session directly: {reason}", file=sys.stderr)
+    try:
+        succeeded: bool | None = None  # the direct runner has no verdict beyond the events
+        if args.direct or reason is not None:
+            _run_direct(plan, renderer, preserve=args.preserve)
+        else:
+            status = trio.run(partial(run_through_farm, plan, renderer, preserve=args.preserve))
+            succeeded = status == "SUCCEEDED"
+    except TemplateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        renderer.finish(planned=len(plan.actions), succeeded=succeeded)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has gone (the runner cancelled the job when it noticed, see
+        # OutputGuard). What is still buffered goes nowhere, not to a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0 if renderer.success else 1
+
+
+def _run_direct(
+    plan: LocalPlan, renderer: HumanRenderer | JsonlRenderer, *, preserve: bool
+) -> None:
+    config = session_config(plan, preserve=preserve)
+    # The watchdog kills what this session started even if we are killed with SIGKILL.
+    containment = Containment()
+    containment.start_watchdog()
+    try:
+        trio.run(partial(run_local_session, plan, config, renderer, containment=containment))
+    finally:
+        containment.close()

@@ -1,0 +1,254 @@
+"""``python -m agent run`` through the whole tree: an embedded farm and one embedded worker.
+
+::
+
+    mock farm (this process, 127.0.0.1, real HTTP)
+      └─ queue environments   one per ``--environment``, in the order given
+      └─ the job              the steps and tasks chosen, the path-mapping rules
+    worker (``open_agent``)   bootstrap, scheduler, session, fetcher, heartbeat, logs
+      └─ on_event ──────────▶ the renderer (the same human or jsonl output)
+
+``run_through_farm`` submits the plan that ``plan_local_session`` made (the
+template was validated there, so a bad one never reaches the farm), starts one
+worker against the farm and shows the session's events as the worker sees them.
+The farm is told to run the job as ``openjd run`` would: in one session
+(``session_limit=1``), on this host whatever the steps' host requirements, with
+no retries, the job failing at its first failed task. The session's output
+goes to the renderer only (no session log on disk or in the farm, which would
+throw it away); the agent's own log still goes through the log shipper. When
+the job is over and its session has ended on the worker, the worker finishes
+and stops (UpdateWorker STOPPED) and the farm's verdict (the job's task run
+status) is returned.
+
+Signals (when ``handle_signals``): the first SIGINT or SIGTERM cancels the job
+on the farm, as a user would, and asks the worker to sync at once; the farm
+cancels the running action, which the worker cancels with the template's own
+method, then the environment exits run. A second signal kills the running
+action at once (the exits still run); a third drains the worker with no grace,
+which skips the remaining exits.
+
+``FarmRunSettings`` holds the farm's knobs that matter for speed: how many task
+runs the farm assigns ahead (the worker must never wait for its next task
+while the report of the last one is in flight) and the heartbeat interval
+(nothing waits on it: every final state is reported at once).
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+from openjd.expr import PathMappingRule
+
+from actors import SessionEvent, default_session_root
+
+from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
+from ..mockfarm import ApiError, FarmConfig, MockFarm, open_mock_farm
+from ..mockfarm._jobs import parameter_to_wire
+from ..mockfarm._mockfarm import FINAL_JOB_STATUSES
+from ..worker._config import WorkerConfig
+from ..worker._hostinfo import Capabilities
+from ..worker._worker import Endpoints, Worker, open_agent
+from ._localrun import LocalPlan
+from ._render import OutputGuard
+from ._templates import TemplateError
+
+log = structlog.get_logger("farmhand.run")
+
+
+@attrs.frozen
+class FarmRunSettings:
+    #: Task runs the farm assigns ahead of the one running.
+    pipeline_depth: int = 64
+    #: ``updateIntervalSeconds``: the worker's heartbeat.
+    update_interval_seconds: int = 15
+    #: The worker's report interval for routine successes (its failures go at once):
+    #: with millisecond tasks, one call reports a few dozen.
+    report_interval_seconds: float = 0.05
+    #: Calls the farm remembers (for ``MockFarm.calls``): none, as nobody reads them
+    #: here, and a PutLogEvents input can be a megabyte.
+    call_history: int = 0
+
+
+def _farm_config(settings: FarmRunSettings) -> FarmConfig:
+    return FarmConfig(
+        update_interval_seconds=settings.update_interval_seconds,
+        pipeline_depth=settings.pipeline_depth,
+        max_sessions_per_worker=1,
+        max_retries_per_task=0,
+        max_failed_tasks_count=1,
+        # The worker is in this process; a stalled event loop is not a lost worker.
+        worker_timeout_seconds=24 * 3600.0,
+        match_host_requirements=False,
+        keep_log_events=False,
+    )
+
+
+def why_not_through_farm(plan: LocalPlan) -> str | None:
+    """Why the plan cannot go through a farm (``None``: it can). The Deadline API has
+    no place for these, so ``python -m agent run`` runs such a plan directly."""
+    names = [str((d.get("environment") or {}).get("name")) for d in plan.environment_documents]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        return (
+            f"two --environment templates are named {duplicates[0]!r}, and a queue's "
+            "environments need distinct names"
+        )
+    for rule in plan.path_mapping_rules:
+        if rule.to_dict()["source_path_format"] not in ("POSIX", "WINDOWS"):
+            return "a path mapping rule's source format is neither POSIX nor WINDOWS"
+    return None
+
+
+def _wire_rule(rule: PathMappingRule) -> dict[str, str]:
+    plain = rule.to_dict()
+    return {
+        "sourcePathFormat": str(plain["source_path_format"]),
+        "sourcePath": str(plain["source_path"]),
+        "destinationPath": str(plain["destination_path"]),
+    }
+
+
+def submit(farm: MockFarm, plan: LocalPlan) -> str:
+    """Put the plan on the farm: its environments, then the job. Raises ``TemplateError``
+    for what the farm refuses."""
+    try:
+        for priority, document in enumerate(plan.environment_documents):
+            farm.create_queue_environment(dict(document), priority=priority)
+        return farm.create_job(
+            dict(plan.template_document),
+            parameters={
+                name: parameter_to_wire(value)
+                for name, value in plan.created.parameter_values.items()
+            },
+            steps=plan.steps,
+            tasks=plan.tasks or None,
+            path_mapping_rules=[_wire_rule(rule) for rule in plan.path_mapping_rules],
+            session_limit=1,
+        )
+    except ApiError as exc:
+        raise TemplateError(exc.message) from exc
+
+
+def _endpoints(farm: MockFarm) -> Endpoints:
+    region = farm.config.region
+    return Endpoints(
+        ServiceEndpoint("deadline", farm.endpoint_url, region, inject_host_prefix=False),
+        ServiceEndpoint("logs", farm.endpoint_url, region, inject_host_prefix=False),
+    )
+
+
+def worker_config(
+    farm: MockFarm, directory: Path, *, preserve: bool, report_interval: float
+) -> WorkerConfig:
+    return WorkerConfig(
+        farm_id=farm.farm_id,
+        fleet_id=farm.fleet_id,
+        worker_persistence_dir=directory / "persistence",
+        worker_logs_dir=directory / "logs",
+        session_root_dir=default_session_root(),
+        no_shutdown=True,
+        run_jobs_as_agent_user=True,
+        retain_session_dir=preserve,
+        # The session's output is what this command prints; a log of it on disk
+        # would be deleted with the run's directory.
+        local_session_logs=False,
+        drain_grace_seconds=0.0,
+        report_interval_seconds=report_interval,
+        # This farm assigns work whatever the host has (match_host_requirements=False),
+        # so the worker need not ask nvidia-smi (nor warn when there is none).
+        capabilities=Capabilities({"amount.worker.gpu": 0, "amount.worker.gpu.memory": 0}),
+    )
+
+
+async def run_through_farm(
+    plan: LocalPlan,
+    on_event: Callable[[SessionEvent], None],
+    *,
+    preserve: bool = False,
+    handle_signals: bool = True,
+    settings: FarmRunSettings | None = None,
+) -> str:
+    """Run the plan on an embedded farm with one embedded worker; the job's final
+    task run status (``SUCCEEDED`` when everything ran and succeeded)."""
+    settings = settings or FarmRunSettings()
+    root = default_session_root()
+    # Before the worker makes it: the runner would make it private, not world-readable.
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="farmhand-run-") as tmp:
+        async with (
+            open_mock_farm(
+                config=_farm_config(settings), call_history=settings.call_history
+            ) as farm,
+            trio.open_nursery() as nursery,
+        ):
+            job_id = submit(farm, plan)
+            job = farm.job(job_id)
+            holder: list[Worker] = []
+            interrupt = partial(_interrupt, farm, job_id, holder, nursery)
+            if handle_signals:
+                nursery.start_soon(_forward_signals, interrupt, holder)
+            # The output gone (a closed pipe) interrupts the run as a first signal does.
+            output = OutputGuard(on_event, interrupt)
+            async with open_agent(
+                worker_config(
+                    farm,
+                    Path(tmp),
+                    preserve=preserve,
+                    report_interval=settings.report_interval_seconds,
+                ),
+                endpoints=_endpoints(farm),
+                bootstrap_credentials=CredentialHolder(
+                    static_credentials("AKIDFARMHANDRUN", "farmhand-run")
+                ),
+                on_event=lambda _session_id, event: output(event),
+                # The output goes to the renderer only, as with the direct runner: the
+                # embedded farm would throw a shipped copy away.
+                ship_session_logs=False,
+                # As with `openjd run`, the user's jobs see the user's own environment.
+                jobs_get_agent_credentials=True,
+            ) as worker:
+                holder.append(worker)
+                await farm.wait_until(
+                    lambda: job.status in FINAL_JOB_STATUSES and not job.active_sessions
+                )
+                # The farm has ended the session; the worker ends it once it hears so.
+                worker.finish_then_stop()
+                await worker.wait_stop_requested()
+                await worker.drain(0)
+            nursery.cancel_scope.cancel(reason="the run is over")
+            return job.status
+
+
+def _interrupt(farm: MockFarm, job_id: str, holder: list[Worker], nursery: trio.Nursery) -> None:
+    """What the first signal does: cancel the job on the farm, and have the worker hear
+    of it at once (it cancels the running action with its own method)."""
+    farm.cancel_job(job_id)
+    if holder:
+        nursery.start_soon(holder[0].sync_now)
+
+
+async def _forward_signals(interrupt: Callable[[], None], holder: list[Worker]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                count += 1
+                log.info("run.signal", signal=signal.Signals(signum).name, count=count)
+                worker = holder[0] if holder else None
+                if count == 1:
+                    interrupt()
+                elif worker is None:
+                    continue
+                elif count == 2:
+                    worker.cancel_running(
+                        time_limit=0, reason="interrupted again: killing the running action"
+                    )
+                elif count == 3:
+                    nursery.start_soon(worker.drain, 0.0)

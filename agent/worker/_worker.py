@@ -1,0 +1,670 @@
+"""The worker agent: one nursery tree of actors working a Deadline farm.
+
+``open_agent(config)`` bootstraps the worker and runs, under one nursery::
+
+    credentials refresher   renews the worker's credentials before they expire
+    log shipper             session logs and the agent's own log to files and CloudWatch
+    entity fetcher          BatchGetJobEntity, batched and shared
+    scheduler               UpdateWorkerSchedule; a WorkSession per assigned session
+    heartbeat               a sync at the farm's interval, whatever else happens
+    stop watcher            exit-after-jobs and idle-timeout, for ephemeral workers
+
+The block gets a ``Worker``: ``statistics()``, ``drain(grace)``,
+``finish_then_stop()`` and ``wait_stop_requested()``. Leaving the block drains
+the worker if it was not drained yet. Several workers can run in one process;
+they share nothing but the process.
+
+Stopping (one documented contract; see the README):
+
+- ``drain(grace)``: UpdateWorker(STOPPING); new work refused; running actions
+  reported INTERRUPTED at once and cancelled with their own method within
+  ``grace``; environment exits run within what is left; queued actions
+  NEVER_ATTEMPTED; a final UpdateWorkerSchedule; UpdateWorker(STOPPED). The
+  heartbeat keeps going until the end, and every call on the way out is
+  bounded in time. Calling it again with a shorter grace shortens it.
+- ``finish_then_stop()``: take no new sessions, let each current one finish
+  the actions it has (later ones are returned to the farm, to go to another
+  worker), then ``wait_stop_requested()`` returns (``"finished"``).
+- The farm asking the worker to stop (``desiredWorkerStatus``), the
+  credentials running out, ``exit_after_jobs`` and ``idle_timeout`` also make
+  ``wait_stop_requested()`` return, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, Literal
+
+import attrs
+import botocore.session
+import httpx
+import structlog
+import trio
+
+from actors import ActionState, Cancel, Containment, SessionEvent
+from actors._fetcher import EntityFetcher
+from actors._heartbeat import Heartbeat
+from actors._jobuser import JobUser
+from actors._logship import Destination, LogShipper, LogStream
+from actors._scheduler import Scheduler
+from actors._supervise import SupervisorStatistics, supervise
+from actors._worksession import (
+    Assignment,
+    Report,
+    WorkerIdentity,
+    WorkSession,
+    WorkSessionOptions,
+)
+
+from .._errors import FarmhandError, RetriesExhausted, TransportError
+from .._logging import add_log_sink, remove_log_sink
+from ..deadline import (
+    NO_RETRIES,
+    CredentialHolder,
+    LogsClient,
+    ServiceEndpoint,
+    load_default_credentials,
+    resolve_endpoint,
+)
+from . import _credenv
+from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
+from ._config import WorkerConfig
+from ._hostinfo import probe_host
+from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
+from ._logsink import CloudWatchSink
+from ._queuecreds import QueueCredentials
+
+log = structlog.get_logger("farmhand.worker")
+
+StopReason = Literal[
+    "farm",
+    "credentials",
+    "interruption",
+    "exit_after_jobs",
+    "idle_timeout",
+    "finished",
+    "drained",
+]
+
+#: Bound on each network call made while stopping.
+SHUTDOWN_CALL_SECONDS = 5.0
+
+
+def stop_bound(grace: float) -> float:
+    """The longest a drain with ``grace`` takes, to the agent's exit: the grace, then
+    at most 5 s each for UpdateWorker(STOPPING), the sessions' last reports, the
+    final sync, a sync in flight, UpdateWorker(STOPPED), the sessions' logs and
+    the agent's log. A service manager's stop timeout must be longer."""
+    return grace + 7 * SHUTDOWN_CALL_SECONDS
+
+
+#: The scheduler's sync loop is restarted after these (its sessions live on).
+TRANSIENT = (TransportError, RetriesExhausted)
+
+
+@attrs.frozen
+class WorkerStatistics:
+    worker_id: str
+    state: str
+    sessions: int
+    #: Final action states reported to the farm, by completedStatus.
+    actions: Mapping[str, int]
+    syncs: int
+    #: Action updates not yet acknowledged by the farm (they go out with the next call).
+    updates_pending: int
+    heartbeat_age: float | None
+    heartbeat_lateness_p99: float
+    log_bytes_shipped: int
+    log_bytes_buffered: int
+    api_calls: int
+    api_retries: int
+    retries_by_operation: Mapping[str, int]
+    sessions_finished: int
+
+
+@attrs.frozen
+class Endpoints:
+    deadline: ServiceEndpoint
+    logs: ServiceEndpoint
+
+
+def aws_session(config: WorkerConfig) -> botocore.session.Session:
+    """The AWS configuration the worker reads: the environment and config files, with
+    the configured profile (``--profile``, ``[aws] profile``) when there is one, and the
+    static keys the worker program took out of its environment (``_credenv``)."""
+    return _credenv.aws_session(config.profile)
+
+
+def resolve_endpoints(config: WorkerConfig) -> Endpoints:
+    """The Deadline and CloudWatch Logs endpoints for ``config`` (reads AWS config; call once)."""
+    session = aws_session(config)
+    deadline = resolve_endpoint(
+        "deadline", session=session, region=config.region, endpoint_url=config.endpoint_url
+    )
+    if config.disable_host_prefix:
+        deadline = attrs.evolve(deadline, inject_host_prefix=False)
+    return Endpoints(deadline, resolve_endpoint("logs", session=session, region=config.region))
+
+
+async def load_bootstrap_credentials(config: WorkerConfig) -> CredentialHolder:
+    """The credentials CreateWorker and AssumeFleetRoleForWorker are called with: the
+    default AWS chain, from the configured profile when there is one."""
+    return CredentialHolder(await load_default_credentials(aws_session(config)))
+
+
+class Worker:
+    """A running worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        booted: Bootstrapped,
+        scheduler: Scheduler,
+        heartbeat: Heartbeat,
+        shipper: LogShipper,
+        deadline_stats: Callable[[], Any],
+        scheduler_supervision: SupervisorStatistics,
+        queue_credentials: QueueCredentials | None = None,
+    ) -> None:
+        self.config = config
+        self._queue_credentials = queue_credentials
+        self.worker_id = booted.worker_id
+        self.farm_id = config.farm_id
+        self.fleet_id = config.fleet_id
+        self._booted = booted
+        self._scheduler = scheduler
+        self._heartbeat = heartbeat
+        self._shipper = shipper
+        self._deadline_stats = deadline_stats
+        self._scheduler_supervision = scheduler_supervision
+        #: Where /healthz and /metrics are served, when they are.
+        self.health_url: str | None = None
+        #: The spot/scale-in monitor, when configured.
+        self.imds: ImdsMonitor | None = None
+        #: Wraps the heartbeat's task; cancelled once the worker is STOPPED.
+        self.heartbeat_scope = trio.CancelScope()
+        self._state = "running"
+        self._stop_reason: StopReason | None = None
+        self._stop_grace: float | None = None
+        self._stop_requested = trio.Event()
+        self._drained = trio.Event()
+        self._draining = False
+        self._drain_deadline = math.inf
+        #: Bounds the wait for the sessions; a hurried drain moves it closer.
+        self._drain_wait = trio.CancelScope()
+        self._finish_then_stop = False
+        self.sessions_finished = 0
+
+    # ---------------------------------------------------------------- state
+
+    def statistics(self) -> WorkerStatistics:
+        scheduler = self._scheduler.statistics()
+        heartbeat = self._heartbeat.statistics()
+        shipper = self._shipper.statistics()
+        api = self._deadline_stats()
+        return WorkerStatistics(
+            worker_id=self.worker_id,
+            state=self._state,
+            sessions=scheduler.sessions,
+            actions=dict(scheduler.reported),
+            syncs=scheduler.syncs,
+            updates_pending=scheduler.pending_updates,
+            heartbeat_age=self._heartbeat.age(),
+            heartbeat_lateness_p99=heartbeat.lateness_p99,
+            log_bytes_shipped=shipper.bytes_shipped,
+            log_bytes_buffered=shipper.bytes_pending,
+            api_calls=api.calls,
+            api_retries=api.retries,
+            retries_by_operation={op: s.retries for op, s in api.operations.items()},
+            sessions_finished=self.sessions_finished,
+        )
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._heartbeat.statistics().interval
+
+    @property
+    def scheduler_restarts(self) -> int:
+        return self._scheduler_supervision.restarts
+
+    def api_statistics(self) -> dict[str, tuple[int, int]]:
+        """Deadline API (calls, retries) by operation."""
+        return {op: (s.calls, s.retries) for op, s in self._deadline_stats().operations.items()}
+
+    def actor_states(self) -> dict[str, str]:
+        """A word on each actor, for health checks."""
+        supervision = self._scheduler_supervision
+        shipper = self._shipper.statistics()
+        expires = self._booted.credentials.expires_at
+        return {
+            "scheduler": "running"
+            if supervision.restarts == 0
+            else f"restarted {supervision.restarts} times (last: {supervision.last_error})",
+            "heartbeat": f"{self._heartbeat.statistics().beats} beats",
+            "log_shipper": "running"
+            if shipper.upload_errors == 0
+            else f"{shipper.upload_errors} upload errors",
+            "credentials": f"expire {expires.isoformat()}" if expires else "do not expire",
+            **self._queue_states(),
+            **self._imds_states(),
+        }
+
+    def _imds_states(self) -> dict[str, str]:
+        if self.imds is None:
+            return {}
+        stats = self.imds.statistics()
+        reach = "reachable" if stats.reachable else "unreachable"
+        return {"imds_monitor": f"{reach}, {stats.requests} requests, {stats.notices} notices"}
+
+    def _queue_states(self) -> dict[str, str]:
+        if self._queue_credentials is None:
+            return {}
+        stats = self._queue_credentials.statistics()
+        return {
+            "queue_credentials": f"{stats.queues} queues, {stats.sessions} sessions, "
+            f"{stats.renewals} renewals, {stats.failures} failures"
+        }
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self._stop_reason
+
+    @property
+    def stop_grace(self) -> float:
+        """The drain grace the reason for stopping leaves (the configured one at most)."""
+        configured = self.config.drain_grace_seconds
+        return configured if self._stop_grace is None else min(configured, self._stop_grace)
+
+    def request_stop(self, reason: StopReason, *, grace: float | None = None) -> None:
+        """Ask the worker's owner to stop it (``wait_stop_requested`` returns); ``grace``:
+        the most time the cause leaves for a drain."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._stop_grace = grace
+            log.info("worker.stop_requested", reason=reason, grace=grace)
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> StopReason:
+        await self._stop_requested.wait()
+        assert self._stop_reason is not None
+        return self._stop_reason
+
+    # ---------------------------------------------------------------- nudges
+
+    async def sync_now(self) -> None:
+        """Call UpdateWorkerSchedule now (reports go out, news comes in) instead of at the
+        next heartbeat; returns once a call that started after this one is done. For a
+        host that knows the farm has something for the worker (a cancel, new work)."""
+        await self._scheduler.sync_now()
+
+    def cancel_running(self, *, time_limit: float | None = None, reason: str) -> None:
+        """Cancel the action each session is running, with its own cancelation method or
+        within ``time_limit`` seconds (0: kill it now). The sessions go on as after any
+        cancel: the rest of their work is skipped, their environment exits run, and the
+        farm hears the outcome as usual."""
+        for session in self._scheduler.sessions.values():
+            session.command(Cancel(time_limit=time_limit, reason=reason))
+
+    # ---------------------------------------------------------------- stopping
+
+    def finish_then_stop(self) -> None:
+        """Finish the actions the worker has, take no more, then ask to stop."""
+        if self._finish_then_stop:
+            return
+        self._finish_then_stop = True
+        self._scheduler.finish_sessions()
+        log.info("worker.finishing", sessions=len(self._scheduler.sessions))
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        if self._finish_then_stop and not self._scheduler.sessions:
+            self.request_stop("finished")
+
+    def _session_finished(self, session_id: str) -> None:
+        self.sessions_finished += 1
+        limit = self.config.exit_after_jobs
+        if limit is not None and self.sessions_finished >= limit:
+            if not self._scheduler.sessions:
+                self._scheduler.refuse_new_sessions()
+                self.request_stop("exit_after_jobs")
+            else:
+                self.finish_then_stop()  # the sessions still running finish their work
+        self._check_finished()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop the worker (see the module docstring). ``grace`` defaults to the config's."""
+        grace = self.config.drain_grace_seconds if grace is None else max(grace, 0.0)
+        deadline = trio.current_time() + grace
+        if self._draining:
+            # A second request can only shorten the grace.
+            if deadline < self._drain_deadline:
+                self._drain_deadline = deadline
+                self._drain_wait.deadline = min(
+                    self._drain_wait.deadline, deadline + SHUTDOWN_CALL_SECONDS
+                )
+                self._scheduler.stop_sessions(
+                    grace=grace, running_state=ActionState.INTERRUPTED, reason="drain, hurried"
+                )
+            await self._drained.wait()
+            return
+        self._draining = True
+        self._drain_deadline = deadline
+        self._state = "draining"
+        worker = self._booted.worker
+        log.info("worker.draining", grace=grace, sessions=len(self._scheduler.sessions))
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(worker.update_worker(status="STOPPING"), "UpdateWorker(STOPPING)")
+        self._scheduler.stop_sessions(
+            grace=grace, running_state=ActionState.INTERRUPTED, reason="the worker is draining"
+        )
+        # Sessions get their grace for actions and exits; then a moment for the last reports.
+        self._drain_wait.deadline = self._drain_deadline + SHUTDOWN_CALL_SECONDS
+        with self._drain_wait:
+            await self._scheduler.wait_sessions_reported()
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(self._scheduler.sync_now(), "UpdateWorkerSchedule (final)")
+        # The heartbeat went on until here; a sync after STOPPED would be refused
+        # (the farm answers that the worker is offline), so none may start or be in flight.
+        self.heartbeat_scope.cancel(reason="the worker is stopping")
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(self._scheduler.close(), "UpdateWorkerSchedule (in flight)")
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
+        self._state = "stopped"
+        # The sessions' last log lines, which need no farm, ship now.
+        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+            await self._scheduler.wait_sessions_finished()
+        log.info("worker.stopped", worker_id=self.worker_id)
+        self.request_stop("drained")
+        self._drained.set()
+
+    async def _watch_idle(self, idle_timeout: float) -> None:
+        while True:
+            if self._scheduler.sessions:
+                await self._scheduler.wait_sessions_changed()
+                continue
+            with trio.move_on_after(idle_timeout):
+                await self._scheduler.wait_sessions_changed()
+                continue
+            self._scheduler.refuse_new_sessions()
+            self.request_stop("idle_timeout")
+            return
+
+
+async def _monitor_imds(
+    config: WorkerConfig,
+    worker: Worker,
+    nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Drain at once, with the time left, on a spot or scale-in notice (``agent.worker._imds``)."""
+
+    def on_notice(notice: InterruptionNotice) -> None:
+        grace = drain_grace(notice, config.drain_grace_seconds)
+        log.warning(
+            "worker.interruption",
+            kind=notice.kind,
+            action=notice.action,
+            seconds_left=round(notice.seconds_left, 1),
+            grace=grace,
+        )
+        worker.request_stop("interruption", grace=grace)
+        # The drain starts now, whatever the owner does; a later, more urgent
+        # notice shortens it (drain only ever shortens).
+        nursery.start_soon(worker.drain, grace)
+
+    monitor = ImdsMonitor(config.imds_endpoint, on_notice, interval=config.imds_interval_seconds)
+    worker.imds = monitor
+    await monitor.run(task_status=task_status)
+
+
+async def _quietly(call: Any, what: str) -> None:
+    """Await a shutdown-time call; a failure is logged, not raised."""
+    try:
+        await call
+    except FarmhandError as exc:
+        log.warning("worker.shutdown_call_failed", call=what, error=str(exc))
+
+
+@asynccontextmanager
+async def open_agent(
+    config: WorkerConfig,
+    *,
+    http: httpx.AsyncClient | None = None,
+    endpoints: Endpoints | None = None,
+    bootstrap_credentials: CredentialHolder | None = None,
+    on_event: Callable[[str, SessionEvent], None] | None = None,
+    containment: Containment | None = None,
+    ship_session_logs: bool = True,
+    jobs_get_agent_credentials: bool = False,
+) -> AsyncIterator[Worker]:
+    """Bootstrap a worker and run it for the block (see the module docstring).
+
+    ``on_event(session_id, event)`` sees every session event (output lines
+    included), for hosts that show them; such a host may also keep session logs
+    out of CloudWatch (``ship_session_logs=False``; with ``local_session_logs``
+    off too, sessions keep no log at all). Jobs never inherit the host's AWS
+    credential variables unless ``jobs_get_agent_credentials`` (``run`` does: its
+    jobs are the user's own). ``endpoints`` and ``http`` let several
+    workers in one process share one resolution and one connection pool.
+    """
+    if endpoints is None:
+        endpoints = await trio.to_thread.run_sync(resolve_endpoints, config)
+    if bootstrap_credentials is None:
+        bootstrap_credentials = await load_bootstrap_credentials(config)
+    own_http = http is None
+    client = http or httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_keepalive_connections=4)
+    )
+    try:
+        await _make_dirs(config)
+        facts = await probe_host(overrides=config.capabilities, scratch_dir=config.session_root_dir)
+        booted = await bootstrap(
+            config,
+            http=client,
+            endpoint=endpoints.deadline,
+            bootstrap_credentials=bootstrap_credentials,
+            facts=facts,
+        )
+        running = False
+        try:
+            async with _run_worker(
+                config,
+                booted,
+                client,
+                endpoints,
+                bootstrap_credentials,
+                on_event,
+                containment,
+                ship_session_logs,
+                jobs_get_agent_credentials,
+            ) as worker:
+                running = True
+                yield worker
+        finally:
+            if not running:
+                # Cancelled or failed while starting: the farm knows the worker as
+                # STARTED; tell it otherwise (a running worker's drain does this).
+                with trio.move_on_after(SHUTDOWN_CALL_SECONDS, shield=True):
+                    await _quietly(
+                        booted.worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)"
+                    )
+    finally:
+        if own_http:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
+
+async def _make_dirs(config: WorkerConfig) -> None:
+    def make() -> None:
+        config.worker_logs_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        config.session_root_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    await trio.to_thread.run_sync(make)
+
+
+@asynccontextmanager
+async def _run_worker(
+    config: WorkerConfig,
+    booted: Bootstrapped,
+    http: httpx.AsyncClient,
+    endpoints: Endpoints,
+    bootstrap_credentials: CredentialHolder,
+    on_event: Callable[[str, SessionEvent], None] | None,
+    containment: Containment | None,
+    ship_session_logs: bool,
+    jobs_get_agent_credentials: bool,
+) -> AsyncIterator[Worker]:
+    logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
+    identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
+    override = config.posix_job_user_and_group
+    options = WorkSessionOptions(
+        logs_dir=config.worker_logs_dir,
+        session_root=config.session_root_dir,
+        retain_working_directory=config.retain_session_dir,
+        local_session_logs=config.local_session_logs,
+        ship_session_logs=ship_session_logs,
+        min_secret_length=config.min_secret_length,
+        secret_patterns=config.secret_patterns,
+        run_jobs_as_agent_user=config.run_jobs_as_agent_user,
+        job_user_override=JobUser(override[0], override[1] or None) if override else None,
+        jobs_get_agent_credentials=jobs_get_agent_credentials,
+    )
+    own_containment = containment is None
+    if containment is None:
+        containment = Containment()
+        containment.start_watchdog()
+    worker: Worker | None = None
+    agent_stream: LogStream | None = None
+    # Every log line of the worker's actors (and the sessions they start) names it:
+    # its tasks inherit the binding from here. The host's own code in the block does
+    # not (it is reset before the yield), so that with several workers in one process
+    # each worker's CloudWatch stream gets its own records and the process's.
+    tokens = structlog.contextvars.bind_contextvars(worker_id=booted.worker_id)
+    try:
+        async with trio.open_nursery() as nursery:
+            shipper: LogShipper = await nursery.start(LogShipper(CloudWatchSink(logs_client)).run)
+            if booted.log_group and booted.log_stream:
+                agent_stream = shipper.open_stream(
+                    config.worker_logs_dir / f".{booted.worker_id}.cloudwatch-spool",
+                    Destination(booted.log_group, booted.log_stream),
+                    compact_over=1 << 20,
+                )
+                add_log_sink(agent_stream.write, worker_id=booted.worker_id)
+            fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
+            queue_credentials = QueueCredentials(
+                booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
+            )
+            await nursery.start(queue_credentials.run)
+            heartbeat_holder: list[Heartbeat] = []
+
+            def make_session(
+                assignment: Assignment, reports: trio.MemorySendChannel[Report]
+            ) -> WorkSession:
+                return WorkSession(
+                    assignment,
+                    identity=identity,
+                    fetcher=fetcher,
+                    reports=reports,
+                    shipper=shipper,
+                    options=options,
+                    on_event=partial(on_event, assignment.session_id) if on_event else None,
+                    containment=containment,
+                    queue_credentials=queue_credentials,
+                )
+
+            scheduler = Scheduler(
+                booted.worker,
+                make_session,
+                report_interval=config.report_interval_seconds,
+                on_interval=lambda seconds: heartbeat_holder[0].set_interval(seconds),
+                on_stop_requested=lambda: worker.request_stop("farm") if worker else None,
+                on_session_finished=lambda session_id: (
+                    worker._session_finished(session_id) if worker else None
+                ),
+            )
+            heartbeat = Heartbeat(scheduler.sync_now, scheduler.interval)
+            heartbeat_holder.append(heartbeat)
+            supervision = SupervisorStatistics()
+            await nursery.start(
+                partial(
+                    scheduler.run,
+                    supervise=partial(
+                        supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
+                    ),
+                )
+            )
+            worker = Worker(
+                config,
+                booted,
+                scheduler,
+                heartbeat,
+                shipper,
+                booted.worker.deadline.statistics,
+                supervision,
+                queue_credentials,
+            )
+
+            async def run_heartbeat(*, task_status: trio.TaskStatus[None]) -> None:
+                assert worker is not None
+                with worker.heartbeat_scope:
+                    await heartbeat.run(task_status=task_status)
+
+            await nursery.start(run_heartbeat)
+
+            async def credentials_failed(seconds_left: float) -> None:
+                worker.request_stop("credentials", grace=seconds_left)
+
+            nursery.start_soon(
+                partial(
+                    refresh_credentials,
+                    config,
+                    booted,
+                    http=http,
+                    endpoint=endpoints.deadline,
+                    bootstrap_credentials=bootstrap_credentials,
+                    on_failure=credentials_failed,
+                )
+            )
+            if config.idle_timeout is not None:
+                nursery.start_soon(worker._watch_idle, config.idle_timeout)
+            if config.imds_monitor:
+                await nursery.start(_monitor_imds, config, worker, nursery)
+            if config.health_port is not None:
+                from ._health import serve_health  # prometheus-client only when asked for
+
+                worker.health_url = await nursery.start(
+                    partial(
+                        serve_health,
+                        worker,
+                        host=config.health_address,
+                        port=config.health_port,
+                    )
+                )
+                log.info("worker.health_endpoint", url=worker.health_url)
+            log.info("worker.started", worker_id=booted.worker_id)
+            structlog.contextvars.reset_contextvars(**tokens)
+            tokens = {}
+            try:
+                yield worker
+            finally:
+                with trio.CancelScope(shield=True):
+                    # Leaving the block drains the worker, within bounds.
+                    with trio.move_on_after(config.drain_grace_seconds + 4 * SHUTDOWN_CALL_SECONDS):
+                        await worker.drain()
+                    if agent_stream is not None:
+                        remove_log_sink(agent_stream.write)
+                        # Unless an actor failed and took the shipper down with it.
+                        if not nursery.cancel_scope.cancel_called:
+                            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                                await agent_stream.flush()
+                nursery.cancel_scope.cancel(reason="the worker has stopped")
+    finally:
+        if tokens:
+            structlog.contextvars.reset_contextvars(**tokens)
+        if own_containment:
+            await trio.to_thread.run_sync(containment.close)

@@ -1,0 +1,233 @@
+"""No orphaned processes: sessions sweep what they leave, the watchdog outlives a killed agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors import Containment
+from actors._watchdog import TAG_VARIABLE, find_processes
+from tests.session_harness import config_for, env, job, open_session, plan, py, step
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A daemon the classic way: fork, setsid, fork again, close the output; prints its pid first.
+DAEMON = (
+    "import os, sys, time\n"
+    "r, w = os.pipe()\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        {env_clear}\n"
+    "        os.write(w, str(os.getpid()).encode())\n"
+    "        os.close(w)\n"
+    "        devnull = os.open(os.devnull, os.O_RDWR)\n"
+    "        for fd in (0, 1, 2):\n"
+    "            os.dup2(devnull, fd)\n"
+    "        time.sleep(600)\n"
+    "    os._exit(0)\n"
+    "os.close(w)\n"
+    "print('daemon', os.read(r, 32).decode(), flush=True)\n"
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, from the kernel's lists of children."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            stack.extend(children)
+    return found
+
+
+def _daemon_pid(lines: list[str]) -> int:
+    [line] = [line for line in lines if line.startswith("daemon ")]
+    return int(line.split()[1])
+
+
+async def test_a_daemon_left_by_on_enter_dies_with_the_session(tmp_path: Path) -> None:
+    """A double-forked, setsid daemon started by onEnter is killed when the session ends."""
+    template = job(
+        step("S", py("print('task')")),
+        jobEnvironments=[env("E", py(DAEMON.format(env_clear="pass")))],
+    )
+    lp = plan(tmp_path, template)
+    with trio.fail_after(30):
+        async with open_session(config_for(lp, tmp_path)) as session:
+            await session.enqueue(lp.actions)
+            event = await session.recorder.wait_for(
+                lambda e: (
+                    hasattr(e, "lines") and any(str(line).startswith("daemon ") for line in e.lines)
+                )
+            )
+            pid = _daemon_pid(session.recorder.output())
+            assert event and _alive(pid)  # it outlives the action that started it
+    assert not _alive(pid)
+
+
+def _cgroup_available() -> bool:
+    probe = Containment()
+    try:
+        return probe.cgroup_root is not None
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize(
+    "use_cgroup",
+    [
+        pytest.param(False, id="subreaper"),
+        pytest.param(
+            True,
+            id="cgroup",
+            marks=pytest.mark.skipif(
+                not _cgroup_available(), reason="no writable cgroup v2 subtree on this host"
+            ),
+        ),
+    ],
+)
+async def test_a_daemon_that_clears_its_environment_dies_with_the_session(
+    tmp_path: Path, use_cgroup: bool
+) -> None:
+    """Even a daemon without our tag dies with the session: it stays below the session's
+    launcher (a subreaper), and is born in the session's cgroup where there is one."""
+    clear = "os.environ.clear(); os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)'])"
+    code = DAEMON.replace("        os.write(w, str(os.getpid()).encode())\n", "").format(
+        env_clear="pass"
+    )
+    # Report the pid, then become an untagged process (same pid).
+    code = code.replace(
+        "        time.sleep(600)\n",
+        f"        os.write(w, str(os.getpid()).encode()); os.close(w)\n        {clear}\n",
+    )
+    code = code.replace("        os.close(w)\n        devnull", "        devnull")
+    template = job(
+        step("S", py("import time; time.sleep(0.5); print('task')")),
+        jobEnvironments=[env("E", py(code))],
+    )
+    lp = plan(tmp_path, template)
+    containment = Containment(use_cgroup=use_cgroup)
+    try:
+        with trio.fail_after(30):
+            async with open_session(config_for(lp, tmp_path), containment=containment) as session:
+                await session.enqueue(lp.actions)
+                await session.recorder.wait_for_line("task")
+                pid = _daemon_pid(session.recorder.output())
+                assert _alive(pid)
+                environ = await trio.Path(f"/proc/{pid}/environ").read_bytes()
+                assert TAG_VARIABLE.encode() not in environ
+                cgroup = (await trio.Path(f"/proc/{pid}/cgroup").read_text()).splitlines()[-1]
+                if use_cgroup:
+                    assert containment.cgroup_root is not None
+                    assert cgroup.endswith(f"/{containment.cgroup_root.name}/local"), cgroup
+                else:
+                    assert "farmhand-" not in cgroup
+        assert not _alive(pid)
+    finally:
+        containment.close()
+
+
+def test_sweeping_one_session_spares_others() -> None:
+    """Only processes with the session's exact tag are killed."""
+    containment = Containment(use_cgroup=False)
+    mine = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={**os.environ, **containment.action_environment("s1", 1)},
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={**os.environ, **containment.action_environment("s10", 1)},
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            not {mine.pid, other.pid} <= set(find_processes(containment.instance))
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)  # wait for both interpreters to be exec'd with their environment
+
+        async def sweep() -> int:
+            return await containment.sweep("s1")
+
+        killed = trio.run(sweep)
+        assert killed == 1
+        assert mine.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+        containment.close()
+
+
+def test_killing_the_agent_with_sigkill_leaves_no_process_behind(tmp_path: Path) -> None:
+    """kill -9 of `python -m agent run` mid-task: the watchdog kills the task and its daemon."""
+    task = py(
+        DAEMON.format(env_clear="pass")
+        + "print('ready', flush=True)\nimport time\ntime.sleep(600)\n"
+    )
+    template = job(step("S", task))
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(template))
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", str(path), "--output", "jsonl"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert agent.stdout is not None
+    try:
+        daemon = None
+        for line in agent.stdout:
+            event = json.loads(line)
+            if event.get("line", "").startswith("daemon "):
+                daemon = int(event["line"].split()[1])
+            if event.get("line") == "ready":
+                break
+        assert daemon is not None and _alive(daemon)
+        # The task's own process, below the agent (started by the session's launcher).
+        task_pid = next(
+            pid
+            for pid in _descendants(agent.pid)
+            if b"time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+        working_directory = os.readlink(f"/proc/{task_pid}/cwd")
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        agent.stdout.close()
+    deadline = time.monotonic() + 20
+    while (
+        _alive(daemon) or _alive(task_pid) or Path(working_directory).exists()
+    ) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the watchdog works asynchronously; we can only look
+    assert not _alive(daemon), "the daemon survived the agent"
+    assert not _alive(task_pid), "the task survived the agent"
+    # ... and the session's working directory went with them.
+    assert not Path(working_directory).exists()
