@@ -160,7 +160,7 @@ class CiAgent:
         self.shutdown = shutdown or Shutdown(grace=config.grace)
         self.storage = storage or Storage(config)
         self._containment = containment
-        self._grpcjobs: dict[str, _Job] = {}
+        self._jobs: dict[str, _Job] = {}
         self._tools: dict[str, str | None] = dict.fromkeys(config.tools)
         self._nursery: trio.Nursery | None = None
         self._accepted = 0
@@ -172,7 +172,7 @@ class CiAgent:
 
     def statistics(self) -> AgentStatistics:
         return AgentStatistics(
-            self.config.slots, tuple(self._grpcjobs), self._accepted, self._rejected, self._finished
+            self.config.slots, tuple(self._jobs), self._accepted, self._rejected, self._finished
         )
 
     async def wait_until(self, predicate: Callable[[AgentStatistics], bool]) -> AgentStatistics:
@@ -192,8 +192,8 @@ class CiAgent:
             free_disk = 0
         return pb.CapacityReply(
             slots=self.config.slots,
-            free_slots=max(self.config.slots - len(self._grpcjobs), 0),
-            running_jobs=sorted(self._grpcjobs),
+            free_slots=max(self.config.slots - len(self._jobs), 0),
+            running_jobs=sorted(self._jobs),
             tools=[pb.Tool(name=n, version=v or "") for n, v in sorted(self._tools.items())],
             labels=sorted(self.config.labels),
             free_disk_bytes=free_disk,
@@ -212,7 +212,7 @@ class CiAgent:
             self._nursery = nursery
             task_status.started()
             await self.shutdown.wait_requested()
-            log.info("grpcagent.stopping", reason=self.shutdown.reason, running=len(self._grpcjobs))
+            log.info("grpcagent.stopping", reason=self.shutdown.reason, running=len(self._jobs))
             await self.wait_until(lambda s: not s.running_jobs)
             self._nursery = None
 
@@ -226,25 +226,25 @@ class CiAgent:
         reason: tuple[pb.Rejected.Reason, str] | None = None
         if self._nursery is None or not self.shutdown.accepting:
             reason = (pb.Rejected.STOPPING, f"the agent is stopping ({self.shutdown.reason})")
-        elif request.job_id in self._grpcjobs:
+        elif request.job_id in self._jobs:
             reason = (pb.Rejected.DUPLICATE, f"job {request.job_id} is running here already")
-        elif len(self._grpcjobs) >= self.config.slots:
+        elif len(self._jobs) >= self.config.slots:
             reason = (
                 pb.Rejected.CAPACITY,
-                f"no free slot: {len(self._grpcjobs)} of {self.config.slots} in use",
+                f"no free slot: {len(self._jobs)} of {self.config.slots} in use",
             )
         if reason is not None:
             self._reject(stream, request.job_id, *reason)
             return
         assert self._nursery is not None
         job = _Job(request, stream, self.config.grace)
-        self._grpcjobs[job.job_id] = job
+        self._jobs[job.job_id] = job
         self._bump()
         self._nursery.start_soon(self._job, job, name=f"job {job.job_id}")
 
     def cancel(self, job_id: str, grace: float | None = None) -> bool:
         """The ``Cancel`` call: whether a job with that id is here."""
-        job = self._grpcjobs.get(job_id)
+        job = self._jobs.get(job_id)
         if job is None:
             return False
         log.info("grpcagent.cancel", job_id=job_id, grace=grace)
@@ -253,7 +253,7 @@ class CiAgent:
 
     def stream_gone(self, job_id: str, stream: EventStream) -> None:
         """The client's stream ended before the job did."""
-        job = self._grpcjobs.get(job_id)
+        job = self._jobs.get(job_id)
         if job is None or job.stream is not stream:
             return
         job.detached = True
@@ -283,7 +283,7 @@ class CiAgent:
         try:
             last = await self._job_phases(job)
         finally:
-            del self._grpcjobs[job.job_id]
+            del self._jobs[job.job_id]
             self._bump()
             if last is not None:
                 last()
