@@ -195,6 +195,39 @@ def _pid_of_job(tmp_path: Path, job_id: str) -> int:
     raise AssertionError(f"no process runs in {directory}")
 
 
+async def test_stopping_finishes_running_jobs_takes_no_new_one_and_says_not_serving(
+    tmp_path: Path,
+) -> None:
+    """A finish request (SIGUSR1): health turns NOT_SERVING, a new job is REJECTED
+    (STOPPING), the running one runs to its end and its client gets FINISHED."""
+    gate = Fifo(tmp_path)
+    async with running_agent(config_for(tmp_path)) as served:
+        client = Client.connect(served.port)
+        health = health_pb2_grpc.HealthStub(client.channel)
+        request = health_pb2.HealthCheckRequest(service="farmhand.ci.v1.CiAgent")
+        watch = health.Watch(request)  # type: ignore[attr-defined]  # the stub declares none
+        try:
+            # Abandoned on cancel only; watch.cancel() below ends the thread's wait.
+            first = await trio.to_thread.run_sync(next, watch, abandon_on_cancel=True)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            script = f"echo ready; {gate.wait_line}; echo finished anyway"
+            async with client.run(job_id="last", command=sh(script)) as ev:
+                await ev.until("output", "ready")
+                served.agent.shutdown.finish("the test asks")
+                second = await trio.to_thread.run_sync(next, watch, abandon_on_cancel=True)
+                assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                late = await client.run_all(job_id="late", command=["true"])
+                assert late.final().rejected.reason == pb.Rejected.STOPPING
+                assert (await client.capacity()).accepting is False
+                await gate.release()
+                await ev.rest()
+        finally:
+            watch.cancel()
+        client.close()
+    assert ev.final().finished.status == pb.Finished.SUCCEEDED
+    assert "finished anyway" in ev.lines()
+
+
 # ------------------------------------------------------------------ rejecting
 
 
