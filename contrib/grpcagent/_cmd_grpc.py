@@ -54,11 +54,23 @@ def main(args: argparse.Namespace) -> int:
             await serve(config, containment=containment, shutdown=shutdown)
             nursery.cancel_scope.cancel(reason="the agent has stopped")
 
+    failures: list[OSError] = []
     try:
         trio.run(run)
-    except OSError as exc:
-        print(f"python -m agent grpc serve: {exc}", file=sys.stderr)
-        return 1
+    except* OSError as group:  # the port is taken, the TLS files are unreadable...
+        failures = _leaves(group)
     finally:
         containment.close()
-    return 0
+    for failure in failures:
+        print(f"python -m agent grpc serve: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found

@@ -559,6 +559,31 @@ async def test_the_cli_serves_until_sigterm(tmp_path: Path) -> None:
             await process.wait()
 
 
+def test_a_taken_port_is_one_line_and_exit_status_1(tmp_path: Path) -> None:
+    """Another process has the port: the agent says so in one line and exits 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [PY, "-m", "agent", "grpc", "serve", "--work-dir", str(tmp_path)]
+        result = subprocess.run(
+            [*command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**os.environ, "GRPC_VERBOSITY": "NONE"},
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"python -m agent grpc serve: cannot serve on 127.0.0.1:{port}: "
+        f"Failed to bind to address 127.0.0.1:{port}; set GRPC_VERBOSITY=debug environment "
+        "variable to see detailed error message.\n"
+    )
+
+
 # ------------------------------------------------------------------ the job user
 
 
