@@ -18,6 +18,12 @@
 
 ``sweep(session)`` kills whatever of a session is still alive when it ends.
 
+What this needs from the OS (the process table, process environments, pidfds,
+the subreaper) is behind ``_platform``: Linux's ``/proc`` and ``prctl`` where
+they exist, a POSIX fallback elsewhere (``ps``, polling, process groups; no
+subreaper and no cgroups, so the tag is what finds a process that left its
+group, where ``ps`` can show environments).
+
 If the agent itself is killed (even with SIGKILL), a small watchdog process
 (``_watchdog.py``, started in its own session and deaf to terminal signals)
 sees its pipe from the agent close, kills every process carrying the
@@ -52,7 +58,7 @@ from typing import IO
 import structlog
 import trio
 
-from . import _watchdog
+from . import _platform, _watchdog
 from ._paths import UnsafeDirectoryError, private_directory
 from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE
@@ -61,6 +67,8 @@ log = structlog.get_logger("farmhand.contain")
 
 
 def _cgroup2_mount() -> Path | None:
+    if not _platform.use_proc():
+        return None  # no /proc: no cgroups either (or the POSIX fallback is forced)
     try:
         with open("/proc/self/mountinfo") as file:
             for line in file:

@@ -31,7 +31,6 @@ process below it and exits.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -42,8 +41,28 @@ import struct
 import subprocess
 import sys
 import time
+import types
 
-PR_SET_CHILD_SUBREAPER = 36
+
+def _load_platform() -> types.ModuleType:
+    """``_platform`` (stdlib only): imported in the package, imported from this file's
+    directory when it runs as a script (``python -I -S``, no package), through the
+    plain import system (its cached bytecode, no importlib.util: a session's start
+    pays for every import here)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import _platform  # type: ignore[import-not-found,unused-ignore]
+    finally:
+        del sys.path[0]
+    module: types.ModuleType = _platform
+    return module
+
+
+if __package__:
+    from . import _platform
+else:  # pragma: no cover - the script's own process
+    _platform = _load_platform()
+
 #: Bound on kill rounds in one sweep (each round kills everything found below).
 SWEEP_ROUNDS = 100
 #: Bound on one sweep, in real time (the agent does not time it out).
@@ -51,28 +70,14 @@ SWEEP_SECONDS = 10.0
 
 
 def _become_subreaper() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # the tag and the cgroup still find the session's processes
+    # Where there is no subreaper (not Linux), the tag and the process groups
+    # still find the session's processes.
+    _platform.become_subreaper()
 
 
 def _children_of(pid: int) -> dict[int, list[int]]:
     """The tree of live processes as parent -> children."""
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) < 2 or fields[0] in (b"Z", b"X"):
-            continue
-        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree: dict[int, list[int]] = _platform.live_children()
     return tree
 
 
@@ -93,7 +98,7 @@ class Launcher:
         self.me = os.getpid()
         #: The action process whose exit the agent waits for.
         self.action: subprocess.Popen[bytes] | None = None
-        wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        wake_read, wake_write = _platform.nonblocking_pipe()
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
         # A handler (not SIG_DFL) so SIGCHLD reaches the wakeup fd.
@@ -244,12 +249,7 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subpr
 
 
 def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+    return bool(_platform.is_alive(pid))
 
 
 def _drain(fd: int) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 import trio
 
-from . import _launcher
+from . import _launcher, _platform
 
 log = structlog.get_logger("farmhand.spawn")
 
@@ -45,9 +45,9 @@ REAP_TIMEOUT_SECONDS = 10.0
 
 async def _kill_and_wait(pid: int) -> None:
     """SIGKILL the group ``pid`` leads and wait until ``pid`` is gone (not our child:
-    we watch it through a pidfd)."""
+    we watch it through a pidfd, or poll where the system has none)."""
     try:
-        pidfd = os.pidfd_open(pid)
+        pidfd = _platform.open_pidfd(pid)
     except OSError:
         return  # already gone
     try:
@@ -56,11 +56,18 @@ async def _kill_and_wait(pid: int) -> None:
         except OSError:
             os.kill(pid, signal.SIGKILL)
         with trio.move_on_after(REAP_TIMEOUT_SECONDS):
-            await trio.lowlevel.wait_readable(pidfd)
+            if pidfd is not None:
+                await trio.lowlevel.wait_readable(pidfd)
+            else:
+                delay = 0.001
+                while _platform.is_alive(pid):
+                    await trio.sleep(delay)  # POSIX fallback: no pidfd to wait on
+                    delay = min(delay * 2, 0.05)
     except OSError:
         pass
     finally:
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def check_exec_arguments(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str) -> None:

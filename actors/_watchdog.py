@@ -21,6 +21,28 @@ import shutil
 import signal
 import sys
 import time
+import types
+
+
+def _load_platform() -> types.ModuleType:
+    """``_platform`` (stdlib only): imported in the package, imported from this file's
+    directory when it runs as a script (``python -I -S``, no package), through the
+    plain import system (its cached bytecode, no importlib.util: a session's start
+    pays for every import here)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import _platform  # type: ignore[import-not-found,unused-ignore]
+    finally:
+        del sys.path[0]
+    module: types.ModuleType = _platform
+    return module
+
+
+if __package__:
+    from . import _platform
+else:  # pragma: no cover - the script's own process
+    _platform = _load_platform()
+
 
 TAG_VARIABLE = "FARMHAND_SESSION_TAG"
 
@@ -33,33 +55,9 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def _state(pid: str) -> str | None:
-    """The process's state letter (``R``, ``S``, ``Z``...), ``None`` if it is gone."""
-    data = _read(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    return fields[0].decode() if fields else None
-
-
 def find_processes(tag: str, *, exact: bool = False) -> list[int]:
     """Live processes carrying ``tag`` in their environment (a prefix, unless ``exact``)."""
-    own = os.getpid()
-    needle = f"{TAG_VARIABLE}={tag}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        name = entry.name
-        if not name.isdigit() or int(name) == own:
-            continue
-        if _state(name) in (None, "Z", "X"):
-            continue
-        environ = _read(f"/proc/{name}/environ")
-        if environ is None:
-            continue
-        for item in environ.split(b"\0"):
-            if item == needle or (not exact and item.startswith(needle)):
-                found.append(int(name))
-                break
+    found: list[int] = _platform.tagged_processes(f"{TAG_VARIABLE}={tag}".encode(), exact=exact)
     return found
 
 

@@ -47,6 +47,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "contrib.ephemeral._cmd_ephemeral",
         "run the one job of a throw-away CI instance",
     ),
+    "grpc": (
+        "contrib.grpcagent._cmd_grpc",
+        "serve CI jobs pushed over gRPC (a push-model agent)",
+    ),
 }
 
 #: The command used when the first argument names none of the above.

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from ._jobrun import JobRunStatistics as JobRunStatistics
     from ._jobrun import JobSpec as JobSpec
     from ._jobrun import JobStatus as JobStatus
+    from ._jobrun import JobUser as JobUser
+    from ._jobrun import JobUserError as JobUserError
     from ._jobrun import run_job as run_job
     from ._jobstop import Shutdown as Shutdown
     from ._jobstop import ShutdownStatistics as ShutdownStatistics
@@ -73,6 +75,8 @@ _EXPORTS: dict[str, str] = {
     "JobRunStatistics": "._jobrun",
     "JobSpec": "._jobrun",
     "JobStatus": "._jobrun",
+    "JobUser": "._jobrun",
+    "JobUserError": "._jobrun",
     "run_job": "._jobrun",
     "Shutdown": "._jobstop",
     "ShutdownStatistics": "._jobstop",

@@ -71,6 +71,10 @@ from actors import (
     Stop,
 )
 
+# Re-exported (agent.jobs.JobUser): adapters name a job's user without reaching into actors.
+from actors import JobUser as JobUser
+from actors import JobUserError as JobUserError
+
 from .._documents import DocumentError, load_document
 from .._errors import JobSpecError
 from ..local._localrun import TaskSelection, plan_job, start_session
@@ -381,12 +385,16 @@ class JobRun:
         containment: Containment | None = None,
         on_event: Callable[[SessionEvent], None] | None = None,
         notes: bool = True,
+        job_user: JobUser | None = None,
+        secret_patterns: Sequence[str] = (),
     ) -> None:
         """``sinks`` get every output line (and, with ``notes``, the runner's
         ``[farmhand]`` notes and a closing line); ``on_event`` sees every session
         event. ``containment`` is shared with the caller's other runs (one per
         process, with its watchdog started, is best); without one the run makes
-        its own."""
+        its own. ``job_user`` runs the job as that OS user (through ``sudo``, as the
+        Deadline worker's job user); ``secret_patterns`` are regular expressions
+        whose matches are masked in every line, as ``openjd_redacted_env`` values are."""
         if max_runtime is not None and max_runtime <= 0:
             raise ValueError(f"max_runtime must be positive, not {max_runtime}")
         self.spec = spec
@@ -399,6 +407,8 @@ class JobRun:
         self._containment = containment
         self._on_event = on_event
         self._notes = notes
+        self._job_user = job_user
+        self._secret_patterns = tuple(secret_patterns)
         self._state: Literal["new", "running", "stopping", "ended"] = "new"
         self._stop_status: JobStatus | None = None
         self._stop_reason: str | None = None
@@ -511,6 +521,8 @@ class JobRun:
             extensions=spec.extensions,
             root_directory=self._session_root,
             retain_working_directory=self._retain,
+            job_user=self._job_user,
+            secret_patterns=self._secret_patterns,
         )
         async with trio.open_nursery() as nursery:
             inbox, events_receive = await start_session(

@@ -11,15 +11,19 @@ A job's life::
        +--- reject, lease ---+    +---- cancel/stop by a person ----> canceled | stopped
 
 - ``next-job`` gives a worker the best queued job (highest priority, then
-  oldest) that it has not rejected, and marks it assigned to that worker. A
+  oldest) that it has not rejected as it is now, and marks it assigned to that
+  worker. A
   retry of the same request (same ``request_id``) gets the same job.
 - A worker's reports are applied once each (``report_id``), in the order it
   sends them. The first final status wins, with two exceptions: a person's
   cancel or stop is confirmed by the worker's own final report (which adds its
   end time, exit code and error), and a job the server gave up on as ``worker
   lost`` takes whatever its worker says when it comes back.
-- A rejected job goes back to the queue, never to that worker again; a
-  released one (``"release": true``: the worker is stopping) goes back as it was.
+- A rejected job goes back to the queue, for the other workers, and for the
+  worker that rejected it once that worker's capabilities (its tools, GPUs and
+  labels, from its heartbeats) are no longer what they were when it rejected it:
+  restarted with the missing tool installed, it gets the job again. A released
+  one (``"release": true``: the worker is stopping) goes back as it was.
 - An assigned job that is not reported running within ``assignment_timeout``
   goes back to the queue; a running job whose worker has not been heard from
   for ``worker_timeout`` fails as ``worker lost``. After a server restart every
@@ -212,11 +216,11 @@ class JobQueue:
                     and job.get("_request_id") == request_id
                 ):
                     return job  # a retry: the answer it did not get
+        capabilities = self.workers[worker_id].capabilities
         candidates = [
             job
             for job in self.jobs.values()
-            if job["status"] == "queued"
-            and not any(r["worker_id"] == worker_id for r in job["rejections"])
+            if job["status"] == "queued" and not _still_rejects(job, worker_id, capabilities)
         ]
         if not candidates:
             return None
@@ -287,7 +291,15 @@ class JobQueue:
         if release:
             job["detail"] = f"given back by worker {worker_id}: {reason}"
         else:
-            job["rejections"].append({"worker_id": worker_id, "reason": reason, "time": _utc_now()})
+            job["rejections"].append(
+                {
+                    "worker_id": worker_id,
+                    "reason": reason,
+                    "time": _utc_now(),
+                    # What the worker had when it said no: it may qualify once that changes.
+                    "capabilities": self.workers[worker_id].capabilities,
+                }
+            )
         if job["status"] != "assigned":
             return job, True  # canceled meanwhile, say: nothing to give back
         job["status"] = "queued"
@@ -375,6 +387,13 @@ class JobQueue:
         for job in self.jobs.values():
             counts[job["status"]] = counts.get(job["status"], 0) + 1
         return counts
+
+
+def _still_rejects(job: Job, worker_id: str, capabilities: dict[str, Any]) -> bool:
+    """Whether the worker's last rejection of ``job`` stands: it has the capabilities it
+    had then. (A rejection stored without them, by an older server, no longer does.)"""
+    mine = [r for r in job["rejections"] if r["worker_id"] == worker_id]
+    return bool(mine) and mine[-1].get("capabilities") == capabilities
 
 
 def _worker_id(payload: Any) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agent.worker._config import _SETTINGS, DEFAULT_DRAIN_GRACE_SECONDS, configure_parser
 from agent.worker._worker import stop_bound
+from contrib.grpcagent import AgentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRIB = ROOT / "contrib"
@@ -102,3 +103,58 @@ def test_the_dockerfile_copies_what_exists_and_runs_the_worker_under_an_init() -
     for sources in copies:
         for source in sources:
             assert f"!{source}" in dockerignore or f"!{source}/**" in dockerignore, source
+
+
+# ------------------------------------------------------------------ the gRPC CI agent
+
+
+def _grpc_agent_config(argv: list[str], environ: dict[str, str]) -> AgentConfig:
+    """``argv`` (after the program) through ``python -m agent grpc``'s own parser and loader."""
+    from contrib.grpcagent import load_config
+    from contrib.grpcagent._cmd_grpc import configure
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    configure(parser)
+    return load_config(parser.parse_args(argv), environ)
+
+
+def test_the_grpc_agent_unit_runs_it_as_a_restricted_user_with_valid_flags() -> None:
+    """The systemd unit starts `farmhand grpc serve` with flags it knows, as a user that is
+    not root, and lets it drain (SIGTERM to the agent alone, a timeout beyond the grace)."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read(CONTRIB / "systemd" / "farmhand-grpc-agent.service")
+    service = parser["Service"]
+    program, *argv = shlex.split(service["ExecStart"])
+    assert Path(program).name == console_script() and argv[:2] == ["grpc", "serve"]
+    config = _grpc_agent_config(argv[1:], {})
+    assert service["User"] == "farmhand-ci"  # not root: the sudoers whitelist is all it has
+    assert service["KillMode"] == "mixed" and service["Restart"] == "on-failure"
+    assert float(service["TimeoutStopSec"]) > config.grace
+    assert "NoNewPrivileges" not in service  # it would disable sudo for job users
+
+
+def test_the_grpc_agent_plist_runs_it_as_a_restricted_user_with_valid_flags() -> None:
+    """The launchd plist: `farmhand grpc serve` with known flags and variables, not as root."""
+    with (CONTRIB / "launchd" / "com.farmhand.grpc-agent.plist").open("rb") as file:
+        plist = plistlib.load(file)
+    program, *argv = plist["ProgramArguments"]
+    assert Path(program).name == console_script() and argv[:2] == ["grpc", "serve"]
+    config = _grpc_agent_config(argv[1:], plist["EnvironmentVariables"])
+    assert dict(config.tools) == {"xcode": "/usr/bin/xcodebuild -version"}
+    assert plist["UserName"] not in ("root", "") and plist["KeepAlive"] == {"SuccessfulExit": False}
+
+
+def test_the_sudoers_example_never_grants_root_for_everything() -> None:
+    """The whitelist lets the agent's user run jobs as build users, and as root only the
+    listed commands."""
+    lines = [
+        line.split("#", 1)[0].strip()
+        for line in (CONTRIB / "sudoers" / "farmhand-ci").read_text().splitlines()
+    ]
+    rules = [line for line in lines if line.startswith("farmhand-ci ")]
+    assert rules, "no rule for farmhand-ci"
+    for rule in rules:
+        runas, _, commands = rule.partition(")")
+        assert not ("root" in runas and commands.split(":")[-1].strip() == "ALL"), rule
+        assert "ALL" not in runas.split("(")[1], rule

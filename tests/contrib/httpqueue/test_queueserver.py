@@ -132,6 +132,28 @@ async def test_a_rejected_job_never_goes_back_to_that_worker() -> None:
     assert len(queue.get(job_id)["rejections"]) == 1
 
 
+async def test_a_rejected_job_goes_back_to_that_worker_once_it_has_changed() -> None:
+    """A worker that rejected a job for a missing tool gets it again once its heartbeat
+    shows different capabilities (restarted with the tool); not while they are the same."""
+    queue = JobQueue()
+    job_id = queue.submit({"config_path": "/a", "requirements": {"tools": {"blender": ">=4"}}})[
+        "job_id"
+    ]
+    now = trio.current_time()
+    without = {"tools": {"blender": None}, "gpus": 0, "labels": []}
+    queue.heartbeat({"worker_id": "w1", "capabilities": without}, now)
+    assert queue.next_job(ask("w1"), now)["job_id"] == job_id  # type: ignore[index]
+    queue.reject(
+        {"worker_id": "w1", "job_id": job_id, "reason": "no blender", "report_id": "x"}, now
+    )
+    assert queue.get(job_id)["rejections"][0]["capabilities"] == without
+    queue.heartbeat({"worker_id": "w1", "capabilities": dict(without)}, now)  # restarted as it was
+    assert queue.next_job(ask("w1"), now) is None
+    with_it = {"tools": {"blender": "4.2.1"}, "gpus": 0, "labels": []}
+    queue.heartbeat({"worker_id": "w1", "capabilities": with_it}, now)  # restarted with blender
+    assert queue.next_job(ask("w1"), now)["job_id"] == job_id  # type: ignore[index]
+
+
 async def test_another_workers_report_is_a_conflict() -> None:
     """A worker may only report on jobs it holds."""
     queue = JobQueue()

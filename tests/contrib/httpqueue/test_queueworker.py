@@ -157,6 +157,26 @@ async def test_unmet_requirements_are_rejected_and_the_worker_keeps_serving(
     assert server.job(plain["job_id"])["worker_id"] == "w1"
 
 
+async def test_a_worker_restarted_with_the_missing_tool_gets_the_job_it_rejected(
+    tmp_path: Path,
+) -> None:
+    """Tried as a user would: w1 rejects a job for a missing tool, is restarted (same id)
+    with the tool installed, and then runs that job."""
+    paths = make_paths(tmp_path)
+    async with open_job_server() as server:
+        job = await server.submit(
+            {"config_path": paths.config("needs"), "requirements": {"tools": {"blender": ">=4.2"}}}
+        )
+        without = Capabilities(tools={"blender": None})
+        async with running_worker(worker_config(paths, server.url), without) as worker:
+            await worker.wait_until(lambda s: s.jobs_rejected == 1)
+        assert server.job(job["job_id"])["status"] == "queued"
+        with_it = Capabilities(tools={"blender": "4.2.1"})
+        async with running_worker(worker_config(paths, server.url), with_it):
+            done = await job_status(server, job["job_id"], *FINAL)
+    assert (done["status"], done["worker_id"]) == ("finished", "w1")
+
+
 async def test_a_worker_started_before_its_server_waits_for_it(tmp_path: Path) -> None:
     """Polls and heartbeats fail while there is no server; once it is up, work flows."""
     paths = make_paths(tmp_path)

@@ -1,0 +1,175 @@
+"""What containment asks of the operating system, behind one interface.
+
+Linux has the fast, exact answers: ``/proc`` (every process's parent, state
+and environment), pidfds, ``pipe2`` and a child subreaper (``prctl``).
+Elsewhere (macOS, the BSDs) the POSIX fallback answers the same questions
+with what every Unix has: ``ps -A -o pid= -o ppid= -o stat=`` for the process
+table, polling for a process's end, ``pipe`` plus ``fcntl``, and no
+subreaper, so a process that leaves its process group and whose parent dies
+is found only by its tag, and only where ``ps`` shows environments (macOS
+``ps -E`` for the agent's own user or as root).
+
+``FARMHAND_POSIX_FALLBACK=1`` in the environment makes Linux use the fallback
+too: that is how the fallback is tested on Linux (tests/actors/test_platform.py).
+
+This module is loaded by file path from the launcher and the watchdog (which
+run as ``python -I -S`` scripts), so it imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import subprocess
+
+FALLBACK_VARIABLE = "FARMHAND_POSIX_FALLBACK"
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def use_proc() -> bool:
+    """Whether ``/proc`` is there to be read (and the fallback is not forced)."""
+    return os.environ.get(FALLBACK_VARIABLE, "") not in ("1", "true") and os.path.isdir(
+        "/proc/self"
+    )
+
+
+def _proc_read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def _stat_fields(pid: str) -> list[bytes] | None:
+    """``/proc/PID/stat`` after the command name: state, ppid, ..."""
+    data = _proc_read(f"/proc/{pid}/stat")
+    if data is None:
+        return None
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """Every process: pid -> (parent pid, state letter: ``R``, ``S``, ``Z``...)."""
+    table: dict[int, tuple[int, str]] = {}
+    if use_proc():
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            fields = _stat_fields(entry.name)
+            if fields and len(fields) >= 2:
+                table[int(entry.name)] = (int(fields[1]), fields[0].decode())
+        return table
+    try:
+        output = subprocess.run(
+            ["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "stat="],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return table
+    for line in output.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
+            table[int(parts[0])] = (int(parts[1]), parts[2][:1])
+    return table
+
+
+def live_children() -> dict[int, list[int]]:
+    """The tree of live (not zombie) processes as parent -> children."""
+    tree: dict[int, list[int]] = {}
+    for pid, (ppid, state) in process_table().items():
+        if state not in ("Z", "X"):
+            tree.setdefault(ppid, []).append(pid)
+    return tree
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    if use_proc():
+        fields = _stat_fields(str(pid))
+        return fields is not None and len(fields) > 0 and fields[0][:1] not in (b"Z", b"X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's: it exists
+    entry = process_table().get(pid)
+    return entry is not None and entry[1] not in ("Z", "X")
+
+
+def tagged_processes(needle: bytes, *, exact: bool) -> list[int]:
+    """Live processes whose environment has an entry equal to ``needle`` (or starting
+    with it, unless ``exact``). The fallback finds only what ``ps -E`` shows."""
+    own = os.getpid()
+    found: list[int] = []
+
+    def matches(items: list[bytes]) -> bool:
+        return any(item == needle or (not exact and item.startswith(needle)) for item in items)
+
+    if use_proc():
+        for entry in os.scandir("/proc"):
+            name = entry.name
+            if not name.isdigit() or int(name) == own:
+                continue
+            fields = _stat_fields(name)
+            if not fields or fields[0][:1] in (b"Z", b"X"):
+                continue
+            environ = _proc_read(f"/proc/{name}/environ")
+            if environ is not None and matches(environ.split(b"\0")):
+                found.append(int(name))
+        return found
+    # BSD/macOS: -E appends the environment to the command (of the user's own
+    # processes, or all as root); procps (Linux): the "e" option does the same.
+    output = b""
+    for argv in (
+        ["ps", "-A", "-E", "-ww", "-o", "pid=", "-o", "command="],
+        ["ps", "eww", "-A", "-o", "pid=", "-o", "command="],
+    ):
+        try:
+            result = subprocess.run(argv, capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if result.returncode == 0:
+            output = result.stdout
+            break
+    for line in output.splitlines():
+        parts = line.split()
+        if parts and parts[0].isdigit() and int(parts[0]) != own and matches(parts[1:]):
+            found.append(int(parts[0]))
+    return found
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (Linux); whether it is one."""
+    if not use_proc():
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def nonblocking_pipe() -> tuple[int, int]:
+    """A pipe whose ends are close-on-exec and non-blocking."""
+    pipe2 = getattr(os, "pipe2", None)
+    if pipe2 is not None and use_proc():
+        read_end, write_end = pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        return read_end, write_end
+    read_end, write_end = os.pipe()  # close-on-exec already (PEP 446)
+    for fd in (read_end, write_end):
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    return read_end, write_end
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (readable once it has exited), or ``None`` where the system
+    has none (the caller polls ``is_alive``). ``OSError`` when the process is gone."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None or not use_proc():
+        return None
+    return int(pidfd_open(pid))
