@@ -10,9 +10,11 @@
                    jitter; at once after a job ends); with a job: check its
                    requirements (reject it if unmet), report running, run it
                    (its output to <shared_dir>/jobs/<id>/logs/<id>.log as it
-                   comes), poll GET /api/jobs/<id> every status_poll_interval
-                   and stop it when a person canceled or stopped it, report
-                   how it ended
+                   comes), poll GET /status/<id> every status_poll_interval,
+                   stop it when a person canceled it or asked it to stop
+                   (``canceled``; ``stop_requested`` or ``stopped``) and
+                   else say ``running`` again (the OPEVA backend fails a job
+                   whose status goes stale), report how it ended
 
 How a job's end is reported:
 
@@ -80,6 +82,9 @@ log = structlog.get_logger("farmhand.httpqueue.worker")
 FORCE_STOP = "force-stop"
 #: Seconds a tool's version command may take.
 TOOL_PROBE_SECONDS = 10.0
+#: What the server's view of a job means for its worker: the OPEVA backend marks a
+#: running job a person stopped ``stop_requested``; the worker stops it and says ``stopped``.
+_SERVER_STOPS = {"stop_requested": "stopped"}
 #: Bound on the last heartbeat when the worker stops.
 FINAL_HEARTBEAT_SECONDS = 5.0
 
@@ -110,6 +115,7 @@ class _JobControl:
         self._reason: str | None = None
 
     def server_says(self, status: str) -> None:
+        status = _SERVER_STOPS.get(status, status)
         if status in STOP_STATUSES and self.ended_by is None:
             self.ended_by = status
             log.info("httpqueue.job_ended_on_server", job_id=self.job_id, status=status)
@@ -508,7 +514,7 @@ class QueueWorker:
         while control.ended_by is None:
             await trio.sleep(self.config.status_poll_interval)
             try:
-                job = await client.job(control.job_id)
+                job = await client.status_of(control.job_id)
             except ServerUnavailable as exc:
                 log.debug("httpqueue.status_poll_failed", job_id=control.job_id, error=str(exc))
                 continue
@@ -524,6 +530,23 @@ class QueueWorker:
             status = job.get("status")
             if isinstance(status, str):
                 control.server_says(status)
+            if control.ended_by is None:
+                await self._still_running(client, control.job_id)
+
+    async def _still_running(self, client: QueueClient, job_id: str) -> None:
+        """Say ``running`` again, straight (not through the outbox: the next poll says it
+        anew). The OPEVA backend fails a running job whose status has not been refreshed
+        within its JOB_STATUS_TTL."""
+        body = {
+            "worker_id": self.config.worker_id,
+            "job_id": job_id,
+            "status": "running",
+            "report_id": uuid.uuid4().hex,
+        }
+        try:
+            await client.job_status(body)
+        except ServerError as exc:
+            log.debug("httpqueue.running_refresh_failed", job_id=job_id, error=str(exc))
 
     async def _report_end(
         self, reporter: Reporter, offer: JobOffer, control: _JobControl, outcome: JobOutcome
