@@ -365,7 +365,9 @@ class ContainerWorkload:
             )
         if outcome.status is JobStatus.FAILED and outcome.exit_code in RUNTIME_FAILURES:
             # The runtime's own failure (a missing image, a bad option): say what it said.
-            said = _last_line("\n".join(tail.lines))
+            said = _last_line(
+                "\n".join(line for line in tail.lines if not line.startswith("[farmhand]"))
+            )
             outcome = attrs.evolve(
                 outcome,
                 error=f"{self.runtime} could not run the container (exit {outcome.exit_code}): "
@@ -398,7 +400,7 @@ class ContainerWorkload:
                 log.error("httpqueue.container_cleanup_failed", container=name, error=str(exc))
                 return
             output = (result.stderr or result.stdout).decode(errors="replace").strip()
-            if result.returncode != 0 and "No such container" not in output:
+            if result.returncode != 0 and "no such container" not in output.lower():
                 log.error(
                     "httpqueue.container_cleanup_failed",
                     container=name,
