@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from contrib.httpqueue import Capabilities, JobServer, QueueWorker, WorkerConfig
 from tests.httpqueue_harness import Paths, job_status, make_paths, running_worker, worker_config
 
 FINAL = ("finished", "failed", "canceled", "stopped")
+REPO = Path(__file__).resolve().parents[3]
 IMAGE = "localhost/farmhand-busybox:test"
 MISSING_IMAGE = "localhost/farmhand-no-such-image:test"
 APPLETS = ("sh", "echo", "sleep", "cat", "true", "false")
@@ -261,3 +263,81 @@ async def test_a_real_docker_client_without_a_daemon_takes_no_job(tmp_path: Path
             why = worker.statistics().unavailable
     assert why is not None and why.startswith("the container runtime cannot run containers")
     assert os.path.basename(real) in why
+
+
+#: The OPEVA job worker's documented deployment (its README's `docker run -e ...` list, as
+#: an env file): kept as it is when switching to farmhand. Only the values that point at
+#: this test's server, shared directory and image are filled in.
+OPEVA_ENV_FILE = """\
+OPEVA_SERVER={server}
+WORKER_ID=worker-a
+OPEVA_SHARED_DIR={shared}
+WORKER_IMAGE={image}
+POLL_INTERVAL=5
+WORKER_HEARTBEAT_INTERVAL=30
+STATUS_POLL_INTERVAL=10
+LOG_LEVEL=INFO
+WORKER_EXIT_AFTER_JOB=1
+"""
+
+#: What the README says to run, with the env file above.
+SWITCH_COMMAND = ("python", "-m", "agent", "httpqueue", "worker")
+
+#: `docker` on PATH for the deployment: podman, with no network for the job's container.
+DOCKER_ON_PATH = """#!/bin/sh
+if [ "$1" = run ]; then shift; set -- run --network none "$@"; fi
+exec {wrapper} "$@"
+"""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as `docker run --env-file` and systemd's EnvironmentFile read them."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value for key, value in pairs}
+
+
+async def test_the_opeva_deployment_runs_unchanged_against_farmhand(
+    tmp_path: Path, docker: Path
+) -> None:
+    """The README's switch: the OPEVA worker's env file as it is, `python -m agent httpqueue
+    worker`: it heartbeats as WORKER_ID, runs the job's container with the shared dir, logs
+    to jobs/<id>/logs/<id>.log, reports finished, and (WORKER_EXIT_AFTER_JOB=1) exits 0."""
+    paths = make_paths(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(DOCKER_ON_PATH.format(wrapper=docker))
+    (bin_dir / "docker").chmod(0o755)
+    async with open_job_server() as server:
+        env_file = tmp_path / "worker.env"
+        env_file.write_text(
+            OPEVA_ENV_FILE.format(server=server.url, shared=paths.shared, image=IMAGE)
+        )
+        job = await server.submit(
+            {"job_name": "Demo-Run1", "config_path": job_config(paths, "demo.yaml", "ok")}
+        )
+        keep = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "TMPDIR")}
+        env = {
+            **keep,
+            "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
+            + os.environ["PATH"],
+            **read_env_file(env_file),
+        }
+        argv = [sys.executable if SWITCH_COMMAND[0] == "python" else SWITCH_COMMAND[0]]
+        with trio.fail_after(120):
+            result = await trio.run_process(
+                [*argv, *SWITCH_COMMAND[1:]],
+                env=env,
+                cwd=REPO,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        done = server.job(job["job_id"])
+        worker = server.queue.workers["worker-a"].to_api(trio.current_time())
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 0, output
+    assert (done["status"], done["worker_id"], done["exit_code"]) == ("finished", "worker-a", 0)
+    assert worker["state"] == "stopped"
+    log = paths.log(job["job_id"])
+    assert f"job {job['job_id']} (--job_id) starts: ok\nline 1\nline 2\n" in log
+    assert "httpqueue.runtime_checked" in output and "runtime=podman" in output
