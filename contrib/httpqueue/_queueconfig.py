@@ -117,8 +117,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--server", help=f"the job server's URL (OPEVA_SERVER; {DEFAULT_SERVER})")
     add("--worker-id", help="this worker's name (WORKER_ID; default: the host name)")
-    add("--shared-dir", help=f"the directory jobs share, the same path on every host; logs go to its jobs/ "
-        f"(OPEVA_SHARED_DIR; {DEFAULT_SHARED_DIR})")
+    add(
+        "--shared-dir",
+        help=f"the directory jobs share, the same path on every host; logs go to its jobs/ "
+        f"(OPEVA_SHARED_DIR; {DEFAULT_SHARED_DIR})",
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--command",

@@ -386,7 +386,9 @@ class QueueWorker:
             body["error"] = self.unavailable
         # The OPEVA backend keeps a heartbeat's free-form ``info`` (its GET /hosts shows it).
         body["info"] = {
-            key: body[key] for key in ("state", "free_slots", "running_jobs", "error") if key in body
+            key: body[key]
+            for key in ("state", "free_slots", "running_jobs", "error")
+            if key in body
         }
         await client.heartbeat(body)
         self._heartbeats += 1

@@ -281,7 +281,10 @@ class ContainerWorkload:
         with trio.move_on_after(RUNTIME_CHECK_SECONDS):
             try:
                 version = await trio.run_process(
-                    [self.docker, "--version"], capture_stdout=True, capture_stderr=True, check=False
+                    [self.docker, "--version"],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
                 )
             except OSError as exc:
                 return f"cannot run the container client {self.docker!r}: {exc.strerror or exc}"
@@ -293,7 +296,9 @@ class ContainerWorkload:
                 [self.docker, "info"], capture_stdout=True, capture_stderr=True, check=False
             )
             if info.returncode != 0:
-                output = info.stderr.decode(errors="replace") or info.stdout.decode(errors="replace")
+                output = info.stderr.decode(errors="replace") or info.stdout.decode(
+                    errors="replace"
+                )
                 return (
                     f"the container runtime cannot run containers ({self.docker} info failed, "
                     f"exit {info.returncode}): {_last_line(output)}"

@@ -17,15 +17,17 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, ClassVar
 
 import attrs
 import httpx
 import pytest
 import trio
 
+from agent.jobs import LogFile
 from contrib.httpqueue import Capabilities, JobServer, QueueWorker, WorkerConfig, open_job_server
 from tests.httpqueue_harness import Paths, job_status, make_paths, running_worker, worker_config
 
@@ -95,7 +97,14 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with tarfile.open(root / "image.tar", "w") as tar:
         tar.add(tree, arcname=".")
     _run(
-        [str(wrapper), "import", "--change", 'ENTRYPOINT ["/bin/job"]', str(root / "image.tar"), IMAGE],
+        [
+            str(wrapper),
+            "import",
+            "--change",
+            'ENTRYPOINT ["/bin/job"]',
+            str(root / "image.tar"),
+            IMAGE,
+        ],
         "import an image",
     )
     _run(
@@ -106,8 +115,10 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     subprocess.run([str(wrapper), "rm", "-af"], capture_output=True, timeout=120, check=False)
 
 
-def container_config(paths: Paths, server: JobServer, docker: Path, **changes: object) -> WorkerConfig:
-    settings: dict[str, object] = {
+def container_config(
+    paths: Paths, server: JobServer, docker: Path, **changes: object
+) -> WorkerConfig:
+    settings: dict[str, Any] = {
         "command": None,
         "image": IMAGE,
         "docker": str(docker),
@@ -124,11 +135,31 @@ def job_config(paths: Paths, name: str, mode: str) -> str:
     return str(path)
 
 
+class WatchedLog(LogFile):
+    """The worker's job log, telling the test when a line is written to the file."""
+
+    waiting: ClassVar[dict[str, trio.Event]] = {}
+
+    def write(self, lines: Sequence[str]) -> None:
+        super().write(lines)
+        for text, event in self.waiting.items():
+            if any(text in line for line in lines):
+                event.set()
+
+
+@pytest.fixture(autouse=True)
+def watched_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr("contrib.httpqueue._queueworker.LogFile", WatchedLog)
+    yield
+    WatchedLog.waiting.clear()
+
+
 async def wait_for_log(paths: Paths, job_id: str, text: str) -> None:
-    """Until the job's log (written as the output comes) holds ``text``: the job still runs."""
+    """Until a line holding ``text`` is in the job's log file (it is written as it comes)."""
+    event = WatchedLog.waiting.setdefault(text, trio.Event())
     with trio.fail_after(60):
-        while text not in paths.log(job_id):
-            await trio.sleep(0.05)
+        await event.wait()
+    assert text in paths.log(job_id)
 
 
 def containers(docker: Path) -> list[str]:
@@ -239,16 +270,26 @@ async def test_a_missing_image_fails_the_job_saying_so(tmp_path: Path, docker: P
     assert "farmhand-no-such-image" in done["error"]
 
 
-async def test_a_real_docker_client_without_a_daemon_takes_no_job(tmp_path: Path) -> None:
-    """The docker CLI with no daemon behind it: the worker takes no job and says why."""
+@pytest.fixture
+def docker_without_daemon() -> str:
+    """The real docker client, where no daemon answers it; or a skip."""
     real = shutil.which("docker")
     if real is None:
         pytest.skip("no docker client installed")
+    version = subprocess.run([real, "--version"], capture_output=True, timeout=60, check=False)
+    if b"podman" in version.stdout.lower():
+        pytest.skip("docker here is podman")
     probe = subprocess.run([real, "info"], capture_output=True, timeout=60, check=False)
     if probe.returncode == 0:
         pytest.skip("a docker daemon is running here")
-    if b"podman" in subprocess.run([real, "--version"], capture_output=True, check=False).stdout:
-        pytest.skip("docker here is podman")
+    return real
+
+
+async def test_a_real_docker_client_without_a_daemon_takes_no_job(
+    tmp_path: Path, docker_without_daemon: str
+) -> None:
+    """The docker CLI with no daemon behind it: the worker takes no job and says why."""
+    real = docker_without_daemon
     paths = make_paths(tmp_path)
     async with open_job_server() as server:
         job = await server.submit({"config_path": job_config(paths, "ok", "ok")})
@@ -256,8 +297,10 @@ async def test_a_real_docker_client_without_a_daemon_takes_no_job(tmp_path: Path
         async with running_worker(config) as worker:
             with trio.fail_after(60):
                 await server.wait_until(
-                    lambda: "w1" in server.queue.workers
-                    and server.queue.workers["w1"].state == "unavailable"
+                    lambda: (
+                        "w1" in server.queue.workers
+                        and server.queue.workers["w1"].state == "unavailable"
+                    )
                 )
             assert server.job(job["job_id"])["status"] == "queued"
             why = worker.statistics().unavailable

@@ -154,7 +154,10 @@ async def test_another_workers_report_is_a_conflict() -> None:
             {"worker_id": "w1", "job_id": "J", "status": "failed", "error": 3, "report_id": "r"},
             "error must be a string",
         ),
-        ({"worker_id": "w1", "job_id": "J", "status": "running", "report_id": 7}, "report_id must be"),
+        (
+            {"worker_id": "w1", "job_id": "J", "status": "running", "report_id": 7},
+            "report_id must be",
+        ),
         ({"job_id": "J", "status": "running", "report_id": "r"}, "worker_id must be"),
         (
             {"worker_id": "w1", "job_id": "nope", "status": "running", "report_id": "r"},

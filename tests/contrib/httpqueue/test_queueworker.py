@@ -360,8 +360,10 @@ async def test_no_container_runtime_no_job_taken_and_the_heartbeat_says_why(
             async with running_worker(config) as worker:
                 with trio.fail_after(30):
                     await server.wait_until(
-                        lambda: "w1" in server.queue.workers
-                        and server.queue.workers["w1"].state == "unavailable"
+                        lambda: (
+                            "w1" in server.queue.workers
+                            and server.queue.workers["w1"].state == "unavailable"
+                        )
                     )
                 record = server.queue.workers["w1"].to_api(trio.current_time())
                 why = (
