@@ -259,6 +259,8 @@ class JobQueue:
             # The OPEVA worker reports a failed container by its exit code alone.
             error = f"exit code {exit_code}" if exit_code is not None else "failed"
         self._remember(job, payload)
+        # When its worker last spoke of it (the OPEVA backend's name for it).
+        job["status_updated_at"] = _utc_now()
         ended = job["status"] in TERMINAL_STATUSES and not job.get("_lost")
         if ended:
             if (

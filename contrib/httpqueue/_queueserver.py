@@ -103,6 +103,7 @@ class JobServer:
             "worker_id": job["worker_id"],
             "exit_code": job["exit_code"],
             "error": job["error"],
+            "status_updated_at": job.get("status_updated_at"),
         }
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:

@@ -88,6 +88,35 @@ async def test_a_person_canceling_or_stopping_a_job_stops_it(
     assert "got SIGTERM" in paths.log(job["job_id"])
 
 
+async def test_a_running_job_is_said_running_again_at_each_status_poll(
+    tmp_path: Path, notifier: Notifier
+) -> None:
+    """Each status poll that finds the job still running says ``running`` again, so a
+    backend that fails jobs whose status goes stale (OPEVA's) sees it alive."""
+    paths = make_paths(tmp_path)
+    async with open_job_server() as server:
+        config = paths.config("long", on_term="exit", notify=notifier.port, sleep=600)
+        job = await server.submit({"config_path": config})
+        async with running_worker(worker_config(paths, server.url)):
+            await notifier.wait("ready:long")
+            seen: list[str] = []
+
+            def refreshed() -> bool:
+                stamp = server.job(job["job_id"]).get("status_updated_at")
+                if stamp is not None and stamp not in seen:
+                    seen.append(stamp)
+                return len(seen) >= 3
+
+            with trio.fail_after(30):
+                await server.wait_until(refreshed)
+            assert server.job(job["job_id"])["status"] == "running"
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                status = (await http.get(f"/status/{job['job_id']}")).json()
+                assert status["status_updated_at"] in seen
+                await http.post(f"/api/jobs/{job['job_id']}/cancel")
+            await job_status(server, job["job_id"], "canceled")
+
+
 async def test_a_job_given_to_another_worker_is_stopped_here(
     tmp_path: Path, notifier: Notifier
 ) -> None:
