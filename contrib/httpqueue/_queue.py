@@ -275,6 +275,9 @@ class JobQueue:
         if status == "running":
             job["status"] = "running"
             job["started_at"] = job["started_at"] or _utc_now()
+            for name in ("container_id", "container_name"):  # the OPEVA worker's metadata
+                if isinstance(payload.get(name), str):
+                    job[name] = payload[name]
         else:
             self._finish(job, status, error, exit_code, detail)
         job["worker_id"] = worker_id

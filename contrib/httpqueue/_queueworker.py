@@ -520,7 +520,12 @@ class QueueWorker:
             # Two writes to disk, side by side: the state file (with the report) and the log.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(open_log)
-                await reporter.job_started(offer.job_id)
+                container = (
+                    workload.container_name(context)
+                    if isinstance(workload, ContainerWorkload)
+                    else None
+                )
+                await reporter.job_started(offer.job_id, container_name=container)
             [log_file] = opened
             if isinstance(log_file, OSError):
                 exc = log_file

@@ -196,6 +196,7 @@ async def test_a_container_runs_the_job_with_the_shared_dir_and_its_log_comes_li
         failed = await job_status(server, failing["job_id"], *FINAL)
     assert worker.statistics().unavailable is None
     assert done["status"] == "finished"
+    assert done["container_name"] == f"farmhand-{job['job_id']}"
     log = paths.log(job["job_id"])
     assert f"job {job['job_id']} (--job_id) starts: ok\nline 1\nline 2\n" in log
     assert (failed["status"], failed["exit_code"], failed["error"]) == ("failed", 3, "exit code 3")

@@ -280,6 +280,7 @@ async def test_an_opeva_worker_speaks_to_it_unchanged() -> None:
             assert answer.status_code == 200 and answer.json()["status"] == "running"
         status = await http.get(f"/status/{job['job_id']}")
         assert status.json()["status"] == "running"
+        assert server.job(job["job_id"])["container_name"] == running["container_name"]
         await http.post(f"/api/jobs/{job['job_id']}/stop")
         assert (await http.get(f"/status/{job['job_id']}")).json()["status"] == "stop_requested"
         stopped = {"job_id": job["job_id"], "status": "stopped", "worker_id": "tiago-gpu"}
