@@ -65,6 +65,8 @@ DOCKER_RUN_FAILED = 125
 #: ``docker run``'s own failures (not the container's): 125 the runtime or daemon, 126 the
 #: container's command could not be invoked (Podman: a device it cannot set up), 127 not found.
 RUNTIME_FAILURES = frozenset({125, 126, 127})
+#: How the runtime's own error messages begin (Docker's, Podman's).
+_RUNTIME_ERRORS = ("Error", "docker:", "Error response from daemon")
 #: Seconds the start-up check of the container runtime may take.
 RUNTIME_CHECK_SECONDS = 30.0
 #: Seconds ``docker rm -f`` may take after a stopped job.
@@ -368,11 +370,16 @@ class ContainerWorkload:
             outcome = attrs.evolve(
                 outcome, started_at=first.started_at, duration=first.duration + outcome.duration
             )
-        if outcome.status is JobStatus.FAILED and outcome.exit_code in RUNTIME_FAILURES:
+        said = _last_line(
+            "\n".join(line for line in tail.lines if not line.startswith("[farmhand]"))
+        )
+        if (
+            outcome.status is JobStatus.FAILED
+            and outcome.exit_code in RUNTIME_FAILURES
+            # 126 and 127 may be the job's own exit status; the runtime's errors say so.
+            and (outcome.exit_code == DOCKER_RUN_FAILED or said.startswith(_RUNTIME_ERRORS))
+        ):
             # The runtime's own failure (a missing image, a bad option): say what it said.
-            said = _last_line(
-                "\n".join(line for line in tail.lines if not line.startswith("[farmhand]"))
-            )
             outcome = attrs.evolve(
                 outcome,
                 error=f"{self.runtime} could not run the container (exit {outcome.exit_code}): "
