@@ -11,8 +11,8 @@
     python -m agent httpqueue stop JOB_ID
     python -m agent httpqueue workers
 
-The client commands talk to ``--server``, else ``SERVER``, else
-``http://127.0.0.1:8470``. Exit status: 0 on success (``submit --wait``: the
+The client commands talk to ``--server``, else ``OPEVA_SERVER``, else ``SERVER``,
+else ``http://127.0.0.1:8470``. Exit status: 0 on success (``submit --wait``: the
 job finished), 1 when the server answers with an error, is unreachable, or
 the job did not finish, 2 for a bad option or configuration.
 """
@@ -76,7 +76,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_)
-        sub.add_argument("--server", help=f"the job server (SERVER; default {DEFAULT_SERVER})")
+        sub.add_argument(
+            "--server", help=f"the job server (OPEVA_SERVER or SERVER; default {DEFAULT_SERVER})"
+        )
         return sub
 
     submit = client("submit", help_="submit a job; prints its id")
@@ -183,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
             ) as server:
                 jobs = len(server.queue.jobs)
                 print(f"httpqueue server on {server.url} ({store.description}, {jobs} jobs)")
-                print(f"export SERVER={server.url}", flush=True)
+                print(f"export OPEVA_SERVER={server.url}", flush=True)
                 async for _ in signals:
                     break
 
@@ -244,7 +246,9 @@ def _requirements(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _client(args: argparse.Namespace) -> int:
-    server = (args.server or os.environ.get("SERVER") or DEFAULT_SERVER).rstrip("/")
+    server = (
+        args.server or os.environ.get("OPEVA_SERVER") or os.environ.get("SERVER") or DEFAULT_SERVER
+    ).rstrip("/")
     command = args.command_name
     if command == "submit":
         body: dict[str, Any] = {"config_path": args.config_path}

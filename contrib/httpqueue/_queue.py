@@ -85,6 +85,8 @@ class WorkerRecord:
     free_slots: int | None = None
     running_jobs: list[str] = attrs.field(factory=list)
     capabilities: dict[str, Any] = attrs.field(factory=dict)
+    #: The free-form ``info`` an OPEVA worker's heartbeat carries.
+    info: dict[str, Any] = attrs.field(factory=dict)
 
     def to_api(self, now: float) -> dict[str, Any]:
         return {
@@ -94,6 +96,7 @@ class WorkerRecord:
             "free_slots": self.free_slots,
             "running_jobs": list(self.running_jobs),
             "capabilities": self.capabilities,
+            "info": self.info,
             "last_seen": self.last_seen,
             "seconds_since_seen": round(now - self.last_seen_at, 3),
         }
@@ -200,6 +203,10 @@ class JobQueue:
         if not isinstance(capabilities, dict):
             raise QueueError(400, "capabilities must be an object")
         record.capabilities = capabilities
+        info = payload.get("info") or {}
+        if not isinstance(info, dict):
+            raise QueueError(400, "info must be an object")
+        record.info = info
         return record
 
     def next_job(self, payload: Any, now: float) -> Job | None:
@@ -253,8 +260,11 @@ class JobQueue:
         ):
             raise QueueError(400, "exit_code must be a whole number")
         if status == "failed" and not error:
-            raise QueueError(400, "a failed job needs an error")
+            # The OPEVA worker reports a failed container by its exit code alone.
+            error = f"exit code {exit_code}" if exit_code is not None else "failed"
         self._remember(job, payload)
+        # When its worker last spoke of it (the OPEVA backend's name for it).
+        job["status_updated_at"] = _utc_now()
         ended = job["status"] in TERMINAL_STATUSES and not job.get("_lost")
         if ended:
             if (
@@ -269,6 +279,9 @@ class JobQueue:
         if status == "running":
             job["status"] = "running"
             job["started_at"] = job["started_at"] or _utc_now()
+            for name in ("container_id", "container_name"):  # the OPEVA worker's metadata
+                if isinstance(payload.get(name), str):
+                    job[name] = payload[name]
         else:
             self._finish(job, status, error, exit_code, detail)
         job["worker_id"] = worker_id
@@ -313,11 +326,11 @@ class JobQueue:
         if not isinstance(job_id, str):
             raise QueueError(400, "job_id must be a string")
         report_id = payload.get("report_id")
-        if not isinstance(report_id, str) or not report_id:
+        if report_id is not None and (not isinstance(report_id, str) or not report_id):
             raise QueueError(400, "report_id must be a non-empty string")
         self._seen(worker_id, now)
         job = self.get(job_id)
-        if report_id in job["_reports"]:
+        if report_id is not None and report_id in job["_reports"]:
             return job, True
         owner = job["worker_id"]
         if owner is not None and owner != worker_id:
@@ -326,7 +339,10 @@ class JobQueue:
 
     @staticmethod
     def _remember(job: Job, payload: Any) -> None:
-        job["_reports"] = [*job["_reports"][-(_REPORTS_KEPT - 1) :], payload["report_id"]]
+        report_id = payload.get("report_id")
+        if report_id is None:  # a worker without report ids (OPEVA's): each report counts
+            return
+        job["_reports"] = [*job["_reports"][-(_REPORTS_KEPT - 1) :], report_id]
 
     @staticmethod
     def _finish(

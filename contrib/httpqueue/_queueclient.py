@@ -133,6 +133,11 @@ class QueueClient:
     async def job(self, job_id: str) -> dict[str, Any]:
         return await self._json("GET", f"/api/jobs/{job_id}")
 
+    async def status_of(self, job_id: str) -> dict[str, Any]:
+        """``GET /status/{id}``: the job's state, as the OPEVA backend (and the reference
+        server) answer a worker; at least ``status``."""
+        return await self._json("GET", f"/status/{job_id}")
+
 
 def _message(response: httpx.Response) -> str:
     try:

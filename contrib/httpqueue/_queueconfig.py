@@ -1,22 +1,30 @@
 """The HTTP queue worker's configuration: flags, else environment variables.
 
-=======================  ======================  ==========================
-flag                     variable                default
-=======================  ======================  ==========================
-``--server``             ``SERVER``              (required)
-``--worker-id``          ``WORKER_ID``           the host name
-``--shared-dir``         ``SHARED_DIR``          (required; must exist)
-``--poll-interval``      ``POLL_INTERVAL``       5 s
-``--heartbeat-interval`` ``HEARTBEAT_INTERVAL``  15 s
-``--status-poll-interval`` ``STATUS_POLL_INTERVAL`` 5 s
-``--exit-after-job``     ``EXIT_AFTER_JOB``      off (``1/true/yes/on``)
-``--log-level``          ``LOG_LEVEL``           info
-``--label``              ``LABELS`` (commas)     none
-=======================  ======================  ==========================
+The variables are the OPEVA job worker agent's (a team switching keeps its
+environment file as it is); farmhand's older names still work as aliases, and
+where both are set the OPEVA name wins.
 
-The rest are flags only: what to run (``--command`` or ``--image`` with its
-``--docker``, ``--docker-arg`` and ``--container-arg``), ``--tool``,
-``--gpus``, ``--slots``, ``--grace``, ``--max-runtime``, ``--state-dir``,
+=========================== ============================== =====================
+flag                        variable (alias)               default
+=========================== ============================== =====================
+``--server``                ``OPEVA_SERVER`` (``SERVER``)  http://localhost:8000
+``--worker-id``             ``WORKER_ID``                  the host name
+``--shared-dir``            ``OPEVA_SHARED_DIR``           /opt/opeva_shared_data
+                            (``SHARED_DIR``)               (must exist)
+``--image``                 ``WORKER_IMAGE``               calof/opeva_simulator:latest
+``--poll-interval``         ``POLL_INTERVAL``              5 s
+``--heartbeat-interval``    ``WORKER_HEARTBEAT_INTERVAL``  30 s
+                            (``HEARTBEAT_INTERVAL``)
+``--status-poll-interval``  ``STATUS_POLL_INTERVAL``       10 s
+``--exit-after-job``        ``WORKER_EXIT_AFTER_JOB``      off (``1/true/yes/on``)
+                            (``EXIT_AFTER_JOB``)
+``--log-level``             ``LOG_LEVEL``                  info (any case)
+``--label``                 ``LABELS`` (commas)            none
+=========================== ============================== =====================
+
+The rest are flags only: ``--command`` (process mode, instead of an image),
+``--docker``, ``--docker-arg``, ``--container-arg``, ``--tool``, ``--gpus``,
+``--slots``, ``--grace``, ``--max-runtime``, ``--state-dir``,
 ``--max-retry-delay`` and ``--report-timeout``. A value that cannot be used
 is a ``ConfigError`` naming the flag or variable it came from.
 """
@@ -39,6 +47,12 @@ from ._workload import ContainerWorkload, ProcessWorkload, TemplateFieldError, W
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Python logging's other names (the OPEVA worker passes LOG_LEVEL to it).
+_LOG_LEVEL_ALIASES = {"warn": "warning", "critical": "error", "fatal": "error"}
+#: The OPEVA job worker's defaults.
+DEFAULT_SERVER = "http://localhost:8000"
+DEFAULT_SHARED_DIR = "/opt/opeva_shared_data"
+DEFAULT_IMAGE = "calof/opeva_simulator:latest"
 
 
 class ConfigError(Exception):
@@ -47,8 +61,8 @@ class ConfigError(Exception):
 
 @attrs.frozen
 class WorkerConfig:
-    server: str
     shared_dir: Path
+    server: str = DEFAULT_SERVER
     worker_id: str = attrs.field(factory=socket.gethostname)
     #: ``--command``, split; or ``None`` for container mode.
     command: tuple[str, ...] | None = None
@@ -57,8 +71,8 @@ class WorkerConfig:
     docker_args: tuple[str, ...] = ()
     container_args: tuple[str, ...] = ("--job_id", "{job_id}")
     poll_interval: float = 5.0
-    heartbeat_interval: float = 15.0
-    status_poll_interval: float = 5.0
+    heartbeat_interval: float = 30.0
+    status_poll_interval: float = 10.0
     exit_after_job: bool = False
     log_level: str = "info"
     #: Tool name -> the command that prints its version.
@@ -101,16 +115,24 @@ class WorkerConfig:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--server", help="the job server's URL (SERVER)")
+    add("--server", help=f"the job server's URL (OPEVA_SERVER; {DEFAULT_SERVER})")
     add("--worker-id", help="this worker's name (WORKER_ID; default: the host name)")
-    add("--shared-dir", help="the directory jobs share; logs go to its jobs/ (SHARED_DIR)")
+    add(
+        "--shared-dir",
+        help=f"the directory jobs share, the same path on every host; logs go to its jobs/ "
+        f"(OPEVA_SHARED_DIR; {DEFAULT_SHARED_DIR})",
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--command",
         help="process mode: the command line to run for each job, with {job_id}, "
         "{config_path}, ... filled in",
     )
-    what.add_argument("--image", help="container mode: the image to `docker run` for each job")
+    what.add_argument(
+        "--image",
+        help=f"container mode (the default): the image to `docker run` for each job "
+        f"(WORKER_IMAGE; {DEFAULT_IMAGE})",
+    )
     add("--docker", default=None, help="the docker client (default: docker)")
     add(
         "--docker-arg",
@@ -127,17 +149,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="an argument after the image (repeatable; default: --job_id {job_id})",
     )
     add("--poll-interval", help="seconds between polls for work when idle (POLL_INTERVAL; 5)")
-    add("--heartbeat-interval", help="seconds between heartbeats (HEARTBEAT_INTERVAL; 15)")
+    add("--heartbeat-interval", help="seconds between heartbeats (WORKER_HEARTBEAT_INTERVAL; 30)")
     add(
         "--status-poll-interval",
-        help="seconds between checks of a running job's status (STATUS_POLL_INTERVAL; 5)",
+        help="seconds between checks of a running job's status (STATUS_POLL_INTERVAL; 10)",
     )
     add(
         "--exit-after-job",
         action="store_const",
         const="true",
         default=None,
-        help="finish one job, then exit (EXIT_AFTER_JOB)",
+        help="finish one job, then exit (WORKER_EXIT_AFTER_JOB)",
     )
     add("--log-level", help=f"one of {', '.join(LOG_LEVELS)} (LOG_LEVEL; info)")
     add(
@@ -180,57 +202,66 @@ def _seconds(value: str | None, where: str, default: float | None, *, zero: bool
 
 
 def _setting(
-    args: argparse.Namespace, environ: Mapping[str, str], name: str, variable: str | None
+    args: argparse.Namespace, environ: Mapping[str, str], name: str, *variables: str
 ) -> tuple[str | None, str]:
+    """The flag's value, else the first of ``variables`` set (the OPEVA name, then
+    farmhand's alias); and where it came from."""
     value = getattr(args, name, None)
     flag = "--" + name.replace("_", "-")
     if value is not None:
         return str(value), flag
-    if variable is not None and variable in environ:
-        return environ[variable], variable
+    for variable in variables:
+        if variable in environ:
+            return environ[variable], variable
     return None, flag
 
 
 def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> WorkerConfig:
     """The configuration from parsed flags and the environment. Raises ``ConfigError``."""
 
-    def setting(name: str, variable: str | None = None) -> tuple[str | None, str]:
-        return _setting(args, environ, name, variable)
+    def setting(name: str, *variables: str) -> tuple[str | None, str]:
+        return _setting(args, environ, name, *variables)
 
-    server, where = setting("server", "SERVER")
-    if not server:
-        raise ConfigError("no job server: give --server URL or set SERVER")
+    server, where = setting("server", "OPEVA_SERVER", "SERVER")
+    if server is None:
+        server, where = DEFAULT_SERVER, "the default server"
     if not server.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: {server!r} is not an http:// or https:// URL")
-    shared, where = setting("shared_dir", "SHARED_DIR")
+    shared, where = setting("shared_dir", "OPEVA_SHARED_DIR", "SHARED_DIR")
+    if shared is None:
+        shared, where = DEFAULT_SHARED_DIR, "the default shared directory"
     if not shared:
-        raise ConfigError("no shared directory: give --shared-dir DIR or set SHARED_DIR")
+        raise ConfigError(f"{where}: empty; give the shared directory (the NFS mount)")
     shared_dir = Path(shared).expanduser()
     if not shared_dir.is_dir():
-        raise ConfigError(f"{where}: {shared_dir} is not a directory")
+        raise ConfigError(
+            f"{where}: {shared_dir} is not a directory (mount the shared directory there first)"
+        )
     worker_id, where = setting("worker_id", "WORKER_ID")
     worker_id = worker_id if worker_id is not None else socket.gethostname()
     if not worker_id or "/" in worker_id or worker_id in (".", ".."):
         raise ConfigError(f"{where}: {worker_id!r} cannot be a worker id (no '/', not empty)")
 
     command: tuple[str, ...] | None = None
-    image: str | None = getattr(args, "image", None)
+    image: str | None = None
     text = getattr(args, "command", None)
     try:
         if text is not None:
             command = ProcessWorkload.from_text(text).command
-        elif image is not None:
+        else:
+            image, where = setting("image", "WORKER_IMAGE")
+            image = DEFAULT_IMAGE if image is None else image.strip()
+            if not image:
+                raise ConfigError(f"{where}: empty; give the image jobs run in")
             ContainerWorkload(
                 image,
                 docker_args=args.docker_arg or (),
                 container_args=args.container_arg or ("--job_id", "{job_id}"),
             )
-        else:
-            raise ConfigError("nothing to run: give --command COMMAND or --image IMAGE")
     except TemplateFieldError as exc:
         raise ConfigError(f"{'--command' if text is not None else '--image'}: {exc}") from exc
 
-    exit_after, where = setting("exit_after_job", "EXIT_AFTER_JOB")
+    exit_after, where = setting("exit_after_job", "WORKER_EXIT_AFTER_JOB", "EXIT_AFTER_JOB")
     exit_after_job = False
     if exit_after is not None:
         if exit_after.strip().lower() in _TRUE:
@@ -239,6 +270,7 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
             raise ConfigError(f"{where}: must be true or false (1/0, yes/no), not {exit_after!r}")
     level, where = setting("log_level", "LOG_LEVEL")
     level = (level or "info").strip().lower()
+    level = _LOG_LEVEL_ALIASES.get(level, level)
     if level not in LOG_LEVELS:
         raise ConfigError(f"{where}: must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
 
@@ -273,8 +305,8 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
             raise ConfigError(f"--slots: must be a whole number, 1 or more, not {slots_text!r}")
         slots = int(slots_text)
 
-    def seconds(name: str, variable: str | None, default: float | None, **kw: bool) -> Any:
-        value, where = setting(name, variable)
+    def seconds(name: str, variables: tuple[str, ...], default: float | None, **kw: bool) -> Any:
+        value, where = setting(name, *variables)
         return _seconds(value, where, default, **kw)
 
     state_dir = getattr(args, "state_dir", None)
@@ -287,20 +319,22 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
         docker=getattr(args, "docker", None) or "docker",
         docker_args=tuple(args.docker_arg or ()),
         container_args=tuple(args.container_arg or ("--job_id", "{job_id}")),
-        poll_interval=seconds("poll_interval", "POLL_INTERVAL", 5.0),
-        heartbeat_interval=seconds("heartbeat_interval", "HEARTBEAT_INTERVAL", 15.0),
-        status_poll_interval=seconds("status_poll_interval", "STATUS_POLL_INTERVAL", 5.0),
+        poll_interval=seconds("poll_interval", ("POLL_INTERVAL",), 5.0),
+        heartbeat_interval=seconds(
+            "heartbeat_interval", ("WORKER_HEARTBEAT_INTERVAL", "HEARTBEAT_INTERVAL"), 30.0
+        ),
+        status_poll_interval=seconds("status_poll_interval", ("STATUS_POLL_INTERVAL",), 10.0),
         exit_after_job=exit_after_job,
         log_level=level,
         tools=tools,
         labels=labels,
         gpus=gpus,
         slots=slots,
-        grace=seconds("grace", None, 30.0, zero=True),
-        max_runtime=seconds("max_runtime", None, None),
+        grace=seconds("grace", (), 30.0, zero=True),
+        max_runtime=seconds("max_runtime", (), None),
         state_dir=Path(state_dir).expanduser() if state_dir else None,
-        max_retry_delay=seconds("max_retry_delay", None, 30.0),
-        report_timeout=seconds("report_timeout", None, 30.0, zero=True),
+        max_retry_delay=seconds("max_retry_delay", (), 30.0),
+        report_timeout=seconds("report_timeout", (), 30.0, zero=True),
     )
 
 

@@ -21,6 +21,11 @@ Routes (JSON bodies and answers; errors are ``{"error": "..."}`` with 400,
     POST /api/agent/job-status        {"job_id", "status", "applied"}
     POST /api/agent/job-reject        {"job_id", "status", "applied"}
     POST /api/agent/heartbeat         {"ok": true}
+    GET  /status/{id}                 {"job_id", "status", "worker_id"}: what the OPEVA
+                                      backend answers a worker polling its job
+
+``/status/{id}`` speaks the OPEVA backend's job states: a running job a person
+stopped is ``stop_requested`` until its worker confirms ``stopped``.
 
 Every change is written to the store before the answer goes out.
 """
@@ -94,6 +99,21 @@ class JobServer:
     def job(self, job_id: str) -> Job:
         return public(self.queue.get(job_id))
 
+    def status_of(self, job_id: str) -> dict[str, Any]:
+        """``GET /status/{id}``: the job's state as the OPEVA backend names it."""
+        job = self.queue.get(job_id)
+        status = job["status"]
+        if status == "stopped" and job["worker_id"] is not None and not job["ended_at"]:
+            status = "stop_requested"  # its worker has yet to stop it and say so
+        return {
+            "job_id": job_id,
+            "status": status,
+            "worker_id": job["worker_id"],
+            "exit_code": job["exit_code"],
+            "error": job["error"],
+            "status_updated_at": job.get("status_updated_at"),
+        }
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` is true; checked after every change."""
         while not predicate():
@@ -163,6 +183,9 @@ class JobServer:
     async def _route(self, scope: Scope, body: bytes) -> tuple[int, Any]:
         method: str = scope["method"]
         parts = [part for part in str(scope["path"]).split("/") if part]
+        if len(parts) == 2 and parts[0] == "status":
+            _allow(method, "GET")
+            return 200, self.status_of(parts[1])
         if parts[:1] != ["api"]:
             raise QueueError(404, f"no route {scope['path']}")
         parts = parts[1:]

@@ -10,9 +10,11 @@
                    jitter; at once after a job ends); with a job: check its
                    requirements (reject it if unmet), report running, run it
                    (its output to <shared_dir>/jobs/<id>/logs/<id>.log as it
-                   comes), poll GET /api/jobs/<id> every status_poll_interval
-                   and stop it when a person canceled or stopped it, report
-                   how it ended
+                   comes), poll GET /status/<id> every status_poll_interval,
+                   stop it when a person canceled it or asked it to stop
+                   (``canceled``; ``stop_requested`` or ``stopped``) and
+                   else say ``running`` again (the OPEVA backend fails a job
+                   whose status goes stale), report how it ended
 
 How a job's end is reported:
 
@@ -72,7 +74,7 @@ from ._queueclient import (
 )
 from ._queueconfig import WorkerConfig
 from ._reporter import Reporter
-from ._workload import JobContext, Workload
+from ._workload import ContainerWorkload, JobContext, Workload
 
 log = structlog.get_logger("farmhand.httpqueue.worker")
 
@@ -80,6 +82,9 @@ log = structlog.get_logger("farmhand.httpqueue.worker")
 FORCE_STOP = "force-stop"
 #: Seconds a tool's version command may take.
 TOOL_PROBE_SECONDS = 10.0
+#: What the server's view of a job means for its worker: the OPEVA backend marks a
+#: running job a person stopped ``stop_requested``; the worker stops it and says ``stopped``.
+_SERVER_STOPS = {"stop_requested": "stopped"}
 #: Bound on the last heartbeat when the worker stops.
 FINAL_HEARTBEAT_SECONDS = 5.0
 
@@ -96,6 +101,8 @@ class WorkerStatistics:
     heartbeats: int
     heartbeat_failures: int
     reports_pending: int
+    #: Why the worker takes no job (its container runtime cannot run containers), or None.
+    unavailable: str | None = None
 
 
 class _JobControl:
@@ -110,6 +117,7 @@ class _JobControl:
         self._reason: str | None = None
 
     def server_says(self, status: str) -> None:
+        status = _SERVER_STOPS.get(status, status)
         if status in STOP_STATUSES and self.ended_by is None:
             self.ended_by = status
             log.info("httpqueue.job_ended_on_server", job_id=self.job_id, status=status)
@@ -201,6 +209,9 @@ class QueueWorker:
         self._heartbeat_failures = 0
         self._started = trio.Event()
         self._changed = trio.Event()
+        #: Why no job can run here now (the container runtime is not usable), or None.
+        self.unavailable: str | None = None
+        self._runtime_ok = trio.Event()
 
     # ---------------------------------------------------------------- state
 
@@ -211,6 +222,8 @@ class QueueWorker:
             return "stopping"
         if level is StopLevel.FINISH:
             return "finishing"
+        if self.unavailable is not None:
+            return "unavailable"
         return "busy" if len(self._controls) >= self.config.slots else "idle"
 
     def statistics(self) -> WorkerStatistics:
@@ -225,6 +238,7 @@ class QueueWorker:
             self._heartbeats,
             self._heartbeat_failures,
             self.reporter.pending if self.reporter is not None else 0,
+            self.unavailable,
         )
 
     async def wait_started(self) -> None:
@@ -276,6 +290,7 @@ class QueueWorker:
             )
             async with trio.open_nursery() as services:
                 await services.start(reporter.run)
+                await services.start(self._watch_runtime)
                 services.start_soon(self._heartbeat_loop, client)
                 async with trio.open_nursery() as slots:
                     for index in range(config.slots):
@@ -303,6 +318,44 @@ class QueueWorker:
                     await http.aclose()
         log.info("httpqueue.worker_stopped", jobs_done=self._jobs_done)
 
+    async def _watch_runtime(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Check the container runtime before any job is taken; while it cannot run
+        containers, take none (say why in the log and the heartbeat) and check again
+        every poll interval, rather than take jobs only to fail them."""
+        workload = self._workload
+        if not isinstance(workload, ContainerWorkload):
+            self._runtime_ok.set()
+            task_status.started()
+            return
+        started = False
+        while True:
+            why = await workload.check_runtime()
+            if why is None:
+                if self.unavailable is not None:
+                    log.info("httpqueue.runtime_available", runtime=workload.runtime)
+                else:
+                    log.info("httpqueue.runtime_checked", runtime=workload.runtime)
+                self.unavailable = None
+                self._runtime_ok.set()
+                self._bump()
+                if not started:
+                    task_status.started()
+                return
+            if why != self.unavailable:
+                log.error(
+                    "httpqueue.runtime_unavailable",
+                    error=why,
+                    note="taking no job until the container runtime works",
+                )
+            self.unavailable = why
+            self._bump()
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(self.config.poll_interval)
+
     def _server_says(self, job_id: str, status: str) -> None:
         control = self._controls.get(job_id)
         if control is not None:
@@ -318,17 +371,26 @@ class QueueWorker:
     async def _beat(self, client: QueueClient, *, state: str | None = None) -> None:
         assert self.capabilities is not None
         running = sorted(self._controls)
-        await client.heartbeat(
-            {
-                "worker_id": self.config.worker_id,
-                "state": state or self.state,
-                "slots": self.config.slots,
-                "free_slots": 0 if state == "stopped" else max(self.config.slots - len(running), 0),
-                "running_jobs": running,
-                "capabilities": self.capabilities.to_api(),
-                "reports_pending": self.reporter.pending if self.reporter else 0,
-            }
-        )
+        state = state or self.state
+        free = max(self.config.slots - len(running), 0)
+        body: dict[str, Any] = {
+            "worker_id": self.config.worker_id,
+            "state": state,
+            "slots": self.config.slots,
+            "free_slots": 0 if state in ("stopped", "unavailable") else free,
+            "running_jobs": running,
+            "capabilities": self.capabilities.to_api(),
+            "reports_pending": self.reporter.pending if self.reporter else 0,
+        }
+        if self.unavailable is not None:
+            body["error"] = self.unavailable
+        # The OPEVA backend keeps a heartbeat's free-form ``info`` (its GET /hosts shows it).
+        body["info"] = {
+            key: body[key]
+            for key in ("state", "free_slots", "running_jobs", "error")
+            if key in body
+        }
+        await client.heartbeat(body)
         self._heartbeats += 1
         self._bump()
 
@@ -369,6 +431,7 @@ class QueueWorker:
         while self.shutdown.accepting:
             answer: dict[str, Any] | None = None
             with self.shutdown.while_accepting():
+                await self._runtime_ok.wait()
                 body = {
                     "worker_id": self.config.worker_id,
                     "request_id": uuid.uuid4().hex,
@@ -457,7 +520,12 @@ class QueueWorker:
             # Two writes to disk, side by side: the state file (with the report) and the log.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(open_log)
-                await reporter.job_started(offer.job_id)
+                container = (
+                    workload.container_name(context)
+                    if isinstance(workload, ContainerWorkload)
+                    else None
+                )
+                await reporter.job_started(offer.job_id, container_name=container)
             [log_file] = opened
             if isinstance(log_file, OSError):
                 exc = log_file
@@ -508,7 +576,7 @@ class QueueWorker:
         while control.ended_by is None:
             await trio.sleep(self.config.status_poll_interval)
             try:
-                job = await client.job(control.job_id)
+                job = await client.status_of(control.job_id)
             except ServerUnavailable as exc:
                 log.debug("httpqueue.status_poll_failed", job_id=control.job_id, error=str(exc))
                 continue
@@ -524,6 +592,23 @@ class QueueWorker:
             status = job.get("status")
             if isinstance(status, str):
                 control.server_says(status)
+            if control.ended_by is None:
+                await self._still_running(client, control.job_id)
+
+    async def _still_running(self, client: QueueClient, job_id: str) -> None:
+        """Say ``running`` again, straight (not through the outbox: the next poll says it
+        anew). The OPEVA backend fails a running job whose status has not been refreshed
+        within its JOB_STATUS_TTL."""
+        body = {
+            "worker_id": self.config.worker_id,
+            "job_id": job_id,
+            "status": "running",
+            "report_id": uuid.uuid4().hex,
+        }
+        try:
+            await client.job_status(body)
+        except ServerError as exc:
+            log.debug("httpqueue.running_refresh_failed", job_id=job_id, error=str(exc))
 
     async def _report_end(
         self, reporter: Reporter, offer: JobOffer, control: _JobControl, outcome: JobOutcome

@@ -189,10 +189,11 @@ class Reporter:
         await self._save()
         self._wake()
 
-    async def job_started(self, job_id: str) -> None:
-        """The job is running here: report ``running``, and remember it until it ends."""
+    async def job_started(self, job_id: str, *, container_name: str | None = None) -> None:
+        """The job is running here: report ``running`` (with its container's name, which the
+        OPEVA backend keeps), and remember it until it ends."""
         self._running.add(job_id)
-        await self._enqueue(self._status_report(job_id, "running"))
+        await self._enqueue(self._status_report(job_id, "running", container_name=container_name))
 
     async def job_ended(
         self,

@@ -16,12 +16,18 @@ arguments: ``{job_id}``, ``{job_name}``, ``{config_path}``, ``{shared_dir}``,
           [--docker-arg ...] IMAGE --job_id <job_id> [container args]
 
   The shared directory is mounted at the same path, so paths in the job's
-  config mean the same inside. ``--gpus all`` is added when the host has GPUs
-  (nvidia-smi finds some); when Docker refuses it (no NVIDIA runtime: exit
-  status 125 and a GPU error), the job is run again at once without it, and
-  later jobs skip it. Stopping the ``docker`` client does not stop a
-  container, so after a job that was stopped (canceled, timed out,
-  interrupted) the worker removes its container (``docker rm -f``).
+  config mean the same inside. GPUs are asked for when the host has them
+  (nvidia-smi finds some): ``--gpus all`` from Docker, ``--device
+  nvidia.com/gpu=all`` (CDI) from Podman (or its ``docker`` shim); when the
+  runtime refuses (no NVIDIA runtime or toolkit: exit status 125 or 126 and
+  a GPU error), the job is run again at once without it, and later jobs skip
+  it. Stopping the ``docker`` client does not stop a container, so after a
+  job that was stopped (canceled, timed out, interrupted) the worker removes
+  its container (``docker rm -f``).
+
+  ``check_runtime()`` (at the worker's start) says whether the client can run
+  containers at all: ``docker --version`` (which runtime) and ``docker info``
+  (its daemon or storage); a worker whose runtime cannot, takes no job.
 """
 
 from __future__ import annotations
@@ -51,8 +57,18 @@ DOCKER_GPU_ERRORS = (
     "nvidia-container-cli",
     "unknown or invalid runtime name: nvidia",
     "no known GPU vendor found",
+    # Podman without the NVIDIA Container Toolkit's CDI spec:
+    "unresolvable CDI devices",
+    "nvidia.com/gpu",
 )
 DOCKER_RUN_FAILED = 125
+#: ``docker run``'s own failures (not the container's): 125 the runtime or daemon, 126 the
+#: container's command could not be invoked (Podman: a device it cannot set up), 127 not found.
+RUNTIME_FAILURES = frozenset({125, 126, 127})
+#: How the runtime's own error messages begin (Docker's, Podman's).
+_RUNTIME_ERRORS = ("Error", "docker:", "Error response from daemon")
+#: Seconds the start-up check of the container runtime may take.
+RUNTIME_CHECK_SECONDS = 30.0
 #: Seconds ``docker rm -f`` may take after a stopped job.
 CLEANUP_SECONDS = 30.0
 _CONTAINER_NAME_RE = re.compile(r"[^a-zA-Z0-9_.-]")
@@ -258,6 +274,45 @@ class ContainerWorkload:
         self.container_args = tuple(container_args)
         #: Whether to ask for GPUs; cleared for good once Docker refuses them.
         self.gpus = gpus
+        #: ``docker`` or ``podman``: what ``check_runtime`` found behind the client.
+        self.runtime = "docker"
+
+    async def check_runtime(self) -> str | None:
+        """Whether this host can run containers: ``None`` when it can, else why not
+        (one line). Learns which runtime the client is (Docker or Podman)."""
+        with trio.move_on_after(RUNTIME_CHECK_SECONDS):
+            try:
+                version = await trio.run_process(
+                    [self.docker, "--version"],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            except OSError as exc:
+                return f"cannot run the container client {self.docker!r}: {exc.strerror or exc}"
+            text = (version.stdout + version.stderr).decode(errors="replace").strip()
+            if version.returncode != 0:
+                return f"{self.docker} --version failed (exit {version.returncode}): {_last_line(text)}"
+            self.runtime = "podman" if "podman" in text.lower() else "docker"
+            info = await trio.run_process(
+                [self.docker, "info"], capture_stdout=True, capture_stderr=True, check=False
+            )
+            if info.returncode != 0:
+                output = info.stderr.decode(errors="replace") or info.stdout.decode(
+                    errors="replace"
+                )
+                return (
+                    f"the container runtime cannot run containers ({self.docker} info failed, "
+                    f"exit {info.returncode}): {_last_line(output)}"
+                )
+            return None
+        return f"the container runtime did not answer `{self.docker} info` in {RUNTIME_CHECK_SECONDS:g} s"
+
+    def gpu_args(self) -> list[str]:
+        """How this runtime is asked for every GPU."""
+        if self.runtime == "podman":
+            return ["--device", "nvidia.com/gpu=all"]
+        return ["--gpus", "all"]
 
     @staticmethod
     def container_name(job: JobContext) -> str:
@@ -282,7 +337,7 @@ class ContainerWorkload:
         for name, value in job.env().items():
             argv += ["-e", f"{name}={value}"]
         if gpus:
-            argv += ["--gpus", "all"]
+            argv += self.gpu_args()
         argv += [fill(arg, values) for arg in self.docker_args]
         argv.append(self.image)
         argv += [fill(arg, values) for arg in self.container_args]
@@ -307,11 +362,28 @@ class ContainerWorkload:
                 self.argv(job, gpus=False), cwd=job.job_dir, name=job.offer.job_name
             )
             job.note(
-                "docker refused GPUs (no NVIDIA runtime?): running the job again without --gpus"
+                f"{self.runtime} refused GPUs ({_matching(tail, DOCKER_GPU_ERRORS)}): "
+                f"running the job again without {' '.join(self.gpu_args())}"
             )
-            outcome = await execute(spec, ())
+            tail = OutputTail(200)
+            outcome = await execute(spec, (tail,))
             outcome = attrs.evolve(
                 outcome, started_at=first.started_at, duration=first.duration + outcome.duration
+            )
+        said = _last_line(
+            "\n".join(line for line in tail.lines if not line.startswith("[farmhand]"))
+        )
+        if (
+            outcome.status is JobStatus.FAILED
+            and outcome.exit_code in RUNTIME_FAILURES
+            # 126 and 127 may be the job's own exit status; the runtime's errors say so.
+            and (outcome.exit_code == DOCKER_RUN_FAILED or said.startswith(_RUNTIME_ERRORS))
+        ):
+            # The runtime's own failure (a missing image, a bad option): say what it said.
+            outcome = attrs.evolve(
+                outcome,
+                error=f"{self.runtime} could not run the container (exit {outcome.exit_code}): "
+                f"{said}",
             )
         if outcome.status is not JobStatus.SUCCEEDED and outcome.status is not JobStatus.FAILED:
             await self.remove(job)
@@ -321,7 +393,7 @@ class ContainerWorkload:
     def _refused_gpus(outcome: JobOutcome, tail: OutputTail) -> bool:
         return (
             outcome.status is JobStatus.FAILED
-            and outcome.exit_code == DOCKER_RUN_FAILED
+            and outcome.exit_code in RUNTIME_FAILURES
             and tail.contains(*DOCKER_GPU_ERRORS)
         )
 
@@ -340,7 +412,7 @@ class ContainerWorkload:
                 log.error("httpqueue.container_cleanup_failed", container=name, error=str(exc))
                 return
             output = (result.stderr or result.stdout).decode(errors="replace").strip()
-            if result.returncode != 0 and "No such container" not in output:
+            if result.returncode != 0 and "no such container" not in output.lower():
                 log.error(
                     "httpqueue.container_cleanup_failed",
                     container=name,
@@ -356,6 +428,18 @@ class ContainerWorkload:
                 "httpqueue.container_cleanup_failed", container=name, error="docker rm -f timed out"
             )
             job.note(f"could not remove container {name}: docker rm -f timed out")
+
+
+def _matching(tail: OutputTail, needles: Sequence[str]) -> str:
+    for line in reversed(tail.lines):
+        if any(needle in line for needle in needles):
+            return line.strip()[:300]
+    return "no NVIDIA runtime?"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "(no output)"
 
 
 Workload = ProcessWorkload | ContainerWorkload

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,7 +19,8 @@ import pytest
 import trio
 
 from agent._cli import main as cli_main
-from contrib.httpqueue import JobServer, open_job_server
+from contrib.httpqueue import JobServer, load_config, open_job_server
+from contrib.httpqueue._queueconfig import parse_worker_args
 from tests.httpqueue_harness import Notifier, Paths, job_status, make_paths, open_notifier
 
 FINAL = ("finished", "failed", "canceled", "stopped")
@@ -189,14 +191,33 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 @pytest.mark.parametrize(
     ("env", "args", "message"),
     [
-        ({}, ["--command", "true"], "no job server: give --server URL or set SERVER"),
         ({"SERVER": "queue:8470"}, ["--command", "true"], "SERVER: 'queue:8470' is not an http"),
-        ({"SERVER": "http://h"}, ["--command", "true"], "no shared directory"),
+        (
+            {"OPEVA_SERVER": "queue:8000"},
+            ["--command", "true"],
+            "OPEVA_SERVER: 'queue:8000' is not an http",
+        ),
         (
             {"SERVER": "http://h", "SHARED_DIR": "/nonexistent/x"},
             ["--command", "true"],
-            "is not a directory",
+            "SHARED_DIR: /nonexistent/x is not a directory",
         ),
+        (
+            {"OPEVA_SHARED_DIR": "/nonexistent/y"},
+            ["--command", "true"],
+            "OPEVA_SHARED_DIR: /nonexistent/y is not a directory (mount the shared directory",
+        ),
+        (
+            {"WORKER_HEARTBEAT_INTERVAL": "-1"},
+            ["--command", "true"],
+            "WORKER_HEARTBEAT_INTERVAL: must be a positive",
+        ),
+        (
+            {"WORKER_EXIT_AFTER_JOB": "perhaps"},
+            ["--command", "true"],
+            "WORKER_EXIT_AFTER_JOB: must be true or false",
+        ),
+        ({"WORKER_IMAGE": " "}, [], "WORKER_IMAGE: empty; give the image jobs run in"),
         (
             {"POLL_INTERVAL": "soon"},
             ["--command", "true"],
@@ -213,7 +234,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
             "EXIT_AFTER_JOB: must be true or false",
         ),
         ({"LOG_LEVEL": "loud"}, ["--command", "true"], "LOG_LEVEL: must be one of debug, info"),
-        ({}, [], "nothing to run: give --command COMMAND or --image IMAGE"),
         ({}, ["--command", "run {job}"], "--command: '{job}': unknown field {job}"),
         ({}, ["--command", "run 'unclosed"], "cannot be split"),
         ({}, ["--image", "img", "--container-arg", "{x}"], "unknown field {x}"),
@@ -252,12 +272,10 @@ def test_bad_configuration_is_one_line_and_exit_2(
     message: str,
 ) -> None:
     """Each unusable setting names its flag or variable; nothing starts."""
-    for name in ("SERVER", "SHARED_DIR", "WORKER_ID", "EXIT_AFTER_JOB", "LOG_LEVEL", "LABELS"):
+    for name in (*OPEVA_VARIABLES, "SERVER", "SHARED_DIR", "EXIT_AFTER_JOB", "LABELS"):
         monkeypatch.delenv(name, raising=False)
     defaults = {"SERVER": "http://127.0.0.1:1", "SHARED_DIR": str(tmp_path)}
-    if "SERVER" not in env and message.startswith("no job server"):
-        defaults.pop("SERVER")
-    if message.startswith("no shared directory"):
+    if "OPEVA_SHARED_DIR" in env:
         defaults.pop("SHARED_DIR")
     for name, value in {**defaults, **env}.items():
         monkeypatch.setenv(name, value)
@@ -268,10 +286,10 @@ def test_bad_configuration_is_one_line_and_exit_2(
 
 def test_bad_configuration_from_a_real_process(tmp_path: Path) -> None:
     """The same from `python -m agent httpqueue worker`: exit status 2, one line, no traceback."""
-    env = {k: v for k, v in os.environ.items() if k not in ("SERVER", "SHARED_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in ("SERVER", *OPEVA_VARIABLES)}
     result = subprocess.run(
         [sys.executable, "-m", "agent", "httpqueue", "worker", "--command", "true"],
-        env={**env, "SHARED_DIR": str(tmp_path)},
+        env={**env, "SHARED_DIR": str(tmp_path), "OPEVA_SERVER": "localhost:8000"},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -279,7 +297,99 @@ def test_bad_configuration_from_a_real_process(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr == "error: no job server: give --server URL or set SERVER\n"
+    assert result.stderr == (
+        "error: OPEVA_SERVER: 'localhost:8000' is not an http:// or https:// URL\n"
+    )
+
+
+OPEVA_VARIABLES = (
+    "OPEVA_SERVER",
+    "WORKER_ID",
+    "OPEVA_SHARED_DIR",
+    "WORKER_IMAGE",
+    "POLL_INTERVAL",
+    "WORKER_HEARTBEAT_INTERVAL",
+    "STATUS_POLL_INTERVAL",
+    "LOG_LEVEL",
+    "WORKER_EXIT_AFTER_JOB",
+)
+
+
+def test_the_opeva_workers_environment_is_read_as_that_worker_reads_it(tmp_path: Path) -> None:
+    """OPEVA_SERVER, WORKER_ID, OPEVA_SHARED_DIR, ... mean what they mean to the OPEVA job
+    worker agent, with its defaults; its log level in upper case; container mode by default."""
+    args = parse_worker_args([])
+    env = {
+        "OPEVA_SERVER": "http://backend:8000/",
+        "WORKER_ID": "worker-a",
+        "OPEVA_SHARED_DIR": str(tmp_path),
+        "POLL_INTERVAL": "7",
+        "WORKER_HEARTBEAT_INTERVAL": "31",
+        "STATUS_POLL_INTERVAL": "11",
+        "LOG_LEVEL": "DEBUG",
+        "WORKER_EXIT_AFTER_JOB": "1",
+    }
+    config = load_config(args, environ=env)
+    assert (config.server, config.worker_id, config.shared_dir) == (
+        "http://backend:8000",
+        "worker-a",
+        tmp_path.resolve(),
+    )
+    assert (config.poll_interval, config.heartbeat_interval, config.status_poll_interval) == (
+        7.0,
+        31.0,
+        11.0,
+    )
+    assert (config.log_level, config.exit_after_job) == ("debug", True)
+    assert (config.image, config.command) == ("calof/opeva_simulator:latest", None)
+    assert load_config(args, environ={**env, "WORKER_EXIT_AFTER_JOB": "true"}).exit_after_job
+    assert not load_config(args, environ={**env, "WORKER_EXIT_AFTER_JOB": "0"}).exit_after_job
+    assert load_config(args, environ={**env, "LOG_LEVEL": "WARNING"}).log_level == "warning"
+    assert load_config(args, environ={**env, "WORKER_IMAGE": "sim:2"}).image == "sim:2"
+    # Only the shared directory set: the OPEVA worker's defaults for the rest.
+    defaults = load_config(args, environ={"OPEVA_SHARED_DIR": str(tmp_path)})
+    assert (defaults.server, defaults.worker_id) == ("http://localhost:8000", socket.gethostname())
+    assert (defaults.poll_interval, defaults.heartbeat_interval) == (5.0, 30.0)
+    assert (defaults.status_poll_interval, defaults.log_level) == (10.0, "info")
+    assert defaults.exit_after_job is False
+
+
+def test_opeva_names_win_over_farmhands_aliases_and_flags_win_over_both(tmp_path: Path) -> None:
+    """SERVER, SHARED_DIR, HEARTBEAT_INTERVAL, EXIT_AFTER_JOB still work alone; where both
+    names are set the OPEVA one wins; a flag wins over either."""
+    other = tmp_path / "other"
+    other.mkdir()
+    aliases = {
+        "SERVER": "http://alias:1",
+        "SHARED_DIR": str(other),
+        "HEARTBEAT_INTERVAL": "3",
+        "EXIT_AFTER_JOB": "yes",
+    }
+    alone = load_config(parse_worker_args([]), environ=aliases)
+    assert (alone.server, alone.shared_dir, alone.heartbeat_interval, alone.exit_after_job) == (
+        "http://alias:1",
+        other.resolve(),
+        3.0,
+        True,
+    )
+    both = {
+        **aliases,
+        "OPEVA_SERVER": "http://opeva:8000",
+        "OPEVA_SHARED_DIR": str(tmp_path),
+        "WORKER_HEARTBEAT_INTERVAL": "30",
+        "WORKER_EXIT_AFTER_JOB": "false",
+    }
+    config = load_config(parse_worker_args([]), environ=both)
+    assert (config.server, config.shared_dir, config.heartbeat_interval) == (
+        "http://opeva:8000",
+        tmp_path.resolve(),
+        30.0,
+    )
+    assert config.exit_after_job is False
+    flagged = load_config(
+        parse_worker_args(["--server", "http://flag:2", "--heartbeat-interval", "9"]), environ=both
+    )
+    assert (flagged.server, flagged.heartbeat_interval) == ("http://flag:2", 9.0)
 
 
 # ------------------------------------------------------------------ the other commands

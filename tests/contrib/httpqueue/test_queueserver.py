@@ -173,10 +173,13 @@ async def test_another_workers_report_is_a_conflict() -> None:
             "status must be one of",
         ),
         (
-            {"worker_id": "w1", "job_id": "J", "status": "failed", "report_id": "r"},
-            "needs an error",
+            {"worker_id": "w1", "job_id": "J", "status": "failed", "error": 3, "report_id": "r"},
+            "error must be a string",
         ),
-        ({"worker_id": "w1", "job_id": "J", "status": "running"}, "report_id must be"),
+        (
+            {"worker_id": "w1", "job_id": "J", "status": "running", "report_id": 7},
+            "report_id must be",
+        ),
         ({"job_id": "J", "status": "running", "report_id": "r"}, "worker_id must be"),
         (
             {"worker_id": "w1", "job_id": "nope", "status": "running", "report_id": "r"},
@@ -265,6 +268,60 @@ async def test_the_api_over_http(tmp_path: Path) -> None:
         assert canceled["status"] == "canceled"
         assert (await http.get(f"/api/jobs/{job['job_id']}")).json()["status"] == "canceled"
         assert (await http.get("/api/health")).json()["jobs"] == {"canceled": 1}
+
+
+async def test_an_opeva_worker_speaks_to_it_unchanged() -> None:
+    """The OPEVA job worker's own calls, body for body: heartbeat with ``info``, next-job with
+    only its id, job-status without report ids (container metadata, a failure by exit code
+    alone), and GET /status/{id} showing a person's stop as ``stop_requested`` until the
+    worker confirms ``stopped``."""
+    async with open_job_server() as server, httpx.AsyncClient(base_url=server.url) as http:
+        first = await server.submit({"job_name": "Demo-Run1", "config_path": "configs/a.yaml"})
+        second = await server.submit({"job_name": "Demo-Run2", "config_path": "configs/b.yaml"})
+        beat = {"worker_id": "tiago-gpu", "info": {"load": 0.5}}
+        assert (await http.post("/api/agent/heartbeat", json=beat)).status_code == 200
+        [worker] = (await http.get("/api/workers")).json()["workers"]
+        assert worker["info"] == {"load": 0.5}
+        offered = await http.post("/api/agent/next-job", json={"worker_id": "tiago-gpu"})
+        job = offered.json()
+        assert offered.status_code == 200
+        assert (job["job_id"], job["job_name"], job["config_path"]) == (
+            first["job_id"],
+            "Demo-Run1",
+            "configs/a.yaml",
+        )
+        running = {
+            "job_id": job["job_id"],
+            "status": "running",
+            "worker_id": "tiago-gpu",
+            "container_id": "abc123",
+            "container_name": "job_tiago-gpu_Demo-Run1_job-1234",
+        }
+        for _ in range(2):  # the periodic "running" refresh, applied each time
+            answer = await http.post("/api/agent/job-status", json=running)
+            assert answer.status_code == 200 and answer.json()["status"] == "running"
+        status = await http.get(f"/status/{job['job_id']}")
+        assert status.json()["status"] == "running"
+        assert server.job(job["job_id"])["container_name"] == running["container_name"]
+        await http.post(f"/api/jobs/{job['job_id']}/stop")
+        assert (await http.get(f"/status/{job['job_id']}")).json()["status"] == "stop_requested"
+        stopped = {"job_id": job["job_id"], "status": "stopped", "worker_id": "tiago-gpu"}
+        answer = await http.post("/api/agent/job-status", json={**stopped, "exit_code": 143})
+        assert answer.json() == {"job_id": job["job_id"], "status": "stopped", "applied": True}
+        after = (await http.get(f"/status/{job['job_id']}")).json()
+        assert (after["status"], after["exit_code"]) == ("stopped", 143)
+
+        job = (await http.post("/api/agent/next-job", json={"worker_id": "tiago-gpu"})).json()
+        assert job["job_id"] == second["job_id"]
+        failed = {"job_id": job["job_id"], "status": "failed", "worker_id": "tiago-gpu"}
+        answer = await http.post("/api/agent/job-status", json={**failed, "exit_code": 2})
+        assert answer.json()["status"] == "failed"
+        ended = (await http.get(f"/status/{job['job_id']}")).json()
+        assert (ended["status"], ended["exit_code"], ended["error"]) == ("failed", 2, "exit code 2")
+        none = await http.post("/api/agent/next-job", json={"worker_id": "tiago-gpu"})
+        assert none.status_code == 204
+        missing = await http.get("/status/nope")
+        assert missing.status_code == 404 and missing.json() == {"error": "no job nope"}
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from contrib.httpqueue import Capabilities, JsonStore, QueueWorker, open_job_server
 from contrib.httpqueue._reporter import RESTARTED
@@ -85,6 +86,35 @@ async def test_a_person_canceling_or_stopping_a_job_stops_it(
     assert done["status"] == status
     assert "on the server" in (done["detail"] or "")
     assert "got SIGTERM" in paths.log(job["job_id"])
+
+
+async def test_a_running_job_is_said_running_again_at_each_status_poll(
+    tmp_path: Path, notifier: Notifier
+) -> None:
+    """Each status poll that finds the job still running says ``running`` again, so a
+    backend that fails jobs whose status goes stale (OPEVA's) sees it alive."""
+    paths = make_paths(tmp_path)
+    async with open_job_server() as server:
+        config = paths.config("long", on_term="exit", notify=notifier.port, sleep=600)
+        job = await server.submit({"config_path": config})
+        async with running_worker(worker_config(paths, server.url)):
+            await notifier.wait("ready:long")
+            seen: list[str] = []
+
+            def refreshed() -> bool:
+                stamp = server.job(job["job_id"]).get("status_updated_at")
+                if stamp is not None and stamp not in seen:
+                    seen.append(stamp)
+                return len(seen) >= 3
+
+            with trio.fail_after(30):
+                await server.wait_until(refreshed)
+            assert server.job(job["job_id"])["status"] == "running"
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                status = (await http.get(f"/status/{job['job_id']}")).json()
+                assert status["status_updated_at"] in seen
+                await http.post(f"/api/jobs/{job['job_id']}/cancel")
+            await job_status(server, job["job_id"], "canceled")
 
 
 async def test_a_job_given_to_another_worker_is_stopped_here(
@@ -356,6 +386,51 @@ async def test_container_mode_end_to_end_with_a_gpu_refusal(
     assert first[-3:] == ["img:1", "--job_id", job["job_id"]]
     assert "--gpus" in first and "--gpus" not in second
     assert f"container says: --job_id {job['job_id']}" in paths.log(job["job_id"])
+
+
+async def test_no_container_runtime_no_job_taken_and_the_heartbeat_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container-mode worker whose runtime cannot run containers takes no job (it would
+    only fail it): its log and heartbeat say why; once the runtime works, it takes the job."""
+    paths = make_paths(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER.format(python=sys.executable))
+    (bin_dir / "docker").chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(calls))
+    monkeypatch.setenv("FAKE_DOCKER_NO_DAEMON", "1")
+    async with open_job_server() as server:
+        job = await server.submit({"config_path": paths.config("c")})
+        config = attrs.evolve(worker_config(paths, server.url), command=None, image="img:1")
+        with capture_logs() as logs:
+            async with running_worker(config) as worker:
+                with trio.fail_after(30):
+                    await server.wait_until(
+                        lambda: (
+                            "w1" in server.queue.workers
+                            and server.queue.workers["w1"].state == "unavailable"
+                        )
+                    )
+                record = server.queue.workers["w1"].to_api(trio.current_time())
+                why = (
+                    "the container runtime cannot run containers (docker info failed, exit 1): "
+                    "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+                    "Is the docker daemon running?"
+                )
+                assert worker.statistics().unavailable == why
+                assert record["free_slots"] == 0
+                assert record["info"]["error"] == why
+                assert server.job(job["job_id"])["status"] == "queued"
+                assert not calls.exists()  # no docker run, no job failed
+                monkeypatch.delenv("FAKE_DOCKER_NO_DAEMON")  # the daemon comes up
+                done = await job_status(server, job["job_id"], *FINAL)
+    assert done["status"] == "finished"
+    events = [(entry["event"], entry.get("error")) for entry in logs]
+    assert events.count(("httpqueue.runtime_unavailable", why)) == 1
+    assert ("httpqueue.runtime_available", None) in events
 
 
 async def test_a_job_whose_log_cannot_be_written_fails_with_the_reason(tmp_path: Path) -> None:

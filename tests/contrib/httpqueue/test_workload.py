@@ -1,7 +1,8 @@
 """What the worker runs: command templates, the docker command line, GPUs and cleanup.
 
-There is no Docker engine here: a fake ``docker`` on PATH records how it was
-called and answers as Docker would.
+A fake ``docker`` on PATH records how it was called and answers as Docker would
+(the command lines and Docker's own refusals); tests/contrib/httpqueue/test_containers.py
+runs real containers with Podman.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ from contrib.httpqueue._workload import (
 FAKE_DOCKER = """#!{python}
 import json, os, sys, time
 args = sys.argv[1:]
+if args == ["--version"]:
+    print("Docker version 24.0.7, build afdd53b")
+    sys.exit(0)
+if args == ["info"]:  # the worker's start-up check
+    if os.environ.get("FAKE_DOCKER_NO_DAEMON"):
+        print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+              "Is the docker daemon running?", file=sys.stderr)
+        sys.exit(1)
+    print("Server Version: 24.0.7")
+    sys.exit(0)
 with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
 if args[0] == "rm":
