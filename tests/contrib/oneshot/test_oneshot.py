@@ -7,8 +7,10 @@ real subprocess.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import boto3
+import botocore.exceptions
 import pytest
 import structlog
 import trio
@@ -462,6 +466,55 @@ async def test_two_tasks_never_run_one_record(aws_env: Moto, table: str, tmp_pat
     assert sorted(codes) == [0, 3]
     assert ran.read_text() == "ran\n"
     assert get_record(aws_env, table, "job-r")["status"] == "SUCCEEDED"
+
+
+def test_the_stand_in_applies_conditional_writes_atomically(aws_env: Moto, table: str) -> None:
+    """The harness's moto applies a conditional write as DynamoDB does: of claims
+    racing on one record, exactly one lands (unlocked, moto let several through,
+    which is what failed test_two_tasks_never_run_one_record under load)."""
+    racers = 8
+    clients = [boto3_client(aws_env) for _ in range(racers)]
+    for round_ in range(25):
+        job_id = f"job-atomic-{round_}"
+        put_record(aws_env, table, job_id, command=["true"])
+        barrier = threading.Barrier(racers)
+
+        def claim(index: int, job_id: str = job_id, barrier: threading.Barrier = barrier) -> bool:
+            barrier.wait()
+            try:
+                clients[index].update_item(
+                    TableName=table,
+                    Key={"job_id": {"S": job_id}},
+                    UpdateExpression="SET #s = :r, attempt_id = :a",
+                    ConditionExpression="#s = :i",
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues={
+                        ":r": {"S": "RUNNING"},
+                        ":i": {"S": "INITIALIZING"},
+                        ":a": {"S": str(index)},
+                    },
+                )
+            except botocore.exceptions.ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                return False
+            return True
+
+        with concurrent.futures.ThreadPoolExecutor(racers) as pool:
+            won = list(pool.map(claim, range(racers)))
+        assert won.count(True) == 1, (round_, won)
+        assert get_record(aws_env, table, job_id)["attempt_id"] == str(won.index(True))
+
+
+def boto3_client(moto: Moto) -> Any:
+    """A DynamoDB client of its own (boto3 clients are not shared between threads here)."""
+    return boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=moto.url,
+        region_name="us-west-2",
+        aws_access_key_id="AKIDFARMHANDTEST",
+        aws_secret_access_key="farmhand-test-secret",
+    )
 
 
 async def test_sigterm_interrupts_the_job(aws_env: Moto, table: str, tmp_path: Path) -> None:
