@@ -298,10 +298,17 @@ class AgentProcess:
 
 @asynccontextmanager
 async def agent_process(
-    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    unset: Sequence[str] = (),
 ) -> AsyncIterator[AgentProcess]:
-    """Start ``python -m agent *argv`` with ``env`` on top of ours; kill it if left running."""
+    """Start ``python -m agent *argv`` with ``env`` on top of ours, less the variables
+    in ``unset``; kill it if left running."""
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    for name in unset:
+        full_env.pop(name, None)
     process = await trio.lowlevel.open_process(
         [PY, "-m", "agent", *argv],
         stdin=subprocess.DEVNULL,
