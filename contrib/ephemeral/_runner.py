@@ -153,7 +153,7 @@ class RunnerFetcher:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.bucket is not None:
             found = await self._s3_call(_s3_get, self.bucket, release.cache_key, path)
-            if found and self._verified(release, path, "the S3 cache"):
+            if found and await self._verified(release, path, "the S3 cache"):
                 log.info(
                     "runner.cached",
                     version=release.version,
@@ -174,14 +174,17 @@ class RunnerFetcher:
                 )
         return "download"
 
-    def _verified(self, release: RunnerRelease, path: Path, where: str) -> bool:
+    async def _verified(self, release: RunnerRelease, path: Path, where: str) -> bool:
         if release.sha256 is None:
             return True
-        digest = _sha256_of(path)
+        # Abandoned on cancel: it only reads.
+        digest = await trio.to_thread.run_sync(
+            _sha256_of, path, abandon_on_cancel=True, limiter=S3_LIMITER
+        )
         if digest == release.sha256:
             return True
         log.warning("runner.digest_mismatch", where=where, sha256=digest, expected=release.sha256)
-        path.unlink(missing_ok=True)
+        await trio.Path(path).unlink(missing_ok=True)
         return False
 
     async def _download(self, release: RunnerRelease, path: Path) -> None:
@@ -199,7 +202,7 @@ class RunnerFetcher:
                 raise _Transient(str(exc) or type(exc).__name__) from exc
 
         await _retrying(get, f"GET {release.url}", self.retry_seconds)
-        if not self._verified(release, path, "the download"):
+        if not await self._verified(release, path, "the download"):
             raise RunnerError(
                 f"{release.url}: its sha256 is not the release's {release.sha256}; not used"
             )

@@ -724,6 +724,9 @@ async def test_a_runs_fleet_instance_runs_unchanged(ci: Ci, github: GitHub, tmp_
         instance.parameter = f"/runs-fleet/runners/{instance.instance_id}/config"
         instance.put_text(json.dumps(runs_fleet_document(f"47{round_}")))
         env = runs_fleet_environment(instance, ci.bucket, group)
+        if round_ == 1:
+            # Without it the parameter is runs-fleet's own path for the instance.
+            del env["RUNS_FLEET_SSM_PARAMETER"]
         args = ["ephemeral", "--github-api-url", github.http.url, "--log-format", "json"]
         async with agent_process(args, env=env) as agent:
             assert await agent.wait() == 0, agent.stderr_lines[-5:]
@@ -809,3 +812,55 @@ def test_the_runs_fleet_document_is_read_as_is() -> None:
     assert JIT_TOKEN not in str(raised.value)
     with pytest.raises(ConfigError, match="'jit_token' must be a non-empty string"):
         JobConfig.from_json(json.dumps({**runs_fleet_document(), "jit_token": ""}), source="p")
+
+
+async def test_a_runner_release_that_cannot_be_had_is_reported(
+    ci: Ci, github: GitHub, tmp_path: Path
+) -> None:
+    """A release without a tarball for this machine: a failure message naming it, nothing
+    runs, the instance still ends (exit 2); a tarball whose digest is not the release's
+    is not run either."""
+    ci.put_text(json.dumps(runs_fleet_document()))
+    github.http.routes["GET /repos/actions/runner/releases/latest"] = json_route(
+        {"tag_name": "v2.999.0", "assets": []}
+    )
+    assert (
+        await run_ephemeral(
+            settings(ci, tmp_path, github_api_url=github.http.url, queue_url=ci.queue_url)
+        )
+        == 2
+    )
+    message = ci.only_message()
+    assert (message["status"], message["exit_code"]) == ("failure", -1)
+    assert message["error"] == f"runner: release v2.999.0 has no asset {github.asset}"
+    assert ci.instance_state() in ("shutting-down", "terminated")
+
+    other = new_instance(ci)
+    other.put_text(json.dumps(runs_fleet_document()))
+    release = {
+        "tag_name": "v2.999.0",
+        "assets": [
+            {
+                "name": github.asset,
+                "browser_download_url": f"{github.http.url}/download/{github.asset}",
+                "digest": "sha256:" + "0" * 64,
+            }
+        ],
+    }
+    github.http.routes["GET /repos/actions/runner/releases/latest"] = json_route(release)
+    work = tmp_path / "work2"
+    status = await run_ephemeral(
+        settings(
+            other,
+            tmp_path,
+            github_api_url=github.http.url,
+            work_dir=work,
+            runner_bucket=ci.bucket,
+            queue_url=ci.queue_url,
+        )
+    )
+    assert status == 2
+    assert "its sha256 is not the release's" in other.only_message()["error"]
+    cache_key = f"runners/{RUNNER_VERSION}/{runner_arch()}/actions-runner-{RUNNER_VERSION}.tar.gz"
+    listed = ci.moto.client("s3").list_objects_v2(Bucket=ci.bucket, Prefix=cache_key)
+    assert listed.get("KeyCount", 0) == 0
