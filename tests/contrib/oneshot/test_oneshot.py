@@ -902,3 +902,11 @@ async def test_run_action_with_an_action_runner(aws_env: Moto, table: str, tmp_p
     record = get_record(aws_env, table, "job-act")
     assert record["status"] == "SUCCEEDED"
     assert "action resize" in log_lines(aws_env, record)
+
+
+async def test_plus_worker_keys_come_in_pairs() -> None:
+    """ACCESS_KEY without SECRET_KEY is a clear error naming both, exit 2."""
+    env = {"DYNAMO_TABLE": "t", "JOB_ID": "j", "ACCESS_KEY": "AKIDPLUSWORKER"}
+    async with agent_process(["oneshot"], env=env, unset=("SECRET_KEY",)) as agent:
+        assert await agent.wait() == 2
+    assert "ACCESS_KEY is set but SECRET_KEY is not" in "\n".join(agent.stderr_lines)
