@@ -6,6 +6,8 @@ The steps:
 2. read the job configuration from SSM Parameter Store (``--config-parameter``)
    and check it (``JobConfig``);
 3. fetch the bundle through the local cache, verify its sha256, unpack it;
+   or, for runs-fleet's runner document, fetch the actions runner through the
+   S3 cache and set it to run just in time (``contrib.ephemeral._runner``);
 4. run the job (``JobRun``) under the safety timeout (``--timeout-minutes``,
    360 by default, counted from the start, so a slow fetch counts too), its
    output to CloudWatch and the local spool; a ``cancel_parameter`` that
