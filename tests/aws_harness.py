@@ -28,11 +28,45 @@ from typing import Any
 
 import boto3
 import trio
+from moto.dynamodb.models import DynamoDBBackend
 from moto.server import ThreadedMotoServer
 
 PY = sys.executable
 REGION = "us-west-2"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _serialize_dynamodb_writes() -> None:
+    """Make moto's DynamoDB writes atomic, as DynamoDB's are.
+
+    moto's server answers each request on its own thread, and its
+    ``update_item`` reads the item, checks the ``ConditionExpression`` and then
+    writes, with no lock between: two conditional writes racing on one item can
+    both pass the check. DynamoDB applies a conditional write atomically, and
+    farmhand's claim of a one-shot record (``INITIALIZING`` -> ``RUNNING``)
+    relies on exactly that; under load the two tasks of
+    ``test_two_tasks_never_run_one_record`` both "claimed" the record, one of
+    them later found it was not its own any more and exited 4. The lock belongs
+    to the stand-in, not to farmhand: one lock over every write, as the real
+    service gives per item.
+    """
+    if getattr(DynamoDBBackend, "_farmhand_atomic", False):
+        return
+    lock = threading.RLock()
+
+    def locked(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return method(self, *args, **kwargs)
+
+        return call
+
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        setattr(DynamoDBBackend, name, locked(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._farmhand_atomic = True  # type: ignore[attr-defined]
+
+
+_serialize_dynamodb_writes()
 
 
 class Moto:
@@ -264,10 +298,17 @@ class AgentProcess:
 
 @asynccontextmanager
 async def agent_process(
-    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    unset: Sequence[str] = (),
 ) -> AsyncIterator[AgentProcess]:
-    """Start ``python -m agent *argv`` with ``env`` on top of ours; kill it if left running."""
+    """Start ``python -m agent *argv`` with ``env`` on top of ours, less the variables
+    in ``unset``; kill it if left running."""
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    for name in unset:
+        full_env.pop(name, None)
     process = await trio.lowlevel.open_process(
         [PY, "-m", "agent", *argv],
         stdin=subprocess.DEVNULL,

@@ -17,7 +17,16 @@ an error, so a typo never goes unnoticed::
       "terminate_command": ["sudo", "shutdown", "-h", "now"]
     }
 
-``ConfigError`` says what is wrong, in one line naming the key.
+Or runs-fleet's runner document, as runs-fleet's orchestrator writes it to
+``/runs-fleet/runners/{instance-id}/config``: recognised by its ``jit_token``,
+it means "run one GitHub Actions runner, just in time and ephemeral"::
+
+    {"org": "acme", "repo": "acme/app", "jit_token": "<encoded JIT config>",
+     "labels": ["runs-fleet=123", "runner=2cpu-linux-arm64"],
+     "runner_group": "default", "job_id": "4711"}
+
+``ConfigError`` says what is wrong, in one line naming the key (never a value
+of ``jit_token`` or ``cache_token``: they are secrets).
 """
 
 from __future__ import annotations
@@ -57,6 +66,23 @@ _KEYS = frozenset(
     }
 )
 _BUNDLE_KEYS = frozenset({"bucket", "key", "sha256", "directory"})
+#: runs-fleet's runner document: its README's keys, then the others its
+#: orchestrator writes there (``run_id``, ``is_org``, the cache's and the queue's).
+RUNS_FLEET_KEYS = frozenset(
+    {
+        "org",
+        "repo",
+        "jit_token",
+        "labels",
+        "runner_group",
+        "job_id",
+        "run_id",
+        "is_org",
+        "cache_url",
+        "cache_token",
+        "termination_queue_url",
+    }
+)
 
 
 class ConfigError(Exception):
@@ -78,6 +104,18 @@ class BundleRef:
 
 
 @attrs.frozen
+class RunnerRegistration:
+    """A GitHub Actions runner to register just in time (and so ephemeral: one job)."""
+
+    org: str
+    #: A secret: the runner's encoded JIT configuration. Never logged, never in a repr.
+    jit_token: str = attrs.field(repr=False)
+    repo: str | None = None
+    labels: tuple[str, ...] = ()
+    runner_group: str | None = None
+
+
+@attrs.frozen
 class JobConfig:
     job_id: str
     command: tuple[str, ...] | None = None
@@ -94,6 +132,8 @@ class JobConfig:
     cancel_parameter: str | None = None
     cancel_poll_seconds: float = 30.0
     terminate_command: tuple[str, ...] | None = None
+    #: runs-fleet's document: run this runner (no command or template).
+    runner: RunnerRegistration | None = None
 
     @classmethod
     def from_json(cls, text: str, *, source: str) -> JobConfig:
@@ -111,6 +151,8 @@ class JobConfig:
 
     @classmethod
     def _from_document(cls, document: Mapping[str, Any]) -> JobConfig:
+        if "jit_token" in document:
+            return cls._from_runs_fleet(document)
         unknown = sorted(set(document) - _KEYS)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})")
@@ -159,6 +201,57 @@ class JobConfig:
             ),
         )
 
+    @classmethod
+    def _from_runs_fleet(cls, document: Mapping[str, Any]) -> JobConfig:
+        unknown = sorted(set(document) - RUNS_FLEET_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"runs-fleet runner config: unknown key {unknown[0]!r} "
+                f"(known: {', '.join(sorted(RUNS_FLEET_KEYS))})"
+            )
+        token = document.get("jit_token")
+        if not isinstance(token, str) or not token.strip():
+            raise ConfigError("'jit_token' must be a non-empty string (the encoded JIT config)")
+        org = document.get("org")
+        if not isinstance(org, str) or not org:
+            raise ConfigError("'org' must be a non-empty string")
+        labels = document.get("labels")
+        if labels is None:
+            labels = []
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ConfigError("'labels' must be a list of strings")
+        for name in ("cache_url", "cache_token"):
+            if document.get(name) is not None and not isinstance(document[name], str):
+                raise ConfigError(f"{name!r} must be a string")
+        if document.get("is_org") is not None and not isinstance(document["is_org"], bool):
+            raise ConfigError("'is_org' must be true or false")
+        job_id = _id_text(document, "job_id") or _id_text(document, "run_id") or "runner"
+        queue = document.get("termination_queue_url") or None
+        if queue is not None and (
+            not isinstance(queue, str) or not queue.startswith(("https://", "http://"))
+        ):
+            raise ConfigError("'termination_queue_url' must be the queue's URL (https://...)")
+        return cls(
+            job_id=job_id,
+            runner=RunnerRegistration(
+                org=org,
+                jit_token=token.strip(),
+                repo=_optional_str(document, "repo") if document.get("repo") else None,
+                labels=tuple(labels),
+                runner_group=(
+                    _optional_str(document, "runner_group")
+                    if document.get("runner_group")
+                    else None
+                ),
+            ),
+            termination_queue_url=queue,
+        )
+
+    @property
+    def runs_fleet(self) -> bool:
+        """Whether this is runs-fleet's runner document (its message format, too)."""
+        return self.runner is not None
+
     def job_spec(
         self, *, work_dir: Path, bundle_dir: Path | None, env: Mapping[str, str]
     ) -> JobSpec:
@@ -168,6 +261,8 @@ class JobConfig:
         cwd: Path | None = bundle_dir
         if self.cwd is not None:
             cwd = work_dir / self.cwd
+        if self.runner is not None:
+            raise ConfigError("a runner document has no job of its own to run")
         try:
             if self.command is not None:
                 return JobSpec.from_command(self.command, env=variables, cwd=cwd)
@@ -180,6 +275,19 @@ class JobConfig:
             )
         except JobSpecError as exc:
             raise ConfigError(str(exc)) from exc
+
+
+def _id_text(document: Mapping[str, Any], name: str) -> str | None:
+    """An id that may come as a string or a number (GitHub's job and run ids are numbers)."""
+    value = document.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ConfigError(f"{name!r} must be a string or a number")
+    text = str(value)
+    if len(text) > 256:
+        raise ConfigError(f"{name!r} must be 1-256 characters")
+    return text
 
 
 def _bundle(raw: Any) -> BundleRef | None:

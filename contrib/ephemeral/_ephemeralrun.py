@@ -6,6 +6,8 @@ The steps:
 2. read the job configuration from SSM Parameter Store (``--config-parameter``)
    and check it (``JobConfig``);
 3. fetch the bundle through the local cache, verify its sha256, unpack it;
+   or, for runs-fleet's runner document, fetch the actions runner through the
+   S3 cache and set it to run just in time (``contrib.ephemeral._runner``);
 4. run the job (``JobRun``) under the safety timeout (``--timeout-minutes``,
    360 by default, counted from the start, so a slow fetch counts too), its
    output to CloudWatch and the local spool; a ``cancel_parameter`` that
@@ -56,9 +58,17 @@ from .._common import (
     log_stream_name,
     open_job_log,
 )
-from ._bundle import BundleCache, BundleError, open_s3_client
+from ._bundle import BundleCache, BundleError, _extract, open_s3_client
 from ._ephemeralconfig import ConfigError, JobConfig
 from ._instance import instance_id_from_imds, run_terminate_command
+from ._runner import (
+    GITHUB_API_URL,
+    RunnerError,
+    RunnerFetcher,
+    latest_release,
+    runner_arch,
+    runner_env,
+)
 
 log = structlog.get_logger("farmhand.ephemeral")
 
@@ -91,7 +101,17 @@ class EphemeralSettings:
     #: The metadata service (``None``: do not ask it).
     imds_endpoint: str | None = None
     keep_work_dir: bool = False
+    #: runs-fleet: the S3 bucket of the runner cache (``RUNS_FLEET_CONFIG_BUCKET``).
+    runner_bucket: str | None = None
+    #: The GitHub API the runner release is looked up in.
+    github_api_url: str = GITHUB_API_URL
+    #: The runner's architecture (``None``: this machine's).
+    runner_arch: str | None = None
     environ: Mapping[str, str] = attrs.field(factory=dict)
+
+
+#: The placeholder in runs-fleet's parameter name (``/runs-fleet/runners/{instance-id}/config``).
+INSTANCE_PLACEHOLDER = "{instance-id}"
 
 
 @attrs.frozen
@@ -102,13 +122,36 @@ class Report:
     job_id: str | None
     status: str
     exit_code: int | None
-    duration_seconds: float
+    duration_seconds: int
     started_at: str
     completed_at: str
     error: str | None
+    #: The signal that interrupted the job (runs-fleet's ``interrupted_by``).
+    interrupted_by: str | None = None
+    #: runs-fleet's format: ``exit_code`` -1 when there is none, ``error`` and
+    #: ``interrupted_by`` only when set (its message's ``omitempty``).
+    runs_fleet: bool = False
 
     def message(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        message: dict[str, Any] = {
+            "instance_id": self.instance_id,
+            "job_id": self.job_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "duration_seconds": self.duration_seconds,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "error": self.error,
+        }
+        if not self.runs_fleet:
+            return message
+        if self.exit_code is None:
+            message["exit_code"] = -1
+        if self.error is None:
+            del message["error"]
+        if self.interrupted_by:
+            message["interrupted_by"] = self.interrupted_by
+        return message
 
 
 @attrs.frozen
@@ -185,10 +228,15 @@ class _Ephemeral:
                 job_id=self.config.job_id if self.config else settings.environ.get("JOB_ID"),
                 status=ended.status,
                 exit_code=ended.exit_code,
-                duration_seconds=round(trio.current_time() - self.started, 3),
+                # Whole seconds, as runs-fleet's message has them.
+                duration_seconds=int(trio.current_time() - self.started),
                 started_at=iso(self.started_at),
                 completed_at=iso(utc_now()),
                 error=ended.error,
+                interrupted_by=(
+                    self.shutdown.reason or "stop" if ended.status == "interrupted" else None
+                ),
+                runs_fleet=self.config.runs_fleet if self.config else False,
             )
             print(json.dumps(report.message()), flush=True)
             sent = await self._send_report(aws, report)
@@ -211,11 +259,13 @@ class _Ephemeral:
                     timer.deadline = deadline
                 if config.grace_seconds is not None:
                     self.shutdown.grace = config.grace_seconds
-                spec, bundle_dir = await self._prepare(config, work_dir)
+                spec, bundle_dir = await self._prepare(aws, config, work_dir)
             except ConfigError as exc:
                 return self._fail(Exit.CONFIGURATION, f"bad configuration: {exc}")
             except BundleError as exc:
                 return self._fail(Exit.CONFIGURATION, f"bundle: {exc}")
+            except RunnerError as exc:
+                return self._fail(Exit.CONFIGURATION, f"runner: {exc}")
             except FarmhandError as exc:
                 return self._fail(failure_status(exc), str(exc))
         if stop_scope.cancelled_caught:
@@ -226,7 +276,7 @@ class _Ephemeral:
         if remaining <= 0:
             return self._timed_out(deadline, "before the job started")
 
-        stream = config.log_stream or log_stream_name(config.job_id, self.instance_id or "local")
+        stream = config.log_stream or log_stream_name(self.instance_id or "local", config.job_id)
         group = config.log_group or settings.log_group
         sink = await stack.enter_async_context(
             open_job_log(
@@ -292,6 +342,10 @@ class _Ephemeral:
 
     async def _read_config(self, aws: Aws) -> JobConfig:
         name = self.settings.config_parameter
+        if INSTANCE_PLACEHOLDER in name:
+            if self.instance_id is None:
+                raise ConfigError(f"the parameter {name} names the instance, whose id is not known")
+            name = name.replace(INSTANCE_PLACEHOLDER, self.instance_id)
         try:
             answer = await aws.client("ssm").call(
                 "GetParameter", {"Name": name, "WithDecryption": True}
@@ -305,7 +359,11 @@ class _Ephemeral:
         log.info("ephemeral.config_loaded", parameter=name)
         return config
 
-    async def _prepare(self, config: JobConfig, work_dir: Path) -> tuple[JobSpec, Path | None]:
+    async def _prepare(
+        self, aws: Aws, config: JobConfig, work_dir: Path
+    ) -> tuple[JobSpec, Path | None]:
+        if config.runner is not None:
+            return await self._prepare_runner(aws, config, work_dir), None
         bundle = config.bundle
         bundle_dir = work_dir / bundle.directory if bundle is not None else None
         env = {"FARMHAND_JOB_ID": config.job_id, "FARMHAND_WORK_DIR": str(work_dir)}
@@ -321,6 +379,49 @@ class _Ephemeral:
             archive = await cache.fetch(bundle)
             await cache.extract(archive, bundle_dir, source=bundle.url)
         return spec, bundle_dir
+
+    async def _prepare_runner(self, aws: Aws, config: JobConfig, work_dir: Path) -> JobSpec:
+        """runs-fleet: the actions runner, fetched through the S3 cache, unpacked, and
+        set to run just in time (see ``contrib.ephemeral._runner``)."""
+        settings = self.settings
+        registration = config.runner
+        assert registration is not None
+        arch = runner_arch(settings.runner_arch)
+        release = await latest_release(
+            aws.http, settings.github_api_url, arch, retry_seconds=settings.retry_seconds
+        )
+        log.info(
+            "runner.release",
+            version=release.version,
+            arch=arch,
+            org=registration.org,
+            repo=registration.repo,
+            labels=list(registration.labels),
+            runner_group=registration.runner_group,
+        )
+        if settings.runner_bucket is None:
+            log.warning("runner.no_cache", note="RUNS_FLEET_CONFIG_BUCKET is not set: downloading")
+        fetcher = RunnerFetcher(
+            http=aws.http,
+            s3=open_s3_client(settings.region) if settings.runner_bucket else None,
+            bucket=settings.runner_bucket,
+            retry_seconds=settings.retry_seconds,
+        )
+        archive = work_dir / ".farmhand" / f"actions-runner-{release.version}.tar.gz"
+        await fetcher.fetch(release, archive)
+        runner_dir = work_dir / "actions-runner"
+        # Not abandoned: it writes into the work directory, which is cleaned after.
+        await trio.to_thread.run_sync(partial(_extract, archive, runner_dir, release.url))
+        archive.unlink()
+        log.info("runner.unpacked", directory=str(runner_dir))
+        env = {
+            "FARMHAND_JOB_ID": config.job_id,
+            "FARMHAND_WORK_DIR": str(work_dir),
+            **runner_env(registration.jit_token),
+        }
+        # The token goes in the environment, never on the command line (which the
+        # session's log shows, and any process listing).
+        return JobSpec.from_command(["./run.sh"], env=env, cwd=runner_dir, name="actions-runner")
 
     async def _poll_cancel(self, aws: Aws, name: str, run: JobRun) -> None:
         # A read: cancelling it when the job ends is harmless.
@@ -358,7 +459,11 @@ class _Ephemeral:
 
     async def _send_report(self, aws: Aws, report: Report) -> bool:
         config_url = self.config.termination_queue_url if self.config else None
-        url = config_url or self.settings.queue_url
+        if self.config is not None and self.config.runs_fleet:
+            # runs-fleet: RUNS_FLEET_TERMINATION_QUEUE_URL first, then its document's.
+            url = self.settings.queue_url or config_url
+        else:
+            url = config_url or self.settings.queue_url
         message = report.message()
         if not url:
             log.error(

@@ -1,9 +1,13 @@
 """``python -m agent oneshot --table T --job-id ID``: run one DynamoDB job record.
 
 For a container task started per job (Fargate, Batch, a Kubernetes Job). The
-table, job and run mode also come from ``JOB_TABLE``, ``JOB_ID`` and
-``RUN_MODE``. See ``contrib.oneshot._oneshotrun`` for the steps and
-``contrib._common`` for the exit statuses.
+table, job and run mode also come from the environment, in plus-worker's
+names (a task definition written for plus-worker runs unchanged):
+``DYNAMO_TABLE``, ``JOB_ID``, ``RUN_MODE`` (``COLLECTION_OWNER``,
+``ACTION_ID``), ``REGION``, ``ACCESS_KEY``/``SECRET_KEY``, ``USERNAME``,
+``DYNAMO_STREAMS_TABLE``, ``PRIMARY_BUCKET``; or in farmhand's own
+(``JOB_TABLE``, ``COLLECTION_ID``). See ``contrib.oneshot._oneshotrun`` for
+the steps and ``contrib._common`` for the exit statuses.
 """
 
 from __future__ import annotations
@@ -27,15 +31,23 @@ from ._oneshotrun import OneshotSettings, run_oneshot
 from ._record import RUN_MODES
 
 DEFAULT_LOG_GROUP = "/farmhand/oneshot"
+#: What a plus-worker task definition must give besides the table and the job
+#: (its README's "Required (all modes)"; ACCESS_KEY/SECRET_KEY may be left to the
+#: task role, REGION to the default chain).
+PLUS_WORKER_REQUIRED = ("RUN_MODE", "USERNAME", "DYNAMO_STREAMS_TABLE", "PRIMARY_BUCKET")
+#: plus-worker's records are keyed by ``object_id``.
+PLUS_WORKER_KEY = "object_id"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--table", help="the DynamoDB table of job records (or JOB_TABLE)")
+    parser.add_argument(
+        "--table", help="the DynamoDB table of job records (or DYNAMO_TABLE, or JOB_TABLE)"
+    )
     parser.add_argument("--job-id", help="the record's key (or JOB_ID)")
     parser.add_argument(
         "--key",
-        default="job_id",
-        help="the table's partition key, a string attribute (default job_id)",
+        help="the table's partition key, a string attribute (default job_id; "
+        "object_id when the table comes from DYNAMO_TABLE, as plus-worker's does)",
     )
     parser.add_argument(
         "--run-mode",
@@ -45,7 +57,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--collection-command",
         help="RUN_COLLECTION: the command to run when the record has no work of its own "
-        "(or COLLECTION_COMMAND); it gets COLLECTION_ID in its environment",
+        "(or COLLECTION_COMMAND); it gets COLLECTION_OWNER and COLLECTION_ID in its environment",
+    )
+    parser.add_argument(
+        "--action-command",
+        help="RUN_ACTION: the action runner, run with ACTION_ID in its environment "
+        "(or ACTION_COMMAND); without one RUN_ACTION is not supported",
     )
     parser.add_argument(
         "--max-runtime",
@@ -68,21 +85,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
-    table = from_env(args.table, environ, "JOB_TABLE")
+    plus_worker = not args.table and bool(environ.get("DYNAMO_TABLE"))
+    table = from_env(args.table, environ, "DYNAMO_TABLE") or from_env(None, environ, "JOB_TABLE")
     job_id = from_env(args.job_id, environ, "JOB_ID")
     if table is None or job_id is None:
         missing = [name for name, value in (("--table", table), ("--job-id", job_id)) if not value]
-        print(f"error: {' and '.join(missing)} required (or JOB_TABLE / JOB_ID)", file=sys.stderr)
+        print(
+            f"error: {' and '.join(missing)} required (or DYNAMO_TABLE / JOB_TABLE and JOB_ID): "
+            "without them no record can be reached",
+            file=sys.stderr,
+        )
         return Exit.CONFIGURATION
+    access_key, secret_key = environ.get("ACCESS_KEY"), environ.get("SECRET_KEY")
+    if bool(access_key) != bool(secret_key):
+        given, missing_key = (
+            ("ACCESS_KEY", "SECRET_KEY") if access_key else ("SECRET_KEY", "ACCESS_KEY")
+        )
+        print(
+            f"error: {given} is set but {missing_key} is not: give both, or neither "
+            "(then the task role's credentials are used)",
+            file=sys.stderr,
+        )
+        return Exit.CONFIGURATION
+    if access_key and secret_key:
+        # plus-worker's explicit keys win over the default chain, as they do there; a
+        # session token from another identity would not match them.
+        os.environ["AWS_ACCESS_KEY_ID"] = access_key
+        os.environ["AWS_SECRET_ACCESS_KEY"] = secret_key
+        os.environ.pop("AWS_SESSION_TOKEN", None)
     setup_logging(args)
     settings = OneshotSettings(
         table=table,
         job_id=job_id,
-        key=args.key,
+        key=args.key or (PLUS_WORKER_KEY if plus_worker else "job_id"),
         # An unknown mode is not refused here: it is an error written to the record.
         run_mode=from_env(args.run_mode, environ, "RUN_MODE"),
         collection_command=from_env(args.collection_command, environ, "COLLECTION_COMMAND"),
-        region=args.region,
+        action_command=from_env(args.action_command, environ, "ACTION_COMMAND"),
+        required=PLUS_WORKER_REQUIRED if plus_worker else (),
+        region=args.region or environ.get("REGION") or None,
         max_runtime=args.max_runtime,
         grace=args.grace,
         heartbeat_interval=args.heartbeat_interval,

@@ -66,6 +66,10 @@ class OneshotSettings:
     #: ``None``: the record's ``run_mode``, else RUN_SCRIPT.
     run_mode: str | None = None
     collection_command: str | None = None
+    #: RUN_ACTION's action runner (``None``: RUN_ACTION is not supported).
+    action_command: str | None = None
+    #: Variables the deployment requires (plus-worker's); a missing one fails the record.
+    required: tuple[str, ...] = ()
     region: str | None = None
     max_runtime: float | None = 6 * 3600.0
     grace: float = 20.0
@@ -150,6 +154,8 @@ class _Oneshot:
                 table=settings.table,
                 max_runtime=settings.max_runtime,
                 collection_command=settings.collection_command,
+                action_command=settings.action_command,
+                required=settings.required,
                 template_dir=settings.work_dir,
             )
         except RecordError as exc:

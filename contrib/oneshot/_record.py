@@ -15,12 +15,21 @@ The run mode (``--run-mode``, ``RUN_MODE``, else the record's ``run_mode``,
 else ``RUN_SCRIPT``) says what the record means:
 
 - ``RUN_SCRIPT``: run the record's command or template;
-- ``RUN_COLLECTION``: process one collection. It needs ``COLLECTION_ID``: the
-  record's ``collection_id``, else the ``COLLECTION_ID`` variable (both given
-  and different is an error). The work is the record's command or template,
+- ``RUN_COLLECTION``: process one collection. It needs ``COLLECTION_OWNER``
+  (plus-worker's name; ``COLLECTION_ID`` is farmhand's alias): the record's
+  ``collection_owner`` or ``collection_id``, else the task's variable (two
+  that differ are an error). The work is the record's command or template,
   else the task's own ``--collection-command`` (``COLLECTION_COMMAND``). The
-  job sees ``COLLECTION_ID`` in its environment; a template that declares a
-  ``CollectionId`` parameter gets it there too.
+  job sees both names in its environment; a template that declares a
+  ``CollectionOwner`` or ``CollectionId`` parameter gets it there too.
+- ``RUN_ACTION``: run one action. It needs ``ACTION_ID`` (the record's
+  ``action_id``, else the task's variable) and an action runner, the task's
+  ``--action-command`` (``ACTION_COMMAND``), which sees ``ACTION_ID``; without
+  one the record fails with "not supported".
+
+A deployment may name variables it requires (``required``, e.g. plus-worker's
+``USERNAME``, ``DYNAMO_STREAMS_TABLE``, ``PRIMARY_BUCKET``); a missing one
+is a ``RecordError`` too.
 
 Everything that is wrong with a record is a ``RecordError``: one line, which
 farmhand writes to the record as its ``error_message``.
@@ -46,13 +55,16 @@ FAILED = "FAILED"
 
 RUN_SCRIPT = "RUN_SCRIPT"
 RUN_COLLECTION = "RUN_COLLECTION"
-#: Each run mode and the variables it needs.
+RUN_ACTION = "RUN_ACTION"
+#: Each run mode and the variable it needs, by its plus-worker name first, then
+#: farmhand's own name for it (an alias): both reach the job.
 RUN_MODES: Mapping[str, tuple[str, ...]] = {
     RUN_SCRIPT: (),
-    RUN_COLLECTION: ("COLLECTION_ID",),
+    RUN_COLLECTION: ("COLLECTION_OWNER", "COLLECTION_ID"),
+    RUN_ACTION: ("ACTION_ID",),
 }
-#: The parameter a RUN_COLLECTION template gets the collection id in, when it declares it.
-COLLECTION_PARAMETER = "CollectionId"
+#: The parameters a RUN_COLLECTION template gets the collection in, when it declares them.
+COLLECTION_PARAMETERS = {"CollectionId": "COLLECTION_ID", "CollectionOwner": "COLLECTION_OWNER"}
 
 
 class RecordError(Exception):
@@ -113,6 +125,8 @@ def resolve_work(
     table: str,
     max_runtime: float | None,
     collection_command: str | None = None,
+    action_command: str | None = None,
+    required: tuple[str, ...] = (),
     template_dir: Path | None = None,
 ) -> Work:
     """The work ``record`` means in run ``mode`` (``None``: the record's or RUN_SCRIPT).
@@ -124,9 +138,19 @@ def resolve_work(
     if mode not in RUN_MODES:
         known = " or ".join(RUN_MODES)
         raise RecordError(f"unknown run mode {mode!r}: use {known}")
+    missing = [name for name in required if not environ.get(name)]
+    if missing:
+        raise RecordError(
+            f"run mode {mode}: missing required environment variable"
+            f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        )
     variables = {"JOB_ID": record.job_id, "JOB_TABLE": table, "RUN_MODE": mode}
-    for name in RUN_MODES[mode]:
-        variables[name] = _mode_variable(item, environ, name, mode)
+    names = RUN_MODES[mode]
+    if names:
+        value = _mode_variable(item, environ, names, mode)
+        variables.update(dict.fromkeys(names, value))
+    if mode == RUN_ACTION:
+        return _action_work(record, variables, max_runtime, action_command)
 
     env = _string_map(item, "env")
     limit = _max_runtime(item, max_runtime)
@@ -161,23 +185,61 @@ def resolve_work(
 
 
 def _mode_variable(
-    item: Mapping[str, Any], environ: Mapping[str, str], name: str, mode: str
+    item: Mapping[str, Any], environ: Mapping[str, str], names: tuple[str, ...], mode: str
 ) -> str:
-    attribute = name.lower()
-    from_record = _optional_str(item, attribute)
-    from_env = environ.get(name) or None
-    if from_record and from_env and from_record != from_env:
+    """The value of the mode's variable: the record's attribute (any of ``names`` in
+    lower case), else the task's variable (any of ``names``); two that differ are an error."""
+    found: dict[str, str] = {}
+    for name in names:
+        attribute = name.lower()
+        from_record = _optional_str(item, attribute)
+        if from_record:
+            found[f"the record's {attribute}"] = from_record
+    for name in names:
+        from_env = environ.get(name) or None
+        if from_env:
+            found[f"the task's {name}"] = from_env
+    values = list(found.items())
+    for where, value in values[1:]:
+        if value != values[0][1]:
+            raise RecordError(
+                f"run mode {mode}: {values[0][0]} {values[0][1]!r} differs from {where} {value!r}"
+            )
+    if not values:
+        wanted = " or ".join(names)
         raise RecordError(
-            f"run mode {mode}: the record's {attribute} {from_record!r} differs from "
-            f"the task's {name} {from_env!r}"
+            f"run mode {mode} needs {wanted}: set the task's environment variable "
+            f"or the record's {' or '.join(name.lower() for name in names)}"
         )
-    value = from_record or from_env
-    if not value:
+    return values[0][1]
+
+
+def _action_work(
+    record: JobRecord,
+    variables: Mapping[str, str],
+    max_runtime: float | None,
+    action_command: str | None,
+) -> Work:
+    """RUN_ACTION: the task's action runner with ``ACTION_ID``; without one, not supported."""
+    if not action_command:
         raise RecordError(
-            f"run mode {mode} needs {name}: set the record's {attribute} "
-            f"or the task's {name} environment variable"
+            "run mode RUN_ACTION is not supported without an action runner: give the task "
+            "--action-command (ACTION_COMMAND), which runs with ACTION_ID in its environment"
         )
-    return value
+    item = record.item
+    env = {**_string_map(item, "env"), **variables}
+    try:
+        spec = JobSpec.from_command(
+            _split(action_command, "action"), env=env, cwd=_optional_str(item, "cwd")
+        )
+    except JobSpecError as exc:
+        raise RecordError(str(exc)) from exc
+    return Work(
+        spec=spec,
+        mode=RUN_ACTION,
+        max_runtime=_max_runtime(item, max_runtime),
+        variables=variables,
+    )
 
 
 def _template_spec(
@@ -190,12 +252,11 @@ def _template_spec(
 ) -> JobSpec:
     document = _template_document(template)
     parameters = _parameters(item)
-    if (
-        mode == RUN_COLLECTION
-        and COLLECTION_PARAMETER not in parameters
-        and COLLECTION_PARAMETER in _declared_parameters(document)
-    ):
-        parameters[COLLECTION_PARAMETER] = variables["COLLECTION_ID"]
+    if mode == RUN_COLLECTION:
+        declared = _declared_parameters(document)
+        for parameter, variable in COLLECTION_PARAMETERS.items():
+            if parameter in declared and parameter not in parameters:
+                parameters[parameter] = variables[variable]
     return JobSpec.from_template(document, parameters, env=env, template_dir=template_dir)
 
 
@@ -275,13 +336,13 @@ def _optional_str(item: Mapping[str, Any], name: str) -> str | None:
     return value or None
 
 
-def _split(command: str) -> list[str]:
+def _split(command: str, what: str = "collection") -> list[str]:
     try:
         argv = shlex.split(command)
     except ValueError as exc:
-        raise RecordError(f"the collection command {command!r} cannot be split: {exc}") from exc
+        raise RecordError(f"the {what} command {command!r} cannot be split: {exc}") from exc
     if not argv:
-        raise RecordError("the collection command is empty")
+        raise RecordError(f"the {what} command is empty")
     return argv
 
 

@@ -72,20 +72,25 @@ class JobTable:
         task: Mapping[str, Any],
         now: str,
     ) -> Claim:
-        """Move the record from ``INITIALIZING`` to ``RUNNING`` for ``attempt_id``."""
+        """Move the record from ``INITIALIZING`` to ``RUNNING`` for ``attempt_id``; on ECS
+        the task's ARN goes to ``fargate_task_arn`` too, where plus-worker writes it."""
+        set_values: dict[str, Any] = {
+            "status": RUNNING,
+            "started_at": now,
+            "updated_at": now,
+            "heartbeat_at": now,
+            "attempt_id": attempt_id,
+            "claimed_by": claimed_by,
+            "task": dict(task),
+        }
+        task_arn = task.get("task_arn")
+        if isinstance(task_arn, str):
+            set_values["fargate_task_arn"] = task_arn
         try:
             await self._update(
                 job_id,
                 expect={"status": INITIALIZING},
-                set_values={
-                    "status": RUNNING,
-                    "started_at": now,
-                    "updated_at": now,
-                    "heartbeat_at": now,
-                    "attempt_id": attempt_id,
-                    "claimed_by": claimed_by,
-                    "task": dict(task),
-                },
+                set_values=set_values,
                 remove=[
                     "completed_at",
                     "exit_code",

@@ -34,6 +34,7 @@ from contrib.ephemeral import (
     run_ephemeral,
 )
 from contrib.ephemeral._bundle import open_s3_client
+from contrib.ephemeral._runner import runner_arch
 from tests.aws_harness import (
     PY,
     REGION,
@@ -42,6 +43,7 @@ from tests.aws_harness import (
     Moto,
     Route,
     agent_process,
+    json_route,
     moto_server,
     point_at,
 )
@@ -223,7 +225,7 @@ async def test_one_job_end_to_end(ci: Ci, tmp_path: Path) -> None:
     assert message["error"] is None
     assert message["started_at"] <= message["completed_at"]
     assert message["duration_seconds"] >= 0
-    lines = ci.log_lines("/ci/runners", f"ci-1/{ci.instance_id}")
+    lines = ci.log_lines("/ci/runners", f"{ci.instance_id}/ci-1")
     assert "runner says hello from runner" in lines
     assert not (tmp_path / "work").exists()
     assert (tmp_path / "cache" / f"{bundle.sha256}.tar.gz").is_file()
@@ -607,3 +609,258 @@ async def test_a_log_that_cannot_be_opened_is_still_reported(
     assert "cannot resolve the logs endpoint" in message["error"]
     assert ci.instance_state() in ("shutting-down", "terminated")
     assert not (tmp_path / "work").exists()
+
+
+# ----------------------------------------------------------------------- runs-fleet
+
+RUNNER_VERSION = "2.999.0"
+JIT_TOKEN = "eyJqaXQiOiAic2VjcmV0LWppdC1jb25maWctNzc3In0="
+
+
+def fake_runner(listing: Path) -> dict[str, str]:
+    """A runner tarball whose run.sh behaves as the actions runner does with a JIT
+    configuration: it reads it from ACTIONS_RUNNER_INPUT_JITCONFIG (or --jitconfig),
+    removes it from its environment, and runs one job step, which records every process
+    command line it can see (``listing``) and whether the variable reached it."""
+    run_sh = """#!/bin/sh
+token="${ACTIONS_RUNNER_INPUT_JITCONFIG:-}"
+if [ "${1:-}" = "--jitconfig" ]; then token="$2"; fi
+unset ACTIONS_RUNNER_INPUT_JITCONFIG
+[ -n "$token" ] || { echo "no jit config"; exit 3; }
+echo "jit config received: $(printf %s "$token" | sha256sum | cut -c1-16), args: $#"
+trap 'echo "runner got SIGTERM"; exit 0' TERM
+./step.sh &
+wait $!
+"""
+    step_sh = f"""#!/bin/sh
+for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$f" 2>/dev/null; echo; done > {listing}
+if env | grep -q ACTIONS_RUNNER_INPUT_; then seen=yes; else seen=no; fi
+echo "step saw the token in its environment: $seen"
+echo "step runs in $(basename "$PWD") as job $FARMHAND_JOB_ID"
+if [ -n "${{HOLD:-}}" ]; then : > "$HOLD"; sleep 600 & wait $!; fi
+"""
+    return {"run.sh": run_sh, "step.sh": step_sh}
+
+
+@attrs.define
+class GitHub:
+    """A fake GitHub releases API on loopback, serving ``tarball`` as the latest runner."""
+
+    http: FakeHttp
+    tarball: bytes
+
+    @property
+    def asset(self) -> str:
+        return f"actions-runner-linux-{runner_arch()}-{RUNNER_VERSION}.tar.gz"
+
+    def downloads(self) -> int:
+        return sum(1 for _, path, _ in self.http.seen if path.startswith("/download/"))
+
+
+@pytest.fixture
+def github(tmp_path: Path) -> Iterator[GitHub]:
+    tarball = make_tar_gz(fake_runner(tmp_path / "listing.txt"))
+    with FakeHttp({}) as http:
+        fake = GitHub(http, tarball)
+        release = {
+            "tag_name": f"v{RUNNER_VERSION}",
+            "assets": [
+                {"name": "actions-runner-osx-x64-2.999.0.tar.gz", "browser_download_url": "x"},
+                {
+                    "name": fake.asset,
+                    "browser_download_url": f"{http.url}/download/{fake.asset}",
+                    "digest": f"sha256:{hashlib.sha256(tarball).hexdigest()}",
+                },
+            ],
+        }
+        http.routes["GET /repos/actions/runner/releases/latest"] = json_route(release)
+        http.routes[f"GET /download/{fake.asset}"] = lambda _request: (200, {}, tarball)
+        yield fake
+
+
+def runs_fleet_document(job_id: str = "4711") -> dict[str, Any]:
+    """runs-fleet's SSM document, as its orchestrator writes it."""
+    return {
+        "org": "acme",
+        "repo": "acme/app",
+        "jit_token": JIT_TOKEN,
+        "labels": ["runs-fleet=123", "runner=2cpu-linux-arm64"],
+        "runner_group": "default",
+        "job_id": job_id,
+    }
+
+
+def runs_fleet_environment(ci: Ci, bucket: str, log_group: str) -> dict[str, str]:
+    """An instance's environment exactly as runs-fleet's bootstrap sets it (plus the
+    endpoint that points AWS at moto)."""
+    return {
+        "RUNS_FLEET_INSTANCE_ID": ci.instance_id,
+        "RUNS_FLEET_SSM_PARAMETER": "/runs-fleet/runners/{instance-id}/config",
+        "RUNS_FLEET_LOG_GROUP": log_group,
+        "RUNS_FLEET_MAX_RUNTIME": "30",
+        "RUNS_FLEET_CONFIG_BUCKET": bucket,
+        "RUNS_FLEET_TERMINATION_QUEUE_URL": ci.queue_url,
+        **ci.moto.env(),
+    }
+
+
+def new_instance(ci: Ci) -> Ci:
+    reservation = ci.moto.client("ec2").run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1
+    )
+    return attrs.evolve(ci, instance_id=reservation["Instances"][0]["InstanceId"])
+
+
+async def test_a_runs_fleet_instance_runs_unchanged(ci: Ci, github: GitHub, tmp_path: Path) -> None:
+    """runs-fleet's environment and SSM document, unchanged: the runner release is found,
+    downloaded and written back to the S3 cache (the next instance takes it from there),
+    unpacked, run just in time with the token in its environment only, the runner
+    directory cleaned, the message sent and the instance terminated. The token is in no
+    log, no CloudWatch stream, no command line the job can see."""
+    listing = tmp_path / "listing.txt"
+    group = "/runs-fleet/runners"
+    cache_key = f"runners/{RUNNER_VERSION}/{runner_arch()}/actions-runner-{RUNNER_VERSION}.tar.gz"
+    for round_, instance in enumerate([ci, new_instance(ci)]):
+        instance.parameter = f"/runs-fleet/runners/{instance.instance_id}/config"
+        instance.put_text(json.dumps(runs_fleet_document(f"47{round_}")))
+        env = runs_fleet_environment(instance, ci.bucket, group)
+        if round_ == 1:
+            # Without it the parameter is runs-fleet's own path for the instance.
+            del env["RUNS_FLEET_SSM_PARAMETER"]
+        args = ["ephemeral", "--github-api-url", github.http.url, "--log-format", "json"]
+        async with agent_process(args, env=env) as agent:
+            assert await agent.wait() == 0, agent.stderr_lines[-5:]
+        message = instance.only_message()
+        assert set(message) == {
+            "instance_id",
+            "job_id",
+            "status",
+            "exit_code",
+            "duration_seconds",
+            "started_at",
+            "completed_at",
+        }
+        assert (message["instance_id"], message["job_id"]) == (instance.instance_id, f"47{round_}")
+        assert (message["status"], message["exit_code"]) == ("success", 0)
+        assert isinstance(message["duration_seconds"], int)
+        lines = instance.log_lines(group, f"{instance.instance_id}/47{round_}")
+        digest = hashlib.sha256(JIT_TOKEN.encode()).hexdigest()[:16]
+        assert f"jit config received: {digest}, args: 0" in lines
+        assert "step saw the token in its environment: no" in lines
+        assert f"step runs in actions-runner as job 47{round_}" in lines
+        assert not any(JIT_TOKEN in line for line in lines)
+        assert not any(JIT_TOKEN in line for line in agent.stderr_lines)
+        assert JIT_TOKEN not in agent.stdout.decode()
+        listed = listing.read_text()
+        assert "step.sh" in listed
+        assert JIT_TOKEN not in listed
+        assert not await trio.Path(agent.find("ephemeral.cleaned")["work_dir"]).exists()
+        assert instance.instance_state() in ("shutting-down", "terminated")
+        assert agent.find("ephemeral.running")["timeout"] <= 30 * 60
+        if round_ == 0:
+            agent.find("runner.cache_written")
+        else:
+            assert agent.find("runner.cached")["version"] == RUNNER_VERSION
+        # Downloaded once: the second instance took the runner from the S3 cache.
+        assert github.downloads() == 1
+        cached = ci.moto.client("s3").get_object(Bucket=ci.bucket, Key=cache_key)
+        assert cached["Body"].read() == github.tarball
+
+
+async def test_a_runs_fleet_runner_gets_sigterm_with_90_seconds_grace(
+    ci: Ci, github: GitHub, tmp_path: Path
+) -> None:
+    """SIGTERM to the agent is forwarded to the runner, with runs-fleet's 90 s grace;
+    the message says interrupted (by SIGTERM) and the instance is terminated."""
+    ci.parameter = f"/runs-fleet/runners/{ci.instance_id}/config"
+    ci.put_text(json.dumps(runs_fleet_document()))
+    gate = Gate(tmp_path)
+    env = {
+        **runs_fleet_environment(ci, ci.bucket, "/runs-fleet/runners"),
+        "HOLD": str(gate.started),
+    }
+    args = ["ephemeral", "--github-api-url", github.http.url, "--log-format", "json"]
+    async with agent_process(args, env=env) as agent:
+        await gate.wait_started()
+        agent.process.send_signal(signal.SIGTERM)
+        assert await agent.wait() == 143
+    stopped = agent.find("jobrun.stop_requested")
+    assert (stopped["grace"], stopped["status"]) == (90.0, "interrupted")
+    message = ci.only_message()
+    assert (message["status"], message["interrupted_by"], message["exit_code"]) == (
+        "interrupted",
+        "SIGTERM",
+        -1,
+    )
+    assert "runner got SIGTERM" in ci.log_lines("/runs-fleet/runners", f"{ci.instance_id}/4711")
+    assert ci.instance_state() in ("shutting-down", "terminated")
+
+
+def test_the_runs_fleet_document_is_read_as_is() -> None:
+    """runs-fleet's SSM document parses (jit_token included); the token is in no repr and
+    no error; an unknown key is still refused."""
+    config = JobConfig.from_json(json.dumps(runs_fleet_document()), source="p")
+    assert config.runner is not None
+    assert (config.job_id, config.runner.org, config.runner.labels) == (
+        "4711",
+        "acme",
+        ("runs-fleet=123", "runner=2cpu-linux-arm64"),
+    )
+    assert JIT_TOKEN not in repr(config)
+    with pytest.raises(ConfigError, match="unknown key 'jit_tokn'") as raised:
+        JobConfig.from_json(json.dumps({**runs_fleet_document(), "jit_tokn": "x"}), source="p")
+    assert JIT_TOKEN not in str(raised.value)
+    with pytest.raises(ConfigError, match="'jit_token' must be a non-empty string"):
+        JobConfig.from_json(json.dumps({**runs_fleet_document(), "jit_token": ""}), source="p")
+
+
+async def test_a_runner_release_that_cannot_be_had_is_reported(
+    ci: Ci, github: GitHub, tmp_path: Path
+) -> None:
+    """A release without a tarball for this machine: a failure message naming it, nothing
+    runs, the instance still ends (exit 2); a tarball whose digest is not the release's
+    is not run either."""
+    ci.put_text(json.dumps(runs_fleet_document()))
+    github.http.routes["GET /repos/actions/runner/releases/latest"] = json_route(
+        {"tag_name": "v2.999.0", "assets": []}
+    )
+    assert (
+        await run_ephemeral(
+            settings(ci, tmp_path, github_api_url=github.http.url, queue_url=ci.queue_url)
+        )
+        == 2
+    )
+    message = ci.only_message()
+    assert (message["status"], message["exit_code"]) == ("failure", -1)
+    assert message["error"] == f"runner: release v2.999.0 has no asset {github.asset}"
+    assert ci.instance_state() in ("shutting-down", "terminated")
+
+    other = new_instance(ci)
+    other.put_text(json.dumps(runs_fleet_document()))
+    release = {
+        "tag_name": "v2.999.0",
+        "assets": [
+            {
+                "name": github.asset,
+                "browser_download_url": f"{github.http.url}/download/{github.asset}",
+                "digest": "sha256:" + "0" * 64,
+            }
+        ],
+    }
+    github.http.routes["GET /repos/actions/runner/releases/latest"] = json_route(release)
+    work = tmp_path / "work2"
+    status = await run_ephemeral(
+        settings(
+            other,
+            tmp_path,
+            github_api_url=github.http.url,
+            work_dir=work,
+            runner_bucket=ci.bucket,
+            queue_url=ci.queue_url,
+        )
+    )
+    assert status == 2
+    assert "its sha256 is not the release's" in other.only_message()["error"]
+    cache_key = f"runners/{RUNNER_VERSION}/{runner_arch()}/actions-runner-{RUNNER_VERSION}.tar.gz"
+    listed = ci.moto.client("s3").list_objects_v2(Bucket=ci.bucket, Prefix=cache_key)
+    assert listed.get("KeyCount", 0) == 0

@@ -7,8 +7,10 @@ real subprocess.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import boto3
+import botocore.exceptions
 import pytest
 import structlog
 import trio
@@ -362,7 +366,7 @@ async def test_record_taken_over_cancels_the_job(aws_env: Moto, table: str, tmp_
             {"command": ["true"]},
             "RUN_COLLECTION",
             {},
-            "run mode RUN_COLLECTION needs COLLECTION_ID",
+            "run mode RUN_COLLECTION needs COLLECTION_OWNER or COLLECTION_ID",
         ),
         (
             {"command": ["true"], "collection_id": "a"},
@@ -462,6 +466,55 @@ async def test_two_tasks_never_run_one_record(aws_env: Moto, table: str, tmp_pat
     assert sorted(codes) == [0, 3]
     assert ran.read_text() == "ran\n"
     assert get_record(aws_env, table, "job-r")["status"] == "SUCCEEDED"
+
+
+def test_the_stand_in_applies_conditional_writes_atomically(aws_env: Moto, table: str) -> None:
+    """The harness's moto applies a conditional write as DynamoDB does: of claims
+    racing on one record, exactly one lands (unlocked, moto let several through,
+    which is what failed test_two_tasks_never_run_one_record under load)."""
+    racers = 8
+    clients = [boto3_client(aws_env) for _ in range(racers)]
+    for round_ in range(25):
+        job_id = f"job-atomic-{round_}"
+        put_record(aws_env, table, job_id, command=["true"])
+        barrier = threading.Barrier(racers)
+
+        def claim(index: int, job_id: str = job_id, barrier: threading.Barrier = barrier) -> bool:
+            barrier.wait()
+            try:
+                clients[index].update_item(
+                    TableName=table,
+                    Key={"job_id": {"S": job_id}},
+                    UpdateExpression="SET #s = :r, attempt_id = :a",
+                    ConditionExpression="#s = :i",
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues={
+                        ":r": {"S": "RUNNING"},
+                        ":i": {"S": "INITIALIZING"},
+                        ":a": {"S": str(index)},
+                    },
+                )
+            except botocore.exceptions.ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                return False
+            return True
+
+        with concurrent.futures.ThreadPoolExecutor(racers) as pool:
+            won = list(pool.map(claim, range(racers)))
+        assert won.count(True) == 1, (round_, won)
+        assert get_record(aws_env, table, job_id)["attempt_id"] == str(won.index(True))
+
+
+def boto3_client(moto: Moto) -> Any:
+    """A DynamoDB client of its own (boto3 clients are not shared between threads here)."""
+    return boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=moto.url,
+        region_name="us-west-2",
+        aws_access_key_id="AKIDFARMHANDTEST",
+        aws_secret_access_key="farmhand-test-secret",
+    )
 
 
 async def test_sigterm_interrupts_the_job(aws_env: Moto, table: str, tmp_path: Path) -> None:
@@ -665,3 +718,195 @@ async def test_record_without_a_status_is_left_alone(
     )
     assert await run_oneshot(settings(table, "job-ns", tmp_path)) == 3
     assert get_record(aws_env, table, "job-ns") == {"job_id": "job-ns", "command": ["true"]}
+
+
+# ----------------------------------------------------------------------- plus-worker
+
+
+def plus_worker_table(moto: Moto) -> str:
+    """A table as plus-worker's: records keyed by ``object_id``."""
+    name = f"plus-jobs-{uuid.uuid4().hex[:8]}"
+    moto.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "object_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "object_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return name
+
+
+def put_plus_record(moto: Moto, table: str, object_id: str, **attributes: Any) -> None:
+    item = {"object_id": object_id, "status": "INITIALIZING", **attributes}
+    moto.client("dynamodb").put_item(
+        TableName=table, Item={name: _TO.serialize(value) for name, value in item.items()}
+    )
+
+
+def get_plus_record(moto: Moto, table: str, object_id: str) -> dict[str, Any]:
+    answer = moto.client("dynamodb").get_item(
+        TableName=table, Key={"object_id": {"S": object_id}}, ConsistentRead=True
+    )
+    return {name: _FROM.deserialize(value) for name, value in answer["Item"].items()}
+
+
+#: The job of the plus-worker test: it reads its own record while it runs (the
+#: task's ACCESS_KEY/SECRET_KEY and REGION are all it has) and prints what it sees.
+PLUS_JOB = """
+import os, boto3
+ddb = boto3.client("dynamodb", region_name=os.environ["REGION"],
+                   aws_access_key_id=os.environ["ACCESS_KEY"],
+                   aws_secret_access_key=os.environ["SECRET_KEY"])
+item = ddb.get_item(TableName=os.environ["DYNAMO_TABLE"], ConsistentRead=True,
+                    Key={"object_id": {"S": os.environ["JOB_ID"]}})["Item"]
+print("while running:", item["status"]["S"], item["fargate_task_arn"]["S"], item["started_at"]["S"])
+print("collection:", os.environ["COLLECTION_OWNER"], os.environ["COLLECTION_ID"])
+print("user:", os.environ["USERNAME"], os.environ["PRIMARY_BUCKET"], os.environ["DYNAMO_STREAMS_TABLE"])
+"""
+
+TASK_ARN = "arn:aws:ecs:us-west-2:123456789012:task/plus-worker-cluster/0123456789abcdef"
+
+
+def plus_worker_environment(moto: Moto, table: str, metadata_url: str) -> dict[str, str]:
+    """The task definition's environment exactly as plus-worker's README gives it (plus
+    the endpoint that points AWS at moto, and the metadata URI ECS itself sets)."""
+    return {
+        "RUN_MODE": "RUN_COLLECTION",
+        "JOB_ID": "host/alice/job.0001",
+        "USERNAME": "alice",
+        "REGION": "us-west-2",
+        "ACCESS_KEY": "AKIDPLUSWORKER",
+        "SECRET_KEY": "plus-worker-secret",
+        "DYNAMO_TABLE": table,
+        "DYNAMO_STREAMS_TABLE": "plus-streams",
+        "PRIMARY_BUCKET": "plus-files",
+        "COLLECTION_OWNER": "alice/collection.photos",
+        "ECS_CONTAINER_METADATA_URI_V4": metadata_url,
+        "AWS_ENDPOINT_URL": moto.url,
+    }
+
+
+#: What farmhand must find without: the AWS SDK's own names for region and keys.
+NOT_IN_PLUS_WORKER = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "JOB_TABLE",
+)
+
+
+async def test_a_plus_worker_task_definition_runs_unchanged(aws_env: Moto, tmp_path: Path) -> None:
+    """plus-worker's documented environment, unchanged, with `python -m agent oneshot`:
+    the record (keyed object_id) goes INITIALIZING -> RUNNING with started_at and
+    fargate_task_arn from the task metadata -> SUCCEEDED with completed_at and
+    updated_at; the job sees the collection and the deployment's variables."""
+    table = plus_worker_table(aws_env)
+    put_plus_record(aws_env, table, "host/alice/job.0001", command=py_command(PLUS_JOB))
+    task = {"TaskARN": TASK_ARN, "Cluster": "plus-worker-cluster", "LaunchType": "FARGATE"}
+    with FakeHttp({"GET /task": json_route(task)}) as metadata:
+        env = plus_worker_environment(aws_env, table, metadata.url)
+        async with agent_process(
+            ["oneshot", "--work-dir", str(tmp_path / "work"), "--log-format", "json"],
+            env=env,
+            unset=NOT_IN_PLUS_WORKER,
+        ) as agent:
+            assert await agent.wait() == 0, agent.stderr_lines[-5:]
+    record = get_plus_record(aws_env, table, "host/alice/job.0001")
+    assert record["status"] == "SUCCEEDED"
+    assert record["fargate_task_arn"] == TASK_ARN
+    assert record["started_at"] <= record["completed_at"] == record["updated_at"]
+    lines = log_lines(aws_env, record)
+    assert f"while running: RUNNING {TASK_ARN} {record['started_at']}" in lines
+    assert "collection: alice/collection.photos alice/collection.photos" in lines
+    assert "user: alice plus-files plus-streams" in lines
+    assert not any("plus-worker-secret" in line for line in agent.stderr_lines)
+
+
+@pytest.mark.parametrize(
+    ("missing", "extra", "error"),
+    [
+        ("PRIMARY_BUCKET", {}, "missing required environment variable PRIMARY_BUCKET"),
+        (
+            "COLLECTION_OWNER",
+            {},
+            "run mode RUN_COLLECTION needs COLLECTION_OWNER",
+        ),
+        (
+            "ACTION_ID",
+            {"RUN_MODE": "RUN_ACTION"},
+            "run mode RUN_ACTION needs ACTION_ID",
+        ),
+        (
+            None,
+            {"RUN_MODE": "RUN_ACTION", "ACTION_ID": "resize"},
+            "run mode RUN_ACTION is not supported without an action runner",
+        ),
+    ],
+)
+async def test_a_plus_worker_variable_missing_is_on_the_record(
+    aws_env: Moto, tmp_path: Path, missing: str | None, extra: dict[str, str], error: str
+) -> None:
+    """A variable the run mode needs and the task lacks: a clear error in the log and
+    on the record (FAILED, error_message), nothing runs, exit 2."""
+    table = plus_worker_table(aws_env)
+    ran = tmp_path / "ran"
+    put_plus_record(
+        aws_env,
+        table,
+        "host/alice/job.0001",
+        command=py_command(f"open({str(ran)!r}, 'w').close()"),
+    )
+    env = {**plus_worker_environment(aws_env, table, ""), **extra}
+    env.pop("ECS_CONTAINER_METADATA_URI_V4")
+    args = ["oneshot", "--work-dir", str(tmp_path / "work"), "--log-format", "json"]
+    async with agent_process(
+        args, env=env, unset=(*NOT_IN_PLUS_WORKER, *([missing] if missing else []))
+    ) as agent:
+        assert await agent.wait() == 2
+    assert error in agent.find("oneshot.invalid_record")["error"]
+    record = get_plus_record(aws_env, table, "host/alice/job.0001")
+    assert record["status"] == "FAILED"
+    assert error in record["error_message"]
+    assert "completed_at" in record
+    assert not ran.exists()
+
+
+async def test_a_plus_worker_task_without_its_table_says_so(tmp_path: Path) -> None:
+    """Without DYNAMO_TABLE (or JOB_ID) no record can be reached: the log says which, exit 2."""
+    async with agent_process(
+        ["oneshot"],
+        env={"JOB_ID": "j", "RUN_MODE": "RUN_SCRIPT"},
+        unset=("DYNAMO_TABLE", "JOB_TABLE"),
+    ) as agent:
+        assert await agent.wait() == 2
+    assert "--table required (or DYNAMO_TABLE / JOB_TABLE and JOB_ID)" in "\n".join(
+        agent.stderr_lines
+    )
+
+
+async def test_run_action_with_an_action_runner(aws_env: Moto, table: str, tmp_path: Path) -> None:
+    """RUN_ACTION runs the task's action runner with ACTION_ID in its environment."""
+    put_record(aws_env, table, "job-act", action_id="resize")
+    code = "import os; print('action', os.environ['ACTION_ID'])"
+    status = await run_oneshot(
+        settings(
+            table,
+            "job-act",
+            tmp_path,
+            run_mode="RUN_ACTION",
+            action_command=f"{PY} -c {json.dumps(code)}",
+        )
+    )
+    assert status == 0
+    record = get_record(aws_env, table, "job-act")
+    assert record["status"] == "SUCCEEDED"
+    assert "action resize" in log_lines(aws_env, record)
+
+
+async def test_plus_worker_keys_come_in_pairs() -> None:
+    """ACCESS_KEY without SECRET_KEY is a clear error naming both, exit 2."""
+    env = {"DYNAMO_TABLE": "t", "JOB_ID": "j", "ACCESS_KEY": "AKIDPLUSWORKER"}
+    async with agent_process(["oneshot"], env=env, unset=("SECRET_KEY",)) as agent:
+        assert await agent.wait() == 2
+    assert "ACCESS_KEY is set but SECRET_KEY is not" in "\n".join(agent.stderr_lines)
