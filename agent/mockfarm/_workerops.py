@@ -225,6 +225,20 @@ class WorkerOperations(FarmBase):
             return {}
         return {"credentials": self._credentials()}
 
+    def AssumeQueueRoleForUser(self, p: dict[str, Any]) -> Mapping[str, Any]:
+        """Credentials for a user of the queue (``deadline queue export-credentials``,
+        submissions with job attachments): temporary keys the farm issued."""
+        self.queue(p["farmId"], p["queueId"])
+        return {"credentials": self._credentials()}
+
+    def AssumeQueueRoleForRead(self, p: dict[str, Any]) -> Mapping[str, Any]:
+        self.queue(p["farmId"], p["queueId"])
+        return {"credentials": self._credentials()}
+
+    def AssumeFleetRoleForRead(self, p: dict[str, Any]) -> Mapping[str, Any]:
+        self.fleet(p["farmId"], p["fleetId"])
+        return {"credentials": self._credentials()}
+
     def DeleteWorker(self, p: dict[str, Any]) -> Mapping[str, Any]:
         worker = self.worker(p)
         if worker.status not in ("CREATED", "STOPPED", "NOT_RESPONDING"):
