@@ -39,7 +39,7 @@ import math
 import os
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -389,6 +389,8 @@ class WorkSession:
         self._steps: dict[str, StepDetails] = {}
         self._environments: dict[str, EnvironmentDetails] = {}
         self._stream: LogStream | None = None
+        #: ``kind name`` of the latest action that started (labels an exit with no id).
+        self._last_started = "action"
         self._spool: Path | None = None
         self.finished = trio.Event()
 
@@ -714,6 +716,7 @@ class WorkSession:
             return
         action_id = event.action_id if not isinstance(event, SessionEnded) else None
         if isinstance(event, ActionStarted):
+            self._last_started = f"{event.kind.value} {event.name}"
             params = " ".join(f"{k}={v}" for k, v in event.parameters.items())
             self._write([f"==== {event.kind.value} {event.name} {params} ({action_id}) ===="])
             if action_id is not None:
@@ -745,13 +748,35 @@ class WorkSession:
                 ]
             )
         elif isinstance(event, ActionEnded):
+            fields = final_fields(event)
             if event.state is not ActionState.NEVER_ATTEMPTED:
                 code = f", exit code {event.exit_code}" if event.exit_code is not None else ""
-                self._write([f"==== {action_id} ended: {event.state.value}{code} ===="])
+                # An exit the worker runs on its own (a drain) has no action id.
+                label = action_id or f"{self._last_started} (run by the worker)"
+                self._write([f"==== {label} ended: {event.state.value}{code} ===="])
+                ended = fields["endedAt"]
+                assert isinstance(ended, datetime)
+                fields["endedAt"] = self._after_logged(ended)
             if action_id is not None:
-                await self._report(
-                    ActionReport(self.session_id, action_id, final_fields(event), True)
-                )
+                await self._report(ActionReport(self.session_id, action_id, fields, True))
+
+    def _after_logged(self, ended: datetime) -> datetime:
+        """``ended``, or just after the action's last log line if that is later.
+
+        Readers ask CloudWatch for an action's lines up to its ``endedAt``, which
+        excludes events stamped at that millisecond or later; the end line and the
+        failure message are stamped when they are written, after the process ended.
+        """
+        if self._stream is None:
+            return ended
+        # Two milliseconds on: a reader's float arithmetic (``int(t.timestamp() * 1000)``)
+        # may lose one, and the last line must stay before the bound.
+        after_ms = self._stream.last_timestamp_ms + 2
+        if int(ended.timestamp() * 1000) >= after_ms:
+            return ended
+        return datetime.fromtimestamp(after_ms // 1000, UTC) + timedelta(
+            milliseconds=after_ms % 1000
+        )
 
     def _write(self, lines: Any) -> None:
         if self._stream is not None:
