@@ -518,26 +518,11 @@ class AdminOperations(SchedulingPolicy):
 
     def _members(self, scope: str, p: Mapping[str, Any]) -> Mapping[str, Any]:
         ids = self._scope(scope, p)
-        names = {"farm": ("farmId",), "fleet": ("farmId", "fleetId")}.get(
-            scope, ("farmId", "queueId", "jobId")[: len(ids)]
-        )
         found = [
             m for m in self.state.admin.members.values() if m.scope == scope and m.scope_ids == ids
         ]
         page, token = _paginate(found, p)
-        return {
-            "members": [
-                {
-                    **dict(zip(names, m.scope_ids, strict=True)),
-                    "principalId": m.principal_id,
-                    "principalType": m.principal_type,
-                    "identityStoreId": m.identity_store_id,
-                    "membershipLevel": m.membership_level,
-                }
-                for m in page
-            ],
-            "nextToken": token,
-        }
+        return {"members": [_member_wire(m) for m in page], "nextToken": token}
 
     def AssociateMemberToFarm(self, p: dict[str, Any]) -> Mapping[str, Any]:
         return self._associate("farm", p)
@@ -585,22 +570,8 @@ class AdminOperations(SchedulingPolicy):
             and p.get("identityStoreId") in (None, m.identity_store_id)
         ]
         page, token = _paginate(found, p)
-        names = {
-            "farm": ("farmId",),
-            "fleet": ("farmId", "fleetId"),
-            "queue": ("farmId", "queueId"),
-            "job": ("farmId", "queueId", "jobId"),
-        }
         return {
-            "memberships": [
-                {
-                    m.scope: {
-                        **dict(zip(names[m.scope], m.scope_ids, strict=True)),
-                        "membershipLevel": m.membership_level,
-                    }
-                }
-                for m in page
-            ],
+            "memberships": [{m.scope: _member_wire(m)} for m in page],
             "nextToken": token,
         }
 
@@ -667,6 +638,24 @@ class AdminOperations(SchedulingPolicy):
     def DeleteVolume(self, p: dict[str, Any]) -> Mapping[str, Any]:
         self.fleet(p["farmId"], p["fleetId"])
         raise not_found("volume", p["volumeId"])
+
+
+_SCOPE_IDS = {
+    "farm": ("farmId",),
+    "fleet": ("farmId", "fleetId"),
+    "queue": ("farmId", "queueId"),
+    "job": ("farmId", "queueId", "jobId"),
+}
+
+
+def _member_wire(member: Member) -> dict[str, Any]:
+    return {
+        **dict(zip(_SCOPE_IDS[member.scope], member.scope_ids, strict=True)),
+        "principalId": member.principal_id,
+        "principalType": member.principal_type,
+        "identityStoreId": member.identity_store_id,
+        "membershipLevel": member.membership_level,
+    }
 
 
 _ARN_PATH: dict[str, tuple[str, ...]] = {

@@ -134,13 +134,15 @@ class Monitor:
 
 @attrs.define(eq=False)
 class StatisticsAggregation:
-    """A StartSessionsStatisticsAggregation request, answered when it is read."""
+    """A StartSessionsStatisticsAggregation request and its result (computed at once)."""
 
     aggregation_id: str
     farm_id: str
     #: The request as the codec parsed it.
     request: dict[str, Any]
     created_at: datetime
+    #: The ``statistics`` entries, as GetSessionsStatisticsAggregation pages them.
+    statistics: list[dict[str, Any]] = attrs.Factory(list)
 
 
 @attrs.define(eq=False)

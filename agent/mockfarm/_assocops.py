@@ -434,6 +434,7 @@ class AssociationOperations(SchedulingPolicy):
         aggregation = StatisticsAggregation(
             aggregation_id=new_hex(), farm_id=p["farmId"], request=dict(p), created_at=utcnow()
         )
+        aggregation.statistics = self._aggregate(aggregation)
         self.state.admin.aggregations[aggregation.aggregation_id] = aggregation
         return {"aggregationId": aggregation.aggregation_id}
 
@@ -442,6 +443,11 @@ class AssociationOperations(SchedulingPolicy):
         aggregation = self.state.admin.aggregations.get(p["aggregationId"])
         if aggregation is None or aggregation.farm_id != p["farmId"]:
             raise not_found("aggregation", p["aggregationId"])
+        page, token = _paginate(aggregation.statistics, p)
+        return {"statistics": page, "status": "COMPLETED", "nextToken": token}
+
+    def _aggregate(self, aggregation: StatisticsAggregation) -> list[dict[str, Any]]:
+        """Session time (and its cost) by the requested groups, over the window."""
         request = aggregation.request
         queue_ids = set(request["resourceIds"].get("queueIds") or ())
         fleet_ids = set(request["resourceIds"].get("fleetIds") or ())
@@ -498,8 +504,7 @@ class AssociationOperations(SchedulingPolicy):
                 aggregationEndTime=end,
             )
             statistics.append(entry)
-        page, token = _paginate(statistics, p)
-        return {"statistics": page, "status": "COMPLETED", "nextToken": token}
+        return statistics
 
 
 def _stats(values: list[float], wanted: set[str]) -> dict[str, float]:
