@@ -58,6 +58,7 @@ def setup_lines(
         f"  aws_secret_access_key = {shown_secret}",
         "The deadline CLI (pip install deadline), with the exports or the profile:",
         f"  deadline config set defaults.aws_profile_name {PROFILE}   # with the profile only",
+        f"  deadline config set settings.deadline_regions {info['region']}   # farm list: one region",
         f"  deadline config set defaults.farm_id {info['farmId']}",
         f"  deadline config set defaults.queue_id {info['queueId']}",
         "  deadline config set telemetry.opt_out true",
