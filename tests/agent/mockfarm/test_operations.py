@@ -291,7 +291,8 @@ async def test_search_filters_sorts_and_offsets(farm: MockFarm) -> None:
         base = {"farmId": ids["farm"], "queueIds": [ids["queue"]]}
         everything = deadline.search_jobs(**base, itemOffset=0)
         assert everything["totalResults"] == 2 and "nextItemOffset" not in everything
-        paged, offset = [], 0
+        paged: list[dict[str, Any]] = []
+        offset: int | None = 0
         while offset is not None:
             page = deadline.search_jobs(**base, itemOffset=offset, pageSize=1)
             paged += page["jobs"]
@@ -617,17 +618,22 @@ async def test_cloudwatch_reads_both_directions_and_filters(farm: MockFarm) -> N
             ("a", "a line 1 ERROR"),
             ("b", "b line 1 ERROR"),
         ]
-        paged, token = [], None
+        paged_messages: list[str] = []
+        token: str | None = None
         while True:
-            kwargs = {"nextToken": token} if token else {}
+            kwargs: dict[str, Any] = {"nextToken": token} if token else {}
             result = logs.filter_log_events(
                 logGroupName=group, logStreamNames=["b"], limit=2, endTime=base + 5, **kwargs
             )
-            paged += [e["message"] for e in result["events"]]
+            paged_messages += [e["message"] for e in result["events"]]
             token = result.get("nextToken")
             if not token:
                 break
-        assert paged == ["b line 0 INFO", "b line 1 ERROR", "b line 2 INFO"]  # endTime inclusive
+        assert paged_messages == [
+            "b line 0 INFO",
+            "b line 1 ERROR",
+            "b line 2 INFO",
+        ]  # endTime inclusive
         phrase = logs.filter_log_events(logGroupName=group, filterPattern='"ERROR boom"')
         assert len(phrase["events"]) == 2
         invalid = error_of(
