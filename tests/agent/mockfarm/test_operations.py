@@ -451,6 +451,16 @@ async def test_administrative_records_have_service_semantics(farm: MockFarm) -> 
         deadline.tag_resource(resourceArn=farm_arn, tags={"team": "fx", "show": "x"})
         deadline.untag_resource(resourceArn=farm_arn, tagKeys=["show"])
         assert deadline.list_tags_for_resource(resourceArn=farm_arn)["tags"] == {"team": "fx"}
+        tagged = deadline.create_queue(
+            farmId=farm_id,
+            displayName="tagged",
+            tags={"cost": "42"},
+            allowedStorageProfileIds=[profile["storageProfileId"]],
+        )["queueId"]
+        queue_arn = f"{farm_arn}/queue/{tagged}"
+        assert deadline.list_tags_for_resource(resourceArn=queue_arn)["tags"] == {"cost": "42"}
+        shown = deadline.get_queue(farmId=farm_id, queueId=tagged)
+        assert shown["allowedStorageProfileIds"] == [profile["storageProfileId"]]
         fleet = ids["fleets"][0]
         association = deadline.get_queue_fleet_association(
             farmId=farm_id, queueId=queue_id, fleetId=fleet
@@ -642,3 +652,56 @@ async def test_cloudwatch_reads_both_directions_and_filters(farm: MockFarm) -> N
         assert invalid["Code"] == "InvalidParameterException"
 
     await in_thread(scenario)
+
+
+async def test_a_spent_budget_stops_its_queue(farm: MockFarm) -> None:
+    """Worker time counts against the queue's budget; at the threshold scheduling stops."""
+    deadline = farm.boto3_client("deadline")
+
+    def scenario() -> tuple[int, dict[str, Any], dict[str, Any]]:
+        where = {"farmId": farm.farm_id, "queueId": farm.queue_id}
+        budget_id = deadline.create_budget(
+            farmId=farm.farm_id,
+            displayName="tight",
+            usageTrackingResource={"queueId": farm.queue_id},
+            approximateDollarLimit=1.0,
+            actions=[{"type": "STOP_SCHEDULING_AND_COMPLETE_TASKS", "thresholdPercentage": 50}],
+            schedule={
+                "fixed": {
+                    "startTime": datetime.now(UTC) - timedelta(days=1),
+                    "endTime": datetime.now(UTC) + timedelta(days=1),
+                }
+            },
+        )["budgetId"]
+
+        def submit(name: str) -> None:
+            template = job_template(frames="1")
+            template["name"] = name
+            deadline.create_job(
+                **where, template=json.dumps(template), templateType="JSON", priority=50
+            )
+
+        submit("first")
+        worker = ScriptedWorker(deadline, farm.farm_id, farm.fleet_id)
+        worker.start()
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        # The first job's task "ran" for an hour: $1 at $1 an hour, over the 50% threshold.
+        worker.run(lambda _action: completed(startedAt=an_hour_ago))
+        submit("second")
+        sessions = len(worker.sync()["assignedSessions"])
+        return (
+            sessions,
+            deadline.get_budget(farmId=farm.farm_id, budgetId=budget_id),
+            deadline.get_queue(**where),
+        )
+
+    sessions, budget, queue = await in_thread(scenario)
+    assert budget["usages"]["approximateDollarUsage"] >= 0.99
+    assert budget["queueStoppedAt"] is not None
+    assert (queue["status"], queue["blockedReason"]) == (
+        "SCHEDULING_BLOCKED",
+        "BUDGET_THRESHOLD_REACHED",
+    )
+    assert sessions == 0
+    statuses = {j.name: j.status for j in farm.state.jobs.values()}
+    assert statuses == {"first": "SUCCEEDED", "second": "READY"}
