@@ -135,7 +135,7 @@ class AssociationOperations(SchedulingPolicy):
     def DeleteQueue(self, p: dict[str, Any]) -> Mapping[str, Any]:
         queue = self.queue(p["farmId"], p["queueId"])
         jobs = [j for j in self.state.jobs.values() if j.queue is queue]
-        active = [j.job_id for j in jobs if j.status not in _TERMINAL_JOB]
+        active = [j.job_id for j in jobs if j.status not in _TERMINAL_JOB or j.active_sessions]
         if active:
             raise conflict(
                 "RESOURCE_IN_USE",
