@@ -350,4 +350,3 @@ class Containment:
             if self._registration_path is not None:
                 self._registration_path.unlink(missing_ok=True)
             registration.close()
-

@@ -262,6 +262,11 @@ class LogStream:
             self._shipped = self._written
         self._wake()
 
+    @property
+    def last_timestamp_ms(self) -> int:
+        """The timestamp (ms since the epoch) of the latest line written (0: none yet)."""
+        return self._last_ms
+
     def close(self) -> None:
         """No more writes; the uploader ships the rest, then ends."""
         if not self._closed:

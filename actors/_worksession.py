@@ -39,7 +39,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -304,6 +304,8 @@ class WorkSession:
         self._environments: dict[str, EnvironmentDetails] = {}
         self._kinds: dict[str, ActionKind] = {}
         self._stream: LogStream | None = None
+        #: ``kind name`` of the latest action that started (labels an exit with no id).
+        self._last_started = "action"
         self._spool: Path | None = None
 
     # ---- the session's task
@@ -692,6 +694,7 @@ class WorkSession:
         if isinstance(event, ActionStarted):
             if action_id is not None:
                 self._kinds[action_id] = event.kind
+            self._last_started = f"{event.kind.value} {event.name}"
             params = " ".join(f"{k}={v}" for k, v in event.parameters.items())
             self._write([f"==== {event.kind.value} {event.name} {params} ({action_id}) ===="])
             if action_id is not None:
@@ -729,11 +732,34 @@ class WorkSession:
                 ]
             )
         elif isinstance(event, ActionEnded):
+            update = final_update(self.session_id, event) if action_id is not None else None
             if event.state is not ActionState.NEVER_ATTEMPTED:
                 code = f", exit code {event.exit_code}" if event.exit_code is not None else ""
-                self._write([f"==== {action_id} ended: {event.state.value}{code} ===="])
-            if action_id is not None:
-                await self._report(final_update(self.session_id, event))
+                # An exit the worker runs on its own (a drain) has no action id.
+                label = action_id or f"{self._last_started} (run by the worker)"
+                self._write([f"==== {label} ended: {event.state.value}{code} ===="])
+                if update is not None and update.ended_at is not None:
+                    update = attrs.evolve(update, ended_at=self._after_logged(update.ended_at))
+            if update is not None:
+                await self._report(update)
+
+    def _after_logged(self, ended: datetime) -> datetime:
+        """``ended``, or just after the action's last log line if that is later.
+
+        Readers ask CloudWatch for an action's lines up to its ``endedAt``, which
+        excludes events stamped at that millisecond or later; the end line and the
+        failure message are stamped when they are written, after the process ended.
+        """
+        if self._stream is None:
+            return ended
+        # Two milliseconds on: a reader's float arithmetic (``int(t.timestamp() * 1000)``)
+        # may lose one, and the last line must stay before the bound.
+        after_ms = self._stream.last_timestamp_ms + 2
+        if int(ended.timestamp() * 1000) >= after_ms:
+            return ended
+        return datetime.fromtimestamp(after_ms // 1000, UTC) + timedelta(
+            milliseconds=after_ms % 1000
+        )
 
     def _write(self, lines: Any) -> None:
         if self._stream is not None:

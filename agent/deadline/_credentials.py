@@ -109,7 +109,12 @@ class CredentialHolder:
             return self._frozen
         credentials = self._credentials
         if credentials is None:
-            raise CredentialsError("no credentials to sign requests with")
+            raise CredentialsError(
+                "no credentials to sign requests with: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (any pair for a mock farm on loopback; the pair "
+                "`mockfarm serve` prints when it verifies signatures), or AWS_PROFILE / "
+                "--profile naming a profile that has keys"
+            )
         if (
             isinstance(credentials, botocore.credentials.RefreshableCredentials)
             and credentials.refresh_needed()

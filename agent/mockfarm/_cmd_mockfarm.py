@@ -37,6 +37,7 @@ from ._farm import FarmConfig
 from ._faults import FaultConfig
 from ._mockfarm import make_client, open_mock_farm
 from ._s3 import DEFAULT_BUCKET, S3Config, S3Unavailable, moto_available
+from ._setup import setup_lines
 
 DEFAULT_PORT = 18080
 ENDPOINT_ENV = "FARMHAND_MOCKFARM_ENDPOINT"
@@ -338,29 +339,21 @@ async def _serve_until_signal(
             config=config, faults=faults, host=args.host, port=args.port, keys=keys, s3=s3
         ) as farm:
             tune_gc()
-            info = farm.info()
-            print(f"mock farm listening on {farm.endpoint_url}", flush=True)
-            print(f"  farm  {info['farmId']}\n  fleet {info['fleetId']}\n  queue {info['queueId']}")
+            key_id, secret = farm.access_key
+            for line in setup_lines(
+                farm.info(),
+                (key_id, secret),
+                verified=keys is not None,
+                secret_known=keys is None or generated,
+                endpoint_env=ENDPOINT_ENV,
+            ):
+                print(line)
             if farm.s3 is not None:
                 print(
-                    f"  job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
-                    f"at {farm.s3_endpoint_url}"
+                    f"job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
+                    f"at {farm.s3_endpoint_url} (export AWS_ENDPOINT_URL_S3={farm.s3_endpoint_url})"
                 )
-            print("point boto3 or a worker agent at it with:")
-            for name, value in farm.environ().items():
-                if name.startswith(("AWS_ENDPOINT", "AWS_DISABLE", "AWS_DEFAULT")):
-                    print(f"  export {name}={value}")
-            if keys is None:
-                print("requests are not verified (any signature is taken)")
-            else:
-                key_id, secret = farm.access_key
-                print(f"  export AWS_ACCESS_KEY_ID={key_id}")
-                if generated:
-                    print(f"  export AWS_SECRET_ACCESS_KEY={secret}")
-                else:
-                    print("  export AWS_SECRET_ACCESS_KEY=...  # the secret you gave the farm")
-                print("every request's SigV4 signature is verified")
-            print(f"  export {ENDPOINT_ENV}={farm.endpoint_url}", flush=True)
+            print(end="", flush=True)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     if args.faults is None:

@@ -48,6 +48,7 @@ from ._records import (
     Job,
     Session,
     SessionAction,
+    Step,
     Task,
     WorkerRecord,
     new_hex,
@@ -90,6 +91,9 @@ class FarmScheduler:
         self._open_log_stream = open_log_stream
         #: Serializes a structure of a named output shape once (``ServiceCodec.serialize_shape``).
         self._serialize = serialize
+        #: Whether a worker may get a task of a step: its host requirements by default;
+        #: the farm adds queue-fleet associations, budgets and limits (``_policy``).
+        self.admits: Callable[[WorkerRecord, Step], bool] = self.satisfies
 
     # ------------------------------------------------------------ task status
 
@@ -389,20 +393,21 @@ class FarmScheduler:
         current = session.current_step
         if current is not None:
             task = current.peek_ready()
-            if task is not None:
+            if task is not None and self.admits(session.worker, current):
                 return task
         for step in session.job.steps:
             if step is current:
                 continue
             task = step.peek_ready()
-            if task is not None and self._satisfies(step.spec.host_requirements, session.worker):
+            if task is not None and self.admits(session.worker, step):
                 return task
         return None
 
-    def _satisfies(self, requirements: Mapping[str, Any] | None, worker: WorkerRecord) -> bool:
+    def satisfies(self, worker: WorkerRecord, step: Step) -> bool:
+        """Whether the worker's capabilities meet the step's host requirements."""
         if not self.config.match_host_requirements:
             return True
-        return worker_satisfies(requirements, worker.capabilities)
+        return worker_satisfies(step.spec.host_requirements, worker.capabilities)
 
     def _pick(self, worker: WorkerRecord) -> tuple[Job, Task] | None:
         """The job a new session should run: highest priority, then oldest."""
@@ -426,7 +431,7 @@ class FarmScheduler:
                 continue
             for step in job.steps:
                 task = step.peek_ready()
-                if task is not None and self._satisfies(step.spec.host_requirements, worker):
+                if task is not None and self.admits(worker, step):
                     best = (job, task)
                     break
         return best

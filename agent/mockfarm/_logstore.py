@@ -14,11 +14,20 @@ enforces the service's limits:
 - a missing group or stream is ``ResourceNotFoundException``.
 
 Sequence tokens are accepted and ignored, as the service does since 2023.
+
+Reading back: ``GetLogEvents`` pages one stream forwards or backwards with the
+tokens it returns (``startTime`` inclusive, ``endTime`` exclusive, as the
+service documents); ``FilterLogEvents`` reads a group's streams (all, by name or
+by prefix) in time order, ``startTime`` and ``endTime`` both inclusive, with a
+filter pattern of terms (``ERROR``, ``"exact phrase"``, ``-excluded``, and
+``?either ?or``); JSON and space-delimited patterns are refused.
 """
 
 from __future__ import annotations
 
+import shlex
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -107,6 +116,7 @@ class LogStore:
             "DeleteLogGroup": self.delete_log_group,
             "DeleteLogStream": self.delete_log_stream,
             "GetLogEvents": self.get_log_events,
+            "FilterLogEvents": self.filter_log_events,
             "DescribeLogGroups": self.describe_log_groups,
             "DescribeLogStreams": self.describe_log_streams,
         }
@@ -285,6 +295,55 @@ class LogStore:
             "nextBackwardToken": f"b/{first:056d}",
         }
 
+    def filter_log_events(self, params: dict[str, Any]) -> Mapping[str, Any]:
+        group = self._group(params)
+        names = params.get("logStreamNames")
+        prefix = params.get("logStreamNamePrefix")
+        if names and prefix:
+            raise _invalid("logStreamNames and logStreamNamePrefix are mutually exclusive.")
+        if names:
+            streams = [group.streams[n] for n in names if n in group.streams]
+            if not streams:
+                raise _no_stream()
+        else:
+            streams = [s for s in group.streams.values() if s.name.startswith(prefix or "")]
+        matches = _pattern(params.get("filterPattern") or "")
+        start, end = params.get("startTime"), params.get("endTime")
+        found = sorted(
+            (
+                (event.timestamp, stream.name, index, event)
+                for stream in streams
+                for index, event in enumerate(stream.events)
+                if (start is None or event.timestamp >= start)
+                and (end is None or event.timestamp <= end)
+                and matches(event.message)
+            ),
+            key=lambda item: item[:3],
+        )
+        token = params.get("nextToken")
+        first = 0
+        if token:
+            if not token.startswith("filter/") or not token[7:].isdigit():
+                raise _invalid("The specified nextToken is not valid.")
+            first = int(token[7:])
+        last = min(first + params.get("limit", 10_000), len(found))
+        return {
+            "events": [
+                {
+                    "logStreamName": name,
+                    "timestamp": event.timestamp,
+                    "message": event.message,
+                    "ingestionTime": event.ingestion_time,
+                    "eventId": f"{event.timestamp:020d}{index:016d}{zlib.crc32(name.encode()):010d}",
+                }
+                for _, name, index, event in found[first:last]
+            ],
+            "searchedLogStreams": [
+                {"logStreamName": s.name, "searchedCompletely": True} for s in streams
+            ],
+            "nextToken": f"filter/{last:056d}" if last < len(found) else None,
+        }
+
     def describe_log_groups(self, params: dict[str, Any]) -> Mapping[str, Any]:
         prefix = params.get("logGroupNamePrefix") or ""
         pattern = params.get("logGroupNamePattern")
@@ -352,6 +411,34 @@ class LogStore:
 
     def __iter__(self) -> Iterator[LogGroup]:
         return iter(self.groups.values())
+
+
+def _pattern(pattern: str) -> Callable[[str], bool]:
+    """A CloudWatch Logs term filter pattern as a predicate over messages."""
+    text = pattern.strip()
+    if text.startswith(("{", "[")):
+        raise _invalid(
+            "The mock farm's FilterLogEvents takes term patterns only (no JSON or "
+            "space-delimited patterns)."
+        )
+    if not text:
+        return lambda _message: True
+    try:
+        terms = shlex.split(text)
+    except ValueError as exc:
+        raise _invalid(f"Invalid filter pattern: {exc}") from None
+    required = [t for t in terms if not t.startswith(("-", "?"))]
+    excluded = [t[1:] for t in terms if t.startswith("-") and len(t) > 1]
+    optional = [t[1:] for t in terms if t.startswith("?") and len(t) > 1]
+
+    def matches(message: str) -> bool:
+        if any(term not in message for term in required):
+            return False
+        if any(term in message for term in excluded):
+            return False
+        return not optional or any(term in message for term in optional)
+
+    return matches
 
 
 def _page(items: list[_T], token: str | None, limit: int) -> tuple[list[_T], str | None]:

@@ -33,7 +33,16 @@ class ManagementOperations(FarmBase):
             kms_key_arn=p.get("kmsKeyArn"),
             cost_scale_factor=p.get("costScaleFactor"),
         )
+        self._tag_new(p, farm.farm_id)
         return {"farmId": farm.farm_id}
+
+    def _tag_new(self, p: Mapping[str, Any], *ids: str) -> None:
+        """Keep CreateFarm/CreateFleet/CreateQueue's ``tags`` (ListTagsForResource)."""
+        if p.get("tags"):
+            kinds = ("farm", "queue" if "queue-" in ids[-1] else "fleet")[: len(ids)]
+            path = "/".join(f"{k}/{i}" for k, i in zip(kinds, ids, strict=True))
+            arn = f"arn:aws:deadline:{self.config.region}:{self.config.account_id}:{path}"
+            self.state.admin.tags.setdefault(arn, {}).update(p["tags"])
 
     def GetFarm(self, p: dict[str, Any]) -> Mapping[str, Any]:
         farm = self.farm(p["farmId"])
@@ -49,6 +58,8 @@ class ManagementOperations(FarmBase):
             "displayName": farm.display_name,
             "kmsKeyArn": farm.kms_key_arn,
             "createdAt": farm.created_at,
+            "updatedAt": farm.updated_at,
+            "updatedBy": farm.updated_by,
             "createdBy": CREATED_BY,
         }
 
@@ -68,6 +79,7 @@ class ManagementOperations(FarmBase):
             configuration=p["configuration"],
             host_configuration=p.get("hostConfiguration"),
         )
+        self._tag_new(p, fleet.farm_id, fleet.fleet_id)
         return {"fleetId": fleet.fleet_id}
 
     def _fleet_summary(self, fleet: Fleet) -> dict[str, Any]:
@@ -95,6 +107,8 @@ class ManagementOperations(FarmBase):
             "description": fleet.description,
             "roleArn": fleet.role_arn,
             "hostConfiguration": fleet.host_configuration,
+            "updatedAt": fleet.updated_at,
+            "updatedBy": fleet.updated_by,
         }
 
     def ListFleets(self, p: dict[str, Any]) -> Mapping[str, Any]:
@@ -111,6 +125,10 @@ class ManagementOperations(FarmBase):
 
     def CreateQueue(self, p: dict[str, Any]) -> Mapping[str, Any]:
         self.farm(p["farmId"])
+        for profile_id in p.get("allowedStorageProfileIds", ()):
+            profile = self.state.admin.storage_profiles.get(profile_id)
+            if profile is None or profile.farm_id != p["farmId"]:
+                raise not_found("storage-profile", profile_id)
         queue = self._new_queue(
             p["farmId"],
             p["displayName"],
@@ -120,17 +138,27 @@ class ManagementOperations(FarmBase):
             job_attachment_settings=p.get("jobAttachmentSettings"),
             default_budget_action=p.get("defaultBudgetAction", "NONE"),
         )
+        queue.allowed_storage_profile_ids = list(p.get("allowedStorageProfileIds", ()))
+        queue.required_file_system_location_names = list(
+            p.get("requiredFileSystemLocationNames", ())
+        )
+        self._tag_new(p, queue.farm_id, queue.queue_id)
         return {"queueId": queue.queue_id}
 
     def _queue_summary(self, queue: Queue) -> dict[str, Any]:
         busy = any(
             job.queue is queue and job.task_counts.get("READY") for job in self.state.jobs.values()
         )
+        blocked = any(
+            b.queue_id == queue.queue_id and b.status == "ACTIVE" and b.queue_stopped_at
+            for b in self.state.admin.budgets.values()
+        )
         return {
             "farmId": queue.farm_id,
             "queueId": queue.queue_id,
             "displayName": queue.display_name,
-            "status": "SCHEDULING" if busy else "IDLE",
+            "status": "SCHEDULING_BLOCKED" if blocked else "SCHEDULING" if busy else "IDLE",
+            "blockedReason": "BUDGET_THRESHOLD_REACHED" if blocked else None,
             "defaultBudgetAction": queue.default_budget_action,
             "createdAt": queue.created_at,
             "createdBy": CREATED_BY,
@@ -144,6 +172,10 @@ class ManagementOperations(FarmBase):
             "jobAttachmentSettings": queue.job_attachment_settings,
             "roleArn": queue.role_arn,
             "jobRunAsUser": queue.job_run_as_user,
+            "allowedStorageProfileIds": queue.allowed_storage_profile_ids or None,
+            "requiredFileSystemLocationNames": queue.required_file_system_location_names or None,
+            "updatedAt": queue.updated_at,
+            "updatedBy": queue.updated_by,
         }
 
     def ListQueues(self, p: dict[str, Any]) -> Mapping[str, Any]:
@@ -247,7 +279,7 @@ class ManagementOperations(FarmBase):
             "jobId": job.job_id,
             "name": job.name,
             "lifecycleStatus": job.lifecycle_status,
-            "lifecycleStatusMessage": "",
+            "lifecycleStatusMessage": job.lifecycle_message,
             "priority": job.priority,
             "createdAt": job.created_at,
             "createdBy": job.created_by,
@@ -317,6 +349,7 @@ class ManagementOperations(FarmBase):
             "stepId": step.step_id,
             "name": step.name,
             "lifecycleStatus": "CREATE_COMPLETE",
+            "lifecycleStatusMessage": step.incompatible_reason,
             "taskRunStatus": step.status,
             "taskRunStatusCounts": _counts(step.counts),
             "taskFailureRetryCount": sum(t.failure_retry_count for t in step.tasks),

@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from ._adminrecords import AdminState
 from ._jobs import EnvironmentSpec, StepSpec
 
 TASK_RUN_STATUSES = (
@@ -89,6 +90,8 @@ class FarmRecord:
     created_at: datetime
     kms_key_arn: str | None = None
     cost_scale_factor: float | None = None
+    updated_at: datetime | None = None
+    updated_by: str | None = None
 
 
 @attrs.define(eq=False)
@@ -103,6 +106,8 @@ class Fleet:
     configuration: dict[str, Any]
     created_at: datetime
     host_configuration: dict[str, Any] | None = None
+    updated_at: datetime | None = None
+    updated_by: str | None = None
 
 
 @attrs.define(eq=False)
@@ -129,6 +134,10 @@ class Queue:
     created_at: datetime
     default_budget_action: str = "NONE"
     environments: dict[str, QueueEnvironment] = attrs.Factory(dict)
+    allowed_storage_profile_ids: list[str] = attrs.Factory(list)
+    required_file_system_location_names: list[str] = attrs.Factory(list)
+    updated_at: datetime | None = None
+    updated_by: str | None = None
 
     def ordered_environments(self) -> list[QueueEnvironment]:
         return sorted(self.environments.values(), key=lambda e: (e.priority, e.name))
@@ -169,6 +178,8 @@ class Step:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     updated_at: datetime | None = None
+    #: Why no fleet can run the step (its tasks are then ``NOT_COMPATIBLE``).
+    incompatible_reason: str | None = None
     #: Indexes of READY tasks (a heap; stale entries are skipped when popped).
     _ready: list[int] = attrs.Factory(list)
 
@@ -226,6 +237,8 @@ class Job:
     environments: list[tuple[str, EnvironmentSpec]] = attrs.Factory(list)
     steps: list[Step] = attrs.Factory(list)
     lifecycle_status: str = "CREATE_COMPLETE"
+    #: ``lifecycleStatusMessage``: why steps are ``NOT_COMPATIBLE``, if any is.
+    lifecycle_message: str = ""
     target_status: str | None = None
     #: Failed task runs so far (compared with ``max_failed_tasks_count``).
     failure_count: int = 0
@@ -405,6 +418,8 @@ class FarmState:
     sessions: dict[str, Session] = attrs.Factory(dict)
     actions: dict[str, SessionAction] = attrs.Factory(dict)
     ignored_updates: list[IgnoredUpdate] = attrs.Factory(list)
+    #: Budgets, limits, storage profiles, members, associations, monitors, tags.
+    admin: AdminState = attrs.Factory(AdminState)
 
     def task(self, task_id: str) -> Task | None:
         hex_, _, index = task_id.removeprefix("task-").rpartition("-")

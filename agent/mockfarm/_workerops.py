@@ -226,9 +226,17 @@ class WorkerOperations(FarmBase):
         return {"credentials": self._credentials()}
 
     def AssumeQueueRoleForUser(self, p: dict[str, Any]) -> Mapping[str, Any]:
-        """Credentials a submitter uses for the queue's job attachments (``deadline bundle
-        submit`` uploads inputs with them); they work for the farm's S3 endpoint."""
+        """Credentials for a user of the queue (``deadline queue export-credentials``,
+        submissions with job attachments): temporary keys the farm issued."""
         self.queue(p["farmId"], p["queueId"])
+        return {"credentials": self._credentials()}
+
+    def AssumeQueueRoleForRead(self, p: dict[str, Any]) -> Mapping[str, Any]:
+        self.queue(p["farmId"], p["queueId"])
+        return {"credentials": self._credentials()}
+
+    def AssumeFleetRoleForRead(self, p: dict[str, Any]) -> Mapping[str, Any]:
+        self.fleet(p["farmId"], p["fleetId"])
         return {"credentials": self._credentials()}
 
     def DeleteWorker(self, p: dict[str, Any]) -> Mapping[str, Any]:

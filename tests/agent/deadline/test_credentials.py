@@ -30,9 +30,11 @@ async def test_cleared_holder_refuses_to_sign() -> None:
     """set(None) leaves nothing to sign with: CredentialsError."""
     holder = CredentialHolder(static_credentials("AK1", "SK1"))
     holder.set(None)
-    with pytest.raises(CredentialsError, match="no credentials"):
+    with pytest.raises(CredentialsError, match="no credentials") as caught:
         await holder.frozen()
     assert not holder.statistics().present
+    # The error names what to set.
+    assert "AWS_ACCESS_KEY_ID" in str(caught.value) and "AWS_PROFILE" in str(caught.value)
 
 
 @pytest.mark.parametrize(

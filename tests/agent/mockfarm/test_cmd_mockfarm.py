@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -137,6 +138,36 @@ async def test_client_commands_explain_a_missing_farm(capsys: pytest.CaptureFixt
     assert capsys.readouterr().err.startswith("error: no mock farm at http://127.0.0.1:9")
 
 
+async def _printed_setup_works(printed: str) -> None:
+    """The exports serve prints are all a fresh boto3 needs, and the deadline CLI lines
+    name the default farm and queue."""
+    exports = dict(
+        line.strip().removeprefix("export ").split("=", 1)
+        for line in printed.splitlines()
+        if line.strip().startswith("export ")
+    )
+    farm_id = printed.split("farm  ")[1].split()[0]
+    queue_id = printed.split("queue ")[1].split()[0]
+    assert f"deadline config set defaults.farm_id {farm_id}" in printed
+    assert f"deadline config set defaults.queue_id {queue_id}" in printed
+    assert "disable_host_prefix_injection = true" in printed
+    code = (
+        "import boto3; d = boto3.client('deadline'); "
+        "print(d.list_farms()['farms'][0]['farmId']); "
+        "print(boto3.client('logs').describe_log_groups()['logGroups'] is not None)"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        **exports,
+    }
+    result = await trio.run_process(
+        [sys.executable, "-c", code], env=env, capture_stdout=True, capture_stderr=True
+    )
+    assert result.stdout.decode().split() == [farm_id, "True"]
+
+
 async def test_serve_runs_until_sigterm_and_reloads_faults_on_sighup(tmp_path: Path) -> None:
     """serve prints its endpoint and ids, re-reads --faults on SIGHUP, exits 0 on SIGTERM."""
     faults = tmp_path / "faults.json"
@@ -156,6 +187,7 @@ async def test_serve_runs_until_sigterm_and_reloads_faults_on_sighup(tmp_path: P
                 output += await process.stdout.receive_some()
             endpoint = output.decode().split("listening on ")[1].split()[0]
             assert "farm  farm-" in output.decode() and "queue queue-" in output.decode()
+            await _printed_setup_works(output.decode())
             faults.write_text(json.dumps({"seed": 2}))
             process.send_signal(signal.SIGHUP)
             while b"faults reloaded" not in output:

@@ -214,6 +214,28 @@ async def test_drain_interrupts_running_work_and_stops_the_worker(tmp_path: Path
     assert all(t.status in ("READY", "PENDING") for t in tasks), [t.status for t in tasks]
 
 
+async def test_a_drain_names_the_exit_the_worker_runs_itself(tmp_path: Path) -> None:
+    """The job environment's exit, run by the worker on a drain (the farm did not assign
+    it), is named in the session log, not ``None``."""
+    async with farm_and_worker(tmp_path) as (farm, worker, events):
+        job_id = farm.create_job(
+            simple_job(py("import time; print('running', flush=True); time.sleep(600)"))
+        )
+        with trio.fail_after(30):
+            await events.wait_line("running")
+        with trio.fail_after(60):
+            await worker.drain(30)
+        session_id = farm.job(job_id).sessions[0].session_id
+
+        def ends() -> list[str]:
+            return [line for line in farm.session_log(session_id) if " ended: " in line]
+
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: any("env_exit" in e for e in ends()))
+    assert not [e for e in ends() if e.startswith("==== None")], ends()
+    assert "==== env_exit Env (run by the worker) ended: SUCCESS, exit code 0 ====" in ends()
+
+
 async def test_the_agent_log_goes_to_cloudwatch(tmp_path: Path) -> None:
     """The agent's own log lines reach its CloudWatch stream as JSON."""
     async with farm_and_worker(tmp_path) as (farm, worker, _events):
