@@ -21,7 +21,6 @@ Vocabulary, as the service's:
 from __future__ import annotations
 
 import heapq
-import itertools
 import secrets
 from collections import Counter
 from collections.abc import Mapping
@@ -70,6 +69,41 @@ COMPLETED_ACTION_STATUSES = frozenset(
 )
 
 
+#: Field metadata of a record field the store does not keep: it is rebuilt from the
+#: stored fields when the farm is loaded (``FarmState.rebuild``) or, like a heartbeat
+#: time, means nothing to another process. Assigning it does not mark the record changed.
+NOT_STORED = {"stored": False}
+
+
+class Record:
+    """The base of the farm's records: the store (``_store``) sees attribute assignments.
+
+    An ephemeral farm's records have no tracker and assignment costs one slot read.
+    A persistent farm's records report every assignment that changes a field's value
+    (by identity) to the store, which saves the record with the request's transaction.
+    A field changed in place (a list appended to) is not seen: such fields are either
+    ``NOT_STORED`` (rebuilt on load) or reassigned (``session.environment_stack``).
+    """
+
+    __slots__ = ("_tracker",)
+
+    def __attrs_pre_init__(self) -> None:
+        object.__setattr__(self, "_tracker", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        tracker = self._tracker
+        if tracker is None:
+            object.__setattr__(self, name, value)
+            return
+        old = getattr(self, name, _UNSET)
+        object.__setattr__(self, name, value)
+        if old is not value:
+            tracker.changed(self, name)
+
+
+_UNSET = object()
+
+
 def new_hex() -> str:
     return secrets.token_hex(16)
 
@@ -82,7 +116,7 @@ def rollup(counts: Counter[str]) -> str:
 
 
 @attrs.define(eq=False)
-class FarmRecord:
+class FarmRecord(Record):
     farm_id: str
     display_name: str
     description: str | None
@@ -92,7 +126,7 @@ class FarmRecord:
 
 
 @attrs.define(eq=False)
-class Fleet:
+class Fleet(Record):
     fleet_id: str
     farm_id: str
     display_name: str
@@ -106,7 +140,7 @@ class Fleet:
 
 
 @attrs.define(eq=False)
-class QueueEnvironment:
+class QueueEnvironment(Record):
     queue_environment_id: str
     queue_id: str
     name: str
@@ -118,7 +152,7 @@ class QueueEnvironment:
 
 
 @attrs.define(eq=False)
-class Queue:
+class Queue(Record):
     queue_id: str
     farm_id: str
     display_name: str
@@ -128,14 +162,15 @@ class Queue:
     job_attachment_settings: dict[str, Any] | None
     created_at: datetime
     default_budget_action: str = "NONE"
-    environments: dict[str, QueueEnvironment] = attrs.Factory(dict)
+    #: Rebuilt from ``FarmState.queue_environments`` on load.
+    environments: dict[str, QueueEnvironment] = attrs.field(factory=dict, metadata=NOT_STORED)
 
     def ordered_environments(self) -> list[QueueEnvironment]:
         return sorted(self.environments.values(), key=lambda e: (e.priority, e.name))
 
 
 @attrs.define(eq=False)
-class Task:
+class Task(Record):
     task_id: str
     step: Step
     index: int
@@ -156,7 +191,7 @@ class Task:
 
 
 @attrs.define(eq=False)
-class Step:
+class Step(Record):
     step_id: str
     job: Job
     spec: StepSpec
@@ -164,13 +199,13 @@ class Step:
     tasks: list[Task] = attrs.Factory(list)
     dependencies: list[Step] = attrs.Factory(list)
     consumers: list[Step] = attrs.Factory(list)
-    counts: Counter[str] = attrs.Factory(Counter)
+    counts: Counter[str] = attrs.field(factory=Counter, metadata=NOT_STORED)
     target_status: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
     updated_at: datetime | None = None
     #: Indexes of READY tasks (a heap; stale entries are skipped when popped).
-    _ready: list[int] = attrs.Factory(list)
+    _ready: list[int] = attrs.field(factory=list, metadata=NOT_STORED)
 
     @property
     def name(self) -> str:
@@ -200,7 +235,7 @@ class Step:
 
 
 @attrs.define(eq=False)
-class Job:
+class Job(Record):
     job_id: str
     queue: Queue
     spec_name: str
@@ -235,11 +270,11 @@ class Job:
     ended_at: datetime | None = None
     updated_at: datetime | None = None
     updated_by: str | None = None
-    sessions: list[Session] = attrs.Factory(list)
+    sessions: list[Session] = attrs.field(factory=list, metadata=NOT_STORED)
     #: Sessions of this job that are not ended.
-    active_sessions: int = 0
+    active_sessions: int = attrs.field(default=0, metadata=NOT_STORED)
     #: Task counts by run status, kept up to date by the scheduler.
-    task_counts: Counter[str] = attrs.Factory(Counter)
+    task_counts: Counter[str] = attrs.field(factory=Counter, metadata=NOT_STORED)
 
     @property
     def queue_id(self) -> str:
@@ -262,7 +297,7 @@ class Job:
 
 
 @attrs.define(eq=False)
-class SessionAction:
+class SessionAction(Record):
     action_id: str
     session: Session
     index: int
@@ -302,18 +337,19 @@ class SessionAction:
 
 
 @attrs.define(eq=False)
-class Session:
+class Session(Record):
     session_id: str
     worker: WorkerRecord
     job: Job
     started_at: datetime
     log_group_name: str
     log_stream_name: str
-    actions: list[SessionAction] = attrs.Factory(list)
+    actions: list[SessionAction] = attrs.field(factory=list, metadata=NOT_STORED)
     #: Actions not completed yet, in order: what ``assignedSessions`` lists.
-    open: list[SessionAction] = attrs.Factory(list)
+    open: list[SessionAction] = attrs.field(factory=list, metadata=NOT_STORED)
     #: Entered (enter assigned, exit not yet assigned) environments, outermost first.
-    environment_stack: list[tuple[str, SessionAction]] = attrs.Factory(list)
+    #: Replaced, never changed in place, so that the store sees every change.
+    environment_stack: tuple[tuple[str, SessionAction], ...] = ()
     #: The step whose step environments are on the stack.
     current_step: Step | None = None
     #: No more tasks: the remaining work is environment exits.
@@ -323,14 +359,14 @@ class Session:
     wire_log: Mapping[str, Any] = attrs.Factory(dict)
     ended_at: datetime | None = None
     updated_at: datetime | None = None
-    _counter: itertools.count[int] = attrs.Factory(itertools.count)
 
     @property
     def hex(self) -> str:
         return self.session_id.removeprefix("session-")
 
     def next_action_id(self) -> tuple[str, int]:
-        index = next(self._counter)
+        """The id and index of the next action (actions are appended as they are made)."""
+        index = len(self.actions)
         return f"sessionaction-{self.hex}-{index}", index
 
     def log_configuration(self) -> dict[str, Any]:
@@ -342,7 +378,7 @@ class Session:
 
 
 @attrs.define(eq=False)
-class WorkerRecord:
+class WorkerRecord(Record):
     worker_id: str
     farm_id: str
     fleet_id: str
@@ -351,14 +387,17 @@ class WorkerRecord:
     status: str = "CREATED"
     capabilities: dict[str, Any] | None = None
     updated_at: datetime | None = None
-    #: ``trio.current_time()`` of the last call that counts as a heartbeat.
-    last_seen: float = 0.0
-    sessions: dict[str, Session] = attrs.Factory(dict)
+    #: ``trio.current_time()`` of the last call that counts as a heartbeat (a restarted
+    #: farm starts every worker's clock afresh).
+    last_seen: float = attrs.field(default=0.0, metadata=NOT_STORED)
+    #: Sessions not ended.
+    sessions: dict[str, Session] = attrs.field(factory=dict, metadata=NOT_STORED)
     #: Jobs this worker has had sessions for (it may fetch their entities).
-    job_ids: set[str] = attrs.Factory(set)
+    job_ids: set[str] = attrs.field(factory=set, metadata=NOT_STORED)
     #: The farm wants this worker to stop: no new work, then ``desiredWorkerStatus``.
     stop_requested: bool = False
-    schedule_calls: int = 0
+    #: UpdateWorkerSchedule calls since this farm process started.
+    schedule_calls: int = attrs.field(default=0, metadata=NOT_STORED)
 
     @property
     def log_group_name(self) -> str:
@@ -395,12 +434,45 @@ class FarmState:
     farms: dict[str, FarmRecord] = attrs.Factory(dict)
     fleets: dict[str, Fleet] = attrs.Factory(dict)
     queues: dict[str, Queue] = attrs.Factory(dict)
+    queue_environments: dict[str, QueueEnvironment] = attrs.Factory(dict)
     jobs: dict[str, Job] = attrs.Factory(dict)
     steps: dict[str, Step] = attrs.Factory(dict)
     workers: dict[str, WorkerRecord] = attrs.Factory(dict)
     sessions: dict[str, Session] = attrs.Factory(dict)
     actions: dict[str, SessionAction] = attrs.Factory(dict)
-    ignored_updates: list[IgnoredUpdate] = attrs.Factory(list)
+    #: Diagnostics for tests; not stored.
+    ignored_updates: list[IgnoredUpdate] = attrs.field(factory=list, metadata=NOT_STORED)
+
+    def rebuild(self, now: float) -> None:
+        """Recompute what records do not store (``NOT_STORED``) from what they do.
+
+        Called once a persistent farm's records are loaded; ``now`` is the
+        ``trio.current_time()`` that every worker's heartbeat clock restarts from.
+        """
+        for environment in self.queue_environments.values():
+            queue = self.queues.get(environment.queue_id)
+            if queue is not None:
+                queue.environments[environment.queue_environment_id] = environment
+        for step in self.steps.values():
+            step.counts = Counter(task.status for task in step.tasks)
+            step._ready = [task.index for task in step.tasks if task.status == "READY"]
+        for job in self.jobs.values():
+            job.task_counts = Counter()
+            for step in job.steps:
+                job.task_counts.update(step.counts)
+        for worker in self.workers.values():
+            worker.last_seen = now
+        for action in self.actions.values():
+            action.session.actions.append(action)
+        for session in self.sessions.values():
+            session.actions.sort(key=lambda action: action.index)
+            session.open = [action for action in session.actions if not action.completed]
+            job = session.job
+            job.sessions.append(session)
+            session.worker.job_ids.add(job.job_id)
+            if session.lifecycle_status != "ENDED":
+                job.active_sessions += 1
+                session.worker.sessions[session.session_id] = session
 
     def task(self, task_id: str) -> Task | None:
         hex_, _, index = task_id.removeprefix("task-").rpartition("-")

@@ -1,0 +1,625 @@
+"""The mock farm's state on disk: SQLite, one committed transaction before each answer.
+
+``mockfarm serve`` keeps its farms, fleets, queues, environments, jobs, steps,
+tasks, sessions, actions, workers and logs in ``<state dir>/farm.sqlite3``; a
+restarted server loads them with their ids and carries on where it stopped.
+Embedded farms (``open_mock_farm()`` without ``state_dir``, ``python -m agent
+run``) keep everything in memory, as before.
+
+How records are stored
+----------------------
+The store knows no record type by name. It stores **every attrs record in a
+``FarmState`` table** (each ``dict`` field of ``FarmState``: ``jobs``,
+``workers``...) and every ``Record`` reachable from one (tasks, through their
+step). One SQLite table holds them all::
+
+    records(kind, key, member, cls, payload)    -- kind: the FarmState table, or
+                                                 -- the class name for a record
+                                                 -- reachable only (Task)
+
+``payload`` is a pickle of the record's stored fields, by name (attrs fields not
+marked ``NOT_STORED``). A reference to another record inside it (a task's step,
+a session's worker) is pickled as that record's ``(kind, key)`` (pickle's
+persistent ids), so cycles are fine and each record is saved on its own. On
+load every row first becomes an empty instance of its class, then the payloads
+fill them in, references resolved; a field missing from the payload takes its
+attrs default (so a field added later with a default loads from an older state
+dir), a stored field the class no longer has is ignored. What a record does not
+store (counts, open-action lists, a worker's sessions) ``FarmState.rebuild``
+recomputes from what it does.
+
+What is saved, and when
+-----------------------
+A request's changes are found without the handlers' help:
+
+- ``Record`` subclasses report every attribute assignment that changes a field
+  (``_records.Record.__setattr__``); the record is re-pickled once per request;
+- a record put into (or taken out of) a ``FarmState`` table is saved (or
+  marked no longer a member: it may still be referenced);
+- a ``Record`` never saved that a saved record refers to is saved with it;
+- records of other attrs classes in a ``FarmState`` table (new record types
+  that do not derive from ``Record``) are re-pickled at each commit and saved
+  when their bytes differ: correct for any change, meant for small tables.
+
+A change made in place to a container field (``list.append``) is not seen:
+such fields are ``NOT_STORED`` and rebuilt, or replaced rather than changed
+(``Session.environment_stack``). Keys the farm hands out and idempotency tokens
+are kept in ``kv``; CloudWatch Logs in ``log_groups``, ``log_streams`` and
+``log_events`` (appended as events arrive; as in memory, nothing is dropped
+beyond what ``LogStore`` itself drops).
+
+Transactions and durability
+---------------------------
+After each request (``MockFarmApp``) the store pickles what changed, on the
+Trio thread, into a batch of statements; one writer task commits the queued
+batches in a worker thread, several requests per transaction when they come
+faster than a commit (group commit), and the request is answered only once its
+batch is committed. A response therefore never reports anything a crash can
+take back: the database is in WAL mode with ``synchronous=FULL``, so a commit
+is on disk before it returns, and survives the server's SIGKILL and the
+machine's power loss alike (``NORMAL`` would survive a SIGKILL only). A failed
+write stops the farm: memory and disk would disagree.
+
+A state dir is used by one server at a time (an exclusive ``flock`` on
+``<state dir>/lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import io
+import os
+import pickle
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import attrs
+import structlog
+import trio
+
+from ._records import FarmState, Record
+
+if TYPE_CHECKING:
+    from ._logstore import LogEvent, LogStore, LogStream
+
+log = structlog.get_logger("farmhand.mockfarm")
+
+SCHEMA_VERSION = 1
+DATABASE = "farm.sqlite3"
+
+Ref = tuple[str, str]
+Op = tuple[str, tuple[Any, ...]]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, key TEXT NOT NULL, member INTEGER NOT NULL,
+    cls TEXT NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (kind, key));
+CREATE TABLE IF NOT EXISTS kv (
+    ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (ns, key));
+CREATE TABLE IF NOT EXISTS log_groups (
+    name TEXT PRIMARY KEY, creation_time INTEGER NOT NULL, region TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log_streams (
+    grp TEXT NOT NULL, name TEXT NOT NULL, creation_time INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
+    PRIMARY KEY (grp, name));
+CREATE TABLE IF NOT EXISTS log_events (
+    grp TEXT NOT NULL, stream TEXT NOT NULL, timestamp INTEGER NOT NULL,
+    message TEXT NOT NULL, ingestion_time INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS log_events_stream ON log_events (grp, stream);
+"""
+_UPSERT = (
+    "INSERT INTO records (kind, key, member, cls, payload) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (kind, key) DO UPDATE SET member = excluded.member, cls = excluded.cls, "
+    "payload = excluded.payload"
+)
+_MEMBER = "UPDATE records SET member = ? WHERE kind = ? AND key = ?"
+_PUT_KV = "INSERT OR REPLACE INTO kv (ns, key, value) VALUES (?, ?, ?)"
+_STREAM = (
+    "INSERT OR REPLACE INTO log_streams "
+    "(grp, name, creation_time, stored_bytes, sequence, received) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+class StoreError(Exception):
+    """The state dir cannot be used (in use, unreadable, written by an incompatible farm)."""
+
+
+def default_state_dir() -> Path:
+    """``$XDG_DATA_HOME/farmhand/mockfarm``, else ``~/.local/share/farmhand/mockfarm``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "farmhand" / "mockfarm"
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _find_class(module: str, name: str) -> Any:
+    """A class by module and name; a class of ours that moved is found by its name."""
+    try:
+        found = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+        return found
+    except (ImportError, AttributeError):
+        if not module.startswith("agent."):
+            raise
+    for loaded_name, loaded in list(sys.modules.items()):
+        if loaded_name.startswith("agent.mockfarm") and isinstance(
+            getattr(loaded, name, None), type
+        ):
+            return getattr(loaded, name)
+    raise StoreError(f"the state dir holds a {module}.{name}, which this farm does not know")
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: IO[bytes], objects: dict[Ref, Any]) -> None:
+        super().__init__(file)
+        self._objects = objects
+
+    def persistent_load(self, pid: Any) -> Any:
+        try:
+            return self._objects[tuple(pid)]
+        except KeyError:
+            raise StoreError(f"the state dir refers to a missing record {pid}") from None
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _find_class(module, name)
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles one record's fields; other records become ``(kind, key)`` references."""
+
+    def __init__(self, file: IO[bytes], store: FarmStore) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._store = store
+        self.root: Any = None
+
+    def persistent_id(self, obj: Any) -> Any:
+        if obj is self.root:
+            return None
+        entry = self._store._refs.get(id(obj))
+        if entry is not None:
+            return entry[0]
+        if isinstance(obj, Record):
+            return self._store._adopt(obj)
+        return None
+
+
+class _Table(dict[str, Any]):
+    """A ``FarmState`` table that tells the store what goes in and out."""
+
+    def __init__(self, store: FarmStore, name: str, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self._store = store
+        self._name = name
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._store._member_added(self._name, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        value = self[key]
+        super().__delitem__(key)
+        self._store._member_removed(self._name, key, value)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            value = self[key]
+            del self[key]
+            return value
+        if default:
+            return default[0]
+        raise KeyError(key)
+
+    def popitem(self) -> tuple[str, Any]:
+        key = next(reversed(self))
+        return key, self.pop(key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self) -> None:
+        for key in list(self):
+            del self[key]
+
+
+class FarmStore:
+    """A farm's state dir: load it, track changes, commit them (see the module docstring)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = open(state_dir / "lock", "a+")  # noqa: SIM115 - held until close()
+        except OSError as exc:
+            raise StoreError(f"cannot use {state_dir}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StoreError(
+                f"{state_dir} is in use by another mock farm (serve one farm per state dir)"
+            ) from None
+        try:
+            self._db = sqlite3.connect(
+                state_dir / DATABASE, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(_SCHEMA)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{state_dir} was written by a mock farm with state schema {version}; "
+                    f"this one reads {SCHEMA_VERSION}"
+                )
+        except sqlite3.Error as exc:
+            self._release()
+            raise StoreError(f"cannot open {state_dir / DATABASE}: {exc}") from exc
+        except StoreError:
+            self._release()
+            raise
+        #: id(record) -> (its reference, the record, kept alive so ids stay unique).
+        self._refs: dict[int, tuple[Ref, Any]] = {}
+        #: Records to save at the next capture, by id, in the order they changed.
+        self._dirty: dict[int, Any] = {}
+        #: Table memberships changed since the last capture.
+        self._memberships: dict[Ref, Any] = {}
+        #: Records of classes that do not report changes: compared at each capture.
+        self._untracked: dict[Ref, Any] = {}
+        self._last_payload: dict[Ref, bytes] = {}
+        self._tables: dict[str, _Table] = {}
+        self._stored_fields: dict[type, tuple[str, ...]] = {}
+        self._skipped_fields: dict[type, frozenset[str]] = {}
+        #: kv and log statements since the last capture, in order.
+        self._ops: list[Op] = []
+        self._buffer = io.BytesIO()
+        self._pickler = _Pickler(self._buffer, self)
+        #: Captured batches not yet committed: (sequence number, statements).
+        self._queue: list[tuple[int, list[Op]]] = []
+        self._captured = 0
+        self._committed = 0
+        self._writer_running = False
+        self._wakeup: trio.Event | None = None
+        self._written: trio.Event | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self.commits = 0
+
+    def _release(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, state: FarmState, logs: LogStore, *, now: float) -> bool:
+        """Fill an empty ``state`` and ``logs`` from the state dir; False if it was empty."""
+        try:
+            rows = self._db.execute(
+                "SELECT kind, key, member, cls, payload FROM records ORDER BY rowid"
+            ).fetchall()
+            self._load_logs(logs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.state_dir / DATABASE}: {exc}") from exc
+        if not rows:
+            return False
+        tables = {
+            field.name: getattr(state, field.name)
+            for field in attrs.fields(type(state))
+            if isinstance(getattr(state, field.name), dict)
+        }
+        objects: dict[Ref, Any] = {}
+        classes: dict[str, Any] = {}
+        for kind, key, _member, class_name, _payload in rows:
+            cls = classes.get(class_name)
+            if cls is None:
+                cls = classes[class_name] = _find_class(*class_name.split(":", 1))
+            obj = cls.__new__(cls)
+            if isinstance(obj, Record):
+                object.__setattr__(obj, "_tracker", None)
+            objects[(kind, key)] = obj
+        for kind, key, member, class_name, payload in rows:
+            ref = (kind, key)
+            obj = objects[ref]
+            try:
+                values = _Unpickler(io.BytesIO(payload), objects).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+                raise StoreError(f"cannot read record {kind} {key}: {exc}") from exc
+            self._fill(obj, values)
+            self._refs[id(obj)] = (ref, obj)
+            if member and kind in tables:
+                tables[kind][key] = obj
+                if not isinstance(obj, Record):
+                    self._untracked[ref] = obj
+                    self._last_payload[ref] = self._serialize(obj)
+        state.rebuild(now)
+        for _ref, obj in self._refs.values():
+            if isinstance(obj, Record):
+                object.__setattr__(obj, "_tracker", self)
+        log.info("mockfarm.state_loaded", path=str(self.state_dir), records=len(rows))
+        return True
+
+    def _fill(self, obj: Any, values: dict[str, Any]) -> None:
+        for field in attrs.fields(type(obj)):
+            if field.name in values and field.metadata.get("stored", True):
+                value = values[field.name]
+            elif field.default is attrs.NOTHING:
+                raise StoreError(
+                    f"the state dir's {type(obj).__name__} has no {field.name}; it was written "
+                    "by an incompatible mock farm"
+                )
+            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                factory = field.default
+                value = factory.factory(obj) if factory.takes_self else factory.factory()
+            else:
+                value = field.default
+            object.__setattr__(obj, field.name, value)
+
+    def _load_logs(self, logs: LogStore) -> None:
+        from ._logstore import LogEvent, LogGroup, LogStream
+
+        for name, creation_time, region in self._db.execute(
+            "SELECT name, creation_time, region FROM log_groups ORDER BY rowid"
+        ):
+            logs.groups[name] = LogGroup(name, creation_time, region)
+        for group, name, creation, stored, sequence, received in self._db.execute(
+            "SELECT grp, name, creation_time, stored_bytes, sequence, received "
+            "FROM log_streams ORDER BY rowid"
+        ):
+            if group in logs.groups:
+                logs.groups[group].streams[name] = LogStream(
+                    name, creation, stored_bytes=stored, sequence=sequence, received=received
+                )
+        for group, stream_name, timestamp, message, ingestion in self._db.execute(
+            "SELECT grp, stream, timestamp, message, ingestion_time FROM log_events ORDER BY rowid"
+        ):
+            stream = logs.stream(group, stream_name)
+            if stream is not None:
+                stream.events.append(LogEvent(timestamp, message, ingestion))
+
+    def kv(self, namespace: str) -> dict[str, Any]:
+        """Everything stored under ``namespace`` (read at start-up)."""
+        rows = self._db.execute("SELECT key, value FROM kv WHERE ns = ?", (namespace,))
+        return {key: pickle.loads(value) for key, value in rows}
+
+    # ------------------------------------------------------------ tracking
+
+    def attach(self, state: FarmState, logs: LogStore) -> None:
+        """Watch ``state``'s tables and ``logs`` from now on."""
+        for field in attrs.fields(type(state)):
+            value = getattr(state, field.name)
+            if isinstance(value, dict) and field.metadata.get("stored", True):
+                table = _Table(self, field.name, value)
+                self._tables[field.name] = table
+                setattr(state, field.name, table)
+        logs.journal = self
+
+    def changed(self, record: Any, name: str) -> None:
+        """A tracked record's field was assigned (``Record.__setattr__``)."""
+        cls = type(record)
+        skipped = self._skipped_fields.get(cls)
+        if skipped is None:
+            skipped = self._skipped_fields[cls] = frozenset(
+                f.name for f in attrs.fields(cls) if not f.metadata.get("stored", True)
+            )
+        if name not in skipped:
+            self._dirty[id(record)] = record
+
+    def _adopt(self, record: Any, ref: Ref | None = None) -> Ref:
+        if ref is None:
+            cls = type(record)
+            ref = (cls.__name__, str(getattr(record, attrs.fields(cls)[0].name)))
+        self._refs[id(record)] = (ref, record)
+        if isinstance(record, Record):
+            object.__setattr__(record, "_tracker", self)
+        self._dirty[id(record)] = record
+        return ref
+
+    def _member_added(self, table: str, key: str, value: Any) -> None:
+        if not attrs.has(type(value)):
+            raise TypeError(f"FarmState.{table} holds attrs records, not {type(value).__name__}")
+        ref = (table, key)
+        self._adopt(value, ref)
+        self._memberships[ref] = value
+        if not isinstance(value, Record):
+            self._untracked[ref] = value
+
+    def _member_removed(self, table: str, key: str, value: Any) -> None:
+        ref = (table, key)
+        self._memberships[ref] = value
+        self._untracked.pop(ref, None)
+
+    def put_kv(self, namespace: str, key: str, value: Any) -> None:
+        self._ops.append((_PUT_KV, (namespace, key, pickle.dumps(value))))
+
+    def delete_kv(self, namespace: str, key: str) -> None:
+        self._ops.append(("DELETE FROM kv WHERE ns = ? AND key = ?", (namespace, key)))
+
+    # -- the LogStore's journal
+
+    def log_group_created(self, name: str, creation_time: int, region: str) -> None:
+        self._ops.append(
+            (
+                "INSERT OR REPLACE INTO log_groups (name, creation_time, region) VALUES (?, ?, ?)",
+                (name, creation_time, region),
+            )
+        )
+
+    def log_group_deleted(self, name: str) -> None:
+        self._ops.append(("DELETE FROM log_events WHERE grp = ?", (name,)))
+        self._ops.append(("DELETE FROM log_streams WHERE grp = ?", (name,)))
+        self._ops.append(("DELETE FROM log_groups WHERE name = ?", (name,)))
+
+    def log_stream_changed(self, group: str, stream: LogStream) -> None:
+        self._ops.append(
+            (
+                _STREAM,
+                (
+                    group,
+                    stream.name,
+                    stream.creation_time,
+                    stream.stored_bytes,
+                    stream.sequence,
+                    stream.received,
+                ),
+            )
+        )
+
+    def log_stream_deleted(self, group: str, name: str) -> None:
+        self._ops.append(("DELETE FROM log_events WHERE grp = ? AND stream = ?", (group, name)))
+        self._ops.append(("DELETE FROM log_streams WHERE grp = ? AND name = ?", (group, name)))
+
+    def log_events_added(self, group: str, stream: str, events: Iterable[LogEvent]) -> None:
+        for event in events:
+            self._ops.append(
+                (
+                    "INSERT INTO log_events (grp, stream, timestamp, message, ingestion_time) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (group, stream, event.timestamp, event.message, event.ingestion_time),
+                )
+            )
+
+    # ------------------------------------------------------------ capturing
+
+    def _fields(self, cls: type) -> tuple[str, ...]:
+        names = self._stored_fields.get(cls)
+        if names is None:
+            names = self._stored_fields[cls] = tuple(
+                f.name for f in attrs.fields(cls) if f.metadata.get("stored", True)
+            )
+        return names
+
+    def _serialize(self, record: Any) -> bytes:
+        buffer, pickler = self._buffer, self._pickler
+        buffer.seek(0)
+        buffer.truncate()
+        pickler.clear_memo()
+        values = {name: getattr(record, name) for name in self._fields(type(record))}
+        pickler.root = values
+        pickler.dump(values)
+        return buffer.getvalue()
+
+    def _member(self, ref: Ref, record: Any) -> int:
+        table = self._tables.get(ref[0])
+        return 1 if table is not None and table.get(ref[1]) is record else 0
+
+    def capture(self) -> list[Op]:
+        """What changed since the last capture, as statements (pickled now)."""
+        statements: list[Op] = []
+        for ref, record in self._untracked.items():
+            payload = self._serialize(record)
+            if self._last_payload.get(ref) != payload:
+                self._last_payload[ref] = payload
+                self._dirty.pop(id(record), None)
+                statements.append(
+                    (_UPSERT, (*ref, 1, _class_name(type(record)), payload))
+                )
+        while self._dirty:
+            batch, self._dirty = self._dirty, {}
+            for record in batch.values():
+                ref = self._refs[id(record)][0]
+                payload = self._serialize(record)
+                if ref in self._untracked:
+                    self._last_payload[ref] = payload
+                statements.append(
+                    (
+                        _UPSERT,
+                        (*ref, self._member(ref, record), _class_name(type(record)), payload),
+                    )
+                )
+        for ref, record in self._memberships.items():
+            statements.append((_MEMBER, (self._member(ref, record), *ref)))
+        self._memberships.clear()
+        statements.extend(self._ops)
+        self._ops = []
+        return statements
+
+    # ------------------------------------------------------------ committing
+
+    def commit_nowait(self) -> int:
+        """Capture what changed and queue it; the number ``wait_committed`` takes."""
+        statements = self.capture()
+        if statements:
+            self._captured += 1
+            self._queue.append((self._captured, statements))
+            if self._wakeup is not None:
+                self._wakeup.set()
+        return self._captured
+
+    async def commit(self) -> None:
+        """Capture what changed; return once it, and everything before it, is on disk."""
+        number = self.commit_nowait()
+        if not self._writer_running:
+            self._write_queued()
+            return
+        while self._committed < number:
+            assert self._written is not None
+            await self._written.wait()
+
+    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit queued batches, as many per transaction as have queued (group commit)."""
+        self._wakeup = trio.Event()
+        self._written = trio.Event()
+        self._writer_running = True
+        task_status.started()
+        try:
+            while True:
+                if not self._queue:
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+                    continue
+                batches, self._queue = self._queue, []
+                # Not abandoned on cancel: a transaction that began is finished.
+                await trio.to_thread.run_sync(self._write, batches, limiter=self._limiter)
+                self._written.set()
+                self._written = trio.Event()
+        finally:
+            self._writer_running = False
+
+    def _write_queued(self) -> None:
+        batches, self._queue = self._queue, []
+        self._write(batches)
+
+    def _write(self, batches: list[tuple[int, list[Op]]]) -> None:
+        if not batches:
+            return
+        try:
+            self._db.execute("BEGIN")
+            for _number, statements in batches:
+                for sql, params in statements:
+                    self._db.execute(sql, params)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise StoreError(f"cannot write the farm's state to {self.state_dir}: {exc}") from exc
+        self.commits += 1
+        self._committed = batches[-1][0]
+
+    def close(self) -> None:
+        """Commit what is left and let the state dir go."""
+        try:
+            self.commit_nowait()
+            self._write_queued()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+            self._release()
+
+    def statistics(self) -> dict[str, int]:
+        return {"records": len(self._refs), "commits": self.commits, "queued": len(self._queue)}
+
+    def __iter__(self) -> Iterator[Ref]:
+        return (ref for ref, _ in self._refs.values())
