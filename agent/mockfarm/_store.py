@@ -343,12 +343,13 @@ class FarmStore:
                 tables[kind][key] = obj
                 if not isinstance(obj, Record):
                     self._untracked[ref] = obj
-                    self._last_payload[ref] = self._serialize(obj)
+        for ref, obj in self._untracked.items():
+            self._last_payload[ref] = self._serialize(obj)
         state.rebuild(now)
         for _ref, obj in self._refs.values():
             if isinstance(obj, Record):
                 object.__setattr__(obj, "_tracker", self)
-        log.info("mockfarm.state_loaded", path=str(self.state_dir), records=len(rows))
+        log.debug("mockfarm.state_loaded", path=str(self.state_dir), records=len(rows))
         return True
 
     def _fill(self, obj: Any, values: dict[str, Any]) -> None:
