@@ -149,6 +149,9 @@ class FarmBase:
             for name in dir(type(self))
             if name[:1].isupper() and callable(getattr(type(self), name))
         }
+        self.default_farm_id: str
+        self.default_fleet_id: str
+        self.default_queue_id: str
         defaults = store.kv("meta").get("defaults") if loaded and store is not None else None
         if defaults is not None:
             assert store is not None

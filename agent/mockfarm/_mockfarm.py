@@ -342,8 +342,9 @@ async def open_mock_farm(
     without, the farm lives in memory. Raises ``StoreError`` for an unusable state dir.
     """
     if state_dir is None:
-        async with _serve_farm(Farm(config), faults, host, port, call_history,
-                               keep_alive_timeout, keys) as mock:
+        async with _serve_farm(
+            Farm(config), faults, host, port, call_history, keep_alive_timeout, keys
+        ) as mock:
             yield mock
         return
     store = FarmStore(state_dir)

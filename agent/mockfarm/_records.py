@@ -25,7 +25,7 @@ import secrets
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -86,6 +86,7 @@ class Record:
     """
 
     __slots__ = ("_tracker",)
+    _tracker: _Tracker | None
 
     def __attrs_pre_init__(self) -> None:
         object.__setattr__(self, "_tracker", None)
@@ -102,6 +103,10 @@ class Record:
 
 
 _UNSET = object()
+
+
+class _Tracker(Protocol):
+    def changed(self, record: Any, name: str) -> None: ...
 
 
 def new_hex() -> str:

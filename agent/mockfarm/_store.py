@@ -330,7 +330,7 @@ class FarmStore:
             if isinstance(obj, Record):
                 object.__setattr__(obj, "_tracker", None)
             objects[(kind, key)] = obj
-        for kind, key, member, class_name, payload in rows:
+        for kind, key, member, _class_name, payload in rows:
             ref = (kind, key)
             obj = objects[ref]
             try:
@@ -524,9 +524,7 @@ class FarmStore:
             if self._last_payload.get(ref) != payload:
                 self._last_payload[ref] = payload
                 self._dirty.pop(id(record), None)
-                statements.append(
-                    (_UPSERT, (*ref, 1, _class_name(type(record)), payload))
-                )
+                statements.append((_UPSERT, (*ref, 1, _class_name(type(record)), payload)))
         while self._dirty:
             batch, self._dirty = self._dirty, {}
             for record in batch.values():
@@ -569,7 +567,9 @@ class FarmStore:
             assert self._written is not None
             await self._written.wait()
 
-    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Commit queued batches, as many per transaction as have queued (group commit)."""
         self._wakeup = trio.Event()
         self._written = trio.Event()
