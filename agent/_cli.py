@@ -85,7 +85,11 @@ def main(argv: Sequence[str] | None = None, *, freeze_imports: bool = False) -> 
     them all again (a few hundred milliseconds in a short ``run``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        print(_usage())
+        # The worker is the command without a name: its own options belong here too.
+        module_name, help_ = WORKER_COMMAND
+        worker = argparse.ArgumentParser(prog="python -m agent", description=help_)
+        _load(module_name).configure(worker)
+        print(_usage() + "\n\nthe worker agent (no command):\n\n" + worker.format_help())
         return 0
     if args and args[0] in COMMANDS:
         name = args.pop(0)

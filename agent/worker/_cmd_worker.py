@@ -41,7 +41,7 @@ import sys
 import structlog
 import trio
 
-from .._errors import FarmhandError, UnrecoverableError
+from .._errors import ConfigurationError, FarmhandError, UnrecoverableError
 from .._logging import configure_logging
 from . import _credenv
 from ._config import ConfigError, WorkerConfig, configure_parser, load_config
@@ -82,6 +82,10 @@ async def serve(config: WorkerConfig) -> int:
     """Run the worker until it is stopped; the process exit status."""
     try:
         reason = await serve_worker(config, handle_signals=True)
+    except ConfigurationError as exc:
+        # Found at start-up (no region, an unusable endpoint): a bad configuration.
+        log.error("worker.bad_configuration", error=str(exc))
+        return 2
     except FarmhandError as exc:
         kind = "worker.farm_gave_up" if isinstance(exc, UnrecoverableError) else "worker.failed"
         log.error(kind, error=str(exc), error_type=type(exc).__name__)

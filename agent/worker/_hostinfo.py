@@ -166,9 +166,14 @@ async def _kill(process: trio.Process) -> None:
     process.kill()
 
 
+#: Whether this process has said that nvidia-smi is missing (it says so once).
+_said_no_nvidia_smi = False
+
+
 async def probe_gpus(nvidia_smi: str = "nvidia-smi") -> NvidiaSmiReport:
     """Run nvidia-smi (at most ``NVIDIA_SMI_TIMEOUT`` seconds) and parse it; on any
-    failure log a warning and report no GPUs."""
+    failure log a warning and report no GPUs (no nvidia-smi at all: one info line, the
+    first time only)."""
     argv = [nvidia_smi, *NVIDIA_SMI_QUERY]
     result: subprocess.CompletedProcess[bytes] | None = None
     with trio.move_on_after(NVIDIA_SMI_TIMEOUT) as scope:
@@ -182,7 +187,11 @@ async def probe_gpus(nvidia_smi: str = "nvidia-smi") -> NvidiaSmiReport:
                 deliver_cancel=_kill,
             )
         except FileNotFoundError:
-            log.warning("hostinfo.gpu_probe_failed", reason="nvidia-smi not found", gpus=0)
+            # The usual case on a host without NVIDIA GPUs: say so once, not as a problem.
+            global _said_no_nvidia_smi
+            if not _said_no_nvidia_smi:
+                _said_no_nvidia_smi = True
+                log.info("hostinfo.no_nvidia_smi", note="nvidia-smi is not installed", gpus=0)
             return NvidiaSmiReport(())
         except OSError as exc:
             log.warning("hostinfo.gpu_probe_failed", reason=f"cannot run nvidia-smi: {exc}", gpus=0)

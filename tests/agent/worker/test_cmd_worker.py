@@ -3,6 +3,7 @@ against the embedded mock farm (asserted through the farm's recorded calls)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -309,3 +310,37 @@ async def test_a_signal_while_starting_cancels_the_start(tmp_path: Path) -> None
     assert code == 0
     assert took < 3
     assert not agent.events("worker.started")
+
+
+async def test_a_configuration_error_found_at_start_up_exits_2(tmp_path: Path) -> None:
+    """No AWS region anywhere: one error line naming what to set, exit 2 (not 1, which a
+    service manager would restart forever)."""
+    farm_id, fleet_id = "farm-" + "a" * 32, "fleet-" + "b" * 32
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE", "AWS_PROFILE")
+    }
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_ACCESS_KEY_ID="AKIDX",
+        AWS_SECRET_ACCESS_KEY="x",
+    )
+    result = await trio.run_process(
+        [
+            *(PY, "-m", "agent", "--farm-id", farm_id, "--fleet-id", fleet_id),
+            *("--endpoint-url", "http://127.0.0.1:9", "--log-format", "json"),
+            *("--persistence-dir", str(tmp_path / "p"), "--logs-dir", str(tmp_path / "l")),
+        ],
+        env=env,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = [
+        json.loads(line) for line in result.stderr.decode().splitlines() if line.startswith("{")
+    ]
+    [error] = [line for line in lines if line["level"] == "error"]
+    assert error["event"] == "worker.bad_configuration"
+    assert "AWS_DEFAULT_REGION" in error["error"]

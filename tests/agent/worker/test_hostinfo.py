@@ -15,6 +15,7 @@ import structlog.testing
 import trio
 import trio.testing
 
+import agent.worker._hostinfo as hostinfo_module
 from agent.worker._hostinfo import (
     NVIDIA_SMI_QUERY,
     NVIDIA_SMI_TIMEOUT,
@@ -115,16 +116,21 @@ async def test_the_query_is_passed_and_parsed(smi_dir: Path) -> None:
     assert logs == []
 
 
-async def test_a_missing_nvidia_smi_is_a_warning(tmp_path: Path) -> None:
-    """No nvidia-smi: a warning and no GPUs, no exception."""
+async def test_a_missing_nvidia_smi_is_said_once_at_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No nvidia-smi (a host without NVIDIA GPUs): no GPUs, no exception, one info line
+    the first time and nothing after."""
+    monkeypatch.setattr(hostinfo_module, "_said_no_nvidia_smi", False)
     with structlog.testing.capture_logs() as logs:
         report = await probe_gpus(str(tmp_path / "nvidia-smi"))
-    assert report.count == 0
+        again = await probe_gpus(str(tmp_path / "nvidia-smi"))
+    assert report.count == 0 and again.count == 0
     assert logs == [
         {
-            "event": "hostinfo.gpu_probe_failed",
-            "log_level": "warning",
-            "reason": "nvidia-smi not found",
+            "event": "hostinfo.no_nvidia_smi",
+            "log_level": "info",
+            "note": "nvidia-smi is not installed",
             "gpus": 0,
         }
     ]
@@ -355,6 +361,7 @@ async def test_failing_probes_are_warnings_and_gpus_default_to_zero(
     monkeypatch.setattr(psutil, "virtual_memory", broken)
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None)
     monkeypatch.setattr(psutil, "net_if_addrs", broken)
+    monkeypatch.setattr(hostinfo_module, "_said_no_nvidia_smi", False)
     with structlog.testing.capture_logs() as logs:
         facts = await probe_host(nvidia_smi=str(tmp_path / "absent"))
     amounts = facts.capabilities.amounts
@@ -367,5 +374,5 @@ async def test_failing_probes_are_warnings_and_gpus_default_to_zero(
         ("hostinfo.probe_failed", "amount.worker.memory"),
         ("hostinfo.probe_failed", "amount.worker.vcpu"),
         ("hostinfo.probe_failed", "ipAddresses"),
-        ("hostinfo.gpu_probe_failed", None),
+        ("hostinfo.no_nvidia_smi", None),
     }
