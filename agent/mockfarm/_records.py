@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -73,6 +73,11 @@ COMPLETED_ACTION_STATUSES = frozenset(
 #: stored fields when the farm is loaded (``FarmState.rebuild``) or, like a heartbeat
 #: time, means nothing to another process. Assigning it does not mark the record changed.
 NOT_STORED = {"stored": False}
+#: Field metadata of a list or dict of records that point back at their holder: the
+#: records are saved on their own (new ones found here), the field is not stored, and
+#: ``FarmState.rebuild`` refills it from the records (a step's tasks: a big step is
+#: then not re-pickled whole whenever one of its dates changes).
+CHILDREN = {"stored": False, "children": True}
 
 
 class Record:
@@ -201,7 +206,7 @@ class Step(Record):
     job: Job
     spec: StepSpec
     created_at: datetime
-    tasks: list[Task] = attrs.Factory(list)
+    tasks: list[Task] = attrs.field(factory=list, metadata=CHILDREN)
     dependencies: list[Step] = attrs.Factory(list)
     consumers: list[Step] = attrs.Factory(list)
     counts: Counter[str] = attrs.field(factory=Counter, metadata=NOT_STORED)
@@ -448,17 +453,22 @@ class FarmState:
     #: Diagnostics for tests; not stored.
     ignored_updates: list[IgnoredUpdate] = attrs.field(factory=list, metadata=NOT_STORED)
 
-    def rebuild(self, now: float) -> None:
+    def rebuild(self, now: float, loaded: Iterable[Any]) -> None:
         """Recompute what records do not store (``NOT_STORED``) from what they do.
 
-        Called once a persistent farm's records are loaded; ``now`` is the
-        ``trio.current_time()`` that every worker's heartbeat clock restarts from.
+        Called once a persistent farm's records (``loaded``: all of them, in the
+        order they were first saved) are loaded; ``now`` is the ``trio.current_time()``
+        that every worker's heartbeat clock restarts from.
         """
+        for record in loaded:
+            if isinstance(record, Task):
+                record.step.tasks.append(record)
         for environment in self.queue_environments.values():
             queue = self.queues.get(environment.queue_id)
             if queue is not None:
                 queue.environments[environment.queue_environment_id] = environment
         for step in self.steps.values():
+            step.tasks.sort(key=lambda task: task.index)
             step.counts = Counter(task.status for task in step.tasks)
             step._ready = [task.index for task in step.tasks if task.status == "READY"]
         for job in self.jobs.values():

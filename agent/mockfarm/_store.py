@@ -75,7 +75,7 @@ import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import structlog
@@ -156,38 +156,46 @@ def _find_class(module: str, name: str) -> Any:
     raise StoreError(f"the state dir holds a {module}.{name}, which this farm does not know")
 
 
+def _ref(kind: str, key: str) -> Any:
+    """Stands for a reference in a payload; ``_Unpickler`` resolves it instead."""
+    raise StoreError(f"a reference to {kind} {key} read outside the store")
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: IO[bytes], objects: dict[Ref, Any]) -> None:
         super().__init__(file)
         self._objects = objects
 
-    def persistent_load(self, pid: Any) -> Any:
+    def _resolve(self, kind: str, key: str) -> Any:
         try:
-            return self._objects[tuple(pid)]
+            return self._objects[(kind, key)]
         except KeyError:
-            raise StoreError(f"the state dir refers to a missing record {pid}") from None
+            raise StoreError(f"the state dir refers to a missing record {kind} {key}") from None
 
     def find_class(self, module: str, name: str) -> Any:
+        if name == "_ref" and module == __name__:
+            return self._resolve
         return _find_class(module, name)
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles one record's fields; other records become ``(kind, key)`` references."""
+    """Pickles one record's fields; other records become ``_ref(kind, key)`` calls.
+
+    ``reducer_override`` (unlike ``persistent_id``) is not consulted for the
+    built-in types that make up most of a payload, which keeps pickling fast.
+    """
 
     def __init__(self, file: IO[bytes], store: FarmStore) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._store = store
-        self.root: Any = None
 
-    def persistent_id(self, obj: Any) -> Any:
-        if obj is self.root:
-            return None
+    def reducer_override(self, obj: Any) -> Any:
         entry = self._store._refs.get(id(obj))
         if entry is not None:
-            return entry[0]
+            return _ref, entry[0]
         if isinstance(obj, Record):
-            return self._store._adopt(obj)
-        return None
+            return _ref, self._store._adopt(obj)
+        return NotImplemented
 
 
 class _Table(dict[str, Any]):
@@ -282,12 +290,10 @@ class FarmStore:
         self._untracked: dict[Ref, Any] = {}
         self._last_payload: dict[Ref, bytes] = {}
         self._tables: dict[str, _Table] = {}
-        self._stored_fields: dict[type, tuple[str, ...]] = {}
+        self._stored_fields: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._skipped_fields: dict[type, frozenset[str]] = {}
         #: kv and log statements since the last capture, in order.
         self._ops: list[Op] = []
-        self._buffer = io.BytesIO()
-        self._pickler = _Pickler(self._buffer, self)
         #: Captured batches not yet committed: (sequence number, statements).
         self._queue: list[tuple[int, list[Op]]] = []
         self._captured = 0
@@ -345,7 +351,7 @@ class FarmStore:
                     self._untracked[ref] = obj
         for ref, obj in self._untracked.items():
             self._last_payload[ref] = self._serialize(obj)
-        state.rebuild(now)
+        state.rebuild(now, (obj for _ref, obj in self._refs.values()))
         for _ref, obj in self._refs.values():
             if isinstance(obj, Record):
                 object.__setattr__(obj, "_tracker", self)
@@ -494,22 +500,27 @@ class FarmStore:
 
     # ------------------------------------------------------------ capturing
 
-    def _fields(self, cls: type) -> tuple[str, ...]:
+    def _fields(self, cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The stored fields of a record class, and its ``CHILDREN`` fields."""
         names = self._stored_fields.get(cls)
         if names is None:
-            names = self._stored_fields[cls] = tuple(
-                f.name for f in attrs.fields(cls) if f.metadata.get("stored", True)
+            fields = attrs.fields(cls)
+            names = self._stored_fields[cls] = (
+                tuple(f.name for f in fields if f.metadata.get("stored", True)),
+                tuple(f.name for f in fields if f.metadata.get("children")),
             )
         return names
 
     def _serialize(self, record: Any) -> bytes:
-        buffer, pickler = self._buffer, self._pickler
-        buffer.seek(0)
-        buffer.truncate()
-        pickler.clear_memo()
-        values = {name: getattr(record, name) for name in self._fields(type(record))}
-        pickler.root = values
-        pickler.dump(values)
+        stored, children = self._fields(type(record))
+        for name in children:
+            value = getattr(record, name)
+            for child in value.values() if isinstance(value, dict) else value:
+                if id(child) not in self._refs:
+                    self._adopt(child)
+        buffer = io.BytesIO()
+        # A new pickler each time: clearing a memo costs what its largest use left.
+        _Pickler(buffer, self).dump({name: getattr(record, name) for name in stored})
         return buffer.getvalue()
 
     def _member(self, ref: Ref, record: Any) -> int:
@@ -582,8 +593,13 @@ class FarmStore:
                     self._wakeup = trio.Event()
                     continue
                 batches, self._queue = self._queue, []
-                # Not abandoned on cancel: a transaction that began is finished.
-                await trio.to_thread.run_sync(self._write, batches, limiter=self._limiter)
+                # The statements run here: in a thread each would wait for the GIL that
+                # this thread holds while it serves. The commit, which waits for the
+                # disk without the GIL, runs in a thread. Not abandoned on cancel: a
+                # transaction that began is finished.
+                self._execute(batches)
+                await trio.to_thread.run_sync(self._commit, limiter=self._limiter)
+                self._committed = batches[-1][0]
                 self._written.set()
                 self._written = trio.Event()
         finally:
@@ -591,23 +607,31 @@ class FarmStore:
 
     def _write_queued(self) -> None:
         batches, self._queue = self._queue, []
-        self._write(batches)
+        if batches:
+            self._execute(batches)
+            self._commit()
+            self._committed = batches[-1][0]
 
-    def _write(self, batches: list[tuple[int, list[Op]]]) -> None:
-        if not batches:
-            return
+    def _execute(self, batches: list[tuple[int, list[Op]]]) -> None:
         try:
             self._db.execute("BEGIN")
             for _number, statements in batches:
                 for sql, params in statements:
                     self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+
+    def _commit(self) -> None:
+        try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.rollback()
-            raise StoreError(f"cannot write the farm's state to {self.state_dir}: {exc}") from exc
+            self._failed(exc)
         self.commits += 1
-        self._committed = batches[-1][0]
+
+    def _failed(self, exc: sqlite3.Error) -> NoReturn:
+        if self._db.in_transaction:
+            self._db.rollback()
+        raise StoreError(f"cannot write the farm's state to {self.state_dir}: {exc}") from exc
 
     def close(self) -> None:
         """Commit what is left and let the state dir go."""
