@@ -111,6 +111,8 @@ CREATE TABLE IF NOT EXISTS log_events (
     message TEXT NOT NULL, ingestion_time INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS log_events_stream ON log_events (grp, stream);
 """
+#: The payload key of a table member that is not an attrs record.
+_VALUE = "__value__"
 _UPSERT = (
     "INSERT INTO records (kind, key, member, cls, payload) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (kind, key) DO UPDATE SET member = excluded.member, cls = excluded.cls, "
@@ -329,6 +331,8 @@ class FarmStore:
         objects: dict[Ref, Any] = {}
         classes: dict[str, Any] = {}
         for kind, key, _member, class_name, _payload in rows:
+            if not class_name:
+                continue  # a plain value: made by its payload
             cls = classes.get(class_name)
             if cls is None:
                 cls = classes[class_name] = _find_class(*class_name.split(":", 1))
@@ -336,15 +340,18 @@ class FarmStore:
             if isinstance(obj, Record):
                 object.__setattr__(obj, "_tracker", None)
             objects[(kind, key)] = obj
-        for kind, key, member, _class_name, payload in rows:
+        for kind, key, member, class_name, payload in rows:
             ref = (kind, key)
-            obj = objects[ref]
             try:
                 values = _Unpickler(io.BytesIO(payload), objects).load()
             except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
                 raise StoreError(f"cannot read record {kind} {key}: {exc}") from exc
-            self._fill(obj, values)
-            self._refs[id(obj)] = (ref, obj)
+            if class_name:
+                obj = objects[ref]
+                self._fill(obj, values)
+                self._refs[id(obj)] = (ref, obj)
+            else:
+                obj = values[_VALUE]
             if member and kind in tables:
                 tables[kind][key] = obj
                 if not isinstance(obj, Record):
@@ -435,10 +442,9 @@ class FarmStore:
         return ref
 
     def _member_added(self, table: str, key: str, value: Any) -> None:
-        if not attrs.has(type(value)):
-            raise TypeError(f"FarmState.{table} holds attrs records, not {type(value).__name__}")
         ref = (table, key)
-        self._adopt(value, ref)
+        if attrs.has(type(value)):
+            self._adopt(value, ref)
         self._memberships[ref] = value
         if not isinstance(value, Record):
             self._untracked[ref] = value
@@ -512,6 +518,12 @@ class FarmStore:
         return names
 
     def _serialize(self, record: Any) -> bytes:
+        if not attrs.has(type(record)):
+            # A value that is not a record (a dict, a tuple) is stored whole; nothing
+            # refers to it, so it needs no placeholder on load.
+            buffer = io.BytesIO()
+            _Pickler(buffer, self).dump({_VALUE: record})
+            return buffer.getvalue()
         stored, children = self._fields(type(record))
         for name in children:
             value = getattr(record, name)
@@ -522,6 +534,10 @@ class FarmStore:
         # A new pickler each time: clearing a memo costs what its largest use left.
         _Pickler(buffer, self).dump({name: getattr(record, name) for name in stored})
         return buffer.getvalue()
+
+    @staticmethod
+    def _class_of(record: Any) -> str:
+        return _class_name(type(record)) if attrs.has(type(record)) else ""
 
     def _member(self, ref: Ref, record: Any) -> int:
         table = self._tables.get(ref[0])
@@ -535,7 +551,7 @@ class FarmStore:
             if self._last_payload.get(ref) != payload:
                 self._last_payload[ref] = payload
                 self._dirty.pop(id(record), None)
-                statements.append((_UPSERT, (*ref, 1, _class_name(type(record)), payload)))
+                statements.append((_UPSERT, (*ref, 1, self._class_of(record), payload)))
         while self._dirty:
             batch, self._dirty = self._dirty, {}
             for record in batch.values():
@@ -544,10 +560,7 @@ class FarmStore:
                 if ref in self._untracked:
                     self._last_payload[ref] = payload
                 statements.append(
-                    (
-                        _UPSERT,
-                        (*ref, self._member(ref, record), _class_name(type(record)), payload),
-                    )
+                    (_UPSERT, (*ref, self._member(ref, record), self._class_of(record), payload))
                 )
         for ref, record in self._memberships.items():
             statements.append((_MEMBER, (self._member(ref, record), *ref)))
@@ -606,6 +619,9 @@ class FarmStore:
             self._writer_running = False
 
     def _write_queued(self) -> None:
+        if self._db.in_transaction:
+            # The writer was cancelled between its statements and their commit.
+            self._commit()
         batches, self._queue = self._queue, []
         if batches:
             self._execute(batches)

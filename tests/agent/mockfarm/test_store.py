@@ -223,6 +223,8 @@ class Budget:
 @attrs.define(eq=False)
 class StateWithBudgets(FarmState):
     budgets: dict[str, Budget] = attrs.Factory(dict)
+    #: Plain values, not records.
+    members: dict[str, dict[str, str]] = attrs.Factory(dict)
 
 
 def _open(state_dir: Path) -> tuple[FarmStore, StateWithBudgets, LogStore]:
@@ -242,12 +244,15 @@ def test_new_record_types_persist_without_extra_work(tmp_path: Path) -> None:
     queue = Queue("queue-1", "farm-1", "Q", None, None, {}, None, datetime.now(UTC))
     state.queues[queue.queue_id] = queue
     state.budgets["budget-1"] = Budget("budget-1", queue, 10.0)
+    state.members["user-1"] = {"membershipLevel": "VIEWER"}
     store.commit_nowait()
     state.budgets["budget-1"].actions.append("STOP_SCHEDULING")  # in place: still seen
+    state.members["user-1"]["membershipLevel"] = "OWNER"
     queue.display_name = "Renamed"
     store.close()
 
     store, state, _ = _open(tmp_path)
+    assert state.members == {"user-1": {"membershipLevel": "OWNER"}}
     budget = state.budgets["budget-1"]
     assert budget.actions == ["STOP_SCHEDULING"]
     assert budget.queue is state.queues["queue-1"]
