@@ -25,7 +25,7 @@ import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
@@ -69,49 +69,17 @@ COMPLETED_ACTION_STATUSES = frozenset(
 )
 
 
-#: Field metadata of a record field the store does not keep: it is rebuilt from the
-#: stored fields when the farm is loaded (``FarmState.rebuild``) or, like a heartbeat
-#: time, means nothing to another process. Assigning it does not mark the record changed.
+#: Field metadata of a record field the store (``_store``) does not keep: it is rebuilt
+#: from the stored fields when the farm is loaded (``FarmState.rebuild``) or, like a
+#: heartbeat time, means nothing to another process. Assigning it does not mark the
+#: record changed. A stored field must be assigned, not changed in place (the store
+#: sees assignments), or be a plain value in a ``FarmState`` table.
 NOT_STORED = {"stored": False}
 #: Field metadata of a list or dict of records that point back at their holder: the
 #: records are saved on their own (new ones found here), the field is not stored, and
 #: ``FarmState.rebuild`` refills it from the records (a step's tasks: a big step is
 #: then not re-pickled whole whenever one of its dates changes).
 CHILDREN = {"stored": False, "children": True}
-
-
-class Record:
-    """The base of the farm's records: the store (``_store``) sees attribute assignments.
-
-    An ephemeral farm's records have no tracker and assignment costs one slot read.
-    A persistent farm's records report every assignment that changes a field's value
-    (by identity) to the store, which saves the record with the request's transaction.
-    A field changed in place (a list appended to) is not seen: such fields are either
-    ``NOT_STORED`` (rebuilt on load) or reassigned (``session.environment_stack``).
-    """
-
-    __slots__ = ("_tracker",)
-    _tracker: _Tracker | None
-
-    def __attrs_pre_init__(self) -> None:
-        object.__setattr__(self, "_tracker", None)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        tracker = self._tracker
-        if tracker is None:
-            object.__setattr__(self, name, value)
-            return
-        old = getattr(self, name, _UNSET)
-        object.__setattr__(self, name, value)
-        if old is not value:
-            tracker.changed(self, name)
-
-
-_UNSET = object()
-
-
-class _Tracker(Protocol):
-    def changed(self, record: Any, name: str) -> None: ...
 
 
 def new_hex() -> str:
@@ -126,7 +94,7 @@ def rollup(counts: Counter[str]) -> str:
 
 
 @attrs.define(eq=False)
-class FarmRecord(Record):
+class FarmRecord:
     farm_id: str
     display_name: str
     description: str | None
@@ -136,7 +104,7 @@ class FarmRecord(Record):
 
 
 @attrs.define(eq=False)
-class Fleet(Record):
+class Fleet:
     fleet_id: str
     farm_id: str
     display_name: str
@@ -150,7 +118,7 @@ class Fleet(Record):
 
 
 @attrs.define(eq=False)
-class QueueEnvironment(Record):
+class QueueEnvironment:
     queue_environment_id: str
     queue_id: str
     name: str
@@ -162,7 +130,7 @@ class QueueEnvironment(Record):
 
 
 @attrs.define(eq=False)
-class Queue(Record):
+class Queue:
     queue_id: str
     farm_id: str
     display_name: str
@@ -180,7 +148,7 @@ class Queue(Record):
 
 
 @attrs.define(eq=False)
-class Task(Record):
+class Task:
     task_id: str
     step: Step
     index: int
@@ -201,7 +169,7 @@ class Task(Record):
 
 
 @attrs.define(eq=False)
-class Step(Record):
+class Step:
     step_id: str
     job: Job
     spec: StepSpec
@@ -245,7 +213,7 @@ class Step(Record):
 
 
 @attrs.define(eq=False)
-class Job(Record):
+class Job:
     job_id: str
     queue: Queue
     spec_name: str
@@ -307,7 +275,7 @@ class Job(Record):
 
 
 @attrs.define(eq=False)
-class SessionAction(Record):
+class SessionAction:
     action_id: str
     session: Session
     index: int
@@ -347,7 +315,7 @@ class SessionAction(Record):
 
 
 @attrs.define(eq=False)
-class Session(Record):
+class Session:
     session_id: str
     worker: WorkerRecord
     job: Job
@@ -388,7 +356,7 @@ class Session(Record):
 
 
 @attrs.define(eq=False)
-class WorkerRecord(Record):
+class WorkerRecord:
     worker_id: str
     farm_id: str
     fleet_id: str
@@ -495,3 +463,22 @@ class FarmState:
         if step is None or not index.isdigit() or int(index) >= len(step.tasks):
             return None
         return step.tasks[int(index)]
+
+
+#: Record classes whose stored fields are only ever assigned, never changed in place:
+#: the store watches their assignments (at no cost to an in-memory farm). A record of
+#: any other attrs class is stored too, and compared whole at every commit instead.
+ASSIGNED_ONLY: frozenset[type] = frozenset(
+    {
+        FarmRecord,
+        Fleet,
+        QueueEnvironment,
+        Queue,
+        Task,
+        Step,
+        Job,
+        SessionAction,
+        Session,
+        WorkerRecord,
+    }
+)

@@ -8,53 +8,58 @@ run``) keep everything in memory, as before.
 
 How records are stored
 ----------------------
-The store knows no record type by name. It stores **every attrs record in a
+The store knows no record type by name. It stores **every value in a
 ``FarmState`` table** (each ``dict`` field of ``FarmState``: ``jobs``,
-``workers``...) and every ``Record`` reachable from one (tasks, through their
-step). One SQLite table holds them all::
+``workers``..., and any table added later) and every attrs record reachable from
+one (tasks, through their step). One SQLite table holds them all::
 
-    records(kind, key, member, cls, payload)    -- kind: the FarmState table, or
-                                                 -- the class name for a record
-                                                 -- reachable only (Task)
+    records(kind, key, member, cls, payload)   -- kind: the FarmState table, or the
+                                                -- class name of a record reachable
+                                                -- only (Task); member: in its table
 
 ``payload`` is a pickle of the record's stored fields, by name (attrs fields not
 marked ``NOT_STORED``). A reference to another record inside it (a task's step,
-a session's worker) is pickled as that record's ``(kind, key)`` (pickle's
-persistent ids), so cycles are fine and each record is saved on its own. On
-load every row first becomes an empty instance of its class, then the payloads
-fill them in, references resolved; a field missing from the payload takes its
-attrs default (so a field added later with a default loads from an older state
-dir), a stored field the class no longer has is ignored. What a record does not
-store (counts, open-action lists, a worker's sessions) ``FarmState.rebuild``
-recomputes from what it does.
+a session's worker) is pickled as that record's ``(kind, key)``, so cycles are
+fine and each record is saved on its own; frozen attrs classes are values and
+are pickled inline. On load every row first becomes an empty instance of its
+class, then the payloads fill them in, references resolved; a field missing
+from the payload takes its attrs default (so a field added later with a default
+loads from an older state dir) and a stored field the class no longer has is
+ignored. What a record does not store (counts, open-action lists, a worker's
+sessions, a step's tasks: ``NOT_STORED`` and ``CHILDREN`` fields)
+``FarmState.rebuild`` recomputes from what it does. A table value that is not an
+attrs record (a dict) is stored whole.
 
 What is saved, and when
 -----------------------
 A request's changes are found without the handlers' help:
 
-- ``Record`` subclasses report every attribute assignment that changes a field
-  (``_records.Record.__setattr__``); the record is re-pickled once per request;
 - a record put into (or taken out of) a ``FarmState`` table is saved (or
-  marked no longer a member: it may still be referenced);
-- a ``Record`` never saved that a saved record refers to is saved with it;
-- records of other attrs classes in a ``FarmState`` table (new record types
-  that do not derive from ``Record``) are re-pickled at each commit and saved
-  when their bytes differ: correct for any change, meant for small tables.
+  marked no longer a member: other records may still refer to it);
+- a record never saved that a saved record refers to is saved with it;
+- records of the classes in ``_records.ASSIGNED_ONLY`` (the farm's own, whose
+  stored fields are assigned, never changed in place) report assignments: once
+  saved, a record's class becomes a subclass with a ``__setattr__`` that marks
+  it changed (``__class__`` assignment; same layout), so an in-memory farm pays
+  nothing, and a changed record is re-pickled once per request;
+- any other record or table value (record types added later) is re-pickled at
+  every commit and saved when its bytes differ: correct whatever changes it,
+  in place included; meant for small tables (add a class to ``ASSIGNED_ONLY``
+  once its code only assigns).
 
-A change made in place to a container field (``list.append``) is not seen:
-such fields are ``NOT_STORED`` and rebuilt, or replaced rather than changed
-(``Session.environment_stack``). Keys the farm hands out and idempotency tokens
-are kept in ``kv``; CloudWatch Logs in ``log_groups``, ``log_streams`` and
-``log_events`` (appended as events arrive; as in memory, nothing is dropped
-beyond what ``LogStore`` itself drops).
+Keys the farm hands out and idempotency tokens are kept in ``kv``; CloudWatch
+Logs in ``log_groups``, ``log_streams`` and ``log_events`` (appended as events
+arrive; as in memory, nothing is dropped beyond what ``LogStore`` itself drops).
 
 Transactions and durability
 ---------------------------
 After each request (``MockFarmApp``) the store pickles what changed, on the
-Trio thread, into a batch of statements; one writer task commits the queued
-batches in a worker thread, several requests per transaction when they come
-faster than a commit (group commit), and the request is answered only once its
-batch is committed. A response therefore never reports anything a crash can
+Trio thread, into a batch of statements; one writer task runs the queued
+batches' statements (on the Trio thread: a thread would wait for the GIL at
+every statement) and their ``COMMIT`` in a worker thread, several requests per
+transaction when they come faster than a commit (group commit), and a request
+is answered only once its batch is committed; so is a read, once everything
+it could have seen is. A response therefore never reports anything a crash can
 take back: the database is in WAL mode with ``synchronous=FULL``, so a commit
 is on disk before it returns, and survives the server's SIGKILL and the
 machine's power loss alike (``NORMAL`` would survive a SIGKILL only). A failed
@@ -71,17 +76,18 @@ import importlib
 import io
 import os
 import pickle
+import secrets
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
 import attrs
 import structlog
 import trio
 
-from ._records import FarmState, Record
+from ._records import ASSIGNED_ONLY, FarmState
 
 if TYPE_CHECKING:
     from ._logstore import LogEvent, LogStore, LogStream
@@ -158,6 +164,18 @@ def _find_class(module: str, name: str) -> Any:
     raise StoreError(f"the state dir holds a {module}.{name}, which this farm does not know")
 
 
+_UNSET = object()
+
+
+@attrs.frozen
+class _FrozenProbe:
+    x: int = 0
+
+
+#: What attrs gives every frozen class: their instances are values, not records.
+_FROZEN_SETATTR = _FrozenProbe.__setattr__
+
+
 def _ref(kind: str, key: str) -> Any:
     """Stands for a reference in a payload; ``_Unpickler`` resolves it instead."""
     raise StoreError(f"a reference to {kind} {key} read outside the store")
@@ -195,7 +213,7 @@ class _Pickler(pickle.Pickler):
         entry = self._store._refs.get(id(obj))
         if entry is not None:
             return _ref, entry[0]
-        if isinstance(obj, Record):
+        if self._store._is_record(type(obj)):
             return _ref, self._store._adopt(obj)
         return NotImplemented
 
@@ -293,7 +311,8 @@ class FarmStore:
         self._last_payload: dict[Ref, bytes] = {}
         self._tables: dict[str, _Table] = {}
         self._stored_fields: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        self._skipped_fields: dict[type, frozenset[str]] = {}
+        self._tracked: dict[type, type] = {}
+        self._record_classes: dict[type, bool] = {}
         #: kv and log statements since the last capture, in order.
         self._ops: list[Op] = []
         #: Captured batches not yet committed: (sequence number, statements).
@@ -336,10 +355,7 @@ class FarmStore:
             cls = classes.get(class_name)
             if cls is None:
                 cls = classes[class_name] = _find_class(*class_name.split(":", 1))
-            obj = cls.__new__(cls)
-            if isinstance(obj, Record):
-                object.__setattr__(obj, "_tracker", None)
-            objects[(kind, key)] = obj
+            objects[(kind, key)] = cls.__new__(cls)
         for kind, key, member, class_name, payload in rows:
             ref = (kind, key)
             try:
@@ -350,18 +366,20 @@ class FarmStore:
                 obj = objects[ref]
                 self._fill(obj, values)
                 self._refs[id(obj)] = (ref, obj)
+                if type(obj) not in ASSIGNED_ONLY:
+                    self._untracked[ref] = obj
             else:
                 obj = values[_VALUE]
             if member and kind in tables:
                 tables[kind][key] = obj
-                if not isinstance(obj, Record):
+                if not class_name:
                     self._untracked[ref] = obj
+        state.rebuild(now, (obj for _ref, obj in self._refs.values()))
         for ref, obj in self._untracked.items():
             self._last_payload[ref] = self._serialize(obj)
-        state.rebuild(now, (obj for _ref, obj in self._refs.values()))
         for _ref, obj in self._refs.values():
-            if isinstance(obj, Record):
-                object.__setattr__(obj, "_tracker", self)
+            if type(obj) in ASSIGNED_ONLY:
+                obj.__class__ = self._tracked_class(type(obj))
         log.debug("mockfarm.state_loaded", path=str(self.state_dir), records=len(rows))
         return True
 
@@ -420,39 +438,74 @@ class FarmStore:
                 setattr(state, field.name, table)
         logs.journal = self
 
-    def changed(self, record: Any, name: str) -> None:
-        """A tracked record's field was assigned (``Record.__setattr__``)."""
-        cls = type(record)
-        skipped = self._skipped_fields.get(cls)
-        if skipped is None:
-            skipped = self._skipped_fields[cls] = frozenset(
-                f.name for f in attrs.fields(cls) if not f.metadata.get("stored", True)
+    def _tracked_class(self, cls: type) -> type:
+        """A subclass of ``cls`` that tells this store of assignments; a record this
+        store saves becomes one (``__class__``: same layout, ``__slots__ = ()``), so an
+        in-memory farm's records pay nothing for tracking."""
+        tracked = self._tracked.get(cls)
+        if tracked is not None:
+            return tracked
+        store = self
+        skipped = frozenset(f.name for f in attrs.fields(cls) if not f.metadata.get("stored", True))
+        assign = cast(Callable[[Any, str, Any], None], cls.__setattr__)
+
+        def __setattr__(record: Any, name: str, value: Any) -> None:
+            old = getattr(record, name, _UNSET)
+            assign(record, name, value)
+            if old is not value and name not in skipped and id(record) in store._refs:
+                store._dirty[id(record)] = record
+
+        tracked = self._tracked[cls] = type(
+            cls.__name__,
+            (cls,),
+            {
+                "__slots__": (),
+                "__setattr__": __setattr__,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "_stored_class": cls,
+            },
+        )
+        return tracked
+
+    def _is_record(self, cls: type) -> bool:
+        """Whether objects of ``cls`` are records (attrs, not frozen) rather than values."""
+        found = self._record_classes.get(cls)
+        if found is None:
+            found = self._record_classes[cls] = (
+                attrs.has(cls) and getattr(cls, "__setattr__", None) is not _FROZEN_SETATTR
             )
-        if name not in skipped:
-            self._dirty[id(record)] = record
+        return found
 
     def _adopt(self, record: Any, ref: Ref | None = None) -> Ref:
+        cls = getattr(type(record), "_stored_class", type(record))
         if ref is None:
-            cls = type(record)
-            ref = (cls.__name__, str(getattr(record, attrs.fields(cls)[0].name)))
+            if cls in ASSIGNED_ONLY:
+                ref = (cls.__name__, str(getattr(record, attrs.fields(cls)[0].name)))
+            else:
+                ref = (cls.__name__, secrets.token_hex(8))
         self._refs[id(record)] = (ref, record)
-        if isinstance(record, Record):
-            object.__setattr__(record, "_tracker", self)
-        self._dirty[id(record)] = record
+        if cls in ASSIGNED_ONLY:
+            if type(record) is cls:
+                record.__class__ = self._tracked_class(cls)
+            self._dirty[id(record)] = record
+        else:
+            self._untracked[ref] = record
         return ref
 
     def _member_added(self, table: str, key: str, value: Any) -> None:
         ref = (table, key)
         if attrs.has(type(value)):
             self._adopt(value, ref)
-        self._memberships[ref] = value
-        if not isinstance(value, Record):
+        else:
             self._untracked[ref] = value
+        self._memberships[ref] = value
 
     def _member_removed(self, table: str, key: str, value: Any) -> None:
         ref = (table, key)
         self._memberships[ref] = value
-        self._untracked.pop(ref, None)
+        if not attrs.has(type(value)):
+            self._untracked.pop(ref, None)
 
     def put_kv(self, namespace: str, key: str, value: Any) -> None:
         self._ops.append((_PUT_KV, (namespace, key, pickle.dumps(value))))
@@ -535,9 +588,13 @@ class FarmStore:
         _Pickler(buffer, self).dump({name: getattr(record, name) for name in stored})
         return buffer.getvalue()
 
+    def _upsert(self, ref: Ref, record: Any, payload: bytes) -> Op:
+        return (_UPSERT, (*ref, self._member(ref, record), self._class_of(record), payload))
+
     @staticmethod
     def _class_of(record: Any) -> str:
-        return _class_name(type(record)) if attrs.has(type(record)) else ""
+        cls = type(record)
+        return _class_name(getattr(cls, "_stored_class", cls)) if attrs.has(cls) else ""
 
     def _member(self, ref: Ref, record: Any) -> int:
         table = self._tables.get(ref[0])
@@ -546,22 +603,26 @@ class FarmStore:
     def capture(self) -> list[Op]:
         """What changed since the last capture, as statements (pickled now)."""
         statements: list[Op] = []
-        for ref, record in self._untracked.items():
-            payload = self._serialize(record)
-            if self._last_payload.get(ref) != payload:
-                self._last_payload[ref] = payload
-                self._dirty.pop(id(record), None)
-                statements.append((_UPSERT, (*ref, 1, self._class_of(record), payload)))
-        while self._dirty:
-            batch, self._dirty = self._dirty, {}
-            for record in batch.values():
-                ref = self._refs[id(record)][0]
+        compared: set[Ref] = set()
+        more = True
+        while more:
+            # Pickling may find records never saved: round again until none is new.
+            more = False
+            for ref, record in list(self._untracked.items()):
+                if ref in compared:
+                    continue
+                compared.add(ref)
+                more = True
                 payload = self._serialize(record)
-                if ref in self._untracked:
+                if self._last_payload.get(ref) != payload:
                     self._last_payload[ref] = payload
-                statements.append(
-                    (_UPSERT, (*ref, self._member(ref, record), self._class_of(record), payload))
-                )
+                    statements.append(self._upsert(ref, record, payload))
+            while self._dirty:
+                more = True
+                batch, self._dirty = self._dirty, {}
+                for record in batch.values():
+                    ref = self._refs[id(record)][0]
+                    statements.append(self._upsert(ref, record, self._serialize(record)))
         for ref, record in self._memberships.items():
             statements.append((_MEMBER, (self._member(ref, record), *ref)))
         self._memberships.clear()

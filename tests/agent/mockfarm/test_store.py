@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from agent.mockfarm import FarmState, LogStore, open_mock_farm
-from agent.mockfarm._records import Record
+from agent.mockfarm._records import ASSIGNED_ONLY
 from agent.mockfarm._store import FarmStore, StoreError
 from tests.mockfarm_helpers import ScriptedWorker, completed, job_template
 
@@ -37,7 +37,7 @@ async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def _canon(value: Any) -> Any:
     """A comparable form of a field value: records by id, counters without zeros."""
-    if isinstance(value, Record):
+    if isinstance(value, tuple(ASSIGNED_ONLY)):
         first = attrs.fields(cast(Any, type(value)))[0].name
         return (type(value).__name__, getattr(value, first))
     if isinstance(value, Counter):
