@@ -437,3 +437,90 @@ async def test_serve_refuses_a_state_dir_in_use(tmp_path: Path) -> None:
     assert result.stderr.decode().strip().splitlines() == [
         f"error: {tmp_path} is in use by another mock farm (serve one farm per state dir)"
     ]
+
+
+async def test_every_kind_of_change_is_stored(tmp_path: Path) -> None:
+    """Retries, a failed job, cancels, retargets, dependencies, a stopped and a deleted
+    worker: after each phase the farm read back from its state dir equals the one in
+    memory, field for field (so no change escapes the store)."""
+    state_dir = tmp_path / "state"
+
+    async def phase(step: Callable[[Any, Any], Any]) -> None:
+        async with open_mock_farm(state_dir=state_dir) as farm:
+            await step(farm, farm.boto3_client("deadline"))
+            before = snapshot(farm.state)
+        async with open_mock_farm(state_dir=state_dir) as farm:
+            assert snapshot(farm.state) == before
+
+    names: dict[str, Any] = {}
+
+    async def failures(farm: Any, client: Any) -> None:
+        names["retried"] = farm.create_job(
+            job_template(frames="1-3", second_step=True), max_retries_per_task=1
+        )
+        names["doomed"] = farm.create_job(
+            job_template(frames="1-4", job_environments=0), max_failed_tasks_count=1
+        )
+        worker = names["worker"] = ScriptedWorker(client, farm.farm_id, farm.fleet_id)
+        await in_thread(worker.start)
+        seen: Counter[str] = Counter()
+
+        def outcome(action: Mapping[str, Any]) -> Mapping[str, Any]:
+            [(kind, body)] = action["definition"].items()
+            if kind == "taskRun":
+                seen[body["taskId"]] += 1
+                if seen[body["taskId"]] == 1:
+                    return completed("FAILED")
+            return completed()
+
+        await in_thread(worker.run, outcome)
+
+    async def retargets(farm: Any, client: Any) -> None:
+        worker = names["worker"]
+        worker.client = client
+        job_id = names["held"] = farm.create_job(job_template(frames="1-6", step_environment=True))
+        response = await in_thread(worker.sync)
+        [session] = response["assignedSessions"].values()
+        first = session["sessionActions"][0]["sessionActionId"]
+        await in_thread(worker.sync, {first: {"startedAt": datetime.now(UTC)}})
+        job = farm.job(job_id)
+        step = job.steps[0]
+        ids = {"farmId": farm.farm_id, "queueId": farm.queue_id, "jobId": job_id}
+        await in_thread(
+            client.update_task,
+            targetRunStatus="SUSPENDED",
+            stepId=step.step_id,
+            taskId=step.tasks[-1].task_id,
+            **ids,
+        )
+        await in_thread(client.update_job, priority=90, name="renamed", **ids)
+        farm.cancel_job(names["retried"])
+        farm.requeue_job(names["retried"])
+
+    async def stop_request(farm: Any, client: Any) -> None:
+        # Alone in its phase: what it assigns is all that changes.
+        farm.request_worker_stop(names["worker"].worker_id)
+
+    async def endings(farm: Any, client: Any) -> None:
+        worker = names["worker"]
+        worker.client = client
+        assert farm.worker(worker.worker_id).stop_requested
+        await in_thread(worker.run)
+        await in_thread(worker.sync)
+        await in_thread(client.update_worker, status="STOPPED", **worker.ids)
+        second = ScriptedWorker(client, farm.farm_id, farm.fleet_id)
+        await in_thread(second.start)
+        await in_thread(client.update_worker, status="STOPPED", **second.ids)
+        await in_thread(client.delete_worker, **second.ids)
+
+    await phase(failures)
+    await phase(retargets)
+    await phase(stop_request)
+    await phase(endings)
+    async with open_mock_farm(state_dir=state_dir) as farm:
+        assert farm.job(names["doomed"]).failed
+        assert farm.job(names["held"]).name == "renamed"
+        assert farm.job(names["held"]).task_counts["SUSPENDED"] == 1
+        assert farm.job(names["retried"]).status == "READY"  # requeued; its worker stopped
+        assert farm.worker(names["worker"].worker_id).status == "STOPPED"
+        assert len(farm.state.workers) == 1
