@@ -524,3 +524,66 @@ async def test_every_kind_of_change_is_stored(tmp_path: Path) -> None:
         assert farm.job(names["retried"]).status == "READY"  # requeued; its worker stopped
         assert farm.worker(names["worker"].worker_id).status == "STOPPED"
         assert len(farm.state.workers) == 1
+
+
+async def test_a_real_worker_carries_on_across_a_farm_restart(tmp_path: Path) -> None:
+    """A farmhand worker process runs a task while its farm stops; the farm comes back on
+    the same port and state dir; the worker reports to it and the job finishes, with no
+    work lost or redone."""
+    import socket
+
+    from tests.worker_harness import py, simple_job
+    from tests.workerproc import open_worker_process
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state_dir = tmp_path / "state"
+    release = tmp_path / "release"
+    config = __import__("agent.mockfarm", fromlist=["FarmConfig"]).FarmConfig(
+        update_interval_seconds=1
+    )
+
+    async def serve(
+        stop: trio.Event, done: trio.Event, *, task_status: trio.TaskStatus[Any]
+    ) -> None:
+        try:
+            async with open_mock_farm(config=config, state_dir=state_dir, port=port) as farm:
+                task_status.started(farm)
+                await stop.wait()
+        finally:
+            done.set()
+
+    template = simple_job(
+        py(
+            "import os, time\n"
+            "print('waiting', flush=True)\n"
+            f"while not os.path.exists({str(release)!r}): time.sleep(0.05)"
+        ),
+        frames="1-3",
+    )
+    async with trio.open_nursery() as nursery:
+        first_stop, first_done = trio.Event(), trio.Event()
+        farm = await nursery.start(serve, first_stop, first_done)
+        job_id = farm.create_job(template)
+        async with open_worker_process(farm, tmp_path / "worker") as worker:
+            job = farm.job(job_id)
+            with trio.fail_after(60):
+                await farm.wait_until(lambda: job.task_counts["RUNNING"] == 1)
+            [session_id] = farm.state.sessions
+            first_stop.set()  # the farm goes away while the task runs
+            await first_done.wait()
+            release.touch()
+            second_stop = trio.Event()
+            farm = await nursery.start(serve, second_stop, trio.Event())
+            with trio.fail_after(120):
+                assert await farm.wait_for_job(job_id) == "SUCCEEDED"
+            assert worker.returncode is None
+            session = farm.state.sessions[session_id]
+            with trio.fail_after(60):
+                await farm.wait_until(lambda: session.lifecycle_status == "ENDED")
+            statuses = [action.status for action in session.actions]
+            assert statuses and set(statuses) == {"SUCCEEDED"}, statuses
+            runs = [a for s in farm.job(job_id).sessions for a in s.actions if a.kind == "taskRun"]
+            assert len(runs) == 3  # each task ran once
+            second_stop.set()
