@@ -289,13 +289,23 @@ def test_a_state_dir_serves_one_farm_at_a_time(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- SIGKILL
 
 
-async def _start_serve(state_dir: Path) -> tuple[trio.Process, str]:
+async def _start_serve(state_dir: Path | None, *args: str) -> tuple[trio.Process, str, str]:
+    """`mockfarm serve` on a free port: the process, its endpoint and what it printed."""
     argv = [
-        sys.executable, "-m", "agent", "mockfarm", "serve", "--port", "0",
-        "--update-interval", "1", "--state-dir", str(state_dir),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "agent",
+        "mockfarm",
+        "serve",
+        "--port",
+        "0",
+        "--update-interval",
+        "1",
+    ]
+    if state_dir is not None:
+        argv += ["--state-dir", str(state_dir)]
     process = await trio.lowlevel.open_process(
-        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [*argv, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     assert process.stdout is not None
     output = b""
@@ -304,7 +314,40 @@ async def _start_serve(state_dir: Path) -> tuple[trio.Process, str]:
             chunk = await process.stdout.receive_some()
             assert chunk, output.decode()
             output += chunk
-    return process, output.decode().split("listening on ")[1].split()[0]
+    text = output.decode()
+    return process, text.split("listening on ")[1].split()[0], text
+
+
+async def _stop(process: trio.Process) -> None:
+    process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(30):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+    assert process.returncode == 0
+
+
+async def test_serve_keeps_its_state_under_the_data_dir_unless_ephemeral() -> None:
+    """`serve` keeps its farm under $XDG_DATA_HOME/farmhand/mockfarm by default and comes
+    back with the same ids; `--ephemeral` is a new farm each time and writes nothing."""
+    import os
+
+    default = Path(os.environ["XDG_DATA_HOME"]) / "farmhand" / "mockfarm"
+    process, _, first = await _start_serve(None)
+    await _stop(process)
+    assert f"state in {default} (0 job(s), 0 worker(s))" in first
+    farm_line = next(line for line in first.splitlines() if line.startswith("  farm "))
+    assert (default / "farm.sqlite3").is_file()
+    process, _, again = await _start_serve(None)
+    await _stop(process)
+    assert farm_line in again.splitlines()
+    before = sorted(default.iterdir())
+    process, _, ephemeral = await _start_serve(None, "--ephemeral")
+    await _stop(process)
+    assert "state in memory only (--ephemeral)" in ephemeral
+    assert farm_line not in ephemeral.splitlines()
+    assert sorted(default.iterdir()) == before
 
 
 async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -315,7 +358,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path) -> 
 
     state_dir = tmp_path / "state"
     text = __import__("json").dumps(job_template(frames="1-3", job_environments=1))
-    process, endpoint = await _start_serve(state_dir)
+    process, endpoint, _ = await _start_serve(state_dir)
     info = __import__("httpx").get(f"{endpoint}/_mockfarm/info").json()
     acknowledged: list[str] = []
     reported: dict[str, str] = {}
@@ -373,7 +416,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path) -> 
             await process.wait()
     assert process.returncode == -signal.SIGKILL
 
-    process, endpoint = await _start_serve(state_dir)
+    process, endpoint, _ = await _start_serve(state_dir)
     try:
         assert (
             __import__("httpx").get(f"{endpoint}/_mockfarm/info").json()["farmId"] == info["farmId"]
