@@ -98,7 +98,8 @@ SCHEMA_VERSION = 1
 DATABASE = "farm.sqlite3"
 
 Ref = tuple[str, str]
-Op = tuple[str, tuple[Any, ...]]
+#: A statement and its parameters, or a list of parameter rows for ``executemany``.
+Op = tuple[str, tuple[Any, ...] | list[tuple[Any, ...]]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -548,12 +549,13 @@ class FarmStore:
         self._ops.append(("DELETE FROM log_streams WHERE grp = ? AND name = ?", (group, name)))
 
     def log_events_added(self, group: str, stream: str, events: Iterable[LogEvent]) -> None:
-        for event in events:
+        rows = [(group, stream, e.timestamp, e.message, e.ingestion_time) for e in events]
+        if rows:
             self._ops.append(
                 (
                     "INSERT INTO log_events (grp, stream, timestamp, message, ingestion_time) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (group, stream, event.timestamp, event.message, event.ingestion_time),
+                    rows,
                 )
             )
 
@@ -694,7 +696,10 @@ class FarmStore:
             self._db.execute("BEGIN")
             for _number, statements in batches:
                 for sql, params in statements:
-                    self._db.execute(sql, params)
+                    if type(params) is list:  # rows for one statement
+                        self._db.executemany(sql, params)
+                    else:
+                        self._db.execute(sql, params)
         except sqlite3.Error as exc:
             self._failed(exc)
 
