@@ -79,7 +79,7 @@ import pickle
 import secrets
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
@@ -727,6 +727,3 @@ class FarmStore:
 
     def statistics(self) -> dict[str, int]:
         return {"records": len(self._refs), "commits": self.commits, "queued": len(self._queue)}
-
-    def __iter__(self) -> Iterator[Ref]:
-        return (ref for ref, _ in self._refs.values())
