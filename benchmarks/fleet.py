@@ -71,7 +71,7 @@ def template(tasks: int) -> dict[str, Any]:
 
 @contextmanager
 def mock_farm(update_interval: int) -> Iterator[dict[str, str]]:
-    """``python -m agent mockfarm serve`` on a free port; its endpoint and ids."""
+    """``python -m agent mockfarm serve --ephemeral`` on a free port; its endpoint and ids."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -79,6 +79,7 @@ def mock_farm(update_interval: int) -> Iterator[dict[str, str]]:
             "agent",
             "mockfarm",
             "serve",
+            "--ephemeral",
             "--port",
             "0",
             "--update-interval",

@@ -12,10 +12,12 @@ client, so that the client side costs little of this machine's CPU.
 
 The baseline runs in the same process against the same server: the same workers
 send the same kind of request to ``/_mockfarm/ping``, a bare ASGI endpoint that
-reads the body and answers ``{}``. The two alternate for ``--rounds`` rounds so
-that noise from the rest of the machine hits both alike; reported: calls per
-second and p50/p99 latency of every round and of the median round, and the
-ratio. The farm process tunes its garbage collector as ``mockfarm serve`` does
+reads the body and answers ``{}``. A second farm in the same process keeps its
+state in SQLite (``open_mock_farm(state_dir=...)``, as ``mockfarm serve`` does
+by default: every answer waits for its transaction's commit, ``synchronous=FULL``)
+and gets the same load. The three alternate for ``--rounds`` rounds so that noise
+from the rest of the machine hits them alike; reported: calls per second and
+p50/p99 latency of every round and of the median round, and the ratios. The farm process tunes its garbage collector as ``mockfarm serve`` does
 (``--no-gc-tuning`` to compare).
 """
 
@@ -27,8 +29,11 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -273,15 +278,27 @@ async def farm_main(args: argparse.Namespace) -> None:
     # The farm logs a line per job and worker; keep the console for the results.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     config = FarmConfig(update_interval_seconds=0, pipeline_depth=args.pipeline_depth)
-    async with open_mock_farm(config=config, call_history=args.call_history) as farm:
+    async with AsyncExitStack() as stack:
+        farm = await stack.enter_async_context(
+            open_mock_farm(config=config, call_history=args.call_history)
+        )
+        state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.state_parent)))
+        stored = await stack.enter_async_context(
+            open_mock_farm(config=config, call_history=args.call_history, state_dir=state_dir)
+        )
         tasks_needed = int(6000 * (args.duration + args.warmup + 2) * args.rounds)
         began = time.perf_counter()
         job_id = farm.create_job(TEMPLATE, parameters={"Frames": f"1-{tasks_needed}"})
         created = time.perf_counter() - began
+        began = time.perf_counter()
+        stored_job_id = stored.create_job(TEMPLATE, parameters={"Frames": f"1-{tasks_needed}"})
+        await stored.farm.store.commit()  # type: ignore[union-attr]
+        stored_created = time.perf_counter() - began
         if args.gc_tuning:
             tune_gc()  # as `python -m agent mockfarm serve` does
         print(
-            f"farm at {farm.endpoint_url}; job of {tasks_needed:,} tasks created in {created:.1f} s; "
+            f"farm at {farm.endpoint_url}; job of {tasks_needed:,} tasks created in {created:.1f} s "
+            f"(in SQLite under {state_dir}: {stored_created:.1f} s, committed); "
             f"{args.workers} workers in {args.clients} client processes; "
             f"{args.rounds} rounds of {args.warmup:g} s warm-up + {args.duration:g} s measured "
             f"per endpoint; GC tuning {'on' if args.gc_tuning else 'off'}",
@@ -291,18 +308,30 @@ async def farm_main(args: argparse.Namespace) -> None:
             "round", "calls/s", "p50 ms", "p99 ms", "errors", "server CPU", "clients CPU"
         ]  # fmt: skip
         rows: list[list[object]] = [header]
-        phases: dict[str, list[dict[str, Any]]] = {"bare": [], "farm": []}
+        phases: dict[str, list[dict[str, Any]]] = {"bare": [], "farm": [], "stored": []}
         for round_ in range(1, args.rounds + 1):
-            # Alternate, so that noise from the rest of the machine hits both alike.
-            for mode in ("bare", "farm"):
-                result = await run_phase(farm, args, mode)
+            # Alternate, so that noise from the rest of the machine hits all alike.
+            for mode in ("bare", "farm", "stored"):
+                target = stored if mode == "stored" else farm
+                result = await run_phase(target, args, "bare" if mode == "bare" else "farm")
                 phases[mode].append(result)
                 rows.append(_row(f"{round_}: {mode}", result))
         bare, farm_result = _median(phases["bare"]), _median(phases["farm"])
+        stored_result = _median(phases["stored"])
         rows.append(_row("median: bare ASGI (/_mockfarm/ping)", bare))
-        rows.append(_row("median: UpdateWorkerSchedule", farm_result))
+        rows.append(_row("median: UpdateWorkerSchedule, in memory", farm_result))
+        rows.append(_row("median: UpdateWorkerSchedule, SQLite", stored_result))
         job = farm.job(job_id)
         print(table(rows))
+        store_stats = stored.farm.store.statistics()  # type: ignore[union-attr]
+        print(
+            f"persistent/in-memory: {stored_result['rate'] / farm_result['rate']:.2f}x the calls/s "
+            f"({stored_result['rate']:,.0f} against {farm_result['rate']:,.0f}); "
+            f"p50 {stored_result['p50'] / farm_result['p50']:.2f}x, "
+            f"p99 {stored_result['p99'] / farm_result['p99']:.2f}x; "
+            f"{store_stats['commits']:,} commits in all; "
+            f"{stored.job(stored_job_id).task_counts['SUCCEEDED']:,} tasks succeeded there"
+        )
         ratio = bare["rate"] / farm_result["rate"] if farm_result["rate"] else float("inf")
         print(
             f"farm/bare: {ratio:.2f}x slower (target <= 3x); "
@@ -329,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--call-history", type=int, default=1000, help="calls the farm keeps in its record"
+    )
+    parser.add_argument(
+        "--state-parent",
+        type=Path,
+        default=None,
+        help="where the persistent farm's temporary state dir goes (default: the system's)",
     )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("farm", "bare"), help=argparse.SUPPRESS)

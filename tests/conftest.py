@@ -3,7 +3,9 @@
 Nothing a test starts may send a packet anywhere but loopback. botocore's
 credential chain and region lookup reach for the EC2 metadata service
 (169.254.169.254) when nothing else answers, so every test runs with fake static
-credentials, a region and the metadata service disabled.
+credentials, a region and the metadata service disabled. Nothing a test starts
+writes to the developer's data directory either (``mockfarm serve`` keeps its
+state under ``$XDG_DATA_HOME`` by default): each test gets its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
 
 
 @pytest.fixture(autouse=True)
-def _aws_safe_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _aws_safe_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     for name, value in _SAFE_ENV.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))

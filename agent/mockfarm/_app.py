@@ -144,6 +144,10 @@ class MockFarmApp:
         self._request_ids = itertools.count(1)
         #: ``(operation, client token) -> encoded output`` for idempotent retries.
         self._tokens: dict[tuple[str, str], bytes] = {}
+        if farm.store is not None:
+            for key, payload in farm.store.kv("tokens").items():
+                operation_name, _, token = key.partition("\n")
+                self._tokens[(operation_name, token)] = payload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -173,6 +177,7 @@ class MockFarmApp:
                 await send({"type": "http.response.body", "body": _PING_BODY})
                 return
             status, payload = self._admin(scope["method"], raw_path, body)
+            await self._committed()
             await self._respond(send, status, [(b"content-type", _JSON)], payload)
             return
         try:
@@ -195,7 +200,14 @@ class MockFarmApp:
                 }
             )
             return
+        await self._committed()
         await self._respond(send, status, headers, payload)
+
+    async def _committed(self) -> None:
+        """A persistent farm answers once what the request changed (and all before) is
+        committed: nothing a client was told is lost if the server dies."""
+        if self.farm.store is not None:
+            await self.farm.store.commit()
 
     async def _respond(
         self, send: Send, status: int, headers: list[tuple[bytes, bytes]], payload: bytes
@@ -302,6 +314,8 @@ class MockFarmApp:
             )
         if token_key is not None:
             self._tokens[token_key] = payload
+            if self.farm.store is not None:
+                self.farm.store.put_kv("tokens", "\n".join(token_key), payload)
         self._on_change()
         if decision.drop_after:
             self._record(

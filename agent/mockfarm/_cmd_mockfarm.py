@@ -2,7 +2,7 @@
 
 ::
 
-    python -m agent mockfarm serve [--host H] [--port N] [--faults FILE] [...]
+    python -m agent mockfarm serve [--state-dir DIR | --ephemeral] [--host H] [--port N] [...]
     python -m agent mockfarm submit TEMPLATE [-p NAME=VALUE]... [--priority N] [--wait]
     python -m agent mockfarm status [JOB_ID]
     python -m agent mockfarm cancel JOB_ID
@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
@@ -38,6 +38,7 @@ from ._faults import FaultConfig
 from ._mockfarm import make_client, open_mock_farm
 from ._s3 import DEFAULT_BUCKET, S3Config, S3Unavailable, moto_available
 from ._setup import setup_lines
+from ._store import StoreError, default_state_dir
 
 DEFAULT_PORT = 18080
 ENDPOINT_ENV = "FARMHAND_MOCKFARM_ENDPOINT"
@@ -77,6 +78,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free)"
+    )
+    state = serve.add_mutually_exclusive_group()
+    state.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the farm (its ids, jobs, workers, logs) in a SQLite database in DIR "
+        f"(default: {default_state_dir()}); delete DIR to start afresh",
+    )
+    state.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="keep everything in memory: a restart starts a new farm",
     )
     serve.add_argument("--faults", type=Path, help="fault config (JSON or YAML); re-read on SIGHUP")
     serve.add_argument(
@@ -252,6 +266,8 @@ def _serve(args: argparse.Namespace) -> int:
     failures: list[OSError] = []
     try:
         trio.run(_serve_until_signal, args, config, faults, keys, generated, s3)
+    except* StoreError as group:
+        raise CliError(str(_leaves(group)[0]), 1) from None
     except* OSError as group:
         failures.extend(_leaves(group))
     except* S3Unavailable as group:
@@ -307,8 +323,11 @@ def _serve_keys(args: argparse.Namespace) -> tuple[dict[str, str] | None, bool]:
     return None, False
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    found: list[OSError] = []
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _leaves(group: BaseExceptionGroup[_E]) -> list[_E]:
+    found: list[_E] = []
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
             found.extend(_leaves(exc))
@@ -334,11 +353,25 @@ async def _serve_until_signal(
     generated: bool,
     s3: S3Config | None = None,
 ) -> None:
+    state_dir = None if args.ephemeral else (args.state_dir or default_state_dir())
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_mock_farm(
-            config=config, faults=faults, host=args.host, port=args.port, keys=keys, s3=s3
+            config=config,
+            faults=faults,
+            host=args.host,
+            port=args.port,
+            keys=keys,
+            s3=s3,
+            state_dir=state_dir,
         ) as farm:
             tune_gc()
+            if state_dir is None:
+                print("state in memory only (--ephemeral): a restart starts a new farm")
+            else:
+                print(
+                    f"state in {state_dir} ({len(farm.state.jobs)} job(s), "
+                    f"{len(farm.state.workers)} worker(s)); delete it to start afresh"
+                )
             key_id, secret = farm.access_key
             for line in setup_lines(
                 farm.info(),

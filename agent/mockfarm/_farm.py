@@ -17,6 +17,8 @@ storage profiles, license endpoints, monitors, members, tags) and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._adminops import AdminOperations
 from ._assocops import AssociationOperations
 from ._farmbase import FarmConfig as FarmConfig
@@ -24,6 +26,9 @@ from ._farmbase import Handler as Handler
 from ._manageops import ManagementOperations
 from ._searchops import SearchOperations
 from ._workerops import WorkerOperations
+
+if TYPE_CHECKING:
+    from ._store import FarmStore
 
 
 class Farm(
@@ -35,6 +40,6 @@ class Farm(
 ):
     """The farm's state and the Deadline handlers that read and change it."""
 
-    def __init__(self, config: FarmConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: FarmConfig | None = None, *, store: FarmStore | None = None) -> None:
+        super().__init__(config, store=store)
         self.install_policy()

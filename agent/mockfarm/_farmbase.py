@@ -13,7 +13,7 @@ import secrets
 import string
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import structlog
@@ -37,6 +37,9 @@ from ._records import (
     WorkerRecord,
     new_hex,
 )
+
+if TYPE_CHECKING:
+    from ._store import FarmStore
 
 log = structlog.get_logger("farmhand.mockfarm")
 
@@ -149,12 +152,19 @@ def _fake_key(prefix: str, length: int) -> str:
 class FarmBase:
     """The farm's state, its lookups and its actions in Python (see ``Farm``)."""
 
-    def __init__(self, config: FarmConfig | None = None) -> None:
+    def __init__(self, config: FarmConfig | None = None, *, store: FarmStore | None = None) -> None:
+        """``store``: load the farm from it and save every change to it (see ``_store``);
+        without, the farm lives in memory only."""
         self.config = config or FarmConfig()
         self.state = FarmState()
+        self.store = store
         #: Temporary keys this farm handed out: access key id -> (secret, expiration).
         self._issued_keys: dict[str, tuple[str, datetime]] = {}
         self.logs = LogStore(region=self.config.region, keep_events=self.config.keep_log_events)
+        loaded = False
+        if store is not None:
+            loaded = store.load(self.state, self.logs, now=trio.current_time())
+            store.attach(self.state, self.logs)
         self.scheduler = FarmScheduler(
             self.state,
             SchedulingConfig(
@@ -170,6 +180,15 @@ class FarmBase:
             for name in dir(type(self))
             if name[:1].isupper() and callable(getattr(type(self), name))
         }
+        self.default_farm_id: str
+        self.default_fleet_id: str
+        self.default_queue_id: str
+        defaults = store.kv("meta").get("defaults") if loaded and store is not None else None
+        if defaults is not None:
+            assert store is not None
+            self.default_farm_id, self.default_fleet_id, self.default_queue_id = defaults
+            self._issued_keys = store.kv("issued_keys")
+            return
         farm = self._new_farm(self.config.default_farm_name, None)
         fleet = self._new_fleet(
             farm.farm_id,
@@ -192,6 +211,8 @@ class FarmBase:
         self.default_farm_id = farm.farm_id
         self.default_fleet_id = fleet.fleet_id
         self.default_queue_id = queue.queue_id
+        if store is not None:
+            store.put_kv("meta", "defaults", (farm.farm_id, fleet.fleet_id, queue.queue_id))
 
     # ------------------------------------------------------------ lookups
 

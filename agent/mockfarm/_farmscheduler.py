@@ -344,7 +344,7 @@ class FarmScheduler:
                 started = action.status in ("RUNNING", "CANCELING")
                 action.ended_at = utcnow() if started else None
                 self.complete(action, "INTERRUPTED" if started else "NEVER_ATTEMPTED")
-            session.environment_stack.clear()
+            session.environment_stack = ()
             self._end_session(session)
         if reason:
             log.info("mockfarm.sessions_abandoned", worker_id=worker.worker_id, reason=reason)
@@ -497,7 +497,7 @@ class FarmScheduler:
 
     def _enter(self, session: Session, environment_id: str) -> None:
         action = self._add_action(session, "envEnter", environment_id=environment_id)
-        session.environment_stack.append((environment_id, action))
+        session.environment_stack = (*session.environment_stack, (environment_id, action))
 
     def _assign_task(self, session: Session, task: Task) -> None:
         step = task.step
@@ -519,14 +519,16 @@ class FarmScheduler:
             return
         prefix = f"STEP:{step.step_id}:"
         while session.environment_stack and session.environment_stack[-1][0].startswith(prefix):
-            environment_id, enter = session.environment_stack.pop()
+            *rest, (environment_id, enter) = session.environment_stack
+            session.environment_stack = tuple(rest)
             if enter.status != "NEVER_ATTEMPTED":
                 self._add_action(session, "envExit", environment_id=environment_id)
         session.current_step = None
 
     def _assign_exits(self, session: Session) -> None:
         while session.environment_stack:
-            environment_id, enter = session.environment_stack.pop()
+            *rest, (environment_id, enter) = session.environment_stack
+            session.environment_stack = tuple(rest)
             if enter.status != "NEVER_ATTEMPTED":
                 self._add_action(session, "envExit", environment_id=environment_id)
         session.current_step = None

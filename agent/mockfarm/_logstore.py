@@ -29,7 +29,7 @@ import shlex
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -94,6 +94,16 @@ class LogGroup:
         return f"arn:aws:logs:{self.region}:{ACCOUNT}:log-group:{self.name}"
 
 
+class LogJournal(Protocol):
+    """Where a persistent farm's log changes go (``_store.FarmStore``)."""
+
+    def log_group_created(self, name: str, creation_time: int, region: str) -> None: ...
+    def log_group_deleted(self, name: str) -> None: ...
+    def log_stream_changed(self, group: str, stream: LogStream) -> None: ...
+    def log_stream_deleted(self, group: str, name: str) -> None: ...
+    def log_events_added(self, group: str, stream: str, events: list[LogEvent]) -> None: ...
+
+
 class LogStore:
     """Log groups, streams and events, with the ``logs`` operations as handlers."""
 
@@ -108,6 +118,8 @@ class LogStore:
         self.region = region
         self.keep_events = keep_events
         self.groups: dict[str, LogGroup] = {}
+        #: Told of every change when the farm is persistent (``None``: in memory only).
+        self.journal: LogJournal | None = None
         self._on_change = on_change or (lambda: None)
         self.handlers: dict[str, Callable[[dict[str, Any]], Mapping[str, Any]]] = {
             "PutLogEvents": self.put_log_events,
@@ -127,10 +139,22 @@ class LogStore:
         """Create the group and stream if needed, as the service does for sessions."""
         group = self.groups.get(group_name)
         if group is None:
-            group = self.groups[group_name] = LogGroup(group_name, now_ms(), self.region)
+            group = self._new_group(group_name)
         stream = group.streams.get(stream_name)
         if stream is None:
-            stream = group.streams[stream_name] = LogStream(stream_name, now_ms())
+            stream = self._new_stream(group, stream_name)
+        return stream
+
+    def _new_group(self, name: str) -> LogGroup:
+        group = self.groups[name] = LogGroup(name, now_ms(), self.region)
+        if self.journal is not None:
+            self.journal.log_group_created(name, group.creation_time, group.region)
+        return group
+
+    def _new_stream(self, group: LogGroup, name: str) -> LogStream:
+        stream = group.streams[name] = LogStream(name, now_ms())
+        if self.journal is not None:
+            self.journal.log_stream_changed(group.name, stream)
         return stream
 
     def stream(self, group_name: str, stream_name: str) -> LogStream | None:
@@ -166,7 +190,7 @@ class LogStore:
             raise ApiError(
                 "ResourceAlreadyExistsException", "The specified log group already exists"
             )
-        self.groups[name] = LogGroup(name, now_ms(), self.region)
+        self._new_group(name)
         self._on_change()
         return {}
 
@@ -177,13 +201,15 @@ class LogStore:
             raise ApiError(
                 "ResourceAlreadyExistsException", "The specified log stream already exists"
             )
-        group.streams[name] = LogStream(name, now_ms())
+        self._new_stream(group, name)
         self._on_change()
         return {}
 
     def delete_log_group(self, params: dict[str, Any]) -> Mapping[str, Any]:
         if self.groups.pop(params["logGroupName"], None) is None:
             raise _no_group()
+        if self.journal is not None:
+            self.journal.log_group_deleted(params["logGroupName"])
         self._on_change()
         return {}
 
@@ -191,6 +217,8 @@ class LogStore:
         group = self._group(params)
         if group.streams.pop(params["logStreamName"], None) is None:
             raise _no_stream()
+        if self.journal is not None:
+            self.journal.log_stream_deleted(group.name, params["logStreamName"])
         self._on_change()
         return {}
 
@@ -223,6 +251,7 @@ class LogStore:
         now = now_ms()
         too_new_start: int | None = None
         too_old_end: int | None = None
+        kept_from = len(stream.events)
         for index, event in enumerate(events):
             timestamp = event["timestamp"]
             if timestamp > now + TOO_NEW_MS:
@@ -237,6 +266,9 @@ class LogStore:
                 stream.events.append(LogEvent(timestamp, event["message"], now))
             stream.stored_bytes += len(event["message"].encode("utf-8"))
         stream.sequence += 1
+        if self.journal is not None:
+            self.journal.log_events_added(group.name, stream.name, stream.events[kept_from:])
+            self.journal.log_stream_changed(group.name, stream)
         self._on_change()
         result: dict[str, Any] = {"nextSequenceToken": f"{stream.sequence:056d}"}
         rejected = {

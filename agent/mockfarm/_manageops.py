@@ -209,6 +209,7 @@ class ManagementOperations(FarmBase):
             spec=queue_environment_spec(decoded),
         )
         queue.environments[environment.queue_environment_id] = environment
+        self.state.queue_environments[environment.queue_environment_id] = environment
         return {"queueEnvironmentId": environment.queue_environment_id}
 
     def _queue_environment(self, p: Mapping[str, Any]) -> QueueEnvironment:
@@ -248,6 +249,7 @@ class ManagementOperations(FarmBase):
     def DeleteQueueEnvironment(self, p: dict[str, Any]) -> Mapping[str, Any]:
         env = self._queue_environment(p)
         del self.state.queues[env.queue_id].environments[env.queue_environment_id]
+        del self.state.queue_environments[env.queue_environment_id]
         return {}
 
     # ------------------------------------------------------------ jobs

@@ -18,6 +18,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import attrs
@@ -31,6 +32,7 @@ from ._faults import FaultConfig, FaultInjector
 from ._logstore import LogStore
 from ._records import FarmState, Job, WorkerRecord
 from ._s3 import S3Config, open_s3
+from ._store import FarmStore
 
 #: Job statuses after which nothing more happens unless someone requeues.
 FINAL_JOB_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SUSPENDED", "NOT_COMPATIBLE"})
@@ -300,7 +302,10 @@ class MockFarm:
     # ------------------------------------------------------------ waiting
 
     def notify(self) -> None:
-        """Wake ``wait_until`` callers (the farm calls this after every change)."""
+        """Wake ``wait_until`` callers (the farm calls this after every change); a
+        persistent farm queues the change for its next commit."""
+        if self.farm.store is not None:
+            self.farm.store.commit_nowait()
         if self._waiters:
             self._changed.set()
             self._changed = trio.Event()
@@ -339,6 +344,7 @@ async def open_mock_farm(
     keep_alive_timeout: float = 120.0,
     keys: Mapping[str, str] | None = None,
     s3: S3Config | None = None,
+    state_dir: Path | None = None,
 ) -> AsyncIterator[MockFarm]:
     """Serve a mock farm on ``host:port`` (a free loopback port by default) while in the block.
 
@@ -349,8 +355,49 @@ async def open_mock_farm(
     ``s3`` gives the farm job attachments: its default queue gets
     ``jobAttachmentSettings`` and an S3 endpoint (moto's, served on ``host``,
     unless ``s3.endpoint_url`` names one); ``environ()`` then points at it too.
+    ``state_dir`` keeps the farm in a SQLite database there (see ``_store``): what it
+    holds is loaded, and every change is committed before the request is answered;
+    without, the farm lives in memory. Raises ``StoreError`` for an unusable state dir.
     """
-    farm = Farm(config)
+    if state_dir is None:
+        async with _serve_farm(
+            Farm(config), faults, host, port, call_history, keep_alive_timeout, keys, s3
+        ) as mock:
+            yield mock
+        return
+    store = FarmStore(state_dir)
+    try:
+        async with trio.open_nursery() as writer_nursery:
+            farm = Farm(config, store=store)
+            writer = trio.CancelScope()
+
+            async def run_writer(*, task_status: trio.TaskStatus[None]) -> None:
+                with writer:
+                    await store.run_writer(task_status=task_status)
+
+            await writer_nursery.start(run_writer)
+            try:
+                async with _serve_farm(
+                    farm, faults, host, port, call_history, keep_alive_timeout, keys, s3
+                ) as mock:
+                    yield mock
+            finally:
+                writer.cancel(reason="mock farm closed")
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def _serve_farm(
+    farm: Farm,
+    faults: FaultConfig | None,
+    host: str,
+    port: int,
+    call_history: int | None,
+    keep_alive_timeout: float,
+    keys: Mapping[str, str] | None,
+    s3: S3Config | None,
+) -> AsyncIterator[MockFarm]:
     calls = CallLog(call_history)
     injector = FaultInjector(faults)
     mock: MockFarm

@@ -21,10 +21,9 @@ Vocabulary, as the service's:
 from __future__ import annotations
 
 import heapq
-import itertools
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -69,6 +68,19 @@ TERMINAL_TASK_STATUSES = frozenset(
 COMPLETED_ACTION_STATUSES = frozenset(
     {"SUCCEEDED", "FAILED", "CANCELED", "INTERRUPTED", "NEVER_ATTEMPTED"}
 )
+
+
+#: Field metadata of a record field the store (``_store``) does not keep: it is rebuilt
+#: from the stored fields when the farm is loaded (``FarmState.rebuild``) or, like a
+#: heartbeat time, means nothing to another process. Assigning it does not mark the
+#: record changed. A stored field must be assigned, not changed in place (the store
+#: sees assignments), or be a plain value in a ``FarmState`` table.
+NOT_STORED = {"stored": False}
+#: Field metadata of a list or dict of records that point back at their holder: the
+#: records are saved on their own (new ones found here), the field is not stored, and
+#: ``FarmState.rebuild`` refills it from the records (a step's tasks: a big step is
+#: then not re-pickled whole whenever one of its dates changes).
+CHILDREN = {"stored": False, "children": True}
 
 
 def new_hex() -> str:
@@ -133,7 +145,8 @@ class Queue:
     job_attachment_settings: dict[str, Any] | None
     created_at: datetime
     default_budget_action: str = "NONE"
-    environments: dict[str, QueueEnvironment] = attrs.Factory(dict)
+    #: Rebuilt from ``FarmState.queue_environments`` on load.
+    environments: dict[str, QueueEnvironment] = attrs.field(factory=dict, metadata=NOT_STORED)
     allowed_storage_profile_ids: list[str] = attrs.Factory(list)
     required_file_system_location_names: list[str] = attrs.Factory(list)
     updated_at: datetime | None = None
@@ -170,10 +183,10 @@ class Step:
     job: Job
     spec: StepSpec
     created_at: datetime
-    tasks: list[Task] = attrs.Factory(list)
+    tasks: list[Task] = attrs.field(factory=list, metadata=CHILDREN)
     dependencies: list[Step] = attrs.Factory(list)
     consumers: list[Step] = attrs.Factory(list)
-    counts: Counter[str] = attrs.Factory(Counter)
+    counts: Counter[str] = attrs.field(factory=Counter, metadata=NOT_STORED)
     target_status: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -181,7 +194,7 @@ class Step:
     #: Why no fleet can run the step (its tasks are then ``NOT_COMPATIBLE``).
     incompatible_reason: str | None = None
     #: Indexes of READY tasks (a heap; stale entries are skipped when popped).
-    _ready: list[int] = attrs.Factory(list)
+    _ready: list[int] = attrs.field(factory=list, metadata=NOT_STORED)
 
     @property
     def name(self) -> str:
@@ -248,11 +261,11 @@ class Job:
     ended_at: datetime | None = None
     updated_at: datetime | None = None
     updated_by: str | None = None
-    sessions: list[Session] = attrs.Factory(list)
+    sessions: list[Session] = attrs.field(factory=list, metadata=NOT_STORED)
     #: Sessions of this job that are not ended.
-    active_sessions: int = 0
+    active_sessions: int = attrs.field(default=0, metadata=NOT_STORED)
     #: Task counts by run status, kept up to date by the scheduler.
-    task_counts: Counter[str] = attrs.Factory(Counter)
+    task_counts: Counter[str] = attrs.field(factory=Counter, metadata=NOT_STORED)
 
     @property
     def queue_id(self) -> str:
@@ -326,11 +339,12 @@ class Session:
     started_at: datetime
     log_group_name: str
     log_stream_name: str
-    actions: list[SessionAction] = attrs.Factory(list)
+    actions: list[SessionAction] = attrs.field(factory=list, metadata=NOT_STORED)
     #: Actions not completed yet, in order: what ``assignedSessions`` lists.
-    open: list[SessionAction] = attrs.Factory(list)
+    open: list[SessionAction] = attrs.field(factory=list, metadata=NOT_STORED)
     #: Entered (enter assigned, exit not yet assigned) environments, outermost first.
-    environment_stack: list[tuple[str, SessionAction]] = attrs.Factory(list)
+    #: Replaced, never changed in place, so that the store sees every change.
+    environment_stack: tuple[tuple[str, SessionAction], ...] = ()
     #: The step whose step environments are on the stack.
     current_step: Step | None = None
     #: No more tasks: the remaining work is environment exits.
@@ -340,14 +354,14 @@ class Session:
     wire_log: Mapping[str, Any] = attrs.Factory(dict)
     ended_at: datetime | None = None
     updated_at: datetime | None = None
-    _counter: itertools.count[int] = attrs.Factory(itertools.count)
 
     @property
     def hex(self) -> str:
         return self.session_id.removeprefix("session-")
 
     def next_action_id(self) -> tuple[str, int]:
-        index = next(self._counter)
+        """The id and index of the next action (actions are appended as they are made)."""
+        index = len(self.actions)
         return f"sessionaction-{self.hex}-{index}", index
 
     def log_configuration(self) -> dict[str, Any]:
@@ -368,14 +382,17 @@ class WorkerRecord:
     status: str = "CREATED"
     capabilities: dict[str, Any] | None = None
     updated_at: datetime | None = None
-    #: ``trio.current_time()`` of the last call that counts as a heartbeat.
-    last_seen: float = 0.0
-    sessions: dict[str, Session] = attrs.Factory(dict)
+    #: ``trio.current_time()`` of the last call that counts as a heartbeat (a restarted
+    #: farm starts every worker's clock afresh).
+    last_seen: float = attrs.field(default=0.0, metadata=NOT_STORED)
+    #: Sessions not ended.
+    sessions: dict[str, Session] = attrs.field(factory=dict, metadata=NOT_STORED)
     #: Jobs this worker has had sessions for (it may fetch their entities).
-    job_ids: set[str] = attrs.Factory(set)
+    job_ids: set[str] = attrs.field(factory=set, metadata=NOT_STORED)
     #: The farm wants this worker to stop: no new work, then ``desiredWorkerStatus``.
     stop_requested: bool = False
-    schedule_calls: int = 0
+    #: UpdateWorkerSchedule calls since this farm process started.
+    schedule_calls: int = attrs.field(default=0, metadata=NOT_STORED)
 
     @property
     def log_group_name(self) -> str:
@@ -412,14 +429,52 @@ class FarmState:
     farms: dict[str, FarmRecord] = attrs.Factory(dict)
     fleets: dict[str, Fleet] = attrs.Factory(dict)
     queues: dict[str, Queue] = attrs.Factory(dict)
+    queue_environments: dict[str, QueueEnvironment] = attrs.Factory(dict)
     jobs: dict[str, Job] = attrs.Factory(dict)
     steps: dict[str, Step] = attrs.Factory(dict)
     workers: dict[str, WorkerRecord] = attrs.Factory(dict)
     sessions: dict[str, Session] = attrs.Factory(dict)
     actions: dict[str, SessionAction] = attrs.Factory(dict)
-    ignored_updates: list[IgnoredUpdate] = attrs.Factory(list)
+    #: Diagnostics for tests; not stored.
+    ignored_updates: list[IgnoredUpdate] = attrs.field(factory=list, metadata=NOT_STORED)
     #: Budgets, limits, storage profiles, members, associations, monitors, tags.
     admin: AdminState = attrs.Factory(AdminState)
+
+    def rebuild(self, now: float, loaded: Iterable[Any]) -> None:
+        """Recompute what records do not store (``NOT_STORED``) from what they do.
+
+        Called once a persistent farm's records (``loaded``: all of them, in the
+        order they were first saved) are loaded; ``now`` is the ``trio.current_time()``
+        that every worker's heartbeat clock restarts from.
+        """
+        for record in loaded:
+            if isinstance(record, Task):
+                record.step.tasks.append(record)
+        for environment in self.queue_environments.values():
+            queue = self.queues.get(environment.queue_id)
+            if queue is not None:
+                queue.environments[environment.queue_environment_id] = environment
+        for step in self.steps.values():
+            step.tasks.sort(key=lambda task: task.index)
+            step.counts = Counter(task.status for task in step.tasks)
+            step._ready = [task.index for task in step.tasks if task.status == "READY"]
+        for job in self.jobs.values():
+            job.task_counts = Counter()
+            for step in job.steps:
+                job.task_counts.update(step.counts)
+        for worker in self.workers.values():
+            worker.last_seen = now
+        for action in self.actions.values():
+            action.session.actions.append(action)
+        for session in self.sessions.values():
+            session.actions.sort(key=lambda action: action.index)
+            session.open = [action for action in session.actions if not action.completed]
+            job = session.job
+            job.sessions.append(session)
+            session.worker.job_ids.add(job.job_id)
+            if session.lifecycle_status != "ENDED":
+                job.active_sessions += 1
+                session.worker.sessions[session.session_id] = session
 
     def task(self, task_id: str) -> Task | None:
         hex_, _, index = task_id.removeprefix("task-").rpartition("-")
@@ -427,3 +482,22 @@ class FarmState:
         if step is None or not index.isdigit() or int(index) >= len(step.tasks):
             return None
         return step.tasks[int(index)]
+
+
+#: Record classes whose stored fields are only ever assigned, never changed in place:
+#: the store watches their assignments (at no cost to an in-memory farm). A record of
+#: any other attrs class is stored too, and compared whole at every commit instead.
+ASSIGNED_ONLY: frozenset[type] = frozenset(
+    {
+        FarmRecord,
+        Fleet,
+        QueueEnvironment,
+        Queue,
+        Task,
+        Step,
+        Job,
+        SessionAction,
+        Session,
+        WorkerRecord,
+    }
+)

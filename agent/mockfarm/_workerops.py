@@ -195,7 +195,12 @@ class WorkerOperations(FarmBase):
         for key, (_, expires) in list(self._issued_keys.items()):
             if expires <= now:
                 del self._issued_keys[key]
+                if self.store is not None:
+                    self.store.delete_kv("issued_keys", key)
         self._issued_keys[access_key] = (secret, expiration)
+        if self.store is not None:
+            # A restarted farm still takes the keys its workers hold.
+            self.store.put_kv("issued_keys", access_key, (secret, expiration))
         return {
             "accessKeyId": access_key,
             "secretAccessKey": secret,
