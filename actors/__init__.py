@@ -50,6 +50,7 @@ from ._messages import Finish as Finish
 from ._messages import FinishSessions as FinishSessions
 from ._messages import Forget as Forget
 from ._messages import HeartbeatCommand as HeartbeatCommand
+from ._messages import HostContext as HostContext
 from ._messages import IntervalChanged as IntervalChanged
 from ._messages import LogEvent as LogEvent
 from ._messages import LogShipperCommand as LogShipperCommand

@@ -32,8 +32,7 @@ import structlog
 import trio
 from openjd.expr import PathMappingRule
 
-from actors._jobuser import ResolvedJobUser
-from actors._messages import HostContext
+from actors import HostContext, ResolvedJobUser
 
 from ._errors import AttachmentError
 from ._s3 import DEFAULT_CONCURRENCY, S3Settings, S3Transfers, TransferStatistics, make_s3_client
