@@ -384,8 +384,9 @@ async def _serve_until_signal(
             if farm.s3 is not None:
                 print(
                     f"job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
-                    f"at {farm.s3_endpoint_url} (export AWS_ENDPOINT_URL_S3={farm.s3_endpoint_url})"
+                    f"at {farm.s3_endpoint_url}"
                 )
+                print(f"  export AWS_ENDPOINT_URL_S3={farm.s3_endpoint_url}")
             print(end="", flush=True)
             async for signum in signals:
                 if signum == signal.SIGHUP:
