@@ -127,26 +127,36 @@ def official_outputs(farm: MockFarm, job_id: str, dest: Path) -> dict[str, bytes
     from deadline.job_attachments.models import JobAttachmentS3Settings
 
     assert farm.s3 is not None
+    # The official library resolves S3 through the environment: set it for this call
+    # only (a leftover AWS_ENDPOINT_URL_S3 would send later tests' S3 calls here).
+    saved = {name: os.environ.get(name) for name in ("AWS_ENDPOINT_URL_S3", "AWS_ACCOUNT_ID")}
     os.environ["AWS_ENDPOINT_URL_S3"] = farm.s3_endpoint_url
     os.environ["AWS_ACCOUNT_ID"] = "123456789012"
-    settings = JobAttachmentS3Settings(farm.s3.bucket, farm.s3.root_prefix)
-    session = boto3.session.Session()
-    by_root = get_output_manifests_by_asset_root(
-        settings, farm.farm_id, farm.queue_id, job_id, session=session
-    )
-    assert list(by_root) == [ROOT]
-    for manifest in by_root[ROOT]:
-        download_files_from_manifests(
-            farm.s3.bucket,
-            {str(dest): manifest},
-            cas_prefix=settings.full_cas_prefix(),
-            session=session,
+    try:
+        settings = JobAttachmentS3Settings(farm.s3.bucket, farm.s3.root_prefix)
+        session = boto3.session.Session()
+        by_root = get_output_manifests_by_asset_root(
+            settings, farm.farm_id, farm.queue_id, job_id, session=session
         )
-    return {
-        p.relative_to(dest).as_posix(): p.read_bytes()
-        for p in sorted(dest.rglob("*"))
-        if p.is_file()
-    }
+        assert list(by_root) == [ROOT]
+        for manifest in by_root[ROOT]:
+            download_files_from_manifests(
+                farm.s3.bucket,
+                {str(dest): manifest},
+                cas_prefix=settings.full_cas_prefix(),
+                session=session,
+            )
+        return {
+            p.relative_to(dest).as_posix(): p.read_bytes()
+            for p in sorted(dest.rglob("*"))
+            if p.is_file()
+        }
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 async def test_job_with_attachments_runs_end_to_end(
