@@ -378,8 +378,10 @@ async def test_virtual_file_system_falls_back_to_copying_said_once(tmp_path: Pat
         # The log reaches the farm after the reports: wait for every action's end line.
         with trio.fail_after(30):
             await farm.wait_until(
-                lambda: sum(" ended: " in line for line in farm.session_log(session.session_id))
-                >= len(session.actions)
+                lambda: (
+                    sum(" ended: " in line for line in farm.session_log(session.session_id))
+                    >= len(session.actions)
+                )
             )
         log = farm.session_log(session.session_id)
         said = [line for line in log if "fileSystem VIRTUAL" in line]
