@@ -372,6 +372,12 @@ async def _serve_until_signal(
                     f"state in {state_dir} ({len(farm.state.jobs)} job(s), "
                     f"{len(farm.state.workers)} worker(s)); delete it to start afresh"
                 )
+            if farm.s3 is not None:
+                print(
+                    f"job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
+                    f"at {farm.s3_endpoint_url}"
+                )
+                print(f"  export AWS_ENDPOINT_URL_S3={farm.s3_endpoint_url}")
             key_id, secret = farm.access_key
             for line in setup_lines(
                 farm.info(),
@@ -381,12 +387,6 @@ async def _serve_until_signal(
                 endpoint_env=ENDPOINT_ENV,
             ):
                 print(line)
-            if farm.s3 is not None:
-                print(
-                    f"job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
-                    f"at {farm.s3_endpoint_url}"
-                )
-                print(f"  export AWS_ENDPOINT_URL_S3={farm.s3_endpoint_url}")
             print(end="", flush=True)
             async for signum in signals:
                 if signum == signal.SIGHUP:
