@@ -12,6 +12,7 @@ by hypercorn's Trio worker on loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -55,3 +56,13 @@ def hypercorn_config(
     config.graceful_timeout = graceful_timeout
     config.include_server_header = False
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind, or a client's) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .._asgi import Send as Send
     from .._asgi import answer_lifespan as answer_lifespan
     from .._asgi import hypercorn_config as hypercorn_config
+    from .._asgi import is_loopback as is_loopback
     from .._documents import DocumentError as DocumentError
     from .._documents import load_document as load_document
     from .._documents import load_json as load_json
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "Scope": ".._asgi",
     "Send": ".._asgi",
     "answer_lifespan": ".._asgi",
+    "is_loopback": ".._asgi",
     "hypercorn_config": ".._asgi",
     "DocumentError": ".._documents",
     "load_document": ".._documents",

@@ -34,7 +34,7 @@ import attrs
 import structlog
 import trio
 
-from .._asgi import Receive, Scope, Send, answer_lifespan
+from .._asgi import Receive, Scope, Send, answer_lifespan, is_loopback
 from .._documents import load_json
 from ._apierrors import ApiError, internal
 from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
@@ -104,8 +104,7 @@ class CallLog:
 
 def _from_loopback(scope: Scope) -> bool:
     client = scope.get("client")
-    host = client[0] if client else ""
-    return host == "::1" or host.startswith("127.") or host == "localhost"
+    return client is not None and is_loopback(client[0])
 
 
 class _Drop(Exception):

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import httpx
 import trio
 
+# Re-exported: the serve checks name it.
+from .._asgi import is_loopback as is_loopback
 from ._farm import FarmConfig
 from ._faults import FaultConfig
 from ._mockfarm import make_client, open_mock_farm
@@ -276,18 +278,6 @@ def _serve(args: argparse.Namespace) -> int:
         reason = failures[0].strerror or str(failures[0])
         raise CliError(f"cannot serve on {args.host}:{args.port}: {reason}", 1)
     return 0
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the server on this machine."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _serve_keys(args: argparse.Namespace) -> tuple[dict[str, str] | None, bool]:

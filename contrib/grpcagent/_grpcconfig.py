@@ -8,13 +8,14 @@ request, as environment variables, never from the agent.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
+
+from agent.jobs import is_loopback
 
 DEFAULT_PORT = 50051
 _ENV = "FARMHAND_GRPC_"
@@ -54,7 +55,7 @@ class AgentConfig:
 
     @property
     def loopback(self) -> bool:
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
 
     @property
     def mutual_tls(self) -> bool:
@@ -63,15 +64,6 @@ class AgentConfig:
     @property
     def storage(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.bucket else str(self.work_dir / "logs")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
