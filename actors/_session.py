@@ -57,6 +57,12 @@ from openjd.model import JobParameterValues
 
 from . import _output
 from ._contain import Containment
+from ._hostwork import (
+    ActionHostContext,
+    RunningAction,
+    call_host_work,
+    host_failed_state,
+)
 from ._jobuser import JobUser, JobUserError, ResolvedJobUser, remove_as, signal_as, sudo_path
 from ._messages import (
     ActionEnded,
@@ -142,24 +148,6 @@ async def _resolve_runnable(item: QueuedAction) -> Runnable:
     raise TypeError(f"no resolver for queued action of type {type(item).__name__}")
 
 
-@attrs.define(eq=False)
-class _Running:
-    """The action being run, and what has been learned about it so far."""
-
-    action_id: str | None
-    kind: ActionKind
-    control: ActionControl
-    started_at: datetime | None = None
-    progress: float | None = None
-    status_message: str | None = None
-    fail_message: str | None = None
-    #: Set when the final state was reported early (a Stop reports INTERRUPTED at once).
-    reported: bool = False
-    #: A malformed environment command fails the action, even if its process had
-    #: already exited 0 when the line was read.
-    mark_failed: bool = False
-
-
 class SessionRunner:
     """Runs one OpenJD session's actions. Start it with ``nursery.start(runner.run)``;
     the value it starts with is its inbox (a ``MemorySendChannel[SessionCommand]``).
@@ -190,7 +178,7 @@ class SessionRunner:
         self._cancel_after_running: set[str] = set()
         self._setup_error: str | None = None
         self._actions_started = 0
-        self._running: _Running | None = None
+        self._running: RunningAction | None = None
         self._done_ids: deque[str] = deque(maxlen=_REMEMBERED_DONE)
         self._done_set: set[str] = set()
         self._context: SessionContext | None = None
@@ -413,7 +401,7 @@ class SessionRunner:
         elif self._ending:
             await self._never_attempted(item)
             return
-        running = _Running(item.action_id, item.kind, ActionControl())
+        running = RunningAction(item.action_id, item.kind, ActionControl())
         self._running = running
         try:
             with structlog.contextvars.bound_contextvars(action_id=item.action_id):
@@ -426,7 +414,7 @@ class SessionRunner:
                 context.finish_exit(item.environment_id)
 
     async def _attempt(
-        self, item: QueuedAction, running: _Running, context: SessionContext
+        self, item: QueuedAction, running: RunningAction, context: SessionContext
     ) -> None:
         running.started_at = _now()
         try:
@@ -475,9 +463,9 @@ class SessionRunner:
             await self._end_action(running, ActionState.SUCCESS, None)
             return
         hook = runnable.hook if isinstance(runnable, RunTask) else None
-        host = _HostContext(self, running, context)
-        if hook is not None and not await self._host_call(hook.before, host, running):
-            await self._end_action(running, self._host_failed_state(running), None)
+        host = ActionHostContext(self.session_id, running, context, self._emit)
+        if hook is not None and not await call_host_work(hook.before, host, running):
+            await self._end_action(running, host_failed_state(running), None)
             return
         if isinstance(runnable, EnterEnvironment):
             context.entering = runnable.environment_id
@@ -493,53 +481,20 @@ class SessionRunner:
             async def after(host: HostContext) -> None:
                 found.append(await hook.after(host))
 
-            if await self._host_call(after, host, running):
+            if await call_host_work(after, host, running):
                 manifests = tuple(found[0])
             else:
-                state = self._host_failed_state(running)
+                state = host_failed_state(running)
         await self._end_action(running, state, result.exit_code, manifests=manifests)
 
     async def _run_host(
-        self, runnable: HostAction, running: _Running, context: SessionContext
+        self, runnable: HostAction, running: RunningAction, context: SessionContext
     ) -> None:
-        host = _HostContext(self, running, context)
-        if await self._host_call(runnable.work, host, running):
+        host = ActionHostContext(self.session_id, running, context, self._emit)
+        if await call_host_work(runnable.work, host, running):
             await self._end_action(running, ActionState.SUCCESS, None)
         else:
-            await self._end_action(running, self._host_failed_state(running), None)
-
-    async def _host_call(
-        self, work: Callable[[HostContext], Awaitable[None]], host: HostContext, running: _Running
-    ) -> bool:
-        """Run the agent's own work for an action; cancelled as the action is. ``True``: it
-        returned; ``False``: it raised (``fail_message`` says why) or was cancelled."""
-        control = running.control
-        failed = False
-
-        async def cancel_on_request(scope: trio.CancelScope) -> None:
-            while not control.requested:
-                await control.wait_changed()
-            scope.cancel(reason=control.reason or "the action was cancelled")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancel_on_request, nursery.cancel_scope)
-            try:
-                await work(host)
-            except Exception as exc:  # the work's failure fails this action only
-                failed = True
-                message = _error_line(exc)
-                log.warning("session.host_work_failed", error=message, exc_info=True)
-                running.fail_message = message
-                await self._note(running.action_id, "error", message)
-            nursery.cancel_scope.cancel(reason="the work is done")
-        return not failed and not control.requested
-
-    @staticmethod
-    def _host_failed_state(running: _Running) -> ActionState:
-        control = running.control
-        if control.requested and not control.mark_failed and running.fail_message is None:
-            return ActionState.CANCELED
-        return ActionState.FAILED
+            await self._end_action(running, host_failed_state(running), None)
 
     @staticmethod
     def _prepare(runnable: Runnable, context: SessionContext) -> PreparedAction:
@@ -553,7 +508,7 @@ class SessionRunner:
     async def _run_process(
         self,
         prepared: PreparedAction,
-        running: _Running,
+        running: RunningAction,
         context: SessionContext,
         tag: str | None,
     ) -> ProcessResult:
@@ -604,7 +559,7 @@ class SessionRunner:
     def _apply(
         self,
         messages: list[_output.Message],
-        running: _Running,
+        running: RunningAction,
         context: SessionContext,
         pending: list[SessionEvent],
     ) -> None:
@@ -643,7 +598,10 @@ class SessionRunner:
                 pending.append(SessionLog(sid, action_id, "warning", message.note))
 
     def _apply_variable(
-        self, message: _output.SetEnv | _output.UnsetEnv, running: _Running, context: SessionContext
+        self,
+        message: _output.SetEnv | _output.UnsetEnv,
+        running: RunningAction,
+        context: SessionContext,
     ) -> list[SessionEvent]:
         sid, action_id = self.session_id, running.action_id
         if running.kind is not ActionKind.ENV_ENTER:
@@ -675,7 +633,7 @@ class SessionRunner:
     # ------------------------------------------------------------------ events
 
     async def _started(
-        self, running: _Running, kind: ActionKind, name: str, parameters: Mapping[str, str]
+        self, running: RunningAction, kind: ActionKind, name: str, parameters: Mapping[str, str]
     ) -> None:
         assert running.started_at is not None
         await self._emit(
@@ -686,7 +644,7 @@ class SessionRunner:
 
     async def _end_action(
         self,
-        running: _Running,
+        running: RunningAction,
         state: ActionState,
         exit_code: int | None,
         *,
@@ -880,58 +838,6 @@ def _final_state(result: ProcessResult) -> ActionState:
     if result.canceled:
         return ActionState.CANCELED
     return ActionState.SUCCESS if result.exit_code == 0 else ActionState.FAILED
-
-
-def _error_line(exc: BaseException) -> str:
-    """One line for an error: a group's leaves (what actually failed), not its summary."""
-    leaves: list[BaseException] = []
-
-    def walk(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                walk(inner)
-        else:
-            leaves.append(error)
-
-    walk(exc)
-    parts = [str(e) or type(e).__name__ for e in leaves[:3]]
-    more = f" (and {len(leaves) - 3} more)" if len(leaves) > 3 else ""
-    return "; ".join(parts) + more
-
-
-class _HostContext:
-    """The ``HostContext`` of one action (see ``HostAction``)."""
-
-    def __init__(self, runner: SessionRunner, running: _Running, context: SessionContext) -> None:
-        self._runner = runner
-        self._running = running
-        self._context = context
-
-    @property
-    def working_directory(self) -> Path:
-        return self._context.working_directory
-
-    @property
-    def job_user(self) -> ResolvedJobUser | None:
-        return self._context.job_user
-
-    async def progress(self, percent: float) -> None:
-        self._running.progress = percent
-        await self._runner._emit(
-            ActionProgress(self._runner.session_id, self._running.action_id, percent)
-        )
-
-    async def status(self, message: str) -> None:
-        self._running.status_message = message
-        await self._runner._emit(
-            ActionStatusMessage(self._runner.session_id, self._running.action_id, message)
-        )
-
-    async def log(self, message: str, level: str = "info") -> None:
-        await self._runner._note(self._running.action_id, level, message)
-
-    def add_path_mapping_rules(self, rules: Sequence[PathMappingRule]) -> None:
-        self._context.add_path_mapping_rules(rules)
 
 
 def _describe(runnable: Runnable, context: SessionContext) -> tuple[str, dict[str, str]]:
