@@ -1,6 +1,7 @@
 """Job-attachment downloads: farmhand against the official library and plain boto3.
 
-One moto S3 server on loopback (its own process) holds N small files and one
+One S3 server on loopback (its own process: moto, or with ``--s3 lean`` the
+read-only endpoint of benchmarks/_s3lean.py) holds N small files and one
 large file, uploaded once by hash as job attachments store them. Then each
 contender, in its own process (peak RSS from wait4; the time is the transfer's,
 measured inside the process, without interpreter start-up and imports),
@@ -18,6 +19,7 @@ Hashing: ``agent.attachments.hash_file_sync`` over the large file against
 
     python -m benchmarks.attachments [--small-count 2000] [--small-kib 64]
         [--large-mib 512] [--repeat 1] [--contenders farmhand,official,boto3]
+        [--s3 moto|lean]
 
 Targets (issue 11): farmhand at least 2x the official path for the small
 files, within 1.2x of boto3 for the large file, peak RSS at most 100 MiB,
@@ -41,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Measurement, median_of, run_measured, table
+from benchmarks._common import Measurement, run_measured, table
 
 BUCKET = "farmhand-bench"
 PREFIX = "DeadlineCloud"
@@ -93,19 +95,42 @@ def client(endpoint: str) -> Any:
     )
 
 
-def seed(endpoint: str, work: Path, count: int, kib: int, large_mib: int) -> dict[str, Path]:
-    """Upload the data by hash; write one manifest per data set. Returns manifest paths."""
+def start_lean(port: int, root: Path) -> subprocess.Popen[bytes]:
+    """The lean read-only endpoint (benchmarks/_s3lean.py) over ``root``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks._s3lean", str(root), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline() != b"ready\n":
+        process.kill()
+        raise RuntimeError("the lean S3 endpoint did not start")
+    return process
+
+
+def seed(
+    endpoint: str, work: Path, count: int, kib: int, large_mib: int, lean_root: Path | None
+) -> dict[str, Path]:
+    """Store the data by hash (through S3, or as files under ``lean_root`` for the lean
+    endpoint); write one manifest per data set. Returns manifest paths."""
     import xxhash
 
     from agent.attachments import Manifest, ManifestPath
 
     s3 = client(endpoint)
-    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    if lean_root is None:
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    else:
+        (lean_root / BUCKET / PREFIX / "Data").mkdir(parents=True)
     small: list[ManifestPath] = []
     for index in range(count):
         data = os.urandom(kib * 1024)
         digest = xxhash.xxh3_128_hexdigest(data)
-        s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/Data/{digest}.xxh128", Body=data)
+        if lean_root is None:
+            s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/Data/{digest}.xxh128", Body=data)
+        else:
+            (lean_root / BUCKET / PREFIX / "Data" / f"{digest}.xxh128").write_bytes(data)
         small.append(
             ManifestPath(
                 f"small/{index // 100:03d}/f{index:05d}.bin",
@@ -127,7 +152,10 @@ def seed(endpoint: str, work: Path, count: int, kib: int, large_mib: int) -> dic
                 hasher.update(block)
                 out.write(block)
         digest = hasher.hexdigest()
-        s3.upload_file(str(big), BUCKET, f"{PREFIX}/Data/{digest}.xxh128")
+        if lean_root is None:
+            s3.upload_file(str(big), BUCKET, f"{PREFIX}/Data/{digest}.xxh128")
+        else:
+            shutil.copyfile(big, lean_root / BUCKET / PREFIX / "Data" / f"{digest}.xxh128")
         entry = ManifestPath("large/render.exr", digest, large_mib << 20, 1_700_000_000_000_000)
         path = work / "large.manifest"
         path.write_text(Manifest.from_paths([entry]).encode())
@@ -212,10 +240,14 @@ def run_child(argv: list[str], cpu_key: str | None = None) -> Measurement:
     return Measurement(float(output.split()[-1]), usage.ru_maxrss / 1024)
 
 
-def measure_download(
-    name: str, data_set: str, endpoint: str, manifest: Path, work: Path, repeat: int
-) -> Measurement:
-    def once() -> Measurement:
+def measure_downloads(
+    names: list[str], data_set: str, endpoint: str, manifest: Path, work: Path, repeat: int
+) -> dict[str, Measurement]:
+    """Each contender ``repeat`` times, the order rotated each round, so that none always
+    goes first (on this VM whoever first writes fresh pages after a pause pays for them
+    in system time); the median seconds and the largest peak RSS of each."""
+
+    def once(name: str) -> Measurement:
         dest = Path(tempfile.mkdtemp(dir=work, prefix=f"{name}-"))
         argv = [
             sys.executable,
@@ -232,7 +264,15 @@ def measure_download(
         finally:
             shutil.rmtree(dest, ignore_errors=True)
 
-    return median_of(repeat, once)
+    runs: dict[str, list[Measurement]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(once(name))
+    return {
+        name: Measurement(statistics.median(m.seconds for m in ms), max(m.peak_rss_mib for m in ms))
+        for name, ms in runs.items()
+    }
 
 
 def main() -> int:
@@ -244,6 +284,13 @@ def main() -> int:
     parser.add_argument("--large-mib", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--contenders", default="farmhand,official,boto3")
+    parser.add_argument(
+        "--s3",
+        choices=("moto", "lean"),
+        default="moto",
+        help="the endpoint: moto's S3 server, or benchmarks/_s3lean.py (read-only, files "
+        "served with sendfile), which leaves the two cores to the clients being measured",
+    )
     parser.add_argument(
         "--child", nargs=4, metavar=("NAME", "ENDPOINT", "MANIFEST", "DEST"), help=argparse.SUPPRESS
     )
@@ -266,15 +313,20 @@ def main() -> int:
     contenders = [c for c in args.contenders.split(",") if c]
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    moto = start_moto(port)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-attachments-") as tmp:
-            work = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-attachments-") as tmp:
+        work = Path(tmp)
+        lean_root = work / "s3" if args.s3 == "lean" else None
+        if lean_root is not None:
+            lean_root.mkdir()
+        server = start_moto(port) if lean_root is None else start_lean(port, lean_root)
+        try:
             print(
-                f"seeding {args.small_count} × {args.small_kib} KiB and {args.large_mib} MiB into moto S3 ...",
+                f"seeding {args.small_count} × {args.small_kib} KiB and {args.large_mib} MiB into {args.s3} S3 ...",
                 flush=True,
             )
-            manifests = seed(endpoint, work, args.small_count, args.small_kib, args.large_mib)
+            manifests = seed(
+                endpoint, work, args.small_count, args.small_kib, args.large_mib, lean_root
+            )
             rows: list[list[object]] = [
                 [
                     "data set",
@@ -293,10 +345,11 @@ def main() -> int:
             if args.large_mib:
                 sets.append(("large", 1, float(args.large_mib)))
             for data_set, files, mib in sets:
+                measured = measure_downloads(
+                    contenders, data_set, endpoint, manifests[data_set], work, args.repeat
+                )
                 for name in contenders:
-                    m = measure_download(
-                        name, data_set, endpoint, manifests[data_set], work, args.repeat
-                    )
+                    m = measured[name]
                     results[(data_set, name)] = m
                     cpu = statistics.median(CPU_BY_NAME[f"{data_set}:{name}"])
                     print(
@@ -357,9 +410,9 @@ def main() -> int:
                 else:
                     line += "; xxhsum not installed (apt package xxhash), no ratio"
                 print(line)
-    finally:
-        moto.terminate()
-        moto.wait()
+        finally:
+            server.terminate()
+            server.wait()
     return 0
 
 
