@@ -55,6 +55,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+import attrs
 import structlog
 import trio
 
@@ -182,11 +183,41 @@ def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object
     return ended
 
 
+@attrs.define
+class _SpareLauncher:
+    """A launcher started ahead of its session, in a cgroup of its own if any."""
+
+    launcher: SessionLauncher
+    cgroup: Path | None
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.launcher.aclose()
+        self._remove_cgroup()
+
+    def discard(self) -> None:
+        """``aclose`` for synchronous clean-up paths."""
+        self.launcher.discard()
+        self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
+        if self.cgroup is not None:
+            try:
+                self.cgroup.rmdir()
+            except OSError as exc:
+                log.debug("contain.spare_cgroup_left", path=str(self.cgroup), error=str(exc))
+
+
 class Containment:
     """See the module docstring."""
 
     def __init__(self, *, use_cgroup: bool = True, instance: str | None = None) -> None:
         self.instance = instance or uuid.uuid4().hex[:16]
+        self._spare: _SpareLauncher | None = None
+        self._spare_taken = trio.Event()
+        self._spares_made = 0
+        #: Sessions that took a spare launcher, and the cgroup it came in.
+        self._claimed_cgroups: dict[str, Path] = {}
         self._cgroup_root: Path | None = self._make_cgroup_root() if use_cgroup else None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._registration: IO[str] | None = None
@@ -219,6 +250,9 @@ class Containment:
     def _session_cgroup(self, session_id: str) -> Path | None:
         if self._cgroup_root is None:
             return None
+        claimed = self._claimed_cgroups.get(session_id)
+        if claimed is not None:
+            return claimed
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in session_id)[:200]
         return self._cgroup_root / safe
 
@@ -228,6 +262,9 @@ class Containment:
         ``None`` (with a warning) when it cannot be started: the actions are then
         started directly, and the tag and the cgroup are what finds their processes.
         """
+        spare = await self._take_spare(session_id)
+        if spare is not None:
+            return spare
         cgroup = self._session_cgroup(session_id)
         if cgroup is not None:
             try:
@@ -236,12 +273,78 @@ class Containment:
                 log.debug("contain.no_session_cgroup", path=str(cgroup), error=str(exc))
                 cgroup = None
         try:
-            return await SessionLauncher.start(
-                cgroup_procs=cgroup / "cgroup.procs" if cgroup is not None else None
-            )
+            launcher = await SessionLauncher.start()
         except OSError as exc:
             log.warning("contain.no_launcher", session_id=session_id, error=str(exc))
             return None
+        if cgroup is not None:
+            await launcher.join_cgroup(cgroup / "cgroup.procs")
+        return launcher
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The pid of the launcher kept ready for the next session, if one is."""
+        return self._spare.launcher.pid if self._spare is not None else None
+
+    async def _take_spare(self, session_id: str) -> SessionLauncher | None:
+        """The spare launcher, its cgroup now the session's; ``None`` if there is none,
+        or it could not join a cgroup where the session should have one."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        self._spare_taken.set()
+        if self._cgroup_root is not None:
+            if spare.cgroup is None:
+                await spare.aclose()
+                return None
+            # cgroup v2 cannot rename a cgroup, and moving a process waits an RCU
+            # grace period: the session keeps the spare's cgroup under its name.
+            self._claimed_cgroups[session_id] = spare.cgroup
+        return spare.launcher
+
+    async def keep_spare_launcher(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep the next session's launcher started ahead, in a cgroup of its own that
+        the session takes over, so a session waits neither for the
+        launcher's interpreter to start nor for a cgroup migration (together about
+        20 ms). For hosts that run many short sessions one after another (the one-job
+        adapters); it costs one idle process. Run it in the host's nursery; cancelled,
+        it ends the spare."""
+        task_status.started()
+        try:
+            while True:
+                if self._spare is None:
+                    spare = await self._make_spare()
+                    if spare is None:
+                        return  # launchers cannot be started here: sessions say so
+                    self._spare = spare
+                await self._spare_taken.wait()
+                self._spare_taken = trio.Event()
+        finally:
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                await spare.aclose()
+
+    async def _make_spare(self) -> _SpareLauncher | None:
+        try:
+            launcher = await SessionLauncher.start()
+        except OSError as exc:
+            log.warning("contain.no_spare_launcher", error=str(exc))
+            return None
+        cgroup: Path | None = None
+        if self._cgroup_root is not None:
+            self._spares_made += 1
+            cgroup = self._cgroup_root / f".spare-{self._spares_made}"
+            try:
+                cgroup.mkdir()
+                if not await launcher.join_cgroup(cgroup / "cgroup.procs"):
+                    cgroup.rmdir()
+                    cgroup = None
+            except OSError as exc:
+                log.debug("contain.no_spare_cgroup", path=str(cgroup), error=str(exc))
+                cgroup = None
+        return _SpareLauncher(launcher, cgroup)
 
     async def sweep(self, session_id: str) -> int:
         """Kill every process left of a session. Returns how many were signalled."""
@@ -257,6 +360,7 @@ class Containment:
 
         # /proc scans are quick, but not free on a busy host: keep them off the loop.
         killed = await trio.to_thread.run_sync(work)
+        self._claimed_cgroups.pop(session_id, None)
         if killed:
             log.info("contain.swept", session_id=session_id, processes=killed)
         return killed
@@ -332,6 +436,9 @@ class Containment:
 
     def close(self) -> None:
         """Normal exit: let the watchdog sweep what is left, and remove our cgroups."""
+        spare, self._spare = self._spare, None
+        if spare is not None:  # keep_spare_launcher was not cancelled first
+            spare.discard()
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None and watchdog.stdin is not None:
             watchdog.stdin.close()

@@ -25,6 +25,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,13 +138,32 @@ class SessionLauncher:
             raise
         launcher = cls(process, trio.socket.from_stdlib_socket(ours))
         if cgroup_procs is not None:
-            # Before it starts anything: what it starts is then born in the cgroup.
-            # A migration waits for an RCU grace period (milliseconds): not on the loop.
-            try:
-                await trio.to_thread.run_sync(cgroup_procs.write_text, str(process.pid))
-            except OSError as exc:
-                log.debug("spawn.cgroup_failed", path=str(cgroup_procs), error=str(exc))
+            await launcher.join_cgroup(cgroup_procs)
         return launcher
+
+    async def join_cgroup(self, cgroup_procs: Path) -> bool:
+        """Move the launcher into a cgroup. Only before it has started anything: what
+        it starts afterwards is then born in the cgroup. A failure is logged and
+        ``False`` returned (the tag still finds the session's processes)."""
+        # A migration waits for an RCU grace period (milliseconds): not on the loop.
+        try:
+            await trio.to_thread.run_sync(cgroup_procs.write_text, str(self._process.pid))
+        except OSError as exc:
+            log.debug("spawn.cgroup_failed", path=str(cgroup_procs), error=str(exc))
+            return False
+        return True
+
+    def discard(self) -> None:
+        """End a launcher that never started anything (a spare) without awaiting it:
+        for synchronous clean-up paths only; ``aclose()`` is the way otherwise."""
+        self._close_socket()
+        try:
+            self._process.kill()
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 1.0
+        while self._process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # it was SIGKILLed: gone within a scheduler tick
 
     @property
     def pid(self) -> int:

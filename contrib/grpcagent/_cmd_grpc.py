@@ -51,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(shutdown.watch_signals)
+            # Each job is a session of its own: its launcher is started ahead.
+            await nursery.start(containment.keep_spare_launcher)
             await serve(config, containment=containment, shutdown=shutdown)
             nursery.cancel_scope.cancel(reason="the agent has stopped")
 

@@ -144,6 +144,8 @@ def _worker(args: argparse.Namespace) -> int:
         worker = QueueWorker(config, containment=containment)
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.shutdown.watch_signals)
+            # Each job is a session of its own: its launcher is started ahead.
+            await nursery.start(containment.keep_spare_launcher)
             await worker.run()
             nursery.cancel_scope.cancel(reason="the worker has stopped")
 

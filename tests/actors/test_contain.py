@@ -154,6 +154,72 @@ async def test_a_daemon_that_clears_its_environment_dies_with_the_session(
         containment.close()
 
 
+@pytest.mark.parametrize(
+    "use_cgroup",
+    [
+        pytest.param(False, id="subreaper"),
+        pytest.param(
+            True,
+            id="cgroup",
+            marks=pytest.mark.skipif(
+                not _cgroup_available(), reason="no writable cgroup v2 subtree on this host"
+            ),
+        ),
+    ],
+)
+async def test_sessions_on_spare_launchers_are_contained_and_the_spare_goes_at_the_end(
+    tmp_path: Path, use_cgroup: bool
+) -> None:
+    """With the next launcher started ahead (keep_spare_launcher), each session still
+    keeps its daemons in its own cgroup (the spare's, taken over) and kills them at its
+    end; the cgroup goes with the session, and the last spare goes with the host."""
+    template = job(
+        step("S", py("print('task')")),
+        jobEnvironments=[env("E", py(DAEMON.format(env_clear="pass")))],
+    )
+    containment = Containment(use_cgroup=use_cgroup)
+    seen_cgroups: list[str] = []
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(containment.keep_spare_launcher)
+                for round_ in range(2):
+                    (tmp_path / str(round_)).mkdir()
+                    lp = plan(tmp_path / str(round_), template)
+                    # Let the spare come up (a process start, a cgroup migration in a
+                    # thread), so this session takes it.
+                    while containment.spare_pid is None:
+                        await trio.sleep(0.01)
+                    spare_pid = containment.spare_pid
+                    config = config_for(lp, tmp_path / str(round_))
+                    async with open_session(config, containment=containment) as session:
+                        await session.enqueue(lp.actions)
+                        await session.recorder.wait_for_line("task")
+                        pid = _daemon_pid(session.recorder.output())
+                        assert _alive(pid)
+                        # The session's processes live below the spare it took.
+                        assert pid in _descendants(spare_pid)
+                        cgroup = (await trio.Path(f"/proc/{pid}/cgroup").read_text()).splitlines()[
+                            -1
+                        ]
+                        seen_cgroups.append(cgroup.partition("::")[2])
+                    assert not _alive(pid)
+                nursery.cancel_scope.cancel()
+        # Only the launchers' own children were ever ours: none is left.
+        assert _descendants(os.getpid()) == []
+        if use_cgroup:
+            assert containment.cgroup_root is not None
+            names = [cgroup.rsplit("/", 1)[1] for cgroup in seen_cgroups]
+            assert len(set(names)) == 2 and all(n.startswith(".spare-") for n in names), names
+            assert list(containment.cgroup_root.iterdir()) == [] or all(
+                not child.is_dir() for child in containment.cgroup_root.iterdir()
+            )
+        else:
+            assert all("farmhand-" not in cgroup for cgroup in seen_cgroups)
+    finally:
+        containment.close()
+
+
 def test_sweeping_one_session_spares_others() -> None:
     """Only processes with the session's exact tag are killed."""
     containment = Containment(use_cgroup=False)
