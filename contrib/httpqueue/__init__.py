@@ -6,6 +6,9 @@ job server over HTTP and runs it with farmhand's one-job API;
 protocol is in the README ("HTTP job queue").
 """
 
+from ._auth import ClientAuth as ClientAuth
+from ._auth import ServerTls as ServerTls
+from ._errors import ConfigError as ConfigError
 from ._protocol import Capabilities as Capabilities
 from ._protocol import JobOffer as JobOffer
 from ._protocol import ProtocolError as ProtocolError
@@ -16,7 +19,6 @@ from ._queueclient import QueueClient as QueueClient
 from ._queueclient import ServerError as ServerError
 from ._queueclient import ServerRefused as ServerRefused
 from ._queueclient import ServerUnavailable as ServerUnavailable
-from ._queueconfig import ConfigError as ConfigError
 from ._queueconfig import WorkerConfig as WorkerConfig
 from ._queueconfig import load_config as load_config
 from ._queueserver import JobServer as JobServer

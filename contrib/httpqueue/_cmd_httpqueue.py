@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class CliError(Exception):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from ._auth import add_client_arguments, add_server_arguments
     from ._queueconfig import configure_parser
 
     commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
@@ -73,12 +75,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds of silence after which a worker's running jobs fail as 'worker lost' (120)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request's effect")
+    add_server_arguments(serve)
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_)
         sub.add_argument(
             "--server", help=f"the job server (OPEVA_SERVER or SERVER; default {DEFAULT_SERVER})"
         )
+        add_client_arguments(sub)
         return sub
 
     submit = client("submit", help_="submit a job; prints its id")
@@ -128,7 +132,8 @@ def _worker(args: argparse.Namespace) -> int:
     from actors import Containment
     from agent import configure_logging
 
-    from ._queueconfig import ConfigError, load_config
+    from ._errors import ConfigError
+    from ._queueconfig import load_config
     from ._queueworker import QueueWorker
 
     try:
@@ -164,6 +169,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from agent import configure_logging
 
+    from ._auth import ServerTls, check_exposure, read_token
+    from ._errors import ConfigError
     from ._queue import QueueConfig
     from ._queueserver import open_job_server
     from ._store import StoreError, open_store
@@ -172,6 +179,12 @@ def _serve(args: argparse.Namespace) -> int:
     for name in ("assignment_timeout", "worker_timeout"):
         if not getattr(args, name) > 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive", 2)
+    try:
+        token = read_token(args.token_file, os.environ)
+        tls = ServerTls.from_args(args)
+        check_exposure(args.host, token=token, tls=tls, insecure=args.insecure)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from exc
     try:
         store = open_store(None if args.store == ":memory:" else Path(args.store))
     except StoreError as exc:
@@ -183,10 +196,15 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_job_server(
-                store=store, config=config, host=args.host, port=args.port
+                store=store, config=config, host=args.host, port=args.port, token=token, tls=tls
             ) as server:
                 jobs = len(server.queue.jobs)
-                print(f"httpqueue server on {server.url} ({store.description}, {jobs} jobs)")
+                guard = "open to anyone who reaches it" if token is None else "token required"
+                if tls is not None and tls.client_ca is not None:
+                    guard += ", client certificates required"
+                print(
+                    f"httpqueue server on {server.url} ({store.description}, {jobs} jobs; {guard})"
+                )
                 print(f"export OPEVA_SERVER={server.url}", flush=True)
                 async for _ in signals:
                     break
@@ -215,9 +233,12 @@ def _serve_error(exc: BaseException, args: argparse.Namespace) -> CliError:
 # ------------------------------------------------------------------ client
 
 
-def _request(server: str, method: str, path: str, body: Any = None) -> Any:
+def _request(
+    server: str, method: str, path: str, body: Any = None, *, auth: dict[str, Any] | None = None
+) -> Any:
     try:
-        response = httpx.request(method, f"{server}{path}", json=body, timeout=30.0)
+        with httpx.Client(timeout=30.0, **(auth or {})) as http:
+            response = http.request(method, f"{server}{path}", json=body)
     except httpx.HTTPError as exc:
         raise CliError(f"no job server at {server}: {exc}") from exc
     try:
@@ -251,6 +272,14 @@ def _client(args: argparse.Namespace) -> int:
     server = (
         args.server or os.environ.get("OPEVA_SERVER") or os.environ.get("SERVER") or DEFAULT_SERVER
     ).rstrip("/")
+    from ._auth import ClientAuth
+    from ._errors import ConfigError
+
+    try:
+        options = ClientAuth.from_args(args, os.environ).httpx_options()
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from exc
+    request = partial(_request, auth=options)
     command = args.command_name
     if command == "submit":
         body: dict[str, Any] = {"config_path": args.config_path}
@@ -260,20 +289,20 @@ def _client(args: argparse.Namespace) -> int:
         requirements = _requirements(args)
         if requirements:
             body["requirements"] = requirements
-        job = _request(server, "POST", "/api/jobs", body)
+        job = request(server, "POST", "/api/jobs", body)
         print(job["job_id"], flush=True)
         if not args.wait:
             return 0
         while job["status"] not in _FINAL:
             time.sleep(1.0)
-            job = _request(server, "GET", f"/api/jobs/{job['job_id']}")
+            job = request(server, "GET", f"/api/jobs/{job['job_id']}")
         print(_line(job))
         return 0 if job["status"] == "finished" else 1
     if command == "status":
         if args.job_id:
-            print(json.dumps(_request(server, "GET", f"/api/jobs/{args.job_id}"), indent=2))
+            print(json.dumps(request(server, "GET", f"/api/jobs/{args.job_id}"), indent=2))
             return 0
-        jobs = _request(server, "GET", "/api/jobs")["jobs"]
+        jobs = request(server, "GET", "/api/jobs")["jobs"]
         if args.json:
             print(json.dumps(jobs, indent=2))
         else:
@@ -281,10 +310,10 @@ def _client(args: argparse.Namespace) -> int:
                 print(_line(job))
         return 0
     if command in ("cancel", "stop"):
-        job = _request(server, "POST", f"/api/jobs/{args.job_id}/{command}")
+        job = request(server, "POST", f"/api/jobs/{args.job_id}/{command}")
         print(_line(job))
         return 0
-    workers = _request(server, "GET", "/api/workers")["workers"]
+    workers = request(server, "GET", "/api/workers")["workers"]
     for worker in workers:
         print(
             f"{worker['worker_id']}  {worker['state']}  free {worker['free_slots']}/"

@@ -25,7 +25,9 @@ flag                        variable (alias)               default
 The rest are flags only: ``--command`` (process mode, instead of an image),
 ``--docker``, ``--docker-arg``, ``--container-arg``, ``--tool``, ``--gpus``,
 ``--slots``, ``--grace``, ``--max-runtime``, ``--state-dir``,
-``--max-retry-delay`` and ``--report-timeout``. A value that cannot be used
+``--max-retry-delay`` and ``--report-timeout``. The server's token and TLS
+files: ``--token-file``, ``--ca-file``, ``--client-cert``, ``--client-key``
+(see ``_auth.py`` for their variables). A value that cannot be used
 is a ``ConfigError`` naming the flag or variable it came from.
 """
 
@@ -41,6 +43,8 @@ from typing import Any
 
 import attrs
 
+from ._auth import ClientAuth, add_client_arguments
+from ._errors import ConfigError
 from ._protocol import labels_from
 from ._workload import ContainerWorkload, ProcessWorkload, TemplateFieldError, Workload
 
@@ -53,10 +57,6 @@ _LOG_LEVEL_ALIASES = {"warn": "warning", "critical": "error", "fatal": "error"}
 DEFAULT_SERVER = "http://localhost:8000"
 DEFAULT_SHARED_DIR = "/opt/opeva_shared_data"
 DEFAULT_IMAGE = "calof/opeva_simulator:latest"
-
-
-class ConfigError(Exception):
-    """A setting cannot be used. One line, naming where it came from."""
 
 
 @attrs.frozen
@@ -94,6 +94,8 @@ class WorkerConfig:
     request_timeout: float = 30.0
     #: Where job sessions' scratch directories go; ``None``: the system's temp dir.
     session_root: Path | None = None
+    #: The token and TLS files the worker presents to the server.
+    auth: ClientAuth = attrs.field(factory=ClientAuth)
 
     @property
     def state_file(self) -> Path:
@@ -186,6 +188,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--report-timeout",
         help="seconds to wait for unsent reports when stopping (default 30; they are kept)",
     )
+    add_client_arguments(parser)
 
 
 def _seconds(value: str | None, where: str, default: float | None, *, zero: bool = False) -> Any:
@@ -335,6 +338,7 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
         state_dir=Path(state_dir).expanduser() if state_dir else None,
         max_retry_delay=seconds("max_retry_delay", (), 30.0),
         report_timeout=seconds("report_timeout", (), 30.0, zero=True),
+        auth=ClientAuth.from_args(args, environ),
     )
 
 

@@ -27,7 +27,9 @@ Routes (JSON bodies and answers; errors are ``{"error": "..."}`` with 400,
 ``/status/{id}`` speaks the OPEVA backend's job states: a running job a person
 stopped is ``stop_requested`` until its worker confirms ``stopped``.
 
-Every change is written to the store before the answer goes out.
+Every change is written to the store before the answer goes out. With a token,
+every route but ``/api/health`` answers 401 to a caller without it; with mutual
+TLS, a caller without a client certificate the CA signed gets no connection.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from agent.jobs import (
     load_json,
 )
 
+from ._auth import OPEN_PATHS, ServerTls, token_matches
 from ._protocol import JOB_STATUSES
 from ._queue import Job, JobQueue, QueueConfig, QueueError, public
 from ._store import MemoryStore, Store, StoreError
@@ -69,16 +72,25 @@ class JobServer:
     """The ASGI application and the queue behind it."""
 
     def __init__(
-        self, store: Store, jobs: list[Job] | None = None, config: QueueConfig | None = None
+        self,
+        store: Store,
+        jobs: list[Job] | None = None,
+        config: QueueConfig | None = None,
+        *,
+        token: str | None = None,
     ) -> None:
-        """``jobs``: what ``store.load()`` returned (the caller loads, in a thread)."""
+        """``jobs``: what ``store.load()`` returned (the caller loads, in a thread).
+        ``token``: every call but the health check must carry it as a bearer token."""
         self.store = store
+        self._token = token
         self.queue = JobQueue(jobs or (), config)
         self.url = ""
         self._lock = trio.Lock()
         self._changed = trio.Event()
         self._deadline_changed = trio.Event()
         self.requests = 0
+        #: Calls answered 401 for want of the token.
+        self.refused = 0
 
     # ------------------------------------------------------------ driving it directly
 
@@ -159,6 +171,18 @@ class JobServer:
             return
         if scope["type"] != "http":
             return
+        if self._token is not None and scope["path"] not in OPEN_PATHS:
+            authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if not token_matches(authorization, self._token):
+                self.refused += 1
+                self._notify()
+                await _respond(
+                    send,
+                    401,
+                    {"error": "this job server needs its bearer token (Authorization: Bearer ...)"},
+                    extra=[(b"www-authenticate", b"Bearer")],
+                )
+                return
         body = b""
         while True:
             message = await receive()
@@ -270,9 +294,11 @@ def _json(body: bytes) -> Any:
         raise QueueError(400, str(exc)) from None
 
 
-async def _respond(send: Send, status: int, answer: Any) -> None:
+async def _respond(
+    send: Send, status: int, answer: Any, *, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = b"" if answer is None else json.dumps(answer).encode()
-    headers = [(b"content-length", str(len(payload)).encode())]
+    headers = [(b"content-length", str(len(payload)).encode()), *(extra or ())]
     if answer is not None:
         headers.append((b"content-type", b"application/json"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -286,11 +312,17 @@ async def open_job_server(
     config: QueueConfig | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    token: str | None = None,
+    tls: ServerTls | None = None,
 ) -> AsyncIterator[JobServer]:
-    """Serve the queue on ``host:port`` (a free loopback port by default) for the block."""
+    """Serve the queue on ``host:port`` (a free loopback port by default) for the block;
+    ``token`` and ``tls`` as in ``_auth.py`` (the caller checks the exposure)."""
     store = store if store is not None else MemoryStore()
     jobs = await trio.to_thread.run_sync(store.load)
-    server = JobServer(store, jobs, config)
+    server = JobServer(store, jobs, config, token=token)
+    http_config = hypercorn_config(host, port, logger="farmhand.httpqueue.http")
+    if tls is not None:
+        tls.apply(http_config)
     shutdown = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
@@ -300,7 +332,7 @@ async def open_job_server(
                 partial(
                     serve,
                     cast(Any, server),
-                    hypercorn_config(host, port, logger="farmhand.httpqueue.http"),
+                    http_config,
                     shutdown_trigger=shutdown.wait,
                 )
             )

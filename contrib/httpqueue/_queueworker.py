@@ -268,6 +268,7 @@ class QueueWorker:
         http = self._http or httpx.AsyncClient(
             timeout=httpx.Timeout(config.request_timeout),
             limits=httpx.Limits(max_keepalive_connections=config.slots + 2),
+            **config.auth.httpx_options(),
         )
         try:
             client = QueueClient(http, config.server)
