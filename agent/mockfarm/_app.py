@@ -36,16 +36,19 @@ import trio
 
 from .._asgi import Receive, Scope, Send, answer_lifespan, is_loopback
 from .._documents import load_json
-from ._apierrors import ApiError, internal
+from ._apierrors import ApiError, internal, validation
 from ._codec import Operation, ServiceCodec, deadline_codec, logs_codec
 from ._farm import Farm
 from ._faults import FaultConfig, FaultInjector
+from ._jobs import PREPARED, PREPARERS
 from ._sigv4 import verify_request
 
 log = structlog.get_logger("farmhand.mockfarm")
 
 
 _JSON = b"application/json"
+#: The longest an operation's preparation (parsing a template) may take.
+PREPARE_SECONDS = 30.0
 _AMZ_JSON = b"application/x-amz-json-1.1"
 _PING_BODY = b"{}"
 _PING_HEADERS = [(b"content-type", _JSON), (b"content-length", b"2")]
@@ -141,6 +144,8 @@ class MockFarmApp:
         self._logs = logs_codec()
         self._logs_prefix = (self._logs.target_prefix or "") + "."
         self._request_ids = itertools.count(1)
+        #: Templates parsed at once, in worker threads (each may take a core).
+        self._prepare_limiter = trio.CapacityLimiter(2)
         #: ``(operation, client token) -> encoded output`` for idempotent retries.
         self._tokens: dict[tuple[str, str], bytes] = {}
         if farm.store is not None:
@@ -294,8 +299,17 @@ class MockFarmApp:
                 if cached is not None:
                     self._record(codec, name, params, operation.status, None, arrived)
                     return operation.status, [(b"content-type", content_type)], cached
+        prepare = PREPARERS.get(operation.name) if codec is self._deadline else None
+        if prepare is not None:
+            try:
+                params[PREPARED] = await self._prepare(prepare, params, name)
+            except ApiError as error:
+                return self._error(codec, name, params, error, arrived, content_type)
         try:
-            output = handler(params)
+            try:
+                output = handler(params)
+            finally:
+                params.pop(PREPARED, None)  # not part of the call's record
             payload = codec.encode_output(operation, output)
         except ApiError as error:
             self._on_change()
@@ -323,6 +337,19 @@ class MockFarmApp:
             raise _Drop(decision.drop_hold)
         self._record(codec, name, params, operation.status, None, arrived)
         return operation.status, [(b"content-type", content_type)], payload
+
+    async def _prepare(
+        self, prepare: Callable[[Mapping[str, Any]], Any], params: dict[str, Any], name: str
+    ) -> Any:
+        """Run an operation's state-free preparation (parsing a template) in a worker
+        thread, so the farm answers other calls meanwhile; bounded in time."""
+        with trio.move_on_after(PREPARE_SECONDS):
+            return await trio.to_thread.run_sync(
+                prepare, params, limiter=self._prepare_limiter, abandon_on_cancel=True
+            )
+        raise validation(
+            f"{name}: the template took more than {PREPARE_SECONDS:g} s to parse.", reason="OTHER"
+        )
 
     def _secret_for(self, access_key: str) -> str | None:
         assert self._keys is not None

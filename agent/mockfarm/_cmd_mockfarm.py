@@ -44,6 +44,8 @@ from ._store import StoreError, default_state_dir
 
 DEFAULT_PORT = 18080
 ENDPOINT_ENV = "FARMHAND_MOCKFARM_ENDPOINT"
+#: The start of the last line ``serve`` prints once it is up.
+READY_LINE = "ready:"
 KEY_ID_ENV = "FARMHAND_MOCKFARM_ACCESS_KEY_ID"
 SECRET_ENV = "FARMHAND_MOCKFARM_SECRET_ACCESS_KEY"
 FINAL = ("SUCCEEDED", "FAILED", "CANCELED", "SUSPENDED", "NOT_COMPATIBLE")
@@ -377,6 +379,9 @@ async def _serve_until_signal(
                 endpoint_env=ENDPOINT_ENV,
             ):
                 print(line)
+            # Last, and flushed with the rest: a script (or a test) that waits for this
+            # line has everything above it.
+            print(f"{READY_LINE} SIGINT or SIGTERM stops the farm, SIGHUP re-reads --faults")
             print(end="", flush=True)
             async for signum in signals:
                 if signum == signal.SIGHUP:

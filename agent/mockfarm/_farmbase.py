@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import structlog
 import trio
-from openjd.model import TaskParameterSet
+from openjd.model import JobTemplate, TaskParameterSet
 
 from ._apierrors import ApiError, not_found, validation
 from ._codec import deadline_codec
@@ -358,6 +358,7 @@ class FarmBase:
         description: str | None = None,
         attachments: dict[str, Any] | None = None,
         storage_profile_id: str | None = None,
+        decoded: JobTemplate | None = None,
         steps: Sequence[str] | None = None,
         tasks: Mapping[str, Sequence[TaskParameterSet]] | None = None,
         path_mapping_rules: Sequence[Mapping[str, str]] = (),
@@ -371,7 +372,8 @@ class FarmBase:
         in that order; ``path_mapping_rules`` (``sourcePathFormat``, ``sourcePath``,
         ``destinationPath``) go to workers in ``jobDetails``, as a storage profile's
         would; ``session_limit`` caps the sessions the job ever gets: once that many
-        have ended, what is left of it is canceled.
+        have ended, what is left of it is canceled. ``decoded``: the template already
+        parsed (``decode_job``), as the farm's app does in a worker thread.
         """
         if attachments is not None:
             _check_attachments(queue, attachments)
@@ -381,6 +383,7 @@ class FarmBase:
             template_type,
             parameters or {},
             queue_environments=[env.decoded for env in queue_environments],
+            decoded=decoded,
         )
         spec = select_steps_and_tasks(spec, steps, tasks)
         self._check_task_quotas(spec)

@@ -14,7 +14,7 @@ parses with ``parse_model(StepTemplate)``) and ``environmentDetails.template``
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,17 +165,28 @@ class JobSpec:
     template: JobTemplate
 
 
+def decode_job(text: str, template_type: str | None) -> JobTemplate:
+    """Parse and validate a job template (the costly, state-free part of CreateJob, which
+    the farm runs in a worker thread); any problem is a ``ValidationException``."""
+    document = parse_template_text(text, template_type, what="job template")
+    try:
+        return decode_job_template(template=document, supported_extensions=EXTENSIONS)
+    except (DecodeValidationError, NotImplementedError, ValueError) as exc:
+        raise validation(_one_line(str(exc)), reason="OTHER") from None
+
+
 def build_job(
     text: str,
     template_type: str | None,
     parameters: Mapping[str, Mapping[str, Any]],
     *,
     queue_environments: Sequence[EnvironmentTemplate] = (),
+    decoded: JobTemplate | None = None,
 ) -> JobSpec:
-    """Validate and instantiate a job; any problem is a ``ValidationException``."""
-    document = parse_template_text(text, template_type, what="job template")
+    """Validate and instantiate a job; any problem is a ``ValidationException``.
+    ``decoded``: ``decode_job(text, template_type)``, when the caller has it already."""
+    template = decoded if decoded is not None else decode_job(text, template_type)
     try:
-        template = decode_job_template(template=document, supported_extensions=EXTENSIONS)
         values = preprocess_job_parameters(
             job_template=template,
             job_parameter_values={
@@ -372,6 +383,23 @@ def worker_satisfies(
         if all_of and not all_of <= values:
             return False
     return True
+
+
+#: Where the farm's app puts what a ``PREPARERS`` function made, in the parameters.
+PREPARED = "__prepared__"
+
+
+def prepare_create_job(params: Mapping[str, Any]) -> JobTemplate | None:
+    """CreateJob's template, parsed and validated: run by the app in a worker thread, so a
+    big template (the service takes up to 1 MB) does not hold the farm's loop."""
+    if params.get("sourceJobId") or not params.get("template"):
+        return None  # the handler says what is wrong
+    text, template_type = require_template(params)
+    return decode_job(text, template_type)
+
+
+#: Per operation, state-free work the app runs in a worker thread before the handler.
+PREPARERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {"CreateJob": prepare_create_job}
 
 
 def require_template(params: Mapping[str, Any]) -> tuple[str, str | None]:

@@ -8,7 +8,7 @@ from typing import Any
 from ._apierrors import conflict, not_found, validation
 from ._farmbase import CREATED_BY, FarmBase, _counts, _ip_addresses, _paginate
 from ._farmscheduler import utcnow
-from ._jobs import decode_environment, queue_environment_spec, require_template
+from ._jobs import PREPARED, decode_environment, queue_environment_spec, require_template
 from ._records import (
     FarmRecord,
     Fleet,
@@ -273,6 +273,7 @@ class ManagementOperations(FarmBase):
             description=p.get("descriptionOverride"),
             attachments=p.get("attachments"),
             storage_profile_id=p.get("storageProfileId"),
+            decoded=p.get(PREPARED),
         )
         return {"jobId": job.job_id}
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import botocore.exceptions
 import httpx
@@ -175,3 +177,58 @@ async def test_the_farm_refuses_deeply_nested_bodies(farm: MockFarm, depth: int)
         assert "nested" in response.json()["message"]
         faults = await http.put(f"{farm.endpoint_url}/_mockfarm/faults", content=body)
         assert faults.status_code == 400 and "nested" in faults.json()["message"]
+
+
+async def test_a_template_is_parsed_off_the_farms_loop(
+    farm: MockFarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateJob parses its template in a worker thread: while one parse is held, the
+    farm answers other calls, and the job is created once the parse finishes."""
+    from agent.mockfarm import _jobs
+
+    started, release = threading.Event(), threading.Event()
+    original = _jobs.PREPARERS["CreateJob"]
+
+    def held(params: Mapping[str, Any]) -> Any:
+        started.set()
+        release.wait(30)
+        return original(params)
+
+    monkeypatch.setitem(_jobs.PREPARERS, "CreateJob", held)
+    deadline = farm.boto3_client("deadline")
+    template = json.dumps(
+        {
+            "specificationVersion": "jobtemplate-2023-09",
+            "name": "held",
+            "steps": [{"name": "S", "script": {"actions": {"onRun": {"command": "true"}}}}],
+        }
+    )
+    created: list[str] = []
+
+    def create() -> None:
+        created.append(
+            deadline.create_job(
+                farmId=farm.farm_id,
+                queueId=farm.queue_id,
+                template=template,
+                templateType="JSON",
+                priority=1,
+            )["jobId"]
+        )
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, create)
+            await trio.to_thread.run_sync(started.wait, 30)
+            # The parse is under way and held: the farm still answers.
+            queues = await trio.to_thread.run_sync(
+                lambda: deadline.list_queues(farmId=farm.farm_id)["queues"]
+            )
+            assert [queue["queueId"] for queue in queues] == [farm.queue_id]
+            assert created == []
+            release.set()
+    [job_id] = created
+    job = await trio.to_thread.run_sync(
+        lambda: deadline.get_job(farmId=farm.farm_id, queueId=farm.queue_id, jobId=job_id)
+    )
+    assert job["name"] == "held"

@@ -183,7 +183,7 @@ async def test_serve_runs_until_sigterm_and_reloads_faults_on_sighup(tmp_path: P
     output = b""
     try:
         with trio.fail_after(30):
-            while b"export FARMHAND_MOCKFARM_ENDPOINT=" not in output:
+            while b"\nready: " not in output:  # the last line serve prints
                 output += await process.stdout.receive_some()
             endpoint = output.decode().split("listening on ")[1].split()[0]
             assert "farm  farm-" in output.decode() and "queue queue-" in output.decode()
@@ -232,7 +232,7 @@ async def test_serve_serves_s3_for_job_attachments() -> None:
     output = b""
     try:
         with trio.fail_after(30):
-            while b"export FARMHAND_MOCKFARM_ENDPOINT=" not in output:
+            while b"\nready: " not in output:  # the last line serve prints
                 output += await process.stdout.receive_some()
             text = output.decode()
             s3 = text.split("export AWS_ENDPOINT_URL_S3=")[1].split()[0]

@@ -310,7 +310,7 @@ async def _start_serve(state_dir: Path | None, *args: str) -> tuple[trio.Process
     assert process.stdout is not None
     output = b""
     with trio.fail_after(60):
-        while b"export FARMHAND_MOCKFARM_ENDPOINT=" not in output:
+        while b"\nready: " not in output:  # the last line serve prints
             chunk = await process.stdout.receive_some()
             assert chunk, output.decode()
             output += chunk
