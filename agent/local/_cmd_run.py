@@ -161,8 +161,17 @@ def main(args: argparse.Namespace) -> int:
     reason = None
     if not args.direct:
         # Imported here: the direct runner does not pay for the farm and the worker.
-        from ._farmrun import run_through_farm, why_not_through_farm
+        from ._farmrun import quota_exceeded, run_through_farm, why_not_through_farm
 
+        past = quota_exceeded(plan)
+        if past is not None:
+            # A farm would refuse the job; the direct runner takes any size, lazily.
+            print(
+                f"error: {past}: a farm refuses such a job (--direct runs it here, "
+                "one task at a time, or --maximum-tasks N runs the first N)",
+                file=sys.stderr,
+            )
+            return 2
         reason = why_not_through_farm(plan)
     if reason is not None:
         print(f"[farmhand] note: running the session directly: {reason}", file=sys.stderr)

@@ -115,7 +115,12 @@ def why_not_through_farm(plan: LocalPlan) -> str | None:
     for rule in plan.path_mapping_rules:
         if rule.to_dict()["source_path_format"] not in ("POSIX", "WINDOWS"):
             return "a path mapping rule's source format is neither POSIX nor WINDOWS"
-    # Deadline Cloud's quotas (the embedded farm keeps them too; see FarmConfig).
+    return None
+
+
+def quota_exceeded(plan: LocalPlan) -> str | None:
+    """Which of Deadline Cloud's task quotas the plan is past (``None``: none). A farm
+    refuses such a job; the embedded one keeps the same quotas (see ``FarmConfig``)."""
     quotas = FarmConfig()
     for name, count in plan.step_task_counts.items():
         if count > quotas.max_tasks_per_step:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
-import pytest
 import trio
 
 from actors import ExitEnvironment, RunTask
@@ -64,25 +63,32 @@ def agent(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("how", ["--direct", "default"])
-def test_run_starts_a_hundred_million_tasks_at_once(tmp_path: Path, how: str) -> None:
-    """The first task runs (and fails: the rest are never attempted), within a
-    fixed memory bound; through the farm, the quota is named and the run is direct."""
+def test_run_direct_starts_a_hundred_million_tasks_at_once(tmp_path: Path) -> None:
+    """The first task runs (and fails: the rest are never attempted), within a fixed
+    memory bound."""
     path = tmp_path / "job.json"
     path.write_text(json.dumps(_huge_job()))
-    result = agent(
-        "run", str(path), "--output", "jsonl", *(["--direct"] if how == "--direct" else [])
-    )
+    result = agent("run", str(path), "--output", "jsonl", "--direct")
     assert result.returncode == 1, result.stderr[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines()]
     lines = [e["line"] for e in events if e["event"] == "output"]
     assert lines == ["enter", "frame 1", "exit"]
     assert events[-1]["actions"] == {"SUCCESS": 2, "FAILED": 1, "NEVER_ATTEMPTED": HUGE - 1}
-    if how == "default":
-        assert (
-            "running the session directly: step 'S' has 100,000,000 tasks, and Deadline "
-            "Cloud's quota 'Tasks per step' allows 10,000"
-        ) in result.stderr
+
+
+def test_run_through_the_farm_refuses_a_job_past_the_quotas_naming_them(tmp_path: Path) -> None:
+    """As a farm would: one line naming the quota and what to do instead, exit 2, and no
+    task started (the default path goes through the embedded farm)."""
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(_huge_job()))
+    result = agent("run", str(path), "--output", "jsonl")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: step 'S' has 100,000,000 tasks, and Deadline Cloud's quota 'Tasks per step' "
+        "allows 10,000: a farm refuses such a job (--direct runs it here, one task at a "
+        "time, or --maximum-tasks N runs the first N)\n"
+    )
 
 
 def test_maximum_tasks_takes_the_first_of_a_huge_space(tmp_path: Path) -> None:
