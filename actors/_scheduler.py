@@ -116,6 +116,8 @@ class SchedulerStatistics:
     #: Final states reported to the farm, by state.
     reported: Mapping[ActionState, int]
     stop_requested: bool
+    #: When the last sync succeeded (``trio.current_time()``; the start, before the first).
+    last_success: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -169,6 +171,7 @@ class Scheduler:
         self._finals: dict[str, set[str]] = {}
         self._wakeup = trio.Event()
         self._syncs = 0
+        self._last_success = 0.0
         self._reported: Counter[ActionState] = Counter()
         self._stop_requested = False
         self._closed = False
@@ -189,6 +192,7 @@ class Scheduler:
             self._interval,
             dict(self._reported),
             self._stop_requested,
+            self._last_success,
         )
 
     async def run(
@@ -207,6 +211,7 @@ class Scheduler:
         """
         # The owner's commands never block it (a signal handler, a sync method): they
         # are few (one per stop, drain, cancel or sync request), so the buffer is no risk.
+        self._last_success = trio.current_time()
         commands_send, commands_receive = trio.open_memory_channel[SchedulerCommand](math.inf)
         reports_send, reports_receive = trio.open_memory_channel[SessionReport](REPORTS_BUFFER)
         try:
@@ -431,6 +436,7 @@ class Scheduler:
         payload = {action_id: self._pending[action_id].update for action_id in snapshot}
         schedule = await self._api.sync(payload)
         self._syncs += 1
+        self._last_success = trio.current_time()
         for action_id, version in snapshot.items():
             entry = self._pending.get(action_id)
             if entry is not None and entry.version == version:

@@ -4,7 +4,7 @@
 the ``transient`` exceptions (alone or in an exception group made only of
 them), it is restarted after a full-jitter exponential backoff; after
 ``max_restarts`` restarts within ``window`` seconds the failure is final and
-propagates. A run that lasted ``stable_after`` seconds resets the backoff.
+propagates (``math.inf``: never; the caller then bounds an outage itself). A run that lasted ``stable_after`` seconds resets the backoff.
 Anything else — a bug, ``Cancelled``, ``KeyboardInterrupt`` — propagates at
 once, and so does a normal return.
 """
@@ -43,7 +43,7 @@ async def supervise(
     *,
     name: str,
     transient: tuple[type[Exception], ...],
-    max_restarts: int = 5,
+    max_restarts: float = 5,
     window: float = 300.0,
     stable_after: float = 60.0,
     backoff_base: float = 1.0,

@@ -90,6 +90,9 @@ async def serve(config: WorkerConfig) -> int:
         kind = "worker.farm_gave_up" if isinstance(exc, UnrecoverableError) else "worker.failed"
         log.error(kind, error=str(exc), error_type=type(exc).__name__)
         return 1
+    if reason == "farm_unreachable":
+        # Drained (worker.farm_unreachable says why); the service manager starts it afresh.
+        return 1
     if reason == "credentials":
         # Drained; a fresh start (the service manager's) bootstraps new credentials.
         log.error("worker.credentials_lost", note="exit 1 so the service manager restarts it")

@@ -257,6 +257,9 @@ class WorkerConfig:
     exit_after_jobs: int | None = None
     #: Stop the worker after this many seconds without work; ``None``: never.
     idle_timeout: float | None = None
+    #: Drain and exit after this many seconds without a successful UpdateWorkerSchedule;
+    #: 0: never. Running work goes on meanwhile, its reports and logs wait.
+    farm_outage_limit: float = 600.0
     #: Serve the health endpoint on this port (0: any free port); ``None``: no endpoint.
     health_port: int | None = None
     health_address: str = "127.0.0.1"
@@ -608,6 +611,11 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("idle_timeout", _at_least(_float, 0, strictly=True),
              "--idle-timeout", _E + "IDLE_TIMEOUT", ("worker", "idle_timeout"),
              "stop the worker after this many seconds without work", metavar="SECONDS"),
+    _Setting("farm_outage_limit", _at_least(_float, 0),
+             "--farm-outage-limit", _E + "FARM_OUTAGE_LIMIT", ("worker", "farm_outage_limit"),
+             "drain and exit 1 after this many seconds without reaching the farm (default "
+             "600, the service's offline threshold; 0: never); work goes on meanwhile",
+             metavar="SECONDS"),
     _Setting("health_port", _port,
              "--health-port", _E + "HEALTH_PORT", ("worker", "health_port"),
              "serve the health endpoint on this port (off unless set; 0: any free port)",

@@ -112,6 +112,7 @@ StopReason = Literal[
     "interruption",
     "exit_after_jobs",
     "idle_timeout",
+    "farm_unreachable",
     "finished",
     "drained",
 ]
@@ -432,6 +433,26 @@ class Worker:
         self.request_stop("drained")
         self._drained.set()
 
+    async def _watch_farm(self, outage_limit: float) -> None:
+        """Drain once no UpdateWorkerSchedule has succeeded for ``outage_limit`` seconds.
+        Until then an outage costs nothing: the sync loop retries (backing off to 30 s),
+        running work goes on, its reports wait (latest wins, one per action) and its
+        logs wait on disk; all go out, in order, once the farm answers."""
+        while True:
+            since = self._scheduler.statistics().last_success
+            now = trio.current_time()
+            if now - since >= outage_limit:
+                break
+            await trio.sleep_until(since + outage_limit)
+        log.error(
+            "worker.farm_unreachable",
+            seconds=round(now - since),
+            limit=outage_limit,
+            last_error=self._scheduler_supervision.last_error,
+            note="draining; the reports and logs still owed are lost with the sessions",
+        )
+        self.request_stop("farm_unreachable")
+
     async def _watch_idle(self, idle_timeout: float) -> None:
         while True:
             if self._sessions():
@@ -648,8 +669,14 @@ async def _run_worker(
             scheduler_inbox = await nursery.start(
                 partial(
                     scheduler.run,
+                    # Restarted for as long as it takes: the farm outage limit (below)
+                    # decides when an outage is too long.
                     supervise=partial(
-                        supervise, name="scheduler", transient=TRANSIENT, statistics=supervision
+                        supervise,
+                        name="scheduler",
+                        transient=TRANSIENT,
+                        statistics=supervision,
+                        max_restarts=math.inf,
                     ),
                 )
             )
@@ -694,6 +721,8 @@ async def _run_worker(
             )
             if config.idle_timeout is not None:
                 nursery.start_soon(worker._watch_idle, config.idle_timeout)
+            if config.farm_outage_limit > 0:
+                nursery.start_soon(worker._watch_farm, config.farm_outage_limit)
             if config.imds_monitor:
                 await nursery.start(_monitor_imds, config, worker, nursery)
             if config.health_port is not None:
