@@ -218,6 +218,8 @@ class Containment:
         self._spares_made = 0
         #: Sessions that took a spare launcher, and the cgroup it came in.
         self._claimed_cgroups: dict[str, Path] = {}
+        #: Job users' uids -> how many sessions run as them now.
+        self._user_sessions: dict[int, int] = {}
         self._cgroup_root: Path | None = self._make_cgroup_root() if use_cgroup else None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._registration: IO[str] | None = None
@@ -280,6 +282,19 @@ class Containment:
         if cgroup is not None:
             await launcher.join_cgroup(cgroup / "cgroup.procs")
         return launcher
+
+    def hold_user(self, uid: int) -> None:
+        """A session runs as ``uid`` (see ``release_user``)."""
+        self._user_sessions[uid] = self._user_sessions.get(uid, 0) + 1
+
+    def release_user(self, uid: int) -> bool:
+        """A session that ran as ``uid`` ended; whether no session runs as it any more."""
+        left = self._user_sessions.get(uid, 1) - 1
+        if left > 0:
+            self._user_sessions[uid] = left
+            return False
+        self._user_sessions.pop(uid, None)
+        return True
 
     @property
     def spare_pid(self) -> int | None:

@@ -77,6 +77,28 @@ def process_table() -> dict[int, tuple[int, str]]:
     return table
 
 
+def processes_of_user(uid: int) -> list[int]:
+    """Every process running as ``uid`` (its effective user)."""
+    if use_proc():
+        found = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    if entry.stat().st_uid == uid:
+                        found.append(int(entry.name))
+                except OSError:
+                    continue  # gone meanwhile
+        return found
+    try:
+        output = subprocess.run(
+            ["ps", "-A", "-o", "pid=", "-o", "uid="], capture_output=True, check=False, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    rows = (line.split() for line in output.decode(errors="replace").splitlines())
+    return [int(r[0]) for r in rows if len(r) == 2 and r[0].isdigit() and r[1] == str(uid)]
+
+
 def live_children() -> dict[int, list[int]]:
     """The tree of live (not zombie) processes as parent -> children."""
     tree: dict[int, list[int]] = {}

@@ -92,6 +92,7 @@ from ._messages import (
 )
 from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
 from ._paths import private_directory
+from ._platform import processes_of_user
 from ._process import ActionControl, ProcessResult, run_process
 from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE, find_processes
@@ -129,6 +130,10 @@ class SessionConfig:
     secret_patterns: tuple[str, ...] = ()
     #: Run the actions as this OS user (through sudo); ``None``: as the agent's user.
     job_user: JobUser | None = None
+    #: When the last session running as the job user ends, kill every process that user
+    #: still has, daemons started outside the session included (the official agent's
+    #: ``cleanup_session_user_processes``). Never for the agent's own user.
+    cleanup_user_processes: bool = False
 
 
 def default_session_root() -> Path:
@@ -186,6 +191,8 @@ class SessionRunner:
         #: Starts the session's processes; made with the first one.
         self._launcher: SessionLauncher | None = None
         self._launcher_tried = False
+        #: The job user this session holds in the containment (see ``release_user``).
+        self._held_user: ResolvedJobUser | None = None
         #: Masks the session's secrets in everything it emits (output, notes, messages).
         self.redactor = _output.Redactor(
             min_length=config.min_secret_length, patterns=config.secret_patterns
@@ -226,6 +233,9 @@ class SessionRunner:
             self._containment = Containment()
         containment = self._containment
         containment.track_directory(working_directory)
+        if job_user is not None and not job_user.is_agent_user:
+            containment.hold_user(job_user.uid)
+            self._held_user = job_user
         try:
             self._context = SessionContext(
                 session_id=config.session_id,
@@ -771,6 +781,9 @@ class SessionRunner:
                         await trio.to_thread.run_sync(
                             signal_as, job_user, signal.SIGKILL, leftovers
                         )
+            if self._held_user is not None:
+                with trio.move_on_after(30):
+                    await self._release_job_user(containment, self._held_user)
             if self.config.retain_working_directory:
                 containment.untrack_directory(working_directory)  # the user keeps it
             if self._own_containment:
@@ -802,6 +815,14 @@ class SessionRunner:
                     str(working_directory) if self.config.retain_working_directory else None,
                 )
             )
+
+    async def _release_job_user(self, containment: Containment, job_user: ResolvedJobUser) -> None:
+        self._held_user = None
+        if containment.release_user(job_user.uid) and self.config.cleanup_user_processes:
+            pids = await trio.to_thread.run_sync(processes_of_user, job_user.uid)
+            if pids:
+                await trio.to_thread.run_sync(signal_as, job_user, signal.SIGKILL, pids)
+                log.info("session.job_user_cleaned_up", user=job_user.user, processes=len(pids))
 
 
 def _redact_event(redactor: _output.Redactor, event: SessionEvent) -> SessionEvent:

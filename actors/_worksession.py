@@ -259,6 +259,8 @@ class WorkSessionOptions:
     run_jobs_as_agent_user: bool = False
     #: Run every job as this user, whatever the queue says.
     job_user_override: JobUser | None = None
+    #: Kill a job user's processes when no session runs as it any more.
+    cleanup_user_processes: bool = False
     #: Let jobs inherit the agent's AWS credential variables: only for ``run``, whose
     #: jobs are the user's own, as with ``openjd run``. A farm's jobs never get them.
     jobs_get_agent_credentials: bool = False
@@ -475,6 +477,7 @@ class WorkSession:
             min_secret_length=self._options.min_secret_length,
             secret_patterns=self._options.secret_patterns,
             job_user=job_user,
+            cleanup_user_processes=self._options.cleanup_user_processes,
         )
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
         runner = SessionRunner(

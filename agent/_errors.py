@@ -17,6 +17,7 @@ of these, chained with ``raise ... from exc``::
     │   ├── AccessDeniedError      403 and rejected credentials
     │   └── ValidationError        400: the service rejected the request
     ├── RetriesExhausted           a bounded retry budget ran out (``last_error``)
+    ├── InstanceProfileAttached    --disallow-instance-profile, and the profile stays
     └── UnrecoverableError         the farm has given up on this worker
         ├── WorkerOffline          STATUS_CONFLICT on the worker: it is not online
         └── WorkerNotFound         the farm no longer knows the worker
@@ -33,6 +34,10 @@ from typing import Any
 
 class FarmhandError(Exception):
     """Base class of every error farmhand raises on purpose."""
+
+
+class InstanceProfileAttached(FarmhandError):
+    """``--disallow-instance-profile``, and the EC2 instance profile stayed attached."""
 
 
 class ConfigurationError(FarmhandError):

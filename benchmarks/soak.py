@@ -1,6 +1,7 @@
 """Soak: a worker running mixed jobs for a while under injected faults.
 
     python -m benchmarks.soak [--minutes 2] [--fault-rate 0.1] [--sample-seconds 5]
+        [--outage SECONDS]
 
 The mock farm runs in this process with ``--fault-rate`` of every request
 failing (throttling, 500s, a request dropped before or after it is applied,
@@ -9,7 +10,10 @@ working it. Jobs of six kinds are submitted to keep two in flight: quick
 tasks, tasks in an environment, a task that fails (retried once), a task
 printing 5,000 lines, a task reporting progress and status, and a long task
 that is cancelled once it runs. After ``--minutes`` no more jobs are submitted;
-the rest finish, and the worker is stopped with SIGTERM.
+the rest finish, and the worker is stopped with SIGTERM. With ``--outage``, a
+third of the way in the farm stops answering anything (every request, the
+CloudWatch calls too, is swallowed) for that many seconds, then comes back with
+the faults it had; jobs keep being submitted meanwhile.
 
 Reported:
 
@@ -155,7 +159,13 @@ def report_checks(farm: MockFarm, worker_id: str) -> dict[str, int]:
     return {"lost": lost, "duplicated": duplicated, "conflicting": conflicting}
 
 
-async def soak(minutes: float, fault_rate: float, sample_seconds: float, seed: int) -> None:
+#: Every request is swallowed: the farm is unreachable.
+OUTAGE = FaultConfig(default=OperationFaults(drop_rate=1.0, drop_hold_seconds=1.0))
+
+
+async def soak(
+    minutes: float, fault_rate: float, sample_seconds: float, seed: int, outage: float
+) -> None:
     rng = random.Random(seed)
     duration = minutes * 60
     warmup = min(60.0, duration / 4)
@@ -194,8 +204,18 @@ async def soak(minutes: float, fault_rate: float, sample_seconds: float, seed: i
                         )
                         farm.cancel_job(job_id)
 
+                async def outage_phase() -> None:
+                    await trio.sleep(duration / 3)
+                    farm.set_faults(OUTAGE)
+                    print(f"outage: the farm stops answering for {outage:.0f} s", flush=True)
+                    await trio.sleep(outage)
+                    farm.set_faults(faults(fault_rate, seed))
+                    print("outage over", flush=True)
+
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(sample)
+                    if outage > 0:
+                        nursery.start_soon(outage_phase)
                     while trio.current_time() - start < duration:
                         active = [j for j in jobs if farm.job(j).status not in FINAL_TASK]
                         if len(active) < 2:
@@ -226,7 +246,10 @@ async def soak(minutes: float, fault_rate: float, sample_seconds: float, seed: i
     by_status: dict[str, int] = defaultdict(int)
     for task in done:
         by_status[task.status] += 1
-    print(f"ran {elapsed / 60:.1f} min, {len(jobs)} jobs, agent exit status {code}")
+    print(
+        f"ran {elapsed / 60:.1f} min, {len(jobs)} jobs, agent exit status {code}"
+        + (f", with a {outage:.0f} s outage" if outage > 0 else "")
+    )
     print(
         f"tasks completed: {len(done)} ({dict(by_status)}), "
         f"{len(done) / (elapsed / 60):.0f} per minute"
@@ -265,5 +288,8 @@ if __name__ == "__main__":
     parser.add_argument("--fault-rate", type=float, default=0.1)
     parser.add_argument("--sample-seconds", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--outage", type=float, default=0.0, help="seconds the farm stops answering, mid-run"
+    )
     args = parser.parse_args()
-    trio.run(soak, args.minutes, args.fault_rate, args.sample_seconds, args.seed)
+    trio.run(soak, args.minutes, args.fault_rate, args.sample_seconds, args.seed, args.outage)

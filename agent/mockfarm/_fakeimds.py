@@ -9,6 +9,7 @@ It serves what farmhand's IMDS monitor reads, as EC2 does:
   ``{"action": "terminate", "time": "2026-11-24T15:54:01Z"}``;
 - ``GET /latest/meta-data/autoscaling/target-lifecycle-state``: ``InService``,
   or what the test set (``Terminated``);
+- ``GET /latest/meta-data/iam/info``: 404, or the ``instance_profile`` set;
 - a GET without a valid token is 401; anything else 404.
 
 ``FakeImds.interrupt_spot(seconds)`` and ``scale_in()`` set the notices;
@@ -35,6 +36,7 @@ from .._asgi import Receive, Scope, Send, answer_lifespan, hypercorn_config
 TOKEN_PATH = "/latest/api/token"
 SPOT_PATH = "/latest/meta-data/spot/instance-action"
 LIFECYCLE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
+IAM_INFO_PATH = "/latest/meta-data/iam/info"
 
 
 @attrs.define(eq=False)
@@ -44,6 +46,8 @@ class FakeImds:
     endpoint_url: str = ""
     spot_action: dict[str, str] | None = None
     lifecycle_state: str = "InService"
+    #: The attached instance profile's ARN (``iam/info`` answers 404 while ``None``).
+    instance_profile: str | None = None
     #: Every request hangs unanswered (IMDS unreachable).
     unavailable: bool = False
     #: (method, path) of every request, in order.
@@ -116,6 +120,9 @@ class FakeImds:
             return 200, json.dumps(self.spot_action)
         if path == LIFECYCLE_PATH:
             return 200, self.lifecycle_state
+        if path == IAM_INFO_PATH and self.instance_profile is not None:
+            info = {"Code": "Success", "InstanceProfileArn": self.instance_profile}
+            return 200, json.dumps(info)
         return 404, "Not Found"
 
 

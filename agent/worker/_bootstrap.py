@@ -32,7 +32,7 @@ import httpx
 import structlog
 import trio
 
-from .._errors import FarmhandError, WorkerNotFound
+from .._errors import FarmhandError, InstanceProfileAttached, WorkerNotFound
 from ..deadline import CredentialHolder, DeadlineClient, ServiceEndpoint, WorkerClient
 from ._config import WorkerConfig
 from ._hostinfo import HostFacts
@@ -122,6 +122,8 @@ async def bootstrap(
             await trio.to_thread.run_sync(remove_credentials, directory, worker_id)
             state, from_disk = None, False
             continue
+        if not config.allow_instance_profile:
+            await _wait_instance_profile_detached(config, worker)
         log_config = started.get("log") or {}
         options = log_config.get("options") or {}
         driver = log_config.get("logDriver")
@@ -137,6 +139,27 @@ async def bootstrap(
             host_configuration=started.get("hostConfiguration"),
             state=state,
         )
+
+
+async def _wait_instance_profile_detached(config: WorkerConfig, worker: WorkerClient) -> None:
+    """``--disallow-instance-profile``: jobs must not reach the instance's own role, so
+    wait (two minutes, as the official agent) for the profile to be detached; if it
+    stays, tell the farm the worker stopped and give up."""
+    from ._imds import ImdsMonitor
+
+    monitor = ImdsMonitor(config.imds_endpoint, lambda notice: None)
+    if await monitor.wait_instance_profile_detached():
+        return
+    with trio.move_on_after(5):
+        try:
+            await worker.update_worker(status="STOPPED")
+        except FarmhandError as exc:
+            log.warning("bootstrap.stop_failed", error=str(exc))
+    raise InstanceProfileAttached(
+        "the EC2 instance profile is still attached after 120 s, and "
+        "--disallow-instance-profile (allow_ec2_instance_profile = false) asks that jobs "
+        "never reach it: detach it from the instance, or allow it"
+    )
 
 
 def _api_form(cached: CachedCredentials) -> dict[str, Any]:

@@ -39,6 +39,9 @@ import trio
 
 log = structlog.get_logger("farmhand.imds")
 
+#: 200 with the profile's ARN while an instance profile is attached, else 404.
+IAM_INFO_PATH = "/latest/meta-data/iam/info"
+
 TOKEN_PATH = "/latest/api/token"
 SPOT_PATH = "/latest/meta-data/spot/instance-action"
 LIFECYCLE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
@@ -134,6 +137,41 @@ class ImdsMonitor:
                 failures = 0
                 turn += 1
                 await trio.sleep(self._interval)
+
+    async def wait_instance_profile_detached(
+        self, *, tries: int = 120, interval: float = 1.0, imds_attempts: int = 5
+    ) -> bool:
+        """``--disallow-instance-profile``: ask ``iam/info`` once per ``interval``, up
+        to ``tries`` times, until it is 404 (no instance profile attached), as the
+        official agent does. ``True``: detached, or no IMDS answered ``imds_attempts``
+        times in a row (not an EC2 host: nothing to detach; logged); ``False``: still
+        attached after the last try."""
+        async with httpx.AsyncClient(
+            base_url=self._endpoint, trust_env=False, timeout=None
+        ) as http:
+            failures = 0
+            for attempt in range(1, tries + 1):
+                try:
+                    status, body = await self._get(http, IAM_INFO_PATH)
+                except _Unreachable as exc:
+                    failures += 1
+                    self._token = None
+                    if failures >= imds_attempts:
+                        log.warning(
+                            "imds.no_instance_profile_check",
+                            error=str(exc),
+                            note="IMDS does not answer: taken as a host without an instance profile",
+                        )
+                        return True
+                    await trio.sleep(min(2.0 ** (failures - 1), 16.0))
+                    continue
+                failures = 0
+                if status == 404:
+                    return True
+                if attempt == 1:
+                    log.info("imds.instance_profile_attached", info=body[:200], waiting_s=tries)
+                await trio.sleep(interval)
+            return False
 
     # ------------------------------------------------------------------ checks
 

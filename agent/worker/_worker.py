@@ -100,6 +100,7 @@ from . import _credenv
 from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
 from ._hostinfo import probe_host
+from ._hostmetrics import log_host_metrics
 from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
 from ._logsink import CloudWatchSink
 from ._queuecreds import QueueCredentials
@@ -605,6 +606,7 @@ async def _run_worker(
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
         job_user_override=JobUser(override[0], override[1] or None) if override else None,
         jobs_get_agent_credentials=jobs_get_agent_credentials,
+        cleanup_user_processes=config.cleanup_session_user_processes,
     )
     own_containment = containment is None
     if containment is None:
@@ -723,6 +725,14 @@ async def _run_worker(
                 nursery.start_soon(worker._watch_idle, config.idle_timeout)
             if config.farm_outage_limit > 0:
                 nursery.start_soon(worker._watch_farm, config.farm_outage_limit)
+            if config.host_metrics_logging:
+                nursery.start_soon(
+                    partial(
+                        log_host_metrics,
+                        config.host_metrics_logging_interval_seconds,
+                        disk_path=config.session_root_dir,
+                    )
+                )
             if config.imds_monitor:
                 await nursery.start(_monitor_imds, config, worker, nursery)
             if config.health_port is not None:

@@ -161,3 +161,63 @@ def test_job_user_parsing() -> None:
         os.geteuid() == 0,
     )
     assert stat.S_IMODE(0o770) == 0o770
+
+
+@pytest.mark.parametrize("cleanup", [True, False])
+async def test_the_job_users_other_processes_go_when_its_last_session_ends(
+    tmp_path: Path, job_user: str, root: Path, cleanup: bool
+) -> None:
+    """With cleanup_user_processes (the worker's cleanup_session_user_processes, on by
+    default), a process of the job user's that no session started (a daemon it left
+    through another door) is killed when the last session running as that user ends;
+    without it, it is left alone."""
+    # It says its pid (that of the sleep it becomes) once it runs as the job user.
+    outsider = await trio.lowlevel.open_process(
+        ["sudo", "-n", "-u", job_user, "sh", "-c", "echo $$; exec sleep 600"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert outsider.stdout is not None
+        said = b""
+        with trio.fail_after(30):
+            while not said.endswith(b"\n"):
+                said += await outsider.stdout.receive_some()
+        sleeper = int(said)
+        uid = pwd.getpwnam(job_user).pw_uid
+        assert sleeper in _processes_of(uid)
+        lp = plan(tmp_path, job(step("S", sh("echo hi"))))
+        recorder = await run_plan(
+            lp,
+            tmp_path,
+            job_user=JobUser(job_user),
+            root_directory=root,
+            cleanup_user_processes=cleanup,
+        )
+        assert recorder.output() == ["hi"]
+        assert (sleeper in _processes_of(uid)) is not cleanup
+    finally:
+        await trio.run_process(["pkill", "-KILL", "-u", job_user], check=False)
+        with trio.fail_after(30):
+            await outsider.wait()
+
+
+def _processes_of(uid: int) -> list[int]:
+    from actors._platform import processes_of_user
+
+    return [p for p in processes_of_user(uid) if _state(p) not in (b"Z", b"")]
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b""
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/comm").read_bytes().strip()
+    except OSError:
+        return b""

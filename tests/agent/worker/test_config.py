@@ -684,3 +684,38 @@ def test_a_bad_value_is_an_error_even_when_overridden(tmp_path: Path) -> None:
     assert error((), IDS, path) == (
         f"{path}: [worker] farm_id: expected farm-<32 lower-case letters or digits>, got 'farm-123'"
     )
+
+
+def test_every_setting_has_a_reader() -> None:
+    """A setting nothing reads is a bug (it is accepted and silently ignored): each one
+    is read somewhere in the code as an attribute (``config.name``) or a key
+    (``values["name"]``), outside the table that declares it."""
+    import ast
+
+    from agent.worker._config import _SETTINGS
+
+    names = {setting.name for setting in _SETTINGS}
+    read: set[str] = set()
+    root = Path(__file__).resolve().parents[3]
+    for package in ("agent", "actors", "contrib"):
+        for path in (root / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            # The table's own strings (names, TOML keys) are declarations, not reads.
+            declared = {
+                id(inner)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "_Setting"
+                for inner in ast.walk(node)
+            }
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr in names:
+                    read.add(node.attr)
+                elif (
+                    isinstance(node, ast.Constant)
+                    and node.value in names
+                    and id(node) not in declared
+                ):
+                    read.add(node.value)
+    assert sorted(names - read) == []
