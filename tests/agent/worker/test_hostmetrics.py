@@ -13,7 +13,6 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from agent.mockfarm import open_fake_imds
-from agent.worker import _hostmetrics
 from agent.worker._hostmetrics import log_host_metrics
 from agent.worker._imds import ImdsMonitor
 
@@ -26,7 +25,7 @@ async def test_one_line_per_interval_with_the_hosts_figures(
     async def inline(fn: Any, *args: Any, **_: Any) -> Any:
         return fn(*args)
 
-    monkeypatch.setattr(_hostmetrics.trio.to_thread, "run_sync", inline)
+    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
     with capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: log_host_metrics(60.0, disk_path=tmp_path / "sessions"))
