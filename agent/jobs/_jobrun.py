@@ -266,10 +266,6 @@ class JobSpec:
             task_count=plan.task_count,
         )
 
-    def with_env(self, env: Mapping[str, str]) -> JobSpec:
-        """This spec with more variables (``env`` wins)."""
-        return attrs.evolve(self, env={**self.env, **_check_env(env)})
-
 
 def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
     variables: dict[str, str] = {}

@@ -49,24 +49,35 @@ which itself depends on the configuration.
 from __future__ import annotations
 
 import argparse
-import difflib
-import ipaddress
 import json
-import math
 import re
 import sys
 import tomllib
-import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal
 
 import attrs
 from openjd.model import validate_amount_capability_name, validate_attribute_capability_name
 from openjd.model.v2023_09 import STANDARD_AMOUNT_CAPABILITIES, STANDARD_ATTRIBUTE_CAPABILITIES
 
 from .._errors import ConfigurationError
+from .._settings import (
+    Invalid,
+    at_least,
+    matching,
+    one_of,
+    parse_address,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_path,
+    parse_patterns,
+    parse_port,
+    parse_url,
+    suggest,
+)
 from ._hostinfo import Capabilities
 
 __all__ = [
@@ -131,8 +142,8 @@ def _parse_capabilities(
         where = f"{where_amounts} {name!r}"
         _check_capability_name(name, validate_amount_capability_name, _STANDARD_AMOUNTS, where)
         try:
-            number = _float(value)
-        except _Invalid as exc:
+            number = parse_float(value)
+        except Invalid as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if number < 0:
             raise ConfigError(f"{where}: must not be negative, got {value!r}")
@@ -299,166 +310,6 @@ class WorkerConfig:
         return user, group
 
 
-# --- value parsers: each takes a CLI/env string or a TOML value -----------------------------
-
-
-class _Invalid(ValueError):
-    """A value is unusable; the message says why, without the source."""
-
-
-T = TypeVar("T")
-
-_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-    raise _Invalid(f"expected a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
-
-
-def _float(value: object) -> float:
-    number: float
-    if isinstance(value, bool):
-        raise _Invalid(f"expected a number, got {value!r}")
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _Invalid(f"expected a number, got {value!r}") from None
-    else:
-        raise _Invalid(f"expected a number, got {value!r}")
-    if not math.isfinite(number):
-        raise _Invalid(f"expected a finite number, got {value!r}")
-    return number
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool):
-        raise _Invalid(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise _Invalid(f"expected an integer, got {value!r}")
-
-
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {value!r}")
-    return value
-
-
-def _path(value: object) -> Path:
-    text = _str(value)
-    if not text:
-        raise _Invalid("expected a path, got an empty string")
-    return Path(text).absolute()
-
-
-def _at_least(
-    parse: Callable[[object], T], low: float, *, strictly: bool = False
-) -> Callable[[object], T]:
-    def parse_bounded(value: object) -> T:
-        result = parse(value)
-        number = cast(float, result)
-        if number < low or (strictly and number == low):
-            bound = "greater than" if strictly else "at least"
-            raise _Invalid(f"must be {bound} {low:g}, got {value!r}")
-        return result
-
-    return parse_bounded
-
-
-def _matching(pattern: str, what: str) -> Callable[[object], str]:
-    compiled = re.compile(pattern)
-
-    def parse_matching(value: object) -> str:
-        text = _str(value)
-        if not compiled.fullmatch(text):
-            raise _Invalid(f"expected {what}, got {text!r}")
-        return text
-
-    return parse_matching
-
-
-def _one_of(choices: tuple[T, ...]) -> Callable[[object], T]:
-    def parse_choice(value: object) -> T:
-        for choice in choices:
-            if value == choice:
-                return choice
-        raise _Invalid(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
-
-    return parse_choice
-
-
-def _url(value: object) -> str:
-    text = _str(value)
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(f"expected an http:// or https:// URL, got {text!r}")
-    return text
-
-
-def _port(value: object) -> int:
-    port = _int(value)
-    if not 0 <= port <= 65535:
-        raise _Invalid(f"expected a port number from 0 to 65535, got {value!r}")
-    return port
-
-
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*")
-
-
-def _address(value: object) -> str:
-    text = _str(value)
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        if not _HOSTNAME_RE.fullmatch(text):
-            raise _Invalid(f"expected an IP address or host name, got {text!r}") from None
-    return text
-
-
-def _patterns(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        # DEADLINE_WORKER_SECRET_PATTERNS holds a JSON list (regular expressions may hold commas).
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise _Invalid(
-                'expected a JSON list of regular expressions, e.g. ["tok-[0-9a-f]+"]'
-            ) from None
-    if not isinstance(value, list | tuple):
-        raise _Invalid(f"expected a list of regular expressions, got {value!r}")
-    patterns: list[str] = []
-    for index, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            raise _Invalid(f"item {index}: expected a non-empty regular expression, got {item!r}")
-        try:
-            compiled = re.compile(item)
-        except re.error as exc:
-            raise _Invalid(f"item {index}: {item!r} is not a regular expression: {exc}") from None
-        if compiled.match(""):
-            raise _Invalid(f"item {index}: {item!r} matches the empty string")
-        patterns.append(item)
-    return tuple(patterns)
-
-
 # --- the settings table ---------------------------------------------------------------------
 
 
@@ -490,154 +341,154 @@ _E = "DEADLINE_WORKER_"
 # One entry per line group: field, parser, flag, variable, file key, then the flag's details.
 # fmt: off
 _SETTINGS: tuple[_Setting, ...] = (
-    _Setting("farm_id", _matching(r"farm-[a-z0-9]{32}", "farm-<32 lower-case letters or digits>"),
+    _Setting("farm_id", matching(r"farm-[a-z0-9]{32}", "farm-<32 lower-case letters or digits>"),
              "--farm-id", _E + "FARM_ID", ("worker", "farm_id"),
              "the Deadline farm the worker belongs to"),
-    _Setting("fleet_id", _matching(r"fleet-[a-z0-9]{32}", "fleet-<32 lower-case letters or digits>"),
+    _Setting("fleet_id", matching(r"fleet-[a-z0-9]{32}", "fleet-<32 lower-case letters or digits>"),
              "--fleet-id", _E + "FLEET_ID", ("worker", "fleet_id"),
              "the Deadline fleet the worker belongs to"),
-    _Setting("cleanup_session_user_processes", _bool,
+    _Setting("cleanup_session_user_processes", parse_bool,
              "--no-cleanup-session-user-processes", _E + "CLEANUP_SESSION_USER_PROCESSES",
              ("worker", "cleanup_session_user_processes"),
              "leave a job user's processes running when no session uses the user any more",
              const=False, toml_aliases=(("os", "cleanup_session_user_processes"),)),
-    _Setting("worker_persistence_dir", _path,
+    _Setting("worker_persistence_dir", parse_path,
              "--persistence-dir", _E + "PERSISTENCE_DIR", ("worker", "worker_persistence_dir"),
              "where the worker keeps worker.json and its credentials (default /var/lib/deadline)",
              metavar="DIR"),
-    _Setting("session_root_dir", _path,
+    _Setting("session_root_dir", parse_path,
              "--session-root-dir", _E + "SESSION_ROOT_DIR", ("worker", "session_root_dir"),
              f"where session directories are created (default {_DEFAULT_SESSION_ROOT})",
              metavar="DIR"),
-    _Setting("session_runtime", _one_of(_SESSION_RUNTIMES),
+    _Setting("session_runtime", one_of(_SESSION_RUNTIMES),
              "--session-runtime", None, ("worker", "session_runtime"),
              "accepted for compatibility with the official agent, and ignored",
              metavar="{python,rust,service-selected}"),
-    _Setting("profile", _matching(r".{1,64}", "an AWS profile name of 1 to 64 characters"),
+    _Setting("profile", matching(r".{1,64}", "an AWS profile name of 1 to 64 characters"),
              "--profile", _E + "PROFILE", ("aws", "profile"),
              "AWS profile for the bootstrap credentials"),
-    _Setting("allow_instance_profile", _bool,
+    _Setting("allow_instance_profile", parse_bool,
              "--disallow-instance-profile", _E + "ALLOW_INSTANCE_PROFILE",
              ("aws", "allow_ec2_instance_profile"),
              "wait until the EC2 instance profile is detached before working", const=False),
-    _Setting("region", _matching(r"[a-z0-9-]{1,64}", "an AWS region name such as us-west-2"),
+    _Setting("region", matching(r"[a-z0-9-]{1,64}", "an AWS region name such as us-west-2"),
              None, None, ("aws", "region")),
-    _Setting("verbose", _bool,
+    _Setting("verbose", parse_bool,
              "--verbose", _E + "VERBOSE", ("logging", "verbose"),
              "log at debug level", const=True, short="-v"),
-    _Setting("worker_logs_dir", _path,
+    _Setting("worker_logs_dir", parse_path,
              "--logs-dir", _E + "LOGS_DIR", ("logging", "worker_logs_dir"),
              "where the agent writes its logs (default /var/log/amazon/deadline)", metavar="DIR"),
-    _Setting("local_session_logs", _bool,
+    _Setting("local_session_logs", parse_bool,
              "--no-local-session-logs", _E + "LOCAL_SESSION_LOGS", ("logging", "local_session_logs"),
              "do not write session logs to the logs directory", const=False),
-    _Setting("host_metrics_logging", _bool,
+    _Setting("host_metrics_logging", parse_bool,
              "--no-host-metrics-logging", _E + "HOST_METRICS_LOGGING",
              ("logging", "host_metrics_logging"),
              "do not log host metrics periodically",
              const=False, toml_aliases=(("os", "host_metrics_logging"),)),
-    _Setting("host_metrics_logging_interval_seconds", _at_least(_float, 0, strictly=True),
+    _Setting("host_metrics_logging_interval_seconds", at_least(parse_float, 0, strictly=True),
              "--host-metrics-logging-interval-seconds", _E + "HOST_METRICS_LOGGING_INTERVAL_SECONDS",
              ("logging", "host_metrics_logging_interval_seconds"),
              "seconds between host metrics log lines (default 60)",
              metavar="SECONDS", toml_aliases=(("os", "host_metrics_logging_interval_seconds"),)),
-    _Setting("structured_logs", _bool,
+    _Setting("structured_logs", parse_bool,
              "--structured-logs", _E + "STRUCTURED_LOGS", ("logging", "structured_logs"),
              "write the agent's log as JSON lines (the default --log-format becomes json)",
              const=True),
-    _Setting("no_shutdown", _bool,
+    _Setting("no_shutdown", parse_bool,
              "--no-shutdown", _E + "NO_SHUTDOWN", ("os", "shutdown_on_stop"),
              "do not shut the host down when the farm stops the worker",
              const=True, toml_inverted=True),
-    _Setting("run_jobs_as_agent_user", _bool,
+    _Setting("run_jobs_as_agent_user", parse_bool,
              "--run-jobs-as-agent-user", _E + "RUN_JOBS_AS_AGENT_USER",
              ("os", "run_jobs_as_agent_user"),
              "run every job as the agent's own user (insecure; for development)", const=True),
     _Setting("posix_job_user",
-             _matching(r"[a-zA-Z0-9_.][^:]{0,31}:[a-zA-Z0-9_.][^:]{0,31}", "user:group"),
+             matching(r"[a-zA-Z0-9_.][^:]{0,31}:[a-zA-Z0-9_.][^:]{0,31}", "user:group"),
              "--posix-job-user", _E + "POSIX_JOB_USER", ("os", "posix_job_user"),
              "run every job as this user instead of the queue's jobRunAsUser",
              metavar="USER:GROUP"),
-    _Setting("windows_job_user", _matching(r".{1,512}", "a Windows user name"),
+    _Setting("windows_job_user", matching(r".{1,512}", "a Windows user name"),
              "--windows-job-user", _E + "WINDOWS_JOB_USER", ("os", "windows_job_user"),
              "(Windows only; not supported by farmhand)"),
     _Setting("windows_job_user_password_arn",
-             _matching(r"arn:aws:secretsmanager:[a-z0-9\-]+:\d{12}:secret[:/][a-zA-Z0-9/_+=.@:-]+",
+             matching(r"arn:aws:secretsmanager:[a-z0-9\-]+:\d{12}:secret[:/][a-zA-Z0-9/_+=.@:-]+",
                        "a Secrets Manager secret ARN"),
              "--windows-job-user-password-arn", _E + "WINDOWS_JOB_USER_PASSWORD_ARN",
              ("os", "windows_job_user_password_arn"),
              "(Windows only; not supported by farmhand)", metavar="ARN"),
-    _Setting("retain_session_dir", _bool,
+    _Setting("retain_session_dir", parse_bool,
              "--retain-session-dir", _E + "RETAIN_SESSION_DIR", ("os", "retain_session_dir"),
              "keep session directories after their sessions end", const=True),
     # farmhand's own
-    _Setting("endpoint_url", _url,
+    _Setting("endpoint_url", parse_url,
              "--endpoint-url", _E + "ENDPOINT_URL", ("aws", "endpoint_url"),
              "Deadline endpoint (default: $AWS_ENDPOINT_URL_DEADLINE, else the region's)",
              metavar="URL"),
-    _Setting("s3_endpoint_url", _url,
+    _Setting("s3_endpoint_url", parse_url,
              "--s3-endpoint-url", _E + "S3_ENDPOINT_URL", ("aws", "s3_endpoint_url"),
              "S3 endpoint for job attachments (default: $AWS_ENDPOINT_URL_S3, else the region's)",
              metavar="URL"),
-    _Setting("attachment_concurrency", _at_least(_int, 1),
+    _Setting("attachment_concurrency", at_least(parse_int, 1),
              "--attachment-concurrency", _E + "ATTACHMENT_CONCURRENCY",
              ("worker", "attachment_concurrency"),
              "job-attachment transfers at once per session (default 16)", metavar="N"),
-    _Setting("disable_host_prefix", _bool,
+    _Setting("disable_host_prefix", parse_bool,
              "--disable-host-prefix", _E + "DISABLE_HOST_PREFIX", ("aws", "disable_host_prefix"),
              "do not prefix worker API hosts with 'scheduling.' (for a local fake farm)",
              const=True),
-    _Setting("imds_monitor", _bool,
+    _Setting("imds_monitor", parse_bool,
              "--imds-monitor", _E + "IMDS_MONITOR", ("aws", "imds_monitor"),
              "watch EC2 instance metadata for spot interruption and scale-in notices", const=True),
-    _Setting("imds_endpoint", _url,
+    _Setting("imds_endpoint", parse_url,
              "--imds-endpoint", _E + "IMDS_ENDPOINT", ("aws", "imds_endpoint"),
              f"instance metadata endpoint (default {DEFAULT_IMDS_ENDPOINT})", metavar="URL"),
-    _Setting("imds_interval_seconds", _at_least(_float, 0, strictly=True),
+    _Setting("imds_interval_seconds", at_least(parse_float, 0, strictly=True),
              "--imds-interval", _E + "IMDS_INTERVAL", ("aws", "imds_interval_seconds"),
              "seconds between the IMDS monitor's requests (default 1)", metavar="SECONDS"),
-    _Setting("drain_grace_seconds", _at_least(_float, 0),
+    _Setting("drain_grace_seconds", at_least(parse_float, 0),
              "--drain-grace-seconds", _E + "DRAIN_GRACE_SECONDS", ("worker", "drain_grace_seconds"),
              "how long a drain on the first SIGTERM/SIGINT waits for sessions "
              f"(default {DEFAULT_DRAIN_GRACE_SECONDS:g})", metavar="SECONDS"),
-    _Setting("report_interval_seconds", _at_least(_float, 0),
+    _Setting("report_interval_seconds", at_least(parse_float, 0),
              "--report-interval-seconds", _E + "REPORT_INTERVAL_SECONDS",
              ("worker", "report_interval_seconds"),
              "at most one call per this many seconds to report successes while a session "
              "has more to run (default 0.02; failures go at once)", metavar="SECONDS"),
-    _Setting("exit_after_jobs", _at_least(_int, 1),
+    _Setting("exit_after_jobs", at_least(parse_int, 1),
              "--exit-after-jobs", _E + "EXIT_AFTER_JOBS", ("worker", "exit_after_jobs"),
              "stop the worker after N sessions have ended", metavar="N"),
-    _Setting("idle_timeout", _at_least(_float, 0, strictly=True),
+    _Setting("idle_timeout", at_least(parse_float, 0, strictly=True),
              "--idle-timeout", _E + "IDLE_TIMEOUT", ("worker", "idle_timeout"),
              "stop the worker after this many seconds without work", metavar="SECONDS"),
-    _Setting("farm_outage_limit", _at_least(_float, 0),
+    _Setting("farm_outage_limit", at_least(parse_float, 0),
              "--farm-outage-limit", _E + "FARM_OUTAGE_LIMIT", ("worker", "farm_outage_limit"),
              "drain and exit 1 after this many seconds without reaching the farm (default "
              "600, the service's offline threshold; 0: never); work goes on meanwhile",
              metavar="SECONDS"),
-    _Setting("health_port", _port,
+    _Setting("health_port", parse_port,
              "--health-port", _E + "HEALTH_PORT", ("worker", "health_port"),
              "serve the health endpoint on this port (off unless set; 0: any free port)",
              metavar="PORT"),
-    _Setting("health_address", _address,
+    _Setting("health_address", parse_address,
              "--health-address", _E + "HEALTH_ADDRESS", ("worker", "health_address"),
              "address of the health endpoint (default 127.0.0.1)", metavar="ADDRESS"),
-    _Setting("log_format", _one_of(_LOG_FORMATS),
+    _Setting("log_format", one_of(_LOG_FORMATS),
              "--log-format", _E + "LOG_FORMAT", ("logging", "log_format"),
              "format of the agent's log (default: json with --structured-logs, else console)",
              metavar="{json,console}"),
-    _Setting("log_rotate_count", _at_least(_int, 0),
+    _Setting("log_rotate_count", at_least(parse_int, 0),
              "--log-rotate-count", _E + "LOG_ROTATE_COUNT", ("logging", "log_rotate_count"),
              "rotated agent log files to keep (default 5)", metavar="N"),
-    _Setting("log_max_bytes", _at_least(_int, 0),
+    _Setting("log_max_bytes", at_least(parse_int, 0),
              "--log-max-bytes", _E + "LOG_MAX_BYTES", ("logging", "log_max_bytes"),
              "size at which the agent log rotates (default 10485760; 0: never)", metavar="BYTES"),
-    _Setting("secret_patterns", _patterns,
+    _Setting("secret_patterns", parse_patterns,
              "--secret-pattern", _E + "SECRET_PATTERNS", ("logging", "secret_patterns"),
              "mask matches of this regular expression in the logs (repeatable)",
              metavar="REGEX", append=True),
-    _Setting("min_secret_length", _at_least(_int, 1),
+    _Setting("min_secret_length", at_least(parse_int, 1),
              "--min-secret-length", _E + "MIN_SECRET_LENGTH", ("logging", "min_secret_length"),
              "do not mask secret values shorter than this (default 1)", metavar="N"),
 )
@@ -749,7 +600,7 @@ def load_config(
         for raw, where, inverted in reversed(given):
             try:
                 value = setting.parse(raw)
-            except _Invalid as exc:
+            except Invalid as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             values[setting.name] = (not value) if inverted else value
             origins[setting.name] = where
@@ -819,7 +670,7 @@ def _from_document(
     for section, table in document.items():
         if section not in _TOML_SECTIONS:
             warnings.append(
-                f"{path}: unknown section [{section}] ignored{_suggest(section, _TOML_SECTIONS)}"
+                f"{path}: unknown section [{section}] ignored{suggest(section, _TOML_SECTIONS)}"
             )
             continue
         if not isinstance(table, dict):
@@ -838,7 +689,7 @@ def _from_document(
             entry = _TOML_KEYS.get((section, key))
             if entry is None:
                 known = [k for s, k in _TOML_KEYS if s == section]
-                warnings.append(f"{where}: unknown key ignored{_suggest(key, known)}")
+                warnings.append(f"{where}: unknown key ignored{suggest(key, known)}")
                 continue
             setting, is_alias = entry
             if setting.name in found:
@@ -910,8 +761,3 @@ def _check_combinations(
             f"{origins['session_runtime']}: session_runtime={values['session_runtime']} is "
             "accepted for compatibility and ignored; farmhand runs sessions on its own runner"
         )
-
-
-def _suggest(word: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
