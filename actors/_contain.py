@@ -215,6 +215,7 @@ class Containment:
         self.instance = instance or uuid.uuid4().hex[:16]
         self._spare: _SpareLauncher | None = None
         self._spare_taken = trio.Event()
+        self._spare_ready = trio.Event()
         self._spares_made = 0
         #: Sessions that took a spare launcher, and the cgroup it came in.
         self._claimed_cgroups: dict[str, Path] = {}
@@ -301,12 +302,19 @@ class Containment:
         """The pid of the launcher kept ready for the next session, if one is."""
         return self._spare.launcher.pid if self._spare is not None else None
 
+    async def wait_spare_launcher(self) -> int:
+        """Wait until a spare launcher is ready (see `keep_spare_launcher`); its pid."""
+        while self._spare is None:
+            await self._spare_ready.wait()
+        return self._spare.launcher.pid
+
     async def _take_spare(self, session_id: str) -> SessionLauncher | None:
         """The spare launcher, its cgroup now the session's; ``None`` if there is none,
         or it could not join a cgroup where the session should have one."""
         spare, self._spare = self._spare, None
         if spare is None:
             return None
+        self._spare_ready = trio.Event()
         self._spare_taken.set()
         if self._cgroup_root is not None:
             if spare.cgroup is None:
@@ -334,10 +342,12 @@ class Containment:
                     if spare is None:
                         return  # launchers cannot be started here: sessions say so
                     self._spare = spare
+                    self._spare_ready.set()
                 await self._spare_taken.wait()
                 self._spare_taken = trio.Event()
         finally:
             spare, self._spare = self._spare, None
+            self._spare_ready = trio.Event()
             if spare is not None:
                 await spare.aclose()
 

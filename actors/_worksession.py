@@ -306,7 +306,7 @@ class WorkSession:
         self._environments: dict[str, EnvironmentDetails] = {}
         self._kinds: dict[str, ActionKind] = {}
         self._stream: LogStream | None = None
-        #: ``kind name`` of the latest action that started (labels an exit with no id).
+        #: ``kind name params (id)`` of the latest action that started: its end line says it.
         self._last_started = "action"
         self._spool: Path | None = None
 
@@ -697,9 +697,12 @@ class WorkSession:
         if isinstance(event, ActionStarted):
             if action_id is not None:
                 self._kinds[action_id] = event.kind
-            self._last_started = f"{event.kind.value} {event.name}"
-            params = " ".join(f"{k}={v}" for k, v in event.parameters.items())
-            self._write([f"==== {event.kind.value} {event.name} {params} ({action_id}) ===="])
+            params = [f"{k}={v}" for k, v in event.parameters.items()]
+            # An exit the worker runs on its own (a drain) has no action id.
+            self._last_started = " ".join(
+                [event.kind.value, event.name, *params, f"({action_id or 'run by the worker'})"]
+            )
+            self._write([f"==== {self._last_started} ===="])
             if action_id is not None:
                 await self._report(
                     ActionUpdate(self.session_id, action_id, event.kind, started_at=event.time)
@@ -738,9 +741,7 @@ class WorkSession:
             update = final_update(self.session_id, event) if action_id is not None else None
             if event.state is not ActionState.NEVER_ATTEMPTED:
                 code = f", exit code {event.exit_code}" if event.exit_code is not None else ""
-                # An exit the worker runs on its own (a drain) has no action id.
-                label = action_id or f"{self._last_started} (run by the worker)"
-                self._write([f"==== {label} ended: {event.state.value}{code} ===="])
+                self._write([f"==== {self._last_started} ended: {event.state.value}{code} ===="])
                 if update is not None and update.ended_at is not None:
                     update = attrs.evolve(update, ended_at=self._after_logged(update.ended_at))
             if update is not None:

@@ -188,9 +188,7 @@ async def test_sessions_on_spare_launchers_are_contained_and_the_spare_goes_at_t
                     lp = plan(tmp_path / str(round_), template)
                     # Let the spare come up (a process start, a cgroup migration in a
                     # thread), so this session takes it.
-                    while containment.spare_pid is None:
-                        await trio.sleep(0.01)
-                    spare_pid = containment.spare_pid
+                    spare_pid = await containment.wait_spare_launcher()
                     config = config_for(lp, tmp_path / str(round_))
                     async with open_session(config, containment=containment) as session:
                         await session.enqueue(lp.actions)

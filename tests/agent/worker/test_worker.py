@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from agent.mockfarm import FarmConfig, FaultConfig
+from agent.mockfarm import FarmConfig, FaultConfig, OperationFaults
 from agent.worker._state import load_worker_state
 from tests.worker_harness import (
     assert_each_final_reported_once,
@@ -216,24 +216,40 @@ async def test_drain_interrupts_running_work_and_stops_the_worker(tmp_path: Path
 
 async def test_a_drain_names_the_exit_the_worker_runs_itself(tmp_path: Path) -> None:
     """The job environment's exit, run by the worker on a drain (the farm did not assign
-    it), is named in the session log, not ``None``."""
+    it), is named in the session log, its start and end lines alike, not ``None``."""
     async with farm_and_worker(tmp_path) as (farm, worker, events):
         job_id = farm.create_job(
             simple_job(py("import time; print('running', flush=True); time.sleep(600)"))
         )
         with trio.fail_after(30):
             await events.wait_line("running")
-        with trio.fail_after(60):
-            await worker.drain(30)
+        # The farm assigns the exit itself once it hears of the interrupted task: it must
+        # not hear of it until the worker has run the exit on its own.
+        farm.set_faults(
+            FaultConfig(
+                operations={
+                    "UpdateWorkerSchedule": OperationFaults(
+                        error_rate=1.0, retry_after_seconds=None
+                    )
+                }
+            )
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.drain, 30)
+            with trio.fail_after(30):
+                await events.wait_line("exited")
+            farm.set_faults(FaultConfig())
         session_id = farm.job(job_id).sessions[0].session_id
 
-        def ends() -> list[str]:
-            return [line for line in farm.session_log(session_id) if " ended: " in line]
+        def banners() -> list[str]:
+            return [line for line in farm.session_log(session_id) if "env_exit" in line]
 
         with trio.fail_after(30):
-            await farm.wait_until(lambda: any("env_exit" in e for e in ends()))
-    assert not [e for e in ends() if e.startswith("==== None")], ends()
-    assert "==== env_exit Env (run by the worker) ended: SUCCESS, exit code 0 ====" in ends()
+            await farm.wait_until(lambda: len(banners()) == 2)
+    assert banners() == [
+        "==== env_exit Env (run by the worker) ====",
+        "==== env_exit Env (run by the worker) ended: SUCCESS, exit code 0 ====",
+    ]
 
 
 async def test_the_agent_log_goes_to_cloudwatch(tmp_path: Path) -> None:

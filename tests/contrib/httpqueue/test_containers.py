@@ -39,7 +39,8 @@ APPLETS = ("sh", "echo", "sleep", "cat", "true", "false")
 
 #: The image's entry point: ``job --job_id ID``. The job's config file (CONFIG_PATH) says
 #: what it does: ``ok`` prints and exits 0, ``fail`` exits 3, ``wait`` prints ``ready`` and
-#: waits, ending with 7 on SIGTERM (its trap prints ``got SIGTERM``).
+#: waits, ending with 7 on SIGTERM (its trap prints ``got SIGTERM`` and leaves ``got-sigterm``
+#: in its working directory, the job's directory).
 JOB_SCRIPT = """#!/bin/sh
 read -r mode < "$CONFIG_PATH"
 echo "job $2 ($1) starts: $mode"
@@ -47,7 +48,7 @@ case "$mode" in
   ok) echo "line 1"; echo "line 2"; exit 0 ;;
   fail) echo "failing" >&2; exit 3 ;;
   wait)
-    trap 'echo "got SIGTERM"; exit 7' TERM
+    trap 'echo "got SIGTERM"; echo > got-sigterm; exit 7' TERM
     echo ready
     while :; do sleep 1 & wait $!; done ;;
 esac
@@ -113,6 +114,14 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     yield wrapper
     subprocess.run([str(wrapper), "rm", "-af"], capture_output=True, timeout=120, check=False)
+
+
+def trap_ran(paths: Paths, job_id: str) -> bool:
+    """Whether the job's container got SIGTERM and its trap ran. (Its ``got SIGTERM`` line
+    reaches the log through the ``docker`` client, which Podman under load has been seen
+    to end, with status 0, before relaying it: the worker's own relaying after a signal is
+    proven in process mode, by test_queueworker and test_cmd_httpqueue.)"""
+    return (paths.shared / "jobs" / job_id / "got-sigterm").exists()
 
 
 def container_config(
@@ -221,7 +230,7 @@ async def test_cancel_and_stop_are_cooperative_the_containers_trap_runs(
             await server.wait_until(lambda: server.job(job["job_id"])["ended_at"] is not None)
         done = server.job(job["job_id"])
     assert done["status"] == ("canceled" if action == "cancel" else "stopped")
-    assert "got SIGTERM" in paths.log(job["job_id"])
+    assert trap_ran(paths, job["job_id"])
     assert f"farmhand-{job['job_id']}" not in containers(docker)
 
 
@@ -236,7 +245,7 @@ async def test_a_worker_stopping_force_stops_its_container(tmp_path: Path, docke
             worker.shutdown.stop("SIGTERM")
         done = await job_status(server, job["job_id"], *FINAL)
     assert (done["status"], done["error"]) == ("failed", "force-stop")
-    assert "got SIGTERM" in paths.log(job["job_id"])
+    assert trap_ran(paths, job["job_id"])
     assert f"farmhand-{job['job_id']}" not in containers(docker)
 
 
