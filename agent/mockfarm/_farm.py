@@ -42,4 +42,4 @@ class Farm(
 
     def __init__(self, config: FarmConfig | None = None, *, store: FarmStore | None = None) -> None:
         super().__init__(config, store=store)
-        self.install_policy()
+        self.install_policy(associate_defaults=not self.restored)

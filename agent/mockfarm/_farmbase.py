@@ -184,6 +184,8 @@ class FarmBase:
         self.default_fleet_id: str
         self.default_queue_id: str
         defaults = store.kv("meta").get("defaults") if loaded and store is not None else None
+        #: Whether the farm was loaded from its store (its defaults exist already).
+        self.restored = defaults is not None
         if defaults is not None:
             assert store is not None
             self.default_farm_id, self.default_fleet_id, self.default_queue_id = defaults

@@ -110,10 +110,12 @@ def fleet_mismatch(requirements: Mapping[str, Any], fleet: Fleet) -> str | None:
 class SchedulingPolicy(FarmBase):
     """Compatibility, associations, budgets and limits (see the module's doc)."""
 
-    def install_policy(self) -> None:
-        """Hook the policy into the scheduler and associate the default queue and fleet."""
+    def install_policy(self, *, associate_defaults: bool = True) -> None:
+        """Hook the policy into the scheduler; associate the default queue and fleet
+        (a new farm: one restored from its store has what its users left of them)."""
         self.scheduler.admits = self.admits
-        self.associate(self.default_farm_id, self.default_queue_id, self.default_fleet_id)
+        if associate_defaults:
+            self.associate(self.default_farm_id, self.default_queue_id, self.default_fleet_id)
 
     def associate(self, farm_id: str, queue_id: str, fleet_id: str) -> QueueFleetAssociation:
         association = QueueFleetAssociation(

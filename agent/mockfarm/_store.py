@@ -10,8 +10,11 @@ How records are stored
 ----------------------
 The store knows no record type by name. It stores **every value in a
 ``FarmState`` table** (each ``dict`` field of ``FarmState``: ``jobs``,
-``workers``..., and any table added later) and every attrs record reachable from
-one (tasks, through their step). One SQLite table holds them all::
+``workers``..., those of a group of tables in it: ``admin.budgets``,
+``admin.queue_fleets``..., and any table added later) and every attrs record
+reachable from one (tasks, through their step). A key that is not a string (a
+``(queue id, fleet id)`` pair) is stored as a NUL and the key as a JSON list.
+One SQLite table holds them all::
 
     records(kind, key, member, cls, payload)   -- kind: the FarmState table, or the
                                                 -- class name of a record reachable
@@ -74,12 +77,13 @@ from __future__ import annotations
 import fcntl
 import importlib
 import io
+import json
 import os
 import pickle
 import secrets
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
@@ -219,22 +223,51 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-class _Table(dict[str, Any]):
+#: How a table key that is not a string (``("queue id", "fleet id")``) begins in the
+#: ``key`` column: the rest is the key as a JSON list. No id or name the farm keeps
+#: begins with a NUL.
+_TUPLE_KEY = "\x00"
+
+
+def _key_text(key: str | tuple[str, ...]) -> str:
+    return key if isinstance(key, str) else _TUPLE_KEY + json.dumps(list(key))
+
+
+def _key_of(text: str) -> str | tuple[str, ...]:
+    return tuple(json.loads(text[1:])) if text.startswith(_TUPLE_KEY) else text
+
+
+def _state_tables(state: FarmState) -> Iterator[tuple[str, Any, str]]:
+    """``(table name, owner, field name)`` of each stored table of ``state``: its ``dict``
+    fields, and those of an attrs group of tables in it (``admin``: ``admin.budgets``)."""
+    for field in attrs.fields(type(state)):
+        if not field.metadata.get("stored", True):
+            continue
+        value = getattr(state, field.name)
+        if isinstance(value, dict):
+            yield field.name, state, field.name
+        elif attrs.has(type(value)):
+            for inner in attrs.fields(type(value)):
+                if isinstance(getattr(value, inner.name), dict):
+                    yield f"{field.name}.{inner.name}", value, inner.name
+
+
+class _Table(dict[Any, Any]):
     """A ``FarmState`` table that tells the store what goes in and out."""
 
-    def __init__(self, store: FarmStore, name: str, items: dict[str, Any]) -> None:
+    def __init__(self, store: FarmStore, name: str, items: dict[Any, Any]) -> None:
         super().__init__(items)
         self._store = store
         self._name = name
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)
-        self._store._member_added(self._name, key, value)
+        self._store._member_added(self._name, _key_text(key), value)
 
-    def __delitem__(self, key: str) -> None:
+    def __delitem__(self, key: Any) -> None:
         value = self[key]
         super().__delitem__(key)
-        self._store._member_removed(self._name, key, value)
+        self._store._member_removed(self._name, _key_text(key), value)
 
     def pop(self, key: str, *default: Any) -> Any:
         if key in self:
@@ -343,11 +376,7 @@ class FarmStore:
             raise StoreError(f"cannot read {self.state_dir / DATABASE}: {exc}") from exc
         if not rows:
             return False
-        tables = {
-            field.name: getattr(state, field.name)
-            for field in attrs.fields(type(state))
-            if isinstance(getattr(state, field.name), dict)
-        }
+        tables = {name: getattr(owner, field) for name, owner, field in _state_tables(state)}
         objects: dict[Ref, Any] = {}
         classes: dict[str, Any] = {}
         for kind, key, _member, class_name, _payload in rows:
@@ -372,7 +401,7 @@ class FarmStore:
             else:
                 obj = values[_VALUE]
             if member and kind in tables:
-                tables[kind][key] = obj
+                tables[kind][_key_of(key)] = obj
                 if not class_name:
                     self._untracked[ref] = obj
         state.rebuild(now, (obj for _ref, obj in self._refs.values()))
@@ -431,12 +460,10 @@ class FarmStore:
 
     def attach(self, state: FarmState, logs: LogStore) -> None:
         """Watch ``state``'s tables and ``logs`` from now on."""
-        for field in attrs.fields(type(state)):
-            value = getattr(state, field.name)
-            if isinstance(value, dict) and field.metadata.get("stored", True):
-                table = _Table(self, field.name, value)
-                self._tables[field.name] = table
-                setattr(state, field.name, table)
+        for name, owner, field in _state_tables(state):
+            table = _Table(self, name, getattr(owner, field))
+            self._tables[name] = table
+            setattr(owner, field, table)
         logs.journal = self
 
     def _tracked_class(self, cls: type) -> type:
@@ -600,7 +627,7 @@ class FarmStore:
 
     def _member(self, ref: Ref, record: Any) -> int:
         table = self._tables.get(ref[0])
-        return 1 if table is not None and table.get(ref[1]) is record else 0
+        return 1 if table is not None and table.get(_key_of(ref[1])) is record else 0
 
     def capture(self) -> list[Op]:
         """What changed since the last capture, as statements (pickled now)."""

@@ -103,3 +103,29 @@ def test_queue_export_credentials(report: dict[str, Any]) -> None:
     assert credentials["Version"] == 1
     assert credentials["AccessKeyId"].startswith("ASIA")
     assert credentials["SecretAccessKey"] and credentials["SessionToken"]
+
+
+def _after(report: dict[str, Any], name: str) -> str:
+    result = report["after"][name]
+    assert result["rc"] == 0, f"deadline {name} after the restart: {result['stderr'][-2000:]}"
+    return str(result["stdout"])
+
+
+def test_a_restarted_farm_shows_the_same_ids_jobs_and_logs(report: dict[str, Any]) -> None:
+    """After `mockfarm serve`'s state dir is served again, the CLI reads what it read
+    before: the same farm, queue, fleet, jobs and the action's every log line."""
+    for name in ("farm list", "queue list", "fleet list", "job get", "blocked job get"):
+        assert _after(report, name) == _ok(report, name), name
+    assert json.loads(_after(report, "job logs")) == json.loads(_ok(report, "job logs"))
+    jobs = _after(report, "job list")
+    assert report["job_id"] in jobs and report["blocked_id"] in jobs
+    assert report["after_id"] in jobs
+
+
+def test_the_worker_kept_working_across_the_restart(report: dict[str, Any]) -> None:
+    """The worker that ran before the restart (no restart of its own) runs the job
+    submitted after it, and the CLI lists the same worker."""
+    assert report["after_status"] == "SUCCEEDED"
+    assert report["after_worker_id"] == report["worker_id"]
+    assert report["worker_ids"] == [report["worker_id"]]
+    assert report["worker_id"] in _after(report, "worker list")

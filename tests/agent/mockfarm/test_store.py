@@ -20,10 +20,11 @@ import attrs
 import pytest
 import trio
 
-from agent.mockfarm import FarmState, LogStore, open_mock_farm
+from agent.mockfarm import FarmConfig, FarmState, LogStore, open_mock_farm
 from agent.mockfarm._records import ASSIGNED_ONLY
 from agent.mockfarm._store import FarmStore, StoreError
 from tests.mockfarm_helpers import ScriptedWorker, completed, job_template
+from tests.mockfarm_population import build_full_farm
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -68,6 +69,9 @@ def snapshot(state: FarmState) -> dict[str, Any]:
         if isinstance(table, dict):
             result[field.name] = list(table)
             records.extend(table.values())
+    for field in attrs.fields(type(state.admin)):
+        # Administrative records: flat, compared whole.
+        result[f"admin.{field.name}"] = _canon(getattr(state.admin, field.name))
     for step in state.steps.values():
         records.extend(step.tasks)
         result.setdefault("ready", {})[step.step_id] = getattr(step.peek_ready(), "index", None)
@@ -480,6 +484,53 @@ async def test_serve_refuses_a_state_dir_in_use(tmp_path: Path) -> None:
     assert result.stderr.decode().strip().splitlines() == [
         f"error: {tmp_path} is in use by another mock farm (serve one farm per state dir)"
     ]
+
+
+async def test_administrative_records_survive_a_restart(tmp_path: Path) -> None:
+    """Budgets, limits, storage profiles, members, license endpoints, monitors, tags and
+    queue associations come back as they were."""
+    state_dir = tmp_path / "state"
+    config = FarmConfig(max_sessions_per_worker=2, pipeline_depth=1)  # as build_full_farm needs
+    async with open_mock_farm(config=config, state_dir=state_dir) as farm:
+        ids = await in_thread(build_full_farm, farm)
+        deadline = farm.boto3_client("deadline")
+        farm_arn = f"arn:aws:deadline:us-west-2:123456789012:farm/{farm.farm_id}"
+        await in_thread(deadline.tag_resource, resourceArn=farm_arn, tags={"team": "fx"})
+        before = snapshot(farm.state)
+    assert all(before[f"admin.{name}"] for name in ("budgets", "limits", "members", "tags"))
+    async with open_mock_farm(config=config, state_dir=state_dir) as farm:
+        assert snapshot(farm.state) == before
+        deadline = farm.boto3_client("deadline")
+        fleets = await in_thread(
+            deadline.list_queue_fleet_associations, farmId=farm.farm_id, queueId=farm.queue_id
+        )
+        assert {a["fleetId"] for a in fleets["queueFleetAssociations"]} == {
+            farm.fleet_id,
+            *ids["fleets"],
+        }
+        tags = await in_thread(deadline.list_tags_for_resource, resourceArn=farm_arn)
+        assert tags["tags"] == {"team": "fx"}
+
+
+async def test_a_deleted_default_association_stays_deleted(tmp_path: Path) -> None:
+    """The farm associates its default queue and fleet when it is made, not again at
+    every start: what a user deleted stays deleted."""
+    state_dir = tmp_path / "state"
+    async with open_mock_farm(state_dir=state_dir) as farm:
+        deadline = farm.boto3_client("deadline")
+        association = {"farmId": farm.farm_id, "queueId": farm.queue_id, "fleetId": farm.fleet_id}
+        await in_thread(
+            deadline.update_queue_fleet_association,
+            status="STOP_SCHEDULING_AND_CANCEL_TASKS",
+            **association,
+        )
+        await in_thread(deadline.delete_queue_fleet_association, **association)
+    async with open_mock_farm(state_dir=state_dir) as farm:
+        deadline = farm.boto3_client("deadline")
+        listed = await in_thread(
+            deadline.list_queue_fleet_associations, farmId=farm.farm_id, queueId=farm.queue_id
+        )
+        assert listed["queueFleetAssociations"] == []
 
 
 async def test_every_kind_of_change_is_stored(tmp_path: Path) -> None:
