@@ -6,6 +6,9 @@ Every message is in ``_messages``; each actor is in a module of its own (see
 ARCHITECTURE.md at the repository root for the tree and one task's path).
 """
 
+from ._backoff import Backoff as Backoff
+from ._backoff import backoff_delay as backoff_delay
+from ._backoff import honour_retry_after as honour_retry_after
 from ._contain import Containment as Containment
 from ._fetcher import BatchGet as BatchGet
 from ._fetcher import EntityFetcher as EntityFetcher

@@ -16,7 +16,7 @@ counting its UTF-8 size plus 26) and 10,000 events per call, events of at most
 256 KiB (longer messages are split on UTF-8 boundaries), a batch spanning at
 most 24 hours, and at most ``calls_per_second`` calls per stream (plus, at
 once, the one that ships the rest of a closed stream). Errors back
-off exponentially with full jitter; a missing log stream is created; events the
+off (``actors._backoff``); a missing log stream is created; events the
 service rejects are skipped with a note in the agent log.
 
 ``LogStream.flush()`` waits until everything written so far is shipped; the
@@ -40,6 +40,7 @@ import outcome
 import structlog
 import trio
 
+from ._backoff import backoff_delay, honour_retry_after
 from ._messages import Destination, LogEvent, LogShipperCommand, LogWriter, OpenLogStream
 
 log = structlog.get_logger("farmhand.logs")
@@ -503,12 +504,10 @@ class LogShipper:
         return stream
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full-jitter exponential backoff, with ``retry_after`` as a lower bound."""
-        ceiling = min(self.max_backoff, 2.0 ** min(attempt - 1, 30))
-        delay = self._rng.uniform(0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, retry_after + self._rng.uniform(0, 0.2 * retry_after))
-        return delay
+        """The wait before upload retry ``attempt`` (``actors._backoff``), with
+        ``retry_after`` as a lower bound."""
+        delay = backoff_delay(attempt, self._rng.random(), cap=self.max_backoff)
+        return honour_retry_after(delay, retry_after, self._rng.random())
 
     def statistics(self) -> LogShipperStatistics:
         stats = [s.statistics() for s in self._streams]

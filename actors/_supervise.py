@@ -2,9 +2,11 @@
 
 ``supervise(fn, transient=(...))`` runs ``await fn()``. If it fails with one of
 the ``transient`` exceptions (alone or in an exception group made only of
-them), it is restarted after a full-jitter exponential backoff; after
+them), it is restarted after the backoff (``actors._backoff``: full-jitter
+exponential, from ``backoff_base`` up to ``backoff_max`` seconds); after
 ``max_restarts`` restarts within ``window`` seconds the failure is final and
-propagates (``math.inf``: never; the caller then bounds an outage itself). A run that lasted ``stable_after`` seconds resets the backoff.
+propagates (``math.inf``: never; the caller then bounds an outage itself). A run
+that lasted ``stable_after`` seconds resets the backoff.
 Anything else — a bug, ``Cancelled``, ``KeyboardInterrupt`` — propagates at
 once, and so does a normal return.
 """
@@ -18,6 +20,8 @@ from collections.abc import Awaitable, Callable
 import attrs
 import structlog
 import trio
+
+from ._backoff import Backoff
 
 log = structlog.get_logger("farmhand.supervise")
 
@@ -51,10 +55,9 @@ async def supervise(
     rng: random.Random | None = None,
     statistics: SupervisorStatistics | None = None,
 ) -> None:
-    rng = rng or random.Random()
+    backoff = Backoff(max_delay=backoff_max, base=backoff_base, rng=rng)
     stats = statistics if statistics is not None else SupervisorStatistics()
     restarts: deque[float] = deque()
-    attempt = 0
     while True:
         started = trio.current_time()
         try:
@@ -65,7 +68,7 @@ async def supervise(
                 raise
             now = trio.current_time()
             if now - started >= stable_after:
-                attempt = 0
+                backoff.reset()
             while restarts and now - restarts[0] > window:
                 restarts.popleft()
             if len(restarts) >= max_restarts:
@@ -73,15 +76,14 @@ async def supervise(
                     f"{name} failed {len(restarts) + 1} times in {window:g} s; giving up"
                 ) from exc
             restarts.append(now)
-            attempt += 1
-            delay = rng.uniform(0, min(backoff_max, backoff_base * 2 ** (attempt - 1)))
+            delay = backoff.next_delay()
             stats.restarts += 1
             stats.last_error = repr(exc)
             log.warning(
                 "actor.restarting",
                 actor=name,
                 error=repr(exc),
-                attempt=attempt,
+                attempt=backoff.attempt,
                 delay=round(delay, 3),
             )
             await trio.sleep(delay)

@@ -33,13 +33,10 @@ from ._endpoints import resolve_endpoint as resolve_endpoint
 from ._logs import LOGS_POLICY as LOGS_POLICY
 from ._logs import LogsClient as LogsClient
 from ._retry import DEFAULT_POLICY as DEFAULT_POLICY
-from ._retry import MAX_BACKOFF as MAX_BACKOFF
 from ._retry import NO_RETRIES as NO_RETRIES
 from ._retry import RETRY as RETRY
 from ._retry import Attempt as Attempt
 from ._retry import RetryPolicy as RetryPolicy
-from ._retry import backoff_delay as backoff_delay
-from ._retry import honour_retry_after as honour_retry_after
 from ._schedule import COMPLETED_STATUS as COMPLETED_STATUS
 from ._schedule import MAX_PROGRESS_MESSAGE as MAX_PROGRESS_MESSAGE
 from ._schedule import DeadlineSchedule as DeadlineSchedule

@@ -1,11 +1,8 @@
 """Retry policies: which failures of an operation are retried, how often, how long to wait.
 
-The backoff is the official agent's (``NoOverflowExponentialBackoff``, capped at
-30 s): before retry ``n`` (1 for the first) wait ``U(0,1) * 2**(n-1)`` seconds,
-capped; once ``n - 1`` passes ``2 * log2(cap)`` the exponent is never computed
-and the wait is ``U(0.8 * cap, cap)``, so a worker that retries for days never
-overflows. A ``retryAfterSeconds`` from the service is a lower bound with a
-little jitter: ``max(delay, after + U(0, 0.2 * after))``.
+The backoff is farmhand's one backoff (``actors._backoff``), the official
+agent's: full-jitter exponential, capped at 30 s, never overflowing, with a
+``retryAfterSeconds`` from the service as a lower bound.
 
 A ``RetryPolicy`` says, per kind of failure, how many retries a call may spend
 (``math.inf``: as long as it takes; callers bound those with their cancel
@@ -35,6 +32,8 @@ from typing import Any, Final
 
 import attrs
 
+from actors._backoff import MAX_BACKOFF, backoff_delay, honour_retry_after
+
 from .._errors import (
     ConflictError,
     InternalServerError,
@@ -44,10 +43,6 @@ from .._errors import (
     TransportError,
 )
 
-#: The longest computed backoff, in seconds.
-MAX_BACKOFF: Final = 30.0
-#: ``retryAfterSeconds`` beyond this is taken as this: a confused server cannot park us for days.
-MAX_RETRY_AFTER: Final = 300.0
 #: How many transport failures one call retries before giving up.
 TRANSPORT_RETRIES: Final = 5
 
@@ -80,27 +75,6 @@ class Attempt:
 
 Rule = Callable[[ServiceError, Attempt], Verdict | None]
 """An operation's own reading of an error: a verdict, or ``None`` for the standard table."""
-
-
-def backoff_delay(retry: int, unit: float, *, cap: float = MAX_BACKOFF) -> float:
-    """The wait before retry number ``retry`` (1 for the first), given ``unit`` from ``U[0, 1)``."""
-    if retry < 1:
-        raise ValueError(f"retry numbers start at 1, not {retry}")
-    if cap <= 0:
-        raise ValueError(f"the backoff cap must be positive, not {cap}")
-    if retry - 1 <= 2 * math.log2(cap):
-        return min(unit * 2.0 ** (retry - 1), cap)
-    return cap * (0.8 + 0.2 * unit)
-
-
-def honour_retry_after(delay: float, retry_after: float | None, unit: float) -> float:
-    """``delay``, raised to the service's ``retry_after`` plus up to 20 % jitter."""
-    if retry_after is None or not retry_after > 0:
-        return delay
-    after = min(float(retry_after), MAX_RETRY_AFTER)
-    # One product, not ``after + unit * 0.2 * after``: rounding is monotonic, so
-    # this form can never come out above ``after * 1.2``, which the sum can.
-    return max(delay, after * (1.0 + 0.2 * unit))
 
 
 @attrs.frozen

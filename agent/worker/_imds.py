@@ -13,7 +13,8 @@ instance metadata service (IMDS), and pushes nothing: a client has to ask.
 kept for six hours and renewed before then, or when a request is refused),
 one request per ``interval``, alternating between the two paths; every request
 is bounded by ``REQUEST_SECONDS``. When IMDS cannot be reached, it waits
-longer between tries (up to ``MAX_BACKOFF_SECONDS``) and logs once. A notice is
+longer between tries (the backoff of ``actors._backoff``, up to
+``MAX_BACKOFF_SECONDS``) and logs once. A notice is
 reported once (``on_notice``), with the seconds left; a later, more urgent
 notice is reported too.
 
@@ -36,6 +37,8 @@ import attrs
 import httpx
 import structlog
 import trio
+
+from actors import Backoff
 
 log = structlog.get_logger("farmhand.imds")
 
@@ -118,23 +121,22 @@ class ImdsMonitor:
             log.info("imds.watching", endpoint=self._endpoint, interval=self._interval)
             checks = (self._check_spot, self._check_lifecycle)
             turn = 0
-            failures = 0
+            backoff = Backoff(max_delay=MAX_BACKOFF_SECONDS, base=self._interval)
             while True:
                 try:
                     await checks[turn % len(checks)](http)
                 except _Unreachable as exc:
-                    failures += 1
                     self._failures += 1
                     if self._reachable:
                         log.warning("imds.unreachable", error=str(exc), endpoint=self._endpoint)
                     self._reachable = False
                     self._token = None
-                    await trio.sleep(min(self._interval * 2**failures, MAX_BACKOFF_SECONDS))
+                    await trio.sleep(backoff.next_delay())
                     continue
                 if not self._reachable:
                     log.info("imds.reachable", endpoint=self._endpoint)
                 self._reachable = True
-                failures = 0
+                backoff.reset()
                 turn += 1
                 await trio.sleep(self._interval)
 

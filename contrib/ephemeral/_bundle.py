@@ -38,8 +38,8 @@ import botocore.exceptions
 import structlog
 import trio
 
+from actors import backoff_delay
 from agent import RetriesExhausted
-from agent.deadline import backoff_delay
 
 from ._ephemeralconfig import BundleRef
 

@@ -43,8 +43,8 @@ import httpx
 import structlog
 import trio
 
+from actors import backoff_delay
 from agent import RetriesExhausted
-from agent.deadline import backoff_delay
 
 from ._bundle import _TRANSIENT_CODES, _TRANSIENT_ERRORS, S3_LIMITER, BundleError
 

@@ -16,7 +16,6 @@ Retries repeat the same body, so they carry the same ``request_id`` or
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,7 +23,7 @@ import httpx
 import structlog
 import trio
 
-from agent.deadline import backoff_delay, honour_retry_after
+from actors import Backoff
 from agent.jobs import request_with_body
 
 log = structlog.get_logger("farmhand.httpqueue.client")
@@ -147,23 +146,6 @@ def _message(response: httpx.Response) -> str:
     if isinstance(answer, dict) and isinstance(answer.get("error"), str):
         return str(answer["error"])
     return response.text[:200]
-
-
-class Backoff:
-    """Exponential backoff with full jitter, capped; ``reset()`` after a success."""
-
-    def __init__(self, *, max_delay: float = 30.0, rng: random.Random | None = None) -> None:
-        self.max_delay = max_delay
-        self._rng = rng or random.Random()
-        self.attempt = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        self.attempt += 1
-        delay = backoff_delay(self.attempt, self._rng.random(), cap=self.max_delay)
-        return honour_retry_after(delay, retry_after, self._rng.random())
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 async def retrying(

@@ -43,7 +43,7 @@ import httpx
 import structlog
 import trio
 
-from actors import Containment
+from actors import Backoff, Containment
 from agent.jobs import (
     JobOutcome,
     JobRun,
@@ -65,7 +65,6 @@ from ._protocol import (
     extract_version,
 )
 from ._queueclient import (
-    Backoff,
     QueueClient,
     ServerError,
     ServerRefused,

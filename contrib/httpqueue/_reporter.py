@@ -33,7 +33,9 @@ import attrs
 import structlog
 import trio
 
-from ._queueclient import Backoff, QueueClient, ServerRefused, ServerUnavailable, retrying
+from actors import Backoff
+
+from ._queueclient import QueueClient, ServerRefused, ServerUnavailable, retrying
 
 log = structlog.get_logger("farmhand.httpqueue.reporter")
 

@@ -1,4 +1,4 @@
-"""Backoff arithmetic and retry-policy decisions."""
+"""Retry-policy decisions (the backoff itself: tests/actors/test_backoff.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import math
 from collections import Counter
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from agent._errors import (
     AccessDeniedError,
@@ -18,80 +16,7 @@ from agent._errors import (
     ThrottlingError,
     TransportError,
 )
-from agent.deadline import (
-    MAX_BACKOFF,
-    NO_RETRIES,
-    RETRY,
-    Attempt,
-    RetryPolicy,
-    backoff_delay,
-    honour_retry_after,
-)
-from agent.deadline._retry import MAX_RETRY_AFTER
-
-units = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
-caps = st.floats(min_value=0.001, max_value=3600.0)
-
-
-@given(retry=st.integers(min_value=1, max_value=10**30), unit=units, cap=caps)
-def test_backoff_stays_within_zero_and_the_cap(retry: int, unit: float, cap: float) -> None:
-    """Any retry number, however large, gives a delay in [0, cap] without overflowing."""
-    delay = backoff_delay(retry, unit, cap=cap)
-    assert 0.0 <= delay <= cap
-
-
-@given(retry=st.integers(min_value=1, max_value=10), unit=units)
-def test_early_backoff_is_full_jitter_exponential(retry: int, unit: float) -> None:
-    """Early retries wait U(0,1) * 2**(retry-1), capped at 30 s."""
-    assert backoff_delay(retry, unit) == min(unit * 2 ** (retry - 1), MAX_BACKOFF)
-
-
-@given(retry=st.integers(min_value=11, max_value=10**30), unit=units)
-def test_late_backoff_is_between_80_and_100_percent_of_the_cap(retry: int, unit: float) -> None:
-    """Past 2*log2(30) retries the delay is U(24, 30), computed without 2**retry."""
-    delay = backoff_delay(retry, unit)
-    assert 0.8 * MAX_BACKOFF <= delay <= MAX_BACKOFF
-    assert delay == pytest.approx(MAX_BACKOFF * (0.8 + 0.2 * unit))
-
-
-def test_backoff_switches_form_after_two_log2_cap_retries() -> None:
-    """Retry 10 still uses the exponential (0.01 * 512 = 5.12); retry 11 uses U(24, 30)."""
-    assert 2 * math.log2(MAX_BACKOFF) == pytest.approx(9.81, abs=0.01)
-    assert backoff_delay(10, 0.01) == pytest.approx(5.12)
-    assert backoff_delay(11, 0.01) == pytest.approx(24.06)
-
-
-@pytest.mark.parametrize(("retry", "cap"), [(0, 30.0), (-1, 30.0), (1, 0.0)])
-def test_backoff_rejects_nonsense(retry: int, cap: float) -> None:
-    """Retry numbers start at 1 and the cap must be positive."""
-    with pytest.raises(ValueError, match=r"retry numbers|cap"):
-        backoff_delay(retry, 0.5, cap=cap)
-
-
-@given(
-    delay=st.floats(min_value=0.0, max_value=30.0),
-    after=st.floats(min_value=0.001, max_value=10_000.0),
-    unit=units,
-)
-def test_retry_after_is_a_lower_bound_with_jitter(delay: float, after: float, unit: float) -> None:
-    """The wait is at least retryAfter (capped at 300 s) and at most 20 % above the larger."""
-    bound = min(after, MAX_RETRY_AFTER)
-    result = honour_retry_after(delay, after, unit)
-    assert result >= delay
-    assert result >= bound
-    assert result <= max(delay, bound * 1.2)
-    assert result == max(delay, bound * (1.0 + 0.2 * unit))
-
-
-def test_retry_after_jitter_never_rounds_above_its_bound() -> None:
-    """The case CI found: 19.25 s with the largest jitter stays within 20 %."""
-    assert honour_retry_after(0.0, 19.25, 0.9999999999999999) <= 19.25 * 1.2
-
-
-@pytest.mark.parametrize("after", [None, 0.0, -5.0, math.nan])
-def test_missing_retry_after_leaves_the_delay(after: float | None) -> None:
-    """No, zero, negative or NaN retryAfter leaves the backoff alone."""
-    assert honour_retry_after(1.5, after, 0.9) == 1.5
+from agent.deadline import NO_RETRIES, RETRY, Attempt, RetryPolicy
 
 
 def _service(cls: type[ServiceError], **fields: object) -> ServiceError:

@@ -16,8 +16,9 @@ import structlog.testing
 import trio
 import trio.testing
 
+from actors import Backoff
 from contrib.httpqueue import QueueClient, ServerRefused, ServerUnavailable
-from contrib.httpqueue._queueclient import Backoff, retrying
+from contrib.httpqueue._queueclient import retrying
 from contrib.httpqueue._reporter import RESTARTED, Reporter
 
 Handler = Callable[[httpx.Request], httpx.Response]
