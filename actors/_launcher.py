@@ -267,7 +267,10 @@ def _ignore(signum: int, frame: object) -> None:
 
 def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, _ignore)
+        # One the agent was started ignoring (``nohup``) stays ignored: the actions
+        # inherit it, as they would from the agent itself.
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _ignore)
     _become_subreaper()
     sock = socket.socket(fileno=0)
     launcher = Launcher(sock)

@@ -81,6 +81,20 @@ async def test_an_action_ignores_no_more_signals_than_a_direct_spawn(tmp_path: P
         assert await run(launcher, argv, cwd=tmp_path) == (0, direct)
 
 
+async def test_an_action_ignores_what_the_agent_was_started_ignoring(tmp_path: Path) -> None:
+    """An agent started under ``nohup`` (SIGHUP ignored): its actions ignore SIGHUP too,
+    as a direct spawn's would, and nothing more."""
+    argv = ["grep", "^SigIgn", "/proc/self/status"]
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        direct = (await trio.run_process(argv, capture_stdout=True)).stdout.decode()
+        async with open_launcher() as launcher:
+            assert await run(launcher, argv, cwd=tmp_path) == (0, direct)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert int(direct.split()[1], 16) & (1 << (signal.SIGHUP - 1))
+
+
 async def test_death_by_signal_is_a_negative_exit_code(tmp_path: Path) -> None:
     """A process killed by SIGKILL reports -9, as trio and subprocess do."""
     async with open_launcher() as launcher:
