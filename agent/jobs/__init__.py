@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from .._documents import load_json as load_json
     from .._httpbody import BytesBody as BytesBody
     from .._httpbody import request_with_body as request_with_body
+    from .._signals import StopLevel as StopLevel
+    from .._signals import StopRequest as StopRequest
+    from .._signals import StopSignals as StopSignals
+    from .._signals import open_stop_signals as open_stop_signals
+    from .._signals import stop_server_on_signals as stop_server_on_signals
     from ..worker._hostinfo import GpuInfo as GpuInfo
     from ..worker._hostinfo import NvidiaSmiReport as NvidiaSmiReport
     from ..worker._hostinfo import probe_gpus as probe_gpus
@@ -48,7 +53,6 @@ if TYPE_CHECKING:
     from ._jobrun import run_job as run_job
     from ._jobstop import Shutdown as Shutdown
     from ._jobstop import ShutdownStatistics as ShutdownStatistics
-    from ._jobstop import StopLevel as StopLevel
 
 #: public name -> the private module that defines it.
 _EXPORTS: dict[str, str] = {
@@ -82,7 +86,11 @@ _EXPORTS: dict[str, str] = {
     "run_job": "._jobrun",
     "Shutdown": "._jobstop",
     "ShutdownStatistics": "._jobstop",
-    "StopLevel": "._jobstop",
+    "StopLevel": ".._signals",
+    "StopRequest": ".._signals",
+    "StopSignals": ".._signals",
+    "open_stop_signals": ".._signals",
+    "stop_server_on_signals": ".._signals",
 }
 
 __all__ = sorted(_EXPORTS)

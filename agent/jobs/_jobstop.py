@@ -1,7 +1,7 @@
 """Stopping an adapter that runs jobs: signals, drain, and the running jobs.
 
-Every contrib adapter stops the same way, as the Deadline worker does (see the
-README's contract):
+Every contrib adapter stops the same way, as the Deadline worker does (the one
+escalation rule of ``agent._signals``; see the README's contract):
 
 - the first SIGTERM or SIGINT: take no new job; stop the running jobs
   gracefully: each is interrupted (SIGTERM to its processes) and killed when
@@ -33,9 +33,7 @@ came before the run started::
 
 from __future__ import annotations
 
-import enum
 import os
-import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -43,21 +41,10 @@ import attrs
 import structlog
 import trio
 
+from .._signals import ABANDON_STATUS, StopLevel, open_stop_signals
 from ._jobrun import JobRun
 
 log = structlog.get_logger("farmhand.shutdown")
-
-
-class StopLevel(enum.IntEnum):
-    """How far a stop has gone; each level includes the ones below it."""
-
-    NONE = 0
-    #: Take no new job; the running ones finish.
-    FINISH = 1
-    #: Interrupt the running jobs within the grace.
-    GRACEFUL = 2
-    #: Kill the running jobs now.
-    IMMEDIATE = 3
 
 
 @attrs.frozen
@@ -69,7 +56,7 @@ class ShutdownStatistics:
 
 
 def _exit_now() -> None:
-    os._exit(130)
+    os._exit(ABANDON_STATUS)
 
 
 class Shutdown:
@@ -181,21 +168,18 @@ class Shutdown:
     ) -> None:
         """Turn SIGTERM, SIGINT and SIGUSR1 into requests (see the module docstring).
         Run it in the main thread; it runs until cancelled."""
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+        with open_stop_signals(finish=True) as signals:
             task_status.started()
-            stops = 0
-            async for signum in signals:
+            async for request in signals:
                 self._signals += 1
-                name = signal.Signals(signum).name
-                if signum == signal.SIGUSR1:
+                name = request.signal
+                if request.level is StopLevel.FINISH:
                     log.info("shutdown.signal", signal=name, action="finish the running jobs")
                     self.finish(name)
-                    continue
-                stops += 1
-                if stops == 1:
+                elif request.level is StopLevel.GRACEFUL:
                     log.info("shutdown.signal", signal=name, action="stop", grace=self.grace)
                     self.stop(name)
-                elif stops == 2:
+                elif request.level is StopLevel.IMMEDIATE:
                     log.warning("shutdown.signal", signal=name, action="kill the running jobs")
                     self.force(f"{name} again")
                 else:

@@ -35,7 +35,6 @@ while the report of the last one is in flight) and the heartbeat interval
 
 from __future__ import annotations
 
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -50,6 +49,7 @@ from openjd.expr import PathMappingRule
 
 from actors import SessionEvent, default_session_root, private_directory
 
+from .._signals import StopLevel, open_stop_signals
 from ..attachments import AttachmentError, S3Settings
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from ..mockfarm import ApiError, FarmConfig, MockFarm, S3Config, open_mock_farm
@@ -330,20 +330,18 @@ def _interrupt(farm: MockFarm, job_id: str, holder: list[Worker], nursery: trio.
 
 
 async def _forward_signals(interrupt: Callable[[], None], holder: list[Worker]) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        count = 0
+    with open_stop_signals() as signals:
         async with trio.open_nursery() as nursery:
-            async for signum in signals:
-                count += 1
-                log.info("run.signal", signal=signal.Signals(signum).name, count=count)
+            async for request in signals:
+                log.info("run.signal", signal=request.signal, count=request.count)
                 worker = holder[0] if holder else None
-                if count == 1:
+                if request.level is StopLevel.GRACEFUL:
                     interrupt()
                 elif worker is None:
                     continue
-                elif count == 2:
+                elif request.level is StopLevel.IMMEDIATE:
                     worker.cancel_running(
                         time_limit=0, reason="interrupted again: killing the running action"
                     )
-                elif count == 3:
+                elif request.count == 3:  # abandon: skip the exits, once
                     nursery.start_soon(worker.drain, 0.0)

@@ -16,7 +16,6 @@ NEVER_ATTEMPTED and still runs the exits of the environments that were entered.
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
@@ -58,6 +57,7 @@ from actors import (
 )
 
 from .._documents import DocumentError, load_document, read_text
+from .._signals import StopLevel, open_stop_signals
 from ._render import OutputGuard
 from ._templates import (
     CreatedJob,
@@ -666,22 +666,23 @@ async def run_local_session(
 
 
 async def _forward_signals(inbox: trio.MemorySendChannel[SessionCommand]) -> None:
-    escalation: list[SessionCommand] = [
-        Cancel(reason="interrupted by a signal"),
-        Cancel(time_limit=0, reason="interrupted again: killing the running action"),
-        Stop(
+    escalation: dict[StopLevel, SessionCommand] = {
+        StopLevel.GRACEFUL: Cancel(reason="interrupted by a signal"),
+        StopLevel.IMMEDIATE: Cancel(
+            time_limit=0, reason="interrupted again: killing the running action"
+        ),
+        StopLevel.ABANDON: Stop(
             grace=0,
             running_state=ActionState.CANCELED,
             reason="interrupted three times: skipping the rest",
         ),
-    ]
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        count = 0
-        async for signum in signals:
-            log.info("run.signal", signal=signal.Signals(signum).name, count=count + 1)
-            if count < len(escalation):
+    }
+    with open_stop_signals() as signals:
+        async for request in signals:
+            log.info("run.signal", signal=request.signal, count=request.count)
+            command = escalation.pop(request.level, None)
+            if command is not None:
                 try:
-                    await inbox.send(escalation[count])
+                    await inbox.send(command)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
-            count += 1

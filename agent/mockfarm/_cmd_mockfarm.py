@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,9 +35,10 @@ import trio
 
 # Re-exported: the serve checks name it.
 from .._asgi import is_loopback as is_loopback
+from .._signals import StopRequest, open_stop_signals, stop_server_on_signals
 from ._farm import FarmConfig
 from ._faults import FaultConfig
-from ._mockfarm import make_client, open_mock_farm
+from ._mockfarm import MockFarm, make_client, open_mock_farm
 from ._s3 import DEFAULT_BUCKET, S3Config, S3Unavailable, moto_available
 from ._setup import setup_lines
 from ._store import StoreError, default_state_dir
@@ -337,6 +338,19 @@ def _load_faults(path: Path) -> FaultConfig:
         raise CliError(str(exc)) from exc
 
 
+async def _reload_faults(hangups: AsyncIterator[int], farm: MockFarm, path: Path | None) -> None:
+    """SIGHUP re-reads the ``--faults`` file."""
+    async for _ in hangups:
+        if path is None:
+            continue
+        try:
+            farm.set_faults(FaultConfig.from_file(path))
+        except (OSError, ValueError) as exc:
+            print(f"faults not reloaded: {exc}", file=sys.stderr, flush=True)
+        else:
+            print(f"faults reloaded from {path}", flush=True)
+
+
 async def _serve_until_signal(
     args: argparse.Namespace,
     config: FarmConfig,
@@ -346,56 +360,57 @@ async def _serve_until_signal(
     s3: S3Config | None = None,
 ) -> None:
     state_dir = None if args.ephemeral else (args.state_dir or default_state_dir())
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async with open_mock_farm(
-            config=config,
-            faults=faults,
-            host=args.host,
-            port=args.port,
-            keys=keys,
-            s3=s3,
-            state_dir=state_dir,
-        ) as farm:
-            tune_gc()
-            if state_dir is None:
-                print("state in memory only (--ephemeral): a restart starts a new farm")
-            else:
-                print(
-                    f"state in {state_dir} ({len(farm.state.jobs)} job(s), "
-                    f"{len(farm.state.workers)} worker(s)); delete it to start afresh"
-                )
-            if farm.s3 is not None:
-                print(
-                    f"job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
-                    f"at {farm.s3_endpoint_url}"
-                )
-                print(f"  export AWS_ENDPOINT_URL_S3={farm.s3_endpoint_url}")
-            key_id, secret = farm.access_key
-            for line in setup_lines(
-                farm.info(),
-                (key_id, secret),
-                verified=keys is not None,
-                secret_known=keys is None or generated,
-                endpoint_env=ENDPOINT_ENV,
-            ):
-                print(line)
-            # Last, and flushed with the rest: a script (or a test) that waits for this
-            # line has everything above it.
-            print(f"{READY_LINE} SIGINT or SIGTERM stops the farm, SIGHUP re-reads --faults")
-            print(end="", flush=True)
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if args.faults is None:
-                        continue
-                    try:
-                        farm.set_faults(FaultConfig.from_file(args.faults))
-                    except (OSError, ValueError) as exc:
-                        print(f"faults not reloaded: {exc}", file=sys.stderr, flush=True)
-                    else:
-                        print(f"faults reloaded from {args.faults}", flush=True)
-                    continue
-                print("shutting down", flush=True)
-                break
+    stopping = trio.Event()
+
+    def _stop(request: StopRequest) -> None:
+        print("shutting down", flush=True)
+        stopping.set()
+
+    with (
+        open_stop_signals() as stops,
+        trio.open_signal_receiver(signal.SIGHUP) as hangups,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_server_on_signals, stops, _stop)
+            async with open_mock_farm(
+                config=config,
+                faults=faults,
+                host=args.host,
+                port=args.port,
+                keys=keys,
+                s3=s3,
+                state_dir=state_dir,
+            ) as farm:
+                tune_gc()
+                if state_dir is None:
+                    print("state in memory only (--ephemeral): a restart starts a new farm")
+                else:
+                    print(
+                        f"state in {state_dir} ({len(farm.state.jobs)} job(s), "
+                        f"{len(farm.state.workers)} worker(s)); delete it to start afresh"
+                    )
+                if farm.s3 is not None:
+                    print(
+                        f"job attachments: s3://{farm.s3.bucket}/{farm.s3.root_prefix} "
+                        f"at {farm.s3_endpoint_url}"
+                    )
+                    print(f"  export AWS_ENDPOINT_URL_S3={farm.s3_endpoint_url}")
+                key_id, secret = farm.access_key
+                for line in setup_lines(
+                    farm.info(),
+                    (key_id, secret),
+                    verified=keys is not None,
+                    secret_known=keys is None or generated,
+                    endpoint_env=ENDPOINT_ENV,
+                ):
+                    print(line)
+                # Last, and flushed with the rest: a script (or a test) that waits for this
+                # line has everything above it.
+                print(f"{READY_LINE} SIGINT or SIGTERM stops the farm, SIGHUP re-reads --faults")
+                print(end="", flush=True)
+                nursery.start_soon(_reload_faults, hangups, farm, args.faults)
+                await stopping.wait()
+            nursery.cancel_scope.cancel(reason="the farm has stopped")
 
 
 def tune_gc() -> None:

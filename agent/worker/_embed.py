@@ -6,8 +6,9 @@ something asks it to stop, then drains it and returns why:
 - the farm (``desiredWorkerStatus=STOPPED``), ``exit_after_jobs``,
   ``idle_timeout``, a spot or scale-in notice, or the credentials running out
   (the drain's grace is then what is left);
-- with ``handle_signals``: the first SIGTERM or SIGINT drains (the config's
-  grace), a second drains with no grace left, a third exits the process at once
+- with ``handle_signals`` (``agent._signals``' rule): the first SIGTERM or SIGINT
+  drains (the config's grace), a second drains with no grace left, a third exits
+  the process at once
   (status 130; the containment watchdog still kills what the jobs left);
   SIGUSR1 finishes the current work, takes no more, then stops. Signals are
   caught from the start: one during the bootstrap cancels it (and the farm is
@@ -24,9 +25,8 @@ calling thread (signals are handled only in the main thread) and returns the
 from __future__ import annotations
 
 import os
-import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from functools import partial
 
@@ -37,6 +37,7 @@ import trio
 from actors import SessionEvent
 
 from .._errors import FarmhandError
+from .._signals import ABANDON_STATUS, StopLevel, StopSignals, open_stop_signals
 from ._config import WorkerConfig
 from ._worker import StopReason, Worker, open_agent
 
@@ -50,7 +51,6 @@ class _Signals:
 
     startup: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     worker: Worker | None = None
-    stops: int = 0
 
 
 async def serve_worker(
@@ -63,11 +63,7 @@ async def serve_worker(
     """Run a worker until it is asked to stop, drain it, return why (module docstring)."""
     state = _Signals()
     reason: StopReason | None = None
-    receiver = (
-        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-        if handle_signals
-        else nullcontext(None)
-    )
+    receiver = open_stop_signals(finish=True) if handle_signals else nullcontext(None)
     try:
         with receiver as signals:
             async with trio.open_nursery() as nursery:
@@ -130,29 +126,24 @@ async def _watch_event(stop: threading.Event, worker: Worker) -> None:
     await worker.drain(worker.config.drain_grace_seconds)
 
 
-async def _handle_signals(
-    signals: AsyncIterator[int], state: _Signals, nursery: trio.Nursery
-) -> None:
+async def _handle_signals(signals: StopSignals, state: _Signals, nursery: trio.Nursery) -> None:
     # Signals coalesce: nothing here may block before the next one is read.
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        worker = state.worker
-        if signum == signal.SIGUSR1:
+    async for request in signals:
+        name, worker = request.signal, state.worker
+        if request.level is StopLevel.FINISH:
             if worker is None:
                 log.warning("worker.signal", signal=name, action="ignored while starting")
                 continue
             log.info("worker.signal", signal=name, action="finish current work, then stop")
             worker.finish_then_stop()
-            continue
-        state.stops += 1
-        if state.stops >= 3:
+        elif request.level is StopLevel.ABANDON:
             log.warning("worker.signal", signal=name, action="exit now")
-            os._exit(130)
-        if worker is None:
-            if state.stops == 1:
+            os._exit(ABANDON_STATUS)
+        elif worker is None:
+            if request.level is StopLevel.GRACEFUL:
                 log.info("worker.signal", signal=name, action="stop starting")
                 state.startup.cancel(reason=f"{name} while starting")
-        elif state.stops == 1:
+        elif request.level is StopLevel.GRACEFUL:
             log.info("worker.signal", signal=name, action="drain")
             nursery.start_soon(worker.drain)
         else:

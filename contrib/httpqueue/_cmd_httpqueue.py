@@ -165,9 +165,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import signal
-
     from agent import configure_logging
+    from agent.jobs import open_stop_signals, stop_server_on_signals
 
     from ._auth import ServerTls, check_exposure, read_token
     from ._errors import ConfigError
@@ -194,20 +193,24 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_job_server(
-                store=store, config=config, host=args.host, port=args.port, token=token, tls=tls
-            ) as server:
-                jobs = len(server.queue.jobs)
-                guard = "open to anyone who reaches it" if token is None else "token required"
-                if tls is not None and tls.client_ca is not None:
-                    guard += ", client certificates required"
-                print(
-                    f"httpqueue server on {server.url} ({store.description}, {jobs} jobs; {guard})"
-                )
-                print(f"export OPEVA_SERVER={server.url}", flush=True)
-                async for _ in signals:
-                    break
+        stopping = trio.Event()
+        with open_stop_signals() as stops:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_server_on_signals, stops, lambda _: stopping.set())
+                await serve_jobs(stopping)
+                nursery.cancel_scope.cancel(reason="the server has stopped")
+
+    async def serve_jobs(stopping: trio.Event) -> None:
+        async with open_job_server(
+            store=store, config=config, host=args.host, port=args.port, token=token, tls=tls
+        ) as server:
+            jobs = len(server.queue.jobs)
+            guard = "open to anyone who reaches it" if token is None else "token required"
+            if tls is not None and tls.client_ca is not None:
+                guard += ", client certificates required"
+            print(f"httpqueue server on {server.url} ({store.description}, {jobs} jobs; {guard})")
+            print(f"export OPEVA_SERVER={server.url}", flush=True)
+            await stopping.wait()
 
     try:
         trio.run(run)
