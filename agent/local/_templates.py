@@ -29,9 +29,10 @@ from openjd.model import (
 from actors import SUPPORTED_EXTENSIONS
 
 from .._documents import DocumentError, load_document, read_text
+from .._errors import FarmhandError
 
 
-class TemplateError(Exception):
+class TemplateError(FarmhandError):
     """A template, parameter or rule the user gave us is unusable. One line, no traceback."""
 
 

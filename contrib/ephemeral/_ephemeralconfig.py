@@ -40,7 +40,7 @@ from typing import Any
 
 import attrs
 
-from agent import JobSpecError
+from agent import ConfigurationError, JobSpecError
 from agent.jobs import DocumentError, JobSpec, load_document
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -84,9 +84,9 @@ RUNS_FLEET_KEYS = frozenset(
     }
 )
 
-
-class ConfigError(Exception):
-    """The job configuration cannot be used; one line."""
+#: A setting that cannot be used (one line): the agent's own error, so one handler
+#: catches every setup problem.
+ConfigError = ConfigurationError
 
 
 @attrs.frozen

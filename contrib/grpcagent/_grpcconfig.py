@@ -15,15 +15,16 @@ from pathlib import Path
 
 import attrs
 
+from agent import ConfigurationError
 from agent.jobs import is_loopback
 
 DEFAULT_PORT = 50051
 _ENV = "FARMHAND_GRPC_"
 _LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
-
-class ConfigError(Exception):
-    """A setting that cannot be used; the message is one line."""
+#: A setting that cannot be used (one line): the agent's own error, so one handler
+#: catches every setup problem.
+ConfigError = ConfigurationError
 
 
 @attrs.frozen

@@ -7,8 +7,8 @@ protocol is in the README ("HTTP job queue").
 """
 
 from ._auth import ClientAuth as ClientAuth
+from ._auth import ConfigError as ConfigError
 from ._auth import ServerTls as ServerTls
-from ._errors import ConfigError as ConfigError
 from ._protocol import Capabilities as Capabilities
 from ._protocol import JobOffer as JobOffer
 from ._protocol import ProtocolError as ProtocolError

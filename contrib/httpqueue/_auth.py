@@ -21,9 +21,8 @@ from typing import Any
 import attrs
 from hypercorn.config import Config as HypercornConfig
 
+from agent import ConfigurationError
 from agent.jobs import is_loopback
-
-from ._errors import ConfigError
 
 TOKEN_ENV = "FARMHAND_HTTPQUEUE_TOKEN"
 TOKEN_FILE_ENV = "FARMHAND_HTTPQUEUE_TOKEN_FILE"
@@ -34,6 +33,10 @@ _CLIENT_ENV = {
 }
 #: Routes anyone may call: a load balancer's health check.
 OPEN_PATHS = frozenset({"/api/health"})
+
+#: A setting that cannot be used (one line): the agent's own error, so one handler
+#: catches every setup problem.
+ConfigError = ConfigurationError
 
 
 def read_token(token_file: str | None, environ: Mapping[str, str]) -> str | None:

@@ -132,7 +132,7 @@ def _worker(args: argparse.Namespace) -> int:
     from actors import Containment
     from agent import configure_logging
 
-    from ._errors import ConfigError
+    from ._auth import ConfigError
     from ._queueconfig import load_config
     from ._queueworker import QueueWorker
 
@@ -168,8 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
     from agent import configure_logging
     from agent.jobs import open_stop_signals, stop_server_on_signals
 
-    from ._auth import ServerTls, check_exposure, read_token
-    from ._errors import ConfigError
+    from ._auth import ConfigError, ServerTls, check_exposure, read_token
     from ._queue import QueueConfig
     from ._queueserver import open_job_server
     from ._store import StoreError, open_store
@@ -275,8 +274,7 @@ def _client(args: argparse.Namespace) -> int:
     server = (
         args.server or os.environ.get("OPEVA_SERVER") or os.environ.get("SERVER") or DEFAULT_SERVER
     ).rstrip("/")
-    from ._auth import ClientAuth
-    from ._errors import ConfigError
+    from ._auth import ClientAuth, ConfigError
 
     try:
         options = ClientAuth.from_args(args, os.environ).httpx_options()

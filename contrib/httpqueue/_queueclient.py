@@ -24,6 +24,7 @@ import structlog
 import trio
 
 from actors import Backoff
+from agent import FarmhandError
 from agent.jobs import request_with_body
 
 log = structlog.get_logger("farmhand.httpqueue.client")
@@ -33,7 +34,7 @@ T = TypeVar("T")
 _UNAVAILABLE_STATUSES = frozenset({408, 425, 429})
 
 
-class ServerError(Exception):
+class ServerError(FarmhandError):
     """A call to the job server failed. One line."""
 
 

@@ -43,8 +43,7 @@ from typing import Any
 
 import attrs
 
-from ._auth import ClientAuth, add_client_arguments
-from ._errors import ConfigError
+from ._auth import ClientAuth, ConfigError, add_client_arguments
 from ._protocol import labels_from
 from ._workload import ContainerWorkload, ProcessWorkload, TemplateFieldError, Workload
 

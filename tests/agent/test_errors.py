@@ -59,6 +59,21 @@ def test_everything_is_a_farmhand_error() -> None:
         assert issubclass(cls, FarmhandError)
 
 
+def test_errors_from_templates_and_adapters_are_farmhand_errors() -> None:
+    """Template errors, the adapters' configuration errors (one class: the agent's) and
+    the HTTP queue client's server errors sit in the one hierarchy."""
+    from agent import ConfigurationError
+    from agent.local._templates import TemplateError
+    from contrib.ephemeral import ConfigError as EphemeralConfigError
+    from contrib.grpcagent import ConfigError as GrpcConfigError
+    from contrib.httpqueue import ConfigError as QueueConfigError
+    from contrib.httpqueue._queueclient import ServerError
+
+    assert EphemeralConfigError is GrpcConfigError is QueueConfigError is ConfigurationError
+    for cls in (TemplateError, ConfigurationError, ServerError):
+        assert issubclass(cls, FarmhandError), cls
+
+
 def test_service_error_reads_its_fields() -> None:
     """A ServiceError keeps operation, code, status, reason and the raw body, and says them."""
     exc = ConflictError(
