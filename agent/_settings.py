@@ -4,8 +4,10 @@ Each parser takes a command-line or environment string, or a TOML value, and
 returns the typed value or raises ``Invalid`` saying why (without saying where
 the value came from: the caller knows, and names the flag, variable or key).
 The worker's settings table (``agent/worker/_config.py``) is built from them, and
-contrib adapters may use them for theirs, so every setting parses and fails the
-same way. ``suggest`` names the closest known word for an unknown one.
+the contrib adapters read theirs with them through ``FlagsAndEnvironment`` (a
+flag, else ``PREFIX_NAME`` in the environment, else a default), so every setting
+parses and fails the same way: a ``ConfigurationError`` of one line that names
+the flag or variable. ``suggest`` names the closest known word for an unknown one.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import json
 import math
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
+
+from ._errors import ConfigurationError
 
 
 class Invalid(ValueError):
@@ -87,6 +91,29 @@ def parse_path(value: object) -> Path:
     if not text:
         raise Invalid("expected a path, got an empty string")
     return Path(text).absolute()
+
+
+def existing_file(value: object) -> Path:
+    path = parse_path(value)
+    if not path.is_file():
+        raise Invalid(f"{path}: no such file")
+    return path
+
+
+def seconds(*, zero: bool = False) -> Callable[[object], float]:
+    """A number of seconds: positive, or 0 or more with ``zero``."""
+    kind = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+
+    def parse_seconds(value: object) -> float:
+        try:
+            number = parse_float(value)
+        except Invalid:
+            number = math.nan
+        if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+            raise Invalid(f"must be {kind}, not {value!r}")
+        return number
+
+    return parse_seconds
 
 
 def at_least(
@@ -181,3 +208,72 @@ def parse_patterns(value: object) -> tuple[str, ...]:
 def suggest(word: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class FlagsAndEnvironment:
+    """One program's settings: the flag ``--name`` (an attribute of ``args``, ``None`` or
+    ``False`` when not given), else the environment variable ``prefix + NAME``, else a
+    default. Values are parsed with the parsers above; an unusable one raises
+    ``ConfigurationError`` naming where it came from."""
+
+    def __init__(
+        self,
+        args: Any,
+        environ: Mapping[str, str],
+        prefix: str = "",
+        *,
+        variables: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """``variables`` names a setting's variables where another system's contract
+        fixes them (the first set wins; ``()``: a flag only); the others are
+        ``prefix + NAME``."""
+        self._args = args
+        self._environ = environ
+        self.prefix = prefix
+        self._variables = dict(variables or {})
+
+    def flag(self, name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def variables(self, name: str) -> tuple[str, ...]:
+        found = self._variables.get(name)
+        if found is not None:
+            return found
+        return (self.prefix + name.upper(),) if self.prefix else ()
+
+    def describe(self, name: str) -> str:
+        """``--work-dir (or FARMHAND_GRPC_WORK_DIR)``."""
+        names = self.variables(name)
+        return f"{self.flag(name)} (or {names[0]})" if names else self.flag(name)
+
+    def raw(self, name: str) -> tuple[str, object] | None:
+        """Where the setting was given and its value as given; ``None`` if it was not
+        (an empty variable is not given)."""
+        value = getattr(self._args, name, None)
+        if value is not None and value is not False:
+            return self.flag(name), value
+        for variable in self.variables(name):
+            text = self._environ.get(variable)
+            if text:
+                return variable, text
+        return None
+
+    def optional(self, name: str, parse: Callable[[object], T]) -> T | None:
+        found = self.raw(name)
+        if found is None:
+            return None
+        where, value = found
+        try:
+            return parse(value)
+        except Invalid as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+
+    def get(self, name: str, parse: Callable[[object], T], default: T) -> T:
+        value = self.optional(name, parse)
+        return default if value is None else value
+
+    def required(self, name: str, parse: Callable[[object], T]) -> T:
+        value = self.optional(name, parse)
+        if value is None:
+            raise ConfigurationError(f"{self.describe(name)} is required")
+        return value

@@ -29,6 +29,21 @@ if TYPE_CHECKING:
     from .._documents import load_json as load_json
     from .._httpbody import BytesBody as BytesBody
     from .._httpbody import request_with_body as request_with_body
+    from .._settings import FlagsAndEnvironment as FlagsAndEnvironment
+    from .._settings import Invalid as Invalid
+    from .._settings import at_least as at_least
+    from .._settings import existing_file as existing_file
+    from .._settings import matching as matching
+    from .._settings import one_of as one_of
+    from .._settings import parse_address as parse_address
+    from .._settings import parse_bool as parse_bool
+    from .._settings import parse_float as parse_float
+    from .._settings import parse_int as parse_int
+    from .._settings import parse_path as parse_path
+    from .._settings import parse_port as parse_port
+    from .._settings import parse_str as parse_str
+    from .._settings import parse_url as parse_url
+    from .._settings import seconds as seconds
     from .._signals import StopLevel as StopLevel
     from .._signals import StopRequest as StopRequest
     from .._signals import StopSignals as StopSignals
@@ -65,6 +80,21 @@ _EXPORTS: dict[str, str] = {
     "answer_lifespan": ".._asgi",
     "is_loopback": ".._asgi",
     "hypercorn_config": ".._asgi",
+    "FlagsAndEnvironment": ".._settings",
+    "Invalid": ".._settings",
+    "at_least": ".._settings",
+    "existing_file": ".._settings",
+    "matching": ".._settings",
+    "one_of": ".._settings",
+    "parse_address": ".._settings",
+    "parse_bool": ".._settings",
+    "parse_float": ".._settings",
+    "parse_int": ".._settings",
+    "parse_path": ".._settings",
+    "parse_port": ".._settings",
+    "parse_str": ".._settings",
+    "parse_url": ".._settings",
+    "seconds": ".._settings",
     "DocumentError": ".._documents",
     "load_document": ".._documents",
     "load_json": ".._documents",

@@ -16,7 +16,21 @@ from pathlib import Path
 import attrs
 
 from agent import ConfigurationError
-from agent.jobs import is_loopback
+from agent.jobs import (
+    FlagsAndEnvironment,
+    at_least,
+    existing_file,
+    is_loopback,
+    matching,
+    parse_address,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_path,
+    parse_port,
+    parse_str,
+    parse_url,
+)
 
 DEFAULT_PORT = 50051
 _ENV = "FARMHAND_GRPC_"
@@ -120,33 +134,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> AgentConfig:
     """The settings from ``args``, else ``FARMHAND_GRPC_*`` variables; ``ConfigError``."""
 
-    def setting(name: str) -> str | None:
-        value = getattr(args, name, None)
-        if value is not None:
-            return str(value)
-        return environ.get(_ENV + name.upper()) or None
-
-    def number(name: str, kind: type[int] | type[float], default: float) -> float:
-        text = setting(name)
-        if text is None:
-            return default
-        try:
-            return kind(text)
-        except ValueError:
-            raise ConfigError(f"--{name.replace('_', '-')}: {text!r} is not a number") from None
-
-    work_dir = setting("work_dir")
-    if not work_dir:
-        raise ConfigError(f"--work-dir (or {_ENV}WORK_DIR) is required")
-    port = int(number("port", int, DEFAULT_PORT))
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port: {port} is not a port")
-    slots = int(number("slots", int, 1))
-    if slots < 1:
-        raise ConfigError("--slots must be at least 1")
-    grace = number("grace", float, 30.0)
-    if grace < 0:
-        raise ConfigError("--grace must not be negative")
+    settings = FlagsAndEnvironment(args, environ, _ENV)
+    work_dir = settings.required("work_dir", parse_path)
+    port = settings.get("port", parse_port, DEFAULT_PORT)
+    slots = settings.get("slots", at_least(parse_int, 1), 1)
+    grace = settings.get("grace", at_least(parse_float, 0), 30.0)
 
     tools: dict[str, str] = {}
     entries = list(args.tool or []) or [
@@ -165,36 +157,27 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
             raise ConfigError(f"--label {label!r} is not a usable label")
 
     bucket, prefix = None, ""
-    artifacts = setting("artifacts")
+    artifacts = settings.optional(
+        "artifacts", matching(r"s3://[^/]+(/.*)?", "s3://BUCKET[/PREFIX]")
+    )
     if artifacts:
-        if not artifacts.startswith("s3://") or not artifacts[5:].split("/", 1)[0]:
-            raise ConfigError(f"--artifacts {artifacts!r}: expected s3://BUCKET[/PREFIX]")
         bucket, _, prefix = artifacts[5:].partition("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
 
     token = environ.get(_ENV + "TOKEN") or None
-    token_file = setting("token_file")
-    if token_file:
+    token_file = settings.optional("token_file", parse_path)
+    if token_file is not None:
         try:
-            token = Path(token_file).read_text().strip()
+            token = token_file.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"--token-file {token_file}: {exc.strerror or exc}") from exc
         if not token:
             raise ConfigError(f"--token-file {token_file} is empty")
 
-    def path(name: str) -> Path | None:
-        text = setting(name)
-        if text is None:
-            return None
-        file = Path(text)
-        if not file.is_file():
-            raise ConfigError(f"--{name.replace('_', '-')} {text}: no such file")
-        return file
-
     config = AgentConfig(
-        work_dir=Path(work_dir).absolute(),
-        host=setting("host") or "127.0.0.1",
+        work_dir=work_dir,
+        host=settings.get("host", parse_address, "127.0.0.1"),
         port=port,
         slots=slots,
         tools=tools,
@@ -202,14 +185,13 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
         grace=grace,
         bucket=bucket,
         prefix=prefix,
-        s3_endpoint_url=setting("s3_endpoint_url"),
-        region=setting("region"),
-        tls_cert=path("tls_cert"),
-        tls_key=path("tls_key"),
-        tls_client_ca=path("tls_client_ca"),
+        s3_endpoint_url=settings.optional("s3_endpoint_url", parse_url),
+        region=settings.optional("region", parse_str),
+        tls_cert=settings.optional("tls_cert", existing_file),
+        tls_key=settings.optional("tls_key", existing_file),
+        tls_client_ca=settings.optional("tls_client_ca", existing_file),
         token=token,
-        insecure=bool(getattr(args, "insecure", None))
-        or environ.get(_ENV + "INSECURE", "") in ("1", "true"),
+        insecure=settings.get("insecure", parse_bool, False),
         keep_work_dirs=bool(getattr(args, "keep_work_dirs", None)),
     )
     check(config)

@@ -34,7 +34,6 @@ is a ``ConfigError`` naming the flag or variable it came from.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import socket
 from collections.abc import Mapping, Sequence
@@ -43,12 +42,19 @@ from typing import Any
 
 import attrs
 
+from agent.jobs import (
+    FlagsAndEnvironment,
+    Invalid,
+    parse_bool,
+    parse_str,
+    parse_url,
+    seconds,
+)
+
 from ._auth import ClientAuth, ConfigError, add_client_arguments
 from ._protocol import labels_from
 from ._workload import ContainerWorkload, ProcessWorkload, TemplateFieldError, Workload
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Python logging's other names (the OPEVA worker passes LOG_LEVEL to it).
 _LOG_LEVEL_ALIASES = {"warn": "warning", "critical": "error", "fatal": "error"}
@@ -190,59 +196,79 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_client_arguments(parser)
 
 
-def _seconds(value: str | None, where: str, default: float | None, *, zero: bool = False) -> Any:
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
-        kind = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
-        raise ConfigError(f"{where}: must be {kind}, not {value!r}")
-    return number
+#: The variables of each setting that has them: the OPEVA name first, then farmhand's
+#: alias (see the module docstring). Any other setting is a flag only.
+VARIABLES: dict[str, tuple[str, ...]] = {
+    "server": ("OPEVA_SERVER", "SERVER"),
+    "worker_id": ("WORKER_ID",),
+    "shared_dir": ("OPEVA_SHARED_DIR", "SHARED_DIR"),
+    "image": ("WORKER_IMAGE",),
+    "poll_interval": ("POLL_INTERVAL",),
+    "heartbeat_interval": ("WORKER_HEARTBEAT_INTERVAL", "HEARTBEAT_INTERVAL"),
+    "status_poll_interval": ("STATUS_POLL_INTERVAL",),
+    "exit_after_job": ("WORKER_EXIT_AFTER_JOB", "EXIT_AFTER_JOB"),
+    "log_level": ("LOG_LEVEL",),
+}
 
 
-def _setting(
-    args: argparse.Namespace, environ: Mapping[str, str], name: str, *variables: str
-) -> tuple[str | None, str]:
-    """The flag's value, else the first of ``variables`` set (the OPEVA name, then
-    farmhand's alias); and where it came from."""
-    value = getattr(args, name, None)
-    flag = "--" + name.replace("_", "-")
-    if value is not None:
-        return str(value), flag
-    for variable in variables:
-        if variable in environ:
-            return environ[variable], variable
-    return None, flag
+def _log_level(value: object) -> str:
+    level = parse_str(value).strip().lower()
+    level = _LOG_LEVEL_ALIASES.get(level, level)
+    if level not in LOG_LEVELS:
+        raise Invalid(f"must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    return level
+
+
+def _slots(value: object) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise Invalid(f"must be a whole number, 1 or more, not {value!r}")
+    return int(text)
+
+
+def _gpus(value: object) -> int | None:
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise Invalid(f"must be a number of GPUs or auto, not {value!r}")
+    return int(text)
+
+
+def _image(value: object) -> str:
+    image = parse_str(value).strip()
+    if not image:
+        raise Invalid("empty; give the image jobs run in")
+    return image
+
+
+def _worker_id(value: object) -> str:
+    text = parse_str(value)
+    if not text or "/" in text or text in (".", ".."):
+        raise Invalid(f"{text!r} cannot be a worker id (no '/', not empty)")
+    return text
 
 
 def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> WorkerConfig:
     """The configuration from parsed flags and the environment. Raises ``ConfigError``."""
 
-    def setting(name: str, *variables: str) -> tuple[str | None, str]:
-        return _setting(args, environ, name, *variables)
-
-    server, where = setting("server", "OPEVA_SERVER", "SERVER")
-    if server is None:
-        server, where = DEFAULT_SERVER, "the default server"
-    if not server.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: {server!r} is not an http:// or https:// URL")
-    shared, where = setting("shared_dir", "OPEVA_SHARED_DIR", "SHARED_DIR")
-    if shared is None:
-        shared, where = DEFAULT_SHARED_DIR, "the default shared directory"
-    if not shared:
-        raise ConfigError(f"{where}: empty; give the shared directory (the NFS mount)")
+    settings = FlagsAndEnvironment(args, environ, variables=VARIABLES)
+    server = settings.get("server", parse_url, DEFAULT_SERVER)
+    given = settings.raw("shared_dir")
+    shared, where = (
+        (str(given[1]), given[0])
+        if given
+        else (
+            DEFAULT_SHARED_DIR,
+            "the default shared directory",
+        )
+    )
     shared_dir = Path(shared).expanduser()
     if not shared_dir.is_dir():
         raise ConfigError(
             f"{where}: {shared_dir} is not a directory (mount the shared directory there first)"
         )
-    worker_id, where = setting("worker_id", "WORKER_ID")
-    worker_id = worker_id if worker_id is not None else socket.gethostname()
-    if not worker_id or "/" in worker_id or worker_id in (".", ".."):
-        raise ConfigError(f"{where}: {worker_id!r} cannot be a worker id (no '/', not empty)")
+    worker_id = settings.get("worker_id", _worker_id, "") or _worker_id(socket.gethostname())
 
     command: tuple[str, ...] | None = None
     image: str | None = None
@@ -251,10 +277,7 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
         if text is not None:
             command = ProcessWorkload.from_text(text).command
         else:
-            image, where = setting("image", "WORKER_IMAGE")
-            image = DEFAULT_IMAGE if image is None else image.strip()
-            if not image:
-                raise ConfigError(f"{where}: empty; give the image jobs run in")
+            image = settings.get("image", _image, DEFAULT_IMAGE)
             ContainerWorkload(
                 image,
                 docker_args=args.docker_arg or (),
@@ -263,18 +286,8 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
     except TemplateFieldError as exc:
         raise ConfigError(f"{'--command' if text is not None else '--image'}: {exc}") from exc
 
-    exit_after, where = setting("exit_after_job", "WORKER_EXIT_AFTER_JOB", "EXIT_AFTER_JOB")
-    exit_after_job = False
-    if exit_after is not None:
-        if exit_after.strip().lower() in _TRUE:
-            exit_after_job = True
-        elif exit_after.strip().lower() not in _FALSE:
-            raise ConfigError(f"{where}: must be true or false (1/0, yes/no), not {exit_after!r}")
-    level, where = setting("log_level", "LOG_LEVEL")
-    level = (level or "info").strip().lower()
-    level = _LOG_LEVEL_ALIASES.get(level, level)
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"{where}: must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    exit_after_job = settings.get("exit_after_job", parse_bool, False)
+    level = settings.get("log_level", _log_level, "info")
 
     tools: dict[str, str] = {}
     for item in args.tool or ():
@@ -294,22 +307,11 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
         label_values = [environ["LABELS"]]
     labels = labels_from(label_values)
 
-    gpus_text = getattr(args, "gpus", None)
-    gpus: int | None = None
-    if gpus_text is not None and gpus_text.strip().lower() != "auto":
-        if not gpus_text.strip().isdigit():
-            raise ConfigError(f"--gpus: must be a number of GPUs or auto, not {gpus_text!r}")
-        gpus = int(gpus_text)
-    slots_text = getattr(args, "slots", None)
-    slots = 1
-    if slots_text is not None:
-        if not slots_text.strip().isdigit() or int(slots_text) < 1:
-            raise ConfigError(f"--slots: must be a whole number, 1 or more, not {slots_text!r}")
-        slots = int(slots_text)
+    gpus = settings.optional("gpus", _gpus)
+    slots = settings.get("slots", _slots, 1)
 
-    def seconds(name: str, variables: tuple[str, ...], default: float | None, **kw: bool) -> Any:
-        value, where = setting(name, *variables)
-        return _seconds(value, where, default, **kw)
+    def seconds_of(name: str, default: float | None, *, zero: bool = False) -> Any:
+        return settings.get(name, seconds(zero=zero), default)
 
     state_dir = getattr(args, "state_dir", None)
     return WorkerConfig(
@@ -321,22 +323,20 @@ def load_config(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Work
         docker=getattr(args, "docker", None) or "docker",
         docker_args=tuple(args.docker_arg or ()),
         container_args=tuple(args.container_arg or ("--job_id", "{job_id}")),
-        poll_interval=seconds("poll_interval", ("POLL_INTERVAL",), 5.0),
-        heartbeat_interval=seconds(
-            "heartbeat_interval", ("WORKER_HEARTBEAT_INTERVAL", "HEARTBEAT_INTERVAL"), 30.0
-        ),
-        status_poll_interval=seconds("status_poll_interval", ("STATUS_POLL_INTERVAL",), 10.0),
+        poll_interval=seconds_of("poll_interval", 5.0),
+        heartbeat_interval=seconds_of("heartbeat_interval", 30.0),
+        status_poll_interval=seconds_of("status_poll_interval", 10.0),
         exit_after_job=exit_after_job,
         log_level=level,
         tools=tools,
         labels=labels,
         gpus=gpus,
         slots=slots,
-        grace=seconds("grace", (), 30.0, zero=True),
-        max_runtime=seconds("max_runtime", (), None),
+        grace=seconds_of("grace", 30.0, zero=True),
+        max_runtime=seconds_of("max_runtime", None),
         state_dir=Path(state_dir).expanduser() if state_dir else None,
-        max_retry_delay=seconds("max_retry_delay", (), 30.0),
-        report_timeout=seconds("report_timeout", (), 30.0, zero=True),
+        max_retry_delay=seconds_of("max_retry_delay", 30.0),
+        report_timeout=seconds_of("report_timeout", 30.0, zero=True),
         auth=ClientAuth.from_args(args, environ),
     )
 

@@ -594,3 +594,35 @@ def test_the_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     drop_json_names(generated.message_type)
     committed = descriptor_pb2.FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
     assert committed == generated, "run: python -m contrib.grpcagent.regenerate"
+
+
+def test_settings_fail_the_way_the_worker_s_do(tmp_path: Path) -> None:
+    """The gRPC agent reads its flags and FARMHAND_GRPC_* variables with the agent's
+    settings engine: a bad value is one ConfigurationError naming where it came from."""
+    import argparse
+
+    from agent import ConfigurationError
+    from contrib.grpcagent import load_config
+    from contrib.grpcagent._cmd_grpc import configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = parser.parse_args(["serve"])
+    cases = {
+        "FARMHAND_GRPC_PORT": ("http", "FARMHAND_GRPC_PORT: expected an integer, got 'http'"),
+        "FARMHAND_GRPC_SLOTS": ("0", "FARMHAND_GRPC_SLOTS: must be at least 1, got '0'"),
+        "FARMHAND_GRPC_GRACE": ("-1", "FARMHAND_GRPC_GRACE: must be at least 0, got '-1'"),
+        "FARMHAND_GRPC_INSECURE": ("maybe", "FARMHAND_GRPC_INSECURE: expected a boolean"),
+        "FARMHAND_GRPC_TLS_CERT": ("/nonexistent.pem", "FARMHAND_GRPC_TLS_CERT: /nonexistent"),
+    }
+    for variable, (value, message) in cases.items():
+        environ = {"FARMHAND_GRPC_WORK_DIR": str(tmp_path), variable: value}
+        with pytest.raises(ConfigurationError) as caught:
+            load_config(args, environ)
+        assert str(caught.value).startswith(message), (variable, str(caught.value))
+    with pytest.raises(ConfigurationError, match=r"^--work-dir \(or FARMHAND_GRPC_WORK_DIR\)"):
+        load_config(args, {})
+    config = load_config(
+        args, {"FARMHAND_GRPC_WORK_DIR": str(tmp_path), "FARMHAND_GRPC_SLOTS": "4"}
+    )
+    assert (config.slots, config.work_dir) == (4, tmp_path)

@@ -191,11 +191,15 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 @pytest.mark.parametrize(
     ("env", "args", "message"),
     [
-        ({"SERVER": "queue:8470"}, ["--command", "true"], "SERVER: 'queue:8470' is not an http"),
+        (
+            {"SERVER": "queue:8470"},
+            ["--command", "true"],
+            "SERVER: expected an http:// or https:// URL, got 'queue:8470'",
+        ),
         (
             {"OPEVA_SERVER": "queue:8000"},
             ["--command", "true"],
-            "OPEVA_SERVER: 'queue:8000' is not an http",
+            "OPEVA_SERVER: expected an http:// or https:// URL, got 'queue:8000'",
         ),
         (
             {"SERVER": "http://h", "SHARED_DIR": "/nonexistent/x"},
@@ -215,7 +219,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         (
             {"WORKER_EXIT_AFTER_JOB": "perhaps"},
             ["--command", "true"],
-            "WORKER_EXIT_AFTER_JOB: must be true or false",
+            "WORKER_EXIT_AFTER_JOB: expected a boolean (true/false, yes/no, on/off, 1/0), got 'perhaps'",
         ),
         ({"WORKER_IMAGE": " "}, [], "WORKER_IMAGE: empty; give the image jobs run in"),
         (
@@ -231,7 +235,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         (
             {"EXIT_AFTER_JOB": "maybe"},
             ["--command", "true"],
-            "EXIT_AFTER_JOB: must be true or false",
+            "EXIT_AFTER_JOB: expected a boolean (true/false, yes/no, on/off, 1/0), got 'maybe'",
         ),
         ({"LOG_LEVEL": "loud"}, ["--command", "true"], "LOG_LEVEL: must be one of debug, info"),
         ({}, ["--command", "run {job}"], "--command: '{job}': unknown field {job}"),
@@ -298,7 +302,7 @@ def test_bad_configuration_from_a_real_process(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr == (
-        "error: OPEVA_SERVER: 'localhost:8000' is not an http:// or https:// URL\n"
+        "error: OPEVA_SERVER: expected an http:// or https:// URL, got 'localhost:8000'\n"
     )
 
 
