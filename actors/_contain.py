@@ -371,14 +371,22 @@ class Containment:
                 cgroup = None
         return _SpareLauncher(launcher, cgroup)
 
-    async def sweep(self, session_id: str) -> int:
-        """Kill every process left of a session. Returns how many were signalled."""
+    async def sweep(self, session_id: str, *, swept_below: bool = False) -> int:
+        """Kill every process left of a session. Returns how many were signalled.
+
+        Its cgroup holds every process of the session (none can leave it), and a
+        launcher that swept (``swept_below``: a subreaper, nothing of its actions
+        could get out from below it) held them too: the scan of every process's
+        environment for the session's tag, the last resort, is made only where
+        neither did."""
         cgroup = self._session_cgroup(session_id)
 
         def work() -> int:
+            contained = False
             if cgroup is not None and cgroup.exists():
                 _watchdog.kill_cgroup(str(cgroup))
-            killed = _watchdog.kill_all(self.tag(session_id))
+                contained = True
+            killed = 0 if contained or swept_below else _watchdog.kill_all(self.tag(session_id))
             if cgroup is not None:
                 _watchdog.remove_cgroup(str(cgroup))
             return killed

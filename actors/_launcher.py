@@ -98,6 +98,8 @@ class Launcher:
         self.me = os.getpid()
         #: The action process whose exit the agent waits for.
         self.action: subprocess.Popen[bytes] | None = None
+        #: Swept and asked to exit: nothing is left to sweep on the way out.
+        self.done = False
         wake_read, wake_write = _platform.nonblocking_pipe()
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
@@ -225,6 +227,10 @@ class Launcher:
                 os.close(fd)
             if request.get("sweep"):
                 self.send({"swept": self.sweep()})
+                if request.get("exit"):
+                    # The session's end in one exchange: swept, answered, gone.
+                    self.done = True
+                    return
 
 
 def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subprocess.Popen[bytes]:
@@ -277,7 +283,8 @@ def main() -> int:
     try:
         launcher.serve()
     finally:
-        launcher.sweep()
+        if not launcher.done:
+            launcher.sweep()
     return 0
 
 

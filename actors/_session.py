@@ -760,19 +760,20 @@ class SessionRunner:
 
     async def _cleanup(self, working_directory: Path) -> None:
         launcher, self._launcher = self._launcher, None
+        swept_below = False
         if launcher is not None:
-            # Everything the session's actions left below it (daemons too) goes now.
-            # The launcher bounds the sweep itself.
-            killed = await launcher.sweep()
+            # Everything the session's actions left below it (daemons too) goes now,
+            # and the launcher with it. The launcher bounds the sweep itself.
+            killed = await launcher.sweep_and_close()
+            swept_below = killed is not None
             if killed:
                 log.info("session.swept", session_id=self.session_id, processes=killed)
-            await launcher.aclose()
         containment = self._containment
         if containment is not None:
             # Whatever of the session still runs (daemons its actions left) goes now,
             # before its working directory.
             with trio.move_on_after(30):
-                await containment.sweep(self.session_id)
+                await containment.sweep(self.session_id, swept_below=swept_below)
                 job_user = self._context.job_user if self._context is not None else None
                 if job_user is not None:
                     # Ours to kill even when we may not signal that user directly.

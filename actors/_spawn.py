@@ -221,6 +221,28 @@ class SessionLauncher:
                 except LauncherGone:
                     return 0
 
+    async def sweep_and_close(self) -> int | None:
+        """A session's end in one exchange: the launcher kills every process below it,
+        says how many, and exits. ``None`` if it had gone already (what was below it
+        then is not known to be gone: the caller looks for it by other means)."""
+        if self._gone:
+            await self.aclose()
+            return None
+        swept: int | None = None
+        async with self._lock:
+            with self._exchange():
+                try:
+                    await self._send(json.dumps({"sweep": True, "exit": True}).encode(), None)
+                    while True:
+                        reply = await self._receive()
+                        if "swept" in reply:
+                            swept = int(reply["swept"])
+                            break
+                except LauncherGone:
+                    pass
+        await self.aclose()
+        return swept
+
     @contextmanager
     def _exchange(self) -> Iterator[None]:
         """A request and its answer. Abandoned halfway (cancelled), the stream would

@@ -219,7 +219,8 @@ async def test_sessions_on_spare_launchers_are_contained_and_the_spare_goes_at_t
 
 
 def test_sweeping_one_session_spares_others() -> None:
-    """Only processes with the session's exact tag are killed."""
+    """Only processes with the session's exact tag are killed, and only where the
+    session's launcher did not sweep it already."""
     containment = Containment(use_cgroup=False)
     mine = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"],
@@ -237,10 +238,14 @@ def test_sweeping_one_session_spares_others() -> None:
         ):
             time.sleep(0.01)  # wait for both interpreters to be exec'd with their environment
 
-        async def sweep() -> int:
-            return await containment.sweep("s1")
+        async def sweep(swept_below: bool) -> int:
+            return await containment.sweep("s1", swept_below=swept_below)
 
-        killed = trio.run(sweep)
+        # A launcher that swept held the session: no scan for its tag (the costly
+        # last resort) is made, so this process, started without one, is left.
+        assert trio.run(sweep, True) == 0
+        assert mine.poll() is None
+        killed = trio.run(sweep, False)
         assert killed == 1
         assert mine.wait(timeout=10) == -signal.SIGKILL
         assert other.poll() is None

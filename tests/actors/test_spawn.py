@@ -178,3 +178,30 @@ async def test_a_killed_launcher_fails_its_action_not_the_agent(tmp_path: Path) 
         with pytest.raises(LauncherGone):
             await run(launcher, ["true"], cwd=tmp_path)
         assert await launcher.sweep() == 0
+
+
+async def test_sweep_and_close_is_the_session_s_end_in_one_exchange(tmp_path: Path) -> None:
+    """The launcher kills what is below it, says how many, and exits; a launcher that
+    had gone already says None (what was below it is not known to be gone)."""
+    launcher = await SessionLauncher.start()
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    process = await launcher.spawn(
+        ["/bin/sh", "-c", "sleep 600 & sleep 600 & echo $!"],
+        env=os.environ,
+        cwd=tmp_path,
+        output_fd=write_fd,
+    )
+    os.close(write_fd)
+    assert await process.wait() == 0
+    with os.fdopen(read_fd) as output:
+        sleeper = int(output.readline())
+    assert _alive(sleeper)
+    assert await launcher.sweep_and_close() == 2
+    assert not _alive(sleeper)
+    assert not _alive(launcher.pid)
+
+    gone = await SessionLauncher.start()
+    os.kill(gone.pid, signal.SIGKILL)
+    with pytest.raises(LauncherGone):
+        await run(gone, ["true"], cwd=tmp_path)
+    assert await gone.sweep_and_close() is None
