@@ -215,7 +215,10 @@ class Containment:
         self.instance = instance or uuid.uuid4().hex[:16]
         self._spare: _SpareLauncher | None = None
         self._spare_taken = trio.Event()
+        #: Set (and replaced) when a spare is put in place or the keeper stops.
         self._spare_ready = trio.Event()
+        #: A spare is being started now.
+        self._spare_coming = False
         self._spares_made = 0
         #: Sessions that took a spare launcher, and the cgroup it came in.
         self._claimed_cgroups: dict[str, Path] = {}
@@ -303,7 +306,8 @@ class Containment:
         return self._spare.launcher.pid if self._spare is not None else None
 
     async def wait_spare_launcher(self) -> int:
-        """Wait until a spare launcher is ready (see `keep_spare_launcher`); its pid."""
+        """Wait until a spare launcher is ready (see `keep_spare_launcher`, which must
+        be running); its pid."""
         while self._spare is None:
             await self._spare_ready.wait()
         return self._spare.launcher.pid
@@ -311,10 +315,13 @@ class Containment:
     async def _take_spare(self, session_id: str) -> SessionLauncher | None:
         """The spare launcher, its cgroup now the session's; ``None`` if there is none,
         or it could not join a cgroup where the session should have one."""
+        if self._spare is None and self._spare_coming:
+            # On its way (sessions back to back): sooner, and one interpreter start
+            # fewer, than a launcher of the session's own.
+            await self._spare_ready.wait()
         spare, self._spare = self._spare, None
         if spare is None:
             return None
-        self._spare_ready = trio.Event()
         self._spare_taken.set()
         if self._cgroup_root is not None:
             if spare.cgroup is None:
@@ -338,18 +345,26 @@ class Containment:
         try:
             while True:
                 if self._spare is None:
-                    spare = await self._make_spare()
+                    self._spare_coming = True
+                    try:
+                        spare = await self._make_spare()
+                    finally:
+                        self._spare_coming = False
                     if spare is None:
                         return  # launchers cannot be started here: sessions say so
                     self._spare = spare
-                    self._spare_ready.set()
+                    self._announce_spare()
                 await self._spare_taken.wait()
                 self._spare_taken = trio.Event()
         finally:
             spare, self._spare = self._spare, None
-            self._spare_ready = trio.Event()
+            self._announce_spare()
             if spare is not None:
                 await spare.aclose()
+
+    def _announce_spare(self) -> None:
+        self._spare_ready.set()
+        self._spare_ready = trio.Event()
 
     async def _make_spare(self) -> _SpareLauncher | None:
         try:

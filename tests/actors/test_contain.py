@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from actors import Containment
 from actors._watchdog import TAG_VARIABLE, find_processes
@@ -300,3 +301,49 @@ def test_killing_the_agent_with_sigkill_leaves_no_process_behind(tmp_path: Path)
     assert not _alive(task_pid), "the task survived the agent"
     # ... and the session's working directory went with them.
     assert not Path(working_directory).exists()
+
+
+async def test_a_session_waits_for_a_spare_on_its_way_rather_than_starting_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sessions back to back: the next spare is still starting when a session comes; the
+    session takes it when it is up instead of starting a launcher of its own."""
+    from actors._spawn import SessionLauncher
+
+    started: list[int] = []
+    first_may_start = trio.Event()
+    real_start = SessionLauncher.start.__func__  # type: ignore[attr-defined]
+
+    async def slow_first_start(cls: type[SessionLauncher], /, **kwargs: object) -> SessionLauncher:
+        if not started:
+            await first_may_start.wait()  # the spare's interpreter takes its time
+        launcher: SessionLauncher = await real_start(cls, **kwargs)
+        started.append(launcher.pid)
+        return launcher
+
+    monkeypatch.setattr(SessionLauncher, "start", classmethod(slow_first_start))
+    containment = Containment(use_cgroup=False)
+    taken: list[SessionLauncher | None] = []
+
+    async def session() -> None:
+        taken.append(await containment.start_launcher("s1"))
+
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(containment.keep_spare_launcher)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(session)
+                await trio.testing.wait_all_tasks_blocked()
+                assert started == [] and taken == []  # the session waits for the spare
+                first_may_start.set()
+                while not taken:
+                    await trio.testing.wait_all_tasks_blocked()
+                [launcher] = taken
+                following = await containment.wait_spare_launcher()
+                assert launcher is not None
+                assert started == [launcher.pid, following]
+                await launcher.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        containment.close()
