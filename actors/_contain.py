@@ -208,12 +208,22 @@ class _SpareLauncher:
                 log.debug("contain.spare_cgroup_left", path=str(self.cgroup), error=str(exc))
 
 
+#: How many launchers may wait for sessions (taken back from ended sessions, or
+#: started ahead); more are closed.
+SPARE_POOL = 2
+
+
 class Containment:
     """See the module docstring."""
 
     def __init__(self, *, use_cgroup: bool = True, instance: str | None = None) -> None:
         self.instance = instance or uuid.uuid4().hex[:16]
-        self._spare: _SpareLauncher | None = None
+        #: Launchers ready for the next sessions (see ``keep_spare_launcher``), newest last.
+        self._spares: list[_SpareLauncher] = []
+        #: Whether ``keep_spare_launcher`` runs (and so takes launchers back).
+        self._keeping = False
+        #: Each running session's launcher's cgroup (``None``: it is in none).
+        self._launcher_cgroups: dict[str, Path | None] = {}
         self._spare_taken = trio.Event()
         #: Set (and replaced) when a spare is put in place or the keeper stops.
         self._spare_ready = trio.Event()
@@ -283,8 +293,9 @@ class Containment:
         except OSError as exc:
             log.warning("contain.no_launcher", session_id=session_id, error=str(exc))
             return None
-        if cgroup is not None:
-            await launcher.join_cgroup(cgroup / "cgroup.procs")
+        if cgroup is not None and not await launcher.join_cgroup(cgroup / "cgroup.procs"):
+            cgroup = None
+        self._launcher_cgroups[session_id] = cgroup
         return launcher
 
     def hold_user(self, uid: int) -> None:
@@ -302,26 +313,26 @@ class Containment:
 
     @property
     def spare_pid(self) -> int | None:
-        """The pid of the launcher kept ready for the next session, if one is."""
-        return self._spare.launcher.pid if self._spare is not None else None
+        """The pid of the launcher the next session takes, if one is ready."""
+        return self._spares[-1].launcher.pid if self._spares else None
 
     async def wait_spare_launcher(self) -> int:
         """Wait until a spare launcher is ready (see `keep_spare_launcher`, which must
-        be running); its pid."""
-        while self._spare is None:
+        be running); the pid of the one the next session takes."""
+        while not self._spares:
             await self._spare_ready.wait()
-        return self._spare.launcher.pid
+        return self._spares[-1].launcher.pid
 
     async def _take_spare(self, session_id: str) -> SessionLauncher | None:
-        """The spare launcher, its cgroup now the session's; ``None`` if there is none,
+        """A spare launcher, its cgroup now the session's; ``None`` if there is none,
         or it could not join a cgroup where the session should have one."""
-        if self._spare is None and self._spare_coming:
+        if not self._spares and self._spare_coming:
             # On its way (sessions back to back): sooner, and one interpreter start
             # fewer, than a launcher of the session's own.
             await self._spare_ready.wait()
-        spare, self._spare = self._spare, None
-        if spare is None:
+        if not self._spares:
             return None
+        spare = self._spares.pop()
         self._spare_taken.set()
         if self._cgroup_root is not None:
             if spare.cgroup is None:
@@ -330,7 +341,24 @@ class Containment:
             # cgroup v2 cannot rename a cgroup, and moving a process waits an RCU
             # grace period: the session keeps the spare's cgroup under its name.
             self._claimed_cgroups[session_id] = spare.cgroup
+        self._launcher_cgroups[session_id] = spare.cgroup
         return spare.launcher
+
+    def recycle_launcher(self, session_id: str, launcher: SessionLauncher) -> bool:
+        """Take back a session's launcher that swept everything below it, cleanly (so
+        nothing of the session is left, in its cgroup either), as a spare for the
+        next session: no interpreter to start, no cgroup to make or remove. ``False``
+        (the caller closes it) unless ``keep_spare_launcher`` runs and fewer than
+        ``SPARE_POOL`` spares wait."""
+        cgroup = self._launcher_cgroups.pop(session_id, None)
+        if not self._keeping or len(self._spares) >= SPARE_POOL:
+            return False
+        if self._cgroup_root is not None and cgroup is None:
+            return False  # not in a cgroup of its own: a session here should have one
+        self._claimed_cgroups.pop(session_id, None)
+        self._spares.append(_SpareLauncher(launcher, cgroup))
+        self._announce_spare()
+        return True
 
     async def keep_spare_launcher(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -338,13 +366,16 @@ class Containment:
         """Keep the next session's launcher started ahead, in a cgroup of its own that
         the session takes over, so a session waits neither for the
         launcher's interpreter to start nor for a cgroup migration (together about
-        20 ms). For hosts that run many short sessions one after another (the one-job
-        adapters); it costs one idle process. Run it in the host's nursery; cancelled,
-        it ends the spare."""
+        20 ms); and take a session's launcher back at its end (``recycle_launcher``)
+        for a later one, so sessions one after another start no interpreter at all.
+        For hosts that run many short sessions (the one-job adapters); it costs an
+        idle process or two. Run it in the host's nursery; cancelled, it ends the
+        spares."""
         task_status.started()
+        self._keeping = True
         try:
             while True:
-                if self._spare is None:
+                if not self._spares:
                     self._spare_coming = True
                     try:
                         spare = await self._make_spare()
@@ -352,15 +383,17 @@ class Containment:
                         self._spare_coming = False
                     if spare is None:
                         return  # launchers cannot be started here: sessions say so
-                    self._spare = spare
+                    self._spares.append(spare)
                     self._announce_spare()
                 await self._spare_taken.wait()
                 self._spare_taken = trio.Event()
         finally:
-            spare, self._spare = self._spare, None
+            self._keeping = False
+            spares, self._spares = self._spares, []
             self._announce_spare()
-            if spare is not None:
-                await spare.aclose()
+            with trio.CancelScope(shield=True):
+                for spare in spares:
+                    await spare.aclose()
 
     def _announce_spare(self) -> None:
         self._spare_ready.set()
@@ -409,6 +442,7 @@ class Containment:
         # /proc scans are quick, but not free on a busy host: keep them off the loop.
         killed = await trio.to_thread.run_sync(work)
         self._claimed_cgroups.pop(session_id, None)
+        self._launcher_cgroups.pop(session_id, None)
         if killed:
             log.info("contain.swept", session_id=session_id, processes=killed)
         return killed
@@ -484,8 +518,8 @@ class Containment:
 
     def close(self) -> None:
         """Normal exit: let the watchdog sweep what is left, and remove our cgroups."""
-        spare, self._spare = self._spare, None
-        if spare is not None:  # keep_spare_launcher was not cancelled first
+        spares, self._spares = self._spares, []
+        for spare in spares:  # keep_spare_launcher was not cancelled first
             spare.discard()
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None and watchdog.stdin is not None:

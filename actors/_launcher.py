@@ -69,10 +69,10 @@ SWEEP_ROUNDS = 100
 SWEEP_SECONDS = 10.0
 
 
-def _become_subreaper() -> None:
+def _become_subreaper() -> bool:
     # Where there is no subreaper (not Linux), the tag and the process groups
     # still find the session's processes.
-    _platform.become_subreaper()
+    return bool(_platform.become_subreaper())
 
 
 def _children_of(pid: int) -> dict[int, list[int]]:
@@ -93,13 +93,18 @@ def _descendants(pid: int) -> list[int]:
 
 
 class Launcher:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, subreaper: bool = True) -> None:
         self.sock = sock
+        #: Whether everything our actions start stays below us (Linux): only then
+        #: does a clean sweep mean nothing of the session is left anywhere.
+        self.subreaper = subreaper
         self.me = os.getpid()
         #: The action process whose exit the agent waits for.
         self.action: subprocess.Popen[bytes] | None = None
         #: Swept and asked to exit: nothing is left to sweep on the way out.
         self.done = False
+        #: Whether the last sweep left nothing below us.
+        self.clean = True
         wake_read, wake_write = _platform.nonblocking_pipe()
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
@@ -179,9 +184,11 @@ class Launcher:
         """Kill everything below us, round after round, until nothing is left."""
         killed: set[int] = set()
         deadline = time.monotonic() + SWEEP_SECONDS
+        self.clean = False
         for _ in range(SWEEP_ROUNDS):
             found = _descendants(self.me)
             if not found:
+                self.clean = True
                 break
             for pid in found:
                 try:
@@ -226,7 +233,8 @@ class Launcher:
             for fd in fds:
                 os.close(fd)
             if request.get("sweep"):
-                self.send({"swept": self.sweep()})
+                swept = self.sweep()
+                self.send({"swept": swept, "clean": self.clean, "holds": self.subreaper})
                 if request.get("exit"):
                     # The session's end in one exchange: swept, answered, gone.
                     self.done = True
@@ -277,9 +285,9 @@ def main() -> int:
         # inherit it, as they would from the agent itself.
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _ignore)
-    _become_subreaper()
+    subreaper = _become_subreaper()
     sock = socket.socket(fileno=0)
-    launcher = Launcher(sock)
+    launcher = Launcher(sock, subreaper=subreaper)
     try:
         launcher.serve()
     finally:

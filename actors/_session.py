@@ -760,20 +760,32 @@ class SessionRunner:
 
     async def _cleanup(self, working_directory: Path) -> None:
         launcher, self._launcher = self._launcher, None
-        swept_below = False
+        containment = self._containment
+        swept_below = recycled = False
         if launcher is not None:
-            # Everything the session's actions left below it (daemons too) goes now,
-            # and the launcher with it. The launcher bounds the sweep itself.
-            killed = await launcher.sweep_and_close()
+            # Everything the session's actions left below it (daemons too) goes now.
+            # The launcher bounds the sweep itself. Swept clean, it may serve a later
+            # session (a job user's processes it may not kill: never); else it goes.
+            killed: int | None = None
+            job_user = self._context.job_user if self._context is not None else None
+            if containment is not None and job_user is None and self._held_user is None:
+                killed = await launcher.sweep_for_reuse()
+                recycled = killed is not None and containment.recycle_launcher(
+                    self.session_id, launcher
+                )
+                if killed is not None and not recycled:
+                    await launcher.aclose()
+            if killed is None:
+                killed = await launcher.sweep_and_close()
             swept_below = killed is not None
             if killed:
                 log.info("session.swept", session_id=self.session_id, processes=killed)
-        containment = self._containment
         if containment is not None:
             # Whatever of the session still runs (daemons its actions left) goes now,
-            # before its working directory.
+            # before its working directory. (A launcher taken back swept it all.)
             with trio.move_on_after(30):
-                await containment.sweep(self.session_id, swept_below=swept_below)
+                if not recycled:
+                    await containment.sweep(self.session_id, swept_below=swept_below)
                 job_user = self._context.job_user if self._context is not None else None
                 if job_user is not None:
                     # Ours to kill even when we may not signal that user directly.

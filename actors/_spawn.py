@@ -221,10 +221,30 @@ class SessionLauncher:
                 except LauncherGone:
                     return 0
 
+    async def sweep_for_reuse(self) -> int | None:
+        """Sweep (see ``sweep``) and say whether the launcher can serve another
+        session: how many processes were killed, or ``None`` if it has gone, could
+        not kill everything below it, or is no subreaper (what its actions started
+        may have left its tree)."""
+        if self._gone:
+            return None
+        async with self._lock:
+            with self._exchange():
+                try:
+                    await self._send(json.dumps({"sweep": True}).encode(), None)
+                    while True:
+                        reply = await self._receive()
+                        if "swept" in reply:
+                            usable = reply.get("clean") and reply.get("holds")
+                            return int(reply["swept"]) if usable else None
+                except LauncherGone:
+                    return None
+
     async def sweep_and_close(self) -> int | None:
         """A session's end in one exchange: the launcher kills every process below it,
-        says how many, and exits. ``None`` if it had gone already (what was below it
-        then is not known to be gone: the caller looks for it by other means)."""
+        says how many, and exits. ``None`` if what the session started is not known
+        to be gone (the launcher had gone already, or is no subreaper, so processes
+        may have left its tree): the caller looks for them by other means."""
         if self._gone:
             await self.aclose()
             return None
@@ -236,7 +256,7 @@ class SessionLauncher:
                     while True:
                         reply = await self._receive()
                         if "swept" in reply:
-                            swept = int(reply["swept"])
+                            swept = int(reply["swept"]) if reply.get("holds") else None
                             break
                 except LauncherGone:
                     pass

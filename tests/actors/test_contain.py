@@ -171,15 +171,17 @@ async def test_a_daemon_that_clears_its_environment_dies_with_the_session(
 async def test_sessions_on_spare_launchers_are_contained_and_the_spare_goes_at_the_end(
     tmp_path: Path, use_cgroup: bool
 ) -> None:
-    """With the next launcher started ahead (keep_spare_launcher), each session still
-    keeps its daemons in its own cgroup (the spare's, taken over) and kills them at its
-    end; the cgroup goes with the session, and the last spare goes with the host."""
+    """With launchers kept ready (keep_spare_launcher), each session still keeps its
+    daemons in a cgroup of its own (the spare's, taken over) and kills them at its end;
+    its launcher, swept clean, is taken back and serves the next session, in the same
+    cgroup, empty by then; the spares and their cgroups go with the host."""
     template = job(
         step("S", py("print('task')")),
         jobEnvironments=[env("E", py(DAEMON.format(env_clear="pass")))],
     )
     containment = Containment(use_cgroup=use_cgroup)
     seen_cgroups: list[str] = []
+    launchers: list[int] = []
     try:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
@@ -190,6 +192,7 @@ async def test_sessions_on_spare_launchers_are_contained_and_the_spare_goes_at_t
                     # Let the spare come up (a process start, a cgroup migration in a
                     # thread), so this session takes it.
                     spare_pid = await containment.wait_spare_launcher()
+                    launchers.append(spare_pid)
                     config = config_for(lp, tmp_path / str(round_))
                     async with open_session(config, containment=containment) as session:
                         await session.enqueue(lp.actions)
@@ -204,12 +207,14 @@ async def test_sessions_on_spare_launchers_are_contained_and_the_spare_goes_at_t
                         seen_cgroups.append(cgroup.partition("::")[2])
                     assert not _alive(pid)
                 nursery.cancel_scope.cancel()
+        # The second session ran on the launcher the first one gave back.
+        assert launchers[0] == launchers[1]
         # Only the launchers' own children were ever ours: none is left.
         assert _descendants(os.getpid()) == []
         if use_cgroup:
             assert containment.cgroup_root is not None
             names = [cgroup.rsplit("/", 1)[1] for cgroup in seen_cgroups]
-            assert len(set(names)) == 2 and all(n.startswith(".spare-") for n in names), names
+            assert names[0] == names[1] and names[0].startswith(".spare-"), names
             assert list(containment.cgroup_root.iterdir()) == [] or all(
                 not child.is_dir() for child in containment.cgroup_root.iterdir()
             )

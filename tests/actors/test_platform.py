@@ -13,6 +13,7 @@ import sys
 
 import psutil
 import pytest
+import trio
 
 from actors import _platform
 from agent.jobs import JobRun, JobSpec, OutputTail
@@ -100,3 +101,33 @@ def test_the_launcher_and_watchdog_load_it_as_scripts() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="needs setsid(1)")
+async def test_launchers_kept_ready_are_not_reused_without_a_subreaper(fallback: None) -> None:
+    """With the fallback the launcher is no subreaper, so a clean sweep below it proves
+    nothing: it is not taken back, and the daemon that left its tree is still found by
+    its tag and killed when the job ends."""
+    from actors import Containment
+
+    containment = Containment(use_cgroup=False)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(containment.keep_spare_launcher)
+            spare = await containment.wait_spare_launcher()
+            spec = JobSpec.from_command(
+                ["/bin/sh", "-c", "setsid sleep 300 & echo daemon=$!; echo done"]
+            )
+            tail = OutputTail()
+            run = JobRun(spec, sinks=[tail], notes=False, containment=containment)
+            outcome = await run.run()
+            assert outcome.succeeded, outcome
+            assert containment.spare_pid != spare  # the used launcher was not taken back
+            nursery.cancel_scope.cancel()
+    finally:
+        containment.close()
+    daemon = int(next(line for line in tail.lines if line.startswith("daemon="))[7:])
+    try:
+        assert psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
