@@ -46,6 +46,7 @@ from .._logging import configure_logging
 from . import _credenv
 from ._config import ConfigError, WorkerConfig, configure_parser, load_config
 from ._embed import serve_worker
+from ._hostconfig import HostConfigurationFailed
 
 log = structlog.get_logger("farmhand.main")
 
@@ -86,6 +87,12 @@ async def serve(config: WorkerConfig) -> int:
         # Found at start-up (no region, an unusable endpoint): a bad configuration.
         log.error("worker.bad_configuration", error=str(exc))
         return 2
+    except HostConfigurationFailed as exc:
+        # As the official agent: the farm was told STOPPED; the host goes, unless kept.
+        log.error("worker.host_configuration_failed", error=str(exc))
+        if config.shutdown_on_stop:
+            await _shut_down_host()
+        return 1
     except FarmhandError as exc:
         kind = "worker.farm_gave_up" if isinstance(exc, UnrecoverableError) else "worker.failed"
         log.error(kind, error=str(exc), error_type=type(exc).__name__)

@@ -99,6 +99,7 @@ from ..deadline import (
 from . import _credenv
 from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
+from ._hostconfig import HostConfigurationFailed, run_host_configuration
 from ._hostinfo import probe_host
 from ._hostmetrics import log_host_metrics
 from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
@@ -572,6 +573,14 @@ async def open_agent(
                 await client.aclose()
 
 
+def _frozen(holder: CredentialHolder) -> tuple[str, str, str | None] | None:
+    credentials = holder.credentials
+    if credentials is None:
+        return None
+    frozen = credentials.get_frozen_credentials()
+    return frozen.access_key, frozen.secret_key, frozen.token
+
+
 async def _make_dirs(config: WorkerConfig) -> None:
     def make() -> None:
         config.worker_logs_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -633,6 +642,24 @@ async def _run_worker(
                     compact_over=1 << 20,
                 )
                 add_log_sink(agent_stream.write, worker_id=booted.worker_id)
+            # The fleet's host configuration script, before any work (its lines go to
+            # the agent's stream, which is why it runs here and not in the bootstrap).
+            try:
+                await run_host_configuration(
+                    config,
+                    booted.worker_id,
+                    booted.host_configuration,
+                    booted.state,
+                    _frozen(booted.credentials),
+                    containment=containment,
+                )
+            except HostConfigurationFailed:
+                if agent_stream is not None:
+                    remove_log_sink(agent_stream.write)
+                    with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                        await agent_stream.flush()
+                    agent_stream = None
+                raise
             fetcher = await nursery.start(EntityFetcher(booted.worker.batch_get_job_entity).run)
             queue_credentials = QueueCredentials(
                 booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir

@@ -344,3 +344,27 @@ async def test_a_configuration_error_found_at_start_up_exits_2(tmp_path: Path) -
     [error] = [line for line in lines if line["level"] == "error"]
     assert error["event"] == "worker.bad_configuration"
     assert "AWS_DEFAULT_REGION" in error["error"]
+
+
+async def test_a_failed_host_configuration_script_exits_1(tmp_path: Path) -> None:
+    """The fleet's script fails: STOPPED, exit 1, and with --no-shutdown the host stays."""
+    async with open_mock_farm(config=FARM) as farm:
+        client = farm.boto3_client("deadline")
+        await trio.to_thread.run_sync(
+            lambda: client.update_fleet(
+                farmId=farm.farm_id,
+                fleetId=farm.fleet_id,
+                hostConfiguration={"scriptBody": "echo no licence server; exit 7"},
+            )
+        )
+        async with agent_process(farm, tmp_path, ready="host_configuration.running") as agent:
+            with trio.fail_after(30):
+                code = await agent.wait()
+    assert code == 1
+    [failed] = agent.events("worker.host_configuration_failed")
+    assert "exit code 7" in failed["error"]
+    assert [line["line"] for line in agent.events("host_configuration.output")] == [
+        "no licence server"
+    ]
+    assert [s for _, s in worker_status_calls(farm)] == ["STARTED", "STOPPED"]
+    assert not agent.events("worker.shutting_down_host")
