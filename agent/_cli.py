@@ -31,6 +31,8 @@ from typing import Protocol, cast
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("agent.local._cmd_run", "run an OpenJD job template locally, like `openjd run`"),
     "check": ("agent.local._cmd_check", "validate an OpenJD job or environment template"),
+    "install": ("agent.install._cmd_install", "set this host up to run the worker as a service"),
+    "uninstall": ("agent.install._cmd_uninstall", "undo `install`"),
     "mockfarm": (
         "agent.mockfarm._cmd_mockfarm",
         "serve or drive the Deadline-compatible mock farm",
