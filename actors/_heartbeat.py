@@ -119,6 +119,11 @@ class Heartbeat:
                         break
                     except trio.EndOfChannel:
                         inbox_open = False
+                if self._interval <= 0:
+                    # The farm wants to hear again at once (it holds the call until
+                    # it has work: a long poll); the call itself sets the pace.
+                    slot = self._last_beat
+                    continue
                 slot += self._interval
                 while slot < self._last_beat - self._interval:
                     slot += self._interval  # far behind: skip the missed slots, keep the grid

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,16 @@ TEMPLATE = {
 }
 
 
-async def main(agent: str, workdir: Path) -> dict[str, Any]:
+async def main(agent: str, workdir: Path, *, pickup: bool = False) -> dict[str, Any]:
+    """``pickup``: the service's 15 s interval, and the job submitted only once the
+    agent is idle and its UpdateWorkerSchedule is held (the farm's long poll); the
+    report then says how the job reached it."""
     for name in ("logs", "persist", "sessions"):
         (workdir / name).mkdir(parents=True, exist_ok=True)
-    config = FarmConfig(update_interval_seconds=1, worker_timeout_seconds=60)
+    interval = 15 if pickup else 1
+    config = FarmConfig(update_interval_seconds=interval, worker_timeout_seconds=60)
     async with open_mock_farm(config=config) as farm:
-        job_id = farm.create_job(TEMPLATE)
+        job_id = "" if pickup else farm.create_job(TEMPLATE)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
             **farm.environ(),
@@ -95,6 +100,20 @@ async def main(agent: str, workdir: Path) -> dict[str, Any]:
             )
             try:
                 with trio.move_on_after(90) as waited:
+                    if pickup:
+                        await farm.wait_until(lambda: farm.app.held_calls > 0)
+                        created = trio.current_time()
+                        job_id = result["job_id"] = farm.create_job(TEMPLATE)
+                        await farm.wait_until(lambda: bool(farm.job(job_id).sessions))
+                        result["pickup"] = {
+                            "seconds": trio.current_time() - created,
+                            # Calls that came after the job: none, if a held call took it.
+                            "calls_after_submit": [
+                                c.operation
+                                for c in farm.calls_to("UpdateWorkerSchedule")
+                                if c.time >= created
+                            ],
+                        }
                     result["job_status"] = await farm.wait_for_job(job_id)
                     # ...and for the environment exit that ends the session.
                     await farm.wait_until(
@@ -141,5 +160,7 @@ async def main(agent: str, workdir: Path) -> dict[str, Any]:
 if __name__ == "__main__":
     # stdout carries the report; the farm's own log goes to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-    report = trio.run(main, sys.argv[1], Path(sys.argv[2]))
+    report = trio.run(
+        partial(main, sys.argv[1], Path(sys.argv[2]), pickup="--pickup" in sys.argv[3:])
+    )
     print(json.dumps(report))

@@ -118,6 +118,18 @@ class _Drop(Exception):
         self.hold = hold
 
 
+#: Calls that change nothing a worker could be given: they never wake held calls.
+_READ_ONLY = ("Get", "List", "Search", "BatchGet")
+
+
+def _may_bring_work(name: str, params: Mapping[str, Any]) -> bool:
+    if name.startswith(_READ_ONLY):
+        return False
+    # A worker's plain heartbeat frees nothing; one that reports may (a failed task
+    # requeued, a session ended, a dependency met).
+    return name != "UpdateWorkerSchedule" or bool(params.get("updatedSessionActions"))
+
+
 class MockFarmApp:
     """The ASGI callable serving one ``Farm``."""
 
@@ -144,6 +156,10 @@ class MockFarmApp:
         self._logs = logs_codec()
         self._logs_prefix = (self._logs.target_prefix or "") + "."
         self._request_ids = itertools.count(1)
+        #: Set (and replaced) when idle workers' held calls should look again.
+        self._work_changed = trio.Event()
+        #: UpdateWorkerSchedule calls being held now (long poll).
+        self.held_calls = 0
         #: Templates parsed at once, in worker threads (each may take a core).
         self._prepare_limiter = trio.CapacityLimiter(2)
         #: ``(operation, client token) -> encoded output`` for idempotent retries.
@@ -308,6 +324,8 @@ class MockFarmApp:
         try:
             try:
                 output = handler(params)
+                if name == "UpdateWorkerSchedule" and codec is self._deadline:
+                    output = await self._long_poll(handler, params, output)
             finally:
                 params.pop(PREPARED, None)  # not part of the call's record
             payload = codec.encode_output(operation, output)
@@ -330,6 +348,8 @@ class MockFarmApp:
             if self.farm.store is not None:
                 self.farm.store.put_kv("tokens", "\n".join(token_key), payload)
         self._on_change()
+        if codec is self._deadline and _may_bring_work(name, params):
+            self.wake_idle_workers()
         if decision.drop_after:
             self._record(
                 codec, name, params, operation.status, "DroppedConnection", arrived, dropped=True
@@ -337,6 +357,35 @@ class MockFarmApp:
             raise _Drop(decision.drop_hold)
         self._record(codec, name, params, operation.status, None, arrived)
         return operation.status, [(b"content-type", content_type)], payload
+
+    def wake_idle_workers(self) -> None:
+        """Something changed that may give an idle worker work: held calls look again."""
+        self._work_changed.set()
+        self._work_changed = trio.Event()
+
+    async def _long_poll(
+        self, handler: Callable[[dict[str, Any]], Any], params: dict[str, Any], output: Any
+    ) -> Any:
+        """Hold an idle worker's UpdateWorkerSchedule (``Farm.long_poll_seconds``) until
+        its answer is no longer idle or the hold is over; the answer then."""
+        seconds = self.farm.long_poll_seconds(params, output)
+        if not seconds:
+            return output
+        self.held_calls += 1
+        self._on_change()  # (for wait_until callers watching held_calls)
+        try:
+            with trio.move_on_after(seconds):
+                while True:
+                    # No checkpoint between the answer above and this wait: a change
+                    # after it sets this very event.
+                    await self._work_changed.wait()
+                    output = handler(params)
+                    if not self.farm.long_poll_seconds(params, output):
+                        return output
+        finally:
+            self.held_calls -= 1
+        # The hold is over: answer as of now (the worker was heard from now, too).
+        return handler(params)
 
     async def _prepare(
         self, prepare: Callable[[Mapping[str, Any]], Any], params: dict[str, Any], name: str
@@ -409,6 +458,7 @@ class MockFarmApp:
             ):
                 self._stop_worker(parts[2])
                 self._on_change()
+                self.wake_idle_workers()
                 return 200, b"{}"
         except KeyError as exc:
             return 404, json.dumps({"message": f"unknown worker {exc}"}).encode()

@@ -120,6 +120,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="updateIntervalSeconds sent to workers (default 15)",
     )
     serve.add_argument(
+        "--no-long-poll",
+        action="store_true",
+        help="answer an idle worker's UpdateWorkerSchedule at once, with the interval, as "
+        "the service does (default: hold it until work comes, up to the interval)",
+    )
+    serve.add_argument(
         "--pipeline-depth",
         type=int,
         default=2,
@@ -251,6 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = FarmConfig(
             update_interval_seconds=args.update_interval,
+            long_poll=not args.no_long_poll,
             pipeline_depth=args.pipeline_depth,
             worker_timeout_seconds=args.worker_timeout,
             max_retries_per_task=args.max_retries,

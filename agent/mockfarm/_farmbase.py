@@ -76,6 +76,11 @@ class FarmConfig:
 
     #: ``updateIntervalSeconds`` in every UpdateWorkerSchedule response.
     update_interval_seconds: int = attrs.field(default=15, validator=_not_negative)
+    #: Hold an idle worker's UpdateWorkerSchedule until work for it arrives (or the
+    #: update interval passes), and have it call again at once (``updateIntervalSeconds``
+    #: 0 in an idle answer): work is picked up as it is submitted, by any agent.
+    #: ``False`` answers at once with the interval, as the service does.
+    long_poll: bool = True
     #: Task runs assigned ahead in a session, so the worker never waits.
     pipeline_depth: int = attrs.field(default=2, validator=_positive)
     #: Sessions (one job each) a worker runs at once.

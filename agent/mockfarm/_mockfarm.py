@@ -301,9 +301,12 @@ class MockFarm:
 
     # ------------------------------------------------------------ waiting
 
-    def notify(self) -> None:
+    def notify(self, *, work: bool = True) -> None:
         """Wake ``wait_until`` callers (the farm calls this after every change); a
-        persistent farm queues the change for its next commit."""
+        persistent farm queues the change for its next commit. ``work``: the change
+        may give an idle worker work, so its held UpdateWorkerSchedule looks again."""
+        if work:
+            self.app.wake_idle_workers()
         if self.farm.store is not None:
             self.farm.store.commit_nowait()
         if self._waiters:
@@ -403,7 +406,8 @@ async def _serve_farm(
     mock: MockFarm
 
     def on_change() -> None:
-        mock.notify()
+        # The app wakes held calls itself, for the calls that may bring work.
+        mock.notify(work=False)
 
     app = MockFarmApp(
         farm,

@@ -14,6 +14,10 @@ from ._farmbase import CREATED_BY, FarmBase, _fake_key, _ip_addresses, _paginate
 from ._farmscheduler import utcnow
 from ._records import Job, WorkerRecord, new_hex
 
+#: The longest an idle worker's UpdateWorkerSchedule is held: well inside the read
+#: timeouts of farmhand (30 s) and botocore (60 s).
+LONG_POLL_SECONDS = 20.0
+
 
 class WorkerOperations(FarmBase):
     """CreateWorker, UpdateWorker(Schedule), BatchGetJobEntity, the role credentials..."""
@@ -95,7 +99,34 @@ class WorkerOperations(FarmBase):
             self.scheduler.check_updates(worker, updates)
             self.scheduler.apply_updates(worker, updates)
         self.scheduler.schedule(worker)
-        return self.scheduler.response(worker, self.config.update_interval_seconds)
+        response = self.scheduler.response(worker, self.config.update_interval_seconds)
+        if self.long_poll_seconds(p, response):
+            # An idle worker is held (see MockFarmApp) and called back at once: its
+            # next call is held in turn, so new work reaches it as it arrives.
+            response["updateIntervalSeconds"] = 0
+        return response
+
+    def long_poll_seconds(self, p: Mapping[str, Any], response: Mapping[str, Any]) -> float:
+        """How long to hold this UpdateWorkerSchedule before answering (0: answer now).
+
+        An idle worker's call (STARTED, no session, nothing to report, nothing for it)
+        is held until work for it may have come or ``LONG_POLL_SECONDS`` (at most
+        the update interval) pass, when ``FarmConfig.long_poll`` is on. On the wire
+        that is a slower answer, so any agent gets its work at once."""
+        interval = self.config.update_interval_seconds
+        if not self.config.long_poll or interval <= 0 or p.get("updatedSessionActions"):
+            return 0.0
+        worker = self.state.workers.get(p.get("workerId", ""))
+        if (
+            worker is None
+            or worker.status != "STARTED"
+            or worker.sessions
+            or worker.stop_requested
+            or response.get("assignedSessions")
+            or response.get("desiredWorkerStatus")
+        ):
+            return 0.0
+        return float(min(interval, LONG_POLL_SECONDS))
 
     def BatchGetJobEntity(self, p: dict[str, Any]) -> Mapping[str, Any]:
         worker = self.worker(p)

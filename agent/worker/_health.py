@@ -77,6 +77,9 @@ class HealthSource(Protocol):
 
 #: A heartbeat older than this many intervals makes the worker unhealthy.
 STALE_INTERVALS = 3.0
+#: Interval 0 means the farm holds each call until it has work (a long poll): a
+#: heartbeat may then be as old as the longest call the client waits for (30 s).
+LONG_POLL_ALLOWANCE = 30.0
 
 
 def health(worker: HealthSource) -> tuple[bool, dict[str, Any]]:
@@ -89,7 +92,7 @@ def health(worker: HealthSource) -> tuple[bool, dict[str, Any]]:
         problems.append(f"the worker is {stats.state}")
     if age is None:
         problems.append("no heartbeat yet")
-    elif age > STALE_INTERVALS * max(interval, 1.0):
+    elif age > STALE_INTERVALS * max(interval, 1.0) + (LONG_POLL_ALLOWANCE if interval <= 0 else 0):
         problems.append(f"the last heartbeat was {age:.0f} s ago")
     report = {
         "status": "ok" if not problems else "unhealthy",

@@ -50,6 +50,29 @@ async def test_a_shorter_interval_applies_at_once(autojump_clock: trio.testing.M
     assert starts == [0, 15, 30, 45]
 
 
+async def test_interval_zero_beats_again_as_each_beat_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Interval 0 (a farm that holds each call until it has work): the next beat starts
+    as the last one ends, paced by the beats themselves, and back to a grid after."""
+    starts: list[float] = []
+
+    async def beat() -> None:
+        starts.append(trio.current_time())
+        await trio.sleep(4)  # the farm holds the call
+
+    heartbeat = Heartbeat(beat, 10)
+    async with trio.open_nursery() as nursery:
+        inbox = await nursery.start(heartbeat.run)
+        assert set_interval(inbox, 0)
+        await trio.sleep(13)
+        assert set_interval(inbox, 10)
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert starts == [0, 4, 8, 12, 22, 32]  # back on the grid from the last slot
+    assert heartbeat.statistics().lateness_max == 0
+
+
 async def test_lateness_is_measured(autojump_clock: trio.testing.MockClock) -> None:
     """A beat that cannot start on time records how late it was; a far-behind grid skips ahead."""
     starts: list[float] = []

@@ -91,3 +91,24 @@ async def test_the_official_agent_runs_a_job_to_completion(tmp_path: Path) -> No
     log = report["session_log"]
     for line in ("entering hello", "hello frame 1", "hello frame 2", "hello frame 3", "leaving"):
         assert line in log
+
+
+async def test_the_official_agent_gets_new_work_through_a_held_call(tmp_path: Path) -> None:
+    """At the service's 15 s interval, an idle official agent's UpdateWorkerSchedule is
+    held by the farm (a long poll, a slow answer on the wire): a job submitted then
+    reaches it in that very call, with no call of its own after the submission."""
+    assert AGENT is not None
+    argv = [
+        "unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+        sys.executable, "-m", "tests.mockfarm_official", str(AGENT), str(tmp_path), "--pickup",
+    ]  # fmt: skip
+    with trio.fail_after(150):
+        done = await trio.run_process(
+            argv, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    report = json.loads(done.stdout)
+    tail = report["agent_output_tail"]
+    assert report["pickup"]["calls_after_submit"] == [], report["pickup"]
+    assert report["job_status"] == "SUCCEEDED", tail
+    assert (report["worker_status"], report["agent_exit"]) == ("STOPPED", 0), tail

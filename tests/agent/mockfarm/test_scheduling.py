@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from openjd.model import parse_model
 from openjd.model.v2023_09 import Environment, StepTemplate
+from trio.testing import wait_all_tasks_blocked
 
 from actors import _entities
 from agent.mockfarm import ApiError, FarmConfig, MockFarm, open_mock_farm
@@ -788,3 +790,79 @@ async def test_a_task_reported_only_at_its_end_still_has_a_start(farm: MockFarm)
     assert job.steps[0].started_at == job.started_at == done["startedAt"]
     got = await invoke(farm.app, "GetJob", farmId=farm.farm_id, queueId=farm.queue_id, jobId=job_id)
     assert got["startedAt"] is not None and got["endedAt"] is not None
+
+
+async def test_an_idle_workers_call_is_held_until_work_comes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Long poll: an idle worker's UpdateWorkerSchedule waits for work; a job submitted
+    meanwhile is in its answer at once. With nothing coming, it is answered when the
+    interval is over, as of then, telling the worker to call again at once (0)."""
+    async with open_mock_farm(config=FarmConfig(update_interval_seconds=15)) as farm:
+        agent = Agent(farm)
+        await agent.start()
+        answers: list[tuple[float, dict[str, Any]]] = []
+
+        async def sync() -> None:
+            response = await agent.sync()
+            answers.append((trio.current_time(), response))
+
+        start = trio.current_time()
+        await sync()
+        assert answers[0][0] - start == pytest.approx(15)  # held for the interval
+        assert answers[0][1]["assignedSessions"] == {}
+        assert answers[0][1]["updateIntervalSeconds"] == 0
+        assert farm.worker(agent.worker_id).last_seen == pytest.approx(answers[0][0])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync)
+            await wait_all_tasks_blocked()
+            assert farm.app.held_calls == 1
+            submitted = trio.current_time()
+            farm.create_job(job_template(frames="1", job_environments=0))
+        answered, response = answers[1]
+        assert answered == submitted  # no time passed: the held call took it
+        assert len(response["assignedSessions"]) == 1
+        assert response["updateIntervalSeconds"] == 15  # busy: the usual interval
+
+
+async def test_held_calls_wake_for_a_stop_and_never_hold_reports(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stop requested for a held worker answers its call with STOPPED at once; a call
+    that reports never waits."""
+    async with open_mock_farm(config=FarmConfig(update_interval_seconds=15)) as farm:
+        agent = Agent(farm)
+        await agent.start()
+        job_id = farm.create_job(job_template(frames="1", job_environments=0))
+        [action] = await agent.actions()
+        farm.cancel_job(job_id)
+        start = trio.current_time()
+        await agent.sync({action["sessionActionId"]: completed("CANCELED")})
+        assert trio.current_time() == start  # a report: answered at once
+        answers: list[dict[str, Any]] = []
+
+        async def sync() -> None:
+            answers.append(await agent.sync())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync)
+            await wait_all_tasks_blocked()
+            assert farm.app.held_calls == 1
+            farm.request_worker_stop(agent.worker_id)
+        assert trio.current_time() == start
+        assert answers[0]["desiredWorkerStatus"] == "STOPPED"
+        assert farm.app.held_calls == 0
+
+
+async def test_without_long_poll_the_farm_answers_at_once_as_the_service(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = FarmConfig(update_interval_seconds=15, long_poll=False)
+    async with open_mock_farm(config=config) as farm:
+        agent = Agent(farm)
+        await agent.start()
+        start = trio.current_time()
+        response = await agent.sync()
+        assert trio.current_time() == start
+        assert response["updateIntervalSeconds"] == 15

@@ -57,6 +57,9 @@ def test_a_stale_or_missing_heartbeat_or_a_stopped_worker_is_unhealthy() -> None
     assert health(Source(Stats(state="draining")))[1]["problems"] == ["the worker is draining"]
     # A short interval still allows a few seconds: 3 x max(interval, 1 s).
     assert health(Source(Stats(heartbeat_age=2.5), heartbeat_interval=0.1))[0]
+    # Interval 0: the farm holds each call (a long poll), for as long as a call may take.
+    assert health(Source(Stats(heartbeat_age=20.0), heartbeat_interval=0))[0]
+    assert not health(Source(Stats(heartbeat_age=34.0), heartbeat_interval=0))[0]
 
 
 async def test_the_endpoint_serves_health_and_metrics_on_loopback() -> None:

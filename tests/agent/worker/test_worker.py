@@ -444,3 +444,20 @@ async def test_a_host_may_keep_session_logs_out_of_cloudwatch(tmp_path: Path) ->
     assert farm.session_log(session.session_id) == []
     [local] = list((tmp_path / "logs").rglob(f"{session.session_id}.log"))
     assert "frame 1" in local.read_text()
+
+
+async def test_an_idle_worker_gets_a_new_job_in_its_held_call(tmp_path: Path) -> None:
+    """At the service's 15 s interval, the farm holds the idle worker's call (long poll):
+    a job submitted then reaches it in that call, with no call after the submission."""
+    config = FarmConfig(update_interval_seconds=15, max_retries_per_task=0)
+    async with farm_and_worker(tmp_path, farm_config=config) as (farm, worker, _events):
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: farm.app.held_calls > 0)
+        submitted = trio.current_time()
+        job_id = farm.create_job(simple_job(py("print('frame')"), frames="1"))
+        with trio.fail_after(10):  # well inside the 15 s a polling worker could wait
+            await farm.wait_until(lambda: bool(farm.job(job_id).sessions))
+        after = [c for c in farm.calls_to("UpdateWorkerSchedule") if c.time >= submitted]
+        assert after == []
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        assert worker.statistics().heartbeat_age is not None
