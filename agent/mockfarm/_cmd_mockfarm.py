@@ -36,6 +36,7 @@ import trio
 # Re-exported: the serve checks name it.
 from .._asgi import is_loopback as is_loopback
 from .._signals import StopRequest, open_stop_signals, stop_server_on_signals
+from .._words import counted
 from ._farm import FarmConfig
 from ._faults import FaultConfig
 from ._mockfarm import MockFarm, make_client, open_mock_farm
@@ -386,8 +387,8 @@ async def _serve_until_signal(
                     print("state in memory only (--ephemeral): a restart starts a new farm")
                 else:
                     print(
-                        f"state in {state_dir} ({len(farm.state.jobs)} job(s), "
-                        f"{len(farm.state.workers)} worker(s)); delete it to start afresh"
+                        f"state in {state_dir} ({counted(len(farm.state.jobs), 'job')}, "
+                        f"{counted(len(farm.state.workers), 'worker')}); delete it to start afresh"
                     )
                 if farm.s3 is not None:
                     print(
@@ -585,7 +586,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {session['sessionId']}  {session['workerId']}  {session['lifecycleStatus']}")
         return 0
     jobs = farm.call(d.list_jobs, farmId=farm.farm_id, queueId=farm.queue_id)["jobs"]
-    print(f"queue {farm.queue_id}: {len(jobs)} job(s)")
+    print(f"queue {farm.queue_id}: {counted(len(jobs), 'job')}")
     for job in jobs:
         counts = job.get("taskRunStatusCounts", {})
         total = sum(counts.values())
@@ -594,7 +595,7 @@ def _status(args: argparse.Namespace) -> int:
             f"{counts.get('SUCCEEDED', 0)}/{total} succeeded  {job['name']}"
         )
     workers = farm.call(d.list_workers, farmId=farm.farm_id, fleetId=farm.fleet_id)["workers"]
-    print(f"fleet {farm.fleet_id}: {len(workers)} worker(s)")
+    print(f"fleet {farm.fleet_id}: {counted(len(workers), 'worker')}")
     for worker in workers:
         host = (worker.get("hostProperties") or {}).get("hostName", "")
         print(f"  {worker['workerId']}  {worker['status']:<14} {host}")
