@@ -14,7 +14,9 @@ The client commands talk to a running server over HTTP with boto3's own
 ``deadline`` and ``logs`` clients: ``--endpoint``, else the
 ``FARMHAND_MOCKFARM_ENDPOINT`` environment variable, else
 ``http://127.0.0.1:18080``. Exit status: 0 on success, 1 when the farm answers
-with an error, 2 for a bad template, parameter or option.
+with an error, 2 for a bad template, parameter or option. ``submit --wait``
+shows where the job stands on one line of stderr while it waits, when stderr
+is a terminal (``agent._progress``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import trio
 
 # Re-exported: the serve checks name it.
 from .._asgi import is_loopback as is_loopback
+from .._progress import StatusLine
 from .._signals import StopRequest, open_stop_signals, stop_server_on_signals
 from .._words import counted
 from ._farm import FarmConfig
@@ -555,12 +558,27 @@ def _submit(args: argparse.Namespace) -> int:
     print(job_id, flush=True)
     if not args.wait:
         return 0
-    while True:
-        job = farm.call(farm.deadline.get_job, **farm.job_params(job_id))
-        if job.get("taskRunStatus") in FINAL:
-            print(job["taskRunStatus"])
-            return 0 if job["taskRunStatus"] == "SUCCEEDED" else 1
-        time.sleep(1)
+    started = time.monotonic()
+    # On a terminal, where the job stands while a person waits; piped, nothing.
+    with StatusLine(sys.stderr) as line:
+        while True:
+            job = farm.call(farm.deadline.get_job, **farm.job_params(job_id))
+            if job.get("taskRunStatus") in FINAL:
+                line.clear()
+                print(job["taskRunStatus"])
+                return 0 if job["taskRunStatus"] == "SUCCEEDED" else 1
+            line.show(f"[farmhand] waiting for the job: {_standing(job, started)}")
+            time.sleep(1)
+
+
+def _standing(job: dict[str, Any], started: float) -> str:
+    """``RUNNING, 3 of 10 tasks succeeded, 12 s`` (the job's id is on the line above)."""
+    counts = job.get("taskRunStatusCounts") or {}
+    done, total = counts.get("SUCCEEDED", 0), sum(counts.values())
+    return (
+        f"{job.get('taskRunStatus', '?')}, {done} of {counted(total, 'task')} succeeded, "
+        f"{time.monotonic() - started:.0f} s"
+    )
 
 
 def _counts(counts: dict[str, int]) -> str:
