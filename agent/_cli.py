@@ -22,6 +22,7 @@ import argparse
 import gc
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
@@ -131,6 +132,11 @@ def program() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print("error: the output was closed before everything was written", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:
+        # ^C before the command reads signals itself (while it imports, say): a line
+        # and the status a shell gives an interrupted command, not a traceback.
+        print("interrupted", file=sys.stderr)
+        code = 128 + signal.SIGINT
     # Exiting, the interpreter would collect every object the command left (botocore's
     # service models above all, loaded after the start-up freeze): about 0.6 s for
     # the worker. Frozen, they go with the process.

@@ -31,6 +31,8 @@ import structlog
 
 from actors import LIVE_SECRETS, Redactor
 
+from ._progress import clear_status_lines
+
 LogSink = Callable[[Iterable[str]], None]
 #: (sink, the worker whose records it takes, or None for all)
 _sinks: list[tuple[LogSink, str | None]] = []
@@ -152,6 +154,8 @@ class _Output:
                     pass
         if self._file is not None:
             self._file.write(as_json)
+        # A progress line on the terminal goes before the line is printed, not under it.
+        clear_status_lines()
         return self._console(logger, method, event) if self._console is not None else as_json
 
 

@@ -1,8 +1,10 @@
-"""Job bundles for ``python -m agent run``: a directory as ``deadline bundle submit`` reads it.
+"""Job bundles for ``python -m agent run`` and ``check``: a directory as ``deadline
+bundle submit`` reads it.
 
 A bundle holds ``template.yaml`` (or ``.json``), and optionally
-``parameter_values.yaml`` (``parameterValues: [{name, value}]``, the values the
-bundle was saved with; ``-p`` overrides them) and ``asset_references.yaml``
+``parameter_values.yaml`` (or ``.json``; ``parameterValues: [{name, value}]``,
+the values the bundle was saved with; ``-p`` overrides them, and ``run`` leaves
+out those no template defines, as a queue environment's) and ``asset_references.yaml``
 (``assetReferences``: ``inputs.filenames``, ``inputs.directories``,
 ``outputs.directories``). Run through the embedded farm, the bundle's files go
 through job attachments as on a farm: the inputs (those files, the files
@@ -24,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from .._words import counted
 from ..attachments import (
     Manifest,
     ManifestPath,
@@ -55,32 +58,16 @@ class JobBundle:
 
     directory: Path
     template: Path
-    #: ``NAME=VALUE`` from ``parameter_values``, before the user's ``-p``.
-    parameters: tuple[str, ...] = ()
+    #: ``parameter_values``, name -> value, as saved (the user's ``-p`` overrides them).
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
     input_files: tuple[Path, ...] = ()
     input_directories: tuple[Path, ...] = ()
     output_directories: tuple[Path, ...] = ()
 
     @classmethod
     def read(cls, directory: Path) -> JobBundle:
-        template = next((directory / n for n in _NAMES if (directory / n).is_file()), None)
-        if template is None:
-            raise TemplateError(f"{directory}: a job bundle needs template.yaml or template.json")
-        parameters: list[str] = []
-        values_path = _find(directory, "parameter_values")
-        if values_path is not None:
-            values = read_document(values_path).get("parameterValues") or []
-            if not isinstance(values, list):
-                raise TemplateError(f"{values_path}: parameterValues must be a list")
-            for entry in values:
-                if not isinstance(entry, Mapping) or "name" not in entry or "value" not in entry:
-                    raise TemplateError(
-                        f"{values_path}: each parameter value needs a name and a value"
-                    )
-                name = str(entry["name"])
-                if ":" in name:
-                    continue  # deadline:priority and friends are the submitter's, not the job's
-                parameters.append(f"{name}={entry['value']}")
+        template = bundle_template(directory)
+        parameters = read_parameter_values(directory)
         inputs: list[Path] = []
         input_dirs: list[Path] = []
         outputs: list[Path] = []
@@ -102,8 +89,39 @@ class JobBundle:
             input_dirs = paths("inputs", "directories")
             outputs = paths("outputs", "directories")
         return cls(
-            directory, template, tuple(parameters), tuple(inputs), tuple(input_dirs), tuple(outputs)
+            directory, template, parameters, tuple(inputs), tuple(input_dirs), tuple(outputs)
         )
+
+
+def bundle_template(directory: Path) -> Path:
+    """A bundle's ``template.yaml`` (or ``.json``, ``.yml``); ``TemplateError`` if none."""
+    template = next((directory / n for n in _NAMES if (directory / n).is_file()), None)
+    if template is None:
+        raise TemplateError(
+            f"{directory} is a directory, and a job bundle directory holds "
+            "template.yaml or template.json"
+        )
+    return template
+
+
+def read_parameter_values(directory: Path) -> dict[str, Any]:
+    """A bundle's ``parameter_values.yaml`` (or ``.json``): ``parameterValues: [{name,
+    value}]`` as name -> value; ``{}`` without one. Names with a colon
+    (``deadline:priority``) are the submitter's settings, not the job's: left out."""
+    values_path = _find(directory, "parameter_values")
+    if values_path is None:
+        return {}
+    values = read_document(values_path).get("parameterValues") or []
+    if not isinstance(values, list):
+        raise TemplateError(f"{values_path}: parameterValues must be a list")
+    parameters: dict[str, Any] = {}
+    for entry in values:
+        if not isinstance(entry, Mapping) or "name" not in entry or "value" not in entry:
+            raise TemplateError(f"{values_path}: each parameter value needs a name and a value")
+        name = str(entry["name"])
+        if ":" not in name:
+            parameters[name] = entry["value"]
+    return parameters
 
 
 def _absolute(path: str, base: Path) -> Path:
@@ -238,4 +256,5 @@ async def download_outputs(
 def describe(stats: TransferStatistics | None, root: Path, sources: Sequence[Path]) -> str:
     if stats is None:
         return f"no outputs to download to {', '.join(map(str, sources)) or root}"
-    return f"{stats.files_done + stats.files_skipped} output file(s) downloaded under {root}"
+    files = counted(stats.files_done + stats.files_skipped, "output file")
+    return f"{files} downloaded under {root}"

@@ -5,7 +5,7 @@ Flag-compatible with ``openjd run``::
     python -m agent run TEMPLATE [-p NAME=VALUE]... [--step NAME] [--run-dependencies]
         [--environment ENV.yaml]... [--path-mapping-rules JSON|file://FILE]
         [--task-param NAME=VALUE]... | [--tasks JSON|file://FILE] | [--maximum-tasks N]
-        [--preserve] [--output human|jsonl] [--verbose] [--direct]
+        [--preserve] [--output human|jsonl|json] [--verbose] [--direct]
 
 By default the job goes through the whole agent: an embedded mock farm and one
 embedded worker in this process, over loopback HTTP (``agent.local._farmrun``).
@@ -16,12 +16,20 @@ directly too. Both print the same output.
 
 ``TEMPLATE`` may be a job bundle directory, as ``deadline bundle submit``
 takes (``template.yaml``, ``parameter_values.yaml``, ``asset_references.yaml``;
-``agent.local._bundle``): through the farm its files go through job
-attachments (moto's S3 in this process), and the job's outputs come back to
-the paths the bundle names.
+``agent.local._bundle``): its saved parameter values come first (``-p``
+overrides them), through the farm its files go through job attachments
+(moto's S3 in this process), and the job's outputs come back to the paths the
+bundle names.
+
+``--output``: ``human`` (``human-readable``, as ``openjd run`` spells it) for a
+person, ``jsonl`` for one event per line as it happens, ``json`` for one
+document when the run is over (``openjd run --output json``'s shape; see
+``agent.local._render``).
 
 Exit status: 0 when every action succeeded, 1 otherwise, 2 for a bad template,
-parameter or option (one line on stderr, no traceback).
+parameter or option (one line on stderr, no traceback), 128+N when the user
+interrupted the run with signal N (130 for SIGINT, 143 for SIGTERM), as a
+shell reports an interrupted command.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from ._localrun import (
     run_local_session,
     session_config,
 )
-from ._render import HumanRenderer, JsonlRenderer
+from ._render import HumanRenderer, JsonlRenderer, JsonRenderer, error_document
 from ._templates import TemplateError
 
 
@@ -102,9 +110,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--output",
-        choices=["human", "human-readable", "jsonl"],
+        choices=["human", "human-readable", "jsonl", "json"],
         default="human",
-        help="human (default): output as it comes plus a summary; jsonl: one JSON event per line",
+        help="human (default): output as it comes plus a summary; jsonl: one JSON event "
+        "per line; json: one JSON document at the end, as `openjd run --output json`",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="also show the runner's notes")
     parser.add_argument(
@@ -123,19 +132,25 @@ def preload(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     # The session's own output is the point here; farmhand's log says only what matters.
     configure_logging(verbose=args.verbose, quiet=not args.verbose, stream=sys.stderr)
+
+    def refuse(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        if args.output == "json":
+            print(error_document(message))
+        return 2
+
     bundle: JobBundle | None = None
-    template, parameters = args.template, list(args.parameters)
+    template = args.template
     if args.template.is_dir():
         try:
             bundle = JobBundle.read(args.template)
         except TemplateError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        # The bundle's saved values first: -p overrides them.
-        template, parameters = bundle.template, [*bundle.parameters, *parameters]
+            return refuse(str(exc))
+        template = bundle.template
     options = LocalRunOptions(
         template=template,
-        parameters=parameters,
+        parameters=args.parameters,
+        saved_parameters=bundle.parameters if bundle is not None else {},
         step=args.step,
         run_dependencies=args.run_dependencies,
         environments=args.environments,
@@ -149,12 +164,22 @@ def main(args: argparse.Namespace) -> int:
         plan = plan_local_session(options)
         private_directory(default_session_root())
     except (TemplateError, UnsafeDirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return refuse(str(exc))
+    if plan.ignored_parameters:
+        names = ", ".join(plan.ignored_parameters)
+        print(
+            f"[farmhand] note: the bundle's parameter values for {names} left out: "
+            "no template here defines them (a queue environment's? pass it with --environment)",
+            file=sys.stderr,
+        )
     out = sys.stdout.buffer
-    renderer: HumanRenderer | JsonlRenderer
+    renderer: HumanRenderer | JsonlRenderer | JsonRenderer
     if args.output == "jsonl":
         renderer = JsonlRenderer(out, verbose=args.verbose)
+    elif args.output == "json":
+        renderer = JsonRenderer(
+            out, job_name=plan.job_name, step_name=args.step, verbose=args.verbose
+        )
     else:
         err = sys.stderr.buffer
         renderer = HumanRenderer(out, err, verbose=args.verbose, live=sys.stderr.isatty())
@@ -166,12 +191,10 @@ def main(args: argparse.Namespace) -> int:
         past = quota_exceeded(plan)
         if past is not None:
             # A farm would refuse the job; the direct runner takes any size, lazily.
-            print(
-                f"error: {past}: a farm refuses such a job (--direct runs it here, "
-                "one task at a time, or --maximum-tasks N runs the first N)",
-                file=sys.stderr,
+            return refuse(
+                f"{past}: a farm refuses such a job (--direct runs it here, "
+                "one task at a time, or --maximum-tasks N runs the first N)"
             )
-            return 2
         reason = why_not_through_farm(plan)
     if reason is not None:
         print(f"[farmhand] note: running the session directly: {reason}", file=sys.stderr)
@@ -181,12 +204,22 @@ def main(args: argparse.Namespace) -> int:
             _run_direct(plan, renderer, preserve=args.preserve)
         else:
             status = trio.run(
-                partial(run_through_farm, plan, renderer, preserve=args.preserve, bundle=bundle)
+                partial(
+                    run_through_farm,
+                    plan,
+                    renderer,
+                    preserve=args.preserve,
+                    bundle=bundle,
+                    on_interrupt=renderer.interrupted,
+                )
             )
             succeeded = status == "SUCCEEDED"
     except TemplateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return refuse(str(exc))
+    except KeyboardInterrupt:
+        # A ^C before the run reads signals itself (the farm starting, say): nothing of
+        # the job's ran yet, or what ran was ended as the run unwound.
+        renderer.interrupted("SIGINT")
     try:
         renderer.finish(planned=len(plan.actions), succeeded=succeeded)
         sys.stdout.flush()
@@ -195,17 +228,26 @@ def main(args: argparse.Namespace) -> int:
         # OutputGuard). What is still buffered goes nowhere, not to a traceback at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return 0 if renderer.success else 1
+    return renderer.exit_status
 
 
 def _run_direct(
-    plan: LocalPlan, renderer: HumanRenderer | JsonlRenderer, *, preserve: bool
+    plan: LocalPlan, renderer: HumanRenderer | JsonlRenderer | JsonRenderer, *, preserve: bool
 ) -> None:
     config = session_config(plan, preserve=preserve)
     # The watchdog kills what this session started even if we are killed with SIGKILL.
     containment = Containment()
     containment.start_watchdog()
     try:
-        trio.run(partial(run_local_session, plan, config, renderer, containment=containment))
+        trio.run(
+            partial(
+                run_local_session,
+                plan,
+                config,
+                renderer,
+                containment=containment,
+                on_interrupt=renderer.interrupted,
+            )
+        )
     finally:
         containment.close()

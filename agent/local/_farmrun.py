@@ -50,6 +50,7 @@ from openjd.expr import PathMappingRule
 from actors import SessionEvent, default_session_root, private_directory
 
 from .._signals import StopLevel, open_stop_signals
+from .._words import counted
 from ..attachments import AttachmentError, S3Settings
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from ..mockfarm import ApiError, FarmConfig, MockFarm, S3Config, open_mock_farm
@@ -206,10 +207,12 @@ async def run_through_farm(
     handle_signals: bool = True,
     settings: FarmRunSettings | None = None,
     bundle: JobBundle | None = None,
+    on_interrupt: Callable[[str], None] | None = None,
 ) -> str:
     """Run the plan on an embedded farm with one embedded worker; the job's final
     task run status (``SUCCEEDED`` when everything ran and succeeded). A job
-    bundle's files go through job attachments (``agent.local._bundle``)."""
+    bundle's files go through job attachments (``agent.local._bundle``).
+    ``on_interrupt`` hears of the first stop signal (``"SIGINT"``)."""
     settings = settings or FarmRunSettings()
     # Before the worker makes it: the worker would make it world-readable, not private.
     private_directory(default_session_root())
@@ -240,7 +243,7 @@ async def run_through_farm(
             holder: list[Worker] = []
             interrupt = partial(_interrupt, farm, job_id, holder, nursery)
             if handle_signals:
-                nursery.start_soon(_forward_signals, interrupt, holder)
+                nursery.start_soon(_forward_signals, interrupt, holder, on_interrupt)
             # The output gone (a closed pipe) interrupts the run as a first signal does.
             output = OutputGuard(on_event, interrupt)
             async with open_agent(
@@ -293,7 +296,8 @@ async def _upload_bundle(farm: MockFarm, assets: BundleAssets) -> dict[str, Any]
     except AttachmentError as exc:
         raise TemplateError(f"cannot upload the bundle's inputs: {exc}") from exc
     print(
-        f"[farmhand] job attachments: {files} input file(s), {size} bytes under {assets.root}",
+        f"[farmhand] job attachments: {counted(files, 'input file')}, "
+        f"{counted(size, 'byte')} under {assets.root}",
         file=sys.stderr,
     )
     return attachments
@@ -329,13 +333,19 @@ def _interrupt(farm: MockFarm, job_id: str, holder: list[Worker], nursery: trio.
         nursery.start_soon(holder[0].sync_now)
 
 
-async def _forward_signals(interrupt: Callable[[], None], holder: list[Worker]) -> None:
+async def _forward_signals(
+    interrupt: Callable[[], None],
+    holder: list[Worker],
+    on_interrupt: Callable[[str], None] | None,
+) -> None:
     with open_stop_signals() as signals:
         async with trio.open_nursery() as nursery:
             async for request in signals:
                 log.info("run.signal", signal=request.signal, count=request.count)
                 worker = holder[0] if holder else None
                 if request.level is StopLevel.GRACEFUL:
+                    if on_interrupt is not None:
+                        on_interrupt(request.signal)
                     interrupt()
                 elif worker is None:
                     continue

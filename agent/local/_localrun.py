@@ -77,6 +77,10 @@ log = structlog.get_logger("farmhand.run")
 class LocalRunOptions:
     template: Path
     parameters: Sequence[str] = ()
+    #: Values saved with the job (a job bundle's ``parameter_values``), name -> value:
+    #: ``parameters`` override them, and those that neither the template nor an
+    #: ``--environment`` defines are left out (``LocalPlan.ignored_parameters``).
+    saved_parameters: Mapping[str, Any] = attrs.field(factory=dict)
     step: str | None = None
     run_dependencies: bool = False
     environments: Sequence[Path] = ()
@@ -106,6 +110,8 @@ class LocalPlan:
     tasks: Mapping[str, tuple[TaskParameterSet, ...]] = attrs.field(factory=dict)
     #: The number of task runs of each step in the plan.
     step_task_counts: Mapping[str, int] = attrs.field(factory=dict)
+    #: Saved parameter values no template defines, left out (``LocalRunOptions``).
+    ignored_parameters: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -128,7 +134,16 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
     ]
     template_document = read_document(options.template)
     template = decode_job(template_document, source=str(options.template))
-    parameters = parse_job_parameters(options.parameters)
+    defined = {
+        str(definition.get("name"))
+        for document in (template_document, *environment_documents)
+        for definition in document.get("parameterDefinitions") or ()
+    }
+    # A bundle's saved values may be for the queue's environments (a submitter saves
+    # CondaPackages, say): without those here, they are no business of this run.
+    saved = {k: v for k, v in options.saved_parameters.items() if k in defined}
+    ignored = tuple(k for k in options.saved_parameters if k not in defined)
+    parameters = {**saved, **parse_job_parameters(options.parameters)}
     rules = (
         tuple(parse_path_mapping_rules(options.path_mapping_rules))
         if options.path_mapping_rules
@@ -141,7 +156,7 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
         tasks=options.tasks,
         maximum_tasks=options.maximum_tasks,
     )
-    return plan_job(
+    plan = plan_job(
         template,
         parameters,
         environments=environments,
@@ -151,6 +166,7 @@ def plan_local_session(options: LocalRunOptions) -> LocalPlan:
         template_document=template_document,
         environment_documents=environment_documents,
     )
+    return attrs.evolve(plan, ignored_parameters=ignored) if ignored else plan
 
 
 def plan_job(
@@ -641,19 +657,21 @@ async def run_local_session(
     *,
     handle_signals: bool = True,
     containment: Containment | None = None,
+    on_interrupt: Callable[[str], None] | None = None,
 ) -> None:
     """Run the plan to its end, passing each event to ``on_event`` in order.
 
     With ``handle_signals``, SIGINT/SIGTERM cancel the running action with its
     own method (the environment exits still run); a second signal kills what
-    is running at once; a third skips the remaining exits.
+    is running at once; a third skips the remaining exits. ``on_interrupt``
+    hears of the first one (``"SIGINT"``), before anything is cancelled.
     """
     async with trio.open_nursery() as nursery:
         inbox, events_receive = await start_session(
             nursery, config, plan.actions, containment=containment
         )
         if handle_signals:
-            nursery.start_soon(_forward_signals, inbox)
+            nursery.start_soon(_forward_signals, inbox, on_interrupt)
         # The output gone (a closed pipe) interrupts the run as a first signal does.
         output = OutputGuard(
             on_event,
@@ -665,7 +683,10 @@ async def run_local_session(
         nursery.cancel_scope.cancel(reason="session ended")
 
 
-async def _forward_signals(inbox: trio.MemorySendChannel[SessionCommand]) -> None:
+async def _forward_signals(
+    inbox: trio.MemorySendChannel[SessionCommand],
+    on_interrupt: Callable[[str], None] | None,
+) -> None:
     escalation: dict[StopLevel, SessionCommand] = {
         StopLevel.GRACEFUL: Cancel(reason="interrupted by a signal"),
         StopLevel.IMMEDIATE: Cancel(
@@ -680,6 +701,8 @@ async def _forward_signals(inbox: trio.MemorySendChannel[SessionCommand]) -> Non
     with open_stop_signals() as signals:
         async for request in signals:
             log.info("run.signal", signal=request.signal, count=request.count)
+            if on_interrupt is not None and request.level is StopLevel.GRACEFUL:
+                on_interrupt(request.signal)
             command = escalation.pop(request.level, None)
             if command is not None:
                 try:

@@ -1,7 +1,9 @@
-"""Printing a session's events for a person (``human``) or a program (``jsonl``).
+"""Printing a session's events for a person (``human``) or a program (``jsonl``, ``json``).
 
-Both renderers number the actions that ran in order (``index``, from 0) and
-decide the session's status: ``success`` when every action that ran succeeded.
+The renderers number the actions that ran in order (``index``, from 0) and
+decide the session's status: ``success`` when every action that ran succeeded,
+``canceled`` when the user interrupted the run (``interrupted``), ``error``
+otherwise.
 
 jsonl events, one JSON object per line, in order::
 
@@ -12,20 +14,31 @@ jsonl events, one JSON object per line, in order::
     {"event": "action_ended", "index": N, "state": STATE, "exit_code": INT|null,
      "progress": FLOAT|null, "status_message": TEXT|null, "fail_message": TEXT|null,
      "time": ISO8601}
-    {"event": "session_ended", "status": "success"|"error", "actions": {STATE: COUNT}}
+    {"event": "session_ended", "status": "success"|"error"|"canceled",
+     "actions": {STATE: COUNT}, "signal": "SIGINT"|"SIGTERM" (when canceled)}
 
 ``log`` lines are the runner's own notes (warnings and errors; everything with
 ``--verbose``). Actions that never ran are not listed one by one; they are
 counted under ``NEVER_ATTEMPTED`` in ``session_ended``.
+
+``json`` (``openjd run --output json``'s shape) prints nothing until the run is
+over, then one JSON document: ``status``, ``message``, ``job_name``,
+``step_name`` (with ``--step``), ``duration`` (seconds), ``tasks_run``,
+``actions`` (as in ``session_ended``), ``signal`` (when canceled),
+``working_directory`` (when kept) and ``logs``: ``{"timestamp": ISO8601,
+"message": TEXT}`` for every output line and every header, result and note
+the human output prints.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 from actors import (
@@ -41,6 +54,8 @@ from actors import (
     SessionEvent,
     SessionLog,
 )
+
+from .._words import counted
 
 _encode_string = json.encoder.encode_basestring
 
@@ -65,10 +80,16 @@ class _Tracker:
         self.states: Counter[str] = Counter()
         self.session_succeeded: bool | None = None
         self.working_directory: str | None = None
+        self.tasks_run = 0
+        #: The signal the user interrupted the run with (``"SIGINT"``), if they did.
+        self.interrupted_by: str | None = None
+        self.started = time.monotonic()
 
     def start(self, event: ActionStarted) -> int:
         index = self.next_index
         self.next_index += 1
+        if event.kind is ActionKind.TASK_RUN:
+            self.tasks_run += 1
         self.indices[event.action_id] = index
         return index
 
@@ -98,7 +119,80 @@ class _Tracker:
             state in (ActionState.SUCCESS.value, ActionState.NEVER_ATTEMPTED.value)
             for state in self.states
         )
-        return bool(self.session_succeeded) and ran_ok
+        return bool(self.session_succeeded) and ran_ok and self.interrupted_by is None
+
+    @property
+    def outcome(self) -> str:
+        """``success``, ``canceled`` (the user interrupted the run) or ``error``."""
+        if self.interrupted_by is not None:
+            return "canceled"
+        return "success" if self.success else "error"
+
+    @property
+    def exit_status(self) -> int:
+        """0 on success, 1 on failure, 128+N when interrupted by signal N (as a shell
+        reports ^C: 130 for SIGINT, 143 for SIGTERM)."""
+        if self.interrupted_by is not None:
+            return 128 + signal.Signals[self.interrupted_by].value
+        return 0 if self.success else 1
+
+
+class _Renderer:
+    """What every renderer answers: the outcome, the exit status, an interruption."""
+
+    def __init__(self) -> None:
+        self._tracker = _Tracker()
+
+    @property
+    def success(self) -> bool:
+        return self._tracker.success
+
+    @property
+    def exit_status(self) -> int:
+        return self._tracker.exit_status
+
+    def interrupted(self, signal_name: str) -> None:
+        """The user interrupted the run with ``signal_name`` (``"SIGINT"``): the
+        session ends canceled, whatever its actions did after that."""
+        if self._tracker.interrupted_by is None:
+            self._tracker.interrupted_by = signal_name
+
+
+def _label(event: ActionStarted) -> str:
+    label = f"{_KIND_LABEL[event.kind]} '{event.name}'"
+    if event.parameters:
+        label += " " + " ".join(f"{k}={v}" for k, v in event.parameters.items())
+    return label
+
+
+def _result(label: str, event: ActionEnded) -> str:
+    details = []
+    if event.exit_code is not None:
+        details.append(f"exit {event.exit_code}")
+    if event.started_at and event.ended_at:
+        details.append(f"{(event.ended_at - event.started_at).total_seconds():.2f} s")
+    text = f"== {label}: {event.state.value}"
+    if details:
+        text += f" ({', '.join(details)})"
+    if not event.state.succeeded and event.fail_message:
+        text += f": {event.fail_message}"
+    return text
+
+
+def _summary(tracker: _Tracker) -> str:
+    """``session succeeded: 8 actions ran (6 tasks) in 0.28 s: 8 success``."""
+    states = tracker.states
+    ran = sum(n for s, n in states.items() if s != ActionState.NEVER_ATTEMPTED.value)
+    parts = [f"{n} {s.lower().replace('_', ' ')}" for s, n in sorted(states.items())]
+    elapsed = time.monotonic() - tracker.started
+    outcome = {"success": "succeeded", "error": "FAILED", "canceled": "canceled"}[tracker.outcome]
+    if tracker.interrupted_by is not None:
+        outcome += f" by {tracker.interrupted_by}"
+    text = (
+        f"session {outcome}: {counted(ran, 'action')} ran ({counted(tracker.tasks_run, 'task')})"
+        f" in {elapsed:.2f} s"
+    )
+    return f"{text}: {', '.join(parts)}" if parts else text
 
 
 class OutputGuard:
@@ -128,15 +222,11 @@ class OutputGuard:
             self._on_closed()
 
 
-class JsonlRenderer:
+class JsonlRenderer(_Renderer):
     def __init__(self, out: BinaryIO, *, verbose: bool = False) -> None:
+        super().__init__()
         self._out = out
         self._verbose = verbose
-        self._tracker = _Tracker()
-
-    @property
-    def success(self) -> bool:
-        return self._tracker.success
 
     def _write(self, obj: dict[str, object]) -> None:
         self._out.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -195,14 +285,96 @@ class JsonlRenderer:
         farm's verdict, when there is one."""
         tracker = self._tracker
         tracker.finish(planned, succeeded)
-        self._write(
-            {
-                "event": "session_ended",
-                "status": "success" if tracker.success else "error",
-                "actions": dict(sorted(tracker.states.items())),
-            }
-        )
+        ended: dict[str, object] = {
+            "event": "session_ended",
+            "status": tracker.outcome,
+            "actions": dict(sorted(tracker.states.items())),
+        }
+        if tracker.interrupted_by is not None:
+            ended["signal"] = tracker.interrupted_by
+        self._write(ended)
         self._out.flush()
+
+
+_MESSAGES = {
+    "success": "Session ended successfully",
+    "error": "Session ended with errors; see Task logs for details",
+    "canceled": "Session canceled",
+}
+
+
+class JsonRenderer(_Renderer):
+    """``--output json``: one JSON document when the run is over (see the module
+    docstring). It holds every line, so a run's whole output is in memory until
+    then: for long or chatty jobs, ``jsonl`` streams the same events."""
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        *,
+        job_name: str,
+        step_name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        self._out = out
+        self._job_name = job_name
+        self._step_name = step_name
+        self._verbose = verbose
+        self._labels: dict[str | None, str] = {}
+        self._logs: list[dict[str, str]] = []
+
+    def _log(self, message: str) -> None:
+        self._logs.append({"timestamp": _iso(datetime.now(UTC)), "message": message})
+
+    def __call__(self, event: SessionEvent) -> None:
+        tracker = self._tracker
+        if isinstance(event, ActionOutput):
+            now = _iso(datetime.now(UTC))
+            self._logs.extend({"timestamp": now, "message": line} for line in event.lines)
+        elif isinstance(event, ActionStarted):
+            tracker.start(event)
+            label = self._labels[event.action_id] = _label(event)
+            self._log(f"== {label}")
+        elif isinstance(event, ActionEnded):
+            index = tracker.end(event)
+            if event.state is not ActionState.NEVER_ATTEMPTED and index is not None:
+                self._log(_result(self._labels.get(event.action_id, "action"), event))
+        elif isinstance(event, SessionLog):
+            if self._verbose or event.level in ("warning", "error"):
+                prefix = "" if event.level == "info" else f"{event.level}: "
+                self._log(f"{prefix}{event.message}")
+        elif isinstance(event, SessionEnded):
+            tracker.session(event)
+
+    def finish(self, *, planned: int, succeeded: bool | None = None) -> None:
+        """The run is over: print the document (see ``JsonlRenderer.finish``)."""
+        tracker = self._tracker
+        tracker.finish(planned, succeeded)
+        message = _MESSAGES[tracker.outcome]
+        if tracker.interrupted_by is not None:
+            message += f" by {tracker.interrupted_by}"
+        document: dict[str, object] = {"status": tracker.outcome, "message": message}
+        document["job_name"] = self._job_name
+        if self._step_name is not None:
+            document["step_name"] = self._step_name
+        document["duration"] = round(time.monotonic() - tracker.started, 3)
+        document["tasks_run"] = tracker.tasks_run
+        document["actions"] = dict(sorted(tracker.states.items()))
+        if tracker.interrupted_by is not None:
+            document["signal"] = tracker.interrupted_by
+        if tracker.working_directory:
+            document["working_directory"] = tracker.working_directory
+        document["logs"] = self._logs
+        text = json.dumps(document, indent=4, ensure_ascii=False) + "\n"
+        self._out.write(text.encode("utf-8", "backslashreplace"))
+        self._out.flush()
+
+
+def error_document(message: str) -> str:
+    """What ``--output json`` prints for a bad template, parameter or option (as
+    ``openjd run`` does), besides the line on stderr."""
+    return json.dumps({"status": "error", "message": message}, indent=4, ensure_ascii=False)
 
 
 #: C0 controls but tab, DEL and C1 controls -> ``\xNN``: a job's escape sequences
@@ -213,31 +385,51 @@ _VISIBLE = {
 }
 
 
+#: The same for lines joined with ``\n`` (a line holds no line end of its own).
+_VISIBLE_LINES = {code: text for code, text in _VISIBLE.items() if code != 0x0A}
+
+
 def visible(text: str) -> str:
     """``text`` with control characters shown as ``\\xNN`` (tabs kept)."""
     return text.translate(_VISIBLE)
 
 
-class HumanRenderer:
+#: The output lines the session runner turns into progress and status (as its
+#: ``openjd_*`` parser reads them): the human output shows them on the live
+#: status line instead of echoing them.
+_STATUS_LINE_RE = re.compile(r"openjd_status: .+|openjd_progress: (.+)")
+
+
+def drives_the_status_line(line: str) -> bool:
+    """Whether ``line`` is an ``openjd_status`` or a valid ``openjd_progress`` message
+    (an invalid progress value stays in the output, beside the runner's warning)."""
+    match = _STATUS_LINE_RE.fullmatch(line)
+    if match is None:
+        return False
+    if match[1] is None:
+        return True
+    try:
+        return 0.0 <= float(match[1]) <= 100.0
+    except ValueError:
+        return False
+
+
+class HumanRenderer(_Renderer):
     """Output lines as they come, a header and a result line per action, a live
-    progress line on a terminal, and a summary at the end."""
+    progress line on a terminal, and a summary at the end. The ``openjd_progress``
+    and ``openjd_status`` lines drive the progress line instead of being echoed."""
 
     def __init__(
         self, out: BinaryIO, err: BinaryIO, *, verbose: bool = False, live: bool = False
     ) -> None:
+        super().__init__()
         self._out = out
         self._err = err
         self._verbose = verbose
         self._live = live
-        self._tracker = _Tracker()
         self._labels: dict[str | None, str] = {}
         self._status_shown = False
         self._progress: dict[str | None, tuple[float | None, str | None]] = {}
-        self._started = time.monotonic()
-
-    @property
-    def success(self) -> bool:
-        return self._tracker.success
 
     def _note(self, text: str) -> None:
         self._clear_status()
@@ -267,18 +459,21 @@ class HumanRenderer:
     def __call__(self, event: SessionEvent) -> None:
         tracker = self._tracker
         if isinstance(event, ActionOutput):
+            text = "\n".join(event.lines)
+            if "openjd_" in text:  # one C-speed scan; a look at each line only then
+                lines = [line for line in event.lines if not drives_the_status_line(line)]
+                if not lines:
+                    return
+                text = "\n".join(lines)
             self._clear_status()
-            text = "\n".join(visible(line) for line in event.lines) + "\n"
+            text = text.translate(_VISIBLE_LINES) + "\n"
             self._out.write(text.encode("utf-8", "backslashreplace"))
             self._out.flush()
             if event.action_id in self._progress:
                 self._show_status(event.action_id)
         elif isinstance(event, ActionStarted):
             tracker.start(event)
-            label = f"{_KIND_LABEL[event.kind]} '{event.name}'"
-            if event.parameters:
-                label += " " + " ".join(f"{k}={v}" for k, v in event.parameters.items())
-            self._labels[event.action_id] = label
+            label = self._labels[event.action_id] = _label(event)
             self._note(f"== {label}")
         elif isinstance(event, ActionProgress):
             _, message = self._progress.get(event.action_id, (None, None))
@@ -309,27 +504,9 @@ class HumanRenderer:
         self._progress.pop(event.action_id, None)
         if event.state is ActionState.NEVER_ATTEMPTED or index is None:
             return
-        label = self._labels.get(event.action_id, "action")
-        details = []
-        if event.exit_code is not None:
-            details.append(f"exit {event.exit_code}")
-        if event.started_at and event.ended_at:
-            details.append(f"{(event.ended_at - event.started_at).total_seconds():.2f} s")
-        text = f"== {label}: {event.state.value}"
-        if details:
-            text += f" ({', '.join(details)})"
-        if not event.state.succeeded and event.fail_message:
-            text += f": {event.fail_message}"
-        self._note(text)
+        self._note(_result(self._labels.get(event.action_id, "action"), event))
 
     def _summary(self) -> None:
-        states = self._tracker.states
-        ran = sum(n for s, n in states.items() if s != ActionState.NEVER_ATTEMPTED.value)
-        parts = [f"{n} {s.lower()}" for s, n in sorted(states.items())]
-        elapsed = time.monotonic() - self._started
-        outcome = "succeeded" if self.success else "FAILED"
-        self._note(
-            f"session {outcome}: {ran} actions ran ({', '.join(parts) or 'none'}) in {elapsed:.2f} s"
-        )
+        self._note(_summary(self._tracker))
         if self._tracker.working_directory:
             self._note(f"working directory kept at {self._tracker.working_directory}")

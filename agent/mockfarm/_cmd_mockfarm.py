@@ -14,7 +14,9 @@ The client commands talk to a running server over HTTP with boto3's own
 ``deadline`` and ``logs`` clients: ``--endpoint``, else the
 ``FARMHAND_MOCKFARM_ENDPOINT`` environment variable, else
 ``http://127.0.0.1:18080``. Exit status: 0 on success, 1 when the farm answers
-with an error, 2 for a bad template, parameter or option.
+with an error, 2 for a bad template, parameter or option. ``submit --wait``
+shows where the job stands on one line of stderr while it waits, when stderr
+is a terminal (``agent._progress``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import trio
 
 # Re-exported: the serve checks name it.
 from .._asgi import is_loopback as is_loopback
+from .._progress import StatusLine
 from .._signals import StopRequest, open_stop_signals, stop_server_on_signals
+from .._words import counted
 from ._farm import FarmConfig
 from ._faults import FaultConfig
 from ._mockfarm import MockFarm, make_client, open_mock_farm
@@ -393,8 +397,8 @@ async def _serve_until_signal(
                     print("state in memory only (--ephemeral): a restart starts a new farm")
                 else:
                     print(
-                        f"state in {state_dir} ({len(farm.state.jobs)} job(s), "
-                        f"{len(farm.state.workers)} worker(s)); delete it to start afresh"
+                        f"state in {state_dir} ({counted(len(farm.state.jobs), 'job')}, "
+                        f"{counted(len(farm.state.workers), 'worker')}); delete it to start afresh"
                     )
                 if farm.s3 is not None:
                     print(
@@ -561,12 +565,27 @@ def _submit(args: argparse.Namespace) -> int:
     print(job_id, flush=True)
     if not args.wait:
         return 0
-    while True:
-        job = farm.call(farm.deadline.get_job, **farm.job_params(job_id))
-        if job.get("taskRunStatus") in FINAL:
-            print(job["taskRunStatus"])
-            return 0 if job["taskRunStatus"] == "SUCCEEDED" else 1
-        time.sleep(1)
+    started = time.monotonic()
+    # On a terminal, where the job stands while a person waits; piped, nothing.
+    with StatusLine(sys.stderr) as line:
+        while True:
+            job = farm.call(farm.deadline.get_job, **farm.job_params(job_id))
+            if job.get("taskRunStatus") in FINAL:
+                line.clear()
+                print(job["taskRunStatus"])
+                return 0 if job["taskRunStatus"] == "SUCCEEDED" else 1
+            line.show(f"[farmhand] waiting for the job: {_standing(job, started)}")
+            time.sleep(1)
+
+
+def _standing(job: dict[str, Any], started: float) -> str:
+    """``RUNNING, 3 of 10 tasks succeeded, 12 s`` (the job's id is on the line above)."""
+    counts = job.get("taskRunStatusCounts") or {}
+    done, total = counts.get("SUCCEEDED", 0), sum(counts.values())
+    return (
+        f"{job.get('taskRunStatus', '?')}, {done} of {counted(total, 'task')} succeeded, "
+        f"{time.monotonic() - started:.0f} s"
+    )
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -592,7 +611,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {session['sessionId']}  {session['workerId']}  {session['lifecycleStatus']}")
         return 0
     jobs = farm.call(d.list_jobs, farmId=farm.farm_id, queueId=farm.queue_id)["jobs"]
-    print(f"queue {farm.queue_id}: {len(jobs)} job(s)")
+    print(f"queue {farm.queue_id}: {counted(len(jobs), 'job')}")
     for job in jobs:
         counts = job.get("taskRunStatusCounts", {})
         total = sum(counts.values())
@@ -601,7 +620,7 @@ def _status(args: argparse.Namespace) -> int:
             f"{counts.get('SUCCEEDED', 0)}/{total} succeeded  {job['name']}"
         )
     workers = farm.call(d.list_workers, farmId=farm.farm_id, fleetId=farm.fleet_id)["workers"]
-    print(f"fleet {farm.fleet_id}: {len(workers)} worker(s)")
+    print(f"fleet {farm.fleet_id}: {counted(len(workers), 'worker')}")
     for worker in workers:
         host = (worker.get("hostProperties") or {}).get("hostName", "")
         print(f"  {worker['workerId']}  {worker['status']:<14} {host}")

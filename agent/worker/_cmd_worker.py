@@ -43,6 +43,7 @@ import trio
 
 from .._errors import ConfigurationError, FarmhandError, UnrecoverableError
 from .._logging import configure_logging
+from .._progress import StatusLine, is_terminal
 from . import _credenv
 from ._config import ConfigError, WorkerConfig, configure_parser, load_config
 from ._embed import serve_worker
@@ -82,7 +83,10 @@ def main(args: argparse.Namespace) -> int:
 async def serve(config: WorkerConfig) -> int:
     """Run the worker until it is stopped; the process exit status."""
     try:
-        reason = await serve_worker(config, handle_signals=True)
+        # On a terminal (console log), a slow start-up shows how long it has taken.
+        live = config.log_format != "json" and is_terminal(sys.stderr)
+        progress = StatusLine(sys.stderr, live=live)
+        reason = await serve_worker(config, handle_signals=True, progress=progress)
     except ConfigurationError as exc:
         # Found at start-up (no region, an unusable endpoint): a bad configuration.
         log.error("worker.bad_configuration", error=str(exc))

@@ -37,6 +37,7 @@ import trio
 from actors import SessionEvent
 
 from .._errors import FarmhandError
+from .._progress import StatusLine
 from .._signals import ABANDON_STATUS, StopLevel, StopSignals, open_stop_signals
 from ._config import WorkerConfig
 from ._worker import StopReason, Worker, open_agent
@@ -59,8 +60,12 @@ async def serve_worker(
     handle_signals: bool = False,
     stop: threading.Event | None = None,
     on_event: Callable[[str, SessionEvent], None] | None = None,
+    progress: StatusLine | None = None,
 ) -> StopReason | None:
-    """Run a worker until it is asked to stop, drain it, return why (module docstring)."""
+    """Run a worker until it is asked to stop, drain it, return why (module docstring).
+
+    ``progress``: a start-up that takes more than a second says so there, once a
+    second, until the worker runs (``python -m agent`` on a terminal)."""
     state = _Signals()
     reason: StopReason | None = None
     receiver = open_stop_signals(finish=True) if handle_signals else nullcontext(None)
@@ -69,8 +74,12 @@ async def serve_worker(
             async with trio.open_nursery() as nursery:
                 if signals is not None:
                     nursery.start_soon(_handle_signals, signals, state, nursery)
+                starting = trio.CancelScope()
+                if progress is not None and progress.live:
+                    nursery.start_soon(show_startup, progress, config, starting)
                 with state.startup:
                     async with open_agent(config, on_event=on_event) as worker:
+                        starting.cancel(reason="the worker has started")
                         state.worker = worker
                         if stop is not None:
                             nursery.start_soon(_watch_event, stop, worker)
@@ -116,6 +125,22 @@ def _leaves(group: BaseExceptionGroup[FarmhandError]) -> Iterator[FarmhandError]
             yield from _leaves(exc)
         else:
             yield exc
+
+
+async def show_startup(line: StatusLine, config: WorkerConfig, scope: trio.CancelScope) -> None:
+    """Until ``scope`` is cancelled: after a second, and every second after that, how
+    long the worker has been starting (a farm that does not answer, say)."""
+    began = trio.current_time()
+    with scope:
+        try:
+            while True:
+                await trio.sleep(1)
+                line.show(
+                    f"[farmhand] starting the worker: {trio.current_time() - began:.0f} s so far "
+                    f"(farm {config.farm_id}, fleet {config.fleet_id})"
+                )
+        finally:
+            line.clear()
 
 
 async def _watch_event(stop: threading.Event, worker: Worker) -> None:

@@ -26,3 +26,19 @@ def test_no_arguments_is_the_usage_on_stderr_and_exit_2(
     assert _cli.main([]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("usage: python -m agent <command>")
+
+
+def test_a_keyboard_interrupt_is_one_line_and_status_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """^C before a command reads signals itself (while it imports) exits 130 with one
+    line, as a shell reports an interrupted command, not with a traceback (issue 17)."""
+
+    def interrupted(argv: object = None, *, freeze_imports: bool = False) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "main", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        _cli.program()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"

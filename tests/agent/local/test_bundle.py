@@ -106,8 +106,8 @@ def test_bundle_inputs_are_synced_and_outputs_come_back(tmp_path: Path) -> None:
     assert (out / "ré sults" / "deep" / "out.txt").read_text() == "scene 200000"
     assert (out / "empty").read_bytes() == b""
     assert not (project / "elsewhere").exists()
-    assert "2 input file(s)" in result.stderr
-    assert "2 output file(s) downloaded" in result.stderr
+    assert "2 input files" in result.stderr
+    assert "2 output files downloaded" in result.stderr
 
 
 def test_bundle_outputs_named_by_asset_references(tmp_path: Path) -> None:
@@ -133,4 +133,4 @@ def test_a_directory_without_a_template_is_refused(tmp_path: Path) -> None:
     """A directory that is not a bundle: exit 2 with the reason."""
     result = run(str(tmp_path))
     assert result.returncode == 2
-    assert "needs template.yaml" in result.stderr
+    assert "holds template.yaml or template.json" in result.stderr

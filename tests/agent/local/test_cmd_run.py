@@ -62,7 +62,9 @@ def test_example_job_runs_in_human_output(run_path: str) -> None:
     result = agent("run", "agent/examples/hello.yaml", "-p", "Greeting=Hi")
     assert result.returncode == 0, result.stderr
     assert "Hi from farmhand-demo: frame 2, camera right" in result.stdout
-    assert "session succeeded: 8 actions ran" in result.stdout
+    assert "session succeeded: 8 actions ran (6 tasks)" in result.stdout
+    # The job's openjd_progress/openjd_status lines drive the status line (issue 17).
+    assert "openjd_progress" not in result.stdout and "openjd_status" not in result.stdout
 
 
 def test_jsonl_events(tmp_path: Path, run_path: str) -> None:
@@ -292,9 +294,9 @@ def test_preserve_keeps_the_working_directory(tmp_path: Path, run_path: str) -> 
     shutil.rmtree(kept)
 
 
-def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path, run_path: str) -> None:
+def test_sigint_cancels_the_action_runs_exits_and_exits_130(tmp_path: Path, run_path: str) -> None:
     """SIGINT cancels the running action with its method, runs the environment exits,
-    and the run exits 1."""
+    and the run ends canceled with exit status 130, as a shell's ^C."""
     task = {
         **py(
             "import signal, sys, time\n"
@@ -324,11 +326,55 @@ def test_sigint_cancels_the_action_runs_exits_and_exits_one(tmp_path: Path, run_
             break
     rest, _ = process.communicate(timeout=60)
     seen.extend(events(rest))
-    assert process.returncode == 1
+    assert process.returncode == 130
     lines = [e["line"] for e in seen if e["event"] == "output"]
     assert lines == ["enter", "ready", "got SIGTERM", "exit ran"]
     states = [e["state"] for e in seen if e["event"] == "action_ended"]
     assert states == ["SUCCESS", "CANCELED", "SUCCESS"]
+    assert seen[-1] == {
+        "event": "session_ended",
+        "status": "canceled",
+        "actions": {"CANCELED": 1, "SUCCESS": 2},
+        "signal": "SIGINT",
+    }
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_is_summarised_as_canceled(
+    tmp_path: Path, run_path: str, signum: signal.Signals, status: int
+) -> None:
+    """A user's ^C (or a SIGTERM) is summarised as canceled, not FAILED (issue 17),
+    and the run exits 128+N."""
+    task = py("import time\nprint('ready', flush=True)\ntime.sleep(600)\n")
+    template = job(
+        step(
+            "S",
+            task,
+            parameterSpace={
+                "taskParameterDefinitions": [{"name": "F", "type": "INT", "range": "1-2"}]
+            },
+        )
+    )
+    process = subprocess.Popen(
+        agent_argv("run", str(write(tmp_path, template))),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line == "ready\n":
+            process.send_signal(signum)
+            break
+    rest, stderr = process.communicate(timeout=60)
+    assert process.returncode == status, stderr
+    [summary] = [line for line in rest.splitlines() if line.startswith("[farmhand] session ")]
+    assert summary.startswith(
+        f"[farmhand] session canceled by {signum.name}: 1 action ran (1 task) in "
+    )
+    assert summary.endswith(" s: 1 canceled, 1 never attempted")
 
 
 def test_a_closed_output_cancels_the_run_without_a_traceback(tmp_path: Path, run_path: str) -> None:
@@ -452,7 +498,7 @@ def test_a_second_sigint_kills_the_running_action_and_exits_still_run(
             break
     rest, _ = process.communicate(timeout=60)
     seen.extend(events(rest))
-    assert process.returncode == 1
+    assert process.returncode == 130
     lines = [e["line"] for e in seen if e["event"] == "output"]
     assert lines == ["enter", "ready", "ignoring SIGTERM", "exit ran"]
     assert [e["state"] for e in seen if e["event"] == "action_ended"] == [
@@ -476,6 +522,129 @@ def test_a_plan_the_farm_cannot_carry_runs_directly(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "running the session directly" in result.stderr
     assert result.stdout.count("in\n") == 2 and "task" in result.stdout
+
+
+def test_json_output_is_one_document_at_the_end(tmp_path: Path, run_path: str) -> None:
+    """--output json (openjd-cli's value) prints one document in `openjd run --output
+    json`'s shape, with every line of the job; exit statuses as for the other outputs."""
+    template = job(
+        step(
+            "Render",
+            py("print('frame {{Task.Param.F}}'); print('openjd_progress: 100')"),
+            parameterSpace={
+                "taskParameterDefinitions": [{"name": "F", "type": "INT", "range": "1-2"}]
+            },
+        ),
+        name="JsonJob",
+    )
+    result = agent("run", str(write(tmp_path, template)), "--output", "json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)  # one document, nothing else
+    assert (document["status"], document["message"], document["job_name"]) == (
+        "success",
+        "Session ended successfully",
+        "JsonJob",
+    )
+    assert (document["tasks_run"], document["actions"]) == (2, {"SUCCESS": 2})
+    assert isinstance(document["duration"], float)
+    messages = [entry["message"] for entry in document["logs"]]
+    assert messages == [
+        "== Task 'Render' F=1",
+        "frame 1",
+        "openjd_progress: 100",
+        messages[3],
+        "== Task 'Render' F=2",
+        "frame 2",
+        "openjd_progress: 100",
+        messages[7],
+    ]
+    assert messages[3].startswith("== Task 'Render' F=1: SUCCESS (exit 0")
+
+    failing = job(step("S", py("import sys; sys.exit(3)")))
+    failed = agent("run", str(write(tmp_path, failing, "failing.json")), "--output", "json")
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["status"] == "error"
+
+    bad = agent("run", str(tmp_path / "missing.yaml"), "--output", "json")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    refused = json.loads(bad.stdout)
+    assert refused["status"] == "error" and "missing.yaml" in refused["message"]
+
+
+def _bundle(tmp_path: Path, values: dict[str, Any] | None, suffix: str = ".yaml") -> Path:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    template = job(
+        step("S", py("print('{{Param.Greeting}} x{{Param.Count}}')")),
+        parameterDefinitions=[
+            {"name": "Greeting", "type": "STRING"},
+            {"name": "Count", "type": "INT", "default": 1},
+        ],
+    )
+    (bundle / f"template{suffix}").write_text(json.dumps(template))
+    if values is not None:
+        document = {"parameterValues": [{"name": k, "value": v} for k, v in values.items()]}
+        (bundle / f"parameter_values{suffix}").write_text(json.dumps(document))
+    return bundle
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_job_bundle_directory_runs_with_its_parameter_values(
+    tmp_path: Path, run_path: str, suffix: str
+) -> None:
+    """A job bundle directory (as `deadline` writes it) runs: its template, its saved
+    parameter values (typed), -p over them; values no template defines (a queue
+    environment's, the submitter's `deadline:` settings) are left out with a note."""
+    values = {
+        "Greeting": "Saved",
+        "Count": 3,
+        "CondaPackages": "blender",
+        "deadline:priority": 50,
+    }
+    bundle = _bundle(tmp_path, values, suffix)
+    saved = agent("run", str(bundle), "--output", "jsonl")
+    assert saved.returncode == 0, saved.stderr
+    assert [e["line"] for e in events(saved.stdout) if e["event"] == "output"] == ["Saved x3"]
+    assert "CondaPackages" in saved.stderr and "deadline:priority" not in saved.stderr
+    overridden = agent("run", str(bundle), "-p", "Greeting=Given", "--output", "jsonl")
+    assert overridden.returncode == 0, overridden.stderr
+    assert [e["line"] for e in events(overridden.stdout) if e["event"] == "output"] == ["Given x3"]
+
+
+def test_a_directory_without_a_template_is_one_line_and_exit_two(tmp_path: Path) -> None:
+    """`run` and `check` name what a bundle directory lacks."""
+    (tmp_path / "empty").mkdir()
+    for command in ("run", "check"):
+        result = agent(command, str(tmp_path / "empty"))
+        assert result.returncode == 2
+        [line] = result.stderr.splitlines()
+        assert line.startswith("error: ") and "template.yaml or template.json" in line
+
+
+def test_check_takes_a_job_bundle_directory(tmp_path: Path) -> None:
+    """`check BUNDLE_DIR` checks the bundle's template and reads its parameter values."""
+    bundle = _bundle(tmp_path, {"Greeting": "Hi", "deadline:priority": 50})
+    result = agent("check", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"{bundle / 'template.yaml'}: a valid jobtemplate-2023-09 job template in a job "
+        "bundle, with 1 saved parameter value\n"
+    )
+    (bundle / "parameter_values.yaml").write_text("parameterValues: {Greeting: Hi}\n")
+    malformed = agent("check", str(bundle))
+    assert malformed.returncode == 2 and "parameterValues must be a list" in malformed.stderr
+
+
+def test_check_output_json(tmp_path: Path) -> None:
+    """`check --output json` prints `openjd check --output json`'s document."""
+    good = agent("check", "agent/examples/hello.yaml", "--output", "json")
+    assert good.returncode == 0
+    assert json.loads(good.stdout) == {
+        "status": "success",
+        "message": "agent/examples/hello.yaml: a valid jobtemplate-2023-09 job template",
+    }
+    bad = agent("check", str(write(tmp_path, job(step("S", {"command": ""})))), "--output", "json")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["status"] == "error"
 
 
 def test_check_validates_job_and_environment_templates(tmp_path: Path) -> None:

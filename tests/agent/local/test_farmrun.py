@@ -164,7 +164,9 @@ def scenarios(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
     }
 
 
-_DURATION = re.compile(r"\(exit -?\d+, [0-9.]+ s\)|\([0-9.]+ s\)| in [0-9.]+ s$", re.MULTILINE)
+_DURATION = re.compile(
+    r"\(exit -?\d+, [0-9.]+ s\)|\([0-9.]+ s\)| in [0-9.]+ s(?=: |$)", re.MULTILINE
+)
 
 
 async def render(lp: LocalPlan, *, farm: bool) -> tuple[list[dict[str, Any]], str]:

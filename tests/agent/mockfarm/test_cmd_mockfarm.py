@@ -264,3 +264,71 @@ async def test_serve_serves_s3_for_job_attachments() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def _submit_and_wait(farm: MockFarm, template: Path, *, terminal: bool) -> tuple[int, str]:
+    """``submit --wait`` in a child, stderr on a terminal (a pty) or a pipe; once it has
+    polled twice (and, on a terminal, shown its line) the job is canceled. Its exit
+    status and stderr."""
+    argv = [sys.executable, "-m", "agent", "mockfarm", "submit", str(template), "--wait"]
+    argv += ["--endpoint", farm.endpoint_url]
+    master, slave = os.openpty() if terminal else (-1, subprocess.PIPE)
+    process = await trio.lowlevel.open_process(
+        argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave
+    )
+    seen = b""
+    try:
+        if terminal:
+            os.close(slave)
+            with trio.fail_after(60):
+                while b"[farmhand] waiting" not in seen:
+                    # A blocking read of the pty; abandoned only if the child never writes.
+                    seen += await trio.to_thread.run_sync(
+                        os.read, master, 4096, abandon_on_cancel=True
+                    )
+        assert process.stdout is not None
+        printed = b""
+        with trio.fail_after(60):
+            while not printed.endswith(b"\n"):
+                printed += await process.stdout.receive_some(1)
+            job_id = printed.decode().strip()
+            await farm.wait_until(
+                lambda: sum(c.input["jobId"] == job_id for c in farm.calls.to("GetJob")) >= 2
+            )
+        farm.cancel_job(job_id)
+        with trio.fail_after(60):
+            status = await process.wait()
+        if terminal:
+            while chunk := await trio.to_thread.run_sync(_read_rest, master):
+                seen += chunk
+        else:
+            assert process.stderr is not None
+            while piped := await process.stderr.receive_some():
+                seen += piped
+    finally:
+        if process.returncode is None:
+            process.kill()
+        if terminal:
+            os.close(master)
+    return status, seen.decode()
+
+
+def _read_rest(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the child has gone and closed the pty
+        return b""
+
+
+async def test_submit_wait_shows_progress_on_a_terminal_only(
+    farm: MockFarm, template_file: Path
+) -> None:
+    """`submit --wait` shows where the job stands on one stderr line while it waits
+    on a terminal (issue 17), and writes nothing there when stderr is a pipe."""
+    status, shown = await _submit_and_wait(farm, template_file, terminal=True)
+    assert status == 1  # CANCELED
+    assert "\r\x1b[K[farmhand] waiting for the job: READY, 0 of 2 tasks succeeded, 0 s" in shown
+    assert shown.endswith("\r\x1b[K")  # cleared before the final status
+    status, piped = await _submit_and_wait(farm, template_file, terminal=False)
+    assert status == 1
+    assert piped == ""

@@ -340,7 +340,7 @@ async def test_serve_keeps_its_state_under_the_data_dir_unless_ephemeral() -> No
     default = Path(os.environ["XDG_DATA_HOME"]) / "farmhand" / "mockfarm"
     process, _, first = await _start_serve(None)
     await _stop(process)
-    assert f"state in {default} (0 job(s), 0 worker(s))" in first
+    assert f"state in {default} (0 jobs, 0 workers)" in first
     farm_line = next(line for line in first.splitlines() if line.startswith("  farm "))
     assert (default / "farm.sqlite3").is_file()
     process, _, again = await _start_serve(None)
