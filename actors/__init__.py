@@ -38,6 +38,7 @@ from ._messages import ActionStarted as ActionStarted
 from ._messages import ActionState as ActionState
 from ._messages import ActionStatusMessage as ActionStatusMessage
 from ._messages import ActionUpdate as ActionUpdate
+from ._messages import ActionUsage as ActionUsage
 from ._messages import AssignedAction as AssignedAction
 from ._messages import Cancel as Cancel
 from ._messages import CancelRunning as CancelRunning

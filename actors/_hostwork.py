@@ -24,6 +24,7 @@ from ._messages import (
     ActionProgress,
     ActionState,
     ActionStatusMessage,
+    ActionUsage,
     HostContext,
     SessionEvent,
     SessionLog,
@@ -52,6 +53,8 @@ class RunningAction:
     #: A malformed environment command fails the action, even if its process had
     #: already exited 0 when the line was read.
     mark_failed: bool = False
+    #: What its process cost, once it has ended.
+    usage: ActionUsage | None = None
 
 
 class ActionHostContext:

@@ -20,8 +20,9 @@ after its length (4 bytes, big-endian); the launcher answers with JSON lines.
     agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH}, with one fd
              (SCM_RIGHTS, on the length) for the action's stdout and stderr
     launcher -> {"pid": N} or {"errno": E, "message": TEXT}
-    launcher -> {"exit": N, "code": C}  once the action's process has ended
-                (C as ``subprocess`` reports it: negative for a signal)
+    launcher -> {"exit": N, "code": C, "usage": {...}}  once the action's process
+                has ended (C as ``subprocess`` reports it: negative for a signal;
+                usage: see ``Usage``)
     agent -> {"sweep": true}
     launcher -> {"swept": COUNT}  once every process below it is gone
 
@@ -63,6 +64,49 @@ if __package__:
 else:  # pragma: no cover - the script's own process
     _platform = _load_platform()
 
+#: Seconds between samples of the memory of everything below us while an action runs.
+SAMPLE_SECONDS = 0.5
+#: ``ru_maxrss`` is in KiB on Linux, in bytes on macOS.
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+
+
+class Usage:
+    """What an action's processes cost, for its exit report: CPU time of everything
+    reaped while it ran (the action, with the children it waited for, and whatever
+    was handed to us and ended), the largest single process (``ru_maxrss``), and
+    the peak of the memory of everything below us, sampled every
+    ``SAMPLE_SECONDS`` (the whole tree: several processes at once count together)."""
+
+    def __init__(self) -> None:
+        self.user = 0.0
+        self.system = 0.0
+        self.largest = 0
+        self.tree = 0
+        self.sampled = False
+        self.next_sample = time.monotonic()
+
+    def add(self, rusage: object) -> None:
+        self.user += getattr(rusage, "ru_utime", 0.0)
+        self.system += getattr(rusage, "ru_stime", 0.0)
+        self.largest = max(self.largest, int(getattr(rusage, "ru_maxrss", 0)) * _MAXRSS_UNIT)
+
+    def sample(self, me: int) -> None:
+        size = _platform.tree_rss(me)
+        if size is not None:
+            self.sampled = True
+            self.tree = max(self.tree, size)
+        self.next_sample = time.monotonic() + SAMPLE_SECONDS
+
+    def report(self) -> dict[str, object]:
+        return {
+            "user": round(self.user, 6),
+            "system": round(self.system, 6),
+            # The tree's peak is at least its largest process's.
+            "peak_rss": max(self.largest, self.tree),
+            "sampled": self.sampled,
+        }
+
+
 #: Bound on kill rounds in one sweep (each round kills everything found below).
 SWEEP_ROUNDS = 100
 #: Bound on one sweep, in real time (the agent does not time it out).
@@ -101,6 +145,8 @@ class Launcher:
         self.me = os.getpid()
         #: The action process whose exit the agent waits for.
         self.action: subprocess.Popen[bytes] | None = None
+        #: What the running action has cost so far.
+        self.usage = Usage()
         #: Swept and asked to exit: nothing is left to sweep on the way out.
         self.done = False
         #: Whether the last sweep left nothing below us.
@@ -146,19 +192,21 @@ class Launcher:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             action = self.action
+            if action is not None:
+                self.usage.add(rusage)
             if action is not None and pid == action.pid:
                 self.action = None
                 code = os.waitstatus_to_exitcode(status)
                 # We reaped it, not the Popen: say so, or the Popen would try to
                 # reap the pid later (and could take a new child's status).
                 action.returncode = code
-                self.send({"exit": pid, "code": code})
+                self.send({"exit": pid, "code": code, "usage": self.usage.report()})
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> None:
         argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
@@ -175,6 +223,7 @@ class Launcher:
             self.send({"errno": errno.EINVAL, "message": str(exc)})
         else:
             self.action = process
+            self.usage = Usage()
             self.send({"pid": process.pid})
         finally:
             for fd in fds:
@@ -216,7 +265,12 @@ class Launcher:
     def serve(self) -> None:
         while True:
             sock = self.sock.fileno()
-            readable, _, _ = select.select([sock, self.wake], [], [])
+            timeout = None
+            if self.action is not None:
+                if time.monotonic() >= self.usage.next_sample:
+                    self.usage.sample(self.me)
+                timeout = max(0.0, self.usage.next_sample - time.monotonic())
+            readable, _, _ = select.select([sock, self.wake], [], [], timeout)
             if self.wake in readable:
                 _drain(self.wake)
                 self.reap()

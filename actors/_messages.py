@@ -381,6 +381,42 @@ class SessionLog:
 
 
 @attrs.frozen
+class ActionUsage:
+    """What an action cost. Its wall time always; where its session has a launcher
+    (every contained session), the CPU time of its processes (the action with the
+    children it waited for, and anything of the session that ended while it ran)
+    and the peak resident memory of the session's whole process tree while it ran
+    (sampled twice a second, and never below its largest single process). The
+    figures survive a kill, a timeout or a cancel."""
+
+    wall_seconds: float
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    peak_rss_bytes: int | None = None
+
+    def describe(self) -> str:
+        """One line for a log: ``wall 1.204 s, CPU 0.81 s user + 0.10 s system, peak
+        memory 152.3 MiB``."""
+        parts = [f"wall {self.wall_seconds:.3f} s"]
+        if self.cpu_user_seconds is not None and self.cpu_system_seconds is not None:
+            parts.append(
+                f"CPU {self.cpu_user_seconds:.2f} s user + {self.cpu_system_seconds:.2f} s system"
+            )
+        if self.peak_rss_bytes is not None:
+            parts.append(f"peak memory {self.peak_rss_bytes / 2**20:.1f} MiB")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, float | int]:
+        fields = {
+            "wall_seconds": round(self.wall_seconds, 6),
+            "cpu_user_seconds": self.cpu_user_seconds,
+            "cpu_system_seconds": self.cpu_system_seconds,
+            "peak_rss_bytes": self.peak_rss_bytes,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+@attrs.frozen
 class ActionEnded:
     session_id: str
     action_id: str | None
@@ -394,6 +430,8 @@ class ActionEnded:
     ended_at: datetime | None = None
     #: A task run's job-attachment output manifests (``None``: it has none to report).
     manifests: tuple[Mapping[str, str], ...] | None = None
+    #: What its processes cost (``None``: it ran none, a host action).
+    usage: ActionUsage | None = None
 
 
 @attrs.frozen

@@ -165,6 +165,44 @@ def tagged_processes(needle: bytes, *, exact: bool) -> list[int]:
     return found
 
 
+def tree_rss(pid: int) -> int | None:
+    """Resident bytes of every process below ``pid`` (not ``pid`` itself), found
+    through ``/proc/<pid>/task/<tid>/children``; ``None`` without /proc (the
+    fallback has no cheap way to it)."""
+    if not use_proc():
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    stack = _children(pid)
+    seen: set[int] = set()
+    while stack:
+        child = stack.pop()
+        if child in seen:
+            continue
+        seen.add(child)
+        statm = _proc_read(f"/proc/{child}/statm")
+        if statm is None:
+            continue  # gone meanwhile
+        fields = statm.split()
+        if len(fields) > 1:
+            total += int(fields[1]) * page
+        stack.extend(_children(child))
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
+        data = _proc_read(f"/proc/{pid}/task/{tid}/children")
+        if data:
+            found.extend(int(child) for child in data.split())
+    return found
+
+
 def become_subreaper() -> bool:
     """Make this process a child subreaper (Linux); whether it is one."""
     if not use_proc():

@@ -76,6 +76,8 @@ class ProcessResult:
     #: Why the process could not be started, if it could not.
     spawn_error: str | None = None
     pid: int | None = None
+    #: What the process cost, as its launcher measured it (``None``: started directly).
+    usage: Mapping[str, object] | None = None
 
 
 LogFn = Callable[[str, str], None]
@@ -293,6 +295,7 @@ class _Supervisor:
             timed_out=control.timed_out and self._canceled,
             mark_failed=control.mark_failed and self._canceled,
             pid=process.pid,
+            usage=getattr(process, "usage", None),
         )
 
     async def _pump(self) -> None:

@@ -73,6 +73,7 @@ from ._messages import (
     ActionStarted,
     ActionState,
     ActionStatusMessage,
+    ActionUsage,
     Cancel,
     Enqueue,
     EnterEnvironment,
@@ -543,6 +544,7 @@ class SessionRunner:
             pending.append(SessionLog(self.session_id, action_id, level, message))
 
         await self._note(action_id, "info", f"running: {describe_command(prepared.argv)}")
+        began = trio.current_time()
         result = await run_process(
             prepared.argv,
             env=prepared.env,
@@ -564,6 +566,9 @@ class SessionRunner:
             await self._note(action_id, "error", f"cannot start {result.spawn_error}")
         elif result.exit_code is not None:
             await self._note(action_id, "info", f"process exited with code {result.exit_code}")
+        if result.spawn_error is None and result.pid is not None:
+            running.usage = _usage(trio.current_time() - began, result.usage)
+            await self._note(action_id, "info", f"usage: {running.usage.describe()}")
         return result
 
     def _apply(
@@ -682,6 +687,7 @@ class SessionRunner:
                 started_at=running.started_at,
                 ended_at=_now(),
                 manifests=manifests,
+                usage=running.usage,
             )
         )
         if not state.succeeded:
@@ -884,3 +890,21 @@ def _describe(runnable: Runnable, context: SessionContext) -> tuple[str, dict[st
     if isinstance(runnable, EnterEnvironment):
         return runnable.name, {}
     return context.environment_name(runnable.environment_id), {}
+
+
+def _usage(wall: float, measured: Mapping[str, object] | None) -> ActionUsage:
+    """The action's usage from its wall time and what its launcher measured."""
+    if not measured:
+        return ActionUsage(wall)
+
+    def number(key: str) -> float | None:
+        value = measured.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    peak = number("peak_rss")
+    return ActionUsage(
+        wall,
+        cpu_user_seconds=number("user"),
+        cpu_system_seconds=number("system"),
+        peak_rss_bytes=int(peak) if peak is not None else None,
+    )

@@ -98,10 +98,13 @@ class LaunchedProcess:
         self._launcher = launcher
         self.pid = pid
         self.returncode: int | None = None
+        #: What it cost, as the launcher measured it (see ``_launcher.Usage``), once
+        #: it has ended; ``None`` if the launcher went first.
+        self.usage: Mapping[str, object] | None = None
 
     async def wait(self) -> int:
         if self.returncode is None:
-            self.returncode = await self._launcher._wait_exit(self.pid)
+            self.returncode, self.usage = await self._launcher._wait_exit(self.pid)
         return self.returncode
 
 
@@ -189,18 +192,19 @@ class SessionLauncher:
         code = int(reply.get("errno") or errno.EIO)
         raise OSError(code, str(reply.get("message") or os.strerror(code)), argv[0])
 
-    async def _wait_exit(self, pid: int) -> int:
+    async def _wait_exit(self, pid: int) -> tuple[int, Mapping[str, object] | None]:
         async with self._lock:
             try:
                 while True:
                     reply = await self._receive()
                     if reply.get("exit") == pid:
-                        return int(reply["code"])
+                        usage = reply.get("usage")
+                        return int(reply["code"]), usage if isinstance(usage, dict) else None
             except LauncherGone:
                 # Its status is lost with the launcher: make sure it is gone too.
                 log.error("spawn.launcher_gone", launcher=self._process.pid, pid=pid)
                 await _kill_and_wait(pid)
-                return -signal.SIGKILL
+                return -signal.SIGKILL, None
 
     async def sweep(self) -> int:
         """Kill every process below the launcher; how many were killed.

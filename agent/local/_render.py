@@ -13,7 +13,9 @@ jsonl events, one JSON object per line, in order::
     {"event": "log", "index": N|null, "level": "warning"|"error"|"info", "message": TEXT}
     {"event": "action_ended", "index": N, "state": STATE, "exit_code": INT|null,
      "progress": FLOAT|null, "status_message": TEXT|null, "fail_message": TEXT|null,
-     "time": ISO8601}
+     "time": ISO8601, "usage": {"wall_seconds": FLOAT, "cpu_user_seconds": FLOAT,
+     "cpu_system_seconds": FLOAT, "peak_rss_bytes": INT} (what it cost; see
+     ``actors.ActionUsage``: the CPU and memory figures where it ran contained)}
     {"event": "session_ended", "status": "success"|"error"|"canceled",
      "actions": {STATE: COUNT}, "signal": "SIGINT"|"SIGTERM" (when canceled)}
 
@@ -84,6 +86,9 @@ class _Tracker:
         #: The signal the user interrupted the run with (``"SIGINT"``), if they did.
         self.interrupted_by: str | None = None
         self.started = time.monotonic()
+        #: What the actions cost together: CPU seconds, and the highest peak memory.
+        self.cpu_seconds: float | None = None
+        self.peak_rss_bytes: int | None = None
 
     def start(self, event: ActionStarted) -> int:
         index = self.next_index
@@ -99,6 +104,13 @@ class _Tracker:
     def end(self, event: ActionEnded) -> int | None:
         if event.state is not ActionState.NEVER_ATTEMPTED:
             self.states[event.state.value] += 1
+        usage = event.usage
+        if usage is not None and usage.cpu_user_seconds is not None:
+            self.cpu_seconds = (
+                (self.cpu_seconds or 0.0) + usage.cpu_user_seconds + (usage.cpu_system_seconds or 0)
+            )
+        if usage is not None and usage.peak_rss_bytes is not None:
+            self.peak_rss_bytes = max(self.peak_rss_bytes or 0, usage.peak_rss_bytes)
         return self.indices.get(event.action_id)
 
     def session(self, event: SessionEnded) -> None:
@@ -171,6 +183,12 @@ def _result(label: str, event: ActionEnded) -> str:
         details.append(f"exit {event.exit_code}")
     if event.started_at and event.ended_at:
         details.append(f"{(event.ended_at - event.started_at).total_seconds():.2f} s")
+    usage = event.usage
+    if usage is not None:
+        if usage.cpu_user_seconds is not None and usage.cpu_system_seconds is not None:
+            details.append(f"CPU {usage.cpu_user_seconds + usage.cpu_system_seconds:.2f} s")
+        if usage.peak_rss_bytes is not None:
+            details.append(f"peak memory {usage.peak_rss_bytes / 2**20:.1f} MiB")
     text = f"== {label}: {event.state.value}"
     if details:
         text += f" ({', '.join(details)})"
@@ -192,7 +210,13 @@ def _summary(tracker: _Tracker) -> str:
         f"session {outcome}: {counted(ran, 'action')} ran ({counted(tracker.tasks_run, 'task')})"
         f" in {elapsed:.2f} s"
     )
-    return f"{text}: {', '.join(parts)}" if parts else text
+    text = f"{text}: {', '.join(parts)}" if parts else text
+    costs = []
+    if tracker.cpu_seconds is not None:
+        costs.append(f"CPU {tracker.cpu_seconds:.2f} s")
+    if tracker.peak_rss_bytes is not None:
+        costs.append(f"peak memory {tracker.peak_rss_bytes / 2**20:.1f} MiB")
+    return f"{text}; {', '.join(costs)}" if costs else text
 
 
 class OutputGuard:
@@ -264,6 +288,7 @@ class JsonlRenderer(_Renderer):
                     "status_message": event.status_message,
                     "fail_message": event.fail_message,
                     "time": _iso(event.ended_at) if event.ended_at else None,
+                    **({"usage": event.usage.to_json()} if event.usage is not None else {}),
                 }
             )
             self._out.flush()

@@ -1,0 +1,142 @@
+"""What an action cost (issue 14): CPU time and the peak memory of its whole process
+tree, measured by the session's launcher, reported on ActionEnded and in the log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from actors import ActionEnded, ActionUsage, SessionEvent
+from agent.jobs import JobRun, JobSpec, JobStatus, OutputTail
+from tests.session_harness import job, py, step
+
+MiB = 2**20
+
+#: Three children, each touching 40 MiB, alive together for a second; the parent
+#: itself stays small. Then the parent spins for a while (CPU of its own).
+FORKED_TREE = """
+import os, time
+children = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(40 * 2**20)
+        for at in range(0, len(block), 4096):
+            block[at] = 1
+        time.sleep(1.5)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+deadline = time.process_time() + 0.3
+while time.process_time() < deadline:
+    pass
+"""
+
+
+async def _run(code: str, **options: float) -> tuple[list[ActionEnded], list[str], JobStatus]:
+    events: list[SessionEvent] = []
+    tail = OutputTail(200)
+    run = JobRun(
+        JobSpec.from_command([sys.executable, "-c", code]),
+        sinks=[tail],
+        on_event=events.append,
+        **options,  # type: ignore[arg-type]
+    )
+    outcome = await run.run()
+    return [e for e in events if isinstance(e, ActionEnded)], tail.lines, outcome.status
+
+
+async def test_a_forked_trees_peak_and_cpu_are_counted() -> None:
+    """The tree's peak is the children's sum (about 120 MiB), not the largest process's
+    40 MiB; the CPU includes the children's and the parent's own spin."""
+    [ended], lines, status = await _run(FORKED_TREE)
+    assert status is JobStatus.SUCCEEDED
+    usage = ended.usage
+    assert usage is not None
+    assert usage.peak_rss_bytes is not None and usage.peak_rss_bytes > 100 * MiB, usage
+    assert usage.cpu_user_seconds is not None and usage.cpu_system_seconds is not None
+    assert usage.cpu_user_seconds + usage.cpu_system_seconds >= 0.3
+    assert usage.wall_seconds >= 1.5
+    [line] = [line for line in lines if line.startswith("[farmhand] usage: ")]
+    assert line == f"[farmhand] usage: {usage.describe()}"
+    assert "peak memory" in line and "CPU" in line
+
+
+HOLD_30_MIB = (
+    "import time\nblock = bytearray(30 * 2**20)\n"
+    "for at in range(0, len(block), 4096):\n    block[at] = 1\n"
+    "print('holding', flush=True)\ntime.sleep(60)\n"
+)
+
+
+async def test_an_action_killed_at_its_timeout_still_reports_what_it_cost() -> None:
+    """Past its own timeout the action is killed; its usage comes with its end."""
+    template = job(step("Hold", {**py(HOLD_30_MIB), "timeout": 2}))
+    events: list[SessionEvent] = []
+    run = JobRun(JobSpec.from_template(template), on_event=events.append)
+    outcome = await run.run()
+    assert outcome.status is JobStatus.TIMEOUT
+    [ended] = [e for e in events if isinstance(e, ActionEnded)]
+    usage = ended.usage
+    assert usage is not None and usage.peak_rss_bytes is not None
+    assert usage.peak_rss_bytes > 30 * MiB
+    assert 2 <= usage.wall_seconds < 30
+
+
+async def test_a_stopped_action_logs_what_it_cost() -> None:
+    """A stop (here the run's own time limit) reports the action at once, before its
+    process is gone; the usage line follows in the log once it is."""
+    _, lines, status = await _run(HOLD_30_MIB, max_runtime=1.5, grace=0)
+    assert status is JobStatus.TIMEOUT
+    [line] = [line for line in lines if line.startswith("[farmhand] usage: ")]
+    assert "peak memory" in line
+
+
+def test_usage_reads_as_one_line_and_as_json() -> None:
+    usage = ActionUsage(1.2, 0.8, 0.1, 150 * MiB)
+    assert (
+        usage.describe() == "wall 1.200 s, CPU 0.80 s user + 0.10 s system, peak memory 150.0 MiB"
+    )
+    assert usage.to_json() == {
+        "wall_seconds": 1.2,
+        "cpu_user_seconds": 0.8,
+        "cpu_system_seconds": 0.1,
+        "peak_rss_bytes": 150 * MiB,
+    }
+    assert ActionUsage(0.5).describe() == "wall 0.500 s"
+    assert ActionUsage(0.5).to_json() == {"wall_seconds": 0.5}
+
+
+@pytest.mark.parametrize("output", ["jsonl", "human"])
+def test_run_shows_what_each_action_cost(tmp_path: Path, output: str) -> None:
+    """``run``: jsonl's action_ended carries usage; the human result line and summary
+    name CPU and peak memory."""
+    template = tmp_path / "job.json"
+    template.write_text(json.dumps(job(step("Use", py("print('hi')")))))
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "run", str(template), "--output", output],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    if output == "jsonl":
+        [ended] = [
+            e for e in map(json.loads, done.stdout.splitlines()) if e["event"] == "action_ended"
+        ]
+        assert set(ended["usage"]) == {
+            "wall_seconds",
+            "cpu_user_seconds",
+            "cpu_system_seconds",
+            "peak_rss_bytes",
+        }
+        assert ended["usage"]["peak_rss_bytes"] > 0
+    else:
+        text = done.stdout + done.stderr
+        assert "SUCCESS (exit 0, " in text and "peak memory" in text
+        assert "; CPU " in text
