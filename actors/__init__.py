@@ -85,6 +85,7 @@ from ._messages import SyncNow as SyncNow
 from ._messages import WaitSessions as WaitSessions
 from ._messages import returned_updates as returned_updates
 from ._openjd import SUPPORTED_EXTENSIONS as SUPPORTED_EXTENSIONS
+from ._openjd import step_memory_ceiling as step_memory_ceiling
 from ._output import LIVE_SECRETS as LIVE_SECRETS
 from ._output import REDACTED as REDACTED
 from ._output import Redactor as Redactor
@@ -104,6 +105,7 @@ from ._scheduler import close_schedule as close_schedule
 from ._scheduler import sync_now as sync_now
 from ._scheduler import tell as tell
 from ._scheduler import wait_sessions as wait_sessions
+from ._session import MEMORY_LIMIT_FAILURE as MEMORY_LIMIT_FAILURE
 from ._session import SessionConfig as SessionConfig
 from ._session import SessionRunner as SessionRunner
 from ._session import default_session_root as default_session_root

@@ -17,8 +17,11 @@ it has started would race with its first fork.
 The protocol, over a stream socket on fd 0: the agent sends JSON objects, each
 after its length (4 bytes, big-endian); the launcher answers with JSON lines.
 
-    agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH}, with one fd
-             (SCM_RIGHTS, on the length) for the action's stdout and stderr
+    agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH, "memory_limit": BYTES},
+             with one fd (SCM_RIGHTS, on the length) for the action's stdout and
+             stderr; over the (optional) limit, the action's processes are killed
+             and its exit's usage says so ("memory_limit": {limit, used, pid,
+             name, largest})
     launcher -> {"pid": N} or {"errno": E, "message": TEXT}
     launcher -> {"exit": N, "code": C, "usage": {...}}  once the action's process
                 has ended (C as ``subprocess`` reports it: negative for a signal;
@@ -66,6 +69,11 @@ else:  # pragma: no cover - the script's own process
 
 #: Seconds between samples of the memory of everything below us while an action runs.
 SAMPLE_SECONDS = 0.5
+#: The same, when a memory limit is to be held (a runaway has less time to grow).
+LIMIT_SAMPLE_SECONDS = 0.1
+#: What actions get as ``oom_score_adj`` (they inherit ours): when the host runs out
+#: of memory, the kernel picks a job's process before the agent.
+ACTION_OOM_SCORE_ADJ = 500
 #: ``ru_maxrss`` is in KiB on Linux, in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
@@ -77,7 +85,11 @@ class Usage:
     the peak of the memory of everything below us, sampled every
     ``SAMPLE_SECONDS`` (the whole tree: several processes at once count together)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        #: Bytes the session's processes may use together (``None``: no limit).
+        self.limit = limit
+        #: Set when they went over it: what to tell the agent.
+        self.exceeded: dict[str, object] | None = None
         self.user = 0.0
         self.system = 0.0
         self.largest = 0
@@ -90,21 +102,39 @@ class Usage:
         self.system += getattr(rusage, "ru_stime", 0.0)
         self.largest = max(self.largest, int(getattr(rusage, "ru_maxrss", 0)) * _MAXRSS_UNIT)
 
-    def sample(self, me: int) -> None:
-        size = _platform.tree_rss(me)
-        if size is not None:
-            self.sampled = True
-            self.tree = max(self.tree, size)
-        self.next_sample = time.monotonic() + SAMPLE_SECONDS
+    def sample(self, me: int) -> bool:
+        """Measure; ``True`` when the limit has just been passed."""
+        found = _platform.tree_memory(me)
+        self.next_sample = time.monotonic() + (
+            SAMPLE_SECONDS if self.limit is None else LIMIT_SAMPLE_SECONDS
+        )
+        if found is None:
+            return False
+        size, largest, largest_size = found
+        self.sampled = True
+        self.tree = max(self.tree, size)
+        if self.limit is None or self.exceeded is not None or size <= self.limit:
+            return False
+        self.exceeded = {
+            "limit": self.limit,
+            "used": size,
+            "pid": largest,
+            "name": _platform.process_name(largest),
+            "largest": largest_size,
+        }
+        return True
 
     def report(self) -> dict[str, object]:
-        return {
+        report: dict[str, object] = {
             "user": round(self.user, 6),
             "system": round(self.system, 6),
             # The tree's peak is at least its largest process's.
             "peak_rss": max(self.largest, self.tree),
             "sampled": self.sampled,
         }
+        if self.exceeded is not None:
+            report["memory_limit"] = self.exceeded
+        return report
 
 
 #: Bound on kill rounds in one sweep (each round kills everything found below).
@@ -212,6 +242,7 @@ class Launcher:
         argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
         env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
         cwd = str(request["cwd"])
+        limit = request.get("memory_limit")
         try:
             if len(fds) != 1 or not argv:
                 raise OSError(errno.EINVAL, "a spawn request needs an argv and one fd")
@@ -223,11 +254,27 @@ class Launcher:
             self.send({"errno": errno.EINVAL, "message": str(exc)})
         else:
             self.action = process
-            self.usage = Usage()
+            self.usage = Usage(int(limit) if isinstance(limit, int) and limit > 0 else None)
             self.send({"pid": process.pid})
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def kill_action(self) -> None:
+        """Over its memory limit: the action's process group and everything below it
+        go now (its exit is reported as it is reaped, with the reason)."""
+        action = self.action
+        if action is None:
+            return
+        try:
+            os.killpg(action.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        for pid in [action.pid, *_descendants(action.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def sweep(self) -> int:
         """Kill everything below us, round after round, until nothing is left."""
@@ -267,8 +314,8 @@ class Launcher:
             sock = self.sock.fileno()
             timeout = None
             if self.action is not None:
-                if time.monotonic() >= self.usage.next_sample:
-                    self.usage.sample(self.me)
+                if time.monotonic() >= self.usage.next_sample and self.usage.sample(self.me):
+                    self.kill_action()
                 timeout = max(0.0, self.usage.next_sample - time.monotonic())
             readable, _, _ = select.select([sock, self.wake], [], [], timeout)
             if self.wake in readable:
@@ -340,6 +387,7 @@ def main() -> int:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _ignore)
     subreaper = _become_subreaper()
+    _platform.raise_oom_score(ACTION_OOM_SCORE_ADJ)
     sock = socket.socket(fileno=0)
     launcher = Launcher(sock, subreaper=subreaper)
     try:

@@ -229,6 +229,9 @@ class RunTask:
     env: Mapping[str, str] = attrs.field(factory=dict)
     #: Work before and after the task (job attachments' output upload).
     hook: TaskHook | None = None
+    #: The step's own memory ceiling in bytes (``amount.worker.memory``; see
+    #: ``actors._openjd.step_memory_ceiling``), on top of the session's limit.
+    memory_limit: int | None = None
 
     @property
     def kind(self) -> ActionKind:

@@ -556,3 +556,16 @@ def _resolve_cancelation(action: Action, symtab: SymbolTable, default_notify: in
             float(period if period is not None else default_notify),
         )
     return CancelMethod(CancelMode.TERMINATE)
+
+
+def step_memory_ceiling(step: Any) -> int | None:
+    """A step's own memory ceiling in bytes: its ``amount.worker.memory`` host
+    requirement (MiB), its ``max`` when it gives one, else its ``min`` (what the job
+    said it needs is what it may use); ``None`` when it names none."""
+    requirements = getattr(step, "hostRequirements", None)
+    for amount in getattr(requirements, "amounts", None) or ():
+        if str(amount.name) == "amount.worker.memory":
+            value = amount.max if amount.max is not None else amount.min
+            if value is not None and float(value) > 0:
+                return int(float(value) * 2**20)
+    return None

@@ -166,13 +166,21 @@ def tagged_processes(needle: bytes, *, exact: bool) -> list[int]:
 
 
 def tree_rss(pid: int) -> int | None:
-    """Resident bytes of every process below ``pid`` (not ``pid`` itself), found
-    through ``/proc/<pid>/task/<tid>/children``; ``None`` without /proc (the
-    fallback has no cheap way to it)."""
+    """Resident bytes of every process below ``pid`` (not ``pid`` itself); ``None``
+    without /proc (the fallback has no cheap way to it)."""
+    found = tree_memory(pid)
+    return None if found is None else found[0]
+
+
+def tree_memory(pid: int) -> tuple[int, int, int] | None:
+    """``(total, largest pid, its bytes)``: the resident memory of every process below
+    ``pid`` (not ``pid`` itself), found through ``/proc/<pid>/task/<tid>/children``;
+    ``None`` without /proc."""
     if not use_proc():
         return None
     page = os.sysconf("SC_PAGE_SIZE")
     total = 0
+    largest, largest_size = 0, -1
     stack = _children(pid)
     seen: set[int] = set()
     while stack:
@@ -185,9 +193,18 @@ def tree_rss(pid: int) -> int | None:
             continue  # gone meanwhile
         fields = statm.split()
         if len(fields) > 1:
-            total += int(fields[1]) * page
+            size = int(fields[1]) * page
+            total += size
+            if size > largest_size:
+                largest, largest_size = child, size
         stack.extend(_children(child))
-    return total
+    return total, largest, max(largest_size, 0)
+
+
+def process_name(pid: int) -> str:
+    """The process's command name (``comm``), or ``"?"``."""
+    data = _proc_read(f"/proc/{pid}/comm") if use_proc() else None
+    return data.decode("utf-8", "replace").strip() if data else "?"
 
 
 def _children(pid: int) -> list[int]:
@@ -201,6 +218,16 @@ def _children(pid: int) -> list[int]:
         if data:
             found.extend(int(child) for child in data.split())
     return found
+
+
+def raise_oom_score(value: int) -> None:
+    """Make this process (and what it starts) a likelier pick for the kernel's OOM
+    killer than the agent; any process may raise its own score. No-op elsewhere."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as stream:
+            stream.write(str(value))
+    except OSError:
+        pass
 
 
 def become_subreaper() -> bool:

@@ -172,6 +172,7 @@ async def run_process(
     launcher: SessionLauncher | None = None,
     also_signal: Callable[[signal.Signals], None] | None = None,
     file_group: int | None = None,
+    memory_limit: int | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
 
@@ -193,7 +194,9 @@ async def run_process(
     try:
         try:
             if launcher is not None:
-                process = await launcher.spawn(argv, env=env, cwd=cwd, output_fd=write_fd)
+                process = await launcher.spawn(
+                    argv, env=env, cwd=cwd, output_fd=write_fd, memory_limit=memory_limit
+                )
             else:
                 process = await trio.lowlevel.open_process(
                     list(argv),

@@ -135,6 +135,10 @@ class SessionConfig:
     #: still has, daemons started outside the session included (the official agent's
     #: ``cleanup_session_user_processes``). Never for the agent's own user.
     cleanup_user_processes: bool = False
+    #: Bytes the session's processes may use together while an action runs (``None``:
+    #: no limit). An action over it is killed and fails saying so; a task's step may
+    #: set a lower ceiling of its own (``RunTask.memory_limit``).
+    memory_limit: int | None = None
 
 
 def default_session_root() -> Path:
@@ -481,7 +485,13 @@ class SessionRunner:
         if isinstance(runnable, EnterEnvironment):
             context.entering = runnable.environment_id
         try:
-            result = await self._run_process(prepared, running, context, tag.get(TAG_VARIABLE))
+            limits = [self.config.memory_limit]
+            if isinstance(runnable, RunTask):
+                limits.append(runnable.memory_limit)
+            limit = min((x for x in limits if x is not None), default=None)
+            result = await self._run_process(
+                prepared, running, context, tag.get(TAG_VARIABLE), memory_limit=limit
+            )
         finally:
             context.entering = None
         state = ActionState.FAILED if running.mark_failed else _final_state(result)
@@ -522,6 +532,8 @@ class SessionRunner:
         running: RunningAction,
         context: SessionContext,
         tag: str | None,
+        *,
+        memory_limit: int | None = None,
     ) -> ProcessResult:
         assert prepared.argv is not None
         action_id = running.action_id
@@ -559,6 +571,7 @@ class SessionRunner:
             if context.job_user is not None and tag is not None
             else None,
             file_group=context.job_user.gid if context.job_user is not None else None,
+            memory_limit=memory_limit,
         )
         await flush(processor.finish())
         if result.spawn_error is not None:
@@ -569,6 +582,13 @@ class SessionRunner:
         if result.spawn_error is None and result.pid is not None:
             running.usage = _usage(trio.current_time() - began, result.usage)
             await self._note(action_id, "info", f"usage: {running.usage.describe()}")
+        over = (result.usage or {}).get("memory_limit")
+        if isinstance(over, dict):
+            message = memory_limit_message(over)
+            running.fail_message = message
+            running.mark_failed = True
+            await self._emit(ActionFailMessage(self.session_id, action_id, message))
+            await self._note(action_id, "error", message)
         return result
 
     def _apply(
@@ -907,4 +927,24 @@ def _usage(wall: float, measured: Mapping[str, object] | None) -> ActionUsage:
         cpu_user_seconds=number("user"),
         cpu_system_seconds=number("system"),
         peak_rss_bytes=int(peak) if peak is not None else None,
+    )
+
+
+#: How a failure for memory starts: a farm (or a person) can tell it from others
+#: and retry the task with more memory.
+MEMORY_LIMIT_FAILURE = "memory limit exceeded"
+
+
+def memory_limit_message(over: Mapping[str, object]) -> str:
+    """``memory limit exceeded: its processes used 412.3 MiB, over the 256.0 MiB limit
+    (largest: pid 1234 python3, 400.1 MiB); farmhand killed them``."""
+
+    def mib(key: str) -> str:
+        value = over.get(key)
+        return f"{value / 2**20:.1f} MiB" if isinstance(value, int | float) else "?"
+
+    return (
+        f"{MEMORY_LIMIT_FAILURE}: its processes used {mib('used')}, over the "
+        f"{mib('limit')} limit (largest: pid {over.get('pid')} {over.get('name')}, "
+        f"{mib('largest')}); farmhand killed them"
     )

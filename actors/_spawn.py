@@ -173,14 +173,25 @@ class SessionLauncher:
         return self._process.pid
 
     async def spawn(
-        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output_fd: int
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        output_fd: int,
+        memory_limit: int | None = None,
     ) -> LaunchedProcess:
         """Start ``argv`` with stdout and stderr on ``output_fd`` (which stays ours to close).
+        ``memory_limit``: bytes the session's processes may use together while it runs;
+        past it the launcher kills it (its usage then says so).
 
         Raises ``OSError`` as exec would (``FileNotFoundError`` for a missing command).
         """
         check_exec_arguments(argv, env, cwd)
-        body = json.dumps({"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}).encode()
+        request: dict[str, object] = {"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}
+        if memory_limit is not None:
+            request["memory_limit"] = int(memory_limit)
+        body = json.dumps(request).encode()
         async with self._lock:
             with self._exchange():
                 await self._send(body, output_fd)

@@ -101,6 +101,7 @@ from ._messages import (
     TaskHook,
     returned_updates,
 )
+from ._openjd import step_memory_ceiling
 from ._output import Redactor
 from ._paths import path_under
 from ._session import SessionConfig, SessionRunner
@@ -264,6 +265,8 @@ class WorkSessionOptions:
     #: Let jobs inherit the agent's AWS credential variables: only for ``run``, whose
     #: jobs are the user's own, as with ``openjd run``. A farm's jobs never get them.
     jobs_get_agent_credentials: bool = False
+    #: Bytes a session's processes may use together (``SessionConfig.memory_limit``).
+    memory_limit: int | None = None
 
 
 class WorkSession:
@@ -478,6 +481,7 @@ class WorkSession:
             secret_patterns=self._options.secret_patterns,
             job_user=job_user,
             cleanup_user_processes=self._options.cleanup_user_processes,
+            memory_limit=self._options.memory_limit,
         )
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
         runner = SessionRunner(
@@ -622,6 +626,7 @@ class WorkSession:
             resolved_symtab=step.resolved_symtab,
             env=env,
             hook=hook,
+            memory_limit=step_memory_ceiling(step.template),
         )
 
     async def _sync_attachments(self, step_id: str | None, context: HostContext) -> None:

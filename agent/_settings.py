@@ -80,6 +80,24 @@ def parse_int(value: object) -> int:
     raise Invalid(f"expected an integer, got {value!r}")
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """Bytes: an integer, or a number with K, M, G or T (KiB, MiB, GiB, TiB; ``4G``,
+    ``512MiB``, ``1.5GB``: binary units, as docker and ulimit read them)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        found = _SIZE.fullmatch(value.strip())
+        if found:
+            number, unit = float(found.group(1)), found.group(2).upper()
+            size = int(number * 1024 ** " KMGT".index(unit or " "))
+            if size > 0:
+                return size
+    raise Invalid(f"expected a size such as 4GiB, 512M or a number of bytes, got {value!r}")
+
+
 def parse_str(value: object) -> str:
     if not isinstance(value, str):
         raise Invalid(f"expected a string, got {value!r}")

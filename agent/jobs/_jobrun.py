@@ -383,6 +383,7 @@ class JobRun:
         notes: bool = True,
         job_user: JobUser | None = None,
         secret_patterns: Sequence[str] = (),
+        memory_limit: int | None = None,
     ) -> None:
         """``sinks`` get every output line (and, with ``notes``, the runner's
         ``[farmhand]`` notes and a closing line); ``on_event`` sees every session
@@ -390,7 +391,9 @@ class JobRun:
         process, with its watchdog started, is best); without one the run makes
         its own. ``job_user`` runs the job as that OS user (through ``sudo``, as the
         Deadline worker's job user); ``secret_patterns`` are regular expressions
-        whose matches are masked in every line, as ``openjd_redacted_env`` values are."""
+        whose matches are masked in every line, as ``openjd_redacted_env`` values are.
+        ``memory_limit``: bytes the job's processes may use together; an action over it
+        is killed and fails with a message starting ``memory limit exceeded``."""
         if max_runtime is not None and max_runtime <= 0:
             raise ValueError(f"max_runtime must be positive, not {max_runtime}")
         self.spec = spec
@@ -405,6 +408,7 @@ class JobRun:
         self._notes = notes
         self._job_user = job_user
         self._secret_patterns = tuple(secret_patterns)
+        self._memory_limit = memory_limit
         self._state: Literal["new", "running", "stopping", "ended"] = "new"
         self._stop_status: JobStatus | None = None
         self._stop_reason: str | None = None
@@ -519,6 +523,7 @@ class JobRun:
             retain_working_directory=self._retain,
             job_user=self._job_user,
             secret_patterns=self._secret_patterns,
+            memory_limit=self._memory_limit,
         )
         async with trio.open_nursery() as nursery:
             inbox, events_receive = await start_session(

@@ -40,11 +40,13 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import attrs
 import trio
 
 from actors import Containment, UnsafeDirectoryError, default_session_root, private_directory
 
 from .._logging import configure_logging
+from .._settings import parse_size
 from ._bundle import JobBundle
 from ._localrun import (
     LocalPlan,
@@ -107,6 +109,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     tasks.add_argument("--maximum-tasks", type=int, help="run at most this many tasks of the step")
     parser.add_argument(
         "--preserve", action="store_true", help="keep the session's working directory"
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=_size,
+        metavar="SIZE",
+        help="kill an action whose processes use more memory than this together, and "
+        "fail it saying so (4GiB, 512M; a step's amount.worker.memory may set less)",
     )
     parser.add_argument(
         "--output",
@@ -201,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         succeeded: bool | None = None  # the direct runner has no verdict beyond the events
         if args.direct or reason is not None:
-            _run_direct(plan, renderer, preserve=args.preserve)
+            _run_direct(plan, renderer, preserve=args.preserve, memory_limit=args.memory_limit)
         else:
             status = trio.run(
                 partial(
@@ -211,6 +220,7 @@ def main(args: argparse.Namespace) -> int:
                     preserve=args.preserve,
                     bundle=bundle,
                     on_interrupt=renderer.interrupted,
+                    memory_limit=args.memory_limit,
                 )
             )
             succeeded = status == "SUCCEEDED"
@@ -231,10 +241,21 @@ def main(args: argparse.Namespace) -> int:
     return renderer.exit_status
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run_direct(
-    plan: LocalPlan, renderer: HumanRenderer | JsonlRenderer | JsonRenderer, *, preserve: bool
+    plan: LocalPlan,
+    renderer: HumanRenderer | JsonlRenderer | JsonRenderer,
+    *,
+    preserve: bool,
+    memory_limit: int | None = None,
 ) -> None:
-    config = session_config(plan, preserve=preserve)
+    config = attrs.evolve(session_config(plan, preserve=preserve), memory_limit=memory_limit)
     # The watchdog kills what this session started even if we are killed with SIGKILL.
     containment = Containment()
     containment.start_watchdog()

@@ -208,6 +208,7 @@ async def run_through_farm(
     settings: FarmRunSettings | None = None,
     bundle: JobBundle | None = None,
     on_interrupt: Callable[[str], None] | None = None,
+    memory_limit: int | None = None,
 ) -> str:
     """Run the plan on an embedded farm with one embedded worker; the job's final
     task run status (``SUCCEEDED`` when everything ran and succeeded). A job
@@ -255,6 +256,7 @@ async def run_through_farm(
                         report_interval=settings.report_interval_seconds,
                     ),
                     s3_endpoint_url=farm.s3_endpoint_url or None,
+                    session_memory_limit=memory_limit,
                 ),
                 endpoints=_endpoints(farm),
                 bootstrap_credentials=CredentialHolder(

@@ -54,6 +54,7 @@ from actors import (
     SessionEvent,
     SessionRunner,
     Stop,
+    step_memory_ceiling,
 )
 
 from .._documents import DocumentError, load_document, read_text
@@ -505,6 +506,7 @@ class _PlanBuilder:
         symtab = self.created.step_symbol_tables.get(step.name)
         first = self.length + 1
         name, script = step.name, step.script
+        ceiling = step_memory_ceiling(step)
 
         def make(offset: int, parameters: TaskParameterSet | None) -> Runnable:
             assert parameters is not None
@@ -514,6 +516,7 @@ class _PlanBuilder:
                 script=script,
                 parameters=parameters,
                 resolved_symtab=symtab,
+                memory_limit=ceiling,
             )
 
         count = len(tasks)

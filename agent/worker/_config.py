@@ -75,6 +75,7 @@ from .._settings import (
     parse_path,
     parse_patterns,
     parse_port,
+    parse_size,
     parse_url,
     suggest,
 )
@@ -283,6 +284,8 @@ class WorkerConfig:
     secret_patterns: tuple[str, ...] = ()
     #: Secret values shorter than this are not masked (one letter would mask every copy of it).
     min_secret_length: int = 1
+    #: Bytes a session's processes may use together (``None``: no limit); see the README.
+    session_memory_limit: int | None = None
     #: Where each setting that was not defaulted came from (flag, variable or file key).
     origins: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
     #: The config file that was read, if any.
@@ -488,6 +491,11 @@ _SETTINGS: tuple[_Setting, ...] = (
              "--secret-pattern", _E + "SECRET_PATTERNS", ("logging", "secret_patterns"),
              "mask matches of this regular expression in the logs (repeatable)",
              metavar="REGEX", append=True),
+    _Setting("session_memory_limit", parse_size,
+             "--session-memory-limit", _E + "SESSION_MEMORY_LIMIT", ("worker", "session_memory_limit"),
+             "kill an action whose session's processes use more memory than this together, "
+             "and fail it saying so (4GiB, 512M; a step's amount.worker.memory may set less)",
+             metavar="SIZE"),
     _Setting("min_secret_length", at_least(parse_int, 1),
              "--min-secret-length", _E + "MIN_SECRET_LENGTH", ("logging", "min_secret_length"),
              "do not mask secret values shorter than this (default 1)", metavar="N"),

@@ -611,6 +611,7 @@ async def _run_worker(
         local_session_logs=config.local_session_logs,
         ship_session_logs=ship_session_logs,
         min_secret_length=config.min_secret_length,
+        memory_limit=config.session_memory_limit,
         secret_patterns=config.secret_patterns,
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
         job_user_override=JobUser(override[0], override[1] or None) if override else None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import ActionEnded, ActionUsage, SessionEvent
+from actors import MEMORY_LIMIT_FAILURE, ActionEnded, ActionUsage, SessionEvent
 from agent.jobs import JobRun, JobSpec, JobStatus, OutputTail
 from tests.session_harness import job, py, step
 
@@ -140,3 +140,64 @@ def test_run_shows_what_each_action_cost(tmp_path: Path, output: str) -> None:
         text = done.stdout + done.stderr
         assert "SUCCESS (exit 0, " in text and "peak memory" in text
         assert "; CPU " in text
+
+
+ALLOCATE = (
+    "import sys, time\nblock = bytearray(int(sys.argv[1]) * 2**20)\n"
+    "for at in range(0, len(block), 4096):\n    block[at] = 1\n"
+    "print('allocated', flush=True)\ntime.sleep(float(sys.argv[2]))\n"
+)
+
+
+async def test_an_action_over_the_memory_limit_fails_saying_so() -> None:
+    """Over the limit its processes are killed and it fails with a message that names
+    the limit, the use and the largest process; a job under the limit runs on."""
+    events: list[SessionEvent] = []
+    over = JobRun(
+        JobSpec.from_command([sys.executable, "-c", ALLOCATE, "300", "30"]),
+        on_event=events.append,
+        memory_limit=150 * MiB,
+    )
+    outcome = await over.run()
+    assert outcome.status is JobStatus.FAILED and outcome.exit_code == -9
+    [ended] = [e for e in events if isinstance(e, ActionEnded)]
+    assert ended.fail_message is not None
+    assert ended.fail_message.startswith(f"{MEMORY_LIMIT_FAILURE}: its processes used ")
+    assert "over the 150.0 MiB limit (largest: pid " in ended.fail_message
+    assert " python" in ended.fail_message  # the largest process, by name
+    assert ended.usage is not None and ended.usage.wall_seconds < 20
+
+    under = JobRun(
+        JobSpec.from_command([sys.executable, "-c", ALLOCATE, "30", "0.5"]),
+        memory_limit=150 * MiB,
+    )
+    assert (await under.run()).status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("megabytes", "status"), [(200, JobStatus.FAILED), (20, JobStatus.SUCCEEDED)]
+)
+async def test_a_steps_memory_requirement_is_its_ceiling(megabytes: int, status: JobStatus) -> None:
+    """``amount.worker.memory`` (max, else min, in MiB) caps the step's tasks."""
+    template = job(
+        step(
+            "Render",
+            {"command": sys.executable, "args": ["-c", ALLOCATE, str(megabytes), "1"]},
+            hostRequirements={"amounts": [{"name": "amount.worker.memory", "max": 100}]},
+        )
+    )
+    outcome = await JobRun(JobSpec.from_template(template)).run()
+    assert outcome.status is status, outcome
+    if status is JobStatus.FAILED:
+        assert outcome.error is not None and MEMORY_LIMIT_FAILURE in outcome.error
+
+
+async def test_actions_are_the_kernels_first_pick_when_memory_runs_out() -> None:
+    """Actions inherit the launcher's raised oom_score_adj; the agent keeps its own."""
+    tail = OutputTail()
+    outcome = await JobRun(
+        JobSpec.from_command(["cat", "/proc/self/oom_score_adj"]), sinks=[tail], notes=False
+    ).run()
+    assert outcome.succeeded
+    assert tail.lines == ["500"]
+    assert int(Path("/proc/self/oom_score_adj").read_text()) < 500  # noqa: ASYNC240

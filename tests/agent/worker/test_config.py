@@ -719,3 +719,15 @@ def test_every_setting_has_a_reader() -> None:
                 ):
                     read.add(node.value)
     assert sorted(names - read) == []
+
+
+def test_the_session_memory_limit_is_a_size(tmp_path: Path) -> None:
+    """Flag, variable or worker.toml, in binary units; nonsense is one clear error."""
+    assert load(["--session-memory-limit", "4GiB"]).session_memory_limit == 4 * 2**30
+    variable = {**IDS, "DEADLINE_WORKER_SESSION_MEMORY_LIMIT": "512M"}
+    assert load(environ=variable).session_memory_limit == 512 * 2**20
+    file = write(tmp_path, "[worker]\nsession_memory_limit = 1073741824\n")
+    assert load(file=file).session_memory_limit == 2**30
+    assert load().session_memory_limit is None
+    message = error(["--session-memory-limit", "lots"])
+    assert "--session-memory-limit" in message and "expected a size such as 4GiB" in message

@@ -461,3 +461,25 @@ async def test_an_idle_worker_gets_a_new_job_in_its_held_call(tmp_path: Path) ->
         assert after == []
         assert await wait_job(farm, job_id) == "SUCCEEDED"
         assert worker.statistics().heartbeat_age is not None
+
+
+async def test_a_task_over_the_session_memory_limit_is_reported_failed_for_memory(
+    tmp_path: Path,
+) -> None:
+    """--session-memory-limit: the task is killed and reported FAILED with a progress
+    message that starts "memory limit exceeded", which a farm can tell from others."""
+    code = (
+        "import time\nblock = bytearray(300 * 2**20)\n"
+        "for at in range(0, len(block), 4096):\n    block[at] = 1\ntime.sleep(30)\n"
+    )
+    async with farm_and_worker(tmp_path, session_memory_limit=150 * 2**20) as (farm, _w, _e):
+        job_id = farm.create_job(simple_job(py(code), frames="1", environments=False))
+        assert await wait_job(farm, job_id) == "FAILED"
+    [failed] = [
+        fields
+        for call in farm.calls_to("UpdateWorkerSchedule")
+        for fields in (call.input.get("updatedSessionActions") or {}).values()
+        if fields.get("completedStatus") == "FAILED"
+    ]
+    assert failed["processExitCode"] == -9
+    assert failed["progressMessage"].startswith("memory limit exceeded: its processes used ")
