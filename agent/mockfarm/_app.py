@@ -27,7 +27,7 @@ import itertools
 import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -429,8 +429,10 @@ class MockFarmApp:
         *,
         dropped: bool = False,
     ) -> None:
+        # When it arrived, on the wall clock (a held call is recorded when answered).
+        timestamp = datetime.now(UTC) - timedelta(seconds=trio.current_time() - arrived)
         self.calls.append(
-            CallRecord(name, codec.name, params, status, error, arrived, datetime.now(UTC), dropped)
+            CallRecord(name, codec.name, params, status, error, arrived, timestamp, dropped)
         )
 
     # ------------------------------------------------------------ /_mockfarm/
