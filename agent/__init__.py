@@ -1,6 +1,7 @@
 """farmhand's host side: the worker agent, its configuration, and farmhand's errors.
 
-Embedding the worker in a Trio program::
+Embedding the worker in a Trio or an asyncio program (under asyncio its Trio
+tree runs as a guest on the program's loop, which then owns the signals)::
 
     async with agent.open_agent(config) as worker:
         ...                              # worker.statistics(), worker.wait_stop_requested()

@@ -1,12 +1,15 @@
 """The worker agent against a farm: per-task latency, CPU, memory and start-up.
 
     python -m benchmarks.pipeline [--tasks 2000] [--silent-seconds 30] [--idle-seconds 60]
-        [--pipeline-depths 2,32] [--update-interval 15]
+        [--pipeline-depths 2,32] [--update-interval 15] [--hosts trio,asyncio]
 
 The mock farm runs in this process; the worker is a separate process,
 ``python -m agent --farm-id ... --fleet-id ...`` pointed at it as a deployed
 agent would be (the ``AWS_ENDPOINT_URL_*`` variables), so its CPU time and
-memory are its own. In order:
+memory are its own. With ``--hosts trio,asyncio`` (the default) the same phases
+run a second time, against a fresh farm, with the worker hosted by an asyncio
+program (``python -m benchmarks.asynciohost``, the same flags): its Trio tree
+runs in Trio's guest mode on the asyncio loop. In order, for each host:
 
 1. **start-up**: from starting the worker process to the farm's first
    UpdateWorkerSchedule from it;
@@ -24,9 +27,10 @@ memory are its own. In order:
 
 Targets: at most 3 ms per task above the shell loop (the official agent spends
 about 100 ms between pipelined tasks) and under 0.2 % of a core while a silent
-task runs (the official agent: 3.8 %). The exit status says whether both were
-met (the task target by the deepest pipeline). Shorter runs for a quick look:
-``--tasks 200 --silent-seconds 5 --idle-seconds 5``.
+task runs (the official agent: 3.8 %); a guest-mode worker at most 1.2 times
+the Trio host's time per task at each depth. The exit status says whether all
+were met (the task target by the deepest pipeline). Shorter runs for a quick
+look: ``--tasks 200 --silent-seconds 5 --idle-seconds 5``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -53,6 +58,10 @@ from tests.workerproc import worker_argv
 
 TASK_TARGET_MS = 3.0
 SILENT_TARGET_PERCENT = 0.2
+#: A guest-mode worker's time per task, at most this many times the Trio host's.
+GUEST_TARGET_RATIO = 1.2
+#: The worker program for each host: the same flags, ``python -m <module>``.
+HOSTS = {"trio": "agent", "asyncio": "benchmarks.asynciohost"}
 
 
 def job(tasks: int, command: list[str]) -> dict[str, Any]:
@@ -98,6 +107,19 @@ async def wait_job(farm: MockFarm, job_id: str) -> str:
 
 async def measure(args: argparse.Namespace) -> int:
     shell = shell_loop(args.tasks)
+    runs = {}
+    for host in args.hosts:
+        runs[host] = await _measure_host(args, host)
+    met = True
+    for host, run in runs.items():
+        print(f"\nworker hosted by {host} ({HOSTS[host]}):")
+        met = _report(args, run, shell) and met
+    if "trio" in runs and "asyncio" in runs:
+        met = _compare(args, runs["trio"], runs["asyncio"]) and met
+    return 0 if met else 1
+
+
+async def _measure_host(args: argparse.Namespace, host: str) -> HostRun:
     config = FarmConfig(
         update_interval_seconds=args.update_interval,
         max_retries_per_task=0,
@@ -105,7 +127,7 @@ async def measure(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="farmhand-pipeline-") as tmp:
         root = Path(tmp)
         async with open_mock_farm(config=config, call_history=None) as farm:
-            argv = worker_argv(farm, root)
+            argv = [sys.executable, "-m", HOSTS[host], *worker_argv(farm, root)[3:]]
             env = {**os.environ, **farm.environ()}
             stderr = (root / "worker.stderr").open("wb")
             spawned = datetime.now(UTC)
@@ -113,11 +135,25 @@ async def measure(args: argparse.Namespace) -> int:
                 argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
             )
             try:
-                return await _phases(args, farm, worker, spawned, shell)
+                return await _phases(args, farm, worker, spawned)
             finally:
                 worker.send_signal(signal.SIGTERM)
                 await trio.to_thread.run_sync(worker.wait)
                 stderr.close()
+
+
+@attrs.frozen
+class HostRun:
+    startup: float
+    idle_cpu: float
+    idle_rss: float
+    busy_rss: float
+    results: list[PipelineResult]
+    silent_cpu: float
+    silent_wall: float
+    #: The session launchers' CPU while the silent task ran (the accounting's sampling).
+    sampling_cpu: float
+    launchers: int
 
 
 async def _phases(
@@ -125,8 +161,7 @@ async def _phases(
     farm: MockFarm,
     worker: subprocess.Popen[bytes],
     spawned: datetime,
-    shell: float,
-) -> int:
+) -> HostRun:
     process = psutil.Process(worker.pid)
     with trio.fail_after(120):
         # The first call is held by the farm (long poll) until work comes: as soon as
@@ -168,20 +203,36 @@ async def _phases(
     silent_cpu, silent_wall = cpu_seconds(process) - cpu0, time.perf_counter() - wall0
     sampling_cpu = sum(cpu_seconds(launcher) for launcher in launchers) - launcher0
     assert await wait_job(farm, job_id) == "SUCCEEDED"
+    return HostRun(
+        startup,
+        idle_cpu,
+        idle_rss,
+        busy_rss,
+        results,
+        silent_cpu,
+        silent_wall,
+        sampling_cpu,
+        len(launchers),
+    )
 
-    silent_percent = silent_cpu / silent_wall * 100
+
+def _report(args: argparse.Namespace, run: HostRun, shell: float) -> bool:
+    """Print one host's table; whether it met the task and silent-task targets."""
+    silent_percent = run.silent_cpu / run.silent_wall * 100
     rows: list[list[object]] = [["measure", "value", "note"]]
-    rows.append(["start-up to first UpdateWorkerSchedule", f"{startup:.3f} s", ""])
+    rows.append(["start-up to first UpdateWorkerSchedule", f"{run.startup:.3f} s", ""])
     rows.append(
         [
             f"idle CPU over {args.idle_seconds:g} s",
-            f"{idle_cpu:.3f} s ({idle_cpu / args.idle_seconds * 100:.3f} % of a core)",
+            f"{run.idle_cpu:.3f} s ({run.idle_cpu / args.idle_seconds * 100:.3f} % of a core)",
             f"heartbeat every {args.update_interval} s",
         ]
     )
-    rows.append(["RSS idle / after the pipeline", f"{idle_rss:.1f} / {busy_rss:.1f} MiB", ""])
+    rows.append(
+        ["RSS idle / after the pipeline", f"{run.idle_rss:.1f} / {run.busy_rss:.1f} MiB", ""]
+    )
     rows.append(["shell loop, per task", f"{shell / args.tasks * 1000:.3f} ms", "/bin/true"])
-    for result in results:
+    for result in run.results:
         above = (result.span - shell) / args.tasks * 1000
         rows.append(
             [
@@ -208,23 +259,77 @@ async def _phases(
     tick = 0.01  # cpu_times() counts clock ticks
     rows.append(
         [
-            f"CPU while a silent task runs ({silent_wall:.0f} s)",
-            f"{silent_cpu:.2f} s, {silent_percent:.3f} % of a core"
-            + (f" (< {tick / silent_wall * 100:.3f} %: no tick)" if silent_cpu == 0 else ""),
+            f"CPU while a silent task runs ({run.silent_wall:.0f} s)",
+            f"{run.silent_cpu:.2f} s, {silent_percent:.3f} % of a core"
+            + (
+                f" (< {tick / run.silent_wall * 100:.3f} %: no tick)" if run.silent_cpu == 0 else ""
+            ),
             f"target < {SILENT_TARGET_PERCENT:g} % (official agent: 3.8 %)",
         ]
     )
     rows.append(
         [
             "  and its launcher's (usage sampling)",
-            f"{sampling_cpu:.2f} s, {sampling_cpu / silent_wall * 100:.3f} % of a core",
-            f"{len(launchers)} launcher(s); without the accounting: 0 (it slept)",
+            f"{run.sampling_cpu:.2f} s, {run.sampling_cpu / run.silent_wall * 100:.3f} % of a core",
+            f"{run.launchers} launcher(s); without the accounting: 0 (it slept)",
         ]
     )
     print(table(rows))
-    best = min(result.span for result in results)
+    best = min(result.span for result in run.results)
     above = (best - shell) / args.tasks * 1000
-    return 0 if above <= TASK_TARGET_MS and silent_percent < SILENT_TARGET_PERCENT else 1
+    return above <= TASK_TARGET_MS and silent_percent < SILENT_TARGET_PERCENT
+
+
+def _compare(args: argparse.Namespace, trio_run: HostRun, guest: HostRun) -> bool:
+    """Print the guest-mode worker against the Trio host; whether it met the ratio."""
+    rows: list[list[object]] = [["measure", "Trio host", "asyncio host (guest)", "ratio"]]
+    met = True
+    for native, hosted in zip(trio_run.results, guest.results, strict=True):
+        ratio = hosted.span / native.span
+        met = met and ratio <= GUEST_TARGET_RATIO
+        rows.append(
+            [
+                f"depth {native.depth}: per task",
+                f"{native.span / args.tasks * 1000:.3f} ms",
+                f"{hosted.span / args.tasks * 1000:.3f} ms",
+                f"{ratio:.2f}x (target <= {GUEST_TARGET_RATIO:g}x)",
+            ]
+        )
+        rows.append(
+            [
+                f"depth {native.depth}: worker CPU per task",
+                f"{native.cpu / args.tasks * 1000:.3f} ms",
+                f"{hosted.cpu / args.tasks * 1000:.3f} ms",
+                f"{hosted.cpu / native.cpu:.2f}x" if native.cpu else "",
+            ]
+        )
+    rows.append(
+        [
+            "start-up to first UpdateWorkerSchedule",
+            f"{trio_run.startup:.3f} s",
+            f"{guest.startup:.3f} s",
+            f"{guest.startup / trio_run.startup:.2f}x",
+        ]
+    )
+    rows.append(
+        [
+            "RSS after the pipeline",
+            f"{trio_run.busy_rss:.1f} MiB",
+            f"{guest.busy_rss:.1f} MiB",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "CPU while a silent task runs",
+            f"{trio_run.silent_cpu:.2f} s",
+            f"{guest.silent_cpu:.2f} s",
+            "",
+        ]
+    )
+    print("\nthe same tasks, Trio host against asyncio host (Trio as a guest):")
+    print(table(rows))
+    return met
 
 
 @attrs.frozen
@@ -274,7 +379,17 @@ def main() -> int:
         help="comma-separated task runs assigned ahead, one pipeline run each (default 2,32)",
     )
     parser.add_argument("--update-interval", type=int, default=15)
+    parser.add_argument(
+        "--hosts",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=list(HOSTS),
+        help="comma-separated: the worker hosted by trio (python -m agent) and/or by "
+        "asyncio (its tree a Trio guest), one full run each (default trio,asyncio)",
+    )
     args = parser.parse_args()
+    unknown = set(args.hosts) - set(HOSTS)
+    if unknown:
+        parser.error(f"--hosts: unknown {', '.join(sorted(unknown))} (trio, asyncio)")
     return trio.run(measure, args)
 
 

@@ -15,7 +15,8 @@ The actors talk by messages only (``actors._messages``; ARCHITECTURE.md).
 The block gets a ``Worker``: ``statistics()``, ``drain(grace)``,
 ``finish_then_stop()`` and ``wait_stop_requested()``. Leaving the block drains
 the worker if it was not drained yet. Several workers can run in one process;
-they share nothing but the process.
+they share nothing but the process. From an asyncio program the same tree runs
+as a Trio guest on the program's loop (``agent.worker._guest``).
 
 Stopping (one documented contract; see the README):
 
@@ -99,6 +100,7 @@ from ..deadline import (
 from . import _credenv
 from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
+from ._guest import HostCalls, from_host, hosted_by_trio_or_asyncio
 from ._hostconfig import HostConfigurationFailed, run_host_configuration
 from ._hostinfo import probe_host
 from ._hostmetrics import log_host_metrics
@@ -229,6 +231,8 @@ class Worker:
         self._drain_wait = trio.CancelScope()
         self._finish_then_stop = False
         self.sessions_finished = 0
+        #: Set when the worker runs as a Trio guest of an asyncio host (``_guest``).
+        self._guest: HostCalls | None = None
 
     # ---------------------------------------------------------------- state
 
@@ -319,6 +323,7 @@ class Worker:
             log.info("worker.stop_requested", reason=reason, grace=grace)
         self._stop_requested.set()
 
+    @from_host
     async def wait_stop_requested(self) -> StopReason:
         await self._stop_requested.wait()
         assert self._stop_reason is not None
@@ -326,6 +331,7 @@ class Worker:
 
     # ---------------------------------------------------------------- nudges
 
+    @from_host
     async def sync_now(self) -> None:
         """Call UpdateWorkerSchedule now (reports go out, news comes in) instead of at the
         next heartbeat; returns once a call that started after this one is done. For a
@@ -384,6 +390,7 @@ class Worker:
                 self.finish_then_stop()  # the sessions still running finish their work
         self._check_finished()
 
+    @from_host
     async def drain(self, grace: float | None = None) -> None:
         """Stop the worker (see the module docstring). ``grace`` defaults to the config's."""
         grace = self.config.drain_grace_seconds if grace is None else max(grace, 0.0)
@@ -504,6 +511,7 @@ async def _quietly(call: Any, what: str) -> None:
         log.warning("worker.shutdown_call_failed", call=what, error=str(exc))
 
 
+@hosted_by_trio_or_asyncio
 @asynccontextmanager
 async def open_agent(
     config: WorkerConfig,
@@ -525,6 +533,9 @@ async def open_agent(
     credential variables unless ``jobs_get_agent_credentials`` (``run`` does: its
     jobs are the user's own). ``endpoints`` and ``http`` let several
     workers in one process share one resolution and one connection pool.
+
+    From an asyncio program the tree runs as a Trio guest on the host's loop
+    (``agent/worker/_guest.py``); an ``http`` client given there is the workers' only.
     """
     if endpoints is None:
         endpoints = await trio.to_thread.run_sync(resolve_endpoints, config)
