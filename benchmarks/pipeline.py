@@ -1,7 +1,7 @@
 """The worker agent against a farm: per-task latency, CPU, memory and start-up.
 
     python -m benchmarks.pipeline [--tasks 2000] [--silent-seconds 30] [--idle-seconds 60]
-        [--pipeline-depths 2,32] [--update-interval 15] [--hosts trio,asyncio]
+        [--pipeline-depths 2,32] [--update-interval 15] [--hosts trio,asyncio] [--rounds 1]
 
 The mock farm runs in this process; the worker is a separate process,
 ``python -m agent --farm-id ... --fleet-id ...`` pointed at it as a deployed
@@ -9,7 +9,8 @@ agent would be (the ``AWS_ENDPOINT_URL_*`` variables), so its CPU time and
 memory are its own. With ``--hosts trio,asyncio`` (the default) the same phases
 run a second time, against a fresh farm, with the worker hosted by an asyncio
 program (``python -m benchmarks.asynciohost``, the same flags): its Trio tree
-runs in Trio's guest mode on the asyncio loop. In order, for each host:
+runs in Trio's guest mode on the asyncio loop (``--rounds N``: each host N
+times, alternating, compared by medians). In order, for each host:
 
 1. **start-up**: from starting the worker process to the farm's first
    UpdateWorkerSchedule from it;
@@ -107,13 +108,16 @@ async def wait_job(farm: MockFarm, job_id: str) -> str:
 
 async def measure(args: argparse.Namespace) -> int:
     shell = shell_loop(args.tasks)
-    runs = {}
-    for host in args.hosts:
-        runs[host] = await _measure_host(args, host)
+    runs: dict[str, list[HostRun]] = {host: [] for host in args.hosts}
+    for round_ in range(args.rounds):
+        # Alternating, so that a drift of the machine weighs on both hosts alike.
+        for host in args.hosts if round_ % 2 == 0 else reversed(args.hosts):
+            runs[host].append(await _measure_host(args, host))
     met = True
-    for host, run in runs.items():
-        print(f"\nworker hosted by {host} ({HOSTS[host]}):")
-        met = _report(args, run, shell) and met
+    for host, host_runs in runs.items():
+        for round_, run in enumerate(host_runs, 1):
+            print(f"\nworker hosted by {host} ({HOSTS[host]}), round {round_}:")
+            met = _report(args, run, shell) and met
     if "trio" in runs and "asyncio" in runs:
         met = _compare(args, runs["trio"], runs["asyncio"]) and met
     return 0 if met else 1
@@ -280,54 +284,81 @@ def _report(args: argparse.Namespace, run: HostRun, shell: float) -> bool:
     return above <= TASK_TARGET_MS and silent_percent < SILENT_TARGET_PERCENT
 
 
-def _compare(args: argparse.Namespace, trio_run: HostRun, guest: HostRun) -> bool:
-    """Print the guest-mode worker against the Trio host; whether it met the ratio."""
+def _compare(args: argparse.Namespace, native: list[HostRun], guest: list[HostRun]) -> bool:
+    """Print the guest-mode worker against the Trio host (medians over the rounds, each
+    round's figure after them); whether the guest met the ratio at every depth."""
+
+    def ms(values: list[float]) -> str:
+        each = ", ".join(f"{v * 1000:.2f}" for v in values)
+        return f"{statistics.median(values) * 1000:.3f} ms" + (
+            f" ({each})" if len(values) > 1 else ""
+        )
+
+    def ratio(guest_values: list[float], native_values: list[float]) -> float:
+        return statistics.median(guest_values) / statistics.median(native_values)
+
     rows: list[list[object]] = [["measure", "Trio host", "asyncio host (guest)", "ratio"]]
     met = True
-    for native, hosted in zip(trio_run.results, guest.results, strict=True):
-        ratio = hosted.span / native.span
-        met = met and ratio <= GUEST_TARGET_RATIO
+    for index, depth in enumerate(args.pipeline_depths):
+        per_task = [[r.results[index].span / args.tasks for r in runs] for runs in (native, guest)]
+        cpu = [[r.results[index].cpu / args.tasks for r in runs] for runs in (native, guest)]
+        cycle = [[r.results[index].cycle for r in runs] for runs in (native, guest)]
+        met = met and ratio(per_task[1], per_task[0]) <= GUEST_TARGET_RATIO
         rows.append(
             [
-                f"depth {native.depth}: per task",
-                f"{native.span / args.tasks * 1000:.3f} ms",
-                f"{hosted.span / args.tasks * 1000:.3f} ms",
-                f"{ratio:.2f}x (target <= {GUEST_TARGET_RATIO:g}x)",
+                f"depth {depth}: per task",
+                ms(per_task[0]),
+                ms(per_task[1]),
+                f"{ratio(per_task[1], per_task[0]):.2f}x (target <= {GUEST_TARGET_RATIO:g}x)",
             ]
         )
         rows.append(
             [
-                f"depth {native.depth}: worker CPU per task",
-                f"{native.cpu / args.tasks * 1000:.3f} ms",
-                f"{hosted.cpu / args.tasks * 1000:.3f} ms",
-                f"{hosted.cpu / native.cpu:.2f}x" if native.cpu else "",
+                f"depth {depth}: median task start to next start",
+                ms(cycle[0]),
+                ms(cycle[1]),
+                f"{ratio(cycle[1], cycle[0]):.2f}x",
             ]
         )
+        rows.append(
+            [
+                f"depth {depth}: worker CPU per task",
+                ms(cpu[0]),
+                ms(cpu[1]),
+                f"{ratio(cpu[1], cpu[0]):.2f}x" if statistics.median(cpu[0]) else "",
+            ]
+        )
+    startup = [[r.startup for r in runs] for runs in (native, guest)]
     rows.append(
         [
             "start-up to first UpdateWorkerSchedule",
-            f"{trio_run.startup:.3f} s",
-            f"{guest.startup:.3f} s",
-            f"{guest.startup / trio_run.startup:.2f}x",
+            f"{statistics.median(startup[0]):.3f} s",
+            f"{statistics.median(startup[1]):.3f} s",
+            f"{ratio(startup[1], startup[0]):.2f}x",
         ]
     )
+    rss = [[r.busy_rss for r in runs] for runs in (native, guest)]
     rows.append(
         [
             "RSS after the pipeline",
-            f"{trio_run.busy_rss:.1f} MiB",
-            f"{guest.busy_rss:.1f} MiB",
+            f"{statistics.median(rss[0]):.1f} MiB",
+            f"{statistics.median(rss[1]):.1f} MiB",
             "",
         ]
     )
+    silent = [[r.silent_cpu for r in runs] for runs in (native, guest)]
     rows.append(
         [
             "CPU while a silent task runs",
-            f"{trio_run.silent_cpu:.2f} s",
-            f"{guest.silent_cpu:.2f} s",
+            f"{statistics.median(silent[0]):.2f} s",
+            f"{statistics.median(silent[1]):.2f} s",
             "",
         ]
     )
-    print("\nthe same tasks, Trio host against asyncio host (Trio as a guest):")
+    print(
+        f"\nthe same tasks, Trio host against asyncio host (Trio as a guest), "
+        f"medians of {len(native)} round(s):"
+    )
     print(table(rows))
     return met
 
@@ -340,6 +371,8 @@ class PipelineResult:
     gaps: list[float]
     cpu: float
     calls: int
+    #: The median time from a task's start to the next one's (stalls left out).
+    cycle: float
 
 
 async def _pipeline(
@@ -362,7 +395,11 @@ async def _pipeline(
         for before, after in itertools.pairwise(runs)
     ]
     calls = len(farm.calls_to("UpdateWorkerSchedule")) - calls0
-    return PipelineResult(depth, span, gaps, cpu, calls)
+    cycle = statistics.median(
+        (after.started_at - before.started_at).total_seconds()  # type: ignore[operator]
+        for before, after in itertools.pairwise(runs)
+    )
+    return PipelineResult(depth, span, gaps, cpu, calls, cycle)
 
 
 def main() -> int:
@@ -385,6 +422,12 @@ def main() -> int:
         default=list(HOSTS),
         help="comma-separated: the worker hosted by trio (python -m agent) and/or by "
         "asyncio (its tree a Trio guest), one full run each (default trio,asyncio)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each host this many times, alternating; the comparison takes medians",
     )
     args = parser.parse_args()
     unknown = set(args.hosts) - set(HOSTS)
