@@ -106,6 +106,7 @@ from ._scheduler import sync_now as sync_now
 from ._scheduler import tell as tell
 from ._scheduler import wait_sessions as wait_sessions
 from ._session import MEMORY_LIMIT_FAILURE as MEMORY_LIMIT_FAILURE
+from ._session import OUTPUT_LIMIT_FAILURE as OUTPUT_LIMIT_FAILURE
 from ._session import SessionConfig as SessionConfig
 from ._session import SessionRunner as SessionRunner
 from ._session import default_session_root as default_session_root

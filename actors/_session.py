@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import structlog
@@ -139,6 +140,11 @@ class SessionConfig:
     #: no limit). An action over it is killed and fails saying so; a task's step may
     #: set a lower ceiling of its own (``RunTask.memory_limit``).
     memory_limit: int | None = None
+    #: Characters of output one action may print (``None``: no cap). Past it, by
+    #: ``output_limit_mode``: ``truncate`` keeps the first part and drops the rest
+    #: with a note (the action runs on); ``fail`` fails the action.
+    output_limit: int | None = None
+    output_limit_mode: Literal["truncate", "fail"] = "truncate"
 
 
 def default_session_root() -> Path:
@@ -542,7 +548,13 @@ class SessionRunner:
             context.redactor, lambda messages: self._apply(messages, running, context, pending)
         )
 
+        cap = _OutputCap(self.config.output_limit) if self.config.output_limit else None
+
         async def flush(lines: list[str]) -> None:
+            if cap is not None and lines:
+                lines = cap.take(lines)
+                if cap.crossed_now:
+                    self._output_limit_reached(cap, running, pending)
             if lines:
                 await self._emit(ActionOutput(self.session_id, action_id, tuple(lines)))
             for event in pending:
@@ -590,6 +602,27 @@ class SessionRunner:
             await self._emit(ActionFailMessage(self.session_id, action_id, message))
             await self._note(action_id, "error", message)
         return result
+
+    def _output_limit_reached(
+        self, cap: _OutputCap, running: RunningAction, pending: list[SessionEvent]
+    ) -> None:
+        sid, action_id = self.session_id, running.action_id
+        message = f"{OUTPUT_LIMIT_FAILURE}: the action printed more than {cap.describe()}"
+        if self.config.output_limit_mode == "fail":
+            running.fail_message = message
+            running.mark_failed = True
+            pending.append(ActionFailMessage(sid, action_id, message))
+            pending.append(SessionLog(sid, action_id, "error", f"{message}; failing the action"))
+            running.control.cancel(mark_failed=True, reason=message)
+        else:
+            pending.append(
+                SessionLog(
+                    sid,
+                    action_id,
+                    "warning",
+                    f"{message}; the rest of its output is not kept (it runs on)",
+                )
+            )
 
     def _apply(
         self,
@@ -948,3 +981,40 @@ def memory_limit_message(over: Mapping[str, object]) -> str:
         f"{mib('limit')} limit (largest: pid {over.get('pid')} {over.get('name')}, "
         f"{mib('largest')}); farmhand killed them"
     )
+
+
+#: How an output-limit message starts (a failure, or the note where output stops).
+OUTPUT_LIMIT_FAILURE = "output limit exceeded"
+
+
+class _OutputCap:
+    """Counts an action's output (characters, a newline each line) against its cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.full = False
+        #: Set by the ``take`` that crossed the cap, and only by it.
+        self.crossed_now = False
+
+    def take(self, lines: list[str]) -> list[str]:
+        """The lines that still fit (whole lines only); nothing once the cap is reached."""
+        self.crossed_now = False
+        if self.full:
+            return []
+        kept: list[str] = []
+        for line in lines:
+            size = len(line) + 1
+            if self.used + size > self.limit:
+                self.full = self.crossed_now = True
+                break
+            self.used += size
+            kept.append(line)
+        return kept
+
+    def describe(self) -> str:
+        if self.limit >= 2**20:
+            return f"{self.limit / 2**20:.1f} MiB"
+        if self.limit >= 2**10:
+            return f"{self.limit / 2**10:.1f} KiB"
+        return f"{self.limit} characters"

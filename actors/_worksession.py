@@ -42,7 +42,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 import structlog
@@ -267,6 +267,9 @@ class WorkSessionOptions:
     jobs_get_agent_credentials: bool = False
     #: Bytes a session's processes may use together (``SessionConfig.memory_limit``).
     memory_limit: int | None = None
+    #: ``SessionConfig.output_limit`` and ``output_limit_mode``.
+    output_limit: int | None = None
+    output_limit_mode: Literal["truncate", "fail"] = "truncate"
 
 
 class WorkSession:
@@ -482,6 +485,8 @@ class WorkSession:
             job_user=job_user,
             cleanup_user_processes=self._options.cleanup_user_processes,
             memory_limit=self._options.memory_limit,
+            output_limit=self._options.output_limit,
+            output_limit_mode=self._options.output_limit_mode,
         )
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
         runner = SessionRunner(

@@ -384,6 +384,8 @@ class JobRun:
         job_user: JobUser | None = None,
         secret_patterns: Sequence[str] = (),
         memory_limit: int | None = None,
+        output_limit: int | None = None,
+        output_limit_mode: Literal["truncate", "fail"] = "truncate",
     ) -> None:
         """``sinks`` get every output line (and, with ``notes``, the runner's
         ``[farmhand]`` notes and a closing line); ``on_event`` sees every session
@@ -393,7 +395,10 @@ class JobRun:
         Deadline worker's job user); ``secret_patterns`` are regular expressions
         whose matches are masked in every line, as ``openjd_redacted_env`` values are.
         ``memory_limit``: bytes the job's processes may use together; an action over it
-        is killed and fails with a message starting ``memory limit exceeded``."""
+        is killed and fails with a message starting ``memory limit exceeded``.
+        ``output_limit``: characters of output one action may print; past it the rest
+        is dropped with a note (``output_limit_mode="truncate"``) or the action fails
+        (``"fail"``), with a message starting ``output limit exceeded``."""
         if max_runtime is not None and max_runtime <= 0:
             raise ValueError(f"max_runtime must be positive, not {max_runtime}")
         self.spec = spec
@@ -409,6 +414,8 @@ class JobRun:
         self._job_user = job_user
         self._secret_patterns = tuple(secret_patterns)
         self._memory_limit = memory_limit
+        self._output_limit = output_limit
+        self._output_limit_mode: Literal["truncate", "fail"] = output_limit_mode
         self._state: Literal["new", "running", "stopping", "ended"] = "new"
         self._stop_status: JobStatus | None = None
         self._stop_reason: str | None = None
@@ -524,6 +531,8 @@ class JobRun:
             job_user=self._job_user,
             secret_patterns=self._secret_patterns,
             memory_limit=self._memory_limit,
+            output_limit=self._output_limit,
+            output_limit_mode=self._output_limit_mode,
         )
         async with trio.open_nursery() as nursery:
             inbox, events_receive = await start_session(

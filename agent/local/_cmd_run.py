@@ -49,6 +49,7 @@ from .._logging import configure_logging
 from .._settings import parse_size
 from ._bundle import JobBundle
 from ._localrun import (
+    Limits,
     LocalPlan,
     LocalRunOptions,
     plan_local_session,
@@ -116,6 +117,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="kill an action whose processes use more memory than this together, and "
         "fail it saying so (4GiB, 512M; a step's amount.worker.memory may set less)",
+    )
+    parser.add_argument(
+        "--output-limit",
+        type=_size,
+        metavar="SIZE",
+        help="keep at most this much of one action's output (10M); see --output-limit-mode",
+    )
+    parser.add_argument(
+        "--output-limit-mode",
+        choices=["truncate", "fail"],
+        default="truncate",
+        help="past the output limit: drop the rest with a note (default) or fail the action",
     )
     parser.add_argument(
         "--output",
@@ -210,7 +223,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         succeeded: bool | None = None  # the direct runner has no verdict beyond the events
         if args.direct or reason is not None:
-            _run_direct(plan, renderer, preserve=args.preserve, memory_limit=args.memory_limit)
+            limits = Limits(args.memory_limit, args.output_limit, args.output_limit_mode)
+            _run_direct(plan, renderer, preserve=args.preserve, limits=limits)
         else:
             status = trio.run(
                 partial(
@@ -220,7 +234,7 @@ def main(args: argparse.Namespace) -> int:
                     preserve=args.preserve,
                     bundle=bundle,
                     on_interrupt=renderer.interrupted,
-                    memory_limit=args.memory_limit,
+                    limits=Limits(args.memory_limit, args.output_limit, args.output_limit_mode),
                 )
             )
             succeeded = status == "SUCCEEDED"
@@ -253,9 +267,16 @@ def _run_direct(
     renderer: HumanRenderer | JsonlRenderer | JsonRenderer,
     *,
     preserve: bool,
-    memory_limit: int | None = None,
+    limits: Limits | None = None,
 ) -> None:
-    config = attrs.evolve(session_config(plan, preserve=preserve), memory_limit=memory_limit)
+    config = session_config(plan, preserve=preserve)
+    if limits is not None:
+        config = attrs.evolve(
+            config,
+            memory_limit=limits.memory,
+            output_limit=limits.output,
+            output_limit_mode=limits.output_mode,
+        )
     # The watchdog kills what this session started even if we are killed with SIGKILL.
     containment = Containment()
     containment.start_watchdog()

@@ -68,7 +68,7 @@ from ._bundle import (
     download_outputs,
     upload_inputs,
 )
-from ._localrun import LocalPlan
+from ._localrun import Limits, LocalPlan
 from ._render import OutputGuard
 from ._templates import TemplateError
 
@@ -208,7 +208,7 @@ async def run_through_farm(
     settings: FarmRunSettings | None = None,
     bundle: JobBundle | None = None,
     on_interrupt: Callable[[str], None] | None = None,
-    memory_limit: int | None = None,
+    limits: Limits | None = None,
 ) -> str:
     """Run the plan on an embedded farm with one embedded worker; the job's final
     task run status (``SUCCEEDED`` when everything ran and succeeded). A job
@@ -256,7 +256,9 @@ async def run_through_farm(
                         report_interval=settings.report_interval_seconds,
                     ),
                     s3_endpoint_url=farm.s3_endpoint_url or None,
-                    session_memory_limit=memory_limit,
+                    session_memory_limit=limits.memory if limits else None,
+                    action_output_limit=limits.output if limits else None,
+                    action_output_limit_mode=limits.output_mode if limits else "truncate",
                 ),
                 endpoints=_endpoints(farm),
                 bootstrap_credentials=CredentialHolder(

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 import structlog
@@ -531,6 +531,16 @@ class _PlanBuilder:
     def exit_all(self) -> None:
         for identifier in reversed(list(self._entered)):
             self.exit(identifier)
+
+
+@attrs.frozen
+class Limits:
+    """What one action may use: memory (bytes, its session's processes together) and
+    output (characters), and what to do past the output limit."""
+
+    memory: int | None = None
+    output: int | None = None
+    output_mode: Literal["truncate", "fail"] = "truncate"
 
 
 def session_config(plan: LocalPlan, *, preserve: bool, session_id: str = "local") -> SessionConfig:

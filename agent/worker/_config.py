@@ -286,6 +286,9 @@ class WorkerConfig:
     min_secret_length: int = 1
     #: Bytes a session's processes may use together (``None``: no limit); see the README.
     session_memory_limit: int | None = None
+    #: Characters of output one action may print (``None``: no cap), and what then.
+    action_output_limit: int | None = None
+    action_output_limit_mode: Literal["truncate", "fail"] = "truncate"
     #: Where each setting that was not defaulted came from (flag, variable or file key).
     origins: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
     #: The config file that was read, if any.
@@ -496,6 +499,15 @@ _SETTINGS: tuple[_Setting, ...] = (
              "kill an action whose session's processes use more memory than this together, "
              "and fail it saying so (4GiB, 512M; a step's amount.worker.memory may set less)",
              metavar="SIZE"),
+    _Setting("action_output_limit", parse_size,
+             "--action-output-limit", _E + "ACTION_OUTPUT_LIMIT", ("worker", "action_output_limit"),
+             "keep at most this much of one action's output (10M, 1GiB); see "
+             "--action-output-limit-mode", metavar="SIZE"),
+    _Setting("action_output_limit_mode", one_of(("truncate", "fail")),
+             "--action-output-limit-mode", _E + "ACTION_OUTPUT_LIMIT_MODE",
+             ("worker", "action_output_limit_mode"),
+             "past the output limit: truncate (drop the rest, with a note; the default) "
+             "or fail the action"),
     _Setting("min_secret_length", at_least(parse_int, 1),
              "--min-secret-length", _E + "MIN_SECRET_LENGTH", ("logging", "min_secret_length"),
              "do not mask secret values shorter than this (default 1)", metavar="N"),

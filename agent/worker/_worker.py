@@ -623,6 +623,8 @@ async def _run_worker(
         ship_session_logs=ship_session_logs,
         min_secret_length=config.min_secret_length,
         memory_limit=config.session_memory_limit,
+        output_limit=config.action_output_limit,
+        output_limit_mode=config.action_output_limit_mode,
         secret_patterns=config.secret_patterns,
         run_jobs_as_agent_user=config.run_jobs_as_agent_user,
         job_user_override=JobUser(override[0], override[1] or None) if override else None,

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from actors import MEMORY_LIMIT_FAILURE, ActionEnded, ActionUsage, SessionEvent
+from actors import (
+    MEMORY_LIMIT_FAILURE,
+    OUTPUT_LIMIT_FAILURE,
+    ActionEnded,
+    ActionUsage,
+    SessionEvent,
+)
 from agent.jobs import JobRun, JobSpec, JobStatus, OutputTail
 from tests.session_harness import job, py, step
 
@@ -201,3 +207,45 @@ async def test_actions_are_the_kernels_first_pick_when_memory_runs_out() -> None
     assert outcome.succeeded
     assert tail.lines == ["500"]
     assert int(Path("/proc/self/oom_score_adj").read_text()) < 500  # noqa: ASYNC240
+
+
+#: 2,000 lines of 99 characters and a newline: 200,000 characters.
+CHATTY = "import sys\nfor n in range(2000):\n    print(f'{n:05d}' + 'x' * 94)\nprint('openjd_progress: 100')\n"
+
+
+async def test_output_past_the_limit_is_truncated_with_a_note() -> None:
+    """``truncate``: the first lines are kept whole, the rest dropped with one note; the
+    action runs to its end (the pipe is still read) and succeeds; messages still work."""
+    tail = OutputTail(5000)
+    events: list[SessionEvent] = []
+    run = JobRun(
+        JobSpec.from_command([sys.executable, "-c", CHATTY]),
+        sinks=[tail],
+        on_event=events.append,
+        output_limit=10_000,
+    )
+    outcome = await run.run()
+    assert outcome.status is JobStatus.SUCCEEDED
+    kept = [line for line in tail.lines if not line.startswith("[farmhand]")]
+    assert kept == [f"{n:05d}" + "x" * 94 for n in range(100)]  # 100 x 100 = 10,000
+    [note] = [line for line in tail.lines if OUTPUT_LIMIT_FAILURE in line]
+    assert "more than 9.8 KiB" in note and "it runs on" in note
+    [ended] = [e for e in events if isinstance(e, ActionEnded)]
+    assert ended.progress == 100  # read past the cap
+
+
+async def test_output_past_the_limit_fails_the_action_in_fail_mode() -> None:
+    events: list[SessionEvent] = []
+    code = "import time\nfor n in range(2000):\n    print('y' * 99, flush=True)\ntime.sleep(60)\n"
+    run = JobRun(
+        JobSpec.from_command([sys.executable, "-c", code]),
+        on_event=events.append,
+        output_limit=10_000,
+        output_limit_mode="fail",
+    )
+    outcome = await run.run()
+    assert outcome.status is JobStatus.FAILED
+    [ended] = [e for e in events if isinstance(e, ActionEnded)]
+    assert ended.fail_message is not None
+    assert ended.fail_message.startswith(f"{OUTPUT_LIMIT_FAILURE}: the action printed more than")
+    assert ended.usage is not None and ended.usage.wall_seconds < 30  # stopped, not slept out

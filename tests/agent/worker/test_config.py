@@ -731,3 +731,10 @@ def test_the_session_memory_limit_is_a_size(tmp_path: Path) -> None:
     assert load().session_memory_limit is None
     message = error(["--session-memory-limit", "lots"])
     assert "--session-memory-limit" in message and "expected a size such as 4GiB" in message
+
+
+def test_the_action_output_limit_and_its_mode() -> None:
+    config = load(["--action-output-limit", "10M", "--action-output-limit-mode", "fail"])
+    assert (config.action_output_limit, config.action_output_limit_mode) == (10 * 2**20, "fail")
+    assert load().action_output_limit_mode == "truncate"
+    assert "truncate" in error(["--action-output-limit-mode", "explode"])
