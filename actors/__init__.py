@@ -6,6 +6,8 @@ Every message is in ``_messages``; each actor is in a module of its own (see
 ARCHITECTURE.md at the repository root for the tree and one task's path).
 """
 
+from ._actionoutput import OUTPUT_LIMIT_FAILURE as OUTPUT_LIMIT_FAILURE
+from ._backoff import MAX_BACKOFF as MAX_BACKOFF
 from ._backoff import Backoff as Backoff
 from ._backoff import backoff_delay as backoff_delay
 from ._backoff import honour_retry_after as honour_retry_after
@@ -105,14 +107,13 @@ from ._scheduler import close_schedule as close_schedule
 from ._scheduler import sync_now as sync_now
 from ._scheduler import tell as tell
 from ._scheduler import wait_sessions as wait_sessions
-from ._session import MEMORY_LIMIT_FAILURE as MEMORY_LIMIT_FAILURE
-from ._session import OUTPUT_LIMIT_FAILURE as OUTPUT_LIMIT_FAILURE
 from ._session import SessionConfig as SessionConfig
 from ._session import SessionRunner as SessionRunner
 from ._session import default_session_root as default_session_root
 from ._supervise import RestartLimitExceeded as RestartLimitExceeded
 from ._supervise import SupervisorStatistics as SupervisorStatistics
 from ._supervise import supervise as supervise
+from ._usage import MEMORY_LIMIT_FAILURE as MEMORY_LIMIT_FAILURE
 from ._worksession import AGENT_CREDENTIAL_VARIABLES as AGENT_CREDENTIAL_VARIABLES
 from ._worksession import QueueAccess as QueueAccess
 from ._worksession import QueueCredentialsError as QueueCredentialsError

@@ -57,6 +57,7 @@ from openjd.expr import PathMappingRule
 from openjd.model import JobParameterValues
 
 from . import _output
+from ._actionoutput import OutputCap, apply_messages, output_limit_reached
 from ._contain import Containment
 from ._hostwork import (
     ActionHostContext,
@@ -70,11 +71,9 @@ from ._messages import (
     ActionFailMessage,
     ActionKind,
     ActionOutput,
-    ActionProgress,
     ActionStarted,
     ActionState,
     ActionStatusMessage,
-    ActionUsage,
     Cancel,
     Enqueue,
     EnterEnvironment,
@@ -97,6 +96,7 @@ from ._paths import private_directory
 from ._platform import processes_of_user
 from ._process import ActionControl, ProcessResult, run_process
 from ._spawn import SessionLauncher
+from ._usage import memory_limit_message, usage_from_launcher
 from ._watchdog import TAG_VARIABLE, find_processes
 
 log = structlog.get_logger("farmhand.session")
@@ -545,16 +545,21 @@ class SessionRunner:
         action_id = running.action_id
         pending: list[SessionEvent] = []
         processor = _output.OutputProcessor(
-            context.redactor, lambda messages: self._apply(messages, running, context, pending)
+            context.redactor,
+            lambda messages: apply_messages(
+                self.session_id, self, messages, running, context, pending
+            ),
         )
 
-        cap = _OutputCap(self.config.output_limit) if self.config.output_limit else None
+        cap = OutputCap(self.config.output_limit) if self.config.output_limit else None
 
         async def flush(lines: list[str]) -> None:
             if cap is not None and lines:
                 lines = cap.take(lines)
                 if cap.crossed_now:
-                    self._output_limit_reached(cap, running, pending)
+                    output_limit_reached(
+                        self.session_id, cap, self.config.output_limit_mode, running, pending
+                    )
             if lines:
                 await self._emit(ActionOutput(self.session_id, action_id, tuple(lines)))
             for event in pending:
@@ -592,7 +597,7 @@ class SessionRunner:
         elif result.exit_code is not None:
             await self._note(action_id, "info", f"process exited with code {result.exit_code}")
         if result.spawn_error is None and result.pid is not None:
-            running.usage = _usage(trio.current_time() - began, result.usage)
+            running.usage = usage_from_launcher(trio.current_time() - began, result.usage)
             await self._note(action_id, "info", f"usage: {running.usage.describe()}")
         over = (result.usage or {}).get("memory_limit")
         if isinstance(over, dict):
@@ -602,101 +607,6 @@ class SessionRunner:
             await self._emit(ActionFailMessage(self.session_id, action_id, message))
             await self._note(action_id, "error", message)
         return result
-
-    def _output_limit_reached(
-        self, cap: _OutputCap, running: RunningAction, pending: list[SessionEvent]
-    ) -> None:
-        sid, action_id = self.session_id, running.action_id
-        message = f"{OUTPUT_LIMIT_FAILURE}: the action printed more than {cap.describe()}"
-        if self.config.output_limit_mode == "fail":
-            running.fail_message = message
-            running.mark_failed = True
-            pending.append(ActionFailMessage(sid, action_id, message))
-            pending.append(SessionLog(sid, action_id, "error", f"{message}; failing the action"))
-            running.control.cancel(mark_failed=True, reason=message)
-        else:
-            pending.append(
-                SessionLog(
-                    sid,
-                    action_id,
-                    "warning",
-                    f"{message}; the rest of its output is not kept (it runs on)",
-                )
-            )
-
-    def _apply(
-        self,
-        messages: list[_output.Message],
-        running: RunningAction,
-        context: SessionContext,
-        pending: list[SessionEvent],
-    ) -> None:
-        """Act on ``openjd_*`` messages (synchronously, before redaction)."""
-        sid, action_id = self.session_id, running.action_id
-        for message in messages:
-            if isinstance(message, _output.Progress):
-                running.progress = message.value
-                pending.append(ActionProgress(sid, action_id, message.value))
-            elif isinstance(message, _output.Status):
-                running.status_message = message.message
-                pending.append(ActionStatusMessage(sid, action_id, message.message))
-            elif isinstance(message, _output.Fail):
-                running.fail_message = message.message
-                pending.append(ActionFailMessage(sid, action_id, message.message))
-            elif isinstance(message, _output.Secret):
-                if context.redactor.add(message.value):
-                    # Also kept out of the agent's own log while the session lives.
-                    _output.LIVE_SECRETS.add(id(self), message.value)
-            elif isinstance(message, _output.SetEnv | _output.UnsetEnv):
-                pending.extend(self._apply_variable(message, running, context))
-            elif isinstance(message, _output.Malformed):
-                if message.redacted and context.redacted_env_allowed:
-                    pending.append(
-                        SessionLog(sid, action_id, "warning", f"{message.error}; no variable set")
-                    )
-                    continue
-                running.fail_message = message.error
-                running.mark_failed = True
-                pending.append(ActionFailMessage(sid, action_id, message.error))
-                pending.append(
-                    SessionLog(sid, action_id, "error", f"{message.error}; failing the action")
-                )
-                running.control.cancel(mark_failed=True, reason=message.error)
-            elif isinstance(message, _output.Ignored):
-                pending.append(SessionLog(sid, action_id, "warning", message.note))
-
-    def _apply_variable(
-        self,
-        message: _output.SetEnv | _output.UnsetEnv,
-        running: RunningAction,
-        context: SessionContext,
-    ) -> list[SessionEvent]:
-        sid, action_id = self.session_id, running.action_id
-        if running.kind is not ActionKind.ENV_ENTER:
-            name = message.name
-            return [
-                SessionLog(
-                    sid,
-                    action_id,
-                    "info",
-                    f"{name}: variables can only be set by an environment's onEnter; ignored",
-                )
-            ]
-        if isinstance(message, _output.UnsetEnv):
-            context.set_variable(message.name, None)
-            return []
-        if message.redacted and not context.redacted_env_allowed:
-            return [
-                SessionLog(
-                    sid,
-                    action_id,
-                    "warning",
-                    f"openjd_redacted_env: {message.name} is masked but not set; the template "
-                    "must declare the REDACTED_ENV_VARS extension",
-                )
-            ]
-        context.set_variable(message.name, message.value)
-        return []
 
     # ------------------------------------------------------------------ events
 
@@ -943,78 +853,3 @@ def _describe(runnable: Runnable, context: SessionContext) -> tuple[str, dict[st
     if isinstance(runnable, EnterEnvironment):
         return runnable.name, {}
     return context.environment_name(runnable.environment_id), {}
-
-
-def _usage(wall: float, measured: Mapping[str, object] | None) -> ActionUsage:
-    """The action's usage from its wall time and what its launcher measured."""
-    if not measured:
-        return ActionUsage(wall)
-
-    def number(key: str) -> float | None:
-        value = measured.get(key)
-        return float(value) if isinstance(value, int | float) else None
-
-    peak = number("peak_rss")
-    return ActionUsage(
-        wall,
-        cpu_user_seconds=number("user"),
-        cpu_system_seconds=number("system"),
-        peak_rss_bytes=int(peak) if peak is not None else None,
-    )
-
-
-#: How a failure for memory starts: a farm (or a person) can tell it from others
-#: and retry the task with more memory.
-MEMORY_LIMIT_FAILURE = "memory limit exceeded"
-
-
-def memory_limit_message(over: Mapping[str, object]) -> str:
-    """``memory limit exceeded: its processes used 412.3 MiB, over the 256.0 MiB limit
-    (largest: pid 1234 python3, 400.1 MiB); farmhand killed them``."""
-
-    def mib(key: str) -> str:
-        value = over.get(key)
-        return f"{value / 2**20:.1f} MiB" if isinstance(value, int | float) else "?"
-
-    return (
-        f"{MEMORY_LIMIT_FAILURE}: its processes used {mib('used')}, over the "
-        f"{mib('limit')} limit (largest: pid {over.get('pid')} {over.get('name')}, "
-        f"{mib('largest')}); farmhand killed them"
-    )
-
-
-#: How an output-limit message starts (a failure, or the note where output stops).
-OUTPUT_LIMIT_FAILURE = "output limit exceeded"
-
-
-class _OutputCap:
-    """Counts an action's output (characters, a newline each line) against its cap."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.full = False
-        #: Set by the ``take`` that crossed the cap, and only by it.
-        self.crossed_now = False
-
-    def take(self, lines: list[str]) -> list[str]:
-        """The lines that still fit (whole lines only); nothing once the cap is reached."""
-        self.crossed_now = False
-        if self.full:
-            return []
-        kept: list[str] = []
-        for line in lines:
-            size = len(line) + 1
-            if self.used + size > self.limit:
-                self.full = self.crossed_now = True
-                break
-            self.used += size
-            kept.append(line)
-        return kept
-
-    def describe(self) -> str:
-        if self.limit >= 2**20:
-            return f"{self.limit / 2**20:.1f} MiB"
-        if self.limit >= 2**10:
-            return f"{self.limit / 2**10:.1f} KiB"
-        return f"{self.limit} characters"

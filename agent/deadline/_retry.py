@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import attrs
 
-from actors._backoff import MAX_BACKOFF, backoff_delay, honour_retry_after
+from actors import MAX_BACKOFF, backoff_delay, honour_retry_after
 
 from .._errors import (
     ConflictError,

@@ -47,7 +47,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 import attrs
 import outcome
@@ -56,9 +56,6 @@ import structlog
 import trio
 
 from .._errors import FarmhandError
-
-if TYPE_CHECKING:
-    from ._worker import Worker
 
 log = structlog.get_logger("farmhand.worker")
 
@@ -76,10 +73,16 @@ class HostCalls(Protocol):
 
 
 class _Guestable(Protocol):
+    """What the guest machinery needs of a worker (``agent.worker._worker.Worker``,
+    named by its shape so that the two modules do not import each other)."""
+
     _guest: HostCalls | None
+
+    async def drain(self, grace: float | None = ...) -> None: ...
 
 
 W = TypeVar("W", bound=_Guestable)
+AnyWorker = TypeVar("AnyWorker", bound=_Guestable)
 
 
 def from_host(
@@ -100,13 +103,13 @@ def from_host(
 
 
 def hosted_by_trio_or_asyncio(
-    open_worker: Callable[P, AbstractAsyncContextManager[Worker]],
-) -> Callable[P, AbstractAsyncContextManager[Worker]]:
+    open_worker: Callable[P, AbstractAsyncContextManager[AnyWorker]],
+) -> Callable[P, AbstractAsyncContextManager[AnyWorker]]:
     """``open_worker`` (``open_agent``) as it is for a Trio caller, and as a Trio guest on
     the caller's loop for an asyncio one (``open_in_guest``)."""
 
     @asynccontextmanager
-    async def open_hosted(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Worker]:
+    async def open_hosted(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[AnyWorker]:
         if sniffio.current_async_library() == "trio":
             async with open_worker(*args, **kwargs) as worker:
                 yield worker
@@ -120,8 +123,8 @@ def hosted_by_trio_or_asyncio(
 
 @asynccontextmanager
 async def open_in_guest(
-    open_worker: Callable[[], AbstractAsyncContextManager[Worker]],
-) -> AsyncIterator[Worker]:
+    open_worker: Callable[[], AbstractAsyncContextManager[AnyWorker]],
+) -> AsyncIterator[AnyWorker]:
     """``open_worker()`` (``open_agent`` with its arguments) as a Trio guest of the
     running asyncio loop, for the block (module docstring)."""
     library = sniffio.current_async_library()
@@ -139,7 +142,7 @@ async def open_in_guest(
             # it ends before this does.
             await _wait_through(guest.done, guest.hurry)
             raise cancelled
-        worker = ready.unwrap()  # what failed the start, as under Trio
+        worker = cast(AnyWorker, ready.unwrap())  # what failed the start, as under Trio
         body = anyio.CancelScope()
         try:
             with body:
@@ -243,7 +246,9 @@ class _GuestRun:
         _resolve(self.finished, result)
 
     def spawn(
-        self, guest: _GuestWorker, open_worker: Callable[[], AbstractAsyncContextManager[Worker]]
+        self,
+        guest: _GuestWorker,
+        open_worker: Callable[[], AbstractAsyncContextManager[_Guestable]],
     ) -> None:
         self.workers.add(guest)
         # The tree inherits the host task's context variables (structlog's among them),
@@ -276,13 +281,13 @@ class _GuestWorker:
 
     run: _GuestRun
     #: The worker, once it runs; or what ended it while it started.
-    ready: asyncio.Future[outcome.Outcome[Worker]] = attrs.field(init=False)
+    ready: asyncio.Future[outcome.Outcome[_Guestable]] = attrs.field(init=False)
     #: How the tree ended.
     done: asyncio.Future[outcome.Outcome[None]] = attrs.field(init=False)
     #: The whole tree, cancelled if the host gives up while it starts.
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     left: trio.Event = attrs.field(factory=trio.Event)
-    worker: Worker | None = None
+    worker: _Guestable | None = None
     hurried: bool = False
     #: Set once the tree has ended: no more calls start.
     closed: bool = False
@@ -298,7 +303,9 @@ class _GuestWorker:
 
     # ---------------------------------------------------------------- Trio's side
 
-    async def serve(self, open_worker: Callable[[], AbstractAsyncContextManager[Worker]]) -> None:
+    async def serve(
+        self, open_worker: Callable[[], AbstractAsyncContextManager[_Guestable]]
+    ) -> None:
         # No nursery of ours around open_agent: what it raises reaches the host as it
         # would a Trio caller (a failed start as itself, a failed tree as its group).
         result: outcome.Outcome[None] = outcome.Value(None)
