@@ -71,6 +71,12 @@ else:  # pragma: no cover - the script's own process
 SAMPLE_SECONDS = 0.5
 #: The same, when a memory limit is to be held (a runaway has less time to grow).
 LIMIT_SAMPLE_SECONDS = 0.1
+#: Seconds between GPU samples while an action runs, where there is ``nvidia-smi``
+#: (one run costs tens of milliseconds of CPU). ``FARMHAND_GPU_SAMPLE_SECONDS``
+#: in the agent's environment changes it; 0 turns GPU sampling off.
+GPU_SAMPLE_SECONDS = 10.0
+#: The first GPU sample of an action comes this soon after it starts.
+GPU_FIRST_SAMPLE_SECONDS = 0.5
 #: What actions get as ``oom_score_adj`` (they inherit ours): when the host runs out
 #: of memory, the kernel picks a job's process before the agent.
 ACTION_OOM_SCORE_ADJ = 500
@@ -96,6 +102,9 @@ class Usage:
         self.tree = 0
         self.sampled = False
         self.next_sample = time.monotonic()
+        #: Peak GPU memory of the session's processes (``None``: not sampled).
+        self.gpu: int | None = None
+        self.next_gpu_sample = time.monotonic() + GPU_FIRST_SAMPLE_SECONDS
 
     def add(self, rusage: object) -> None:
         self.user += getattr(rusage, "ru_utime", 0.0)
@@ -132,9 +141,65 @@ class Usage:
             "peak_rss": max(self.largest, self.tree),
             "sampled": self.sampled,
         }
+        if self.gpu is not None:
+            report["peak_gpu"] = self.gpu
         if self.exceeded is not None:
             report["memory_limit"] = self.exceeded
         return report
+
+
+def parse_compute_apps(text: str) -> dict[int, int]:
+    """What ``nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits``
+    prints, as pid -> bytes. A process on several GPUs has a line on each (summed);
+    ``[N/A]`` (no figure, as under MIG) counts as 0; anything else is skipped."""
+    used: dict[int, int] = {}
+    for line in text.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != 2 or not fields[0].isdigit():
+            continue
+        try:
+            mib = 0.0 if fields[1].startswith("[") else float(fields[1])
+        except ValueError:
+            continue
+        pid = int(fields[0])
+        used[pid] = used.get(pid, 0) + int(mib * 2**20)
+    return used
+
+
+class GpuSampler:
+    """The GPU memory the session's processes hold, from ``nvidia-smi``."""
+
+    def __init__(self, program: str, interval: float) -> None:
+        self.program = program
+        self.interval = interval
+
+    @classmethod
+    def find(cls) -> GpuSampler | None:
+        """One where ``nvidia-smi`` is on the PATH and sampling is not turned off."""
+        try:
+            interval = float(os.environ.get("FARMHAND_GPU_SAMPLE_SECONDS", GPU_SAMPLE_SECONDS))
+        except ValueError:
+            interval = GPU_SAMPLE_SECONDS
+        if interval <= 0:
+            return None
+        for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+            candidate = os.path.join(directory or ".", "nvidia-smi")
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return cls(candidate, interval)
+        return None
+
+    def used_by(self, pids: set[int]) -> int | None:
+        """Bytes of GPU memory ``pids`` hold together; ``None`` if nvidia-smi failed."""
+        argv = [self.program, "--query-compute-apps=pid,used_memory"]
+        argv.append("--format=csv,noheader,nounits")
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode != 0:
+            return None
+        used = parse_compute_apps(done.stdout)
+        return sum(size for pid, size in used.items() if pid in pids)
 
 
 #: Bound on kill rounds in one sweep (each round kills everything found below).
@@ -177,6 +242,8 @@ class Launcher:
         self.action: subprocess.Popen[bytes] | None = None
         #: What the running action has cost so far.
         self.usage = Usage()
+        #: GPU memory sampling, where there is a GPU to ask about.
+        self.gpu = GpuSampler.find()
         #: Swept and asked to exit: nothing is left to sweep on the way out.
         self.done = False
         #: Whether the last sweep left nothing below us.
@@ -260,6 +327,13 @@ class Launcher:
             for fd in fds:
                 os.close(fd)
 
+    def sample_gpu(self) -> None:
+        assert self.gpu is not None
+        used = self.gpu.used_by(set(_platform.tree_pids(self.me)))
+        self.usage.next_gpu_sample = time.monotonic() + self.gpu.interval
+        if used is not None:
+            self.usage.gpu = max(self.usage.gpu or 0, used)
+
     def kill_action(self) -> None:
         """Over its memory limit: the action's process group and everything below it
         go now (its exit is reported as it is reaped, with the reason)."""
@@ -316,7 +390,12 @@ class Launcher:
             if self.action is not None:
                 if time.monotonic() >= self.usage.next_sample and self.usage.sample(self.me):
                     self.kill_action()
-                timeout = max(0.0, self.usage.next_sample - time.monotonic())
+                due = self.usage.next_sample
+                if self.gpu is not None:
+                    if time.monotonic() >= self.usage.next_gpu_sample:
+                        self.sample_gpu()
+                    due = min(due, self.usage.next_gpu_sample)
+                timeout = max(0.0, due - time.monotonic())
             readable, _, _ = select.select([sock, self.wake], [], [], timeout)
             if self.wake in readable:
                 _drain(self.wake)

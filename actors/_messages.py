@@ -396,6 +396,9 @@ class ActionUsage:
     cpu_user_seconds: float | None = None
     cpu_system_seconds: float | None = None
     peak_rss_bytes: int | None = None
+    #: Peak GPU memory the session's processes held (where ``nvidia-smi`` is; sampled
+    #: every 10 s and half a second after the start).
+    peak_gpu_bytes: int | None = None
 
     def describe(self) -> str:
         """One line for a log: ``wall 1.204 s, CPU 0.81 s user + 0.10 s system, peak
@@ -407,6 +410,8 @@ class ActionUsage:
             )
         if self.peak_rss_bytes is not None:
             parts.append(f"peak memory {self.peak_rss_bytes / 2**20:.1f} MiB")
+        if self.peak_gpu_bytes is not None:
+            parts.append(f"peak GPU memory {self.peak_gpu_bytes / 2**20:.1f} MiB")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, float | int]:
@@ -415,6 +420,7 @@ class ActionUsage:
             "cpu_user_seconds": self.cpu_user_seconds,
             "cpu_system_seconds": self.cpu_system_seconds,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "peak_gpu_bytes": self.peak_gpu_bytes,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

@@ -201,6 +201,21 @@ def tree_memory(pid: int) -> tuple[int, int, int] | None:
     return total, largest, max(largest_size, 0)
 
 
+def tree_pids(pid: int) -> list[int]:
+    """Every process below ``pid`` (not ``pid`` itself), through /proc's children
+    files; ``[]`` without /proc."""
+    if not use_proc():
+        return []
+    found: list[int] = []
+    stack = _children(pid)
+    while stack:
+        child = stack.pop()
+        if child not in found:
+            found.append(child)
+            stack.extend(_children(child))
+    return found
+
+
 def process_name(pid: int) -> str:
     """The process's command name (``comm``), or ``"?"``."""
     data = _proc_read(f"/proc/{pid}/comm") if use_proc() else None

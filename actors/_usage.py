@@ -17,12 +17,13 @@ def usage_from_launcher(wall: float, measured: Mapping[str, object] | None) -> A
         value = measured.get(key)
         return float(value) if isinstance(value, int | float) else None
 
-    peak = number("peak_rss")
+    peak, gpu = number("peak_rss"), number("peak_gpu")
     return ActionUsage(
         wall,
         cpu_user_seconds=number("user"),
         cpu_system_seconds=number("system"),
         peak_rss_bytes=int(peak) if peak is not None else None,
+        peak_gpu_bytes=int(gpu) if gpu is not None else None,
     )
 
 

@@ -14,7 +14,8 @@ jsonl events, one JSON object per line, in order::
     {"event": "action_ended", "index": N, "state": STATE, "exit_code": INT|null,
      "progress": FLOAT|null, "status_message": TEXT|null, "fail_message": TEXT|null,
      "time": ISO8601, "usage": {"wall_seconds": FLOAT, "cpu_user_seconds": FLOAT,
-     "cpu_system_seconds": FLOAT, "peak_rss_bytes": INT} (what it cost; see
+     "cpu_system_seconds": FLOAT, "peak_rss_bytes": INT, "peak_gpu_bytes": INT (where
+     nvidia-smi is)} (what it cost; see
      ``actors.ActionUsage``: the CPU and memory figures where it ran contained)}
     {"event": "session_ended", "status": "success"|"error"|"canceled",
      "actions": {STATE: COUNT}, "signal": "SIGINT"|"SIGTERM" (when canceled)}
@@ -189,6 +190,8 @@ def _result(label: str, event: ActionEnded) -> str:
             details.append(f"CPU {usage.cpu_user_seconds + usage.cpu_system_seconds:.2f} s")
         if usage.peak_rss_bytes is not None:
             details.append(f"peak memory {usage.peak_rss_bytes / 2**20:.1f} MiB")
+        if usage.peak_gpu_bytes is not None:
+            details.append(f"peak GPU memory {usage.peak_gpu_bytes / 2**20:.1f} MiB")
     text = f"== {label}: {event.state.value}"
     if details:
         text += f" ({', '.join(details)})"

@@ -4,6 +4,8 @@ tree, measured by the session's launcher, reported on ActionEnded and in the log
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +70,8 @@ async def test_a_forked_trees_peak_and_cpu_are_counted() -> None:
     assert usage.cpu_user_seconds is not None and usage.cpu_system_seconds is not None
     assert usage.cpu_user_seconds + usage.cpu_system_seconds >= 0.3
     assert usage.wall_seconds >= 1.5
+    if shutil.which("nvidia-smi") is None:
+        assert usage.peak_gpu_bytes is None  # nothing to ask, nothing said
     [line] = [line for line in lines if line.startswith("[farmhand] usage: ")]
     assert line == f"[farmhand] usage: {usage.describe()}"
     assert "peak memory" in line and "CPU" in line
@@ -249,3 +253,42 @@ async def test_output_past_the_limit_fails_the_action_in_fail_mode() -> None:
     assert ended.fail_message is not None
     assert ended.fail_message.startswith(f"{OUTPUT_LIMIT_FAILURE}: the action printed more than")
     assert ended.usage is not None and ended.usage.wall_seconds < 30  # stopped, not slept out
+
+
+def test_nvidia_smi_compute_apps_are_read_as_recorded() -> None:
+    """As nvidia-smi 550 prints ``--query-compute-apps=pid,used_memory
+    --format=csv,noheader,nounits``: a line per process per GPU, ``[N/A]`` under MIG."""
+    from actors._launcher import parse_compute_apps
+
+    recorded = "41230, 10240\n41231, [N/A]\n41230, 2048\n\nNo running processes found\n"
+    assert parse_compute_apps(recorded) == {41230: 12288 * MiB, 41231: 0}
+    assert parse_compute_apps("") == {}
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# Stands in for nvidia-smi: every process named sleep holds 512 MiB on the GPU.
+for pid in $(ls /proc); do
+    case $pid in *[!0-9]*) continue ;; esac
+    [ "$(cat /proc/$pid/comm 2>/dev/null)" = sleep ] && echo "$pid, 512"
+done
+echo "1, [N/A]"
+"""
+
+
+async def test_gpu_memory_is_sampled_where_nvidia_smi_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nvidia-smi on the PATH, the launcher asks it about the session's processes:
+    the action's peak GPU memory is theirs (and only theirs)."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_NVIDIA_SMI)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FARMHAND_GPU_SAMPLE_SECONDS", "0.2")
+    events: list[SessionEvent] = []
+    outcome = await JobRun(JobSpec.from_command(["sleep", "1.5"]), on_event=events.append).run()
+    assert outcome.succeeded
+    [ended] = [e for e in events if isinstance(e, ActionEnded)]
+    assert ended.usage is not None and ended.usage.peak_gpu_bytes == 512 * MiB
+    assert "peak GPU memory 512.0 MiB" in ended.usage.describe()
