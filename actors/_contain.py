@@ -224,6 +224,8 @@ class Containment:
         self._keeping = False
         #: Each running session's launcher's cgroup (``None``: it is in none).
         self._launcher_cgroups: dict[str, Path | None] = {}
+        #: The launcher (its pid) of each session that has one, for ``session_memory``.
+        self._session_launchers: dict[str, int] = {}
         self._spare_taken = trio.Event()
         #: Set (and replaced) when a spare is put in place or the keeper stops.
         self._spare_ready = trio.Event()
@@ -280,6 +282,7 @@ class Containment:
         """
         spare = await self._take_spare(session_id)
         if spare is not None:
+            self._session_launchers[session_id] = spare.pid
             return spare
         cgroup = self._session_cgroup(session_id)
         if cgroup is not None:
@@ -296,6 +299,7 @@ class Containment:
         if cgroup is not None and not await launcher.join_cgroup(cgroup / "cgroup.procs"):
             cgroup = None
         self._launcher_cgroups[session_id] = cgroup
+        self._session_launchers[session_id] = launcher.pid
         return launcher
 
     def hold_user(self, uid: int) -> None:
@@ -322,6 +326,16 @@ class Containment:
         while not self._spares:
             await self._spare_ready.wait()
         return self._spares[-1].launcher.pid
+
+    def session_memory(self) -> dict[str, int]:
+        """Resident bytes of each running session's processes (those below its
+        launcher), for the host memory guard; empty without /proc."""
+        sizes: dict[str, int] = {}
+        for session_id, pid in list(self._session_launchers.items()):
+            size = _platform.tree_rss(pid)
+            if size is not None:
+                sizes[session_id] = size
+        return sizes
 
     async def _take_spare(self, session_id: str) -> SessionLauncher | None:
         """A spare launcher, its cgroup now the session's; ``None`` if there is none,
@@ -351,6 +365,7 @@ class Containment:
         (the caller closes it) unless ``keep_spare_launcher`` runs and fewer than
         ``SPARE_POOL`` spares wait."""
         cgroup = self._launcher_cgroups.pop(session_id, None)
+        self._session_launchers.pop(session_id, None)
         if not self._keeping or len(self._spares) >= SPARE_POOL:
             return False
         if self._cgroup_root is not None and cgroup is None:
@@ -443,6 +458,7 @@ class Containment:
         killed = await trio.to_thread.run_sync(work)
         self._claimed_cgroups.pop(session_id, None)
         self._launcher_cgroups.pop(session_id, None)
+        self._session_launchers.pop(session_id, None)
         if killed:
             log.info("contain.swept", session_id=session_id, processes=killed)
         return killed

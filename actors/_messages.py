@@ -304,6 +304,8 @@ class Cancel:
     action_ids: frozenset[str] | None = None
     time_limit: float | None = None
     reason: str = "canceled"
+    #: The running action fails, with ``reason`` as its message (not CANCELED).
+    fail: bool = False
 
 
 @attrs.frozen
@@ -746,10 +748,13 @@ class RefuseNewSessions:
 
 @attrs.frozen
 class CancelRunning:
-    """Cancel the action every session is running (its own method, or within ``time_limit``)."""
+    """Cancel the action every session (or only ``session_id``) is running (its own
+    method, or within ``time_limit``); with ``fail`` it fails, ``reason`` its message."""
 
     time_limit: float | None
     reason: str
+    session_id: str | None = None
+    fail: bool = False
 
 
 @attrs.frozen

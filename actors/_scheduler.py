@@ -273,8 +273,12 @@ class Scheduler:
         elif isinstance(command, RefuseNewSessions):
             self._refuse_new = True
         elif isinstance(command, CancelRunning):
-            for session in self._sessions.values():
-                _tell(session, Cancel(time_limit=command.time_limit, reason=command.reason))
+            for session_id, session in self._sessions.items():
+                if command.session_id in (None, session_id):
+                    cancel = Cancel(
+                        time_limit=command.time_limit, reason=command.reason, fail=command.fail
+                    )
+                    _tell(session, cancel)
         elif isinstance(command, CloseSchedule):
             self._closed = True
             self._report_pending = False

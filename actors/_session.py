@@ -333,8 +333,17 @@ class SessionRunner:
         ids = command.action_ids
         running = self._running
         if running is not None and (ids is None or running.action_id in ids):
-            running.control.cancel(time_limit=command.time_limit, reason=command.reason)
-            await self._note(running.action_id, "info", f"cancel requested: {command.reason}")
+            if command.fail:
+                running.fail_message = command.reason
+                running.mark_failed = True
+                await self._emit(
+                    ActionFailMessage(self.session_id, running.action_id, command.reason)
+                )
+            running.control.cancel(
+                time_limit=command.time_limit, reason=command.reason, mark_failed=command.fail
+            )
+            level = "error" if command.fail else "info"
+            await self._note(running.action_id, level, f"cancel requested: {command.reason}")
             if ids:
                 # Queued ones go once the running one has reported: the contract
                 # wants no NEVER_ATTEMPTED before the final state of the running action.

@@ -286,6 +286,8 @@ class WorkerConfig:
     min_secret_length: int = 1
     #: Bytes a session's processes may use together (``None``: no limit); see the README.
     session_memory_limit: int | None = None
+    #: Below this much available host memory, the largest session is stopped (``None``: never).
+    host_memory_reserve: int | None = None
     #: Characters of output one action may print (``None``: no cap), and what then.
     action_output_limit: int | None = None
     action_output_limit_mode: Literal["truncate", "fail"] = "truncate"
@@ -498,6 +500,11 @@ _SETTINGS: tuple[_Setting, ...] = (
              "--session-memory-limit", _E + "SESSION_MEMORY_LIMIT", ("worker", "session_memory_limit"),
              "kill an action whose session's processes use more memory than this together, "
              "and fail it saying so (4GiB, 512M; a step's amount.worker.memory may set less)",
+             metavar="SIZE"),
+    _Setting("host_memory_reserve", parse_size,
+             "--host-memory-reserve", _E + "HOST_MEMORY_RESERVE", ("worker", "host_memory_reserve"),
+             "when the host has less memory available than this, fail the running action of "
+             "the session that holds the most, before the kernel's OOM killer picks (2GiB)",
              metavar="SIZE"),
     _Setting("action_output_limit", parse_size,
              "--action-output-limit", _E + "ACTION_OUTPUT_LIMIT", ("worker", "action_output_limit"),

@@ -766,6 +766,12 @@ async def _run_worker(
                 nursery.start_soon(worker._watch_idle, config.idle_timeout)
             if config.farm_outage_limit > 0:
                 nursery.start_soon(worker._watch_farm, config.farm_outage_limit)
+            if config.host_memory_reserve is not None:
+                from ._hostmemory import guard_host_memory
+
+                nursery.start_soon(
+                    guard_host_memory, config.host_memory_reserve, containment, scheduler_inbox
+                )
             if config.host_metrics_logging:
                 nursery.start_soon(
                     partial(
