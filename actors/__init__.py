@@ -64,6 +64,7 @@ from ._messages import LogWriter as LogWriter
 from ._messages import OpenLogStream as OpenLogStream
 from ._messages import QueuedAction as QueuedAction
 from ._messages import RefuseNewSessions as RefuseNewSessions
+from ._messages import ReopenSchedule as ReopenSchedule
 from ._messages import Replace as Replace
 from ._messages import Replies as Replies
 from ._messages import Runnable as Runnable

@@ -764,6 +764,12 @@ class CloseSchedule:
     reply_to: trio.MemorySendChannel[None]
 
 
+@attrs.frozen
+class ReopenSchedule:
+    """Call the farm again after ``CloseSchedule`` and take new sessions again: a paused
+    worker that the farm has STARTED again. A sync follows at once."""
+
+
 SchedulerCommand = (
     SyncNow
     | WaitSessions
@@ -772,6 +778,7 @@ SchedulerCommand = (
     | RefuseNewSessions
     | CancelRunning
     | CloseSchedule
+    | ReopenSchedule
 )
 
 

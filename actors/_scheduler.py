@@ -2,7 +2,7 @@
 
 It owns two inboxes: its owner's commands (``SchedulerCommand``: ``SyncNow``,
 ``WaitSessions``, ``FinishSessions``, ``StopSessions``, ``RefuseNewSessions``,
-``CancelRunning``, ``CloseSchedule``), returned by ``nursery.start(scheduler.run)``,
+``CancelRunning``, ``CloseSchedule``, ``ReopenSchedule``), returned by ``nursery.start(scheduler.run)``,
 and its sessions' reports (``SessionReport``: ``ActionUpdate``,
 ``SessionReported``, ``SessionClosed``). It tells its owner what the farm
 wants through ``events`` (``IntervalChanged``, ``FarmStopRequested``) and
@@ -64,6 +64,7 @@ from ._messages import (
     FinishSessions,
     IntervalChanged,
     RefuseNewSessions,
+    ReopenSchedule,
     Replace,
     Schedule,
     SchedulerCommand,
@@ -288,6 +289,12 @@ class Scheduler:
                 self._close_waiters.append(command.reply_to)
             else:
                 _answer(command.reply_to)
+        elif isinstance(command, ReopenSchedule):
+            # A pause is over: the farm has the worker STARTED again, and every session
+            # ended before it was paused (``_finishing`` and ``_stopping`` are empty).
+            self._closed = False
+            self._refuse_new = False
+            self._request_sync()
 
     def _answer_syncs(self, *, everyone: bool = False) -> None:
         owed = []

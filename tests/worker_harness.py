@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from actors import SessionEvent
 from agent.deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from agent.mockfarm import FarmConfig, FaultConfig, MockFarm, S3Config, open_mock_farm
 from agent.worker._config import WorkerConfig
+from agent.worker._idle import IdleSource
 from agent.worker._worker import Endpoints, Worker, open_agent
 
 PY = sys.executable
@@ -74,6 +76,8 @@ async def farm_and_worker(
     faults: FaultConfig | None = None,
     ship_session_logs: bool = True,
     s3: S3Config | None = None,
+    idle_source: IdleSource | None = None,
+    local_time: Callable[[], datetime] | None = None,
     **config_changes: Any,
 ) -> AsyncIterator[tuple[MockFarm, Worker, Events]]:
     farm_config = farm_config or FarmConfig(update_interval_seconds=1, max_retries_per_task=0)
@@ -88,6 +92,8 @@ async def farm_and_worker(
             bootstrap_credentials=bootstrap_credentials(),
             on_event=events,
             ship_session_logs=ship_session_logs,
+            idle_source=idle_source,
+            local_time=local_time,
         ) as worker:
             yield farm, worker, events
 

@@ -3,6 +3,8 @@
 ``_worker`` wires the actor tree and holds the stop contract; ``_embed`` and
 ``_cmd_worker`` start it from a program or the command line; ``_bootstrap``,
 ``_hostinfo``, ``_imds``, ``_queuecreds``, ``_state``, ``_health`` and
-``_logsink`` are the host's parts; ``_config`` its settings. The public names
-are exported by ``agent``.
+``_logsink`` are the host's parts; ``_pause`` pauses and resumes the worker,
+for ``_throttle`` (the error throttle), ``_workhours`` and ``_idle`` (logind's
+idle hint); ``_costs`` keeps what actions cost for ``/metrics``; ``_config``
+its settings. The public names are exported by ``agent``.
 """

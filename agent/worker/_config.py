@@ -80,6 +80,9 @@ from .._settings import (
     suggest,
 )
 from ._hostinfo import Capabilities
+from ._pause import PAUSE_POLICIES, PausePolicy
+from ._throttle import ThrottleRule, parse_failure_throttle
+from ._workhours import WorkHours, parse_work_hours
 
 __all__ = [
     "CONFIG_FILE_ENV",
@@ -291,6 +294,18 @@ class WorkerConfig:
     #: Characters of output one action may print (``None``: no cap), and what then.
     action_output_limit: int | None = None
     action_output_limit_mode: Literal["truncate", "fail"] = "truncate"
+    #: Pause after N failed task runs in a row, from 2 or more jobs, within SECONDS
+    #: (``None``: never; ``agent.worker._throttle``).
+    failure_throttle: ThrottleRule | None = None
+    #: How long the failure throttle keeps the worker paused, from when it is paused.
+    failure_cooldown_seconds: float = 600.0
+    #: When the worker may take work, in local time (``None``: always; ``_workhours``).
+    work_hours: WorkHours | None = None
+    #: Take work only while systemd-logind says the host's users are idle (``_idle``).
+    only_when_user_idle: bool = False
+    #: A running task when a user returns or the work hours end: ``cancel`` (reported
+    #: INTERRUPTED, so the farm runs it elsewhere) or ``finish``.
+    when_user_returns: PausePolicy = "cancel"
     #: Where each setting that was not defaulted came from (flag, variable or file key).
     origins: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
     #: The config file that was read, if any.
@@ -515,6 +530,25 @@ _SETTINGS: tuple[_Setting, ...] = (
              ("worker", "action_output_limit_mode"),
              "past the output limit: truncate (drop the rest, with a note; the default) "
              "or fail the action"),
+    _Setting("failure_throttle", parse_failure_throttle,
+             "--failure-throttle", _E + "FAILURE_THROTTLE", ("worker", "failure_throttle"),
+             "pause after N failed task runs in a row, from 2 or more jobs, within SECONDS "
+             "(e.g. 5/300; off unless set)", metavar="N/SECONDS"),
+    _Setting("failure_cooldown_seconds", at_least(parse_float, 0, strictly=True),
+             "--failure-cooldown", _E + "FAILURE_COOLDOWN", ("worker", "failure_cooldown_seconds"),
+             "how long the failure throttle keeps the worker paused, from when its last "
+             "session has ended (default 600)", metavar="SECONDS"),
+    _Setting("work_hours", parse_work_hours,
+             "--work-hours", _E + "WORK_HOURS", ("worker", "work_hours"),
+             "take work only in these hours, local time, e.g. 'Mon-Fri 19:00-07:00, Sat-Sun' "
+             "(paused outside them)", metavar="HOURS"),
+    _Setting("only_when_user_idle", parse_bool,
+             "--only-when-user-idle", _E + "ONLY_WHEN_USER_IDLE", ("worker", "only_when_user_idle"),
+             "take work only while systemd-logind says the host's users are idle", const=True),
+    _Setting("when_user_returns", one_of(PAUSE_POLICIES),
+             "--when-user-returns", _E + "WHEN_USER_RETURNS", ("worker", "when_user_returns"),
+             "the running task when a user returns or the work hours end: cancel (reported "
+             "INTERRUPTED, run elsewhere; the default) or finish", metavar="{cancel,finish}"),
     _Setting("min_secret_length", at_least(parse_int, 1),
              "--min-secret-length", _E + "MIN_SECRET_LENGTH", ("logging", "min_secret_length"),
              "do not mask secret values shorter than this (default 1)", metavar="N"),

@@ -1,12 +1,17 @@
 """An optional HTTP endpoint on loopback: ``/healthz`` and ``/metrics``.
 
 ``/healthz`` answers 200 with a JSON body when the worker is healthy, 503 when
-it is not: not running (draining or stopped), or its last heartbeat is older
-than three heartbeat intervals (a wedged agent). The body says why::
+it is not: draining or stopped, or its last heartbeat is older than three
+heartbeat intervals (a wedged agent). A paused worker (``agent.worker._pause``:
+the failure throttle, work hours, a user at the workstation) is healthy: it is
+doing what it was told, and makes no calls while paused, so its heartbeat's age
+is not held against it. The body says why::
 
     {"status": "ok", "worker_id": ..., "state": "running",
      "heartbeat_age_seconds": 0.8, "heartbeat_interval_seconds": 15.0,
-     "sessions": 1, "actors": {"scheduler": "running", ...}}
+     "sessions": 1, "actors": {"scheduler": "running", ...},
+     "pause": {"reasons": [], "details": [], "resume_in_seconds": null,
+               "pauses": 0, "paused_seconds": 0.0, "failed_task_streak": 0}}
 
 ``/metrics`` is the Prometheus text format (prometheus-client), read from the
 worker's statistics at scrape time:
@@ -20,6 +25,13 @@ worker's statistics at scrape time:
     farmhand_heartbeat_age_seconds         time since the last heartbeat
     farmhand_heartbeat_lateness_p99_seconds
     farmhand_scheduler_restarts_total      restarts of the scheduler's sync loop
+    farmhand_paused{reason}                1 for each reason the worker is paused for now
+    farmhand_pauses_total                  pauses begun
+    farmhand_paused_seconds_total          time spent pausing, paused or resuming
+    farmhand_failed_task_streak            failed task runs since the last success
+    farmhand_action_wall_seconds{kind,step}        histograms of what actions cost
+    farmhand_action_cpu_seconds{kind,step}         (user + system), from the sessions'
+    farmhand_action_peak_memory_bytes{kind,step}   launchers (``agent.worker._costs``)
     process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
 """
 
@@ -33,10 +45,16 @@ from typing import Any, Protocol, cast
 import trio
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .._asgi import Receive, Scope, Send, answer_lifespan, hypercorn_config
+from ._costs import CPU, MEMORY, WALL, CostsSnapshot
 
 
 class HealthStatistics(Protocol):
@@ -58,6 +76,18 @@ class HealthStatistics(Protocol):
     def log_bytes_shipped(self) -> int: ...
     @property
     def log_bytes_buffered(self) -> int: ...
+    @property
+    def paused_for(self) -> tuple[str, ...]: ...
+    @property
+    def pause_details(self) -> tuple[str, ...]: ...
+    @property
+    def pauses(self) -> int: ...
+    @property
+    def paused_seconds(self) -> float: ...
+    @property
+    def resume_in(self) -> float | None: ...
+    @property
+    def failed_task_streak(self) -> int: ...
 
 
 class HealthSource(Protocol):
@@ -73,10 +103,15 @@ class HealthSource(Protocol):
     def statistics(self) -> HealthStatistics: ...
     def api_statistics(self) -> dict[str, tuple[int, int]]: ...
     def actor_states(self) -> dict[str, str]: ...
+    def action_costs(self) -> CostsSnapshot: ...
 
 
 #: A heartbeat older than this many intervals makes the worker unhealthy.
 STALE_INTERVALS = 3.0
+#: States in which a worker is healthy. Paused ones make no calls to the farm, by design.
+HEALTHY_STATES = ("running", "pausing", "paused", "resuming")
+QUIET_STATES = ("paused", "resuming")
+
 #: Interval 0 means the farm holds each call until it has work (a long poll): a
 #: heartbeat may then be as old as the longest call the client waits for (30 s).
 LONG_POLL_ALLOWANCE = 30.0
@@ -88,9 +123,11 @@ def health(worker: HealthSource) -> tuple[bool, dict[str, Any]]:
     interval = worker.heartbeat_interval
     age = stats.heartbeat_age
     problems = []
-    if stats.state != "running":
+    if stats.state not in HEALTHY_STATES:
         problems.append(f"the worker is {stats.state}")
-    if age is None:
+    if stats.state in QUIET_STATES:
+        pass  # no calls while paused: the heartbeat waits
+    elif age is None:
         problems.append("no heartbeat yet")
     elif age > STALE_INTERVALS * max(interval, 1.0) + (LONG_POLL_ALLOWANCE if interval <= 0 else 0):
         problems.append(f"the last heartbeat was {age:.0f} s ago")
@@ -103,6 +140,14 @@ def health(worker: HealthSource) -> tuple[bool, dict[str, Any]]:
         "heartbeat_interval_seconds": interval,
         "sessions": stats.sessions,
         "actors": worker.actor_states(),
+        "pause": {
+            "reasons": list(stats.paused_for),
+            "details": list(stats.pause_details),
+            "resume_in_seconds": stats.resume_in,
+            "pauses": stats.pauses,
+            "paused_seconds": round(stats.paused_seconds, 3),
+            "failed_task_streak": stats.failed_task_streak,
+        },
     }
     return not problems, report
 
@@ -156,6 +201,59 @@ class _WorkerCollector(Collector):
         )
         restarts.add_metric([], self._worker.scheduler_restarts)
         yield restarts
+        paused = GaugeMetricFamily(
+            "farmhand_paused",
+            "1 for each reason the worker takes no work now (failure_throttle, work_hours, "
+            "user_active, user_idle_unknown, or a host's own).",
+            labels=["reason"],
+        )
+        for reason in stats.paused_for:
+            paused.add_metric([reason], 1)
+        yield paused
+        pauses = CounterMetricFamily("farmhand_pauses", "Pauses begun.")
+        pauses.add_metric([], stats.pauses)
+        yield pauses
+        paused_seconds = CounterMetricFamily(
+            "farmhand_paused_seconds", "Seconds spent pausing, paused or resuming."
+        )
+        paused_seconds.add_metric([], stats.paused_seconds)
+        yield paused_seconds
+        streak = GaugeMetricFamily(
+            "farmhand_failed_task_streak",
+            "Failed task runs since the last success (with the failure throttle on).",
+        )
+        streak.add_metric([], stats.failed_task_streak)
+        yield streak
+        yield from _cost_histograms(self._worker.action_costs())
+
+
+_HISTOGRAMS = (
+    (WALL, "farmhand_action_wall_seconds", "Wall time of actions, by kind and step."),
+    (CPU, "farmhand_action_cpu_seconds", "CPU time (user + system) of actions' processes."),
+    (
+        MEMORY,
+        "farmhand_action_peak_memory_bytes",
+        "Peak resident memory of the session's processes while an action ran.",
+    ),
+)
+
+
+def _cost_histograms(costs: CostsSnapshot) -> Iterator[Metric]:
+    for key, name, documentation in _HISTOGRAMS:
+        family = HistogramMetricFamily(name, documentation, labels=["kind", "step"])
+        for (kind, step), histogram in costs.get(key, {}).items():
+            buckets = [
+                (_bound(bound), count)
+                for bound, count in zip(histogram.bounds, histogram.cumulative, strict=True)
+            ]
+            buckets.append(("+Inf", histogram.count))
+            family.add_metric([kind, step], buckets, sum_value=histogram.total)
+        yield family
+
+
+def _bound(value: float) -> str:
+    """A bucket's ``le`` as prometheus-client writes its own (``1.0``, ``0.5``)."""
+    return repr(float(value))
 
 
 def make_registry(worker: HealthSource) -> CollectorRegistry:

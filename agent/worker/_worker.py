@@ -9,6 +9,8 @@
     heartbeat               a sync at the farm's interval, whatever else happens
     scheduler follower      the scheduler's events: interval, farm stop, sessions over
     stop watcher            exit-after-jobs and idle-timeout, for ephemeral workers
+    pause control           pause/resume (``_pause``): the failure throttle, work
+                            hours and a user at the workstation put holds on it
 
 The actors talk by messages only (``actors._messages``; ARCHITECTURE.md).
 
@@ -32,6 +34,10 @@ Stopping (one documented contract; see the README):
 - The farm asking the worker to stop (``desiredWorkerStatus``), the
   credentials running out, ``exit_after_jobs`` and ``idle_timeout`` also make
   ``wait_stop_requested()`` return, with the reason.
+
+Pausing is not stopping: ``pause(reason)`` / ``resume(reason)`` (and the failure
+throttle, work hours and idle detection, which use them) make the worker STOPPED
+on the farm for a while, its process running; see ``agent.worker._pause``.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from functools import partial
 from typing import Any, Literal
 
@@ -49,6 +56,9 @@ import structlog
 import trio
 
 from actors import (
+    ActionEnded,
+    ActionKind,
+    ActionStarted,
     ActionState,
     CancelRunning,
     Containment,
@@ -68,6 +78,7 @@ from actors import (
     SchedulerEvent,
     SessionAssignment,
     SessionClosed,
+    SessionEnded,
     SessionEvent,
     SessionReport,
     StopSessions,
@@ -100,13 +111,24 @@ from ..deadline import (
 from . import _credenv
 from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
+from ._costs import ActionCosts, CostsSnapshot
 from ._guest import HostCalls, from_host, hosted_by_trio_or_asyncio
 from ._hostconfig import HostConfigurationFailed, run_host_configuration
 from ._hostinfo import probe_host
 from ._hostmetrics import log_host_metrics
+from ._idle import IdleSource, LogindIdle
 from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
 from ._logsink import CloudWatchSink
+from ._pause import (
+    FAILURE_THROTTLE,
+    PauseControl,
+    PausePolicy,
+    follow_user_idle,
+    follow_work_hours,
+)
 from ._queuecreds import QueueCredentials
+from ._throttle import FailureThrottle, Tripped
+from ._workhours import WorkHours
 
 log = structlog.get_logger("farmhand.worker")
 
@@ -155,6 +177,17 @@ class WorkerStatistics:
     api_retries: int
     retries_by_operation: Mapping[str, int]
     sessions_finished: int
+    #: Why the worker takes no work now (empty: it does, or would); see ``Worker.pause``.
+    paused_for: tuple[str, ...] = ()
+    #: A line on each of them, in the same order.
+    pause_details: tuple[str, ...] = ()
+    #: Pauses begun, and the time spent pausing, paused or resuming, since the start.
+    pauses: int = 0
+    paused_seconds: float = 0.0
+    #: Seconds until the worker resumes, when only a cool-down keeps it paused.
+    resume_in: float | None = None
+    #: Failed task runs since the last success (counted with ``failure_throttle`` set).
+    failed_task_streak: int = 0
 
 
 @attrs.frozen
@@ -233,6 +266,21 @@ class Worker:
         self.sessions_finished = 0
         #: Set when the worker runs as a Trio guest of an asyncio host (``_guest``).
         self._guest: HostCalls | None = None
+        self._pauses = PauseControl(
+            partial(_update_status, booted),
+            scheduler_inbox,
+            cancel_grace=config.drain_grace_seconds,
+            may_resume=self._may_resume,
+            sessions=self._sessions,
+        )
+        #: Wraps the pause loop and its watchers; a drain cancels it and takes over.
+        self._pause_scope = trio.CancelScope()
+        #: What actions cost, by kind and step (``/metrics``).
+        self.costs = ActionCosts()
+        rule = config.failure_throttle
+        self._throttle = FailureThrottle(rule) if rule is not None else None
+        #: Per session: the action it runs now (id, kind, name), for its ActionEnded.
+        self._running: dict[str, tuple[str | None, str, str]] = {}
 
     # ---------------------------------------------------------------- state
 
@@ -241,9 +289,11 @@ class Worker:
         heartbeat = self._heartbeat.statistics()
         shipper = self._shipper.statistics()
         api = self._deadline_stats()
+        pauses = self._pauses.statistics()
         return WorkerStatistics(
             worker_id=self.worker_id,
-            state=self._state,
+            # Draining and stopped win over the pause's own states.
+            state=pauses.state if self._state == "running" else self._state,
             sessions=scheduler.sessions,
             actions=completed_counts(scheduler.reported),
             syncs=scheduler.syncs,
@@ -256,7 +306,17 @@ class Worker:
             api_retries=api.retries,
             retries_by_operation={op: s.retries for op, s in api.operations.items()},
             sessions_finished=self.sessions_finished,
+            paused_for=pauses.reasons,
+            pause_details=pauses.details,
+            pauses=pauses.pauses,
+            paused_seconds=pauses.paused_seconds,
+            resume_in=pauses.resume_in,
+            failed_task_streak=self._throttle.streak if self._throttle is not None else 0,
         )
+
+    def action_costs(self) -> CostsSnapshot:
+        """What actions cost so far, as histograms by kind and step (``_costs``)."""
+        return self.costs.snapshot()
 
     @property
     def heartbeat_interval(self) -> float:
@@ -324,6 +384,14 @@ class Worker:
         self._stop_requested.set()
 
     @from_host
+    async def wait_state(self, *states: str) -> str:
+        """Wait until ``statistics().state`` is one of ``states`` (``running``,
+        ``pausing``, ``paused``, ``resuming``, ``draining``, ``stopped``); returns it."""
+        while (state := self.statistics().state) not in states:
+            await self._pauses.wait_changed()
+        return state
+
+    @from_host
     async def wait_stop_requested(self) -> StopReason:
         await self._stop_requested.wait()
         assert self._stop_reason is not None
@@ -344,6 +412,88 @@ class Worker:
         cancel: the rest of their work is skipped, their environment exits run, and the
         farm hears the outcome as usual."""
         tell(self._scheduler_inbox, CancelRunning(time_limit, reason))
+
+    # ---------------------------------------------------------------- pausing
+
+    def pause(
+        self,
+        reason: str,
+        *,
+        running: PausePolicy = "finish",
+        seconds: float | None = None,
+        detail: str = "",
+    ) -> None:
+        """Take no work while ``reason`` holds: the farm is told the worker is STOPPING,
+        the running sessions finish what they have (``running="finish"``) or are
+        stopped, their running action INTERRUPTED (``"cancel"``), then STOPPED; once
+        no reason holds, STARTED again. ``seconds``: the hold lifts by itself that long
+        after the worker is paused. The process keeps running (``agent.worker._pause``)."""
+        self._pauses.hold(reason, running=running, seconds=seconds, detail=detail)
+
+    def resume(self, reason: str) -> None:
+        """``reason`` no longer holds the worker; it resumes once none does."""
+        self._pauses.release(reason)
+
+    def _may_resume(self) -> bool:
+        return not (self._stop_requested.is_set() or self._finish_then_stop or self._draining)
+
+    async def _run_pauses(
+        self,
+        hours: WorkHours | None,
+        local_time: Callable[[], datetime],
+        idle_source: IdleSource | None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The pause loop and what puts holds on it; ``started`` once the first look at
+        the hours and the users is taken (and, if they say so, the worker is paused)."""
+        started = False
+        with self._pause_scope:
+            async with trio.open_nursery() as nursery:
+                running = self.config.when_user_returns
+                if hours is not None:
+                    await nursery.start(follow_work_hours, self._pauses, hours, local_time, running)
+                if idle_source is not None:
+                    await nursery.start(follow_user_idle, self._pauses, idle_source, running)
+                await nursery.start(self._pauses.run)
+                started = True
+                task_status.started()
+        if not started:
+            task_status.started()  # a drain came first: nothing to wait for
+
+    def _observe(self, job_id: str, event: SessionEvent) -> None:
+        """Every session event, before the host's ``on_event``: what actions cost, and
+        the failure throttle's count."""
+        if isinstance(event, ActionStarted):
+            self._running[event.session_id] = (event.action_id, event.kind.value, event.name)
+        elif isinstance(event, ActionEnded):
+            running = self._running.pop(event.session_id, None)
+            name = running[2] if running is not None and running[0] == event.action_id else ""
+            if event.usage is not None:
+                self.costs.record(event.kind.value, name, event.usage)
+            if event.kind is ActionKind.TASK_RUN and self._throttle is not None:
+                failed = event.state in (ActionState.FAILED, ActionState.TIMEOUT)
+                if failed or event.state is ActionState.SUCCESS:
+                    tripped = self._throttle.record(job_id, failed=failed, now=trio.current_time())
+                    if tripped is not None:
+                        self._throttle_tripped(tripped)
+        elif isinstance(event, SessionEnded):
+            self._running.pop(event.session_id, None)
+
+    def _throttle_tripped(self, tripped: Tripped) -> None:
+        cooldown = self.config.failure_cooldown_seconds
+        assert self._throttle is not None
+        log.warning(
+            "worker.failure_throttle",
+            failures=tripped.failures,
+            jobs=list(tripped.jobs),
+            within_seconds=round(tripped.seconds, 1),
+            rule=str(self._throttle.rule),
+            cooldown_seconds=cooldown,
+            note=f"{tripped.describe()}: taking no work for {cooldown:g} s once the "
+            "running session has ended, then trying again",
+        )
+        self.pause(FAILURE_THROTTLE, running="finish", seconds=cooldown, detail=tripped.describe())
 
     # ---------------------------------------------------------------- stopping
 
@@ -410,11 +560,17 @@ class Worker:
             return
         self._draining = True
         self._drain_deadline = deadline
+        # A pause under way stops where it is; the drain does the rest. A paused
+        # worker is STOPPED on the farm already, which would refuse STOPPING.
+        paused = self._pauses.farm_stopped
+        self._pause_scope.cancel(reason="the worker is draining")
         self._state = "draining"
+        self._pauses.poke()
         worker = self._booted.worker
-        log.info("worker.draining", grace=grace, sessions=self._sessions())
-        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(worker.update_worker(status="STOPPING"), "UpdateWorker(STOPPING)")
+        log.info("worker.draining", grace=grace, sessions=self._sessions(), paused=paused)
+        if not paused:
+            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                await _quietly(worker.update_worker(status="STOPPING"), "UpdateWorker(STOPPING)")
         tell(
             self._scheduler_inbox,
             StopSessions(grace, ActionState.INTERRUPTED, "the worker is draining"),
@@ -432,9 +588,11 @@ class Worker:
             await _quietly(
                 close_schedule(self._scheduler_inbox), "UpdateWorkerSchedule (in flight)"
             )
-        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
+        if not paused:
+            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
+                await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"
+        self._pauses.poke()
         # The sessions' last log lines, which need no farm, ship now.
         with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
             await wait_sessions(self._scheduler_inbox, "closed")
@@ -448,11 +606,16 @@ class Worker:
         running work goes on, its reports wait (latest wins, one per action) and its
         logs wait on disk; all go out, in order, once the farm answers."""
         while True:
-            since = self._scheduler.statistics().last_success
+            if not self._pauses.calling_farm:
+                # Paused: no calls, so none can fail; the count starts again on resuming.
+                await self._pauses.wait_changed()
+                continue
+            since = max(self._scheduler.statistics().last_success, self._pauses.opened_at)
             now = trio.current_time()
             if now - since >= outage_limit:
                 break
-            await trio.sleep_until(since + outage_limit)
+            with trio.move_on_at(since + outage_limit):
+                await self._pauses.wait_changed()
         log.error(
             "worker.farm_unreachable",
             seconds=round(now - since),
@@ -464,11 +627,18 @@ class Worker:
 
     async def _watch_idle(self, idle_timeout: float) -> None:
         while True:
+            if self._pauses.state != "running":
+                # A paused worker is not idle for want of work: the timer starts again.
+                await self._pauses.wait_changed()
+                continue
             if self._sessions():
                 await wait_sessions(self._scheduler_inbox, "closed")
                 continue
+            pauses = self._pauses.statistics().pauses
             with trio.move_on_after(idle_timeout):
                 await wait_sessions(self._scheduler_inbox, "busy")
+                continue
+            if self._pauses.state != "running" or self._pauses.statistics().pauses != pauses:
                 continue
             tell(self._scheduler_inbox, RefuseNewSessions())
             self.request_stop("idle_timeout")
@@ -503,6 +673,10 @@ async def _monitor_imds(
     await monitor.run(task_status=task_status)
 
 
+async def _update_status(booted: Bootstrapped, status: str) -> None:
+    await booted.worker.update_worker(status=status)
+
+
 async def _quietly(call: Any, what: str) -> None:
     """Await a shutdown-time call; a failure is logged, not raised."""
     try:
@@ -523,6 +697,8 @@ async def open_agent(
     containment: Containment | None = None,
     ship_session_logs: bool = True,
     jobs_get_agent_credentials: bool = False,
+    idle_source: IdleSource | None = None,
+    local_time: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Worker]:
     """Bootstrap a worker and run it for the block (see the module docstring).
 
@@ -536,6 +712,11 @@ async def open_agent(
 
     From an asyncio program the tree runs as a Trio guest on the host's loop
     (``agent/worker/_guest.py``); an ``http`` client given there is the workers' only.
+
+    ``idle_source`` says whether the host's users are idle, for
+    ``only_when_user_idle`` (default: systemd-logind's idle hint, ``_idle``);
+    ``local_time`` is the wall clock the work hours are read on (default
+    ``datetime.now``). Both are there for tests and for hosts that know better.
     """
     if endpoints is None:
         endpoints = await trio.to_thread.run_sync(resolve_endpoints, config)
@@ -567,6 +748,8 @@ async def open_agent(
                 containment,
                 ship_session_logs,
                 jobs_get_agent_credentials,
+                idle_source,
+                local_time,
             ) as worker:
                 running = True
                 yield worker
@@ -611,6 +794,8 @@ async def _run_worker(
     containment: Containment | None,
     ship_session_logs: bool,
     jobs_get_agent_credentials: bool,
+    idle_source: IdleSource | None = None,
+    local_time: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Worker]:
     logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
     identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
@@ -688,6 +873,13 @@ async def _run_worker(
             def make_session(
                 assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
             ) -> WorkSession:
+                def watch(event: SessionEvent) -> None:
+                    # The worker's own accounting first, then the host's view.
+                    assert worker is not None
+                    worker._observe(assignment.job_id, event)
+                    if on_event is not None:
+                        on_event(assignment.session_id, event)
+
                 return WorkSession(
                     assignment,
                     identity=identity,
@@ -695,7 +887,7 @@ async def _run_worker(
                     reports=reports,
                     shipper=shipper_inbox,
                     options=options,
-                    on_event=partial(on_event, assignment.session_id) if on_event else None,
+                    on_event=watch,
                     containment=containment,
                     queue_credentials=queue_credentials,
                     attachments=attachments,
@@ -723,9 +915,14 @@ async def _run_worker(
                     ),
                 )
             )
-            heartbeat = Heartbeat(
-                partial(sync_now, scheduler_inbox), scheduler.statistics().interval
-            )
+
+            async def beat() -> None:
+                # A paused worker makes no calls (the farm has it STOPPED): the beat waits.
+                assert worker is not None
+                await worker._pauses.wait_open()
+                await sync_now(scheduler_inbox)
+
+            heartbeat = Heartbeat(beat, scheduler.statistics().interval)
             worker = Worker(
                 config,
                 booted,
@@ -745,6 +942,16 @@ async def _run_worker(
                 with worker.heartbeat_scope:
                     await heartbeat.run(task_status=task_status)
 
+            # Before the heartbeat: a worker outside its hours (or with its user at the
+            # keyboard) is paused before it asks the farm for anything.
+            if config.only_when_user_idle and idle_source is None:
+                idle_source = LogindIdle()
+            await nursery.start(
+                worker._run_pauses,
+                config.work_hours,
+                local_time or datetime.now,
+                idle_source if config.only_when_user_idle else None,
+            )
             heartbeat_inbox = await nursery.start(run_heartbeat)
             nursery.start_soon(worker._follow_scheduler, events_receive, heartbeat_inbox)
 

@@ -24,6 +24,7 @@ from actors import (
     FinishSessions,
     IntervalChanged,
     LogShipper,
+    ReopenSchedule,
     Scheduler,
     SchedulerCommand,
     SchedulerEvent,
@@ -604,6 +605,25 @@ async def test_a_closed_scheduler_syncs_no_more(tmp_path: Path) -> None:
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert len(farm.calls) == 1
+
+
+async def test_a_reopened_scheduler_syncs_at_once_and_takes_new_sessions(tmp_path: Path) -> None:
+    """A paused worker's scheduler: finished, closed (no calls, new work refused), then
+    reopened (a sync at once; a session assigned now runs)."""
+    farm = FakeFarm(py("print('frame {{Task.Param.F}}')"))
+    with trio.fail_after(30):
+        async with running(tmp_path, farm) as r:
+            r.scheduler.finish_sessions()
+            await r.scheduler.sync_now()
+            await r.scheduler.close()
+            calls = len(farm.calls)
+            await r.scheduler.sync_now()  # answered at once, no call
+            assert len(farm.calls) == calls
+            farm.assigned = {SESSION: session(task(0, 1))}
+            tell(r.scheduler.inbox, ReopenSchedule())
+            await farm.wait_until(lambda: len(farm.calls) > calls)
+            await sync_until(r, lambda: action_id(0) in farm.completed)
+    assert farm.completed == {action_id(0): "SUCCEEDED"}
 
 
 async def test_close_waits_for_a_sync_that_started_after_the_final_one() -> None:

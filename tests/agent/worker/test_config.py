@@ -20,6 +20,7 @@ from agent.worker._config import (
     load_config,
 )
 from agent.worker._hostinfo import Capabilities
+from agent.worker._throttle import ThrottleRule
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 FARM = "farm-" + "0" * 32
@@ -306,6 +307,10 @@ def test_every_farmhand_key_is_read() -> None:
     assert (config.log_rotate_count, config.log_max_bytes) == (2, 1048576)
     assert config.secret_patterns == ("tok-[0-9a-f]{16}", r"password=\S+")
     assert config.min_secret_length == 6
+    assert config.failure_throttle == ThrottleRule(5, 300)
+    assert config.failure_cooldown_seconds == 900
+    assert str(config.work_hours) == "Mon-Fri 19:00-07:00, Sat-Sun 00:00-24:00"
+    assert (config.only_when_user_idle, config.when_user_returns) == (True, "finish")
     assert config.warnings == ()
 
 
@@ -738,3 +743,44 @@ def test_the_action_output_limit_and_its_mode() -> None:
     assert (config.action_output_limit, config.action_output_limit_mode) == (10 * 2**20, "fail")
     assert load().action_output_limit_mode == "truncate"
     assert "truncate" in error(["--action-output-limit-mode", "explode"])
+
+
+def test_the_pause_settings_default_to_off_and_parse_from_every_source(tmp_path: Path) -> None:
+    """The failure throttle, work hours and idle detection (issue 14): off by default;
+    flag, variable or worker.toml; a bad value is one line naming where it came from."""
+    config = load()
+    assert (config.failure_throttle, config.work_hours, config.only_when_user_idle) == (
+        None,
+        None,
+        False,
+    )
+    assert (config.failure_cooldown_seconds, config.when_user_returns) == (600, "cancel")
+    flags = load(
+        ["--failure-throttle", "4/10m", "--failure-cooldown", "60", "--work-hours", "Sat-Sun",
+         "--only-when-user-idle", "--when-user-returns", "finish"]
+    )  # fmt: skip
+    assert flags.failure_throttle == ThrottleRule(4, 600)
+    assert flags.failure_cooldown_seconds == 60
+    assert str(flags.work_hours) == "Sat-Sun 00:00-24:00"
+    assert (flags.only_when_user_idle, flags.when_user_returns) == (True, "finish")
+    variables = load(
+        environ={
+            **IDS,
+            "DEADLINE_WORKER_FAILURE_THROTTLE": "3/60",
+            "DEADLINE_WORKER_WORK_HOURS": "Mon 18:00-23:00, Tue 18:00-23:00",
+            "DEADLINE_WORKER_ONLY_WHEN_USER_IDLE": "yes",
+        }
+    )
+    assert variables.failure_throttle == ThrottleRule(3, 60)
+    assert variables.work_hours is not None and len(variables.work_hours.windows) == 2
+    assert variables.only_when_user_idle is True
+    assert error(["--work-hours", "Mon-Fri 7pm-7am"]) == (
+        "--work-hours: 'Mon-Fri 7pm-7am': '7pm' is not a time (HH:MM, 24-hour clock)"
+    )
+    assert error(["--failure-throttle", "1/60"]).startswith(
+        "--failure-throttle: N must be at least 2"
+    )
+    file = write(tmp_path, '[worker]\nwhen_user_returns = "kill"\n')
+    assert error(file=file) == (
+        f"{file}: [worker] when_user_returns: expected one of finish, cancel, got 'kill'"
+    )
