@@ -5,6 +5,7 @@
 ``_hostinfo``, ``_imds``, ``_queuecreds``, ``_state``, ``_health`` and
 ``_logsink`` are the host's parts; ``_pause`` pauses and resumes the worker,
 for ``_throttle`` (the error throttle), ``_workhours`` and ``_idle`` (logind's
-idle hint); ``_costs`` keeps what actions cost for ``/metrics``; ``_config``
-its settings. The public names are exported by ``agent``.
+idle hint); ``_sessionwatch`` reads the sessions' events for the throttle and
+``_costs`` (what actions cost, for ``/metrics``); ``_endpoints`` resolves
+where the farm is; ``_config`` holds its settings. The public names are exported by ``agent``.
 """

@@ -75,6 +75,26 @@ def drain_grace(notice: InterruptionNotice, configured: float) -> float:
     return max(0.0, min(configured, notice.seconds_left - MARGIN_SECONDS))
 
 
+def drain_on_notice(
+    configured: float, drain: Callable[[float], None]
+) -> Callable[[InterruptionNotice], None]:
+    """A monitor's ``on_notice`` for a worker: log the notice (``worker.interruption``)
+    and ``drain`` at once with the grace it leaves (``drain_grace``)."""
+
+    def on_notice(notice: InterruptionNotice) -> None:
+        grace = drain_grace(notice, configured)
+        log.warning(
+            "worker.interruption",
+            kind=notice.kind,
+            action=notice.action,
+            seconds_left=round(notice.seconds_left, 1),
+            grace=grace,
+        )
+        drain(grace)
+
+    return on_notice
+
+
 @attrs.frozen
 class ImdsStatistics:
     requests: int

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 import attrs
@@ -97,7 +98,8 @@ class Hold:
 @attrs.frozen
 class PauseStatistics:
     state: PauseState
-    #: The holds on now, by reason.
+    #: The holds on now, by reason (``WorkerStatistics.paused_for``), and a line on
+    #: each, in the same order (``pause_details``).
     reasons: tuple[str, ...]
     details: tuple[str, ...]
     #: Pauses begun so far.
@@ -139,6 +141,8 @@ class PauseControl:
         #: When the schedule was last opened again (the outage watch counts from it).
         self.opened_at = -math.inf
         self._cancelling = False
+        #: Wraps the pause loop and what puts holds on it; ``stop()`` cancels it.
+        self._scope = trio.CancelScope()
         self._pauses = 0
         self._paused_at: float | None = None
         self._paused_total = 0.0
@@ -233,10 +237,40 @@ class PauseControl:
 
     # ------------------------------------------------------------------ the loop
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Pause while any hold is on, resume once none is; until cancelled (a drain).
-        If a hold is on at the start, ``started`` comes once the worker is paused, so
-        a worker that must not work yet never asks the farm for any."""
+    async def run(
+        self,
+        *,
+        hours: WorkHours | None = None,
+        local_time: Callable[[], datetime] = datetime.now,
+        idle_source: IdleSource | None = None,
+        running: PausePolicy = "cancel",
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Pause while any hold is on, resume once none is, until ``stop()``; with the
+        watches that put holds on for ``hours`` (read on ``local_time``) and for
+        ``idle_source`` (``running``: their policy). ``started`` once they have had a
+        first look and, if a hold is on then, the worker is paused: a worker that must
+        not work yet never asks the farm for any."""
+        started = False
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                if hours is not None:
+                    await nursery.start(follow_work_hours, self, hours, local_time, running)
+                if idle_source is not None:
+                    await nursery.start(follow_user_idle, self, idle_source, running)
+                await nursery.start(self._loop)
+                started = True
+                task_status.started()
+        if not started:
+            task_status.started()  # stopped first: nothing to wait for
+
+    def stop(self) -> bool:
+        """Cancel whatever step is under way, for good (a drain takes over). Returns
+        whether the farm has the worker STOPPED for a pause."""
+        self._scope.cancel(reason="the worker is draining")
+        return self.farm_stopped
+
+    async def _loop(self, *, task_status: trio.TaskStatus[None]) -> None:
         if self._holds:
             await self._pause()
         task_status.started()
@@ -268,22 +302,18 @@ class PauseControl:
             running=running,
             sessions=self._sessions(),
         )
-        with trio.move_on_after(FARM_CALL_SECONDS):
-            await _quietly(self._update_worker("STOPPING"), "UpdateWorker(STOPPING)")
+        await _pause_call(self._update_worker("STOPPING"), "UpdateWorker(STOPPING)")
         if running == "cancel":
-            self._cancel_sessions(holds[0].reason)
+            self._cancel_sessions(next(h.reason for h in holds if h.running == "cancel"))
         else:
             tell(self._scheduler, FinishSessions())
         # However long the sessions take to finish (the policy's choice); the farm
         # hears from the worker meanwhile, as the heartbeat goes on.
         await wait_sessions(self._scheduler, "closed")
-        with trio.move_on_after(FARM_CALL_SECONDS):
-            await _quietly(sync_now(self._scheduler), "UpdateWorkerSchedule (last before pausing)")
+        await _pause_call(sync_now(self._scheduler), "UpdateWorkerSchedule (last before pausing)")
         self._open = trio.Event()
-        with trio.move_on_after(FARM_CALL_SECONDS):
-            await _quietly(close_schedule(self._scheduler), "UpdateWorkerSchedule (in flight)")
-        with trio.move_on_after(FARM_CALL_SECONDS):
-            await _quietly(self._update_worker("STOPPED"), "UpdateWorker(STOPPED)")
+        await _pause_call(close_schedule(self._scheduler), "UpdateWorkerSchedule (in flight)")
+        await _pause_call(self._update_worker("STOPPED"), "UpdateWorker(STOPPED)")
         self.farm_stopped = True
         self._cancelling = False
         self._stopped_at = trio.current_time()
@@ -398,9 +428,16 @@ async def follow_user_idle(
         await trio.sleep(IDLE_POLL_SECONDS)
 
 
-async def _quietly(call: Awaitable[Any], what: str) -> None:
-    """Await a farm call made while pausing; a failure is logged, not raised."""
-    try:
-        await call
-    except FarmhandError as exc:
-        log.warning("worker.pause_call_failed", call=what, error=str(exc))
+async def farm_call(
+    call: Awaitable[Any], what: str, *, event: str = "worker.shutdown_call_failed"
+) -> None:
+    """Await a farm call made while stopping or pausing, for ``FARM_CALL_SECONDS`` at
+    most; a failure is logged (``event``, naming ``what``), not raised."""
+    with trio.move_on_after(FARM_CALL_SECONDS):
+        try:
+            await call
+        except FarmhandError as exc:
+            log.warning(event, call=what, error=str(exc))
+
+
+_pause_call = partial(farm_call, event="worker.pause_call_failed")

@@ -50,15 +50,11 @@ from functools import partial
 from typing import Any, Literal
 
 import attrs
-import botocore.session
 import httpx
 import structlog
 import trio
 
 from actors import (
-    ActionEnded,
-    ActionKind,
-    ActionStarted,
     ActionState,
     CancelRunning,
     Containment,
@@ -78,7 +74,6 @@ from actors import (
     SchedulerEvent,
     SessionAssignment,
     SessionClosed,
-    SessionEnded,
     SessionEvent,
     SessionReport,
     StopSessions,
@@ -95,7 +90,7 @@ from actors import (
     wait_sessions,
 )
 
-from .._errors import FarmhandError, RetriesExhausted, TransportError
+from .._errors import RetriesExhausted, TransportError
 from .._logging import add_log_sink, remove_log_sink
 from ..attachments._worker import WorkerAttachments
 from ..deadline import (
@@ -103,32 +98,25 @@ from ..deadline import (
     CredentialHolder,
     DeadlineSchedule,
     LogsClient,
-    ServiceEndpoint,
     completed_counts,
-    load_default_credentials,
-    resolve_endpoint,
 )
-from . import _credenv
 from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
 from ._config import WorkerConfig
-from ._costs import ActionCosts, CostsSnapshot
+from ._costs import CostsSnapshot
+from ._endpoints import Endpoints as Endpoints
+from ._endpoints import aws_session as aws_session
+from ._endpoints import load_bootstrap_credentials as load_bootstrap_credentials
+from ._endpoints import resolve_endpoints as resolve_endpoints
 from ._guest import HostCalls, from_host, hosted_by_trio_or_asyncio
 from ._hostconfig import HostConfigurationFailed, run_host_configuration
 from ._hostinfo import probe_host
 from ._hostmetrics import log_host_metrics
 from ._idle import IdleSource, LogindIdle
-from ._imds import ImdsMonitor, InterruptionNotice, drain_grace
+from ._imds import ImdsMonitor, drain_on_notice
 from ._logsink import CloudWatchSink
-from ._pause import (
-    FAILURE_THROTTLE,
-    PauseControl,
-    PausePolicy,
-    follow_user_idle,
-    follow_work_hours,
-)
+from ._pause import FARM_CALL_SECONDS, PauseControl, PausePolicy, farm_call
 from ._queuecreds import QueueCredentials
-from ._throttle import FailureThrottle, Tripped
-from ._workhours import WorkHours
+from ._sessionwatch import SessionWatch
 
 log = structlog.get_logger("farmhand.worker")
 
@@ -143,8 +131,8 @@ StopReason = Literal[
     "drained",
 ]
 
-#: Bound on each network call made while stopping.
-SHUTDOWN_CALL_SECONDS = 5.0
+#: Bound on each network call made while stopping (as while pausing: ``farm_call``).
+SHUTDOWN_CALL_SECONDS = FARM_CALL_SECONDS
 
 
 def stop_bound(grace: float) -> float:
@@ -177,47 +165,14 @@ class WorkerStatistics:
     api_retries: int
     retries_by_operation: Mapping[str, int]
     sessions_finished: int
-    #: Why the worker takes no work now (empty: it does, or would); see ``Worker.pause``.
+    #: Pausing (``Worker.pause``; ``_pause.PauseStatistics`` says what each means) and
+    #: the failed task runs since the last success (with ``failure_throttle`` set).
     paused_for: tuple[str, ...] = ()
-    #: A line on each of them, in the same order.
     pause_details: tuple[str, ...] = ()
-    #: Pauses begun, and the time spent pausing, paused or resuming, since the start.
     pauses: int = 0
     paused_seconds: float = 0.0
-    #: Seconds until the worker resumes, when only a cool-down keeps it paused.
     resume_in: float | None = None
-    #: Failed task runs since the last success (counted with ``failure_throttle`` set).
     failed_task_streak: int = 0
-
-
-@attrs.frozen
-class Endpoints:
-    deadline: ServiceEndpoint
-    logs: ServiceEndpoint
-
-
-def aws_session(config: WorkerConfig) -> botocore.session.Session:
-    """The AWS configuration the worker reads: the environment and config files, with
-    the configured profile (``--profile``, ``[aws] profile``) when there is one, and the
-    static keys the worker program took out of its environment (``_credenv``)."""
-    return _credenv.aws_session(config.profile)
-
-
-def resolve_endpoints(config: WorkerConfig) -> Endpoints:
-    """The Deadline and CloudWatch Logs endpoints for ``config`` (reads AWS config; call once)."""
-    session = aws_session(config)
-    deadline = resolve_endpoint(
-        "deadline", session=session, region=config.region, endpoint_url=config.endpoint_url
-    )
-    if config.disable_host_prefix:
-        deadline = attrs.evolve(deadline, inject_host_prefix=False)
-    return Endpoints(deadline, resolve_endpoint("logs", session=session, region=config.region))
-
-
-async def load_bootstrap_credentials(config: WorkerConfig) -> CredentialHolder:
-    """The credentials CreateWorker and AssumeFleetRoleForWorker are called with: the
-    default AWS chain, from the configured profile when there is one."""
-    return CredentialHolder(await load_default_credentials(aws_session(config)))
 
 
 class Worker:
@@ -267,20 +222,16 @@ class Worker:
         #: Set when the worker runs as a Trio guest of an asyncio host (``_guest``).
         self._guest: HostCalls | None = None
         self._pauses = PauseControl(
-            partial(_update_status, booted),
+            lambda status: booted.worker.update_worker(status=status),
             scheduler_inbox,
             cancel_grace=config.drain_grace_seconds,
             may_resume=self._may_resume,
             sessions=self._sessions,
         )
-        #: Wraps the pause loop and its watchers; a drain cancels it and takes over.
-        self._pause_scope = trio.CancelScope()
-        #: What actions cost, by kind and step (``/metrics``).
-        self.costs = ActionCosts()
-        rule = config.failure_throttle
-        self._throttle = FailureThrottle(rule) if rule is not None else None
-        #: Per session: the action it runs now (id, kind, name), for its ActionEnded.
-        self._running: dict[str, tuple[str | None, str, str]] = {}
+        #: Its sessions' events: what actions cost (``/metrics``), the failure throttle.
+        self._watch = SessionWatch(
+            config.failure_throttle, config.failure_cooldown_seconds, self.pause
+        )
 
     # ---------------------------------------------------------------- state
 
@@ -311,12 +262,12 @@ class Worker:
             pauses=pauses.pauses,
             paused_seconds=pauses.paused_seconds,
             resume_in=pauses.resume_in,
-            failed_task_streak=self._throttle.streak if self._throttle is not None else 0,
+            failed_task_streak=self._watch.failed_task_streak,
         )
 
     def action_costs(self) -> CostsSnapshot:
         """What actions cost so far, as histograms by kind and step (``_costs``)."""
-        return self.costs.snapshot()
+        return self._watch.costs.snapshot()
 
     @property
     def heartbeat_interval(self) -> float:
@@ -437,64 +388,6 @@ class Worker:
     def _may_resume(self) -> bool:
         return not (self._stop_requested.is_set() or self._finish_then_stop or self._draining)
 
-    async def _run_pauses(
-        self,
-        hours: WorkHours | None,
-        local_time: Callable[[], datetime],
-        idle_source: IdleSource | None,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """The pause loop and what puts holds on it; ``started`` once the first look at
-        the hours and the users is taken (and, if they say so, the worker is paused)."""
-        started = False
-        with self._pause_scope:
-            async with trio.open_nursery() as nursery:
-                running = self.config.when_user_returns
-                if hours is not None:
-                    await nursery.start(follow_work_hours, self._pauses, hours, local_time, running)
-                if idle_source is not None:
-                    await nursery.start(follow_user_idle, self._pauses, idle_source, running)
-                await nursery.start(self._pauses.run)
-                started = True
-                task_status.started()
-        if not started:
-            task_status.started()  # a drain came first: nothing to wait for
-
-    def _observe(self, job_id: str, event: SessionEvent) -> None:
-        """Every session event, before the host's ``on_event``: what actions cost, and
-        the failure throttle's count."""
-        if isinstance(event, ActionStarted):
-            self._running[event.session_id] = (event.action_id, event.kind.value, event.name)
-        elif isinstance(event, ActionEnded):
-            running = self._running.pop(event.session_id, None)
-            name = running[2] if running is not None and running[0] == event.action_id else ""
-            if event.usage is not None:
-                self.costs.record(event.kind.value, name, event.usage)
-            if event.kind is ActionKind.TASK_RUN and self._throttle is not None:
-                failed = event.state in (ActionState.FAILED, ActionState.TIMEOUT)
-                if failed or event.state is ActionState.SUCCESS:
-                    tripped = self._throttle.record(job_id, failed=failed, now=trio.current_time())
-                    if tripped is not None:
-                        self._throttle_tripped(tripped)
-        elif isinstance(event, SessionEnded):
-            self._running.pop(event.session_id, None)
-
-    def _throttle_tripped(self, tripped: Tripped) -> None:
-        cooldown = self.config.failure_cooldown_seconds
-        assert self._throttle is not None
-        log.warning(
-            "worker.failure_throttle",
-            failures=tripped.failures,
-            jobs=list(tripped.jobs),
-            within_seconds=round(tripped.seconds, 1),
-            rule=str(self._throttle.rule),
-            cooldown_seconds=cooldown,
-            note=f"{tripped.describe()}: taking no work for {cooldown:g} s once the "
-            "running session has ended, then trying again",
-        )
-        self.pause(FAILURE_THROTTLE, running="finish", seconds=cooldown, detail=tripped.describe())
-
     # ---------------------------------------------------------------- stopping
 
     def finish_then_stop(self) -> None:
@@ -562,15 +455,13 @@ class Worker:
         self._drain_deadline = deadline
         # A pause under way stops where it is; the drain does the rest. A paused
         # worker is STOPPED on the farm already, which would refuse STOPPING.
-        paused = self._pauses.farm_stopped
-        self._pause_scope.cancel(reason="the worker is draining")
+        paused = self._pauses.stop()
         self._state = "draining"
         self._pauses.poke()
         worker = self._booted.worker
         log.info("worker.draining", grace=grace, sessions=self._sessions(), paused=paused)
         if not paused:
-            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-                await _quietly(worker.update_worker(status="STOPPING"), "UpdateWorker(STOPPING)")
+            await farm_call(worker.update_worker(status="STOPPING"), "UpdateWorker(STOPPING)")
         tell(
             self._scheduler_inbox,
             StopSessions(grace, ActionState.INTERRUPTED, "the worker is draining"),
@@ -579,18 +470,13 @@ class Worker:
         self._drain_wait.deadline = self._drain_deadline + SHUTDOWN_CALL_SECONDS
         with self._drain_wait:
             await wait_sessions(self._scheduler_inbox, "reported")
-        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(sync_now(self._scheduler_inbox), "UpdateWorkerSchedule (final)")
+        await farm_call(sync_now(self._scheduler_inbox), "UpdateWorkerSchedule (final)")
         # The heartbeat went on until here; a sync after STOPPED would be refused
         # (the farm answers that the worker is offline), so none may start or be in flight.
         self.heartbeat_scope.cancel(reason="the worker is stopping")
-        with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-            await _quietly(
-                close_schedule(self._scheduler_inbox), "UpdateWorkerSchedule (in flight)"
-            )
+        await farm_call(close_schedule(self._scheduler_inbox), "UpdateWorkerSchedule (in flight)")
         if not paused:
-            with trio.move_on_after(SHUTDOWN_CALL_SECONDS):
-                await _quietly(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
+            await farm_call(worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)")
         self._state = "stopped"
         self._pauses.poke()
         # The sessions' last log lines, which need no farm, ship now.
@@ -643,46 +529,6 @@ class Worker:
             tell(self._scheduler_inbox, RefuseNewSessions())
             self.request_stop("idle_timeout")
             return
-
-
-async def _monitor_imds(
-    config: WorkerConfig,
-    worker: Worker,
-    nursery: trio.Nursery,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Drain at once, with the time left, on a spot or scale-in notice (``agent.worker._imds``)."""
-
-    def on_notice(notice: InterruptionNotice) -> None:
-        grace = drain_grace(notice, config.drain_grace_seconds)
-        log.warning(
-            "worker.interruption",
-            kind=notice.kind,
-            action=notice.action,
-            seconds_left=round(notice.seconds_left, 1),
-            grace=grace,
-        )
-        worker.request_stop("interruption", grace=grace)
-        # The drain starts now, whatever the owner does; a later, more urgent
-        # notice shortens it (drain only ever shortens).
-        nursery.start_soon(worker.drain, grace)
-
-    monitor = ImdsMonitor(config.imds_endpoint, on_notice, interval=config.imds_interval_seconds)
-    worker.imds = monitor
-    await monitor.run(task_status=task_status)
-
-
-async def _update_status(booted: Bootstrapped, status: str) -> None:
-    await booted.worker.update_worker(status=status)
-
-
-async def _quietly(call: Any, what: str) -> None:
-    """Await a shutdown-time call; a failure is logged, not raised."""
-    try:
-        await call
-    except FarmhandError as exc:
-        log.warning("worker.shutdown_call_failed", call=what, error=str(exc))
 
 
 @hosted_by_trio_or_asyncio
@@ -757,8 +603,8 @@ async def open_agent(
             if not running:
                 # Cancelled or failed while starting: the farm knows the worker as
                 # STARTED; tell it otherwise (a running worker's drain does this).
-                with trio.move_on_after(SHUTDOWN_CALL_SECONDS, shield=True):
-                    await _quietly(
+                with trio.CancelScope(shield=True):
+                    await farm_call(
                         booted.worker.update_worker(status="STOPPED"), "UpdateWorker(STOPPED)"
                     )
     finally:
@@ -876,7 +722,7 @@ async def _run_worker(
                 def watch(event: SessionEvent) -> None:
                     # The worker's own accounting first, then the host's view.
                     assert worker is not None
-                    worker._observe(assignment.job_id, event)
+                    worker._watch.observe(assignment.job_id, event)
                     if on_event is not None:
                         on_event(assignment.session_id, event)
 
@@ -947,10 +793,13 @@ async def _run_worker(
             if config.only_when_user_idle and idle_source is None:
                 idle_source = LogindIdle()
             await nursery.start(
-                worker._run_pauses,
-                config.work_hours,
-                local_time or datetime.now,
-                idle_source if config.only_when_user_idle else None,
+                partial(
+                    worker._pauses.run,
+                    hours=config.work_hours,
+                    local_time=local_time or datetime.now,
+                    idle_source=idle_source if config.only_when_user_idle else None,
+                    running=config.when_user_returns,
+                )
             )
             heartbeat_inbox = await nursery.start(run_heartbeat)
             nursery.start_soon(worker._follow_scheduler, events_receive, heartbeat_inbox)
@@ -988,7 +837,18 @@ async def _run_worker(
                     )
                 )
             if config.imds_monitor:
-                await nursery.start(_monitor_imds, config, worker, nursery)
+
+                def interrupted(grace: float) -> None:
+                    worker.request_stop("interruption", grace=grace)
+                    # The drain starts now, whatever the owner does; a later, more
+                    # urgent notice shortens it (drain only ever shortens).
+                    nursery.start_soon(worker.drain, grace)
+
+                on_notice = drain_on_notice(config.drain_grace_seconds, interrupted)
+                worker.imds = ImdsMonitor(
+                    config.imds_endpoint, on_notice, interval=config.imds_interval_seconds
+                )
+                await nursery.start(worker.imds.run)
             if config.health_port is not None:
                 from ._health import serve_health  # prometheus-client only when asked for
 
