@@ -111,7 +111,19 @@ def kill_all(tag: str, *, exact: bool = False, rounds: int = 20) -> int:
                 killed.add(pid)
             except OSError:
                 pass
+    # SIGKILL is delivered when the process next runs: on a busy host a scan can
+    # still see it. Return once they are gone (bounded), so "killed" means dead.
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    waiting = set(killed)
+    while waiting and time.monotonic() < deadline:
+        waiting = {pid for pid in waiting if _platform.is_alive(pid)}
+        if waiting:
+            time.sleep(0.01)
     return len(killed)
+
+
+#: The longest ``kill_all`` waits for what it killed to be gone.
+KILL_WAIT_SECONDS = 5.0
 
 
 def main(argv: list[str]) -> int:
