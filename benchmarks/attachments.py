@@ -43,7 +43,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Measurement, run_measured, table
+from benchmarks._common import (
+    Measurement,
+    add_json_option,
+    run_measured,
+    table,
+    write_results,
+)
 
 BUCKET = "farmhand-bench"
 PREFIX = "DeadlineCloud"
@@ -291,6 +297,7 @@ def main() -> int:
         help="the endpoint: moto's S3 server, or benchmarks/_s3lean.py (read-only, files "
         "served with sendfile), which leaves the two cores to the clients being measured",
     )
+    add_json_option(parser, "attachments")
     parser.add_argument(
         "--child", nargs=4, metavar=("NAME", "ENDPOINT", "MANIFEST", "DEST"), help=argparse.SUPPRESS
     )
@@ -341,6 +348,8 @@ def main() -> int:
                 ]
             ]
             results: dict[tuple[str, str], Measurement] = {}
+            recorded: list[dict[str, Any]] = []
+            hashing: dict[str, float | None] | None = None
             sets = [("small", args.small_count, args.small_count * args.small_kib / 1024)]
             if args.large_mib:
                 sets.append(("large", 1, float(args.large_mib)))
@@ -352,6 +361,17 @@ def main() -> int:
                     m = measured[name]
                     results[(data_set, name)] = m
                     cpu = statistics.median(CPU_BY_NAME[f"{data_set}:{name}"])
+                    recorded.append(
+                        {
+                            "data_set": data_set,
+                            "files": files,
+                            "mib": mib,
+                            "contender": name,
+                            "seconds": m.seconds,
+                            "peak_rss_mib": m.peak_rss_mib,
+                            "cpu_seconds": cpu,
+                        }
+                    )
                     print(
                         f"  {data_set:5} {name:8} {m.seconds:7.2f} s  {m.peak_rss_mib:6.1f} MiB RSS  {cpu:.2f} CPU s",
                         flush=True,
@@ -403,6 +423,11 @@ def main() -> int:
                         # xxhsum's own start-up, taken out as Python's is for ours.
                         theirs_runs[-1] -= run_measured([xxhsum, "-H2", str(empty)]).seconds
                 ours_s = statistics.median(ours_runs)
+                hashing = {
+                    "mib": args.large_mib,
+                    "farmhand_seconds": ours_s,
+                    "xxhsum_seconds": statistics.median(theirs_runs) if theirs_runs else None,
+                }
                 line = f"\nhashing {args.large_mib} MiB (warm page cache, median of 5): farmhand hash_file_sync {ours_s:.3f} s ({args.large_mib / ours_s:.0f} MiB/s)"
                 if xxhsum:
                     theirs_s = max(1e-6, statistics.median(theirs_runs))
@@ -413,6 +438,18 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait()
+    write_results(
+        args.json,
+        "attachments",
+        parameters={
+            "small_count": args.small_count,
+            "small_kib": args.small_kib,
+            "large_mib": args.large_mib,
+            "repeat": args.repeat,
+            "s3": args.s3,
+        },
+        results={"downloads": recorded, "hashing": hashing},
+    )
     return 0
 
 

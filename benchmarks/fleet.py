@@ -48,7 +48,7 @@ from actors import Containment
 from agent._logging import configure_logging
 from agent.deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from agent.mockfarm import make_client
-from benchmarks._common import ROOT, table
+from benchmarks._common import ROOT, add_json_option, table, write_results
 
 
 def template(tasks: int) -> dict[str, Any]:
@@ -110,7 +110,9 @@ def mock_farm(update_interval: int) -> Iterator[dict[str, str]]:
         process.wait(timeout=30)
 
 
-async def fleet(n: int, farm: dict[str, str], args: argparse.Namespace, root: Path) -> list[Any]:
+async def fleet(
+    n: int, farm: dict[str, str], args: argparse.Namespace, root: Path
+) -> dict[str, Any]:
     me = psutil.Process()
     endpoint = farm["endpoint"]
     endpoints = agent.Endpoints(
@@ -205,23 +207,44 @@ async def fleet(n: int, farm: dict[str, str], args: argparse.Namespace, root: Pa
         done.set()
     containment.close()
     busy = [late for beats in busy_beats for late in beats]
+    return {
+        "workers": n,
+        "startup_seconds": startup,
+        "memory_per_worker_mib": per_worker,
+        "tasks": tasks,
+        "status": status,
+        "tasks_per_second_running": tasks / busy_seconds,
+        "tasks_per_second_from_submission": tasks / work_seconds,
+        "idle_cpu_percent": idle_cpu,
+        # Heartbeat lateness, seconds: how long after its slot each beat started.
+        "lateness_p99_working": _p99(busy),
+        "lateness_p99_idle": _p99(idle_beats),
+        "lateness_max_working": max(busy, default=None),
+        "lateness_max_idle": max(idle_beats, default=None),
+    }
+
+
+def _row(result: dict[str, Any]) -> list[object]:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.1f} ms"
+
     return [
-        n,
-        f"{startup:.1f} s",
-        f"{per_worker:.2f} MiB",
-        f"{tasks / busy_seconds:.0f} / {tasks / work_seconds:.0f}"
-        + ("" if status == "SUCCEEDED" else f" ({status})"),
-        f"{idle_cpu:.1f} %",
-        f"{_p99(busy)} / {_p99(idle_beats)}",
-        f"{max(busy, default=0) * 1000:.0f} / {max(idle_beats, default=0) * 1000:.0f} ms",
+        result["workers"],
+        f"{result['startup_seconds']:.1f} s",
+        f"{result['memory_per_worker_mib']:.2f} MiB",
+        f"{result['tasks_per_second_running']:.0f} / {result['tasks_per_second_from_submission']:.0f}"
+        + ("" if result["status"] == "SUCCEEDED" else f" ({result['status']})"),
+        f"{result['idle_cpu_percent']:.1f} %",
+        f"{ms(result['lateness_p99_working'])} / {ms(result['lateness_p99_idle'])}",
+        f"{ms(result['lateness_max_working'])} / {ms(result['lateness_max_idle'])}",
     ]
 
 
-def _p99(values: list[float]) -> str:
+def _p99(values: list[float]) -> float | None:
     if not values:
-        return "-"
+        return None
     ordered = sorted(values)
-    return f"{ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000:.1f} ms"
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 async def measure(args: argparse.Namespace) -> int:
@@ -236,6 +259,7 @@ async def measure(args: argparse.Namespace) -> int:
             "worst beat (work / idle)",
         ]
     ]
+    results: list[dict[str, Any]] = []
     for n in args.workers:
         result = await trio.run_process(
             [
@@ -254,9 +278,21 @@ async def measure(args: argparse.Namespace) -> int:
             cwd=ROOT,
             capture_stdout=True,
         )
-        rows.append(json.loads(result.stdout.decode().splitlines()[-1]))
+        results.append(json.loads(result.stdout.decode().splitlines()[-1]))
+        rows.append(_row(results[-1]))
         print(table(rows), flush=True)
         print(flush=True)
+    write_results(
+        args.json,
+        "fleet",
+        parameters={
+            "workers": args.workers,
+            "tasks_per_worker": args.tasks_per_worker,
+            "update_interval": args.update_interval,
+            "idle_seconds": args.idle_seconds,
+        },
+        results={"sizes": results},
+    )
     return 0
 
 
@@ -266,8 +302,8 @@ async def single(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="farmhand-fleet-") as tmp,
         mock_farm(args.update_interval) as farm,
     ):
-        row = await fleet(args.single, farm, args, Path(tmp))
-    print(json.dumps(row), flush=True)
+        result = await fleet(args.single, farm, args, Path(tmp))
+    print(json.dumps(result), flush=True)
     return 0
 
 
@@ -282,6 +318,7 @@ def main() -> int:
     parser.add_argument("--update-interval", type=int, default=15)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--single", type=int, help=argparse.SUPPRESS)  # one size, in this process
+    add_json_option(parser, "fleet")
     args = parser.parse_args()
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     return trio.run(single if args.single else measure, args)

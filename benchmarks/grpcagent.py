@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import trio
 
-from benchmarks._common import ROOT, table
+from benchmarks._common import ROOT, add_json_option, table, write_results
 from contrib.grpcagent import ci_agent_pb2 as pb
 from contrib.grpcagent import ci_agent_pb2_grpc as pb_grpc
 
@@ -159,6 +159,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--latency-jobs", type=int, default=200)
+    add_json_option(parser, "grpcagent")
     args = parser.parse_args()
     n, m = args.jobs, args.latency_jobs
 
@@ -226,6 +227,20 @@ def main() -> int:
         f"{per['agent'] - per['spare']:.1f} ms of it the agent's own above the one-job API (launcher started ahead); "
         f"ratio agent/plain {per['agent'] / per['plain']:.1f}x"
     )
+    write_results(
+        args.json,
+        "grpcagent",
+        parameters={"jobs": n, "latency_jobs": m},
+        results={
+            # Totals for the jobs, seconds.
+            "seconds": {"plain": plain, "jobrun": one_job, "jobrun_spare": one_job_spare,
+                        "agent": agent},
+            # First-output latencies, milliseconds, one per job.
+            "latency_ms": {"plain": plain_lat, "agent": agent_lat},
+            "target_p99_ms": P99_TARGET_MS,
+            "target_overhead_ms": OVERHEAD_TARGET_MS,
+        },
+    )  # fmt: skip
     return 0
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from benchmarks._common import table
+from benchmarks._common import add_json_option, table, write_results
 
 TEMPLATE = {
     "specificationVersion": "jobtemplate-2023-09",
@@ -277,7 +277,14 @@ async def farm_main(args: argparse.Namespace) -> None:
 
     # The farm logs a line per job and worker; keep the console for the results.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    config = FarmConfig(update_interval_seconds=0, pipeline_depth=args.pipeline_depth)
+    tasks_needed = int(6000 * (args.duration + args.warmup + 2) * args.rounds)
+    config = FarmConfig(
+        update_interval_seconds=0,
+        pipeline_depth=args.pipeline_depth,
+        # One job with work for every round: past the service's 10,000-task quotas.
+        max_tasks_per_step=tasks_needed,
+        max_tasks_per_job=tasks_needed,
+    )
     async with AsyncExitStack() as stack:
         farm = await stack.enter_async_context(
             open_mock_farm(config=config, call_history=args.call_history)
@@ -286,7 +293,6 @@ async def farm_main(args: argparse.Namespace) -> None:
         stored = await stack.enter_async_context(
             open_mock_farm(config=config, call_history=args.call_history, state_dir=state_dir)
         )
-        tasks_needed = int(6000 * (args.duration + args.warmup + 2) * args.rounds)
         began = time.perf_counter()
         job_id = farm.create_job(TEMPLATE, parameters={"Frames": f"1-{tasks_needed}"})
         created = time.perf_counter() - began
@@ -340,6 +346,21 @@ async def farm_main(args: argparse.Namespace) -> None:
             f"p99 {farm_result['p99'] / bare['p99']:.2f}x; "
             f"{job.task_counts['SUCCEEDED']:,} tasks succeeded"
         )
+        write_results(
+            args.json,
+            "mockfarm",
+            parameters={
+                "workers": args.workers,
+                "clients": args.clients,
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "rounds": args.rounds,
+                "pipeline_depth": args.pipeline_depth,
+            },
+            # Per phase, each round: calls, calls/s (rate), p50 and p99 in ms, errors,
+            # server and clients' CPU as shares of a core.
+            results={**phases, "target_rate": 2000, "target_ratio": 3.0},
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where the persistent farm's temporary state dir goes (default: the system's)",
     )
+    add_json_option(parser, "mockfarm")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("farm", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--info", help=argparse.SUPPRESS)

@@ -23,7 +23,15 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-from benchmarks._common import farmhand, find_openjd, median_of, run_measured, table
+from benchmarks._common import (
+    add_json_option,
+    farmhand,
+    find_openjd,
+    median_of,
+    run_measured,
+    table,
+    write_results,
+)
 
 TARGET_MIB_S = 100.0
 TARGET_RSS_MIB = 80.0
@@ -58,9 +66,11 @@ def main() -> int:
     parser.add_argument("--output", choices=["human", "jsonl"], default="human")
     parser.add_argument("--openjd", help="path to the openjd CLI to compare against (slow)")
     parser.add_argument("--paths", default="farm,direct", help="farm, direct or both (default)")
+    add_json_option(parser, "output")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     ok = True
+    measured: list[dict[str, object]] = []
     rows: list[list[object]] = [
         [
             "path",
@@ -119,6 +129,18 @@ def main() -> int:
                     f"{ours.peak_rss_mib:.1f}",
                 ]
             )
+            measured.append(
+                {
+                    "path": path,
+                    "mib": mib,
+                    "cat_seconds": cat.seconds,
+                    "seconds": ours.seconds,
+                    "mib_per_s": rate,
+                    # None where the output's time is within the start-up's noise.
+                    "mib_per_s_without_startup": rate_no_startup if measurable else None,
+                    "peak_rss_mib": ours.peak_rss_mib,
+                }
+            )
             ok = ok and rate_no_startup >= TARGET_MIB_S and ours.peak_rss_mib <= TARGET_RSS_MIB
             if path == paths[-1]:
                 data.unlink()
@@ -132,15 +154,36 @@ def main() -> int:
                 f"peak RSS {startup.peak_rss_mib:.1f} MiB"
             )
         openjd = find_openjd(args.openjd)
+        openjd_result: dict[str, float] | None = None
         if openjd and args.openjd:
             data = Path(tmp) / "data-5.txt"
             write_data(data, 5)
             job = Path(tmp) / "job-openjd.json"
             job.write_text(json.dumps(template(data)))
             theirs = run_measured([openjd, "run", str(job)])
+            openjd_result = {
+                "mib": 5,
+                "seconds": theirs.seconds,
+                "peak_rss_mib": theirs.peak_rss_mib,
+            }
             print(
                 f"openjd run, 5 MiB: {theirs.seconds:.2f} s ({5 / theirs.seconds:.1f} MiB/s), peak RSS {theirs.peak_rss_mib:.0f} MiB"
             )
+    write_results(
+        args.json,
+        "output",
+        parameters={"sizes_mib": sizes, "repeat": args.repeat, "output": args.output},
+        results={
+            "runs": measured,
+            "startup": {
+                path: {"seconds": m.seconds, "peak_rss_mib": m.peak_rss_mib}
+                for path, m in startups.items()
+            },
+            "openjd": openjd_result,
+            "target_mib_per_s": TARGET_MIB_S,
+            "target_rss_mib": TARGET_RSS_MIB,
+        },
+    )
     print(
         f"targets: >= {TARGET_MIB_S:.0f} MiB/s, peak RSS <= {TARGET_RSS_MIB:.0f} MiB: {'met' if ok else 'NOT MET'}"
     )

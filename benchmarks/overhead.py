@@ -23,7 +23,15 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import farmhand, find_openjd, median_of, run_measured, table
+from benchmarks._common import (
+    add_json_option,
+    farmhand,
+    find_openjd,
+    median_of,
+    run_measured,
+    table,
+    write_results,
+)
 
 TARGET_MS = 1.5
 
@@ -53,6 +61,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--openjd", help="path to the openjd CLI to compare against")
+    add_json_option(parser, "overhead")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,10 +101,16 @@ def main() -> int:
         rows.append(row("shell loop (/bin/true)", shell.seconds))
         rows.append(row("farmhand run (farm + worker)", ours.seconds))
         rows.append(row("farmhand run --direct", direct.seconds))
+        runners = {
+            "shell": {"seconds": shell.seconds, "peak_rss_mib": shell.peak_rss_mib},
+            "farm": {"seconds": ours.seconds, "peak_rss_mib": ours.peak_rss_mib},
+            "direct": {"seconds": direct.seconds, "peak_rss_mib": direct.peak_rss_mib},
+        }
         openjd = find_openjd(args.openjd)
         if openjd:
             theirs = median_of(args.repeat, lambda: run_measured([openjd, "run", str(path)]))
             rows.append(row("openjd run", theirs.seconds))
+            runners["openjd"] = {"seconds": theirs.seconds, "peak_rss_mib": theirs.peak_rss_mib}
         print(f"{args.tasks} tasks of `true`, median of {args.repeat} runs")
         print(table(rows))
         above_ms = (ours.seconds - shell.seconds) / args.tasks * 1000
@@ -113,6 +128,17 @@ def main() -> int:
         )
         if not openjd:
             print("openjd CLI not found: pass --openjd PATH to compare")
+        write_results(
+            args.json,
+            "overhead",
+            parameters={"tasks": args.tasks, "repeat": args.repeat},
+            results={
+                # Medians of whole runs, start-up included: seconds and peak RSS (MiB).
+                "runners": runners,
+                "startup_seconds": {"farm": startup.seconds, "direct": startup_direct.seconds},
+                "target_ms_above_shell": TARGET_MS,
+            },
+        )
         return 0 if above_ms <= TARGET_MS else 1
 
 

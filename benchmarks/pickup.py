@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
-from benchmarks._common import ROOT, table
+from benchmarks._common import ROOT, add_json_option, table, write_results
 from tests.workerproc import open_worker_process
 
 JOB = {
@@ -112,10 +112,11 @@ def official_pickup() -> float | None:
     return float(report["pickup"]["seconds"])
 
 
-async def main(repeat: int, interval: int, official: bool) -> None:
+async def main(args: argparse.Namespace) -> None:
+    repeat, interval = args.repeat, args.interval
     polled = await measure(False, interval, repeat)
     held = await measure(True, interval, repeat)
-    theirs = official_pickup() if official else None
+    theirs = official_pickup() if not args.no_official else None
 
     def ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:.1f} ms"
@@ -145,6 +146,20 @@ async def main(repeat: int, interval: int, official: bool) -> None:
         print(
             f"the official agent 0.33.6, long poll: assigned {theirs * 1000:.1f} ms after submission"
         )
+    write_results(
+        args.json,
+        "pickup",
+        parameters={"repeat": repeat, "interval": interval},
+        results={
+            # Seconds from create_job to the session made ("assigned") and to the
+            # first report of the task running, one pair per job.
+            "polling": [{"assigned": a, "running": r} for a, r in polled],
+            "long_poll": [{"assigned": a, "running": r} for a, r in held],
+            # The official agent through a held call: assigned (None: not measured).
+            "official_assigned": theirs,
+            "target_running_seconds": 0.1,
+        },
+    )
 
 
 if __name__ == "__main__":
@@ -152,5 +167,5 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--interval", type=int, default=15)
     parser.add_argument("--no-official", action="store_true")
-    args = parser.parse_args()
-    trio.run(main, args.repeat, args.interval, not args.no_official)
+    add_json_option(parser, "pickup")
+    trio.run(main, parser.parse_args())

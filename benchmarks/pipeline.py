@@ -54,7 +54,7 @@ import psutil
 import trio
 
 from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
-from benchmarks._common import ROOT, table
+from benchmarks._common import ROOT, add_json_option, table, write_results
 from tests.workerproc import worker_argv
 
 TASK_TARGET_MS = 3.0
@@ -120,7 +120,43 @@ async def measure(args: argparse.Namespace) -> int:
             met = _report(args, run, shell) and met
     if "trio" in runs and "asyncio" in runs:
         met = _compare(args, runs["trio"], runs["asyncio"]) and met
+    write_results(
+        args.json,
+        "pipeline",
+        parameters={
+            "tasks": args.tasks,
+            "silent_seconds": args.silent_seconds,
+            "idle_seconds": args.idle_seconds,
+            "pipeline_depths": args.pipeline_depths,
+            "update_interval": args.update_interval,
+            "rounds": args.rounds,
+        },
+        results={
+            "shell_seconds": shell,
+            # Per host, one entry per round (seconds, CPU seconds, MiB).
+            "hosts": {host: [_plain(run) for run in host_runs] for host, host_runs in runs.items()},
+            "target_ms_above_shell": TASK_TARGET_MS,
+            "target_silent_percent": SILENT_TARGET_PERCENT,
+            "target_guest_ratio": GUEST_TARGET_RATIO,
+        },
+    )
     return 0 if met else 1
+
+
+def _plain(run: HostRun) -> dict[str, Any]:
+    """One host's round for the JSON: the gaps summarised (mean, p99), not listed."""
+    plain = attrs.asdict(run, filter=lambda a, _v: a.name != "results")
+    plain["results"] = [
+        {
+            **attrs.asdict(result, filter=lambda a, _v: a.name != "gaps"),
+            "gap_mean": statistics.mean(result.gaps) if result.gaps else None,
+            "gap_p99": sorted(result.gaps)[int(0.99 * (len(result.gaps) - 1))]
+            if result.gaps
+            else None,
+        }
+        for result in run.results
+    ]
+    return plain
 
 
 async def _measure_host(args: argparse.Namespace, host: str) -> HostRun:
@@ -429,6 +465,7 @@ def main() -> int:
         default=1,
         help="run each host this many times, alternating; the comparison takes medians",
     )
+    add_json_option(parser, "pipeline")
     args = parser.parse_args()
     unknown = set(args.hosts) - set(HOSTS)
     if unknown:

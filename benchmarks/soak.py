@@ -53,7 +53,7 @@ from agent.mockfarm import (
     OperationFaults,
     open_mock_farm,
 )
-from benchmarks._common import table
+from benchmarks._common import add_json_option, table, write_results
 from tests.workerproc import open_worker_process
 
 FINAL_ACTION = {"SUCCEEDED", "FAILED", "CANCELED", "INTERRUPTED", "NEVER_ATTEMPTED"}
@@ -164,7 +164,12 @@ OUTAGE = FaultConfig(default=OperationFaults(drop_rate=1.0, drop_hold_seconds=1.
 
 
 async def soak(
-    minutes: float, fault_rate: float, sample_seconds: float, seed: int, outage: float
+    minutes: float,
+    fault_rate: float,
+    sample_seconds: float,
+    seed: int,
+    outage: float,
+    json_path: Path | None = None,
 ) -> None:
     rng = random.Random(seed)
     duration = minutes * 60
@@ -280,6 +285,30 @@ async def soak(
         )
     ok = checks["lost"] == 0 and checks["duplicated"] == 0 and checks["conflicting"] == 0
     print("reports: OK" if ok and unfinished == 0 else "reports: PROBLEM")
+    write_results(
+        json_path,
+        "soak",
+        parameters={
+            "minutes": minutes,
+            "fault_rate": fault_rate,
+            "sample_seconds": sample_seconds,
+            "seed": seed,
+            "outage": outage,
+        },
+        results={
+            "elapsed_seconds": elapsed,
+            "jobs": len(jobs),
+            "agent_exit_status": code,
+            "tasks_by_status": dict(by_status),
+            "requests": calls,
+            "faulted": faulted,
+            **checks,
+            "unfinished_jobs": unfinished,
+            "warmup_seconds": warmup,
+            # (seconds since the start, RSS in MiB, open file descriptors)
+            "samples": [[at, rss / 2**20, fds] for at, rss, fds in samples],
+        },
+    )
 
 
 if __name__ == "__main__":
@@ -291,5 +320,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--outage", type=float, default=0.0, help="seconds the farm stops answering, mid-run"
     )
+    add_json_option(parser, "soak")
     args = parser.parse_args()
-    trio.run(soak, args.minutes, args.fault_rate, args.sample_seconds, args.seed, args.outage)
+    trio.run(
+        soak, args.minutes, args.fault_rate, args.sample_seconds, args.seed, args.outage, args.json
+    )

@@ -21,7 +21,15 @@ import time
 from functools import partial
 from pathlib import Path
 
-from benchmarks._common import ROOT, Measurement, farmhand, median_of, table
+from benchmarks._common import (
+    ROOT,
+    Measurement,
+    add_json_option,
+    farmhand,
+    median_of,
+    table,
+    write_results,
+)
 
 TARGET_RATIO = 1.1
 
@@ -63,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,10000,1000000,100000000")
     parser.add_argument("--repeat", type=int, default=3)
+    add_json_option(parser, "taskcount")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as directory:
@@ -83,6 +92,18 @@ def main() -> None:
     worst = max(results[c].peak_rss_mib for c in sizes) / baseline.peak_rss_mib
     verdict = "met" if worst <= TARGET_RATIO else "NOT met"
     print(f"largest / baseline peak RSS: {worst:.2f}x (target <= {TARGET_RATIO}x): {verdict}")
+    write_results(
+        args.json,
+        "taskcount",
+        parameters={"sizes": sizes, "repeat": args.repeat},
+        results={
+            "sizes": [
+                {"tasks": c, "seconds": results[c].seconds, "peak_rss_mib": results[c].peak_rss_mib}
+                for c in sizes
+            ],
+            "target_ratio": TARGET_RATIO,
+        },
+    )
 
 
 if __name__ == "__main__":
