@@ -6,6 +6,7 @@ Flag-compatible with ``openjd run``::
         [--environment ENV.yaml]... [--path-mapping-rules JSON|file://FILE]
         [--task-param NAME=VALUE]... | [--tasks JSON|file://FILE] | [--maximum-tasks N]
         [--preserve] [--output human|jsonl|json] [--verbose] [--direct]
+        [--monitor [PORT] [--monitor-actions]]
 
 By default the job goes through the whole agent: an embedded mock farm and one
 embedded worker in this process, over loopback HTTP (``agent.local._farmrun``).
@@ -20,6 +21,10 @@ takes (``template.yaml``, ``parameter_values.yaml``, ``asset_references.yaml``;
 overrides them), through the farm its files go through job attachments
 (moto's S3 in this process), and the job's outputs come back to the paths the
 bundle names.
+
+``--monitor`` serves the embedded farm's monitor page (``agent.mockfarm._monitor``)
+while the job runs, and prints its address; the farm then keeps the session's
+log for it (without, the worker ships none).
 
 ``--output``: ``human`` (``human-readable``, as ``openjd run`` spells it) for a
 person, ``jsonl`` for one event per line as it happens, ``json`` for one
@@ -143,6 +148,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the session without the embedded farm and worker (same output)",
     )
+    parser.add_argument(
+        "--monitor",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="PORT",
+        help="serve the embedded farm's monitor page while the job runs (on 127.0.0.1, "
+        "PORT or any free port) and print its address; the farm then keeps the session log",
+    )
+    parser.add_argument(
+        "--monitor-actions",
+        action="store_true",
+        help="with --monitor: let the page cancel, suspend and requeue the job and its tasks",
+    )
 
 
 def preload(args: argparse.Namespace) -> None:
@@ -161,6 +180,10 @@ def main(args: argparse.Namespace) -> int:
             print(error_document(message))
         return 2
 
+    if args.monitor is not None and args.direct:
+        return refuse("--monitor shows the embedded farm, and --direct runs without one")
+    if args.monitor_actions and args.monitor is None:
+        return refuse("--monitor-actions needs --monitor")
     bundle: JobBundle | None = None
     template = args.template
     if args.template.is_dir():
@@ -208,6 +231,7 @@ def main(args: argparse.Namespace) -> int:
     reason = None
     if not args.direct:
         # Imported here: the direct runner does not pay for the farm and the worker.
+        from ..mockfarm import MonitorConfig
         from ._farmrun import quota_exceeded, run_through_farm, why_not_through_farm
 
         past = quota_exceeded(plan)
@@ -220,6 +244,8 @@ def main(args: argparse.Namespace) -> int:
         reason = why_not_through_farm(plan)
     if reason is not None:
         print(f"[farmhand] note: running the session directly: {reason}", file=sys.stderr)
+        if args.monitor is not None:
+            print("[farmhand] note: no monitor page without the farm", file=sys.stderr)
     try:
         succeeded: bool | None = None  # the direct runner has no verdict beyond the events
         if args.direct or reason is not None:
@@ -235,6 +261,10 @@ def main(args: argparse.Namespace) -> int:
                     bundle=bundle,
                     on_interrupt=renderer.interrupted,
                     limits=Limits(args.memory_limit, args.output_limit, args.output_limit_mode),
+                    monitor=MonitorConfig(actions=args.monitor_actions)
+                    if args.monitor is not None
+                    else None,
+                    monitor_port=args.monitor or 0,
                 )
             )
             succeeded = status == "SUCCEEDED"

@@ -53,7 +53,14 @@ from .._signals import StopLevel, open_stop_signals
 from .._words import counted
 from ..attachments import AttachmentError, S3Settings
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
-from ..mockfarm import ApiError, FarmConfig, MockFarm, S3Config, open_mock_farm
+from ..mockfarm import (
+    ApiError,
+    FarmConfig,
+    MockFarm,
+    MonitorConfig,
+    S3Config,
+    open_mock_farm,
+)
 from ..mockfarm._jobs import parameter_to_wire
 from ..mockfarm._mockfarm import FINAL_JOB_STATUSES
 from ..mockfarm._s3 import moto_available
@@ -209,11 +216,15 @@ async def run_through_farm(
     bundle: JobBundle | None = None,
     on_interrupt: Callable[[str], None] | None = None,
     limits: Limits | None = None,
+    monitor: MonitorConfig | None = None,
+    monitor_port: int = 0,
 ) -> str:
     """Run the plan on an embedded farm with one embedded worker; the job's final
     task run status (``SUCCEEDED`` when everything ran and succeeded). A job
     bundle's files go through job attachments (``agent.local._bundle``).
-    ``on_interrupt`` hears of the first stop signal (``"SIGINT"``)."""
+    ``on_interrupt`` hears of the first stop signal (``"SIGINT"``). ``monitor``: the
+    farm serves its monitor page (on ``monitor_port``, 0: any free one), whose address
+    goes to stderr, and keeps the session's log, which the worker then ships."""
     settings = settings or FarmRunSettings()
     # Before the worker makes it: the worker would make it world-readable, not private.
     private_directory(default_session_root())
@@ -230,12 +241,19 @@ async def run_through_farm(
     with tempfile.TemporaryDirectory(prefix="farmhand-run-") as tmp:
         async with (
             open_mock_farm(
-                config=_farm_config(settings),
+                config=attrs.evolve(_farm_config(settings), keep_log_events=True)
+                if monitor is not None
+                else _farm_config(settings),
                 call_history=settings.call_history,
                 s3=S3Config() if assets is not None else None,
+                port=monitor_port if monitor is not None else 0,
+                monitor=monitor,
             ) as farm,
             trio.open_nursery() as nursery,
         ):
+            if farm.monitor is not None:
+                mode = "actions allowed" if farm.monitor.config.actions else "read-only"
+                print(f"[farmhand] monitor: {farm.monitor_url} ({mode})", file=sys.stderr)
             attachments = None
             if assets is not None:
                 attachments = await _upload_bundle(farm, assets)
@@ -266,8 +284,8 @@ async def run_through_farm(
                 ),
                 on_event=lambda _session_id, event: output(event),
                 # The output goes to the renderer only, as with the direct runner: the
-                # embedded farm would throw a shipped copy away.
-                ship_session_logs=False,
+                # embedded farm would throw a shipped copy away (unless its monitor shows it).
+                ship_session_logs=monitor is not None,
                 # As with `openjd run`, the user's jobs see the user's own environment.
                 jobs_get_agent_credentials=True,
             ) as worker:

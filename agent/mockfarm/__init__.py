@@ -23,6 +23,7 @@ from ._mockfarm import MockFarm as MockFarm
 from ._mockfarm import MockFarmStatistics as MockFarmStatistics
 from ._mockfarm import make_client as make_client
 from ._mockfarm import open_mock_farm as open_mock_farm
+from ._monitor import MonitorConfig as MonitorConfig
 from ._records import FarmState as FarmState
 from ._records import Job as Job
 from ._records import Session as Session

@@ -18,7 +18,8 @@ that raises anything but ``ApiError`` is a bug: it is logged and answered with
 A few non-AWS routes under ``/_mockfarm/`` help tools and benchmarks:
 ``GET /_mockfarm/info`` (the endpoint's default ids), ``GET|PUT /_mockfarm/faults``,
 ``POST /_mockfarm/workers/{id}/stop`` and ``/_mockfarm/ping``, a bare endpoint
-that reads the body and answers ``{}`` without touching the farm.
+that reads the body and answers ``{}`` without touching the farm. ``/monitor``
+is the monitor page and its API, when the farm serves it (``_monitor``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -42,6 +43,9 @@ from ._farm import Farm
 from ._faults import FaultConfig, FaultInjector
 from ._jobs import PREPARED, PREPARERS
 from ._sigv4 import verify_request
+
+if TYPE_CHECKING:
+    from ._monitor import Monitor
 
 log = structlog.get_logger("farmhand.mockfarm")
 
@@ -154,6 +158,8 @@ class MockFarmApp:
         self._keys = keys
         self._deadline = deadline_codec()
         self._logs = logs_codec()
+        #: The ``/monitor`` page and its API, when the farm serves them.
+        self.monitor: Monitor | None = None
         self._logs_prefix = (self._logs.target_prefix or "") + "."
         self._request_ids = itertools.count(1)
         #: Set (and replaced) when idle workers' held calls should look again.
@@ -168,6 +174,11 @@ class MockFarmApp:
             for key, payload in farm.store.kv("tokens").items():
                 operation_name, _, token = key.partition("\n")
                 self._tokens[(operation_name, token)] = payload
+
+    @property
+    def deadline_codec(self) -> ServiceCodec:
+        """The Deadline model's codec: what validates every request's input."""
+        return self._deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -185,6 +196,11 @@ class MockFarmApp:
         if message["type"] == "http.disconnect":
             return
         raw_path: bytes = scope["raw_path"]
+        if self.monitor is not None and (
+            raw_path == b"/monitor" or raw_path.startswith(b"/monitor/")
+        ):
+            await self.monitor.serve(scope, body, receive, send)
+            return
         if raw_path.startswith(b"/_mockfarm/"):
             if self._keys is not None and scope["method"] != "GET" and not _from_loopback(scope):
                 # The admin routes are unsigned: a farm open beyond loopback takes changes

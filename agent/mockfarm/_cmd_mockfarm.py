@@ -2,7 +2,8 @@
 
 ::
 
-    python -m agent mockfarm serve [--state-dir DIR | --ephemeral] [--host H] [--port N] [...]
+    python -m agent mockfarm serve [--state-dir DIR | --ephemeral] [--host H] [--port N]
+        [--no-monitor | --monitor-actions] [...]
     python -m agent mockfarm submit TEMPLATE [-p NAME=VALUE]... [--priority N] [--wait]
     python -m agent mockfarm status [JOB_ID]
     python -m agent mockfarm cancel JOB_ID
@@ -43,6 +44,7 @@ from .._words import counted
 from ._farm import FarmConfig
 from ._faults import FaultConfig
 from ._mockfarm import MockFarm, make_client, open_mock_farm
+from ._monitor import MonitorConfig
 from ._s3 import DEFAULT_BUCKET, S3Config, S3Unavailable, moto_available
 from ._setup import setup_lines
 from ._store import StoreError, default_state_dir
@@ -180,6 +182,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve beyond loopback without verifying signatures: anyone who reaches the "
         "port can drive the farm",
+    )
+    monitor = serve.add_mutually_exclusive_group()
+    monitor.add_argument(
+        "--no-monitor",
+        dest="monitor",
+        action="store_false",
+        help="serve no monitor page (by default it is at /monitor, read-only)",
+    )
+    monitor.add_argument(
+        "--monitor-actions",
+        action="store_true",
+        help="let the monitor page cancel, suspend and requeue jobs and tasks, change "
+        "priorities and stop workers (default: read-only)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every session too")
 
@@ -391,6 +406,7 @@ async def _serve_until_signal(
                 keys=keys,
                 s3=s3,
                 state_dir=state_dir,
+                monitor=MonitorConfig(actions=args.monitor_actions) if args.monitor else None,
             ) as farm:
                 tune_gc()
                 if state_dir is None:
@@ -415,6 +431,9 @@ async def _serve_until_signal(
                     endpoint_env=ENDPOINT_ENV,
                 ):
                     print(line)
+                if farm.monitor is not None:
+                    mode = "actions allowed" if args.monitor_actions else "read-only"
+                    print(f"monitor: {farm.monitor_url} ({mode})")
                 # Last, and flushed with the rest: a script (or a test) that waits for this
                 # line has everything above it.
                 print(f"{READY_LINE} SIGINT or SIGTERM stops the farm, SIGHUP re-reads --faults")

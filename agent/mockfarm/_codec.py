@@ -94,6 +94,14 @@ class Operation:
         except Invalid as exc:
             raise invalid_to_error(exc) from None
 
+    def check(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` validated as a request's input is (for callers that build the
+        input themselves, such as the monitor's actions); raises ``ApiError``."""
+        try:
+            return self.validate(params)  # type: ignore[no-any-return]
+        except Invalid as exc:
+            raise invalid_to_error(exc) from None
+
     def _parse_query(self, params: dict[str, Any], query_string: bytes) -> None:
         pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
         for member, wire, convert, is_list in self.query:

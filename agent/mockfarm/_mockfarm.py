@@ -30,6 +30,7 @@ from ._app import CallLog, CallRecord, MockFarmApp
 from ._farm import Farm, FarmConfig
 from ._faults import FaultConfig, FaultInjector
 from ._logstore import LogStore
+from ._monitor import Monitor, MonitorConfig
 from ._records import FarmState, Job, WorkerRecord
 from ._s3 import S3Config, open_s3
 from ._store import FarmStore
@@ -81,6 +82,8 @@ class MockFarm:
         #: The S3 endpoint of the farm's job attachments ("" when it has none).
         self.s3_endpoint_url = ""
         self.s3: S3Config | None = None
+        #: The monitor page, when the farm serves it (``open_mock_farm(monitor=...)``).
+        self.monitor: Monitor | None = None
         self._changed = trio.Event()
         self._waiters = 0
 
@@ -121,6 +124,11 @@ class MockFarm:
         if self.s3_endpoint_url:
             info["s3EndpointUrl"] = self.s3_endpoint_url
         return info
+
+    @property
+    def monitor_url(self) -> str:
+        """The monitor page's address ("" when the farm serves none)."""
+        return f"{self.endpoint_url}/monitor" if self.monitor is not None else ""
 
     @property
     def access_key(self) -> tuple[str, str]:
@@ -322,6 +330,14 @@ class MockFarm:
             finally:
                 self._waiters -= 1
 
+    async def wait_changed(self) -> None:
+        """Return after the next change (the farm's, or a log line received)."""
+        self._waiters += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._waiters -= 1
+
     async def wait_for_job(self, job_id: str) -> str:
         """Wait until the job has nothing left to run; its task run status."""
         job = self.job(job_id)
@@ -348,6 +364,7 @@ async def open_mock_farm(
     keys: Mapping[str, str] | None = None,
     s3: S3Config | None = None,
     state_dir: Path | None = None,
+    monitor: MonitorConfig | None = None,
 ) -> AsyncIterator[MockFarm]:
     """Serve a mock farm on ``host:port`` (a free loopback port by default) while in the block.
 
@@ -361,10 +378,12 @@ async def open_mock_farm(
     ``state_dir`` keeps the farm in a SQLite database there (see ``_store``): what it
     holds is loaded, and every change is committed before the request is answered;
     without, the farm lives in memory. Raises ``StoreError`` for an unusable state dir.
+    ``monitor`` serves the monitor page at ``/monitor`` on the same port (``_monitor``;
+    ``MockFarm.monitor_url``), read-only unless ``MonitorConfig(actions=True)``.
     """
     if state_dir is None:
         async with _serve_farm(
-            Farm(config), faults, host, port, call_history, keep_alive_timeout, keys, s3
+            Farm(config), faults, host, port, call_history, keep_alive_timeout, keys, s3, monitor
         ) as mock:
             yield mock
         return
@@ -381,7 +400,7 @@ async def open_mock_farm(
             await writer_nursery.start(run_writer)
             try:
                 async with _serve_farm(
-                    farm, faults, host, port, call_history, keep_alive_timeout, keys, s3
+                    farm, faults, host, port, call_history, keep_alive_timeout, keys, s3, monitor
                 ) as mock:
                     yield mock
             finally:
@@ -400,6 +419,7 @@ async def _serve_farm(
     keep_alive_timeout: float,
     keys: Mapping[str, str] | None,
     s3: S3Config | None,
+    monitor: MonitorConfig | None = None,
 ) -> AsyncIterator[MockFarm]:
     calls = CallLog(call_history)
     injector = FaultInjector(faults)
@@ -419,6 +439,14 @@ async def _serve_farm(
         keys=keys,
     )
     mock = MockFarm(farm, app, calls, injector, keys)
+    if monitor is not None:
+        mock.monitor = app.monitor = Monitor(
+            mock,
+            monitor,
+            codec=app.deadline_codec,
+            verified=keys is not None,
+            stop_worker=farm.request_worker_stop,
+        )
     server_config = hypercorn_config(
         host, port, logger="farmhand.mockfarm.http", keep_alive_timeout=keep_alive_timeout
     )
@@ -455,6 +483,8 @@ async def _serve_farm(
             yield mock
         finally:
             watchdog.cancel(reason="mock farm closing")
+            if mock.monitor is not None:
+                mock.monitor.closing.set()  # its event streams end, so the server can
             shutdown.set()
 
 
