@@ -1,5 +1,6 @@
 """Shared pieces for the mock farm tests: templates and a scripted worker.
 
+``open_events`` reads a server-sent event stream (the monitor's) over a plain socket.
 ``ScriptedWorker`` speaks the worker side of the Deadline API through boto3's
 real ``deadline`` client, synchronously; tests run it in a worker thread with
 ``trio.to_thread.run_sync`` against an embedded farm.
@@ -8,9 +9,12 @@ real ``deadline`` client, synchronously; tests run it in a worker thread with
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
+
+import trio
 
 CAPABILITIES = {
     "amounts": [
@@ -230,3 +234,45 @@ async def invoke(app: Any, operation: str, **params: Any) -> dict[str, Any]:
         message = decoded.pop("message", "")
         raise ApiError(code, message, status=status, **decoded)
     return dict(decoded)
+
+
+class EventStream:
+    """A server-sent event stream read over a plain socket (HTTP/1.0: the body is the
+    events, up to the close), so the test closes it when it is done."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self.headers = b""
+
+    async def _fill(self) -> None:
+        chunk = await self._stream.receive_some()
+        if not chunk:
+            raise EOFError("the stream ended")
+        self._buffer += chunk
+
+    async def next(self) -> tuple[str, Any]:
+        """The next ``(event, data)``; comments and ``retry:`` lines are skipped."""
+        while True:
+            while b"\n\n" not in self._buffer:
+                await self._fill()
+            block, self._buffer = self._buffer.split(b"\n\n", 1)
+            fields = dict(
+                line.split(": ", 1) for line in block.decode().splitlines() if ": " in line
+            )
+            if "data" in fields:
+                return fields.get("event", "message"), json.loads(fields["data"])
+
+
+@asynccontextmanager
+async def open_events(endpoint_url: str, path: str) -> AsyncIterator[EventStream]:
+    """A server-sent event stream of ``endpoint_url`` (``http://host:port``) at ``path``."""
+    host, port = endpoint_url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        events = EventStream(stream)
+        while b"\r\n\r\n" not in events._buffer:
+            await events._fill()
+        events.headers, events._buffer = events._buffer.split(b"\r\n\r\n", 1)
+        yield events

@@ -86,6 +86,8 @@ class MockFarm:
         self.monitor: Monitor | None = None
         self._changed = trio.Event()
         self._waiters = 0
+        #: Changes so far (each ``notify``): a reader that was busy tells it missed some.
+        self.changes = 0
 
     # ------------------------------------------------------------ identity
 
@@ -313,6 +315,7 @@ class MockFarm:
         """Wake ``wait_until`` callers (the farm calls this after every change); a
         persistent farm queues the change for its next commit. ``work``: the change
         may give an idle worker work, so its held UpdateWorkerSchedule looks again."""
+        self.changes += 1
         if work:
             self.app.wake_idle_workers()
         if self.farm.store is not None:

@@ -54,7 +54,6 @@ import trio
 
 from .._asgi import Receive, Scope, Send, is_loopback
 from ._apierrors import ApiError
-from ._farmbase import CREATED_BY
 from ._records import (
     TASK_RUN_STATUSES,
     Job,
@@ -275,21 +274,25 @@ class Monitor:
             try:
                 await send({"type": "http.response.body", "body": b""})
             except Exception:
-                pass
+                pass  # the connection is gone: nothing to end
 
     def _changes(self) -> Callable[[Callable[[bytes], Any]], Any]:
         async def run(emit: Callable[[bytes], Any]) -> None:
             generation = 0
+            seen = self.mock.changes
             await emit(b"retry: 2000\n\n")
             await emit(_event("change", {"generation": generation}))
             while True:
-                with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
-                    await self.mock.wait_changed()
-                if idle.cancelled_caught:
-                    await emit(b": keep-alive\n\n")
-                    continue
+                if self.mock.changes == seen:
+                    with trio.move_on_after(KEEPALIVE_SECONDS) as idle:
+                        await self.mock.wait_changed()
+                    if idle.cancelled_caught:
+                        await emit(b": keep-alive\n\n")
+                        continue
+                seen = self.mock.changes
                 generation += 1
                 await emit(_event("change", {"generation": generation}))
+                # At most one event per interval: changes meanwhile make the next one.
                 await trio.sleep(self.config.event_interval)
 
         return run
@@ -705,7 +708,6 @@ class Monitor:
         """As a request to ``operation`` would be: validated by the model, then handled."""
         validated = self._codec.operations[operation].check(params)
         self.farm.handlers[operation](validated)
-        log.debug("mockfarm.monitor_call", operation=operation, by=CREATED_BY)
 
 
 def _event(name: str, data: Any) -> bytes:

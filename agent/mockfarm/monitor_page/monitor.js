@@ -43,6 +43,15 @@ function clear(node) {
   return node;
 }
 
+// Replace a node's children (null and undefined left out, as el() does).
+function put(node, ...children) {
+  clear(node);
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) node.append(child);
+  }
+  return node;
+}
+
 async function getJson(path) {
   const response = await fetch(API + path, { cache: "no-store" });
   const body = await response.json().catch(() => ({}));
@@ -243,7 +252,7 @@ function follow() {
 
 function failedInto(node) {
   return (error) => {
-    clear(node).append(el("p", { class: "empty", text: `cannot read it: ${error.message}` }));
+    put(node, el("p", { class: "empty", text: `cannot read it: ${error.message}` }));
   };
 }
 
@@ -275,7 +284,7 @@ function jobsView(main, params) {
         queuesShown = true;
       }
       const page = await getJson(`/jobs${query({ queue, status: wanted, offset, limit: PAGE })}`);
-      clear(pagerSlot).append(pager(page, (o) => go(["jobs"], { queue, status: wanted, offset: o })));
+      put(pagerSlot, pager(page, (o) => go(["jobs"], { queue, status: wanted, offset: o })));
       const rows = page.items.map((job) => el("tr", {
         class: "clickable", "data-job-id": job.jobId, onclick: () => go(["jobs", job.jobId]),
       },
@@ -289,7 +298,7 @@ function jobsView(main, params) {
       el("td", { text: time(job.createdAt) }),
       el("td", { text: time(job.startedAt) }),
       el("td", { text: time(job.endedAt) })));
-      clear(body).append(table(["job", "status", "progress", "priority", "submitter", "created", "started", "ended"],
+      put(body, table(["job", "status", "progress", "priority", "submitter", "created", "started", "ended"],
         rows, "no jobs yet: submit one (python -m agent mockfarm submit JOB.yaml)"));
     },
   };
@@ -338,7 +347,7 @@ function jobView(main, jobId, params) {
       const job = await getJson(`/jobs/${encodeURIComponent(jobId)}`);
       document.getElementById("view-title").textContent = job.name;
       showActions(job);
-      clear(header).append(
+      put(header, 
         el("div", { class: "toolbar" }, el("span", { id: "job-status" }, status(job.status)),
           job.targetStatus ? el("span", { class: "muted", text: `target ${job.targetStatus}` }) : null,
           progress(job.taskCounts, job.tasks)),
@@ -354,7 +363,7 @@ function jobView(main, jobId, params) {
           el("dt", { text: "sessions" }), el("dd", { text: `${job.sessions} (${job.activeSessions} active)` })),
         job.lifecycleMessage ? el("p", { class: "muted", text: job.lifecycleMessage }) : null);
       if (!view.step && job.steps.length) view.step = job.steps[0].stepId;
-      clear(steps).append(table(["step", "status", "progress", "retries", "depends on", "started", "ended"],
+      put(steps, table(["step", "status", "progress", "retries", "depends on", "started", "ended"],
         job.steps.map((s) => el("tr", {
           class: `clickable ${s.stepId === view.step ? "selected" : ""}`, "data-step-id": s.stepId,
           onclick: () => reroute({ step: s.stepId, taskOffset: 0 }),
@@ -369,8 +378,8 @@ function jobView(main, jobId, params) {
         const filter = el("select", { id: "task-status-filter", onchange: () => reroute({ taskStatus: filter.value, taskOffset: 0 }) },
           el("option", { value: "", text: "any status" }),
           TASK_STATUSES.map((s) => el("option", { value: s, text: s, selected: s === view.taskStatus })));
-        clear(taskTools).append(el("label", { text: "status" }), filter, pager(page, (o) => reroute({ taskOffset: o })));
-        clear(tasks).append(table(["#", "parameters", "status", "retries", "started", "ended", "run time", "session", ""],
+        put(taskTools, el("label", { text: "status" }), filter, pager(page, (o) => reroute({ taskOffset: o })));
+        put(tasks, table(["#", "parameters", "status", "retries", "started", "ended", "run time", "session", ""],
           page.items.map((t) => el("tr", { "data-task-id": t.taskId },
             el("td", { text: t.index }),
             el("td", { class: "kv" }, Object.entries(t.parameters).map(([k, v]) => el("span", { text: `${k}=${v}` }))),
@@ -384,11 +393,11 @@ function jobView(main, jobId, params) {
           "no tasks with that status"));
       } else {
         clear(taskTools);
-        clear(tasks).append(el("div", { class: "empty", text: "this job has no steps" }));
+        put(tasks, el("div", { class: "empty", text: "this job has no steps" }));
       }
       const sessionPage = await getJson(`/jobs/${encodeURIComponent(jobId)}/sessions${query({ offset: view.sessionOffset, limit: PAGE })}`);
-      clear(sessionTools).append(pager(sessionPage, (o) => reroute({ sessionOffset: o })));
-      clear(sessions).append(table(["session", "worker", "host", "lifecycle", "actions", "started", "ended"],
+      put(sessionTools, pager(sessionPage, (o) => reroute({ sessionOffset: o })));
+      put(sessions, table(["session", "worker", "host", "lifecycle", "actions", "started", "ended"],
         sessionPage.items.map((s) => el("tr", { class: "clickable", "data-session-id": s.sessionId, onclick: () => go(["sessions", s.sessionId]) },
           el("td", {}, el("a", { href: `#/sessions/${s.sessionId}`, class: "mono", text: s.sessionId })),
           el("td", { class: "mono", text: short(s.workerId) }), el("td", { text: s.hostName || "–" }),
@@ -474,7 +483,7 @@ function sessionView(main, sessionId, params) {
       const s = await getJson(`/sessions/${encodeURIComponent(sessionId)}`);
       document.getElementById("back-to-job").setAttribute("href", `#/jobs/${s.jobId}`);
       document.getElementById("back-to-job").textContent = `← ${s.jobName}`;
-      clear(header).append(
+      put(header, 
         el("div", { class: "toolbar" }, el("span", { id: "session-status" }, status(s.lifecycleStatus))),
         el("dl", { class: "meta" },
           el("dt", { text: "job" }), el("dd", {}, el("a", { href: `#/jobs/${s.jobId}`, text: s.jobName })),
@@ -484,8 +493,8 @@ function sessionView(main, sessionId, params) {
           el("dt", { text: "ended" }), el("dd", { text: time(s.endedAt) }),
           el("dt", { text: "log" }), el("dd", { class: "mono", text: `${s.logGroupName} ${s.logStreamName}` })));
       const page = await getJson(`/sessions/${encodeURIComponent(sessionId)}/actions${query({ offset: actionOffset, limit: PAGE })}`);
-      clear(actionTools).append(pager(page, (o) => { actionOffset = o; refresh(); }));
-      clear(actionsBox).append(table(["#", "action", "status", "started", "ended", "run time", "exit", "progress"],
+      put(actionTools, pager(page, (o) => { actionOffset = o; refresh(); }));
+      put(actionsBox, table(["#", "action", "status", "started", "ended", "run time", "exit", "progress"],
         page.items.map((a) => el("tr", { "data-action-id": a.sessionActionId },
           el("td", { text: a.index }),
           el("td", {}, el("span", { class: "mono", text: a.kind }), " ", a.what),
@@ -508,8 +517,8 @@ function workersView(main, params) {
     failed: failedInto(body),
     async refresh() {
       const page = await getJson(`/workers${query({ offset, limit: PAGE })}`);
-      clear(pagerSlot).append(pager(page, (o) => go(["workers"], { offset: o })));
-      clear(body).append(table(["worker", "status", "host", "capabilities", "current session", "last heartbeat", ""],
+      put(pagerSlot, pager(page, (o) => go(["workers"], { offset: o })));
+      put(body, table(["worker", "status", "host", "capabilities", "current session", "last heartbeat", ""],
         page.items.map((w) => el("tr", { "data-worker-id": w.workerId },
           el("td", { class: "mono", text: w.workerId }),
           el("td", { class: "worker-status" }, status(w.status), w.stopRequested ? el("div", { class: "muted", text: "stop requested" }) : null),
@@ -536,7 +545,7 @@ function farmView(main) {
       const o = state.overview;
       const byStatus = (counts) => el("span", { class: "counts" },
         Object.entries(counts).map(([k, v]) => el("span", {}, status(k), ` ${v}`)));
-      clear(body).append(
+      put(body, 
         el("section", { class: "panel" }, el("dl", { class: "meta" },
           el("dt", { text: "endpoint" }), el("dd", { class: "mono", text: o.endpointUrl }),
           el("dt", { text: "region" }), el("dd", { text: o.region }),

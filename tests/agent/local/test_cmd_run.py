@@ -178,6 +178,19 @@ def test_missing_template_file(tmp_path: Path, run_path: str) -> None:
     assert "cannot read" in result.stderr
 
 
+def test_monitor_needs_the_farm(tmp_path: Path) -> None:
+    """--monitor with --direct, or --monitor-actions alone, is one line and exit 2."""
+    path = write(tmp_path, job(step("S", py("print('never')"))))
+    for args, message in (
+        (["--monitor", "--direct"], "--monitor shows the embedded farm"),
+        (["--monitor-actions"], "--monitor-actions needs --monitor"),
+    ):
+        result = agent("run", str(path), *args)
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"error: {message}" or message in result.stderr
+        assert "never" not in result.stdout
+
+
 def test_step_selection_and_dependencies(tmp_path: Path, run_path: str) -> None:
     """--step runs one step; --run-dependencies runs what it depends on first."""
     template = job(

@@ -11,16 +11,21 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from actors import ActionOutput
 from agent.local._farmrun import FarmRunSettings, run_through_farm
 from agent.local._localrun import LocalPlan, run_local_session, session_config
 from agent.local._render import HumanRenderer, JsonlRenderer
-from tests.session_harness import env, job, plan, py, step
+from agent.mockfarm import MonitorConfig
+from tests.mockfarm_helpers import open_events
+from tests.session_harness import Recorder, env, job, plan, py, step
 
 
 def int_range(name: str, spec: str) -> dict[str, Any]:
@@ -231,3 +236,61 @@ async def test_the_farm_path_renders_what_the_direct_path_renders(
     assert farm_events == direct_events
     assert farm_human == direct_human
     assert direct_events[-1]["event"] == "session_ended"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_run_with_a_monitor_serves_the_page_and_keeps_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run --monitor: the embedded farm serves /monitor while the job runs (its address on
+    stderr), and the session's log reaches it as the task prints."""
+    go = tmp_path / "go"
+    code = (
+        "import os, time; print('waiting', 'here', flush=True)\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        "print('went', 'on')"
+    )
+    lp = plan(tmp_path, job(step("S", py(code))))
+    recorder = Recorder()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/monitor"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
+            result: list[str] = []
+
+            async def run() -> None:
+                result.append(
+                    await run_through_farm(
+                        lp,
+                        recorder.append,
+                        handle_signals=False,
+                        monitor=MonitorConfig(),
+                        monitor_port=port,
+                    )
+                )
+
+            nursery.start_soon(run)
+            await recorder.wait_for(
+                lambda e: isinstance(e, ActionOutput) and "waiting here" in e.lines
+            )
+            assert f"[farmhand] monitor: {base} (read-only)" in capsys.readouterr().err
+            (listed,) = (await client.get(f"{base}/api/jobs")).json()["items"]
+            sessions = (await client.get(f"{base}/api/jobs/{listed['jobId']}/sessions")).json()
+            stream = f"/monitor/api/sessions/{sessions['items'][0]['sessionId']}/log/stream"
+            # The worker ships the line; the farm keeps it and streams it to the page.
+            async with open_events(f"http://127.0.0.1:{port}", stream) as events:
+                assert (await events.next())[0] == "start"
+                seen: list[str] = []
+                while "waiting here" not in seen:
+                    _, lines = await events.next()
+                    seen += [line["message"] for line in lines]
+                go.touch()
+                while "went on" not in seen:
+                    _, lines = await events.next()
+                    seen += [line["message"] for line in lines]
+    assert result == ["SUCCEEDED"]

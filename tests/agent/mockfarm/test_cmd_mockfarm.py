@@ -187,6 +187,12 @@ async def test_serve_runs_until_sigterm_and_reloads_faults_on_sighup(tmp_path: P
                 output += await process.stdout.receive_some()
             endpoint = output.decode().split("listening on ")[1].split()[0]
             assert "farm  farm-" in output.decode() and "queue queue-" in output.decode()
+            # The monitor page is served by default, read-only.
+            assert f"monitor: {endpoint}/monitor (read-only)\n" in output.decode()
+            overview = await trio.to_thread.run_sync(
+                lambda: __import__("httpx").get(f"{endpoint}/monitor/api/overview").json()
+            )
+            assert overview["actionsAllowed"] is False
             await _printed_setup_works(output.decode())
             faults.write_text(json.dumps({"seed": 2}))
             process.send_signal(signal.SIGHUP)

@@ -7,7 +7,6 @@ farm's handlers, who may look, and the event streams.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ import pytest
 import trio
 
 from agent.mockfarm import FarmConfig, MockFarm, MonitorConfig, open_mock_farm
+from tests.mockfarm_helpers import open_events
 
 ACT = {"X-Farmhand-Monitor": "1"}
 
@@ -75,47 +75,6 @@ def put_lines(farm: MockFarm, session_id: str, *messages: str) -> None:
         }
     )
     farm.notify(work=False)
-
-
-class EventStream:
-    """A server-sent event stream read over a plain socket (HTTP/1.0: the body is the
-    events, up to the close), so the test closes it when it is done."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
-        self._buffer = b""
-        self.headers = b""
-
-    async def _fill(self) -> None:
-        chunk = await self._stream.receive_some()
-        if not chunk:
-            raise EOFError("the stream ended")
-        self._buffer += chunk
-
-    async def next(self) -> tuple[str, Any]:
-        """The next ``(event, data)``; comments and ``retry:`` lines are skipped."""
-        while True:
-            while b"\n\n" not in self._buffer:
-                await self._fill()
-            block, self._buffer = self._buffer.split(b"\n\n", 1)
-            fields = dict(
-                line.split(": ", 1) for line in block.decode().splitlines() if ": " in line
-            )
-            if "data" in fields:
-                return fields.get("event", "message"), json.loads(fields["data"])
-
-
-@asynccontextmanager
-async def open_events(farm: MockFarm, path: str) -> AsyncIterator[EventStream]:
-    host, port = farm.endpoint_url.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        events = EventStream(stream)
-        while b"\r\n\r\n" not in events._buffer:
-            await events._fill()
-        events.headers, events._buffer = events._buffer.split(b"\r\n\r\n", 1)
-        yield events
 
 
 async def test_the_page_comes_from_the_package_with_nothing_external() -> None:
@@ -244,11 +203,28 @@ async def test_a_farm_that_verifies_signatures_shows_it_to_this_host_only() -> N
 
 async def test_the_event_stream_says_when_the_farm_changed() -> None:
     """/monitor/api/events: one change event at once, another after a change."""
-    async with monitored() as (farm, _), open_events(farm, "/monitor/api/events") as events:
+    async with (
+        monitored() as (farm, _),
+        open_events(farm.endpoint_url, "/monitor/api/events") as events,
+    ):
         assert b"content-type: text/event-stream" in events.headers.lower()
         assert await events.next() == ("change", {"generation": 0})
         farm.create_job(template(1))
         assert await events.next() == ("change", {"generation": 1})
+
+
+async def test_a_change_while_the_stream_rests_still_makes_an_event() -> None:
+    """Events are spaced by event_interval; a change made meanwhile is not lost."""
+    async with (
+        open_mock_farm(monitor=MonitorConfig(event_interval=0.5)) as farm,
+        open_events(farm.endpoint_url, "/monitor/api/events") as events,
+    ):
+        assert await events.next() == ("change", {"generation": 0})
+        farm.create_job(template(1))
+        assert await events.next() == ("change", {"generation": 1})
+        farm.create_job(template(1))  # while the stream rests after the last event
+        with trio.fail_after(10):
+            assert await events.next() == ("change", {"generation": 2})
 
 
 async def test_a_session_log_streams_lines_as_they_arrive() -> None:
@@ -261,7 +237,7 @@ async def test_a_session_log_streams_lines_as_they_arrive() -> None:
         session = (await client.get(f"/monitor/api/sessions/{session_id}")).json()
         assert session["lifecycleStatus"] == "STARTED" and session["actions"] >= 1
         path = f"/monitor/api/sessions/{session_id}/log/stream"
-        async with open_events(farm, path) as events:
+        async with open_events(farm.endpoint_url, path) as events:
             assert await events.next() == ("start", {"first": 0, "total": 2, "kept": True})
             name, lines = await events.next()
             assert name == "lines"
@@ -302,7 +278,7 @@ async def test_streams_end_when_the_farm_closes() -> None:
                 opened = trio.Event()
 
                 async def read() -> None:
-                    async with open_events(farm, "/monitor/api/events") as events:
+                    async with open_events(farm.endpoint_url, "/monitor/api/events") as events:
                         opened.set()
                         try:
                             while True:
