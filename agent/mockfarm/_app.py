@@ -29,7 +29,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -44,8 +44,12 @@ from ._faults import FaultConfig, FaultInjector
 from ._jobs import PREPARED, PREPARERS
 from ._sigv4 import verify_request
 
-if TYPE_CHECKING:
-    from ._monitor import Monitor
+
+class Routes(Protocol):
+    """More routes on the farm's port (the monitor's, ``_monitor.Monitor``)."""
+
+    async def serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None: ...
+
 
 log = structlog.get_logger("farmhand.mockfarm")
 
@@ -159,7 +163,7 @@ class MockFarmApp:
         self._deadline = deadline_codec()
         self._logs = logs_codec()
         #: The ``/monitor`` page and its API, when the farm serves them.
-        self.monitor: Monitor | None = None
+        self.monitor: Routes | None = None
         self._logs_prefix = (self._logs.target_prefix or "") + "."
         self._request_ids = itertools.count(1)
         #: Set (and replaced) when idle workers' held calls should look again.

@@ -45,7 +45,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 import attrs
@@ -65,9 +65,9 @@ from ._records import (
 )
 
 if TYPE_CHECKING:
+    from ._app import CallLog
     from ._codec import ServiceCodec
     from ._farm import Farm
-    from ._mockfarm import MockFarm
 
 log = structlog.get_logger("farmhand.mockfarm.monitor")
 
@@ -98,6 +98,20 @@ class MonitorConfig:
     #: The least time between two change events to a page (a busy farm changes
     #: with every call; the page re-reads what it shows after each event).
     event_interval: float = 0.5
+
+
+class WatchedFarm(Protocol):
+    """What the monitor needs of the running farm: ``MockFarm``, named by its shape."""
+
+    farm: Farm
+    calls: CallLog
+    endpoint_url: str
+    #: Changes so far; ``notify`` adds one.
+    changes: int
+
+    def notify(self, *, work: bool = True) -> None: ...
+
+    async def wait_changed(self) -> None: ...
 
 
 class _Refused(Exception):
@@ -154,7 +168,7 @@ class Monitor:
 
     def __init__(
         self,
-        mock: MockFarm,
+        mock: WatchedFarm,
         config: MonitorConfig,
         *,
         codec: ServiceCodec,
@@ -298,7 +312,7 @@ class Monitor:
         return run
 
     def _log_lines(self, session: Session, tail: int) -> Callable[[Callable[[bytes], Any]], Any]:
-        logs = self.mock.logs
+        logs = self.farm.logs
 
         async def run(emit: Callable[[bytes], Any]) -> None:
             stream = logs.ensure_stream(session.log_group_name, session.log_stream_name)
@@ -357,14 +371,14 @@ class Monitor:
             if parts[2:] == ["actions"]:
                 return page(session.actions, query, self._action)
             if parts[2:] == ["log"]:
-                stream = self.mock.logs.stream(session.log_group_name, session.log_stream_name)
+                stream = self.farm.logs.stream(session.log_group_name, session.log_stream_name)
                 events = stream.events if stream is not None else []
                 result = page(
                     events,
                     query,
                     lambda e: {"timestamp": e.timestamp, "message": e.message},
                 )
-                result["kept"] = self.mock.logs.keep_events
+                result["kept"] = self.farm.logs.keep_events
                 return result
         raise _Refused(404, f"no {path}")
 
@@ -414,11 +428,11 @@ class Monitor:
             "region": self.farm.config.region,
             "actionsAllowed": self.config.actions,
             "persistent": self.farm.store is not None,
-            "logEventsKept": self.mock.logs.keep_events,
+            "logEventsKept": self.farm.logs.keep_events,
             "defaults": {
-                "farmId": self.mock.farm_id,
-                "queueId": self.mock.queue_id,
-                "fleetId": self.mock.fleet_id,
+                "farmId": self.farm.default_farm_id,
+                "queueId": self.farm.default_queue_id,
+                "fleetId": self.farm.default_fleet_id,
             },
             "farms": [
                 {
@@ -545,7 +559,7 @@ class Monitor:
             **self._session_summary(session),
             "logGroupName": session.log_group_name,
             "logStreamName": session.log_stream_name,
-            "logEventsKept": self.mock.logs.keep_events,
+            "logEventsKept": self.farm.logs.keep_events,
         }
 
     def _action(self, action: SessionAction) -> dict[str, Any]:
