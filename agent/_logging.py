@@ -159,6 +159,14 @@ class _Output:
         return self._console(logger, method, event) if self._console is not None else as_json
 
 
+def quiet_by_default() -> None:
+    """A host program that has not configured structlog gets farmhand's INFO lines and
+    up, not structlog's default of every level (a debug line per session event).
+    A host that configures structlog (or calls ``configure_logging``) decides."""
+    if not structlog.is_configured():
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+
+
 def configure_logging(
     *,
     verbose: bool = False,

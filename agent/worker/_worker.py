@@ -91,7 +91,7 @@ from actors import (
 )
 
 from .._errors import RetriesExhausted, TransportError
-from .._logging import add_log_sink, remove_log_sink
+from .._logging import add_log_sink, quiet_by_default, remove_log_sink
 from ..attachments._worker import WorkerAttachments
 from ..deadline import (
     NO_RETRIES,
@@ -564,6 +564,7 @@ async def open_agent(
     ``local_time`` is the wall clock the work hours are read on (default
     ``datetime.now``). Both are there for tests and for hosts that know better.
     """
+    quiet_by_default()
     if endpoints is None:
         endpoints = await trio.to_thread.run_sync(resolve_endpoints, config)
     if bootstrap_credentials is None:

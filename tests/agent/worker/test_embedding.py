@@ -241,3 +241,37 @@ async def test_the_configured_profile_gives_credentials_and_region(
     assert "eu-west-1" in endpoints.logs.url
     with pytest.raises(agent.FarmhandError, match="region"):
         await trio.to_thread.run_sync(agent.resolve_endpoints, config)  # no profile, no region
+
+
+EMBEDDED_ONE_JOB = """
+import tempfile, trio
+from pathlib import Path
+from tests.worker_harness import farm_and_worker, py, simple_job, wait_job
+
+async def main():
+    async with farm_and_worker(Path(tempfile.mkdtemp())) as (farm, worker, events):
+        await wait_job(farm, farm.create_job(simple_job(py("print(1)"), frames="1")))
+
+trio.run(main)
+"""
+
+
+def test_a_host_that_did_not_configure_structlog_gets_no_debug_lines() -> None:
+    """structlog's own default prints every level; open_agent asks for INFO and up
+    unless the host configured structlog itself, which then decides."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    plain = subprocess.run(
+        [sys.executable, "-c", EMBEDDED_ONE_JOB],
+        cwd=root, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "[info     ] bootstrap.worker_created" in plain.stdout
+    assert "[debug" not in plain.stdout
+    verbose = "import structlog; structlog.configure()\n" + EMBEDDED_ONE_JOB
+    configured = subprocess.run(
+        [sys.executable, "-c", verbose],
+        cwd=root, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "[debug    ] session.action_started" in configured.stdout
