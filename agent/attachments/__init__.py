@@ -25,6 +25,7 @@ from ._manifest import check_relative_path as check_relative_path
 from ._manifest import decode_manifest as decode_manifest
 from ._manifest import merge_manifests as merge_manifests
 from ._s3 import Progress as Progress
+from ._s3 import ProgressCallback as ProgressCallback
 from ._s3 import S3Settings as S3Settings
 from ._s3 import S3Transfers as S3Transfers
 from ._s3 import TransferStatistics as TransferStatistics

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .._words import counted
 from ..attachments import (
     Manifest,
     ManifestPath,
+    ProgressCallback,
     S3Settings,
     S3Transfers,
     TransferStatistics,
@@ -199,11 +200,14 @@ async def upload_inputs(
     farm_id: str,
     queue_id: str,
     keys: tuple[str, str],
+    on_progress: Callable[[TransferStatistics], None] | None = None,
 ) -> tuple[dict[str, Any], int, int]:
     """Hash and upload the inputs (what the bucket has is skipped) with ``keys`` (the
-    farm's S3 takes them); the job's ``attachments``, the number of files and bytes."""
+    farm's S3 takes them); the job's ``attachments``, the number of files and bytes.
+    ``on_progress`` hears how far it is after each file."""
     xfer = _transfers(endpoint_url, settings.bucket, keys)
     entries: list[ManifestPath] = []
+    total = sum(path.stat().st_size for path in assets.inputs)
     for path in assets.inputs:
         digest, size = await hash_file(path)
         entries.append(
@@ -216,6 +220,15 @@ async def upload_inputs(
         )
         if not await xfer.exists(settings.data_key(digest)):
             await xfer.upload_file(settings.data_key(digest), path, size=size)
+        if on_progress is not None:
+            on_progress(
+                TransferStatistics(
+                    files_total=len(assets.inputs),
+                    bytes_total=total,
+                    files_done=len(entries),
+                    bytes_done=sum(e.size for e in entries),
+                )
+            )
     entry: dict[str, Any] = {"rootPath": str(assets.root), "rootPathFormat": "posix"}
     if entries:
         text = Manifest.from_paths(entries).encode().encode()
@@ -241,6 +254,7 @@ async def download_outputs(
     queue_id: str,
     job_id: str,
     keys: tuple[str, str],
+    on_progress: ProgressCallback | None = None,
 ) -> TransferStatistics | None:
     """Bring the job's outputs back to the paths the bundle named (``None``: there were none)."""
     xfer = _transfers(endpoint_url, settings.bucket, keys)
@@ -250,7 +264,7 @@ async def download_outputs(
     manifest = by_root.get(str(assets.root))
     if manifest is None:
         return None
-    return await download_files(xfer, settings, [(manifest, assets.root)])
+    return await download_files(xfer, settings, [(manifest, assets.root)], on_progress=on_progress)
 
 
 def describe(stats: TransferStatistics | None, root: Path, sources: Sequence[Path]) -> str:
@@ -258,3 +272,13 @@ def describe(stats: TransferStatistics | None, root: Path, sources: Sequence[Pat
         return f"no outputs to download to {', '.join(map(str, sources)) or root}"
     files = counted(stats.files_done + stats.files_skipped, "output file")
     return f"{files} downloaded under {root}"
+
+
+def transfer_progress(what: str, stats: TransferStatistics) -> str:
+    """``[farmhand] uploading the bundle's inputs: 3 of 10 files, 12.0 of 40.0 MiB``."""
+    done = stats.files_done + stats.files_skipped
+    moved = (stats.bytes_done + stats.bytes_skipped) / 2**20
+    return (
+        f"[farmhand] {what}: {done} of {counted(stats.files_total, 'file')}, "
+        f"{moved:.1f} of {stats.bytes_total / 2**20:.1f} MiB"
+    )

@@ -49,9 +49,10 @@ from openjd.expr import PathMappingRule
 
 from actors import SessionEvent, default_session_root, private_directory
 
+from .._progress import StatusLine
 from .._signals import StopLevel, open_stop_signals
 from .._words import counted
-from ..attachments import AttachmentError, S3Settings
+from ..attachments import AttachmentError, S3Settings, TransferStatistics
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from ..mockfarm import (
     ApiError,
@@ -73,6 +74,7 @@ from ._bundle import (
     bundle_assets,
     describe,
     download_outputs,
+    transfer_progress,
     upload_inputs,
 )
 from ._localrun import Limits, LocalPlan
@@ -307,14 +309,18 @@ async def _upload_bundle(farm: MockFarm, assets: BundleAssets) -> dict[str, Any]
     assert farm.s3 is not None
     settings = S3Settings(farm.s3.bucket, farm.s3.root_prefix)
     try:
-        attachments, files, size = await upload_inputs(
-            assets,
-            endpoint_url=farm.s3_endpoint_url,
-            settings=settings,
-            farm_id=farm.farm_id,
-            queue_id=farm.queue_id,
-            keys=farm.access_key,
-        )
+        with StatusLine(sys.stderr) as line:
+            attachments, files, size = await upload_inputs(
+                assets,
+                endpoint_url=farm.s3_endpoint_url,
+                settings=settings,
+                farm_id=farm.farm_id,
+                queue_id=farm.queue_id,
+                keys=farm.access_key,
+                on_progress=lambda stats: line.show(
+                    transfer_progress("uploading the bundle's inputs", stats)
+                ),
+            )
     except AttachmentError as exc:
         raise TemplateError(f"cannot upload the bundle's inputs: {exc}") from exc
     print(
@@ -329,15 +335,21 @@ async def _download_bundle(farm: MockFarm, assets: BundleAssets, job_id: str) ->
     assert farm.s3 is not None
     settings = S3Settings(farm.s3.bucket, farm.s3.root_prefix)
     try:
-        stats = await download_outputs(
-            assets,
-            endpoint_url=farm.s3_endpoint_url,
-            settings=settings,
-            farm_id=farm.farm_id,
-            queue_id=farm.queue_id,
-            job_id=job_id,
-            keys=farm.access_key,
-        )
+        with StatusLine(sys.stderr) as line:
+
+            async def show(stats: TransferStatistics) -> None:
+                line.show(transfer_progress("downloading the job's outputs", stats))
+
+            stats = await download_outputs(
+                assets,
+                endpoint_url=farm.s3_endpoint_url,
+                settings=settings,
+                farm_id=farm.farm_id,
+                queue_id=farm.queue_id,
+                job_id=job_id,
+                keys=farm.access_key,
+                on_progress=show,
+            )
     except AttachmentError as exc:
         print(f"[farmhand] error: cannot download the job's outputs: {exc}", file=sys.stderr)
         return

@@ -134,3 +134,35 @@ def test_a_directory_without_a_template_is_refused(tmp_path: Path) -> None:
     result = run(str(tmp_path))
     assert result.returncode == 2
     assert "holds template.yaml or template.json" in result.stderr
+
+
+def test_transfers_show_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """With stderr on a terminal (a pty here), the uploads and downloads show where they
+    are on one rewritten line; piped (the tests above), nothing of it appears."""
+    import os
+    import pty
+
+    bundle, project = make_bundle(tmp_path, outputs_by_reference=False)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", str(bundle), "-p", f"Out={project / 'out'}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the other side closed: the run is over
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert process.wait(timeout=120) == 0
+    text = seen.decode("utf-8", "replace")
+    assert "\r\x1b[K[farmhand] uploading the bundle's inputs: 2 of 2 files, " in text
+    assert "[farmhand] downloading the job's outputs: " in text
+    assert "2 output files downloaded" in text
