@@ -9,6 +9,7 @@ sweep); the handlers themselves are in ``_workerops`` (the worker API) and
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from collections.abc import Callable, Mapping, Sequence
@@ -166,6 +167,9 @@ class FarmBase:
         #: Temporary keys this farm handed out: access key id -> (secret, expiration).
         self._issued_keys: dict[str, tuple[str, datetime]] = {}
         self.logs = LogStore(region=self.config.region, keep_events=self.config.keep_log_events)
+        self.logs.on_events = self._session_log_events
+        #: Per session, the action its log is on now (its last ``====`` header).
+        self._log_action: dict[str, str] = {}
         loaded = False
         if store is not None:
             loaded = store.load(self.state, self.logs, now=trio.current_time())
@@ -222,6 +226,24 @@ class FarmBase:
             store.put_kv("meta", "defaults", (farm.farm_id, fleet.fleet_id, queue.queue_id))
 
     # ------------------------------------------------------------ lookups
+
+    def _session_log_events(self, group: str, stream: str, messages: list[str]) -> None:
+        """Keep what a farmhand worker's session log says each action cost with the
+        action (``SessionAction.usage``), so a farm user sees it with the action."""
+        session = self.state.sessions.get(stream)
+        if session is None or session.log_group_name != group:
+            return
+        for message in messages:
+            header = _HEADER.match(message)
+            if header is not None:
+                self._log_action[stream] = header.group(1)
+                continue
+            usage = usage_from_log(message)
+            action_id = self._log_action.get(stream)
+            if usage is not None and action_id is not None:
+                action = self.state.actions.get(action_id)
+                if action is not None and action.session is session:
+                    action.usage = usage
 
     def farm(self, farm_id: str) -> FarmRecord:
         found = self.state.farms.get(farm_id)
@@ -542,3 +564,27 @@ def _quota_exceeded(message: str, quota_code: str) -> ApiError:
         serviceCode="deadline",
         quotaCode=quota_code,
     )
+
+
+_HEADER = re.compile(r"^==== \S+ .*\((sessionaction-[0-9a-f]+-\d+)\) ====$")
+_USAGE_PREFIX = "[farmhand] usage: "
+_USAGE_FIELDS = (
+    ("wall_seconds", re.compile(r"\bwall ([0-9.]+) s\b"), 1),
+    ("cpu_user_seconds", re.compile(r"\bCPU ([0-9.]+) s user\b"), 1),
+    ("cpu_system_seconds", re.compile(r"\+ ([0-9.]+) s system\b"), 1),
+    ("peak_rss_bytes", re.compile(r"(?<!GPU )\bpeak memory ([0-9.]+) MiB"), 2**20),
+    ("peak_gpu_bytes", re.compile(r"\bpeak GPU memory ([0-9.]+) MiB"), 2**20),
+)
+
+
+def usage_from_log(line: str) -> dict[str, float] | None:
+    """A farmhand worker's ``[farmhand] usage: wall 1.2 s, CPU ...`` session log line,
+    as numbers (``None``: not such a line)."""
+    if not line.startswith(_USAGE_PREFIX):
+        return None
+    found: dict[str, float] = {}
+    for name, pattern, scale in _USAGE_FIELDS:
+        match = pattern.search(line)
+        if match:
+            found[name] = float(match.group(1)) * scale
+    return found or None

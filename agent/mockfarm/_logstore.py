@@ -121,6 +121,8 @@ class LogStore:
         #: Told of every change when the farm is persistent (``None``: in memory only).
         self.journal: LogJournal | None = None
         self._on_change = on_change or (lambda: None)
+        #: Told of the messages each PutLogEvents brings: (group, stream, messages).
+        self.on_events: Callable[[str, str, list[str]], None] | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], Mapping[str, Any]]] = {
             "PutLogEvents": self.put_log_events,
             "CreateLogGroup": self.create_log_group,
@@ -266,6 +268,8 @@ class LogStore:
                 stream.events.append(LogEvent(timestamp, event["message"], now))
             stream.stored_bytes += len(event["message"].encode("utf-8"))
         stream.sequence += 1
+        if self.on_events is not None:
+            self.on_events(group.name, stream.name, [event["message"] for event in events])
         if self.journal is not None:
             self.journal.log_events_added(group.name, stream.name, stream.events[kept_from:])
             self.journal.log_stream_changed(group.name, stream)

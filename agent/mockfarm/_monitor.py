@@ -584,6 +584,7 @@ class Monitor:
             "processExitCode": action.process_exit_code,
             "progressPercent": action.progress_percent,
             "progressMessage": action.progress_message,
+            "usage": action.usage,
         }
 
     def workers(self, query: Mapping[str, list[str]]) -> Any:

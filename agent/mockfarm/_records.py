@@ -306,6 +306,10 @@ class SessionAction:
     progress_message: str | None = None
     process_exit_code: int | None = None
     manifests: list[dict[str, Any]] | None = None
+    #: What it cost, as a farmhand worker's session log said (``usage_from_log``):
+    #: ``wall_seconds``, ``cpu_user_seconds``, ``cpu_system_seconds``,
+    #: ``peak_rss_bytes``, ``peak_gpu_bytes``, those it gave.
+    usage: dict[str, float] | None = None
     cancel_requested: bool = False
     #: The ``AssignedSessionAction`` wire form, built once.
     wire: Mapping[str, Any] = attrs.Factory(dict)

@@ -483,3 +483,41 @@ async def test_a_task_over_the_session_memory_limit_is_reported_failed_for_memor
     ]
     assert failed["processExitCode"] == -9
     assert failed["progressMessage"].startswith("memory limit exceeded: its processes used ")
+
+
+async def test_the_farm_keeps_what_each_action_cost(tmp_path: Path) -> None:
+    """The worker's session log says what each action cost; the mock farm keeps it
+    with the session action (and its monitor shows it there)."""
+    async with farm_and_worker(tmp_path) as (farm, _worker, _events):
+        job_id = farm.create_job(simple_job(py("print('frame')"), frames="1"))
+        assert await wait_job(farm, job_id) == "SUCCEEDED"
+        [session] = farm.job(job_id).sessions
+        with trio.fail_after(30):
+            await farm.wait_until(lambda: all(a.usage for a in session.actions))
+    for action in session.actions:
+        assert action.usage is not None
+        assert set(action.usage) >= {
+            "wall_seconds",
+            "cpu_user_seconds",
+            "cpu_system_seconds",
+            "peak_rss_bytes",
+        }
+        assert action.usage["peak_rss_bytes"] > 2**20
+
+
+def test_a_usage_line_reads_as_numbers() -> None:
+    from agent.mockfarm._farmbase import usage_from_log
+
+    line = (
+        "[farmhand] usage: wall 1.888 s, CPU 0.29 s user + 0.13 s system, "
+        "peak memory 203.9 MiB, peak GPU memory 512.0 MiB"
+    )
+    assert usage_from_log(line) == {
+        "wall_seconds": 1.888,
+        "cpu_user_seconds": 0.29,
+        "cpu_system_seconds": 0.13,
+        "peak_rss_bytes": 203.9 * 2**20,
+        "peak_gpu_bytes": 512 * 2**20,
+    }
+    assert usage_from_log("[farmhand] usage: wall 0.5 s") == {"wall_seconds": 0.5}
+    assert usage_from_log("usage: wall 1 s") is None
