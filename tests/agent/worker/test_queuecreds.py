@@ -227,6 +227,10 @@ async def test_a_failed_renewal_stops_only_that_queues_sessions(
             with trio.fail_after(2701):
                 await b.failed.wait()
             assert b.error is not None and "nope" in b.error
+            # Both were issued at the same trio time, but their deadlines come from the
+            # wall-clock expiry, microseconds apart: let queue A's renewal come due.
+            await trio.sleep(1)
+            assert farm.calls["queue-a"] == 2
             assert not a.failed.is_set()
             async with creds.open_access("queue-b", "arn:b", None) as fresh:
                 assert fresh is not None and not fresh.failed.is_set()
