@@ -38,7 +38,6 @@ import botocore.exceptions
 import botocore.model
 import botocore.parsers
 import botocore.serialize
-import botocore.session
 import botocore.validate
 import httpx
 import structlog
@@ -59,6 +58,7 @@ from .._errors import (
     ValidationError,
 )
 from .._httpbody import request_with_body
+from .._servicemodels import service_model as _service_model
 from ._credentials import CredentialHolder
 from ._endpoints import ServiceEndpoint
 from ._parse import create_parser
@@ -141,12 +141,10 @@ _VALIDATION_CODES: Final = frozenset(
 # ----------------------------------------------------------------------- shared, per process
 
 
-@functools.cache
 def service_model(service: str) -> botocore.model.ServiceModel:
-    """botocore's model for ``service``, loaded once per process (from botocore's default
-    session, whose loader caches the model files for anyone else reading them too:
-    the mock farm does)."""
-    return botocore.session.get_session().get_service_model(service)
+    """botocore's model for ``service``, loaded once per process and shared with
+    everyone else reading it (the mock farm's codec does: ``agent._servicemodels``)."""
+    return _service_model(service)
 
 
 @functools.cache

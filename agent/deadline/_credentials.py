@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import botocore.credentials
 import botocore.exceptions
-import botocore.session
 import trio
 from botocore.credentials import Credentials, ReadOnlyCredentials
 
 from .._errors import CredentialsError
+
+if TYPE_CHECKING:
+    import botocore.session
 
 # Resolving the default chain or refreshing can block on the network (instance
 # metadata, STS, a credential process). Few are ever needed at once.
@@ -156,7 +158,11 @@ async def load_default_credentials(
     The chain may query the EC2 instance-metadata service unless
     ``AWS_EC2_METADATA_DISABLED=true``.
     """
-    session = session if session is not None else botocore.session.Session()
+    if session is None:
+        # Imported here: a session's imports (clients, waiters, docs) are for this alone.
+        from botocore.session import Session
+
+        session = Session()
     try:
         # Abandoned on cancel: a read with no side effects; a hung metadata
         # lookup must not hold up shutdown.

@@ -23,13 +23,17 @@ walks the credential chain (no instance-metadata lookups); it sends nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 import botocore
 import botocore.config
 import botocore.exceptions
-import botocore.session
 
 from .._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import botocore.session
 
 
 @attrs.frozen
@@ -60,7 +64,11 @@ def resolve_endpoint(
     ``endpoint_url`` override what it says. This reads the AWS config file, so
     call it once at startup (or in a thread), not per request.
     """
-    session = session if session is not None else botocore.session.Session()
+    if session is None:
+        # Imported here: a session's imports (clients, waiters, docs) are for this alone.
+        from botocore.session import Session
+
+        session = Session()
     try:
         region = region or session.get_config_variable("region")
         if not region:

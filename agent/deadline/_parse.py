@@ -77,12 +77,19 @@ class _Compiled:
                 for name, member in shape.members.items()
             ]
             union = shape.is_tagged_union
+            # A union's usual node: one known member, set (and no "__type").
+            known = frozenset(wire for _, wire, _ in fields)
 
             def structure(node: Any) -> Any:
                 if node is None:
                     return None
-                # botocore's own check (it raises for a union with other than one member).
-                if union and parser._has_unknown_tagged_union_member(shape, node):
+                # botocore's own check (it raises for a union with other than one member),
+                # for any node but the usual one, which it passes.
+                if (
+                    union
+                    and not (len(node) == 1 and next(iter(node)) in known and None not in node.values())
+                    and parser._has_unknown_tagged_union_member(shape, node)
+                ):
                     return parser._handle_unknown_tagged_union_member(parser._get_first_key(node))
                 parsed = {}
                 get = node.get

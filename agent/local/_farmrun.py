@@ -86,13 +86,19 @@ log = structlog.get_logger("farmhand.run")
 
 @attrs.frozen
 class FarmRunSettings:
-    #: Task runs the farm assigns ahead of the one running.
-    pipeline_depth: int = 64
+    #: Task runs the farm assigns ahead of the one running: at least what the worker
+    #: runs in one report interval (below), so it never waits on a round trip.
+    pipeline_depth: int = 256
     #: ``updateIntervalSeconds``: the worker's heartbeat.
     update_interval_seconds: int = 15
-    #: The worker's report interval for routine successes (its failures go at once):
-    #: with millisecond tasks, one call reports a few dozen.
-    report_interval_seconds: float = 0.05
+    #: The worker's report interval for routine successes (its failures, and the last
+    #: success of what it was assigned, go at once). Every UpdateWorkerSchedule answer
+    #: lists every action assigned ahead, so a call costs about the pipeline depth
+    #: either way; with millisecond tasks one call per quarter second reports a couple
+    #: of hundred, and the calls cost a fifth of what one every 50 ms did (benchmarks/
+    #: RESULTS.md, issue 16). Nothing the user sees waits on it: the output comes from
+    #: the worker's own events.
+    report_interval_seconds: float = 0.25
     #: Calls the farm remembers (for ``MockFarm.calls``): none, as nobody reads them
     #: here, and a PutLogEvents input can be a megabyte.
     call_history: int = 0

@@ -27,9 +27,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import attrs
-import botocore.session
 
 from .._documents import DocumentError, load_json
+from .._servicemodels import service_model
 from ._apierrors import ApiError, validation
 from ._shapes import (
     Invalid,
@@ -52,7 +52,12 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 @attrs.define(eq=False)
 class Operation:
-    """One operation's compiled request parser and response serializer."""
+    """One operation's compiled request parser and response serializer.
+
+    ``validate`` and ``serialize`` are compiled from the model on their first call
+    (``Operation.compiled`` gives them compiled): a process serves a few of a
+    model's two hundred operations, and compiling all of them at start-up cost
+    more time and memory than serving most runs."""
 
     name: str
     service: str
@@ -70,6 +75,34 @@ class Operation:
     located: frozenset[str] = frozenset()
     #: The member carrying the idempotency token, if any.
     idempotency_token: str | None = None
+
+    @classmethod
+    def compiled(
+        cls,
+        compiler: ShapeCompiler,
+        input_shape: Any,
+        output_shape: Any,
+        **fields: Any,
+    ) -> Operation:
+        """An operation whose validator and serializer ``compiler`` builds from the
+        input and output shapes (``None``: no input, no output) when first called."""
+        operation: Operation = cls(validate=identity, serialize=None, **fields)
+        if input_shape is not None:
+
+            def validate(params: Any) -> Any:
+                operation.validate = compiler.validator(input_shape)
+                return operation.validate(params)
+
+            operation.validate = validate
+        if output_shape is not None:
+
+            def serialize(output: Any) -> Any:
+                compiled = compiler.serializer(output_shape)
+                operation.serialize = compiled if compiled is not None else identity
+                return operation.serialize(output)
+
+            operation.serialize = serialize
+        return operation
 
     def parse(
         self,
@@ -279,7 +312,7 @@ class ServiceCodec:
 
 
 def _build_service(name: str) -> ServiceCodec:
-    model = botocore.session.get_session().get_service_model(name)
+    model = service_model(name)
     compiler = ShapeCompiler()
     protocol = model.metadata["protocol"]
     router = RestJsonRouter() if protocol == "rest-json" else None
@@ -310,12 +343,13 @@ def _build_service(name: str) -> ServiceCodec:
                 else:
                     continue
                 located.add(member_name)
-        operation = Operation(
+        operation = Operation.compiled(
+            compiler,
+            input_shape,
+            output_shape,
             name=op_name,
             service=name,
             status=int(op_model.http.get("responseCode", 200)),
-            validate=compiler.validator(input_shape) if input_shape is not None else identity,
-            serialize=compiler.serializer(output_shape) if output_shape is not None else None,
             query=tuple(query),
             headers=tuple(headers),
             labels=labels,

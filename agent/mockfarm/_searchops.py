@@ -25,8 +25,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-import botocore.session
-
+from .._servicemodels import service_model
 from ._apierrors import ApiError, not_found, validation
 from ._farmbase import FarmBase
 from ._records import Job, Step, Task, WorkerRecord
@@ -46,7 +45,7 @@ _SEARCH_TEXT = ("name", "jobId", "stepId", "taskId", "workerId", "displayName")
 
 @cache
 def _members(shape_name: str) -> frozenset[str]:
-    model = botocore.session.get_session().get_service_model("deadline")
+    model = service_model("deadline")
     return frozenset(model.shape_for(shape_name).members)
 
 

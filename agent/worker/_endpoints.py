@@ -3,8 +3,9 @@ AWS configuration and bootstrap credentials they are resolved with."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
-import botocore.session
 
 from ..deadline import (
     CredentialHolder,
@@ -14,6 +15,9 @@ from ..deadline import (
 )
 from . import _credenv
 from ._config import WorkerConfig
+
+if TYPE_CHECKING:
+    import botocore.session
 
 
 @attrs.frozen
