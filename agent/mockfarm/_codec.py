@@ -21,7 +21,7 @@ the problems the way AWS does ("1 validation error detected: Value ... at
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -185,18 +185,21 @@ class _Node:
     label: _Node | None = None
     label_name: str | None = None
     greedy: bool = False
-    operations: dict[str, Operation] = attrs.Factory(dict)
+    #: method -> operation name
+    operations: dict[str, str] = attrs.Factory(dict)
 
 
 class RestJsonRouter:
-    """Finds the operation for a method and a raw path."""
+    """Finds the operation for a method and a raw path; ``operations`` maps the names
+    routes were added with to the operations (built when first matched)."""
 
-    def __init__(self) -> None:
+    def __init__(self, operations: Mapping[str, Operation]) -> None:
         self._root = _Node()
+        self._operations = operations
         #: ``(method, raw path) -> match``: agents call the same few paths again and again.
         self._cache: dict[tuple[str, bytes], tuple[Operation, dict[str, str]] | None] = {}
 
-    def add(self, method: str, template: str, operation: Operation) -> None:
+    def add(self, method: str, template: str, operation: str) -> None:
         node = self._root
         for segment in template.strip("/").split("/"):
             if segment.startswith("{") and segment.endswith("}"):
@@ -230,10 +233,10 @@ class RestJsonRouter:
         node = self._walk(self._root, segments, 0, labels)
         if node is None:
             return None
-        operation = node.operations.get(method)
-        if operation is None:
+        name = node.operations.get(method)
+        if name is None:
             return None
-        return operation, labels
+        return self._operations[name], labels
 
     def _walk(
         self, node: _Node, segments: list[str], index: int, labels: dict[str, str]
@@ -264,7 +267,7 @@ class ServiceCodec:
 
     name: str
     model: Any
-    operations: dict[str, Operation]
+    operations: Mapping[str, Operation]
     router: RestJsonRouter | None
     #: ``X-Amz-Target`` prefix for JSON 1.1 services.
     target_prefix: str | None
@@ -311,59 +314,94 @@ class ServiceCodec:
         return _ENCODER.encode(wire).encode()
 
 
+class _Operations(Mapping[str, Operation]):
+    """A model's operations by name, each built when first asked for: a process serves
+    a few of a model's operations, and building all of them at start-up cost more
+    time and memory than serving most runs (``Operation.compiled`` defers the rest)."""
+
+    def __init__(self, service: str, model: Any, compiler: ShapeCompiler) -> None:
+        self._service = service
+        self._model = model
+        self._compiler = compiler
+        self._names: frozenset[str] = frozenset(model.operation_names)
+        self._built: dict[str, Operation] = {}
+
+    def __getitem__(self, name: str) -> Operation:
+        operation = self._built.get(name)
+        if operation is None:
+            if name not in self._names:
+                raise KeyError(name)
+            operation = self._built[name] = _build_operation(
+                self._service, self._model.operation_model(name), self._compiler
+            )
+        return operation
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._model.operation_names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _build_operation(service: str, op_model: Any, compiler: ShapeCompiler) -> Operation:
+    input_shape = op_model.input_shape
+    query: list[tuple[str, str, Callable[[str], Any], bool]] = []
+    headers: list[tuple[str, bytes, Callable[[str], Any]]] = []
+    labels: dict[str, str] = {}
+    located: set[str] = set()
+    token: str | None = None
+    if input_shape is not None:
+        for member_name, member in input_shape.members.items():
+            location = member.serialization.get("location")
+            wire = member.serialization.get("name", member_name)
+            if member.metadata.get("idempotencyToken"):
+                token = member_name
+            if location == "uri":
+                labels[wire] = member_name
+            elif location == "querystring":
+                is_list = member.type_name == "list"
+                target = member.member if is_list else member
+                query.append((member_name, wire, text_converter(target), is_list))
+            elif location == "header":
+                headers.append((member_name, wire.lower().encode(), text_converter(member)))
+            else:
+                continue
+            located.add(member_name)
+    return Operation.compiled(
+        compiler,
+        input_shape,
+        op_model.output_shape,
+        name=op_model.name,
+        service=service,
+        status=int(op_model.http.get("responseCode", 200)),
+        query=tuple(query),
+        headers=tuple(headers),
+        labels=labels,
+        located=frozenset(located),
+        idempotency_token=token,
+    )
+
+
 def _build_service(name: str) -> ServiceCodec:
     model = service_model(name)
     compiler = ShapeCompiler()
     protocol = model.metadata["protocol"]
-    router = RestJsonRouter() if protocol == "rest-json" else None
-    operations: dict[str, Operation] = {}
-    for op_name in model.operation_names:
-        op_model = model.operation_model(op_name)
-        input_shape = op_model.input_shape
-        output_shape = op_model.output_shape
-        query: list[tuple[str, str, Callable[[str], Any], bool]] = []
-        headers: list[tuple[str, bytes, Callable[[str], Any]]] = []
-        labels: dict[str, str] = {}
-        located: set[str] = set()
-        token: str | None = None
-        if input_shape is not None:
-            for member_name, member in input_shape.members.items():
-                location = member.serialization.get("location")
-                wire = member.serialization.get("name", member_name)
-                if member.metadata.get("idempotencyToken"):
-                    token = member_name
-                if location == "uri":
-                    labels[wire] = member_name
-                elif location == "querystring":
-                    is_list = member.type_name == "list"
-                    target = member.member if is_list else member
-                    query.append((member_name, wire, text_converter(target), is_list))
-                elif location == "header":
-                    headers.append((member_name, wire.lower().encode(), text_converter(member)))
-                else:
-                    continue
-                located.add(member_name)
-        operation = Operation.compiled(
-            compiler,
-            input_shape,
-            output_shape,
-            name=op_name,
-            service=name,
-            status=int(op_model.http.get("responseCode", 200)),
-            query=tuple(query),
-            headers=tuple(headers),
-            labels=labels,
-            located=frozenset(located),
-            idempotency_token=token,
-        )
-        operations[op_name] = operation
-        if router is not None:
-            router.add(
-                op_model.http["method"], op_model.http["requestUri"].split("?")[0], operation
-            )
+    operations = _Operations(name, model, compiler)
+    router = RestJsonRouter(operations) if protocol == "rest-json" else None
+    if router is not None:
+        # The routes from the model's description: no operation is built for them.
+        for op_name, description in model._service_description["operations"].items():
+            http = description["http"]
+            router.add(http["method"], http["requestUri"].split("?")[0], op_name)
     error_status = {}
     error_headers: dict[str, dict[str, bytes]] = {}
-    for shape in model.error_shapes:
+    for shape_name, description in model._service_description["shapes"].items():
+        if not description.get("exception"):
+            continue  # as botocore's ``error_shapes``, without resolving every shape
+        shape = model.shape_for(shape_name)
         error_headers[shape.name] = {
             member_name: member.serialization["name"].encode()
             for member_name, member in shape.members.items()
