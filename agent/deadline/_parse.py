@@ -87,7 +87,9 @@ class _Compiled:
                 # for any node but the usual one, which it passes.
                 if (
                     union
-                    and not (len(node) == 1 and next(iter(node)) in known and None not in node.values())
+                    and not (
+                        len(node) == 1 and next(iter(node)) in known and None not in node.values()
+                    )
                     and parser._has_unknown_tagged_union_member(shape, node)
                 ):
                     return parser._handle_unknown_tagged_union_member(parser._get_first_key(node))

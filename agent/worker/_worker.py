@@ -571,7 +571,14 @@ async def open_agent(
         bootstrap_credentials = await load_bootstrap_credentials(config)
     own_http = http is None
     client = http or httpx.AsyncClient(
-        timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_keepalive_connections=4)
+        timeout=httpx.Timeout(30.0),
+        limits=httpx.Limits(max_keepalive_connections=4),
+        # Plain HTTP to every endpoint (a farm on loopback): no TLS, so no CA bundle to
+        # load (tens of milliseconds and a MiB at start-up). The client follows no
+        # redirects, so it never reaches an https URL it was not given.
+        verify=any(
+            url.lower().startswith("https:") for url in (endpoints.deadline.url, endpoints.logs.url)
+        ),
     )
     try:
         await _make_dirs(config)
