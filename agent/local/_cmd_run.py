@@ -44,6 +44,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -52,7 +53,6 @@ from actors import Containment, UnsafeDirectoryError, default_session_root, priv
 
 from .._logging import configure_logging
 from .._settings import parse_size
-from ._bundle import JobBundle
 from ._localrun import (
     Limits,
     LocalPlan,
@@ -63,6 +63,9 @@ from ._localrun import (
 )
 from ._render import HumanRenderer, JsonlRenderer, JsonRenderer, error_document
 from ._templates import TemplateError
+
+if TYPE_CHECKING:
+    from ._bundle import JobBundle
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -187,6 +190,9 @@ def main(args: argparse.Namespace) -> int:
     bundle: JobBundle | None = None
     template = args.template
     if args.template.is_dir():
+        # Imported here: a bundle's job attachments are no part of a plain template's run.
+        from ._bundle import JobBundle
+
         try:
             bundle = JobBundle.read(args.template)
         except TemplateError as exc:
