@@ -1,6 +1,6 @@
 """Finding and killing every process started for farmhand's sessions.
 
-This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP [LOCK]]``)
+This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP [LOCK [MEMCG]]]``)
 by the watchdog that outlives a killed agent, so it imports only the standard
 library and nothing from the package.
 
@@ -62,7 +62,8 @@ def find_processes(tag: str, *, exact: bool = False) -> list[int]:
 
 
 def kill_cgroup(path: str) -> None:
-    """Kill every process in a cgroup v2 directory and below (best effort)."""
+    """Kill every process in a cgroup directory and below (best effort): v2's
+    ``cgroup.kill`` where there is one, else (older kernels, cgroup v1) each member."""
     kill = os.path.join(path, "cgroup.kill")
     try:
         with open(kill, "w") as file:
@@ -138,6 +139,8 @@ def main(argv: list[str]) -> int:
     tag = argv[1]
     cgroup = argv[2] if len(argv) > 2 else ""
     registration = argv[3] if len(argv) > 3 else ""
+    # A cgroup v1 memory hierarchy's root of ours (``_memcg.py``), if any.
+    memcg = argv[4] if len(argv) > 4 else ""
     lock = None
     if registration:
         # Held (shared) while we live: the next agent leaves this instance to us.
@@ -161,11 +164,13 @@ def main(argv: list[str]) -> int:
                     directories.discard(path)
     except OSError:
         pass
-    if cgroup:
-        kill_cgroup(cgroup)
+    for root in (cgroup, memcg):
+        if root:
+            kill_cgroup(root)
     kill_all(tag)
-    if cgroup:
-        remove_cgroup(cgroup)
+    for root in (cgroup, memcg):
+        if root:
+            remove_cgroup(root)
     for path in directories:
         shutil.rmtree(path, ignore_errors=True)
     if lock is not None:
