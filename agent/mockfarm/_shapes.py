@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
+
 from ._apierrors import ApiError, validation
 
 Validator = Callable[[Any], Any]
@@ -142,12 +144,23 @@ def _compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
         return None
 
 
+@attrs.frozen
+class CompilerStatistics:
+    #: Shapes a validator was compiled for (each once).
+    validators: int
+    #: Shapes a serializer was compiled for (each once).
+    serializers: int
+
+
 class ShapeCompiler:
     """Compiles validators and serializers for the shapes of one model, once each."""
 
     def __init__(self) -> None:
         self._validators: dict[str, Validator] = {}
         self._serializers: dict[str, Serializer | None] = {}
+
+    def statistics(self) -> CompilerStatistics:
+        return CompilerStatistics(len(self._validators), len(self._serializers))
 
     # -- input
 

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from agent._servicemodels import service_model
+from agent.deadline import service_model as client_model
 from agent.mockfarm import ApiError, Farm, FaultConfig, OperationFaults
-from agent.mockfarm._codec import deadline_codec, logs_codec
+from agent.mockfarm._codec import _build_service, deadline_codec, logs_codec
 from agent.mockfarm._faults import FaultInjector
+from agent.mockfarm._shapes import CompilerStatistics
 
 FARM = "farm-" + "a" * 32
 FLEET = "fleet-" + "b" * 32
@@ -46,6 +49,30 @@ def test_routes_come_from_the_model_uris() -> None:
     assert match is not None
     assert match[0].name == "UpdateWorkerSchedule"
     assert match[1] == {"farmId": FARM, "fleetId": FLEET, "workerId": WORKER}
+
+
+def test_one_model_is_shared_and_operations_compile_when_first_used() -> None:
+    """The farm's codec and the worker's clients read one parsed model (issue 16); a
+    codec compiles nothing until an operation is called, then only what it uses."""
+    assert deadline_codec().model is service_model("deadline") is client_model("deadline")
+    assert logs_codec().model is service_model("logs") is client_model("logs")
+    codec = _build_service("deadline")
+    assert codec.compiler.statistics() == CompilerStatistics(validators=0, serializers=0)
+    assert set(codec.operations) == set(codec.model.operation_names)
+    assert "UpdateWorkerSchedule" in codec.operations and "NoSuchOperation" not in codec.operations
+    operation = codec.operations["UpdateWorkerSchedule"]
+    assert codec.operations["UpdateWorkerSchedule"] is operation
+    params = operation.parse({"farmId": FARM, "fleetId": FLEET, "workerId": WORKER}, b"", [], b"{}")
+    assert params == {"farmId": FARM, "fleetId": FLEET, "workerId": WORKER}
+    compiled = codec.compiler.statistics()
+    assert 0 < compiled.validators < len(codec.model.shape_names) / 4
+    assert compiled.serializers == 0
+    codec.encode_output(
+        operation, {"assignedSessions": {}, "cancelSessionActions": {}, "updateIntervalSeconds": 15}
+    )
+    assert codec.compiler.statistics().serializers > 0
+    with pytest.raises(KeyError):
+        codec.operations["NoSuchOperation"]
 
 
 def test_valid_requests_parse_with_timestamps_converted() -> None:
