@@ -16,7 +16,14 @@ import httpx
 import pytest
 import trio
 
-from agent._documents import ALIAS_BUDGET, DocumentError, load_document, template_max_chars
+from agent._documents import (
+    ALIAS_BUDGET,
+    DocumentError,
+    _job_template_max_from_file,
+    load_document,
+    template_max_chars,
+)
+from agent._servicemodels import service_model
 from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +102,22 @@ def test_the_template_size_is_the_services_limit(tmp_path: Path) -> None:
     path.write_text("specificationVersion: jobtemplate-2023-09\n#" + "x" * 1_000_000 + "\n")
     line = one_error_line(agent("check", str(path)))
     assert "the limit is 1,000,000" in line
+
+
+def test_the_size_read_from_the_model_file_is_botocores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The limit read from the model file's JobTemplate shape alone (issue 16: no
+    whole-model parse for a template's size) is what botocore's parsed model says, and
+    with AWS_DATA_PATH set the parsed model is what decides."""
+    parsed = service_model("deadline").shape_for("JobTemplate").metadata["max"]
+    assert _job_template_max_from_file() == parsed
+    monkeypatch.setenv("AWS_DATA_PATH", "/nonexistent")
+    template_max_chars.cache_clear()
+    try:
+        assert template_max_chars() == parsed
+    finally:
+        template_max_chars.cache_clear()
 
 
 def test_check_refuses_the_billion_laughs_in_one_line(tmp_path: Path) -> None:
