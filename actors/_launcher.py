@@ -28,9 +28,32 @@ after its length (4 bytes, big-endian); the launcher answers with JSON lines.
                 usage: see ``Usage``)
     agent -> {"sweep": true}
     launcher -> {"swept": COUNT}  once every process below it is gone
+    agent -> {"hold": {"grace": S, "socket": PATH, "spill": PATH, "files": [PATH...],
+              "directory": PATH}}  or  {"hold": null}
+    launcher -> {"held": true|false}
+
+A spawn may carry a second fd: the read end of the action's output pipe, which
+the launcher keeps (and never reads while the agent is there) so that the
+action's output outlives the agent.
 
 When the socket closes (the agent is done, or dead), the launcher kills every
-process below it and exits.
+process below it and exits, unless it was told to hold (``{"hold": {...}}``):
+then it keeps the session's processes running for ``grace`` seconds and
+listens on the unix socket ``socket`` (0600) for an agent to come back. While
+it waits it reads the action's output itself (a bounded buffer, appended to
+the file ``spill``), and keeps the action's exit status and usage. An agent
+that connects gets, first, one line with one fd (SCM_RIGHTS: the output pipe's
+read end, when there is one):
+
+    launcher -> {"attached": PID or null, "spill": PATH or null, "eof": BOOL,
+                 "exits": [{"exit": N, "code": C, "usage": {...}}, ...]}
+
+after which the protocol goes on as before, over that connection, and the
+launcher no longer holds (the new agent says ``hold`` again). When the grace
+passes with no agent, the launcher kills everything below it, removes the
+socket, the spill file, ``files`` and the session's ``directory``, and exits.
+``{"hold": null}`` (a deliberate stop: drain, SIGTERM, cancel) puts back the
+old rule: a closed socket kills everything at once.
 """
 
 from __future__ import annotations
@@ -202,6 +225,14 @@ class GpuSampler:
         return sum(size for pid, size in used.items() if pid in pids)
 
 
+#: Bytes of an action's output kept in memory while no agent is there; more goes
+#: to the spill file (and, should that fail, the pipe is left unread: the action
+#: waits for its writes, and nothing is lost).
+HELD_OUTPUT_BYTES = 1 << 16
+#: Largest read from the output pipe while no agent is there.
+HELD_READ_BYTES = 1 << 16
+
+
 #: Bound on kill rounds in one sweep (each round kills everything found below).
 SWEEP_ROUNDS = 100
 #: Bound on one sweep, in real time (the agent does not time it out).
@@ -231,9 +262,98 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def unix_address(path: str) -> tuple[str, int | None]:
+    """An address for ``path`` that bind and connect take (at most 107 bytes): a
+    longer one goes through its directory's fd (``/proc/self/fd/N/NAME``, Linux),
+    which the caller closes once bound or connected."""
+    if len(os.fsencode(path)) < 100 or not os.path.isdir("/proc/self/fd"):
+        return path, None
+    directory, name = os.path.split(path)
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{name}", fd
+
+
+def _listen(path: str) -> socket.socket:
+    """A unix socket listening at ``path`` (0600; a stale one there is replaced)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address, fd = unix_address(path)
+    mask = os.umask(0o177)
+    try:
+        listener.bind(address)
+        listener.listen(4)
+    except BaseException:
+        listener.close()
+        raise
+    finally:
+        os.umask(mask)
+        if fd is not None:
+            os.close(fd)
+    return listener
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """Whether the peer runs as we do (or as root). Where the system cannot say,
+    the socket's mode (0600, in a 0700 directory) is the check."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return True
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return False
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (0, os.geteuid())
+
+
+class _HeldOutput:
+    """The action's output read while no agent is there: a bounded buffer, appended
+    to the spill file when it fills."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.buffer = bytearray()
+        self.written = 0
+        self.failed = path is None
+
+    @property
+    def full(self) -> bool:
+        return self.failed and len(self.buffer) >= HELD_OUTPUT_BYTES
+
+    def add(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= HELD_OUTPUT_BYTES:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Append the buffer to the spill file; ``False`` if it cannot be."""
+        if not self.buffer:
+            return True
+        if self.path is None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(self.buffer)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+        except OSError:
+            self.failed = True
+            return False
+        self.written += len(self.buffer)
+        self.buffer = bytearray()
+        return True
+
+
 class Launcher:
     def __init__(self, sock: socket.socket, *, subreaper: bool = True) -> None:
-        self.sock = sock
+        #: The agent's connection (``None``: the agent is gone, we hold).
+        self.sock: socket.socket | None = sock
         #: Whether everything our actions start stays below us (Linux): only then
         #: does a clean sweep mean nothing of the session is left anywhere.
         self.subreaper = subreaper
@@ -248,6 +368,16 @@ class Launcher:
         self.done = False
         #: Whether the last sweep left nothing below us.
         self.clean = True
+        #: The read end of the action's output pipe, when the spawn gave us one: ours
+        #: to read only while no agent is there.
+        self.output: int | None = None
+        #: The last action's exit report, until the next spawn or sweep: an agent that
+        #: comes back gets it (the one before may have died before it read it).
+        self.last_exit: dict[str, object] | None = None
+        #: What to do when the agent goes (``None``: kill everything; see the docstring).
+        self.hold: dict[str, object] | None = None
+        #: The hold we were under when the grace passed with no agent: its files go.
+        self.expired: dict[str, object] | None = None
         wake_read, wake_write = _platform.nonblocking_pipe()
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
@@ -255,6 +385,8 @@ class Launcher:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
     def send(self, message: dict[str, object]) -> None:
+        if self.sock is None:
+            return  # no agent now: one that comes back gets ``last_exit``
         try:
             self.sock.sendall(json.dumps(message).encode() + b"\n")
         except OSError:
@@ -262,6 +394,8 @@ class Launcher:
 
     def receive(self) -> tuple[dict[str, object] | None, list[int]]:
         """The next request and the fds that came with it; ``None`` at the end."""
+        if self.sock is None:
+            return None, []
         try:
             header, fds, _flags, _addr = socket.recv_fds(self.sock, 4, 4)
             for fd in fds:
@@ -303,16 +437,20 @@ class Launcher:
                 # We reaped it, not the Popen: say so, or the Popen would try to
                 # reap the pid later (and could take a new child's status).
                 action.returncode = code
-                self.send({"exit": pid, "code": code, "usage": self.usage.report()})
+                self.last_exit = {"exit": pid, "code": code, "usage": self.usage.report()}
+                self.send(self.last_exit)
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> None:
         argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
         env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
         cwd = str(request["cwd"])
         limit = request.get("memory_limit")
+        kept = fds[1] if len(fds) == 2 else None
+        self.set_output(None)
+        self.last_exit = None
         try:
-            if len(fds) != 1 or not argv:
-                raise OSError(errno.EINVAL, "a spawn request needs an argv and one fd")
+            if len(fds) not in (1, 2) or not argv:
+                raise OSError(errno.EINVAL, "a spawn request needs an argv and one or two fds")
             process = _spawn(argv, env, cwd, fds[0])
         except OSError as exc:
             self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
@@ -322,10 +460,18 @@ class Launcher:
         else:
             self.action = process
             self.usage = Usage(int(limit) if isinstance(limit, int) and limit > 0 else None)
+            self.set_output(kept)
+            kept = None
             self.send({"pid": process.pid})
         finally:
             for fd in fds:
-                os.close(fd)
+                if fd != self.output:
+                    os.close(fd)
+
+    def set_output(self, fd: int | None) -> None:
+        if self.output is not None:
+            os.close(self.output)
+        self.output = fd
 
     def sample_gpu(self) -> None:
         assert self.gpu is not None
@@ -383,19 +529,25 @@ class Launcher:
             select.select([self.wake], [], [], remaining)
             _drain(self.wake)
 
+    def tick(self) -> float | None:
+        """Sample what is due while an action runs; seconds until the next sample
+        (``None``: no action runs)."""
+        if self.action is None:
+            return None
+        if time.monotonic() >= self.usage.next_sample and self.usage.sample(self.me):
+            self.kill_action()
+        due = self.usage.next_sample
+        if self.gpu is not None:
+            if time.monotonic() >= self.usage.next_gpu_sample:
+                self.sample_gpu()
+            due = min(due, self.usage.next_gpu_sample)
+        return max(0.0, due - time.monotonic())
+
     def serve(self) -> None:
         while True:
+            assert self.sock is not None
             sock = self.sock.fileno()
-            timeout = None
-            if self.action is not None:
-                if time.monotonic() >= self.usage.next_sample and self.usage.sample(self.me):
-                    self.kill_action()
-                due = self.usage.next_sample
-                if self.gpu is not None:
-                    if time.monotonic() >= self.usage.next_gpu_sample:
-                        self.sample_gpu()
-                    due = min(due, self.usage.next_gpu_sample)
-                timeout = max(0.0, due - time.monotonic())
+            timeout = self.tick()
             readable, _, _ = select.select([sock, self.wake], [], [], timeout)
             if self.wake in readable:
                 _drain(self.wake)
@@ -406,19 +558,131 @@ class Launcher:
             if request is None:
                 for fd in fds:
                     os.close(fd)
+                if self.hold is not None and self.wait_for_agent():
+                    continue
                 return
             if "spawn" in request:
                 self.spawn(request, fds)
                 continue
             for fd in fds:
                 os.close(fd)
+            if "hold" in request:
+                hold = request["hold"]
+                usable = isinstance(hold, dict) and hold.get("socket") and hold.get("grace")
+                self.hold = hold if usable else None  # type: ignore[assignment]
+                self.send({"held": self.hold is not None})
+                continue
             if request.get("sweep"):
+                self.set_output(None)
+                self.last_exit = None
                 swept = self.sweep()
                 self.send({"swept": swept, "clean": self.clean, "holds": self.subreaper})
                 if request.get("exit"):
                     # The session's end in one exchange: swept, answered, gone.
                     self.done = True
                     return
+
+    def wait_for_agent(self) -> bool:
+        """The agent went while we hold: keep everything running, read the action's
+        output, and wait for an agent to connect on the hold's socket. ``True`` once
+        one has (it is ``self.sock`` now); ``False`` when the grace passed first."""
+        hold = self.hold
+        assert hold is not None
+        self.hold = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        path = str(hold["socket"])
+        try:
+            listener = _listen(path)
+        except OSError:
+            self.expired = hold  # nowhere to wait: as if the grace had passed
+            return False
+        deadline = time.monotonic() + float(hold["grace"])  # type: ignore[arg-type]
+        held = _HeldOutput(str(hold["spill"]) if hold.get("spill") else None)
+        eof = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.expired = hold
+                    return False
+                due = self.tick()
+                watch = [listener.fileno(), self.wake]
+                if self.output is not None and not eof and not held.full:
+                    watch.append(self.output)
+                timeout = remaining if due is None else min(due, remaining)
+                readable, _, _ = select.select(watch, [], [], timeout)
+                if self.wake in readable:
+                    _drain(self.wake)
+                    self.reap()
+                if self.output is not None and self.output in readable:
+                    try:
+                        chunk = os.read(self.output, HELD_READ_BYTES)
+                    except BlockingIOError:
+                        chunk = None
+                    if chunk == b"":
+                        eof = True
+                    elif chunk:
+                        held.add(chunk)
+                if listener.fileno() not in readable:
+                    continue
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                if not _same_user(conn) or not held.flush():
+                    conn.close()
+                    continue
+                if self.attach(conn, held):
+                    return True
+        finally:
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def attach(self, conn: socket.socket, held: _HeldOutput) -> bool:
+        """Hand the session to the agent on ``conn``: what runs, the spill file, the
+        last exit, and the output pipe (see the module docstring)."""
+        conn.setblocking(True)
+        message: dict[str, object] = {
+            "attached": self.action.pid if self.action is not None else None,
+            "spill": held.path if held.written else None,
+            "exit": self.last_exit,
+        }
+        data = json.dumps(message).encode() + b"\n"
+        fds = [self.output] if self.output is not None else []
+        try:
+            sent = socket.send_fds(conn, [data], fds)
+            if sent < len(data):
+                conn.sendall(data[sent:])
+        except OSError:
+            conn.close()
+            return False
+        self.sock = conn
+        return True
+
+    def remove_held_files(self) -> None:
+        """The grace passed with no agent, and everything is swept: the files of the
+        session's hold go too (the socket went with the wait)."""
+        hold = self.expired
+        if hold is None:
+            return
+        files = hold.get("files")
+        paths = [hold.get("spill"), *(files if isinstance(files, list) else [])]
+        for path in paths:
+            if isinstance(path, str) and path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        directory = hold.get("directory")
+        if isinstance(directory, str) and directory:
+            import shutil  # only here: a session's start does not pay for it
+
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subprocess.Popen[bytes]:
@@ -474,6 +738,7 @@ def main() -> int:
     finally:
         if not launcher.done:
             launcher.sweep()
+        launcher.remove_held_files()
     return 0
 
 
