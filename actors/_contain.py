@@ -153,6 +153,7 @@ def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object
             instance = name.removesuffix(".lock")
             cgroup = None
             directories: set[str] = set()
+            held: dict[str, str] = {}
             for line in file.read().splitlines():
                 kind, _, value = line.partition(" ")
                 if kind == "cgroup":
@@ -161,11 +162,13 @@ def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object
                     directories.add(value)
                 elif kind == "-":
                     directories.discard(value)
+                elif kind in ("h", "u"):
+                    _watchdog.parse_held(kind + value, held)
             populated = bool(cgroup) and Path(cgroup or "").exists()
             if cgroup and populated:
-                _watchdog.kill_cgroup(cgroup)
-            killed = _watchdog.kill_all(f"{instance}/")
-            if cgroup and populated:
+                _watchdog.kill_cgroup_except(cgroup, frozenset(c for c in held.values() if c))
+            killed = _watchdog.kill_all(f"{instance}/", keep=frozenset(held))
+            if cgroup and populated and not held:
                 _watchdog.remove_cgroup(cgroup)
             removed = [d for d in sorted(directories) if os.path.isdir(d)]
             for leftover in removed:
@@ -507,6 +510,24 @@ class Containment:
     def untrack_directory(self, path: Path) -> None:
         self._tell_watchdog(b"-" + os.fsencode(path))
         self._register_line(f"- {path}")
+
+    def hold_session(self, session_id: str, directory: Path) -> None:
+        """The session's launcher holds it should we die (``SessionLauncher.hold``):
+        the watchdog, and a later agent ending this instance's leftovers, leave its
+        processes, its cgroup and its working directory to the launcher."""
+        tag = self.tag(session_id)
+        cgroup = self._launcher_cgroups.get(session_id)
+        line = f"{tag}\t{cgroup or ''}"
+        self._tell_watchdog(b"h" + os.fsencode(line))
+        self._register_line(f"h {line}")
+        self.untrack_directory(directory)
+
+    def release_session(self, session_id: str, directory: Path) -> None:
+        """Undo ``hold_session``: the session is ours to end again."""
+        tag = self.tag(session_id)
+        self._tell_watchdog(b"u" + os.fsencode(tag))
+        self._register_line(f"u {tag}")
+        self.track_directory(directory)
 
     def _register_line(self, line: str) -> None:
         registration = self._registration

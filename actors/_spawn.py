@@ -220,6 +220,8 @@ class SessionLauncher:
         self._sock = sock
         self._buffer = b""
         self._lock = trio.Lock()
+        #: Sends only: ``release()`` sends while an exchange waits for an exit.
+        self._send_lock = trio.Lock()
         self._gone = False
         #: Whether the launcher holds the session should we die (``hold()``).
         self._held = False
@@ -312,8 +314,8 @@ class SessionLauncher:
             with self._exchange():
                 await self._send(body, *fds)
                 reply = await self._receive()
-                while "exit" in reply:  # a process the last sweep killed
-                    reply = await self._receive()
+                while "exit" in reply or "held" in reply:  # a process the last sweep
+                    reply = await self._receive()  # killed, or a release's answer
         if "pid" in reply:
             return LaunchedProcess(self, int(reply["pid"]))
         code = int(reply.get("errno") or errno.EIO)
@@ -408,7 +410,7 @@ class SessionLauncher:
         output into ``spill``; when none comes, kill them and remove ``spill``,
         ``files`` and ``directory``. Only actions spawned after this share their
         output. ``False`` if the launcher is gone."""
-        request = {
+        request: dict[str, object] = {
             "hold": {
                 "grace": float(grace),
                 "socket": str(socket_path),
@@ -422,10 +424,15 @@ class SessionLauncher:
 
     async def release(self) -> None:
         """A deliberate end (drain, stop, cancel): closing the launcher, or dying,
-        kills the session's processes at once again."""
-        if self._held:
+        kills the session's processes at once again. Does not wait for the running
+        action's exchange (its answer is skipped by whoever reads next)."""
+        if self._held and not self._gone:
             self._held = False
-            await self._ask_hold({"hold": None})
+            with self._exchange():
+                try:
+                    await self._send(json.dumps({"hold": None}).encode())
+                except LauncherGone:
+                    pass
 
     async def _ask_hold(self, request: dict[str, object]) -> bool:
         if self._gone:
@@ -523,9 +530,10 @@ class SessionLauncher:
         if fds:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            sent = await self._sock.sendmsg([data], ancillary)
-            while sent < len(data):
-                sent += await self._sock.send(data[sent:])
+            async with self._send_lock:
+                sent = await self._sock.sendmsg([data], ancillary)
+                while sent < len(data):
+                    sent += await self._sock.send(data[sent:])
         except OSError as exc:
             self._gone = True
             raise LauncherGone(errno.EPIPE, "the session's launcher has exited") from exc
