@@ -1,0 +1,174 @@
+"""Restarts that lose nothing: ``kill -9`` a real worker process mid-task and start
+another with the same persistence directory; it takes the running task over and
+the farm sees one run, one final report per action, and the whole output. With no
+agent back, nothing of the session outlives the grace; a deliberate stop never
+waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from actors import _platform
+from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
+from tests.worker_harness import assert_each_final_reported_once, py, simple_job, wait_job
+from tests.workerproc import WorkerProcess, open_worker_process
+
+#: Never NOT_RESPONDING here: the farm keeps the session while no agent runs.
+FARM = FarmConfig(update_interval_seconds=1, max_retries_per_task=0, worker_timeout_seconds=600)
+LINES = 2000
+
+
+def _task(flag: Path) -> dict[str, object]:
+    """Says it started (with its pid and a daemon's), waits for ``flag``, then writes
+    ``LINES`` lines and says it is done."""
+    code = (
+        "import os, sys, time\n"
+        "print('frame {{Task.Param.Frame}} started', flush=True)\n"
+        "print('pid', os.getpid(), flush=True)\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        print('daemon', os.getpid(), flush=True)\n"
+        "        os.close(1); os.close(2)\n"
+        "        time.sleep(600)\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        f"while not os.path.exists({str(flag)!r}):\n"
+        "    time.sleep(0.01)\n"
+        f"for i in range({LINES}):\n"
+        "    sys.stdout.write(f'line {i:05d}\\n')\n"
+        "print('frame {{Task.Param.Frame}} done', flush=True)\n"
+    )
+    return py(code)
+
+
+def _pids(farm: MockFarm, session_id: str, word: str) -> int:
+    [pid] = [int(line.split()[1]) for line in farm.session_log(session_id) if line.startswith(word)]
+    return pid
+
+
+async def _wait_gone(pid: int) -> None:
+    """Wait (event-driven) until ``pid``, not our child, has ended."""
+    try:
+        pidfd = _platform.open_pidfd(pid)
+    except ProcessLookupError:
+        return  # gone already
+    assert pidfd is not None
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def _started(farm: MockFarm, job_id: str) -> str:
+    """The job's session id, once its task has started its daemon."""
+    with trio.fail_after(60):
+        await farm.wait_until(
+            lambda: (
+                bool(farm.job(job_id).sessions)
+                and any(
+                    line.startswith("daemon ")
+                    for line in farm.session_log(farm.job(job_id).sessions[0].session_id)
+                )
+            )
+        )
+    return farm.job(job_id).sessions[0].session_id
+
+
+async def _kill(worker: WorkerProcess) -> None:
+    worker.send(signal.SIGKILL)
+    assert await worker.wait() == -signal.SIGKILL
+
+
+async def _stop(worker: WorkerProcess) -> None:
+    worker.send(signal.SIGTERM)
+    with trio.fail_after(60):
+        await worker.wait()
+
+
+async def test_a_new_agent_takes_over_the_task_a_killed_one_was_running(tmp_path: Path) -> None:
+    """kill -9 mid-task; the task goes on (and writes all its output with no agent
+    there); a new agent takes it over: the job succeeds in one session, every action
+    is reported once, and the log holds the whole output once, in order."""
+    flag = tmp_path / "go"
+    root = tmp_path / "worker"
+    async with open_mock_farm(config=FARM) as farm:
+        job_id = farm.create_job(simple_job(_task(flag), frames="1"))
+        async with open_worker_process(farm, root, "--restart-grace-seconds", "120") as first:
+            session_id = await _started(farm, job_id)
+            await _kill(first)
+        task = _pids(farm, session_id, "pid")
+        daemon = _pids(farm, session_id, "daemon")
+        assert _platform.is_alive(task) and _platform.is_alive(daemon)
+        assert list((root / "persistence" / "sessions").glob("*.sock"))  # waiting for us
+        flag.touch()
+        async with open_worker_process(farm, root, "--restart-grace-seconds", "120") as second:
+            assert await wait_job(farm, job_id, 120) == "SUCCEEDED"
+            with trio.fail_after(60):
+                await farm.wait_until(lambda: not farm.job(job_id).active_sessions)
+                await farm.wait_until(lambda: "exited" in farm.session_log(session_id))
+            assert second.events("restart.session_found")
+            await _stop(second)
+        await _wait_gone(daemon)  # the session's end swept what it left
+        statuses = assert_each_final_reported_once(farm, job_id)
+        assert [s.session_id for s in farm.job(job_id).sessions] == [session_id]
+        log = farm.session_log(session_id)
+    assert set(statuses.values()) == {"SUCCEEDED"} and len(statuses) == 3
+    ours = [
+        line for line in log if line in ("entered", "exited") or line.startswith(("frame", "line "))
+    ]
+    expected = ["entered", "frame 1 started", *(f"line {i:05d}" for i in range(LINES))]
+    assert ours == [*expected, "frame 1 done", "exited"]
+    assert not list((root / "persistence" / "sessions").iterdir())
+
+
+async def test_with_no_agent_back_nothing_outlives_the_grace(tmp_path: Path) -> None:
+    """kill -9 and no new agent: once the grace has passed, the task, the daemon it
+    left, its working directory and the session's files are gone."""
+    flag = tmp_path / "never"
+    root = tmp_path / "worker"
+    async with open_mock_farm(config=FARM) as farm:
+        job_id = farm.create_job(simple_job(_task(flag), frames="1"))
+        async with open_worker_process(farm, root, "--restart-grace-seconds", "2") as worker:
+            session_id = await _started(farm, job_id)
+            await _kill(worker)
+        task = _pids(farm, session_id, "pid")
+        daemon = _pids(farm, session_id, "daemon")
+        working_directory = Path(os.readlink(f"/proc/{task}/cwd"))
+        launcher = _parent(task)  # the session's launcher: it outlived the agent
+        assert _platform.is_alive(launcher) and _platform.is_alive(daemon)
+        with trio.fail_after(60):
+            await _wait_gone(launcher)
+        assert not _platform.is_alive(task)
+        assert not _platform.is_alive(daemon)
+        assert not await trio.Path(working_directory).exists()
+        assert not list((root / "persistence" / "sessions").iterdir())
+
+
+async def test_a_deliberate_stop_never_waits(tmp_path: Path) -> None:
+    """SIGTERM (a drain) with a long restart grace: the task is gone when the agent
+    has exited, and no session is left waiting for an agent."""
+    flag = tmp_path / "never"
+    root = tmp_path / "worker"
+    async with open_mock_farm(config=FARM) as farm:
+        job_id = farm.create_job(simple_job(_task(flag), frames="1"))
+        async with open_worker_process(
+            farm, root, "--restart-grace-seconds", "600", "--drain-grace-seconds", "1"
+        ) as worker:
+            session_id = await _started(farm, job_id)
+            await _stop(worker)
+        task = _pids(farm, session_id, "pid")
+        daemon = _pids(farm, session_id, "daemon")
+        with trio.fail_after(10):
+            await _wait_gone(task)
+            await _wait_gone(daemon)
+    assert not list((root / "persistence" / "sessions").glob("*.sock"))
