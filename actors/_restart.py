@@ -77,6 +77,8 @@ class RunningRecord:
     notify_period: float
     #: The environment an onEnter is entering (its ``openjd_env`` lines apply to it).
     environment_id: str | None = None
+    #: Its processes' ``FARMHAND_SESSION_TAG`` (a job user's are signalled by it).
+    tag: str | None = None
 
 
 @attrs.frozen
@@ -156,6 +158,7 @@ class SessionState:
                 cancel_mode=str(running["cancel_mode"]),
                 notify_period=float(running["notify_period"]),
                 environment_id=running.get("environment_id"),
+                tag=running.get("tag"),
             ),
             ended=tuple(
                 EndedRecord(

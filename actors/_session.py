@@ -610,7 +610,7 @@ class SessionRunner(SessionRestarts):
         def note(level: str, message: str) -> None:
             pending.append(SessionLog(self.session_id, action_id, level, message))
 
-        spawned = partial(self._spawned_record, running, prepared, context)
+        spawned = partial(self._spawned_record, running, prepared, context, tag)
         also_signal = (
             partial(_signal_tagged, context.job_user, tag)
             if context.job_user is not None and tag is not None

@@ -119,7 +119,12 @@ class SessionRestarts:
         raise NotImplementedError
 
     def _spawned_record(
-        self, running: RunningAction, prepared: PreparedAction, context: SessionContext, pid: int
+        self,
+        running: RunningAction,
+        prepared: PreparedAction,
+        context: SessionContext,
+        tag: str | None,
+        pid: int,
     ) -> None:
         """The action's process started: into the state file, with what taking it over
         needs (its pid, runtime deadline, cancel method, environment)."""
@@ -137,6 +142,7 @@ class SessionRestarts:
             cancel_mode=prepared.method.mode.value,
             notify_period=prepared.method.notify_period,
             environment_id=environment_id,
+            tag=tag,
         )
         self._write_state()
 
@@ -148,7 +154,9 @@ class SessionRestarts:
             return
         session_id = self.session_id
         try:
-            await trio.to_thread.run_sync(partial(hold.directory.mkdir, mode=0o700, parents=True, exist_ok=True))
+            await trio.to_thread.run_sync(
+                partial(hold.directory.mkdir, mode=0o700, parents=True, exist_ok=True)
+            )
         except OSError as exc:
             log.warning("session.no_restart_hold", directory=str(hold.directory), error=str(exc))
             return
@@ -287,7 +295,7 @@ class SessionRestarts:
                         PreparedAction(("re-attached",), {}, left, method),
                         running,
                         context,
-                        None,
+                        record.tag,
                         reattached=reattached,
                     )
                 finally:
