@@ -17,11 +17,13 @@ it has started would race with its first fork.
 The protocol, over a stream socket on fd 0: the agent sends JSON objects, each
 after its length (4 bytes, big-endian); the launcher answers with JSON lines.
 
-    agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH, "memory_limit": BYTES},
+    agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH, "memory_limit": BYTES,
+              "memory_cgroup": [PATH, VERSION]},
              with one fd (SCM_RIGHTS, on the length) for the action's stdout and
              stderr; over the (optional) limit, the action's processes are killed
              and its exit's usage says so ("memory_limit": {limit, used, pid,
-             name, largest})
+             name, largest, by}); with a memory cgroup (ours: see ``_memcg.py``),
+             the kernel holds the limit and counts the peak
     launcher -> {"pid": N} or {"errno": E, "message": TEXT}
     launcher -> {"exit": N, "code": C, "usage": {...}}  once the action's process
                 has ended (C as ``subprocess`` reports it: negative for a signal;
@@ -114,9 +116,13 @@ class Usage:
     the peak of the memory of everything below us, sampled every
     ``SAMPLE_SECONDS`` (the whole tree: several processes at once count together)."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, cgroup: MemoryCgroup | None = None) -> None:
         #: Bytes the session's processes may use together (``None``: no limit).
         self.limit = limit
+        #: The launcher's memory cgroup, armed for this action (``None``: sampling only).
+        self.cgroup = cgroup if cgroup is not None and cgroup.arm(limit) else None
+        #: The largest process the last sample found: (pid, name, bytes).
+        self.last_largest: tuple[int, str, int] | None = None
         #: Set when they went over it: what to tell the agent.
         self.exceeded: dict[str, object] | None = None
         self.user = 0.0
@@ -129,10 +135,20 @@ class Usage:
         self.gpu: int | None = None
         self.next_gpu_sample = time.monotonic() + GPU_FIRST_SAMPLE_SECONDS
 
-    def add(self, rusage: object) -> None:
+    @property
+    def watching_kernel(self) -> bool:
+        """Whether the kernel holds a limit for this action (its cgroup's)."""
+        return self.cgroup is not None and self.limit is not None and self.exceeded is None
+
+    def add(self, rusage: object, pid: int = 0, name: str | None = None) -> None:
         self.user += getattr(rusage, "ru_utime", 0.0)
         self.system += getattr(rusage, "ru_stime", 0.0)
-        self.largest = max(self.largest, int(getattr(rusage, "ru_maxrss", 0)) * _MAXRSS_UNIT)
+        size = int(getattr(rusage, "ru_maxrss", 0)) * _MAXRSS_UNIT
+        self.largest = max(self.largest, size)
+        known = self.last_largest
+        if name is not None and (known is None or size > known[2]):
+            # Larger than any process a sample saw: most likely what the kernel killed.
+            self.last_largest = (pid, name, size)
 
     def sample(self, me: int) -> bool:
         """Measure; ``True`` when the limit has just been passed."""
@@ -145,7 +161,16 @@ class Usage:
         size, largest, largest_size = found
         self.sampled = True
         self.tree = max(self.tree, size)
-        if self.limit is None or self.exceeded is not None or size <= self.limit:
+        if self.limit is None or self.exceeded is not None:
+            return False
+        if self.cgroup is not None:
+            # The kernel holds the limit: it kills in the cgroup when it is reached.
+            known = self.last_largest
+            if largest_size and (known is None or known[0] == largest or largest_size > known[2]):
+                # Named now: it may be gone when the kernel is heard of.
+                self.last_largest = (largest, _platform.process_name(largest), largest_size)
+            return self.check_kernel_kill()
+        if size <= self.limit:
             return False
         self.exceeded = {
             "limit": self.limit,
@@ -153,17 +178,43 @@ class Usage:
             "pid": largest,
             "name": _platform.process_name(largest),
             "largest": largest_size,
+            "by": "farmhand",
+        }
+        return True
+
+    def check_kernel_kill(self) -> bool:
+        """Whether the kernel has just killed in the cgroup for its limit (the rest of
+        the action is then to be killed, as it would be at the sampler's limit)."""
+        cgroup = self.cgroup
+        if cgroup is None or self.limit is None or self.exceeded is not None:
+            return False
+        if not cgroup.oom_killed():
+            return False
+        pid, name, size = self.last_largest or (None, "?", None)
+        self.exceeded = {
+            "limit": self.limit,
+            "used": cgroup.peak() or self.limit,
+            "pid": pid,
+            "name": name,
+            "largest": size,
+            "by": "kernel",
         }
         return True
 
     def report(self) -> dict[str, object]:
+        # The kernel may have killed the action's own process between two samples.
+        self.check_kernel_kill()
+        counted = self.cgroup.peak() if self.cgroup is not None else None
         report: dict[str, object] = {
             "user": round(self.user, 6),
             "system": round(self.system, 6),
-            # The tree's peak is at least its largest process's.
-            "peak_rss": max(self.largest, self.tree),
+            # What the cgroup counted where there is one (what its limit holds);
+            # else the sampled tree's, at least its largest process's.
+            "peak_rss": counted if counted is not None else max(self.largest, self.tree),
             "sampled": self.sampled,
         }
+        if counted is not None:
+            report["cgroup"] = True
         if self.gpu is not None:
             report["peak_gpu"] = self.gpu
         if self.exceeded is not None:
@@ -225,6 +276,94 @@ class GpuSampler:
         return sum(size for pid, size in used.items() if pid in pids)
 
 
+#: By cgroup version: its limit's, peak's and events' files, and what means no limit.
+CGROUP_FILES = {
+    1: ("memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control", "-1"),
+    2: ("memory.max", "memory.peak", "memory.events", "max"),
+}
+
+
+class MemoryCgroup:
+    """The launcher's memory cgroup (made and joined by the agent: ``_memcg.py``):
+    per action, the limit written, the peak reset, the OOM kills counted."""
+
+    def __init__(self, path: str, version: int) -> None:
+        self.path = path
+        self.version = version
+        self.limit_file, self.peak_file, self.events_file, self.unlimited = CGROUP_FILES[version]
+        #: v2: the open ``memory.peak`` whose peak was reset (per open file).
+        self.peak_fd: int | None = None
+        #: The peak could not be reset for this action: ``peak`` has none to give.
+        self.peak_unknown = False
+        self.kills_before = 0
+
+    @classmethod
+    def from_request(cls, value: object) -> MemoryCgroup | None:
+        if not isinstance(value, list) or len(value) != 2:
+            return None
+        path, version = value
+        if not isinstance(path, str) or version not in CGROUP_FILES:
+            return None
+        return cls(path, version)
+
+    def _write(self, name: str, text: str) -> None:
+        with open(os.path.join(self.path, name), "w") as file:
+            file.write(text)
+
+    def arm(self, limit: int | None) -> bool:
+        """Set for an action; ``False`` (sample instead) where a file would not take it."""
+        self.close()
+        try:
+            self._write(self.limit_file, str(limit) if limit is not None else self.unlimited)
+        except OSError:
+            return False
+        try:
+            if self.version == 1:
+                self._write(self.peak_file, "0")
+            else:
+                self.peak_fd = os.open(os.path.join(self.path, self.peak_file), os.O_RDWR)
+                os.write(self.peak_fd, b"reset\n")  # Linux 6.12+: this file's own peak
+        except OSError:
+            # No peak of the action's own (before 6.12): the samples measure it.
+            self.close()
+            self.peak_unknown = True
+        self.kills_before = self.oom_kills()
+        return True
+
+    def close(self) -> None:
+        if self.peak_fd is not None:
+            os.close(self.peak_fd)
+            self.peak_fd = None
+
+    def oom_kills(self) -> int:
+        try:
+            with open(os.path.join(self.path, self.events_file)) as file:
+                for line in file:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def oom_killed(self) -> bool:
+        return self.oom_kills() > self.kills_before
+
+    def peak(self) -> int | None:
+        """Bytes at the most the cgroup held since ``arm``."""
+        if self.peak_unknown:
+            return None
+        try:
+            if self.peak_fd is not None:
+                return int(os.pread(self.peak_fd, 64, 0))
+            if self.version == 1:
+                with open(os.path.join(self.path, self.peak_file)) as file:
+                    return int(file.read())
+        except (OSError, ValueError):
+            pass
+        return None
+
+
 #: Bytes of an action's output kept in memory while no agent is there; more goes
 #: to the spill file (and, should that fail, the pipe is left unread: the action
 #: waits for its writes, and nothing is lost).
@@ -260,53 +399,6 @@ def _descendants(pid: int) -> list[int]:
         found.append(child)
         stack.extend(tree.get(child, ()))
     return found
-
-
-def unix_address(path: str) -> tuple[str, int | None]:
-    """An address for ``path`` that bind and connect take (at most 107 bytes): a
-    longer one goes through its directory's fd (``/proc/self/fd/N/NAME``, Linux),
-    which the caller closes once bound or connected."""
-    if len(os.fsencode(path)) < 100 or not os.path.isdir("/proc/self/fd"):
-        return path, None
-    directory, name = os.path.split(path)
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    return f"/proc/self/fd/{fd}/{name}", fd
-
-
-def _listen(path: str) -> socket.socket:
-    """A unix socket listening at ``path`` (0600; a stale one there is replaced)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address, fd = unix_address(path)
-    mask = os.umask(0o177)
-    try:
-        listener.bind(address)
-        listener.listen(4)
-    except BaseException:
-        listener.close()
-        raise
-    finally:
-        os.umask(mask)
-        if fd is not None:
-            os.close(fd)
-    return listener
-
-
-def _same_user(conn: socket.socket) -> bool:
-    """Whether the peer runs as we do (or as root). Where the system cannot say,
-    the socket's mode (0600, in a 0700 directory) is the check."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return True
-    try:
-        creds = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    except OSError:
-        return False
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid in (0, os.geteuid())
 
 
 class _HeldOutput:
@@ -422,15 +514,25 @@ class Launcher:
 
     def reap(self) -> None:
         while True:
+            name = None
             try:
-                pid, status, rusage = os.wait4(-1, os.WNOHANG)
+                if self.usage.watching_kernel:
+                    # Named before it is reaped (a zombie still has its name): the
+                    # kernel's OOM victim is one of these, and only they know it.
+                    waited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    if waited is None:
+                        return
+                    name = _platform.process_name(waited.si_pid)
+                    pid, status, rusage = os.wait4(waited.si_pid, 0)
+                else:
+                    pid, status, rusage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             action = self.action
             if action is not None:
-                self.usage.add(rusage)
+                self.usage.add(rusage, pid, name)
             if action is not None and pid == action.pid:
                 self.action = None
                 code = os.waitstatus_to_exitcode(status)
@@ -451,6 +553,13 @@ class Launcher:
         try:
             if len(fds) not in (1, 2) or not argv:
                 raise OSError(errno.EINVAL, "a spawn request needs an argv and one or two fds")
+            if self.usage.cgroup is not None:
+                self.usage.cgroup.close()
+            # Limit set and peak reset before the action starts.
+            usage = Usage(
+                int(limit) if isinstance(limit, int) and limit > 0 else None,
+                MemoryCgroup.from_request(request.get("memory_cgroup")),
+            )
             process = _spawn(argv, env, cwd, fds[0])
         except OSError as exc:
             self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
@@ -459,7 +568,7 @@ class Launcher:
             self.send({"errno": errno.EINVAL, "message": str(exc)})
         else:
             self.action = process
-            self.usage = Usage(int(limit) if isinstance(limit, int) and limit > 0 else None)
+            self.usage = usage
             self.set_output(kept)
             kept = None
             self.send({"pid": process.pid})
@@ -594,7 +703,7 @@ class Launcher:
             self.sock = None
         path = str(hold["socket"])
         try:
-            listener = _listen(path)
+            listener = _platform.listen_unix(path)
         except OSError:
             self.expired = hold  # nowhere to wait: as if the grace had passed
             return False
@@ -631,7 +740,7 @@ class Launcher:
                     conn, _ = listener.accept()
                 except OSError:
                     continue
-                if not _same_user(conn) or not held.flush():
+                if not _platform.same_user(conn) or not held.flush():
                     conn.close()
                     continue
                 if self.attach(conn, held):

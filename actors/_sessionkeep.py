@@ -171,7 +171,7 @@ class SessionRestarts:
             if self._containment is not None:
                 # Its processes and directory are the launcher's to end now, not the
                 # watchdog's, should we die.
-                self._containment.hold_session(session_id, directory)
+                self._containment.hold_session(session_id, directory, launcher)
             self._write_state()
 
     async def _release(self) -> None:

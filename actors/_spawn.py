@@ -42,7 +42,7 @@ from typing import Any
 import structlog
 import trio
 
-from . import _launcher, _platform
+from . import _launcher, _memcg, _platform
 
 log = structlog.get_logger("farmhand.spawn")
 
@@ -223,6 +223,11 @@ class SessionLauncher:
         #: Sends only: ``release()`` sends while an exchange waits for an exit.
         self._send_lock = trio.Lock()
         self._gone = False
+        #: The memory cgroup its actions are charged to, as (path, cgroup version),
+        #: set by ``join_memory_cgroup`` (``_memcg.py``).
+        self.memory_cgroup: tuple[Path, int] | None = None
+        #: A v1 memory cgroup made for this launcher alone, removed once it has gone.
+        self._own_memory_cgroup: Path | None = None
         #: Whether the launcher holds the session should we die (``hold()``).
         self._held = False
 
@@ -268,6 +273,23 @@ class SessionLauncher:
             return False
         return True
 
+    async def join_memory_cgroup(self, path: Path, version: int, *, own: bool) -> bool:
+        """Have its actions charged to the memory cgroup ``path`` (``_memcg.py``): the
+        kernel then holds their limit and counts their peak. ``own``: a v1 cgroup
+        made for it alone, to move it into now and remove when it has gone (a v2
+        session cgroup it was moved into already)."""
+        if own:
+            if not await self.join_cgroup(path / "cgroup.procs"):
+                return False
+            self._own_memory_cgroup = path
+        self.memory_cgroup = (path, version)
+        return True
+
+    def _remove_own_memory_cgroup(self) -> None:
+        path, self._own_memory_cgroup = self._own_memory_cgroup, None
+        if path is not None:
+            _memcg.remove_launcher_cgroup(path)
+
     def discard(self) -> None:
         """End a launcher that never started anything (a spare) without awaiting it:
         for synchronous clean-up paths only; ``aclose()`` is the way otherwise."""
@@ -279,6 +301,7 @@ class SessionLauncher:
         deadline = time.monotonic() + 1.0
         while self._process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)  # it was SIGKILLed: gone within a scheduler tick
+        self._remove_own_memory_cgroup()
 
     @property
     def pid(self) -> int:
@@ -306,6 +329,8 @@ class SessionLauncher:
         request: dict[str, object] = {"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}
         if memory_limit is not None:
             request["memory_limit"] = int(memory_limit)
+        if self.memory_cgroup is not None:
+            request["memory_cgroup"] = [str(self.memory_cgroup[0]), self.memory_cgroup[1]]
         body = json.dumps(request).encode()
         fds = [output_fd]
         if output_read_fd is not None and self._held:
@@ -458,7 +483,7 @@ class SessionLauncher:
         """
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            address, dir_fd = _launcher.unix_address(str(socket_path))
+            address, dir_fd = _platform.unix_address(str(socket_path))
             try:
                 await sock.connect(address)
             finally:
@@ -511,12 +536,14 @@ class SessionLauncher:
     async def aclose(self) -> None:
         """Let it go: it kills whatever is left below it and exits."""
         self._close_socket()
-        with trio.CancelScope(shield=True), trio.move_on_after(EXIT_TIMEOUT_SECONDS):
-            await self._process.wait()
-            return
-        self._process.kill()
         with trio.CancelScope(shield=True):
-            await self._process.wait()
+            with trio.move_on_after(EXIT_TIMEOUT_SECONDS):
+                await self._process.wait()
+            if self._process.returncode is None:
+                self._process.kill()
+                await self._process.wait()
+            if self._own_memory_cgroup is not None:
+                await trio.to_thread.run_sync(self._remove_own_memory_cgroup)
 
     def _close_socket(self) -> None:
         self._gone = True

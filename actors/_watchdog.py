@@ -1,6 +1,6 @@
 """Finding and killing every process started for farmhand's sessions.
 
-This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP [LOCK]]``)
+This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP [LOCK [MEMCG]]]``)
 by the watchdog that outlives a killed agent, so it imports only the standard
 library and nothing from the package.
 
@@ -62,7 +62,8 @@ def find_processes(tag: str, *, exact: bool = False) -> list[int]:
 
 
 def kill_cgroup(path: str) -> None:
-    """Kill every process in a cgroup v2 directory and below (best effort)."""
+    """Kill every process in a cgroup directory and below (best effort): v2's
+    ``cgroup.kill`` where there is one, else (older kernels, cgroup v1) each member."""
     kill = os.path.join(path, "cgroup.kill")
     try:
         with open(kill, "w") as file:
@@ -101,8 +102,8 @@ def kill_cgroup_except(path: str, keep: frozenset[str]) -> None:
 
 
 def parse_held(line: str, held: dict[str, str]) -> bool:
-    """Apply a held-session line (``h<tag>\\t<cgroup>`` or ``u<tag>``) to ``held``
-    (tag -> cgroup); ``False`` if it is not one."""
+    """Apply a held-session line (``h<tag>\\t<cgroup>\\t<memory cgroup>`` or ``u<tag>``)
+    to ``held`` (tag -> its cgroups, tab-separated); ``False`` if it is not one."""
     if line.startswith("h"):
         tag, _, cgroup = line[1:].partition("\t")
         held[tag] = cgroup
@@ -171,7 +172,7 @@ def main(argv: list[str]) -> int:
     While it waits, the agent tells it about session working directories, one
     line each: ``+PATH`` (created) and ``-PATH`` (removed or to be kept). Those
     still listed when the agent is gone are removed after its processes. Sessions
-    whose launchers hold them through the agent's death (``h<tag>\\t<cgroup>``,
+    whose launchers hold them through the agent's death (``h<tag>\\t<cgroups>``,
     until ``u<tag>``) are left to their launchers.
     """
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
@@ -179,6 +180,8 @@ def main(argv: list[str]) -> int:
     tag = argv[1]
     cgroup = argv[2] if len(argv) > 2 else ""
     registration = argv[3] if len(argv) > 3 else ""
+    # A cgroup v1 memory hierarchy's root of ours (``_memcg.py``), if any.
+    memcg = argv[4] if len(argv) > 4 else ""
     lock = None
     if registration:
         # Held (shared) while we live: the next agent leaves this instance to us.
@@ -205,11 +208,15 @@ def main(argv: list[str]) -> int:
                     parse_held(line.decode("utf-8", "surrogateescape"), held)
     except OSError:
         pass
-    if cgroup:
-        kill_cgroup_except(cgroup, frozenset(c for c in held.values() if c))
+    # Held sessions' cgroups (their launchers end them) stay; the rest go.
+    keep = frozenset(path for paths in held.values() for path in paths.split("\t") if path)
+    for root in (cgroup, memcg):
+        if root:
+            kill_cgroup_except(root, keep)
     kill_all(tag, keep=frozenset(held))
-    if cgroup and not held:
-        remove_cgroup(cgroup)
+    for root in (cgroup, memcg):
+        if root and not held:
+            remove_cgroup(root)
     for path in directories:
         shutil.rmtree(path, ignore_errors=True)
     if lock is not None:
