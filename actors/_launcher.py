@@ -41,7 +41,9 @@ action's output outlives the agent.
 When the socket closes (the agent is done, or dead), the launcher kills every
 process below it and exits, unless it was told to hold (``{"hold": {...}}``):
 then it keeps the session's processes running for ``grace`` seconds and
-listens on the unix socket ``socket`` (0600) for an agent to come back. While
+accepts an agent on the unix socket ``socket`` (0600; it listens from the hold
+on, so an agent that connects before the launcher has seen the old one go
+waits in the backlog). While
 it waits it reads the action's output itself (a bounded buffer, appended to
 the file ``spill``), and keeps the action's exit status and usage. An agent
 that connects gets, first, one line with one fd (SCM_RIGHTS: the output pipe's
@@ -468,6 +470,9 @@ class Launcher:
         self.last_exit: dict[str, object] | None = None
         #: What to do when the agent goes (``None``: kill everything; see the docstring).
         self.hold: dict[str, object] | None = None
+        #: Where an agent connects while we hold (listening from the hold on).
+        self.listener: socket.socket | None = None
+        self.listener_path = ""
         #: The hold we were under when the grace passed with no agent: its files go.
         self.expired: dict[str, object] | None = None
         wake_read, wake_write = _platform.nonblocking_pipe()
@@ -676,9 +681,7 @@ class Launcher:
             for fd in fds:
                 os.close(fd)
             if "hold" in request:
-                hold = request["hold"]
-                usable = isinstance(hold, dict) and hold.get("socket") and hold.get("grace")
-                self.hold = hold if usable else None  # type: ignore[assignment]
+                self.set_hold(request["hold"])
                 self.send({"held": self.hold is not None})
                 continue
             if request.get("sweep"):
@@ -695,18 +698,13 @@ class Launcher:
         """The agent went while we hold: keep everything running, read the action's
         output, and wait for an agent to connect on the hold's socket. ``True`` once
         one has (it is ``self.sock`` now); ``False`` when the grace passed first."""
-        hold = self.hold
+        hold, listener = self.hold, self.listener
         assert hold is not None
+        assert listener is not None
         self.hold = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        path = str(hold["socket"])
-        try:
-            listener = _platform.listen_unix(path)
-        except OSError:
-            self.expired = hold  # nowhere to wait: as if the grace had passed
-            return False
         deadline = time.monotonic() + float(hold["grace"])  # type: ignore[arg-type]
         held = _HeldOutput(str(hold["spill"]) if hold.get("spill") else None)
         eof = False
@@ -743,19 +741,48 @@ class Launcher:
                 if not _platform.same_user(conn) or not held.flush():
                     conn.close()
                     continue
+                # Gone before the agent hears from us: one agent at a time.
+                self.close_listener()
                 if self.attach(conn, held):
                     return True
+                self.set_hold(hold)  # that agent went at once: wait for another
+                if self.listener is None:
+                    self.expired = hold
+                    return False
+                listener = self.listener
+                self.hold = None
         finally:
-            listener.close()
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            self.close_listener()
+
+    def set_hold(self, hold: object) -> None:
+        """Hold (a usable request: listen on its socket now, so that an agent that
+        comes early waits in the backlog) or not (``None``)."""
+        self.close_listener()
+        self.hold = None
+        if not isinstance(hold, dict) or not hold.get("socket") or not hold.get("grace"):
+            return
+        try:
+            self.listener = _platform.listen_unix(str(hold["socket"]))
+        except OSError:
+            return  # nowhere to wait: not held
+        self.listener_path = str(hold["socket"])
+        self.hold = hold
+
+    def close_listener(self) -> None:
+        if self.listener is None:
+            return
+        self.listener.close()
+        self.listener = None
+        try:
+            os.unlink(self.listener_path)
+        except OSError:
+            pass
 
     def attach(self, conn: socket.socket, held: _HeldOutput) -> bool:
         """Hand the session to the agent on ``conn``: what runs, the spill file, the
         last exit, and the output pipe (see the module docstring)."""
         conn.setblocking(True)
+        self.reap()  # an exit whose SIGCHLD has not woken us yet is known too
         message: dict[str, object] = {
             "attached": self.action.pid if self.action is not None else None,
             "spill": held.path if held.written else None,
@@ -847,6 +874,7 @@ def main() -> int:
     finally:
         if not launcher.done:
             launcher.sweep()
+        launcher.close_listener()
         launcher.remove_held_files()
     return 0
 

@@ -41,6 +41,9 @@ log = structlog.get_logger("farmhand.restart")
 
 #: The state file's format; another is ignored (and its session not taken over).
 STATE_VERSION = 1
+#: How long a launcher may take to hand its session over (it does once it has
+#: seen its agent go: at once, for a dead one).
+REATTACH_SECONDS = 10.0
 #: Final reports kept in the state file: a report waits for the next sync (tens of
 #: milliseconds) while the next actions start.
 RECENT_ENDED = 16
@@ -255,12 +258,18 @@ async def find_held_sessions(hold: RestartHold) -> dict[str, Held]:
             log.warning("restart.bad_state", path=str(directory / name), error=str(exc))
             remove_files(hold, session_id)
             continue
-        try:
-            reattached = await SessionLauncher.reattach(hold.socket_path(session_id))
-        except OSError as exc:
-            # Its launcher is gone (the grace passed, or it died with the agent).
-            log.info("restart.session_gone", session_id=session_id, error=str(exc))
-            remove_files(hold, session_id)
+        with trio.move_on_after(REATTACH_SECONDS) as waited:
+            try:
+                reattached = await SessionLauncher.reattach(hold.socket_path(session_id))
+            except OSError as exc:
+                # Its launcher is gone (the grace passed, or it died with the agent).
+                log.info("restart.session_gone", session_id=session_id, error=str(exc))
+                remove_files(hold, session_id)
+                continue
+        if waited.cancelled_caught:
+            # Its launcher does not let go: its agent is alive (another process with
+            # this persistence directory). Not ours; left as it is.
+            log.warning("restart.session_busy", session_id=session_id)
             continue
         log.info(
             "restart.session_found",

@@ -17,6 +17,8 @@ from actors import _platform
 from actors._process import ActionControl, CancelMethod, resume_process
 from actors._spawn import SessionLauncher
 
+ROOT = Path(__file__).resolve().parents[2]
+
 #: The agent that dies: a real process with a held launcher whose action writes
 #: one line, waits for a word on a FIFO, then writes ``LINES`` lines and exits 7.
 #: It reads the first line itself, says what runs, and waits to be killed.
@@ -75,7 +77,7 @@ async def _start_agent(
     process = await trio.lowlevel.open_process(
         [sys.executable, "-c", AGENT, str(tmp_path), str(fifo), str(lines), str(grace)],
         stdout=-1,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
     )
     assert process.stdout is not None
     data = b""
@@ -159,7 +161,7 @@ async def test_a_new_agent_takes_over_an_action_whose_agent_was_killed(tmp_path:
 async def test_a_running_action_is_taken_over_and_its_exit_comes_later(tmp_path: Path) -> None:
     """Reattached while the action still runs: its output goes on through the pipe and
     its exit is reported once it ends."""
-    agent, started, fifo = await _start_agent(tmp_path, lines=5, grace=60)
+    agent, _, fifo = await _start_agent(tmp_path, lines=5, grace=60)
     await _kill(agent)
     reattached = await SessionLauncher.reattach(tmp_path / "session.sock")
     launcher = reattached.launcher
@@ -198,7 +200,7 @@ async def test_a_running_action_is_taken_over_and_its_exit_comes_later(tmp_path:
 async def test_with_no_agent_back_nothing_outlives_the_grace(tmp_path: Path) -> None:
     """No agent comes: after the grace, the launcher kills the session's processes,
     removes its socket, spill file, state files and directory, and exits."""
-    agent, started, fifo = await _start_agent(tmp_path, lines=3000, grace=0.5)
+    agent, started, _ = await _start_agent(tmp_path, lines=3000, grace=0.5)
     await _kill(agent)
     action = int(started["action"])  # type: ignore[call-overload]
     launcher = int(started["launcher"])  # type: ignore[call-overload]
@@ -208,7 +210,7 @@ async def test_with_no_agent_back_nothing_outlives_the_grace(tmp_path: Path) -> 
     assert not _alive(action)
     for name in ("session.sock", "session.output", "session.json", "work"):
         assert not (tmp_path / name).exists(), name
-    with pytest.raises(OSError):
+    with pytest.raises(FileNotFoundError):
         await SessionLauncher.reattach(tmp_path / "session.sock")
 
 
