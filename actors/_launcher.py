@@ -18,7 +18,7 @@ The protocol, over a stream socket on fd 0: the agent sends JSON objects, each
 after its length (4 bytes, big-endian); the launcher answers with JSON lines.
 
     agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH, "memory_limit": BYTES,
-              "memory_cgroup": [PATH, VERSION]},
+              "memory_cgroup": [PATH, VERSION], "meta": ANY},
              with one fd (SCM_RIGHTS, on the length) for the action's stdout and
              stderr; over the (optional) limit, the action's processes are killed
              and its exit's usage says so ("memory_limit": {limit, used, pid,
@@ -49,8 +49,11 @@ the file ``spill``), and keeps the action's exit status and usage. An agent
 that connects gets, first, one line with one fd (SCM_RIGHTS: the output pipe's
 read end, when there is one):
 
-    launcher -> {"attached": PID or null, "spill": PATH or null, "eof": BOOL,
-                 "exits": [{"exit": N, "code": C, "usage": {...}}, ...]}
+    launcher -> {"attached": PID or null, "spill": PATH or null,
+                 "exit": {"exit": N, "code": C, "usage": {...}} or null, "meta": ANY}
+
+(``exit`` and ``meta``: the last action's, kept until the next spawn or sweep:
+its exit report, and what the agent said of it when it asked for it.)
 
 after which the protocol goes on as before, over that connection, and the
 launcher no longer holds (the new agent says ``hold`` again). When the grace
@@ -468,6 +471,8 @@ class Launcher:
         #: The last action's exit report, until the next spawn or sweep: an agent that
         #: comes back gets it (the one before may have died before it read it).
         self.last_exit: dict[str, object] | None = None
+        #: What the agent said of the last action (a spawn's ``meta``), likewise.
+        self.meta: object = None
         #: What to do when the agent goes (``None``: kill everything; see the docstring).
         self.hold: dict[str, object] | None = None
         #: Where an agent connects while we hold (listening from the hold on).
@@ -555,6 +560,7 @@ class Launcher:
         kept = fds[1] if len(fds) == 2 else None
         self.set_output(None)
         self.last_exit = None
+        self.meta = None
         try:
             if len(fds) not in (1, 2) or not argv:
                 raise OSError(errno.EINVAL, "a spawn request needs an argv and one or two fds")
@@ -576,6 +582,7 @@ class Launcher:
             self.usage = usage
             self.set_output(kept)
             kept = None
+            self.meta = request.get("meta")
             self.send({"pid": process.pid})
         finally:
             for fd in fds:
@@ -787,6 +794,7 @@ class Launcher:
             "attached": self.action.pid if self.action is not None else None,
             "spill": held.path if held.written else None,
             "exit": self.last_exit,
+            "meta": self.meta,
         }
         data = json.dumps(message).encode() + b"\n"
         fds = [self.output] if self.output is not None else []

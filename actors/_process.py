@@ -173,10 +173,10 @@ async def run_process(
     also_signal: Callable[[signal.Signals], None] | None = None,
     file_group: int | None = None,
     memory_limit: int | None = None,
-    on_spawned: Callable[[int], None] | None = None,
+    launcher_meta: Mapping[str, object] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
-    ``on_spawned(pid)`` is called once it has started (it must not raise).
+    ``launcher_meta`` goes with the spawn request (``SessionLauncher.spawn(meta=)``).
 
     ``launcher`` starts the process, when given (to contain it and whatever it
     starts); otherwise we start it ourselves.
@@ -203,6 +203,7 @@ async def run_process(
                     output_fd=write_fd,
                     output_read_fd=read_fd,
                     memory_limit=memory_limit,
+                    meta=launcher_meta,
                 )
             else:
                 process = await trio.lowlevel.open_process(
@@ -219,8 +220,6 @@ async def run_process(
     except OSError as exc:
         os.close(read_fd)
         return _spawn_failed(argv, exc)
-    if on_spawned is not None:
-        on_spawned(process.pid)
     supervisor = _Supervisor(
         process,
         read_fd,

@@ -4,15 +4,21 @@ A session whose launcher holds (``SessionLauncher.hold``) keeps, in the
 directory ``RestartHold.directory`` (the worker's persistence directory's
 ``sessions/``), three files named after it:
 
-- ``<session>.sock``: the launcher's unix socket, there only while it waits for
-  an agent (it removes it when one connects or the grace passes);
+- ``<session>.sock``: the launcher's unix socket (while it holds);
 - ``<session>.output``: what the running action wrote while no agent was there;
 - ``<session>.json``: the agent's side (``SessionState``), written atomically
-  (a temporary file renamed over it) whenever it changes: the session's
-  queue, job and working directory, the environments entered with the
-  variables their onEnter set, the running action (its id, kind, pid, start,
-  runtime deadline and cancel method), and the last few actions' final reports,
-  so that one the farm never heard of (it still assigns the action) is sent again.
+  (a temporary file renamed over it) when the session is held, when the
+  environments entered change and when an onEnter sets a variable: the
+  session's queue, job and working directory, the environments entered with
+  the variables they set, how many actions it started.
+
+What changes with every action is not written to disk at all: each spawn
+request carries it to the launcher (``meta``), which keeps it with the
+action's pid and exit until the next spawn and hands it to the agent that
+takes over: the action's id, kind, start, runtime deadline, cancel method,
+environment and tag (``RunningRecord``), and the last few final reports the
+agent had made (``EndedRecord``), so that one the farm never heard of (it
+still assigns the action) is sent again.
 
 A new agent with the same worker id calls ``find_held_sessions`` before it
 tells the farm it started: every state file whose launcher answers is a
@@ -23,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +51,7 @@ STATE_VERSION = 1
 REATTACH_SECONDS = 10.0
 #: Final reports kept in the state file: a report waits for the next sync (tens of
 #: milliseconds) while the next actions start.
-RECENT_ENDED = 16
+RECENT_ENDED = 8
 
 
 @attrs.frozen
@@ -97,8 +102,46 @@ class EndedRecord:
     message: str | None
 
 
+def record_to_json(value: RunningRecord | EndedRecord) -> dict[str, Any]:
+    data = attrs.asdict(value, recurse=False)
+    for key, item in data.items():
+        if isinstance(item, datetime):
+            data[key] = item.isoformat()
+        elif isinstance(item, ActionKind | ActionState):
+            data[key] = item.value
+    return data
+
+
+def running_from_json(data: Mapping[str, Any], pid: int) -> RunningRecord:
+    return RunningRecord(
+        action_id=data["action_id"],
+        kind=ActionKind(data["kind"]),
+        pid=pid,
+        started_at=datetime.fromisoformat(data["started_at"]),
+        deadline=None if data["deadline"] is None else float(data["deadline"]),
+        cancel_mode=str(data["cancel_mode"]),
+        notify_period=float(data["notify_period"]),
+        environment_id=data.get("environment_id"),
+        tag=data.get("tag"),
+    )
+
+
+def ended_from_json(data: Mapping[str, Any]) -> EndedRecord:
+    return EndedRecord(
+        action_id=str(data["action_id"]),
+        kind=ActionKind(data["kind"]),
+        state=ActionState(data["state"]),
+        exit_code=data["exit_code"],
+        started_at=_datetime(data.get("started_at")),
+        ended_at=_datetime(data.get("ended_at")),
+        message=data.get("message"),
+    )
+
+
 @attrs.frozen
 class SessionState:
+    """The state file's content (see the module docstring)."""
+
     session_id: str
     queue_id: str
     job_id: str
@@ -106,22 +149,8 @@ class SessionState:
     #: Environments entered, outermost first, with the variables their onEnter set.
     entered: tuple[tuple[str, Mapping[str, str | None]], ...] = ()
     actions_started: int = 0
-    running: RunningRecord | None = None
-    #: The last few actions' final reports (``RECENT_ENDED``).
-    ended: tuple[EndedRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        def record(value: Any) -> Any:
-            if value is None:
-                return None
-            data = attrs.asdict(value, recurse=False)
-            for key, item in data.items():
-                if isinstance(item, datetime):
-                    data[key] = item.isoformat()
-                elif isinstance(item, ActionKind | ActionState):
-                    data[key] = item.value
-            return data
-
         return {
             "version": STATE_VERSION,
             "session_id": self.session_id,
@@ -130,8 +159,6 @@ class SessionState:
             "working_directory": str(self.working_directory),
             "entered": [[identifier, dict(changes)] for identifier, changes in self.entered],
             "actions_started": self.actions_started,
-            "running": record(self.running),
-            "ended": [record(ended) for ended in self.ended],
         }
 
     @classmethod
@@ -139,7 +166,6 @@ class SessionState:
         """Raises ``ValueError`` (or ``KeyError``/``TypeError``) for a bad file."""
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"state version {data.get('version')!r} is not {STATE_VERSION}")
-        running = data.get("running")
         return cls(
             session_id=str(data["session_id"]),
             queue_id=str(data["queue_id"]),
@@ -150,31 +176,6 @@ class SessionState:
                 for identifier, changes in data.get("entered") or ()
             ),
             actions_started=int(data.get("actions_started") or 0),
-            running=None
-            if running is None
-            else RunningRecord(
-                action_id=running["action_id"],
-                kind=ActionKind(running["kind"]),
-                pid=int(running["pid"]),
-                started_at=datetime.fromisoformat(running["started_at"]),
-                deadline=None if running["deadline"] is None else float(running["deadline"]),
-                cancel_mode=str(running["cancel_mode"]),
-                notify_period=float(running["notify_period"]),
-                environment_id=running.get("environment_id"),
-                tag=running.get("tag"),
-            ),
-            ended=tuple(
-                EndedRecord(
-                    action_id=str(ended["action_id"]),
-                    kind=ActionKind(ended["kind"]),
-                    state=ActionState(ended["state"]),
-                    exit_code=ended["exit_code"],
-                    started_at=_datetime(ended.get("started_at")),
-                    ended_at=_datetime(ended.get("ended_at")),
-                    message=ended.get("message"),
-                )
-                for ended in data.get("ended") or ()
-            ),
         )
 
 
@@ -183,15 +184,16 @@ def _datetime(text: str | None) -> datetime | None:
 
 
 def write_state(path: Path, state: SessionState) -> None:
-    """Write ``state`` to ``path`` atomically (0600)."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".json.new")
+    """Write ``state`` to ``path`` atomically (0600): a temporary file beside it (one
+    writer per session, so one name), renamed over it."""
+    temporary = path.with_name(f".{path.name}.new")
+    data = json.dumps(state.to_json()).encode()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(state.to_json(), file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
 
 
 @attrs.define(eq=False)
@@ -202,6 +204,29 @@ class Held:
 
     state: SessionState
     reattached: Reattached
+
+    @property
+    def running(self) -> RunningRecord | None:
+        """The last action the launcher started (running, or ended since), as the
+        agent described it when it asked for it; ``None`` if there was none."""
+        meta = self.reattached.meta
+        process = self.reattached.process
+        described = meta.get("running") if meta is not None else None
+        if process is None or not isinstance(described, dict):
+            return None
+        try:
+            return running_from_json(described, process.pid)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def ended(self) -> tuple[EndedRecord, ...]:
+        """The final reports the agent had made before it asked for that action."""
+        meta = self.reattached.meta
+        try:
+            return tuple(ended_from_json(item) for item in (meta or {}).get("ended") or ())
+        except (KeyError, TypeError, ValueError):
+            return ()
 
     async def discard(self, hold: RestartHold) -> None:
         """Kill what the session runs, remove its files and its working directory."""
@@ -271,13 +296,14 @@ async def find_held_sessions(hold: RestartHold) -> dict[str, Held]:
             # this persistence directory). Not ours; left as it is.
             log.warning("restart.session_busy", session_id=session_id)
             continue
+        held = found[session_id] = Held(state, reattached)
+        running = held.running
         log.info(
             "restart.session_found",
             session_id=session_id,
             launcher=reattached.launcher.pid,
-            running=state.running.action_id if state.running else None,
+            running=running.action_id if running is not None else None,
         )
-        found[session_id] = Held(state, reattached)
     return found
 
 

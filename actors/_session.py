@@ -610,7 +610,6 @@ class SessionRunner(SessionRestarts):
         def note(level: str, message: str) -> None:
             pending.append(SessionLog(self.session_id, action_id, level, message))
 
-        spawned = partial(self._spawned_record, running, prepared, context, tag)
         also_signal = (
             partial(_signal_tagged, context.job_user, tag)
             if context.job_user is not None and tag is not None
@@ -650,7 +649,7 @@ class SessionRunner(SessionRestarts):
                 also_signal=also_signal,
                 file_group=file_group,
                 memory_limit=memory_limit,
-                on_spawned=spawned if self._holding else None,
+                launcher_meta=self._spawn_meta(running, prepared, context, tag),
             )
         await flush(processor.finish())
         if result.spawn_error is not None:

@@ -49,6 +49,7 @@ from ._restart import (
     RunningRecord,
     SessionResume,
     SessionState,
+    record_to_json,
     remove_files,
     write_state,
 )
@@ -77,9 +78,10 @@ class SessionRestarts:
     def __init__(self) -> None:
         #: The launcher holds the session should we die (``RestartHold``).
         self._holding = False
-        self._running_record: RunningRecord | None = None
         self._ended_records: tuple[EndedRecord, ...] = ()
         self._changes_written = 0
+        #: The environments entered as the state file has them.
+        self._entered_written: tuple[str, ...] = ()
 
     @property
     def working_directory(self) -> Path | None:
@@ -118,25 +120,28 @@ class SessionRestarts:
     def _remember_done(self, action_id: str) -> None:
         raise NotImplementedError
 
-    def _spawned_record(
+    def _spawn_meta(
         self,
         running: RunningAction,
         prepared: PreparedAction,
         context: SessionContext,
         tag: str | None,
-        pid: int,
-    ) -> None:
-        """The action's process started: into the state file, with what taking it over
-        needs (its pid, runtime deadline, cancel method, environment)."""
+    ) -> dict[str, object] | None:
+        """What an agent taking the session over must know of the action about to
+        start (``None`` unless held): it goes with the spawn request, and the
+        launcher keeps it (nothing is written per action). The state file is written
+        only when the environments entered have changed since it last was."""
+        if not self._holding:
+            return None
         deadline = None if prepared.timeout is None else time.time() + prepared.timeout
         assert running.started_at is not None
         environment_id = context.entering
         if running.kind is ActionKind.ENV_EXIT:
             environment_id = context.entered[-1] if context.entered else None
-        self._running_record = RunningRecord(
+        record = RunningRecord(
             action_id=running.action_id,
             kind=running.kind,
-            pid=pid,
+            pid=0,  # the launcher knows it
             started_at=running.started_at,
             deadline=deadline,
             cancel_mode=prepared.method.mode.value,
@@ -144,7 +149,11 @@ class SessionRestarts:
             environment_id=environment_id,
             tag=tag,
         )
-        self._write_state()
+        if context.entered != self._entered_written:
+            self._write_state()
+        described = record_to_json(record)
+        del described["pid"]
+        return {"running": described, "ended": [record_to_json(e) for e in self._ended_records]}
 
     async def _hold(self, launcher: SessionLauncher) -> None:
         """Have the launcher hold the session should we die (``restart_hold``)."""
@@ -189,7 +198,7 @@ class SessionRestarts:
             remove_files(hold, self.session_id)
 
     def _record_ended(self, running: RunningAction, state: ActionState, code: int | None) -> None:
-        self._running_record = None
+        """Kept for the next spawn's ``meta`` (see ``_spawn_meta``)."""
         if running.action_id is not None:
             message = running.status_message
             if not state.succeeded:
@@ -204,7 +213,8 @@ class SessionRestarts:
                 message=message,
             )
             self._ended_records = (*self._ended_records, ended)[-RECENT_ENDED:]
-        self._write_state()
+        # Until the next spawn, a new agent learns of this action's end from its
+        # launcher (which keeps its exit with its meta); from then on, from this.
 
     def _write_state(self) -> None:
         """The state file a new agent takes the session over with (atomic; small)."""
@@ -213,6 +223,7 @@ class SessionRestarts:
         if hold is None or not self._holding or context is None:
             return
         self._changes_written = context.changes_made
+        self._entered_written = context.entered
         state = SessionState(
             session_id=self.session_id,
             queue_id=self._state_ids[0],
@@ -220,8 +231,6 @@ class SessionRestarts:
             working_directory=context.working_directory,
             entered=context.entered_changes(),
             actions_started=self._actions_started,
-            running=self._running_record,
-            ended=self._ended_records,
         )
         try:
             write_state(hold.state_path(self.session_id), state)
@@ -234,19 +243,14 @@ class SessionRestarts:
         # neither queue the running one nor run a finished one again.
         for ended in resume.unreported:
             self._remember_done(ended.action_id)
-        self._ended_records = resume.held.state.ended
-        record = resume.held.state.running
+        self._ended_records = resume.held.ended
+        record = resume.held.running  # with the launcher's pid: its process, if any
         reattached = resume.held.reattached
-        process = reattached.process
-        taken = record is not None and process is not None and process.pid == record.pid
         running: RunningAction | None = None
         if record is not None:
             running = RunningAction(record.action_id, record.kind, ActionControl())
             running.started_at = record.started_at
-            if taken:
-                self._running = running
-            elif record.action_id is not None:
-                self._remember_done(record.action_id)
+            self._running = running
         for ended in resume.unreported:
             await self._emit(
                 ActionEnded(
@@ -261,16 +265,13 @@ class SessionRestarts:
                     ended_at=ended.ended_at,
                 )
             )
-        if record is None or running is None or not taken:
-            # Nothing ran, or not what the state file says: nothing to take over.
+        if record is None or running is None:
+            # No action of ours ran there: nothing to take over (what runs goes).
             if reattached.output_fd is not None:
                 os.close(reattached.output_fd)
                 reattached.output_fd = None
             if self._launcher is not None:
                 await self._launcher.sweep()
-            if running is not None and running.action_id is not None and resume.assigned:
-                running.fail_message = "the action's process was lost in an agent restart"
-                await self._end_action(running, ActionState.FAILED, None)
             return
         runnable = resume.running
         try:
@@ -289,7 +290,6 @@ class SessionRestarts:
                     context.entering = record.environment_id
                 left = None if record.deadline is None else max(record.deadline - time.time(), 0)
                 method = CancelMethod(CancelMode(record.cancel_mode), record.notify_period)
-                self._running_record = record
                 try:
                     result = await self._run_process(
                         PreparedAction(("re-attached",), {}, left, method),

@@ -143,8 +143,11 @@ class Reattached:
         process: LaunchedProcess | None,
         output_fd: int | None,
         spill: Path | None,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.launcher = launcher
+        #: What the agent that started the action said of it (``spawn(meta=)``).
+        self.meta = meta
         #: The action that was running when the agent died (its ``returncode`` set
         #: if it has ended since); ``None`` if none was.
         self.process = process
@@ -316,10 +319,12 @@ class SessionLauncher:
         output_fd: int,
         output_read_fd: int | None = None,
         memory_limit: int | None = None,
+        meta: Mapping[str, object] | None = None,
     ) -> LaunchedProcess:
         """Start ``argv`` with stdout and stderr on ``output_fd`` (which stays ours to close).
         ``output_read_fd``: the pipe's read end, shared with the launcher while it holds
-        (``hold()``), so the output outlives us.
+        (``hold()``), so the output outlives us. ``meta``: what an agent that takes
+        the session over should know of the action (``Reattached.meta``).
         ``memory_limit``: bytes the session's processes may use together while it runs;
         past it the launcher kills it (its usage then says so).
 
@@ -329,6 +334,8 @@ class SessionLauncher:
         request: dict[str, object] = {"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}
         if memory_limit is not None:
             request["memory_limit"] = int(memory_limit)
+        if meta is not None and self._held:
+            request["meta"] = dict(meta)
         if self.memory_cgroup is not None:
             request["memory_cgroup"] = [str(self.memory_cgroup[0]), self.memory_cgroup[1]]
         body = json.dumps(request).encode()
@@ -513,11 +520,13 @@ class SessionLauncher:
             usage = exit_report.get("usage")
             process.usage = usage if isinstance(usage, dict) else None
         spill = message.get("spill")
+        meta = message.get("meta")
         return Reattached(
             launcher=launcher,
             process=process,
             output_fd=fds[0] if fds else None,
             spill=Path(spill) if isinstance(spill, str) else None,
+            meta=meta if isinstance(meta, dict) else None,
         )
 
     @contextmanager

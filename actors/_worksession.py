@@ -557,7 +557,7 @@ class WorkSession:
             )
             environments.append((enter, changes))
         running = None
-        record = state.running
+        record = held.running
         still_assigned = record is not None and record.action_id in assigned
         if record is not None and record.action_id in assigned:
             try:
@@ -570,7 +570,7 @@ class WorkSession:
             environments=tuple(environments),
             running=running,
             assigned=still_assigned,
-            unreported=tuple(ended for ended in state.ended if ended.action_id in assigned),
+            unreported=tuple(ended for ended in held.ended if ended.action_id in assigned),
         )
 
     def _job_user(self, job: JobDetails) -> JobUser | None:
