@@ -172,3 +172,35 @@ async def test_a_deliberate_stop_never_waits(tmp_path: Path) -> None:
             await _wait_gone(task)
             await _wait_gone(daemon)
     assert not list((root / "persistence" / "sessions").glob("*.sock"))
+
+
+async def test_a_worker_the_farm_counted_offline_starts_afresh(tmp_path: Path) -> None:
+    """kill -9, and the farm declares the worker NOT_RESPONDING (its session requeued)
+    before a new agent comes: the new agent ends the held session (its task and
+    daemon killed), starts as a new worker would, and runs the task again."""
+    flag = tmp_path / "go"
+    root = tmp_path / "worker"
+    config = FarmConfig(update_interval_seconds=1, max_retries_per_task=0, worker_timeout_seconds=3)
+    async with open_mock_farm(config=config) as farm:
+        job_id = farm.create_job(simple_job(_task(flag), frames="1"))
+        async with open_worker_process(farm, root, "--restart-grace-seconds", "120") as first:
+            session_id = await _started(farm, job_id)
+            await _kill(first)
+        task = _pids(farm, session_id, "pid")
+        daemon = _pids(farm, session_id, "daemon")
+        [worker_id] = farm.state.workers
+        with trio.fail_after(60):
+            await farm.wait_until(lambda: farm.state.workers[worker_id].status == "NOT_RESPONDING")
+        assert _platform.is_alive(task) and _platform.is_alive(daemon)
+        flag.touch()
+        async with open_worker_process(farm, root, "--restart-grace-seconds", "120") as second:
+            with trio.fail_after(60):
+                await _wait_gone(task)
+                await _wait_gone(daemon)
+            assert await wait_job(farm, job_id, 120) == "SUCCEEDED"
+            assert second.events("bootstrap.not_online")
+            assert second.events("worker.held_session_ended")
+            await _stop(second)
+        sessions = farm.job(job_id).sessions
+    assert len(sessions) == 2 and sessions[0].session_id == session_id
+    assert [a.status for a in sessions[0].actions if a.kind == "taskRun"] == ["INTERRUPTED"]
