@@ -2,10 +2,12 @@
 
 A session whose launcher holds (``SessionLauncher.hold``) keeps, in the
 directory ``RestartHold.directory`` (the worker's persistence directory's
-``sessions/``), three files named after it:
+``sessions/``), files named after it:
 
 - ``<session>.sock``: the launcher's unix socket (while it holds);
 - ``<session>.output``: what the running action wrote while no agent was there;
+- ``<session>.shipped``: how much of the session's log file has reached
+  CloudWatch (``LogStream``'s shipped marker), so a new agent ships the rest;
 - ``<session>.json``: the agent's side (``SessionState``), written atomically
   (a temporary file renamed over it) when the session is held, when the
   environments entered change and when an onEnter sets a variable: the
@@ -69,6 +71,10 @@ class RestartHold:
 
     def state_path(self, session_id: str) -> Path:
         return self.directory / f"{session_id}.json"
+
+    def shipped_path(self, session_id: str) -> Path:
+        """How much of the session's log file is shipped (``LogStream``)."""
+        return self.directory / f"{session_id}.shipped"
 
 
 @attrs.frozen
@@ -252,6 +258,7 @@ def remove_files(hold: RestartHold, session_id: str) -> None:
         hold.state_path(session_id),
         hold.spill_path(session_id),
         hold.socket_path(session_id),
+        hold.shipped_path(session_id),
     ):
         try:
             path.unlink()
@@ -270,8 +277,10 @@ async def find_held_sessions(hold: RestartHold) -> dict[str, Held]:
     names = sorted(await trio.to_thread.run_sync(os.listdir, directory))
     for name in names:
         if not name.endswith(".json") or name.startswith("."):
-            if name.startswith(".") and name.endswith(".json.new"):
-                (directory / name).unlink(missing_ok=True)  # a write cut short
+            stem = name.rsplit(".", 1)[0]
+            if name.startswith(".") or f"{stem}.json" not in names:
+                # A write cut short, or what is left of a session that is gone.
+                (directory / name).unlink(missing_ok=True)
             continue
         session_id = name.removesuffix(".json")
         try:

@@ -17,7 +17,9 @@ uses the runner's state and methods, declared here.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -173,7 +175,7 @@ class SessionRestarts:
             grace=hold.grace,
             socket_path=hold.socket_path(session_id),
             spill=hold.spill_path(session_id),
-            files=[hold.state_path(session_id)],
+            files=[hold.state_path(session_id), hold.shipped_path(session_id)],
             directory=directory,
         )
         if self._holding:
@@ -265,24 +267,27 @@ class SessionRestarts:
                     ended_at=ended.ended_at,
                 )
             )
-        if record is None or running is None:
-            # No action of ours ran there: nothing to take over (what runs goes).
+        if record is None or running is None or not resume.assigned:
+            # Nothing to take over (the farm has the last action's report, or has
+            # taken it back): it goes, if it still runs; the session's other processes
+            # (an environment's daemons) stay.
             if reattached.output_fd is not None:
                 os.close(reattached.output_fd)
                 reattached.output_fd = None
-            if self._launcher is not None:
-                await self._launcher.sweep()
+            process = reattached.process
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+            self._running = None
+            if running is not None and running.action_id is not None:
+                self._remember_done(running.action_id)
             return
         runnable = resume.running
         try:
             with structlog.contextvars.bound_contextvars(action_id=record.action_id):
-                if not resume.assigned:
-                    # The farm no longer assigns it: it goes, unreported.
-                    running.reported = True
-                    running.control.cancel(time_limit=0, reason="no longer assigned")
-                    name, parameters = "", dict[str, str]()
-                elif runnable is None:
-                    name, parameters = record.kind.value, {}
+                if runnable is None:
+                    name, parameters = record.kind.value, dict[str, str]()
                 else:
                     name, parameters = _describe(runnable, context)
                 await self._started(running, record.kind, name, parameters)

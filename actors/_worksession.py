@@ -326,6 +326,8 @@ class WorkSession:
         #: ``kind name params (id)`` of the latest action that started: its end line says it.
         self._last_started = "action"
         self._spool: Path | None = None
+        #: Where the log stream keeps its shipped offset through a restart.
+        self._marker: Path | None = None
 
     # ---- the session's task
 
@@ -387,7 +389,18 @@ class WorkSession:
             destination = Destination(config.group, config.stream)
         if options.local_session_logs:
             path = path_under(options.logs_dir, self.assignment.queue_id, f"{self.session_id}.log")
-            return await open_log_stream(self._shipper, path, destination)
+            hold = options.restart_hold
+            # Kept through a restart: how much of it is shipped (a new agent ships the rest).
+            marker = hold.shipped_path(self.session_id) if hold is not None else None
+            if marker is not None and destination is not None:
+                try:
+                    await trio.Path(marker.parent).mkdir(mode=0o700, parents=True, exist_ok=True)
+                except OSError:
+                    marker = None
+            self._marker = marker if destination is not None else None
+            return await open_log_stream(
+                self._shipper, path, destination, shipped_marker=self._marker
+            )
         if destination is None:
             return None
         self._spool = path_under(options.logs_dir, ".spool", f"{self.session_id}.log")
@@ -870,6 +883,8 @@ class WorkSession:
                 # Shipped: a spool is not a log to keep (one that is not is left for
                 # the uploader, which goes on after the session).
                 self._spool.unlink(missing_ok=True)
+            if self._marker is not None and not scope.cancelled_caught:
+                await trio.Path(self._marker).unlink(missing_ok=True)
         try:
             self._fetcher.send_nowait(Forget(self.session_id))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

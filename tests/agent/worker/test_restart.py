@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 from actors import _platform
-from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
+from agent.mockfarm import FarmConfig, FaultConfig, MockFarm, open_mock_farm
 from tests.worker_harness import assert_each_final_reported_once, py, simple_job, wait_job
 from tests.workerproc import WorkerProcess, open_worker_process
 
@@ -84,6 +84,22 @@ async def _started(farm: MockFarm, job_id: str) -> str:
     return farm.job(job_id).sessions[0].session_id
 
 
+async def _wait_shipped(root: Path, session_id: str) -> None:
+    """Wait until the agent knows its session log is shipped up to its end (its shipped
+    marker says so): lines the farm has stored but the agent has not heard back about
+    would be shipped again after a restart (at least once, never lost)."""
+    [path] = (root / "logs").rglob(f"{session_id}.log")
+    marker = root / "persistence" / "sessions" / f"{session_id}.shipped"
+    with trio.fail_after(60):
+        while True:
+            size = (await trio.Path(path).stat()).st_size
+            if await trio.Path(marker).exists() and await trio.Path(marker).read_text() == str(
+                size
+            ):
+                return
+            await trio.sleep(0.01)  # another process's files: we can only look
+
+
 async def _kill(worker: WorkerProcess) -> None:
     worker.send(signal.SIGKILL)
     assert await worker.wait() == -signal.SIGKILL
@@ -105,6 +121,7 @@ async def test_a_new_agent_takes_over_the_task_a_killed_one_was_running(tmp_path
         job_id = farm.create_job(simple_job(_task(flag), frames="1"))
         async with open_worker_process(farm, root, "--restart-grace-seconds", "120") as first:
             session_id = await _started(farm, job_id)
+            await _wait_shipped(root, session_id)
             await _kill(first)
         task = _pids(farm, session_id, "pid")
         daemon = _pids(farm, session_id, "daemon")
@@ -207,3 +224,41 @@ async def test_a_worker_the_farm_counted_offline_starts_afresh(tmp_path: Path) -
     [(first_run,)] = [(a.status,) for a in sessions[0].actions if a.kind == "taskRun"]
     assert first_run in ("INTERRUPTED", "NEVER_ATTEMPTED")
     assert [a.status for a in sessions[1].actions if a.kind == "taskRun"] == ["SUCCEEDED"]
+
+
+async def test_log_lines_the_killed_agent_had_not_shipped_are_shipped_once(
+    tmp_path: Path,
+) -> None:
+    """CloudWatch refuses every upload while the task writes its output and ends (its
+    lines wait in the session's log file); kill -9; the farm's logs work again and a
+    new agent takes the session over: it ships what the dead one had not, from where
+    it stopped, and runs the environment's exit. Every line once, in order."""
+    flag = tmp_path / "go"
+    root = tmp_path / "worker"
+    async with open_mock_farm(config=FARM) as farm:
+        job_id = farm.create_job(simple_job(_task(flag), frames="1"))
+        async with open_worker_process(farm, root, "--restart-grace-seconds", "120") as first:
+            session_id = await _started(farm, job_id)
+            await _wait_shipped(root, session_id)
+            farm.set_faults(FaultConfig().with_operation("PutLogEvents", error_rate=1.0))
+            flag.touch()
+            [task] = [a for a in farm.state.sessions[session_id].actions if a.kind == "taskRun"]
+            with trio.fail_after(60):
+                # Reported: everything it wrote is in the log file (written first).
+                await farm.wait_until(lambda: task.status == "SUCCEEDED")
+            assert "frame 1 done" not in farm.session_log(session_id)
+            await _kill(first)
+        farm.set_faults(FaultConfig())
+        async with open_worker_process(farm, root, "--restart-grace-seconds", "120") as second:
+            assert await wait_job(farm, job_id, 120) == "SUCCEEDED"
+            with trio.fail_after(60):
+                await farm.wait_until(lambda: "exited" in farm.session_log(session_id))
+            await _stop(second)
+        statuses = assert_each_final_reported_once(farm, job_id)
+        log = farm.session_log(session_id)
+    assert set(statuses.values()) == {"SUCCEEDED"}
+    ours = [
+        line for line in log if line in ("entered", "exited") or line.startswith(("frame", "line "))
+    ]
+    expected = ["entered", "frame 1 started", *(f"line {i:05d}" for i in range(LINES))]
+    assert ours == [*expected, "frame 1 done", "exited"]
