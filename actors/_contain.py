@@ -577,6 +577,11 @@ class Containment:
         self._register_line(f"h {line}")
         self.untrack_directory(directory)
 
+    def adopt_launcher(self, session_id: str, launcher: SessionLauncher) -> None:
+        """A session taken over from an earlier agent: its launcher counts as the
+        session's (``session_memory``)."""
+        self._session_launchers[session_id] = launcher.pid
+
     def release_session(self, session_id: str, directory: Path) -> None:
         """Undo ``hold_session``: the session is ours to end again."""
         tag = self.tag(session_id)

@@ -282,6 +282,7 @@ class SessionRunner(SessionRestarts):
                 self._actions_started = self._resume.held.state.actions_started
                 self._launcher = self._resume.held.reattached.launcher
                 self._launcher_tried = True
+                containment.adopt_launcher(self.session_id, self._launcher)
                 await self._hold(self._launcher)
             inbox_send, inbox_receive = trio.open_memory_channel[SessionCommand](0)
             await self._run_session(inbox_send, inbox_receive, task_status)
