@@ -262,3 +262,37 @@ async def test_log_lines_the_killed_agent_had_not_shipped_are_shipped_once(
     ]
     expected = ["entered", "frame 1 started", *(f"line {i:05d}" for i in range(LINES))]
     assert ours == [*expected, "frame 1 done", "exited"]
+
+
+async def test_a_drain_cut_short_by_sigkill_leaves_nothing_running(tmp_path: Path) -> None:
+    """SIGTERM starts a drain (the task, which ignores SIGTERM, has a long notify
+    period); SIGKILL during it: the sessions were released when the drain began, so
+    their launchers kill at once instead of waiting for an agent."""
+    flag = tmp_path / "never"
+    root = tmp_path / "worker"
+    on_run = {
+        **_task(flag),
+        "cancelation": {"mode": "NOTIFY_THEN_TERMINATE", "notifyPeriodInSeconds": 600},
+    }
+    stubborn = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    on_run["args"] = ["-c", stubborn + str(on_run["args"][1])]  # type: ignore[index]
+    async with open_mock_farm(config=FARM) as farm:
+        job_id = farm.create_job(simple_job(on_run, frames="1"))
+        async with open_worker_process(
+            farm, root, "--restart-grace-seconds", "600", "--drain-grace-seconds", "300"
+        ) as worker:
+            session_id = await _started(farm, job_id)
+            [task_action] = [
+                a for a in farm.state.sessions[session_id].actions if a.kind == "taskRun"
+            ]
+            worker.send(signal.SIGTERM)
+            with trio.fail_after(60):
+                await farm.wait_until(lambda: task_action.status == "INTERRUPTED")
+            task = _pids(farm, session_id, "pid")
+            assert _platform.is_alive(task)  # still in its notify period
+            await _kill(worker)
+        daemon = _pids(farm, session_id, "daemon")
+        with trio.fail_after(20):
+            await _wait_gone(task)
+            await _wait_gone(daemon)
+    assert not list((root / "persistence" / "sessions").glob("*.sock"))
