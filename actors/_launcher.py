@@ -143,16 +143,25 @@ class Usage:
     @property
     def watching_kernel(self) -> bool:
         """Whether the kernel holds a limit for this action (its cgroup's)."""
-        return self.cgroup is not None and self.limit is not None and self.exceeded is None
+        return self.cgroup is not None and self.limit is not None
 
     def add(self, rusage: object, pid: int = 0, name: str | None = None) -> None:
         self.user += getattr(rusage, "ru_utime", 0.0)
         self.system += getattr(rusage, "ru_stime", 0.0)
         size = int(getattr(rusage, "ru_maxrss", 0)) * _MAXRSS_UNIT
         self.largest = max(self.largest, size)
+        if name is None:
+            return
+        # Larger than any process a sample saw: most likely what the kernel killed
+        # (which may have been heard of before its exit was).
+        over = self.exceeded
+        if over is not None and over.get("by") == "kernel":
+            largest = over.get("largest")
+            if size > (largest if isinstance(largest, int) else 0):
+                over.update(pid=pid, name=name, largest=size)
+            return
         known = self.last_largest
-        if name is not None and (known is None or size > known[2]):
-            # Larger than any process a sample saw: most likely what the kernel killed.
+        if known is None or size > known[2]:
             self.last_largest = (pid, name, size)
 
     def sample(self, me: int) -> bool:
