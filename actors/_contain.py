@@ -161,6 +161,7 @@ def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object
             cgroup = None
             memcg = None
             directories: set[str] = set()
+            held: dict[str, str] = {}
             for line in file.read().splitlines():
                 kind, _, value = line.partition(" ")
                 if kind == "cgroup":
@@ -171,15 +172,19 @@ def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object
                     directories.add(value)
                 elif kind == "-":
                     directories.discard(value)
+                elif kind in ("h", "u"):
+                    _watchdog.parse_held(kind + value, held)
             populated = bool(cgroup) and Path(cgroup or "").exists()
+            # Held sessions' cgroups (their launchers end them) stay; the rest go.
+            keep = frozenset(p for paths in held.values() for p in paths.split("\t") if p)
             if cgroup and populated:
-                _watchdog.kill_cgroup(cgroup)
+                _watchdog.kill_cgroup_except(cgroup, keep)
             if memcg and os.path.isdir(memcg):
-                _watchdog.kill_cgroup(memcg)
-            killed = _watchdog.kill_all(f"{instance}/")
-            if cgroup and populated:
+                _watchdog.kill_cgroup_except(memcg, keep)
+            killed = _watchdog.kill_all(f"{instance}/", keep=frozenset(held))
+            if cgroup and populated and not held:
                 _watchdog.remove_cgroup(cgroup)
-            if memcg:
+            if memcg and not held:
                 _watchdog.remove_cgroup(memcg)
             removed = [d for d in sorted(directories) if os.path.isdir(d)]
             for leftover in removed:
@@ -559,6 +564,30 @@ class Containment:
     def untrack_directory(self, path: Path) -> None:
         self._tell_watchdog(b"-" + os.fsencode(path))
         self._register_line(f"- {path}")
+
+    def hold_session(self, session_id: str, directory: Path, launcher: SessionLauncher) -> None:
+        """The session's launcher holds it should we die (``SessionLauncher.hold``):
+        the watchdog, and a later agent ending this instance's leftovers, leave its
+        processes, its cgroups and its working directory to the launcher."""
+        tag = self.tag(session_id)
+        cgroup = self._launcher_cgroups.get(session_id)
+        memory = launcher.memory_cgroup[0] if launcher.memory_cgroup is not None else None
+        line = f"{tag}\t{cgroup or ''}\t{memory or ''}"
+        self._tell_watchdog(b"h" + os.fsencode(line))
+        self._register_line(f"h {line}")
+        self.untrack_directory(directory)
+
+    def adopt_launcher(self, session_id: str, launcher: SessionLauncher) -> None:
+        """A session taken over from an earlier agent: its launcher counts as the
+        session's (``session_memory``)."""
+        self._session_launchers[session_id] = launcher.pid
+
+    def release_session(self, session_id: str, directory: Path) -> None:
+        """Undo ``hold_session``: the session is ours to end again."""
+        tag = self.tag(session_id)
+        self._tell_watchdog(b"u" + os.fsencode(tag))
+        self._register_line(f"u {tag}")
+        self.track_directory(directory)
 
     def _register_line(self, line: str) -> None:
         registration = self._registration

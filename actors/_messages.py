@@ -526,12 +526,14 @@ class LogWriter(Protocol):
 @attrs.frozen
 class OpenLogStream:
     """Open a log stream writing to ``path`` and, with a destination, shipping there;
-    the reply is the stream (``compact_over``: the file is a spool, see ``LogStream``)."""
+    the reply is the stream (``compact_over``: the file is a spool; ``shipped_marker``:
+    where the shipped offset is kept; see ``LogStream``)."""
 
     path: Path
     destination: Destination | None
     reply_to: trio.MemorySendChannel[outcome.Outcome[LogWriter]]
     compact_over: int | None = None
+    shipped_marker: Path | None = None
 
 
 LogShipperCommand = OpenLogStream
