@@ -377,8 +377,9 @@ class Worker:
         detail: str = "",
     ) -> None:
         """Take no work while ``reason`` holds: the farm is told the worker is STOPPING,
-        the running sessions finish what they have (``running="finish"``) or are
-        stopped, their running action INTERRUPTED (``"cancel"``), then STOPPED; once
+        the running sessions finish their running action, what was sent ahead going
+        back to the farm (``running="finish"``), or are stopped, their running
+        action INTERRUPTED (``"cancel"``), then STOPPED; once
         no reason holds, STARTED again. ``seconds``: the hold lifts by itself that long
         after the worker is paused. The process keeps running (``agent.worker._pause``)."""
         self._pauses.hold(reason, running=running, seconds=seconds, detail=detail)
