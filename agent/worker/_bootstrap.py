@@ -79,6 +79,7 @@ async def bootstrap(
     endpoint: ServiceEndpoint,
     bootstrap_credentials: CredentialHolder,
     facts: HostFacts,
+    schedule_http: httpx.AsyncClient | None = None,
 ) -> Bootstrapped:
     directory = config.worker_persistence_dir
     farm_id, fleet_id = config.farm_id, config.fleet_id
@@ -105,9 +106,9 @@ async def bootstrap(
             assert cached is not None
             credentials = CredentialHolder(None)
             credentials.set_from_api(_api_form(cached))
-            worker = DeadlineClient(http, endpoint, credentials).for_worker(
-                farm_id, fleet_id, worker_id
-            )
+            worker = DeadlineClient(
+                http, endpoint, credentials, schedule_http=schedule_http
+            ).for_worker(farm_id, fleet_id, worker_id)
             started = await worker.update_worker(
                 status="STARTED",
                 capabilities=facts.capabilities.to_api(),
