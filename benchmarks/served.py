@@ -1,10 +1,11 @@
 """A worker process against a served mock farm, against the official agent on the same farm.
 
     python -m benchmarks.served [--tasks 200] [--rounds 3] [--no-official]
+        [--pipeline-seconds S]
 
 The farm is ``python -m agent mockfarm serve`` with its defaults (state in SQLite,
 the long poll, two task runs assigned ahead; a fresh state directory and a free
-port). farmhand's worker (``python -m agent --farm-id ... --fleet-id ...``) starts
+port; ``--pipeline-seconds`` passes the farm's own option, to compare). farmhand's worker (``python -m agent --farm-id ... --fleet-id ...``) starts
 and goes idle; then ``--rounds`` jobs of ``--tasks`` tasks of ``true`` are
 submitted one after another, each timed from its first task's start to its end
 (the job's ``startedAt`` and ``endedAt``, as the farm recorded them). The worker
@@ -66,7 +67,7 @@ def template(tasks: int) -> dict[str, Any]:
 
 
 @contextmanager
-def served_farm(state_dir: Path) -> Iterator[dict[str, str]]:
+def served_farm(state_dir: Path, *options: str) -> Iterator[dict[str, str]]:
     """``python -m agent mockfarm serve`` (defaults but the port and state directory)."""
     process = subprocess.Popen(
         [
@@ -79,6 +80,7 @@ def served_farm(state_dir: Path) -> Iterator[dict[str, str]]:
             "0",
             "--state-dir",
             str(state_dir),
+            *options,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -178,7 +180,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def inside(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="farmhand-served-") as tmp:
         root = Path(tmp)
-        with served_farm(root / "state") as farm:
+        options = (
+            [] if args.pipeline_seconds is None else ["--pipeline-seconds", args.pipeline_seconds]
+        )
+        with served_farm(root / "state", *options) as farm:
             env = farm_environ(farm)
             deadline = make_client("deadline", farm["endpoint"])
             ours: list[float] = []
@@ -264,6 +269,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-official", action="store_true")
+    parser.add_argument(
+        "--pipeline-seconds", help="the farm's --pipeline-seconds (default: its default)"
+    )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     add_json_option(parser, "served")
     args = parser.parse_args()
@@ -273,6 +281,8 @@ def main() -> int:
     argv = [sys.executable, "-m", "benchmarks.served", "--inside"]
     argv += ["--tasks", str(args.tasks), "--rounds", str(args.rounds)]
     argv += ["--no-official"] if args.no_official else []
+    if args.pipeline_seconds is not None:
+        argv += ["--pipeline-seconds", args.pipeline_seconds]
     netns = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
     done = subprocess.run(netns + argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     result = json.loads(done.stdout.splitlines()[-1])
@@ -308,7 +318,11 @@ def main() -> int:
     write_results(
         args.json,
         "served",
-        parameters={"tasks": args.tasks, "rounds": args.rounds},
+        parameters={
+            "tasks": args.tasks,
+            "rounds": args.rounds,
+            "pipeline_seconds": args.pipeline_seconds,
+        },
         results=result,
     )
     return 0 if met else 1

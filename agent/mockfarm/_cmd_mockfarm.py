@@ -141,10 +141,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--pipeline-seconds",
         type=float,
-        default=0.5,
+        default=0.0,
         metavar="SECONDS",
         help="assign more ahead to a session whose task runs are quick: enough for this "
-        "much work at their recent pace, up to 64 (default 0.5; 0: --pipeline-depth only)",
+        "much work at their recent pace, up to 64 (default 0: --pipeline-depth only)",
     )
     serve.add_argument(
         "--worker-timeout",

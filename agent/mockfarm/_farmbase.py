@@ -89,7 +89,7 @@ class FarmConfig:
     #: ``MAX_PIPELINE_DEPTH``, never fewer than ``pipeline_depth``), so that a worker
     #: running short tasks does not wait a round trip for every ``pipeline_depth`` of
     #: them, and still holds no more than this much work another worker could do.
-    #: 0: ``pipeline_depth`` only (``mockfarm serve`` uses 0.5 unless told otherwise).
+    #: 0 (the default, here and in ``mockfarm serve``): ``pipeline_depth`` only.
     pipeline_seconds: float = attrs.field(default=0.0, validator=_not_negative)
     #: Sessions (one job each) a worker runs at once.
     max_sessions_per_worker: int = attrs.field(default=1, validator=_positive)
