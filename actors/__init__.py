@@ -98,6 +98,10 @@ from ._paths import UnsafePathError as UnsafePathError
 from ._paths import path_under as path_under
 from ._paths import private_directory as private_directory
 from ._paths import safe_id as safe_id
+from ._restart import Held as Held
+from ._restart import RestartHold as RestartHold
+from ._restart import SessionState as SessionState
+from ._restart import find_held_sessions as find_held_sessions
 from ._scheduler import REPORT_INTERVAL as REPORT_INTERVAL
 from ._scheduler import ScheduleApi as ScheduleApi
 from ._scheduler import Scheduler as Scheduler

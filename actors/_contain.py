@@ -15,6 +15,9 @@
   it on their own. (Moving each action's process from the agent once it has
   started would race with its first fork: a migration waits for an RCU grace
   period, several milliseconds, and a child forked meanwhile stays behind.)
+- where a memory controller can be written (cgroup v2's, or a v1 ``memory``
+  hierarchy), each launcher's actions are charged to a memory cgroup
+  (``_memcg.py``): the kernel holds an action's memory limit and counts its peak.
 
 ``sweep(session)`` kills whatever of a session is still alive when it ends.
 
@@ -59,7 +62,7 @@ import attrs
 import structlog
 import trio
 
-from . import _platform, _watchdog
+from . import _memcg, _platform, _watchdog
 from ._paths import UnsafeDirectoryError, private_directory
 from ._spawn import SessionLauncher
 from ._watchdog import TAG_VARIABLE
@@ -100,7 +103,9 @@ def instances_directory() -> Path:
     return Path(tempfile.gettempdir()) / f"farmhand-instances-{os.geteuid()}"
 
 
-def _registration(directory: Path, instance: str, cgroup_root: Path | None) -> IO[str]:
+def _registration(
+    directory: Path, instance: str, cgroup_root: Path | None, memory_root: Path | None
+) -> IO[str]:
     """``<instance>.lock`` in ``directory``, held (shared) through the returned file.
     Written and locked under a temporary name first: a reaper never sees it unheld."""
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".new-", suffix=".lock")
@@ -108,6 +113,8 @@ def _registration(directory: Path, instance: str, cgroup_root: Path | None) -> I
     try:
         fcntl.flock(file, fcntl.LOCK_SH)
         file.write(f"cgroup {cgroup_root or ''}\n")
+        if memory_root is not None:
+            file.write(f"memcg {memory_root}\n")
         file.flush()
         os.rename(temporary, directory / f"{instance}.lock")
     except BaseException:
@@ -152,21 +159,33 @@ def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object
                 continue  # held: that instance is alive (or its watchdog is cleaning up)
             instance = name.removesuffix(".lock")
             cgroup = None
+            memcg = None
             directories: set[str] = set()
+            held: dict[str, str] = {}
             for line in file.read().splitlines():
                 kind, _, value = line.partition(" ")
                 if kind == "cgroup":
                     cgroup = _plausible_cgroup(value)
+                elif kind == "memcg":
+                    memcg = _memcg.plausible_v1_root(value)
                 elif kind == "+":
                     directories.add(value)
                 elif kind == "-":
                     directories.discard(value)
+                elif kind in ("h", "u"):
+                    _watchdog.parse_held(kind + value, held)
             populated = bool(cgroup) and Path(cgroup or "").exists()
+            # Held sessions' cgroups (their launchers end them) stay; the rest go.
+            keep = frozenset(p for paths in held.values() for p in paths.split("\t") if p)
             if cgroup and populated:
-                _watchdog.kill_cgroup(cgroup)
-            killed = _watchdog.kill_all(f"{instance}/")
-            if cgroup and populated:
+                _watchdog.kill_cgroup_except(cgroup, keep)
+            if memcg and os.path.isdir(memcg):
+                _watchdog.kill_cgroup_except(memcg, keep)
+            killed = _watchdog.kill_all(f"{instance}/", keep=frozenset(held))
+            if cgroup and populated and not held:
                 _watchdog.remove_cgroup(cgroup)
+            if memcg and not held:
+                _watchdog.remove_cgroup(memcg)
             removed = [d for d in sorted(directories) if os.path.isdir(d)]
             for leftover in removed:
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -237,6 +256,10 @@ class Containment:
         #: Job users' uids -> how many sessions run as them now.
         self._user_sessions: dict[int, int] = {}
         self._cgroup_root: Path | None = self._make_cgroup_root() if use_cgroup else None
+        #: Where launchers' memory cgroups are, if the host lets us write any.
+        self._memory_root = (
+            _memcg.make_memory_root(self.instance, self._cgroup_root) if use_cgroup else None
+        )
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._registration: IO[str] | None = None
         self._registration_path: Path | None = None
@@ -244,6 +267,35 @@ class Containment:
     @property
     def cgroup_root(self) -> Path | None:
         return self._cgroup_root
+
+    @property
+    def memory_root(self) -> _memcg.MemoryCgroupRoot | None:
+        return self._memory_root
+
+    @property
+    def _own_memory_root(self) -> Path | None:
+        """The v1 memory root, ours to remove (a v2 one is ``cgroup_root``)."""
+        root = self._memory_root
+        return root.path if root is not None and root.version == 1 else None
+
+    async def _join_memory_cgroup(self, launcher: SessionLauncher, cgroup: Path | None) -> None:
+        """Charge a new launcher's actions to a memory cgroup, where there is one: its
+        session cgroup (v2), or one of its own (v1). Without, it samples."""
+        root = self._memory_root
+        if root is None:
+            return
+        if root.version == 2:
+            if cgroup is not None:
+                await launcher.join_memory_cgroup(cgroup, 2, own=False)
+            return
+        path = root.launcher_cgroup(launcher.pid)
+        try:
+            path.mkdir()
+        except OSError as exc:
+            log.debug("contain.no_memory_cgroup", path=str(path), error=str(exc))
+            return
+        if not await launcher.join_memory_cgroup(path, 1, own=True):
+            _memcg.remove_launcher_cgroup(path)
 
     def _make_cgroup_root(self) -> Path | None:
         parent = _own_cgroup()
@@ -298,6 +350,7 @@ class Containment:
             return None
         if cgroup is not None and not await launcher.join_cgroup(cgroup / "cgroup.procs"):
             cgroup = None
+        await self._join_memory_cgroup(launcher, cgroup)
         self._launcher_cgroups[session_id] = cgroup
         self._session_launchers[session_id] = launcher.pid
         return launcher
@@ -432,6 +485,7 @@ class Containment:
             except OSError as exc:
                 log.debug("contain.no_spare_cgroup", path=str(cgroup), error=str(exc))
                 cgroup = None
+        await self._join_memory_cgroup(launcher, cgroup)
         return _SpareLauncher(launcher, cgroup)
 
     async def sweep(self, session_id: str, *, swept_below: bool = False) -> int:
@@ -475,7 +529,9 @@ class Containment:
         try:
             private_directory(directory)
             reap_stale_instances(directory)
-            self._registration = _registration(directory, self.instance, self._cgroup_root)
+            self._registration = _registration(
+                directory, self.instance, self._cgroup_root, self._own_memory_root
+            )
             self._registration_path = directory / f"{self.instance}.lock"
         except (UnsafeDirectoryError, OSError) as exc:
             # Containment still works; only a later start cannot find our leftovers.
@@ -488,6 +544,7 @@ class Containment:
             self.instance,
             str(self._cgroup_root or ""),
             str(self._registration_path or ""),
+            str(self._own_memory_root or ""),
         ]
         self._watchdog = subprocess.Popen(
             argv,
@@ -507,6 +564,30 @@ class Containment:
     def untrack_directory(self, path: Path) -> None:
         self._tell_watchdog(b"-" + os.fsencode(path))
         self._register_line(f"- {path}")
+
+    def hold_session(self, session_id: str, directory: Path, launcher: SessionLauncher) -> None:
+        """The session's launcher holds it should we die (``SessionLauncher.hold``):
+        the watchdog, and a later agent ending this instance's leftovers, leave its
+        processes, its cgroups and its working directory to the launcher."""
+        tag = self.tag(session_id)
+        cgroup = self._launcher_cgroups.get(session_id)
+        memory = launcher.memory_cgroup[0] if launcher.memory_cgroup is not None else None
+        line = f"{tag}\t{cgroup or ''}\t{memory or ''}"
+        self._tell_watchdog(b"h" + os.fsencode(line))
+        self._register_line(f"h {line}")
+        self.untrack_directory(directory)
+
+    def adopt_launcher(self, session_id: str, launcher: SessionLauncher) -> None:
+        """A session taken over from an earlier agent: its launcher counts as the
+        session's (``session_memory``)."""
+        self._session_launchers[session_id] = launcher.pid
+
+    def release_session(self, session_id: str, directory: Path) -> None:
+        """Undo ``hold_session``: the session is ours to end again."""
+        tag = self.tag(session_id)
+        self._tell_watchdog(b"u" + os.fsencode(tag))
+        self._register_line(f"u {tag}")
+        self.track_directory(directory)
 
     def _register_line(self, line: str) -> None:
         registration = self._registration
@@ -545,11 +626,15 @@ class Containment:
             except subprocess.TimeoutExpired:
                 watchdog.kill()
                 watchdog.wait()
-        elif self._cgroup_root is not None:
-            _watchdog.kill_cgroup(str(self._cgroup_root))
-            _watchdog.kill_all(self.instance)
-        if self._cgroup_root is not None:
-            _watchdog.remove_cgroup(str(self._cgroup_root))
+        else:
+            for root in (self._cgroup_root, self._own_memory_root):
+                if root is not None:
+                    _watchdog.kill_cgroup(str(root))
+            if self._cgroup_root is not None or self._own_memory_root is not None:
+                _watchdog.kill_all(self.instance)
+        for root in (self._cgroup_root, self._own_memory_root):
+            if root is not None:
+                _watchdog.remove_cgroup(str(root))
         registration, self._registration = self._registration, None
         if registration is not None:
             if self._registration_path is not None:

@@ -17,20 +17,50 @@ it has started would race with its first fork.
 The protocol, over a stream socket on fd 0: the agent sends JSON objects, each
 after its length (4 bytes, big-endian); the launcher answers with JSON lines.
 
-    agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH, "memory_limit": BYTES},
+    agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH, "memory_limit": BYTES,
+              "memory_cgroup": [PATH, VERSION], "meta": ANY},
              with one fd (SCM_RIGHTS, on the length) for the action's stdout and
              stderr; over the (optional) limit, the action's processes are killed
              and its exit's usage says so ("memory_limit": {limit, used, pid,
-             name, largest})
+             name, largest, by}); with a memory cgroup (ours: see ``_memcg.py``),
+             the kernel holds the limit and counts the peak
     launcher -> {"pid": N} or {"errno": E, "message": TEXT}
     launcher -> {"exit": N, "code": C, "usage": {...}}  once the action's process
                 has ended (C as ``subprocess`` reports it: negative for a signal;
                 usage: see ``Usage``)
     agent -> {"sweep": true}
     launcher -> {"swept": COUNT}  once every process below it is gone
+    agent -> {"hold": {"grace": S, "socket": PATH, "spill": PATH, "files": [PATH...],
+              "directory": PATH}}  or  {"hold": null}
+    launcher -> {"held": true|false}
+
+A spawn may carry a second fd: the read end of the action's output pipe, which
+the launcher keeps (and never reads while the agent is there) so that the
+action's output outlives the agent.
 
 When the socket closes (the agent is done, or dead), the launcher kills every
-process below it and exits.
+process below it and exits, unless it was told to hold (``{"hold": {...}}``):
+then it keeps the session's processes running for ``grace`` seconds and
+accepts an agent on the unix socket ``socket`` (0600; it listens from the hold
+on, so an agent that connects before the launcher has seen the old one go
+waits in the backlog). While
+it waits it reads the action's output itself (a bounded buffer, appended to
+the file ``spill``), and keeps the action's exit status and usage. An agent
+that connects gets, first, one line with one fd (SCM_RIGHTS: the output pipe's
+read end, when there is one):
+
+    launcher -> {"attached": PID or null, "spill": PATH or null,
+                 "exit": {"exit": N, "code": C, "usage": {...}} or null, "meta": ANY}
+
+(``exit`` and ``meta``: the last action's, kept until the next spawn or sweep:
+its exit report, and what the agent said of it when it asked for it.)
+
+after which the protocol goes on as before, over that connection, and the
+launcher no longer holds (the new agent says ``hold`` again). When the grace
+passes with no agent, the launcher kills everything below it, removes the
+socket, the spill file, ``files`` and the session's ``directory``, and exits.
+``{"hold": null}`` (a deliberate stop: drain, SIGTERM, cancel) puts back the
+old rule: a closed socket kills everything at once.
 """
 
 from __future__ import annotations
@@ -91,9 +121,13 @@ class Usage:
     the peak of the memory of everything below us, sampled every
     ``SAMPLE_SECONDS`` (the whole tree: several processes at once count together)."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, cgroup: MemoryCgroup | None = None) -> None:
         #: Bytes the session's processes may use together (``None``: no limit).
         self.limit = limit
+        #: The launcher's memory cgroup, armed for this action (``None``: sampling only).
+        self.cgroup = cgroup if cgroup is not None and cgroup.arm(limit) else None
+        #: The largest process the last sample found: (pid, name, bytes).
+        self.last_largest: tuple[int, str, int] | None = None
         #: Set when they went over it: what to tell the agent.
         self.exceeded: dict[str, object] | None = None
         self.user = 0.0
@@ -106,10 +140,29 @@ class Usage:
         self.gpu: int | None = None
         self.next_gpu_sample = time.monotonic() + GPU_FIRST_SAMPLE_SECONDS
 
-    def add(self, rusage: object) -> None:
+    @property
+    def watching_kernel(self) -> bool:
+        """Whether the kernel holds a limit for this action (its cgroup's)."""
+        return self.cgroup is not None and self.limit is not None
+
+    def add(self, rusage: object, pid: int = 0, name: str | None = None) -> None:
         self.user += getattr(rusage, "ru_utime", 0.0)
         self.system += getattr(rusage, "ru_stime", 0.0)
-        self.largest = max(self.largest, int(getattr(rusage, "ru_maxrss", 0)) * _MAXRSS_UNIT)
+        size = int(getattr(rusage, "ru_maxrss", 0)) * _MAXRSS_UNIT
+        self.largest = max(self.largest, size)
+        if name is None:
+            return
+        # Larger than any process a sample saw: most likely what the kernel killed
+        # (which may have been heard of before its exit was).
+        over = self.exceeded
+        if over is not None and over.get("by") == "kernel":
+            largest = over.get("largest")
+            if size > (largest if isinstance(largest, int) else 0):
+                over.update(pid=pid, name=name, largest=size)
+            return
+        known = self.last_largest
+        if known is None or size > known[2]:
+            self.last_largest = (pid, name, size)
 
     def sample(self, me: int) -> bool:
         """Measure; ``True`` when the limit has just been passed."""
@@ -122,7 +175,16 @@ class Usage:
         size, largest, largest_size = found
         self.sampled = True
         self.tree = max(self.tree, size)
-        if self.limit is None or self.exceeded is not None or size <= self.limit:
+        if self.limit is None or self.exceeded is not None:
+            return False
+        if self.cgroup is not None:
+            # The kernel holds the limit: it kills in the cgroup when it is reached.
+            known = self.last_largest
+            if largest_size and (known is None or known[0] == largest or largest_size > known[2]):
+                # Named now: it may be gone when the kernel is heard of.
+                self.last_largest = (largest, _platform.process_name(largest), largest_size)
+            return self.check_kernel_kill()
+        if size <= self.limit:
             return False
         self.exceeded = {
             "limit": self.limit,
@@ -130,17 +192,43 @@ class Usage:
             "pid": largest,
             "name": _platform.process_name(largest),
             "largest": largest_size,
+            "by": "farmhand",
+        }
+        return True
+
+    def check_kernel_kill(self) -> bool:
+        """Whether the kernel has just killed in the cgroup for its limit (the rest of
+        the action is then to be killed, as it would be at the sampler's limit)."""
+        cgroup = self.cgroup
+        if cgroup is None or self.limit is None or self.exceeded is not None:
+            return False
+        if not cgroup.oom_killed():
+            return False
+        pid, name, size = self.last_largest or (None, "?", None)
+        self.exceeded = {
+            "limit": self.limit,
+            "used": cgroup.peak() or self.limit,
+            "pid": pid,
+            "name": name,
+            "largest": size,
+            "by": "kernel",
         }
         return True
 
     def report(self) -> dict[str, object]:
+        # The kernel may have killed the action's own process between two samples.
+        self.check_kernel_kill()
+        counted = self.cgroup.peak() if self.cgroup is not None else None
         report: dict[str, object] = {
             "user": round(self.user, 6),
             "system": round(self.system, 6),
-            # The tree's peak is at least its largest process's.
-            "peak_rss": max(self.largest, self.tree),
+            # What the cgroup counted where there is one (what its limit holds);
+            # else the sampled tree's, at least its largest process's.
+            "peak_rss": counted if counted is not None else max(self.largest, self.tree),
             "sampled": self.sampled,
         }
+        if counted is not None:
+            report["cgroup"] = True
         if self.gpu is not None:
             report["peak_gpu"] = self.gpu
         if self.exceeded is not None:
@@ -202,6 +290,102 @@ class GpuSampler:
         return sum(size for pid, size in used.items() if pid in pids)
 
 
+#: By cgroup version: its limit's, peak's and events' files, and what means no limit.
+CGROUP_FILES = {
+    1: ("memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control", "-1"),
+    2: ("memory.max", "memory.peak", "memory.events", "max"),
+}
+
+
+class MemoryCgroup:
+    """The launcher's memory cgroup (made and joined by the agent: ``_memcg.py``):
+    per action, the limit written, the peak reset, the OOM kills counted."""
+
+    def __init__(self, path: str, version: int) -> None:
+        self.path = path
+        self.version = version
+        self.limit_file, self.peak_file, self.events_file, self.unlimited = CGROUP_FILES[version]
+        #: v2: the open ``memory.peak`` whose peak was reset (per open file).
+        self.peak_fd: int | None = None
+        #: The peak could not be reset for this action: ``peak`` has none to give.
+        self.peak_unknown = False
+        self.kills_before = 0
+
+    @classmethod
+    def from_request(cls, value: object) -> MemoryCgroup | None:
+        if not isinstance(value, list) or len(value) != 2:
+            return None
+        path, version = value
+        if not isinstance(path, str) or version not in CGROUP_FILES:
+            return None
+        return cls(path, version)
+
+    def _write(self, name: str, text: str) -> None:
+        with open(os.path.join(self.path, name), "w") as file:
+            file.write(text)
+
+    def arm(self, limit: int | None) -> bool:
+        """Set for an action; ``False`` (sample instead) where a file would not take it."""
+        self.close()
+        try:
+            self._write(self.limit_file, str(limit) if limit is not None else self.unlimited)
+        except OSError:
+            return False
+        try:
+            if self.version == 1:
+                self._write(self.peak_file, "0")
+            else:
+                self.peak_fd = os.open(os.path.join(self.path, self.peak_file), os.O_RDWR)
+                os.write(self.peak_fd, b"reset\n")  # Linux 6.12+: this file's own peak
+        except OSError:
+            # No peak of the action's own (before 6.12): the samples measure it.
+            self.close()
+            self.peak_unknown = True
+        self.kills_before = self.oom_kills()
+        return True
+
+    def close(self) -> None:
+        if self.peak_fd is not None:
+            os.close(self.peak_fd)
+            self.peak_fd = None
+
+    def oom_kills(self) -> int:
+        try:
+            with open(os.path.join(self.path, self.events_file)) as file:
+                for line in file:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def oom_killed(self) -> bool:
+        return self.oom_kills() > self.kills_before
+
+    def peak(self) -> int | None:
+        """Bytes at the most the cgroup held since ``arm``."""
+        if self.peak_unknown:
+            return None
+        try:
+            if self.peak_fd is not None:
+                return int(os.pread(self.peak_fd, 64, 0))
+            if self.version == 1:
+                with open(os.path.join(self.path, self.peak_file)) as file:
+                    return int(file.read())
+        except (OSError, ValueError):
+            pass
+        return None
+
+
+#: Bytes of an action's output kept in memory while no agent is there; more goes
+#: to the spill file (and, should that fail, the pipe is left unread: the action
+#: waits for its writes, and nothing is lost).
+HELD_OUTPUT_BYTES = 1 << 16
+#: Largest read from the output pipe while no agent is there.
+HELD_READ_BYTES = 1 << 16
+
+
 #: Bound on kill rounds in one sweep (each round kills everything found below).
 SWEEP_ROUNDS = 100
 #: Bound on one sweep, in real time (the agent does not time it out).
@@ -231,9 +415,51 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+class _HeldOutput:
+    """The action's output read while no agent is there: a bounded buffer, appended
+    to the spill file when it fills."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.buffer = bytearray()
+        self.written = 0
+        self.failed = path is None
+
+    @property
+    def full(self) -> bool:
+        return self.failed and len(self.buffer) >= HELD_OUTPUT_BYTES
+
+    def add(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= HELD_OUTPUT_BYTES:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Append the buffer to the spill file; ``False`` if it cannot be."""
+        if not self.buffer:
+            return True
+        if self.path is None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(self.buffer)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+        except OSError:
+            self.failed = True
+            return False
+        self.written += len(self.buffer)
+        self.buffer = bytearray()
+        return True
+
+
 class Launcher:
     def __init__(self, sock: socket.socket, *, subreaper: bool = True) -> None:
-        self.sock = sock
+        #: The agent's connection (``None``: the agent is gone, we hold).
+        self.sock: socket.socket | None = sock
         #: Whether everything our actions start stays below us (Linux): only then
         #: does a clean sweep mean nothing of the session is left anywhere.
         self.subreaper = subreaper
@@ -248,6 +474,21 @@ class Launcher:
         self.done = False
         #: Whether the last sweep left nothing below us.
         self.clean = True
+        #: The read end of the action's output pipe, when the spawn gave us one: ours
+        #: to read only while no agent is there.
+        self.output: int | None = None
+        #: The last action's exit report, until the next spawn or sweep: an agent that
+        #: comes back gets it (the one before may have died before it read it).
+        self.last_exit: dict[str, object] | None = None
+        #: What the agent said of the last action (a spawn's ``meta``), likewise.
+        self.meta: object = None
+        #: What to do when the agent goes (``None``: kill everything; see the docstring).
+        self.hold: dict[str, object] | None = None
+        #: Where an agent connects while we hold (listening from the hold on).
+        self.listener: socket.socket | None = None
+        self.listener_path = ""
+        #: The hold we were under when the grace passed with no agent: its files go.
+        self.expired: dict[str, object] | None = None
         wake_read, wake_write = _platform.nonblocking_pipe()
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
@@ -255,6 +496,8 @@ class Launcher:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
     def send(self, message: dict[str, object]) -> None:
+        if self.sock is None:
+            return  # no agent now: one that comes back gets ``last_exit``
         try:
             self.sock.sendall(json.dumps(message).encode() + b"\n")
         except OSError:
@@ -262,6 +505,8 @@ class Launcher:
 
     def receive(self) -> tuple[dict[str, object] | None, list[int]]:
         """The next request and the fds that came with it; ``None`` at the end."""
+        if self.sock is None:
+            return None, []
         try:
             header, fds, _flags, _addr = socket.recv_fds(self.sock, 4, 4)
             for fd in fds:
@@ -288,31 +533,53 @@ class Launcher:
 
     def reap(self) -> None:
         while True:
+            name = None
             try:
-                pid, status, rusage = os.wait4(-1, os.WNOHANG)
+                if self.usage.watching_kernel:
+                    # Named before it is reaped (a zombie still has its name): the
+                    # kernel's OOM victim is one of these, and only they know it.
+                    waited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    if waited is None:
+                        return
+                    name = _platform.process_name(waited.si_pid)
+                    pid, status, rusage = os.wait4(waited.si_pid, 0)
+                else:
+                    pid, status, rusage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             action = self.action
             if action is not None:
-                self.usage.add(rusage)
+                self.usage.add(rusage, pid, name)
             if action is not None and pid == action.pid:
                 self.action = None
                 code = os.waitstatus_to_exitcode(status)
                 # We reaped it, not the Popen: say so, or the Popen would try to
                 # reap the pid later (and could take a new child's status).
                 action.returncode = code
-                self.send({"exit": pid, "code": code, "usage": self.usage.report()})
+                self.last_exit = {"exit": pid, "code": code, "usage": self.usage.report()}
+                self.send(self.last_exit)
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> None:
         argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
         env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
         cwd = str(request["cwd"])
         limit = request.get("memory_limit")
+        kept = fds[1] if len(fds) == 2 else None
+        self.set_output(None)
+        self.last_exit = None
+        self.meta = None
         try:
-            if len(fds) != 1 or not argv:
-                raise OSError(errno.EINVAL, "a spawn request needs an argv and one fd")
+            if len(fds) not in (1, 2) or not argv:
+                raise OSError(errno.EINVAL, "a spawn request needs an argv and one or two fds")
+            if self.usage.cgroup is not None:
+                self.usage.cgroup.close()
+            # Limit set and peak reset before the action starts.
+            usage = Usage(
+                int(limit) if isinstance(limit, int) and limit > 0 else None,
+                MemoryCgroup.from_request(request.get("memory_cgroup")),
+            )
             process = _spawn(argv, env, cwd, fds[0])
         except OSError as exc:
             self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
@@ -321,11 +588,20 @@ class Launcher:
             self.send({"errno": errno.EINVAL, "message": str(exc)})
         else:
             self.action = process
-            self.usage = Usage(int(limit) if isinstance(limit, int) and limit > 0 else None)
+            self.usage = usage
+            self.set_output(kept)
+            kept = None
+            self.meta = request.get("meta")
             self.send({"pid": process.pid})
         finally:
             for fd in fds:
-                os.close(fd)
+                if fd != self.output:
+                    os.close(fd)
+
+    def set_output(self, fd: int | None) -> None:
+        if self.output is not None:
+            os.close(self.output)
+        self.output = fd
 
     def sample_gpu(self) -> None:
         assert self.gpu is not None
@@ -383,19 +659,25 @@ class Launcher:
             select.select([self.wake], [], [], remaining)
             _drain(self.wake)
 
+    def tick(self) -> float | None:
+        """Sample what is due while an action runs; seconds until the next sample
+        (``None``: no action runs)."""
+        if self.action is None:
+            return None
+        if time.monotonic() >= self.usage.next_sample and self.usage.sample(self.me):
+            self.kill_action()
+        due = self.usage.next_sample
+        if self.gpu is not None:
+            if time.monotonic() >= self.usage.next_gpu_sample:
+                self.sample_gpu()
+            due = min(due, self.usage.next_gpu_sample)
+        return max(0.0, due - time.monotonic())
+
     def serve(self) -> None:
         while True:
+            assert self.sock is not None
             sock = self.sock.fileno()
-            timeout = None
-            if self.action is not None:
-                if time.monotonic() >= self.usage.next_sample and self.usage.sample(self.me):
-                    self.kill_action()
-                due = self.usage.next_sample
-                if self.gpu is not None:
-                    if time.monotonic() >= self.usage.next_gpu_sample:
-                        self.sample_gpu()
-                    due = min(due, self.usage.next_gpu_sample)
-                timeout = max(0.0, due - time.monotonic())
+            timeout = self.tick()
             readable, _, _ = select.select([sock, self.wake], [], [], timeout)
             if self.wake in readable:
                 _drain(self.wake)
@@ -406,19 +688,154 @@ class Launcher:
             if request is None:
                 for fd in fds:
                     os.close(fd)
+                if self.hold is not None and self.wait_for_agent():
+                    continue
                 return
             if "spawn" in request:
                 self.spawn(request, fds)
                 continue
             for fd in fds:
                 os.close(fd)
+            if "hold" in request:
+                self.set_hold(request["hold"])
+                self.send({"held": self.hold is not None})
+                continue
             if request.get("sweep"):
+                self.set_output(None)
+                self.last_exit = None
                 swept = self.sweep()
                 self.send({"swept": swept, "clean": self.clean, "holds": self.subreaper})
                 if request.get("exit"):
                     # The session's end in one exchange: swept, answered, gone.
                     self.done = True
                     return
+
+    def wait_for_agent(self) -> bool:
+        """The agent went while we hold: keep everything running, read the action's
+        output, and wait for an agent to connect on the hold's socket. ``True`` once
+        one has (it is ``self.sock`` now); ``False`` when the grace passed first."""
+        hold, listener = self.hold, self.listener
+        assert hold is not None
+        assert listener is not None
+        self.hold = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        deadline = time.monotonic() + float(hold["grace"])  # type: ignore[arg-type]
+        held = _HeldOutput(str(hold["spill"]) if hold.get("spill") else None)
+        eof = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.expired = hold
+                    return False
+                due = self.tick()
+                watch = [listener.fileno(), self.wake]
+                if self.output is not None and not eof and not held.full:
+                    watch.append(self.output)
+                timeout = remaining if due is None else min(due, remaining)
+                readable, _, _ = select.select(watch, [], [], timeout)
+                if self.wake in readable:
+                    _drain(self.wake)
+                    self.reap()
+                if self.output is not None and self.output in readable:
+                    try:
+                        chunk = os.read(self.output, HELD_READ_BYTES)
+                    except BlockingIOError:
+                        chunk = None
+                    if chunk == b"":
+                        eof = True
+                    elif chunk:
+                        held.add(chunk)
+                if listener.fileno() not in readable:
+                    continue
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                if not _platform.same_user(conn) or not held.flush():
+                    conn.close()
+                    continue
+                # Gone before the agent hears from us: one agent at a time.
+                self.close_listener()
+                if self.attach(conn, held):
+                    return True
+                self.set_hold(hold)  # that agent went at once: wait for another
+                if self.listener is None:
+                    self.expired = hold
+                    return False
+                listener = self.listener
+                self.hold = None
+        finally:
+            self.close_listener()
+
+    def set_hold(self, hold: object) -> None:
+        """Hold (a usable request: listen on its socket now, so that an agent that
+        comes early waits in the backlog) or not (``None``)."""
+        self.close_listener()
+        self.hold = None
+        if not isinstance(hold, dict) or not hold.get("socket") or not hold.get("grace"):
+            return
+        try:
+            self.listener = _platform.listen_unix(str(hold["socket"]))
+        except OSError:
+            return  # nowhere to wait: not held
+        self.listener_path = str(hold["socket"])
+        self.hold = hold
+
+    def close_listener(self) -> None:
+        if self.listener is None:
+            return
+        self.listener.close()
+        self.listener = None
+        try:
+            os.unlink(self.listener_path)
+        except OSError:
+            pass
+
+    def attach(self, conn: socket.socket, held: _HeldOutput) -> bool:
+        """Hand the session to the agent on ``conn``: what runs, the spill file, the
+        last exit, and the output pipe (see the module docstring)."""
+        conn.setblocking(True)
+        self.reap()  # an exit whose SIGCHLD has not woken us yet is known too
+        message: dict[str, object] = {
+            "attached": self.action.pid if self.action is not None else None,
+            "spill": held.path if held.written else None,
+            "exit": self.last_exit,
+            "meta": self.meta,
+        }
+        data = json.dumps(message).encode() + b"\n"
+        fds = [self.output] if self.output is not None else []
+        try:
+            sent = socket.send_fds(conn, [data], fds)
+            if sent < len(data):
+                conn.sendall(data[sent:])
+        except OSError:
+            conn.close()
+            return False
+        self.sock = conn
+        return True
+
+    def remove_held_files(self) -> None:
+        """The grace passed with no agent, and everything is swept: the files of the
+        session's hold go too (the socket went with the wait)."""
+        hold = self.expired
+        if hold is None:
+            return
+        files = hold.get("files")
+        paths = [hold.get("spill"), *(files if isinstance(files, list) else [])]
+        for path in paths:
+            if isinstance(path, str) and path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        directory = hold.get("directory")
+        if isinstance(directory, str) and directory:
+            import shutil  # only here: a session's start does not pay for it
+
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subprocess.Popen[bytes]:
@@ -474,6 +891,8 @@ def main() -> int:
     finally:
         if not launcher.done:
             launcher.sweep()
+        launcher.close_listener()
+        launcher.remove_held_files()
     return 0
 
 

@@ -218,18 +218,25 @@ class LogStream:
         *,
         mode: int = 0o600,
         compact_over: int | None = None,
+        shipped_marker: Path | None = None,
     ) -> None:
         """``compact_over``: once everything is shipped and the file holds more than
-        this many bytes, empty it (for a spool file that is not a log to keep)."""
+        this many bytes, empty it (for a spool file that is not a log to keep).
+        ``shipped_marker``: a file that keeps how much of ``path`` is shipped,
+        rewritten (atomically) after each upload; a stream opened on a file an
+        earlier agent wrote ships from there (a session taken over after a restart
+        loses none of the lines the dead agent had not shipped)."""
         self.path = path
         self.destination = destination
         self._compact_over = compact_over
+        self._marker = shipped_marker if compact_over is None else None
         self._base = 0  # bytes removed from the front of the file by compaction
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)
         os.fchmod(self._fd, mode)
         self._start = os.fstat(self._fd).st_size  # appending to an existing file: ship what is new
         self._written = self._start
+        self._start = min(self._start, _read_marker(self._marker))
         self._shipped = self._start
         self._given_up = False
         self._last_ms = 0
@@ -400,6 +407,8 @@ class LogStream:
 
     def _advance(self, offset: int) -> None:
         self._shipped = offset
+        if self._marker is not None:
+            _write_marker(self._marker, offset)
         compact = self._compact_over
         if (
             compact is not None
@@ -411,6 +420,25 @@ class LogStream:
             os.ftruncate(self._fd, 0)
             self._base = self._written
         self._wake()
+
+
+def _read_marker(marker: Path | None) -> int:
+    """The offset a shipped marker keeps (``inf``-like large when there is none)."""
+    if marker is not None:
+        try:
+            return max(int(marker.read_text()), 0)
+        except (OSError, ValueError):
+            pass
+    return 1 << 62
+
+
+def _write_marker(marker: Path, offset: int) -> None:
+    temporary = marker.with_name(f".{marker.name}.new")
+    try:
+        temporary.write_text(str(offset))
+        os.replace(temporary, marker)
+    except OSError as exc:  # a restart may then ship a few lines twice; never fail for it
+        log.warning("logship.marker_failed", path=str(marker), error=str(exc))
 
 
 def _single_lines(lines: Iterable[str]) -> Iterable[str]:
@@ -477,6 +505,7 @@ class LogShipper:
                         command.path,
                         command.destination,
                         compact_over=command.compact_over,
+                        shipped_marker=command.shipped_marker,
                     )
                     with command.reply_to:
                         try:
@@ -487,13 +516,21 @@ class LogShipper:
             await trio.sleep_forever()  # the streams ship on until cancelled
 
     def open_stream(
-        self, path: Path, destination: Destination | None = None, *, compact_over: int | None = None
+        self,
+        path: Path,
+        destination: Destination | None = None,
+        *,
+        compact_over: int | None = None,
+        shipped_marker: Path | None = None,
     ) -> LogStream:
         """A new stream writing to ``path`` (0600) and, with a destination, to CloudWatch.
-        ``compact_over``: the file is a spool, emptied once shipped (see ``LogStream``)."""
+        ``compact_over``: the file is a spool, emptied once shipped; ``shipped_marker``:
+        the shipped offset is kept there (see ``LogStream``)."""
         if destination is not None and self.sink is None:
             destination = None
-        stream = LogStream(path, destination, compact_over=compact_over)
+        stream = LogStream(
+            path, destination, compact_over=compact_over, shipped_marker=shipped_marker
+        )
         self._streams = [s for s in self._streams if not s.done]
         self._streams.append(stream)
         if destination is not None:
@@ -525,11 +562,14 @@ async def open_log_stream(
     destination: Destination | None = None,
     *,
     compact_over: int | None = None,
+    shipped_marker: Path | None = None,
 ) -> LogStream:
     """Ask the log shipper for a new stream (see ``LogShipper.open_stream``)."""
     reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[LogWriter]](1)
     with reply_receive:
-        await shipper.send(OpenLogStream(path, destination, reply_send, compact_over))
+        await shipper.send(
+            OpenLogStream(path, destination, reply_send, compact_over, shipped_marker)
+        )
         stream = (await reply_receive.receive()).unwrap()
     assert isinstance(stream, LogStream)  # the shipper opens nothing else
     return stream

@@ -390,9 +390,11 @@ class ActionUsage:
     """What an action cost. Its wall time always; where its session has a launcher
     (every contained session), the CPU time of its processes (the action with the
     children it waited for, and anything of the session that ended while it ran)
-    and the peak resident memory of the session's whole process tree while it ran
-    (sampled twice a second, and never below its largest single process). The
-    figures survive a kill, a timeout or a cancel."""
+    and the peak memory of the session's whole process tree while it ran: what its
+    memory cgroup counted, where the host gives the session one (``_memcg.py``:
+    resident memory and page cache, as the kernel charges them), else its resident
+    memory sampled twice a second (and never below its largest single process).
+    The figures survive a kill, a timeout or a cancel."""
 
     wall_seconds: float
     cpu_user_seconds: float | None = None
@@ -524,12 +526,14 @@ class LogWriter(Protocol):
 @attrs.frozen
 class OpenLogStream:
     """Open a log stream writing to ``path`` and, with a destination, shipping there;
-    the reply is the stream (``compact_over``: the file is a spool, see ``LogStream``)."""
+    the reply is the stream (``compact_over``: the file is a spool; ``shipped_marker``:
+    where the shipped offset is kept; see ``LogStream``)."""
 
     path: Path
     destination: Destination | None
     reply_to: trio.MemorySendChannel[outcome.Outcome[LogWriter]]
     compact_over: int | None = None
+    shipped_marker: Path | None = None
 
 
 LogShipperCommand = OpenLogStream

@@ -154,6 +154,8 @@ class SessionContext:
         self.entering: str | None = None
         #: Notes for the session log from preparing actions (taken by the runner).
         self.notes: list[str] = []
+        #: Counts the variable changes onEnter actions made (for the restart state).
+        self.changes_made = 0
 
     # ---------------------------------------------------------------- queries
 
@@ -188,8 +190,26 @@ class SessionContext:
             if entry.identifier == self.entering:
                 entry.changes.pop(name, None)  # keep the order of the latest change
                 entry.changes[name] = value
+                self.changes_made += 1
                 return True
         return False
+
+    def entered_changes(self) -> tuple[tuple[str, dict[str, str | None]], ...]:
+        """Each entered environment's variable changes, outermost first."""
+        return tuple((entry.identifier, dict(entry.changes)) for entry in self._entered)
+
+    def restore_entered(self, action: EnterEnvironment, changes: Mapping[str, str | None]) -> None:
+        """An environment an earlier agent entered, with the changes its variables and
+        its onEnter made: entered again without running anything."""
+        self._entered.append(
+            _EnteredEnvironment(
+                action.environment_id,
+                action.environment,
+                action.step_name,
+                action.resolved_symtab,
+                dict(changes),
+            )
+        )
 
     def process_env(self, extra: Mapping[str, str]) -> dict[str, str]:
         """An action's environment: the agent's, then the session's, the action's

@@ -22,6 +22,10 @@ import ctypes
 import fcntl
 import os
 import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 FALLBACK_VARIABLE = "FARMHAND_POSIX_FALLBACK"
 _PR_SET_CHILD_SUBREAPER = 36
@@ -275,3 +279,55 @@ def open_pidfd(pid: int) -> int | None:
     if pidfd_open is None or not use_proc():
         return None
     return int(pidfd_open(pid))
+
+
+def unix_address(path: str) -> tuple[str, int | None]:
+    """An address for ``path`` that bind and connect take (at most 107 bytes): a
+    longer one goes through its directory's fd (``/proc/self/fd/N/NAME``, Linux),
+    which the caller closes once bound or connected."""
+    if len(os.fsencode(path)) < 100 or not os.path.isdir("/proc/self/fd"):
+        return path, None
+    directory, name = os.path.split(path)
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{name}", fd
+
+
+def listen_unix(path: str) -> socket.socket:
+    """A unix socket listening at ``path`` (0600; a stale one there is replaced)."""
+    import socket  # here: the watchdog, which loads this module too, needs none
+
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address, fd = unix_address(path)
+    mask = os.umask(0o177)
+    try:
+        listener.bind(address)
+        listener.listen(4)
+    except BaseException:
+        listener.close()
+        raise
+    finally:
+        os.umask(mask)
+        if fd is not None:
+            os.close(fd)
+    return listener
+
+
+def same_user(conn: socket.socket) -> bool:
+    """Whether the peer runs as we do (or as root). Where the system cannot say,
+    the socket's mode (0600, in a 0700 directory) is the check."""
+    import socket
+    import struct
+
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return True
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return False
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (0, os.geteuid())

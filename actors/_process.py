@@ -40,7 +40,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from ._spawn import SessionLauncher, check_exec_arguments
+from ._spawn import Reattached, SessionLauncher, check_exec_arguments
 
 #: Largest read from the output pipe.
 CHUNK_BYTES = 1 << 20
@@ -173,8 +173,10 @@ async def run_process(
     also_signal: Callable[[signal.Signals], None] | None = None,
     file_group: int | None = None,
     memory_limit: int | None = None,
+    launcher_meta: Mapping[str, object] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
+    ``launcher_meta`` goes with the spawn request (``SessionLauncher.spawn(meta=)``).
 
     ``launcher`` starts the process, when given (to contain it and whatever it
     starts); otherwise we start it ourselves.
@@ -195,7 +197,13 @@ async def run_process(
         try:
             if launcher is not None:
                 process = await launcher.spawn(
-                    argv, env=env, cwd=cwd, output_fd=write_fd, memory_limit=memory_limit
+                    argv,
+                    env=env,
+                    cwd=cwd,
+                    output_fd=write_fd,
+                    output_read_fd=read_fd,
+                    memory_limit=memory_limit,
+                    meta=launcher_meta,
                 )
             else:
                 process = await trio.lowlevel.open_process(
@@ -212,6 +220,55 @@ async def run_process(
     except OSError as exc:
         os.close(read_fd)
         return _spawn_failed(argv, exc)
+    supervisor = _Supervisor(
+        process,
+        read_fd,
+        method,
+        runtime_limit,
+        control,
+        on_output,
+        log,
+        cwd,
+        also_signal,
+        file_group,
+    )
+    return await supervisor.run()
+
+
+async def resume_process(
+    reattached: Reattached,
+    *,
+    cwd: Path,
+    method: CancelMethod,
+    runtime_limit: float | None,
+    control: ActionControl,
+    on_output: Callable[[bytes], Awaitable[None]],
+    log: LogFn,
+    also_signal: Callable[[signal.Signals], None] | None = None,
+    file_group: int | None = None,
+) -> ProcessResult:
+    """``run_process`` for an action a dead agent started, taken over from its
+    launcher (``SessionLauncher.reattach``): first what it wrote while no agent
+    was there (the spill file, removed once read), then its pipe, to its end.
+    ``runtime_limit``: what is left of it."""
+    process = reattached.process
+    assert process is not None
+    spill = reattached.spill
+    if spill is not None:
+        try:
+            data = await trio.Path(spill).read_bytes()
+        except OSError as exc:
+            log("warning", f"the output the action wrote while no agent was there is lost: {exc}")
+        else:
+            for start in range(0, len(data), CHUNK_BYTES):
+                await on_output(data[start : start + CHUNK_BYTES])
+        await trio.Path(spill).unlink(missing_ok=True)
+    read_fd = reattached.output_fd
+    reattached.output_fd = None
+    if read_fd is None:
+        # No pipe came (its output had ended): an empty one reads as that end.
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        os.close(write_fd)
     supervisor = _Supervisor(
         process,
         read_fd,

@@ -34,6 +34,9 @@ only when ``after`` has returned; an exception from either fails the action.
 
 The runner ends with a ``SessionEnded`` event, after removing its working
 directory (unless asked to keep it).
+
+Restarts: with ``SessionConfig.restart_hold`` the session outlives the agent's
+death, and a runner given a ``SessionResume`` takes one over (``_sessionkeep.py``).
 """
 
 from __future__ import annotations
@@ -94,8 +97,10 @@ from ._messages import (
 from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
 from ._paths import private_directory
 from ._platform import processes_of_user
-from ._process import ActionControl, ProcessResult, run_process
-from ._spawn import SessionLauncher
+from ._process import ActionControl, ProcessResult, resume_process, run_process
+from ._restart import RestartHold, SessionResume
+from ._sessionkeep import SessionRestarts, _describe, _final_state
+from ._spawn import Reattached, SessionLauncher
 from ._usage import memory_limit_message, usage_from_launcher
 from ._watchdog import TAG_VARIABLE, find_processes
 
@@ -145,6 +150,11 @@ class SessionConfig:
     #: with a note (the action runs on); ``fail`` fails the action.
     output_limit: int | None = None
     output_limit_mode: Literal["truncate", "fail"] = "truncate"
+    #: Keep the session through the agent's death (``_sessionkeep.py``); the queue
+    #: and job ids go into its state file.
+    restart_hold: RestartHold | None = None
+    queue_id: str = ""
+    job_id: str = ""
 
 
 def default_session_root() -> Path:
@@ -164,7 +174,7 @@ async def _resolve_runnable(item: QueuedAction) -> Runnable:
     raise TypeError(f"no resolver for queued action of type {type(item).__name__}")
 
 
-class SessionRunner:
+class SessionRunner(SessionRestarts):
     """Runs one OpenJD session's actions. Start it with ``nursery.start(runner.run)``;
     the value it starts with is its inbox (a ``MemorySendChannel[SessionCommand]``).
     """
@@ -176,8 +186,14 @@ class SessionRunner:
         *,
         resolver: Resolver | None = None,
         containment: Containment | None = None,
+        resume: SessionResume | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
+        self._resume = resume
+        # A working directory the user keeps is not the launcher's to remove.
+        self._restart_hold = None if config.retain_working_directory else config.restart_hold
+        self._state_ids = (config.queue_id, config.job_id)
         self._own_containment = containment is None
         self._containment = containment
         self.session_id = config.session_id
@@ -211,10 +227,6 @@ class SessionRunner:
 
     # ------------------------------------------------------------------ public
 
-    @property
-    def working_directory(self) -> Path | None:
-        return self._context.working_directory if self._context else None
-
     async def run(
         self,
         *,
@@ -239,7 +251,11 @@ class SessionRunner:
         if job_user is not None and root.stat().st_uid == os.geteuid():
             # The job user must be able to reach its (group-shared) session directory.
             root.chmod(root.stat().st_mode | 0o711)
-        working_directory = Path(tempfile.mkdtemp(dir=root, prefix="session-"))
+        if self._resume is not None:
+            working_directory = self._resume.held.state.working_directory
+            working_directory.mkdir(mode=0o700, exist_ok=True)
+        else:
+            working_directory = Path(tempfile.mkdtemp(dir=root, prefix="session-"))
         if self._containment is None:
             self._containment = Containment()
         containment = self._containment
@@ -260,6 +276,14 @@ class SessionRunner:
                 redactor=self.redactor,
                 job_user=job_user,
             )
+            if self._resume is not None:
+                for enter, changes in self._resume.environments:
+                    self._context.restore_entered(enter, changes)
+                self._actions_started = self._resume.held.state.actions_started
+                self._launcher = self._resume.held.reattached.launcher
+                self._launcher_tried = True
+                containment.adopt_launcher(self.session_id, self._launcher)
+                await self._hold(self._launcher)
             inbox_send, inbox_receive = trio.open_memory_channel[SessionCommand](0)
             await self._run_session(inbox_send, inbox_receive, task_status)
         finally:
@@ -360,6 +384,7 @@ class SessionRunner:
             await self._never_attempted(item)
 
     async def _begin_stop(self, command: Stop) -> None:
+        await self._release()
         now = trio.current_time()
         deadline = math.inf if command.grace is None else now + max(command.grace, 0.0)
         first = self._stop is None
@@ -396,6 +421,8 @@ class SessionRunner:
     async def _execute(self) -> None:
         context = self._context
         assert context is not None
+        if self._resume is not None:
+            await self._resume_session(self._resume, context)
         while self._stop is None:
             if self._queue:
                 await self._run_item(self._queue.popleft())
@@ -549,6 +576,7 @@ class SessionRunner:
         tag: str | None,
         *,
         memory_limit: int | None = None,
+        reattached: Reattached | None = None,
     ) -> ProcessResult:
         assert prepared.argv is not None
         action_id = running.action_id
@@ -574,6 +602,8 @@ class SessionRunner:
             for event in pending:
                 await self._emit(event)
             pending.clear()
+            if context.changes_made != self._changes_written:
+                self._write_state()
 
         async def on_output(data: bytes) -> None:
             await flush(processor.feed(data))
@@ -581,24 +611,47 @@ class SessionRunner:
         def note(level: str, message: str) -> None:
             pending.append(SessionLog(self.session_id, action_id, level, message))
 
-        await self._note(action_id, "info", f"running: {describe_command(prepared.argv)}")
-        began = trio.current_time()
-        result = await run_process(
-            prepared.argv,
-            env=prepared.env,
-            cwd=context.working_directory,
-            method=prepared.method,
-            runtime_limit=prepared.timeout,
-            control=running.control,
-            on_output=on_output,
-            log=note,
-            launcher=await self._get_launcher(),
-            also_signal=partial(_signal_tagged, context.job_user, tag)
+        also_signal = (
+            partial(_signal_tagged, context.job_user, tag)
             if context.job_user is not None and tag is not None
-            else None,
-            file_group=context.job_user.gid if context.job_user is not None else None,
-            memory_limit=memory_limit,
+            else None
         )
+        file_group = context.job_user.gid if context.job_user is not None else None
+        began = trio.current_time()
+        if reattached is not None:
+            process = reattached.process
+            pid = process.pid if process is not None else None
+            await self._note(
+                action_id, "info", f"re-attached to process {pid} after an agent restart"
+            )
+            result = await resume_process(
+                reattached,
+                cwd=context.working_directory,
+                method=prepared.method,
+                runtime_limit=prepared.timeout,
+                control=running.control,
+                on_output=on_output,
+                log=note,
+                also_signal=also_signal,
+                file_group=file_group,
+            )
+        else:
+            await self._note(action_id, "info", f"running: {describe_command(prepared.argv)}")
+            result = await run_process(
+                prepared.argv,
+                env=prepared.env,
+                cwd=context.working_directory,
+                method=prepared.method,
+                runtime_limit=prepared.timeout,
+                control=running.control,
+                on_output=on_output,
+                log=note,
+                launcher=await self._get_launcher(),
+                also_signal=also_signal,
+                file_group=file_group,
+                memory_limit=memory_limit,
+                launcher_meta=self._spawn_meta(running, prepared, context, tag),
+            )
         await flush(processor.finish())
         if result.spawn_error is not None:
             running.fail_message = running.fail_message or f"cannot start {result.spawn_error}"
@@ -640,6 +693,8 @@ class SessionRunner:
         if running.reported:
             return
         running.reported = True
+        if self._holding:
+            self._record_ended(running, state, exit_code)
         log.debug(
             "session.action_ended",
             action_id=running.action_id,
@@ -734,9 +789,12 @@ class SessionRunner:
         if not self._launcher_tried and self._containment is not None:
             self._launcher_tried = True
             self._launcher = await self._containment.start_launcher(self.session_id)
+            if self._launcher is not None and self._stop is None:
+                await self._hold(self._launcher)
         return self._launcher
 
     async def _cleanup(self, working_directory: Path) -> None:
+        await self._release()
         launcher, self._launcher = self._launcher, None
         containment = self._containment
         swept_below = recycled = False
@@ -840,25 +898,3 @@ def _signal_tagged(user: ResolvedJobUser | None, tag: str | None, sig: signal.Si
     if user is None or tag is None:
         return
     signal_as(user, sig, find_processes(tag, exact=True))
-
-
-def _final_state(result: ProcessResult) -> ActionState:
-    if result.spawn_error is not None or result.mark_failed:
-        return ActionState.FAILED
-    if result.timed_out:
-        return ActionState.TIMEOUT
-    if result.canceled:
-        return ActionState.CANCELED
-    return ActionState.SUCCESS if result.exit_code == 0 else ActionState.FAILED
-
-
-def _describe(runnable: Runnable, context: SessionContext) -> tuple[str, dict[str, str]]:
-    if isinstance(runnable, HostAction):
-        return runnable.label, {}
-    if isinstance(runnable, RunTask):
-        return runnable.step_name, {
-            name: str(value.value) for name, value in runnable.parameters.items()
-        }
-    if isinstance(runnable, EnterEnvironment):
-        return runnable.name, {}
-    return context.environment_name(runnable.environment_id), {}

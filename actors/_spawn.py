@@ -12,6 +12,14 @@ started directly would.
 
 One exchange at a time: a session runs one action at a time, and the lock
 makes ``sweep()`` wait for a running action's process to end.
+
+Restarts: ``hold()`` asks the launcher to keep the session's processes for a
+grace period should the agent die (not when it closes the launcher on
+purpose: ``release()`` first), waiting for an agent on a unix socket; while it
+holds, each action's output pipe is shared with it, so the output outlives the
+agent. ``SessionLauncher.reattach(socket)`` is the new agent's side: it takes
+the session over, with its running action (or its exit), the spill file of
+what the action wrote meanwhile, and the output pipe (``Reattached``).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from typing import Any
 import structlog
 import trio
 
-from . import _launcher, _platform
+from . import _launcher, _memcg, _platform
 
 log = structlog.get_logger("farmhand.spawn")
 
@@ -91,6 +99,103 @@ class LauncherGone(OSError):
     """The session's launcher exited or stopped answering."""
 
 
+def _peer_pid(sock: trio.socket.SocketType) -> int:
+    """The pid of the process at the other end of a unix socket (Linux); 0 elsewhere."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return 0
+    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return int(pid)
+
+
+async def _receive_attach(sock: trio.socket.SocketType) -> tuple[bytes, list[int], bytes]:
+    """The launcher's first line on a reattach, the fds that came with it, and
+    whatever followed it."""
+    data = b""
+    fds: list[int] = []
+    space = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+    while b"\n" not in data:
+        chunk, ancillary, _flags, _addr = await sock.recvmsg(65536, space if not fds else 0)
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+                fds.extend(received)
+        if not chunk:
+            for fd in fds:
+                os.close(fd)
+            raise LauncherGone(errno.EPIPE, "the session's launcher has exited")
+        data += chunk
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    line, rest = data.split(b"\n", 1)
+    return line, fds, rest
+
+
+class Reattached:
+    """A session taken over from its launcher (``SessionLauncher.reattach``)."""
+
+    def __init__(
+        self,
+        *,
+        launcher: SessionLauncher,
+        process: LaunchedProcess | None,
+        output_fd: int | None,
+        spill: Path | None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.launcher = launcher
+        #: What the agent that started the action said of it (``spawn(meta=)``).
+        self.meta = meta
+        #: The action that was running when the agent died (its ``returncode`` set
+        #: if it has ended since); ``None`` if none was.
+        self.process = process
+        #: The read end of its output pipe (ours to close); ``None`` if none came.
+        self.output_fd = output_fd
+        #: What it wrote while no agent was there, before what the pipe still holds
+        #: (ours to read and remove); ``None`` if it wrote nothing.
+        self.spill = spill
+
+
+class _AdoptedProcess:
+    """A launcher an earlier agent started: not our child, so watched through a
+    pidfd (or polled where the system has none) rather than waited for."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _platform.is_alive(self.pid):
+            self.returncode = 0
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    async def wait(self) -> int:
+        try:
+            pidfd = _platform.open_pidfd(self.pid)
+        except OSError:
+            pidfd = None  # already gone
+        try:
+            if pidfd is not None:
+                await trio.lowlevel.wait_readable(pidfd)
+            delay = 0.001
+            while self.poll() is None:
+                await trio.sleep(delay)  # POSIX fallback: no pidfd to wait on
+                delay = min(delay * 2, 0.05)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        self.returncode = 0
+        return 0
+
+
 class LaunchedProcess:
     """An action's process, started by the launcher."""
 
@@ -111,12 +216,27 @@ class LaunchedProcess:
 class SessionLauncher:
     """See the module docstring. Start one with ``await SessionLauncher.start()``."""
 
-    def __init__(self, process: trio.Process, sock: trio.socket.SocketType) -> None:
+    def __init__(
+        self, process: trio.Process | _AdoptedProcess, sock: trio.socket.SocketType
+    ) -> None:
         self._process = process
         self._sock = sock
         self._buffer = b""
         self._lock = trio.Lock()
+        #: Sends only: ``release()`` sends while an exchange waits for an exit.
+        self._send_lock = trio.Lock()
         self._gone = False
+        #: The memory cgroup its actions are charged to, as (path, cgroup version),
+        #: set by ``join_memory_cgroup`` (``_memcg.py``).
+        self.memory_cgroup: tuple[Path, int] | None = None
+        #: A v1 memory cgroup made for this launcher alone, removed once it has gone.
+        self._own_memory_cgroup: Path | None = None
+        #: Whether the launcher holds the session should we die (``hold()``).
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     @classmethod
     async def start(cls, *, cgroup_procs: Path | None = None) -> SessionLauncher:
@@ -156,6 +276,23 @@ class SessionLauncher:
             return False
         return True
 
+    async def join_memory_cgroup(self, path: Path, version: int, *, own: bool) -> bool:
+        """Have its actions charged to the memory cgroup ``path`` (``_memcg.py``): the
+        kernel then holds their limit and counts their peak. ``own``: a v1 cgroup
+        made for it alone, to move it into now and remove when it has gone (a v2
+        session cgroup it was moved into already)."""
+        if own:
+            if not await self.join_cgroup(path / "cgroup.procs"):
+                return False
+            self._own_memory_cgroup = path
+        self.memory_cgroup = (path, version)
+        return True
+
+    def _remove_own_memory_cgroup(self) -> None:
+        path, self._own_memory_cgroup = self._own_memory_cgroup, None
+        if path is not None:
+            _memcg.remove_launcher_cgroup(path)
+
     def discard(self) -> None:
         """End a launcher that never started anything (a spare) without awaiting it:
         for synchronous clean-up paths only; ``aclose()`` is the way otherwise."""
@@ -167,6 +304,7 @@ class SessionLauncher:
         deadline = time.monotonic() + 1.0
         while self._process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)  # it was SIGKILLed: gone within a scheduler tick
+        self._remove_own_memory_cgroup()
 
     @property
     def pid(self) -> int:
@@ -179,9 +317,14 @@ class SessionLauncher:
         env: Mapping[str, str],
         cwd: Path,
         output_fd: int,
+        output_read_fd: int | None = None,
         memory_limit: int | None = None,
+        meta: Mapping[str, object] | None = None,
     ) -> LaunchedProcess:
         """Start ``argv`` with stdout and stderr on ``output_fd`` (which stays ours to close).
+        ``output_read_fd``: the pipe's read end, shared with the launcher while it holds
+        (``hold()``), so the output outlives us. ``meta``: what an agent that takes
+        the session over should know of the action (``Reattached.meta``).
         ``memory_limit``: bytes the session's processes may use together while it runs;
         past it the launcher kills it (its usage then says so).
 
@@ -191,13 +334,20 @@ class SessionLauncher:
         request: dict[str, object] = {"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}
         if memory_limit is not None:
             request["memory_limit"] = int(memory_limit)
+        if meta is not None and self._held:
+            request["meta"] = dict(meta)
+        if self.memory_cgroup is not None:
+            request["memory_cgroup"] = [str(self.memory_cgroup[0]), self.memory_cgroup[1]]
         body = json.dumps(request).encode()
+        fds = [output_fd]
+        if output_read_fd is not None and self._held:
+            fds.append(output_read_fd)
         async with self._lock:
             with self._exchange():
-                await self._send(body, output_fd)
+                await self._send(body, *fds)
                 reply = await self._receive()
-                while "exit" in reply:  # a process the last sweep killed
-                    reply = await self._receive()
+                while "exit" in reply or "held" in reply:  # a process the last sweep
+                    reply = await self._receive()  # killed, or a release's answer
         if "pid" in reply:
             return LaunchedProcess(self, int(reply["pid"]))
         code = int(reply.get("errno") or errno.EIO)
@@ -228,7 +378,7 @@ class SessionLauncher:
         async with self._lock:
             with self._exchange():
                 try:
-                    await self._send(json.dumps({"sweep": True}).encode(), None)
+                    await self._send(json.dumps({"sweep": True}).encode())
                     while True:
                         reply = await self._receive()
                         if "swept" in reply:
@@ -246,7 +396,7 @@ class SessionLauncher:
         async with self._lock:
             with self._exchange():
                 try:
-                    await self._send(json.dumps({"sweep": True}).encode(), None)
+                    await self._send(json.dumps({"sweep": True}).encode())
                     while True:
                         reply = await self._receive()
                         if "swept" in reply:
@@ -267,7 +417,7 @@ class SessionLauncher:
         async with self._lock:
             with self._exchange():
                 try:
-                    await self._send(json.dumps({"sweep": True, "exit": True}).encode(), None)
+                    await self._send(json.dumps({"sweep": True, "exit": True}).encode())
                     while True:
                         reply = await self._receive()
                         if "swept" in reply:
@@ -277,6 +427,107 @@ class SessionLauncher:
                     pass
         await self.aclose()
         return swept
+
+    async def hold(
+        self,
+        *,
+        grace: float,
+        socket_path: Path,
+        spill: Path,
+        files: Sequence[Path] = (),
+        directory: Path | None = None,
+    ) -> bool:
+        """Should we die, keep the session's processes for ``grace`` seconds and wait
+        for an agent on ``socket_path`` (see ``reattach``), reading the action's
+        output into ``spill``; when none comes, kill them and remove ``spill``,
+        ``files`` and ``directory``. Only actions spawned after this share their
+        output. ``False`` if the launcher is gone."""
+        request: dict[str, object] = {
+            "hold": {
+                "grace": float(grace),
+                "socket": str(socket_path),
+                "spill": str(spill),
+                "files": [str(path) for path in files],
+                "directory": str(directory) if directory is not None else None,
+            }
+        }
+        self._held = await self._ask_hold(request)
+        return self._held
+
+    async def release(self) -> None:
+        """A deliberate end (drain, stop, cancel): closing the launcher, or dying,
+        kills the session's processes at once again. Does not wait for the running
+        action's exchange (its answer is skipped by whoever reads next)."""
+        if self._held and not self._gone:
+            self._held = False
+            with self._exchange():
+                try:
+                    await self._send(json.dumps({"hold": None}).encode())
+                except LauncherGone:
+                    pass
+
+    async def _ask_hold(self, request: dict[str, object]) -> bool:
+        if self._gone:
+            return False
+        async with self._lock:
+            with self._exchange():
+                try:
+                    await self._send(json.dumps(request).encode())
+                    while True:
+                        reply = await self._receive()
+                        if "held" in reply:
+                            return bool(reply["held"])
+                except LauncherGone:
+                    return False
+
+    @classmethod
+    async def reattach(cls, socket_path: Path) -> Reattached:
+        """Take over a session whose agent died, from its launcher waiting on
+        ``socket_path``. The launcher no longer holds (``hold()`` again).
+
+        Raises ``OSError`` when no launcher waits there (``LauncherGone`` when one
+        went away during the exchange).
+        """
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            address, dir_fd = _platform.unix_address(str(socket_path))
+            try:
+                await sock.connect(address)
+            finally:
+                if dir_fd is not None:
+                    os.close(dir_fd)
+            pid = _peer_pid(sock)
+            line, fds, rest = await _receive_attach(sock)
+        except BaseException:
+            sock.close()
+            raise
+        launcher = cls(_AdoptedProcess(pid), sock)
+        launcher._buffer = rest
+        try:
+            message: dict[str, Any] = json.loads(line)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            await launcher.aclose()
+            raise LauncherGone(errno.EPROTO, "the session's launcher answered nonsense") from None
+        process: LaunchedProcess | None = None
+        if message.get("attached") is not None:
+            process = LaunchedProcess(launcher, int(message["attached"]))
+        exit_report = message.get("exit")
+        if isinstance(exit_report, dict) and exit_report.get("exit") is not None:
+            process = LaunchedProcess(launcher, int(exit_report["exit"]))
+            process.returncode = int(exit_report["code"])
+            usage = exit_report.get("usage")
+            process.usage = usage if isinstance(usage, dict) else None
+        spill = message.get("spill")
+        meta = message.get("meta")
+        return Reattached(
+            launcher=launcher,
+            process=process,
+            output_fd=fds[0] if fds else None,
+            spill=Path(spill) if isinstance(spill, str) else None,
+            meta=meta if isinstance(meta, dict) else None,
+        )
 
     @contextmanager
     def _exchange(self) -> Iterator[None]:
@@ -294,28 +545,31 @@ class SessionLauncher:
     async def aclose(self) -> None:
         """Let it go: it kills whatever is left below it and exits."""
         self._close_socket()
-        with trio.CancelScope(shield=True), trio.move_on_after(EXIT_TIMEOUT_SECONDS):
-            await self._process.wait()
-            return
-        self._process.kill()
         with trio.CancelScope(shield=True):
-            await self._process.wait()
+            with trio.move_on_after(EXIT_TIMEOUT_SECONDS):
+                await self._process.wait()
+            if self._process.returncode is None:
+                self._process.kill()
+                await self._process.wait()
+            if self._own_memory_cgroup is not None:
+                await trio.to_thread.run_sync(self._remove_own_memory_cgroup)
 
     def _close_socket(self) -> None:
         self._gone = True
         self._sock.close()
 
-    async def _send(self, body: bytes, fd: int | None) -> None:
+    async def _send(self, body: bytes, *fds: int) -> None:
         if self._gone:
             raise LauncherGone(errno.EPIPE, "the session's launcher has exited")
         data = memoryview(struct.pack("!I", len(body)) + body)
         ancillary: list[tuple[int, int, Any]] = []
-        if fd is not None:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        if fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            sent = await self._sock.sendmsg([data], ancillary)
-            while sent < len(data):
-                sent += await self._sock.send(data[sent:])
+            async with self._send_lock:
+                sent = await self._sock.sendmsg([data], ancillary)
+                while sent < len(data):
+                    sent += await self._sock.send(data[sent:])
         except OSError as exc:
             self._gone = True
             raise LauncherGone(errno.EPIPE, "the session's launcher has exited") from exc

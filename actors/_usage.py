@@ -34,14 +34,24 @@ MEMORY_LIMIT_FAILURE = "memory limit exceeded"
 
 def memory_limit_message(over: Mapping[str, object]) -> str:
     """``memory limit exceeded: its processes used 412.3 MiB, over the 256.0 MiB limit
-    (largest: pid 1234 python3, 400.1 MiB); farmhand killed them``."""
+    (largest: pid 1234 python3, 400.1 MiB); farmhand killed them``, or, where a
+    memory cgroup held the limit, ``...: its processes reached the 256.0 MiB limit
+    (largest: ...); the kernel's OOM killer ended one in the session's memory
+    cgroup, farmhand the rest``."""
 
     def mib(key: str) -> str:
         value = over.get(key)
         return f"{value / 2**20:.1f} MiB" if isinstance(value, int | float) else "?"
 
+    largest = f"largest: pid {over.get('pid')} {over.get('name')}, {mib('largest')}"
+    if over.get("by") == "kernel":
+        # The session's memory cgroup held the limit (the largest is the last sample's).
+        return (
+            f"{MEMORY_LIMIT_FAILURE}: its processes reached the {mib('limit')} limit "
+            f"({largest}); the kernel's OOM killer ended one in the session's memory "
+            "cgroup, farmhand the rest"
+        )
     return (
         f"{MEMORY_LIMIT_FAILURE}: its processes used {mib('used')}, over the "
-        f"{mib('limit')} limit (largest: pid {over.get('pid')} {over.get('name')}, "
-        f"{mib('largest')}); farmhand killed them"
+        f"{mib('limit')} limit ({largest}); farmhand killed them"
     )

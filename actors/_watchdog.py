@@ -1,6 +1,6 @@
 """Finding and killing every process started for farmhand's sessions.
 
-This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP [LOCK]]``)
+This file is also run as a script (``python -I -S _watchdog.py TAG [CGROUP [LOCK [MEMCG]]]``)
 by the watchdog that outlives a killed agent, so it imports only the standard
 library and nothing from the package.
 
@@ -62,7 +62,8 @@ def find_processes(tag: str, *, exact: bool = False) -> list[int]:
 
 
 def kill_cgroup(path: str) -> None:
-    """Kill every process in a cgroup v2 directory and below (best effort)."""
+    """Kill every process in a cgroup directory and below (best effort): v2's
+    ``cgroup.kill`` where there is one, else (older kernels, cgroup v1) each member."""
     kill = os.path.join(path, "cgroup.kill")
     try:
         with open(kill, "w") as file:
@@ -78,6 +79,39 @@ def kill_cgroup(path: str) -> None:
                 os.kill(int(pid), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
+
+
+def kill_cgroup_except(path: str, keep: frozenset[str]) -> None:
+    """``kill_cgroup`` for everything in ``path`` but the cgroups in ``keep`` (held
+    sessions'): the other child cgroups one by one, and the members of ``path``."""
+    if not keep:
+        kill_cgroup(path)
+        return
+    try:
+        children = [entry.path for entry in os.scandir(path) if entry.is_dir()]
+    except OSError:
+        children = []
+    for child in children:
+        if child not in keep:
+            kill_cgroup(child)
+    for pid in (_read(os.path.join(path, "cgroup.procs")) or b"").split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def parse_held(line: str, held: dict[str, str]) -> bool:
+    """Apply a held-session line (``h<tag>\\t<cgroup>\\t<memory cgroup>`` or ``u<tag>``)
+    to ``held`` (tag -> its cgroups, tab-separated); ``False`` if it is not one."""
+    if line.startswith("h"):
+        tag, _, cgroup = line[1:].partition("\t")
+        held[tag] = cgroup
+        return True
+    if line.startswith("u"):
+        held.pop(line[1:], None)
+        return True
+    return False
 
 
 def remove_cgroup(path: str, *, patience: float = 2.0) -> None:
@@ -97,12 +131,18 @@ def remove_cgroup(path: str, *, patience: float = 2.0) -> None:
                 time.sleep(0.005)  # a bounded wait for the kernel to finish the kill
 
 
-def kill_all(tag: str, *, exact: bool = False, rounds: int = 20) -> int:
+def kill_all(
+    tag: str, *, exact: bool = False, rounds: int = 20, keep: frozenset[str] = frozenset()
+) -> int:
     """SIGKILL matching processes; scan again (a process may have forked while
-    we looked) until a scan finds none, at most ``rounds`` times."""
+    we looked) until a scan finds none, at most ``rounds`` times. Processes whose
+    tag starts with one in ``keep`` (held sessions') are left alone."""
     killed: set[int] = set()
     for _ in range(rounds):
         pids = find_processes(tag, exact=exact)
+        if keep:
+            kept = {pid for prefix in keep for pid in find_processes(prefix)}
+            pids = [pid for pid in pids if pid not in kept]
         if not pids:
             break
         for pid in pids:
@@ -131,13 +171,17 @@ def main(argv: list[str]) -> int:
 
     While it waits, the agent tells it about session working directories, one
     line each: ``+PATH`` (created) and ``-PATH`` (removed or to be kept). Those
-    still listed when the agent is gone are removed after its processes.
+    still listed when the agent is gone are removed after its processes. Sessions
+    whose launchers hold them through the agent's death (``h<tag>\\t<cgroups>``,
+    until ``u<tag>``) are left to their launchers.
     """
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     tag = argv[1]
     cgroup = argv[2] if len(argv) > 2 else ""
     registration = argv[3] if len(argv) > 3 else ""
+    # A cgroup v1 memory hierarchy's root of ours (``_memcg.py``), if any.
+    memcg = argv[4] if len(argv) > 4 else ""
     lock = None
     if registration:
         # Held (shared) while we live: the next agent leaves this instance to us.
@@ -149,6 +193,7 @@ def main(argv: list[str]) -> int:
         except OSError:
             lock = None
     directories: set[str] = set()
+    held: dict[str, str] = {}
     pending = b""
     try:
         while chunk := os.read(0, 65536):
@@ -159,13 +204,19 @@ def main(argv: list[str]) -> int:
                     directories.add(path)
                 elif line.startswith(b"-"):
                     directories.discard(path)
+                else:
+                    parse_held(line.decode("utf-8", "surrogateescape"), held)
     except OSError:
         pass
-    if cgroup:
-        kill_cgroup(cgroup)
-    kill_all(tag)
-    if cgroup:
-        remove_cgroup(cgroup)
+    # Held sessions' cgroups (their launchers end them) stay; the rest go.
+    keep = frozenset(path for paths in held.values() for path in paths.split("\t") if path)
+    for root in (cgroup, memcg):
+        if root:
+            kill_cgroup_except(root, keep)
+    kill_all(tag, keep=frozenset(held))
+    for root in (cgroup, memcg):
+        if root and not held:
+            remove_cgroup(root)
     for path in directories:
         shutil.rmtree(path, ignore_errors=True)
     if lock is not None:

@@ -18,6 +18,11 @@ A ``WorkSession`` is started by the scheduler (``nursery.start``) for each
 5. when the runner ends, says ``SessionReported``, flushes the log (bounded),
    drops the session's entity cache and says ``SessionClosed``.
 
+A session an earlier agent left to its launcher (``Held``, found at start) is
+taken over instead of started: the same log file (appended to), the
+environments it entered and the action it runs resolved again from the
+farm's assignment, and the runner given a ``SessionResume``.
+
 If the session cannot start (bad log configuration, ``jobDetails`` failing,
 no credentials for a queue that has a role), its first action is reported
 FAILED and the others NEVER_ATTEMPTED, as the worker API contract asks.
@@ -104,6 +109,7 @@ from ._messages import (
 from ._openjd import step_memory_ceiling
 from ._output import Redactor
 from ._paths import path_under
+from ._restart import Held, RestartHold, SessionResume
 from ._session import SessionConfig, SessionRunner
 
 log = structlog.get_logger("farmhand.worksession")
@@ -270,6 +276,8 @@ class WorkSessionOptions:
     #: ``SessionConfig.output_limit`` and ``output_limit_mode``.
     output_limit: int | None = None
     output_limit_mode: Literal["truncate", "fail"] = "truncate"
+    #: Keep sessions through the agent's death (``SessionConfig.restart_hold``).
+    restart_hold: RestartHold | None = None
 
 
 class WorkSession:
@@ -289,8 +297,11 @@ class WorkSession:
         containment: Containment | None = None,
         queue_credentials: QueueCredentialSource | None = None,
         attachments: AttachmentProvider | None = None,
+        held: Held | None = None,
     ) -> None:
         self.assignment = assignment
+        #: The session as an earlier agent left it, to take over.
+        self._held = held
         self._queue_credentials = queue_credentials
         self._attachment_provider = attachments
         self._attachments: SessionAttachments | None = None
@@ -315,6 +326,8 @@ class WorkSession:
         #: ``kind name params (id)`` of the latest action that started: its end line says it.
         self._last_started = "action"
         self._spool: Path | None = None
+        #: Where the log stream keeps its shipped offset through a restart.
+        self._marker: Path | None = None
 
     # ---- the session's task
 
@@ -352,6 +365,10 @@ class WorkSession:
                     succeeded = await self._run_runner(job)
         finally:
             with trio.CancelScope(shield=True):
+                held, self._held = self._held, None
+                if held is not None and self._options.restart_hold is not None:
+                    # Never handed to a runner (the session could not start): it ends here.
+                    await held.discard(self._options.restart_hold)
                 await self._finish(succeeded)
 
     async def _open_log(self) -> LogStream | None:
@@ -372,7 +389,18 @@ class WorkSession:
             destination = Destination(config.group, config.stream)
         if options.local_session_logs:
             path = path_under(options.logs_dir, self.assignment.queue_id, f"{self.session_id}.log")
-            return await open_log_stream(self._shipper, path, destination)
+            hold = options.restart_hold
+            # Kept through a restart: how much of it is shipped (a new agent ships the rest).
+            marker = hold.shipped_path(self.session_id) if hold is not None else None
+            if marker is not None and destination is not None:
+                try:
+                    await trio.Path(marker.parent).mkdir(mode=0o700, parents=True, exist_ok=True)
+                except OSError:
+                    marker = None
+            self._marker = marker if destination is not None else None
+            return await open_log_stream(
+                self._shipper, path, destination, shipped_marker=self._marker
+            )
         if destination is None:
             return None
         self._spool = path_under(options.logs_dir, ".spool", f"{self.session_id}.log")
@@ -487,11 +515,20 @@ class WorkSession:
             memory_limit=self._options.memory_limit,
             output_limit=self._options.output_limit,
             output_limit_mode=self._options.output_limit_mode,
+            restart_hold=self._options.restart_hold,
+            queue_id=self.assignment.queue_id,
+            job_id=self.assignment.job_id,
         )
+        resume = await self._resume() if self._held is not None else None
         events_send, events_receive = trio.open_memory_channel[SessionEvent](16)
         runner = SessionRunner(
-            config, events_send, resolver=self._resolve, containment=self._containment
+            config,
+            events_send,
+            resolver=self._resolve,
+            containment=self._containment,
+            resume=resume,
         )
+        self._held = None  # the runner's to end now
         succeeded = False
 
         async def run_runner(
@@ -512,6 +549,42 @@ class WorkSession:
                     await self._handle_event(event)
             nursery.cancel_scope.cancel(reason="the session runner ended")
         return succeeded
+
+    async def _resume(self) -> SessionResume:
+        """What the runner needs to take the held session over: its environments
+        and its running action resolved again, and the final reports the farm
+        never had (it still assigns those actions)."""
+        held = self._held
+        assert held is not None
+        state = held.state
+        assigned = {action.action_id: action for action in self.assignment.actions}
+        environments = []
+        for environment_id, changes in state.entered:
+            details, step = await self._environment(environment_id)
+            enter = EnterEnvironment(
+                action_id="",
+                environment_id=environment_id,
+                environment=details.environment,
+                step_name=str(step.template.name) if step else None,
+                resolved_symtab=details.resolved_symtab,
+            )
+            environments.append((enter, changes))
+        running = None
+        record = held.running
+        still_assigned = record is not None and record.action_id in assigned
+        if record is not None and record.action_id in assigned:
+            try:
+                running = await self._resolve(assigned[record.action_id])
+            except Exception as exc:  # it runs on without its hook; its name is lost
+                log.warning("worksession.resume_resolve_failed", error=str(exc))
+        self._write(["[farmhand] taking the session over after an agent restart"])
+        return SessionResume(
+            held,
+            environments=tuple(environments),
+            running=running,
+            assigned=still_assigned,
+            unreported=tuple(ended for ended in held.ended if ended.action_id in assigned),
+        )
 
     def _job_user(self, job: JobDetails) -> JobUser | None:
         """Who runs the actions: the configured override, else the agent's user when
@@ -810,6 +883,8 @@ class WorkSession:
                 # Shipped: a spool is not a log to keep (one that is not is left for
                 # the uploader, which goes on after the session).
                 self._spool.unlink(missing_ok=True)
+            if self._marker is not None and not scope.cancelled_caught:
+                await trio.Path(self._marker).unlink(missing_ok=True)
         try:
             self._fetcher.send_nowait(Forget(self.session_id))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

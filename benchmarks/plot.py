@@ -327,6 +327,21 @@ def drain(document: Mapping[str, Any]) -> Figure:
     return figure
 
 
+@plotter("drain-restart")
+def drain_restart(document: Mapping[str, Any]) -> Figure:
+    results = document["results"]
+    figure, (ax,) = _figure(document, "Restart: a new agent's start to its first report", 1)
+    kinds = [("fresh", "fresh start\n(baseline)", "idle"), ("reattached", "re-attached", "busy")]
+    values = [_median(results[key]) * 1000 for key, _, _ in kinds]
+    _bars(
+        ax, [label for _, label, _ in kinds], values, [COLOURS[c] for *_, c in kinds], "{:.0f} ms"
+    )
+    for index, (key, _, _) in enumerate(kinds):
+        ax.plot([index] * len(results[key]), [s * 1000 for s in results[key]], "k.", alpha=0.5)
+    ax.set_ylabel("ms from the agent's start (median; dots: each round)")
+    return figure
+
+
 @plotter("attachments")
 def attachments(document: Mapping[str, Any]) -> Figure:
     downloads = document["results"]["downloads"]

@@ -33,6 +33,16 @@ from agent.local._localrun import LocalPlan, LocalRunOptions, plan_local_session
 PY = sys.executable
 
 
+def memory_cgroups_here() -> bool:
+    """Whether a Containment here gets a memory cgroup to write (``actors/_memcg.py``):
+    then the kernel holds memory limits, and says so in its own words."""
+    containment = Containment()
+    try:
+        return containment.memory_root is not None
+    finally:
+        containment.close()
+
+
 def py(code: str) -> dict[str, Any]:
     """An onRun/onEnter action running ``code`` in a fresh Python."""
     return {"command": PY, "args": ["-c", code]}

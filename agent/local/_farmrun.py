@@ -201,6 +201,8 @@ def worker_config(
         # would be deleted with the run's directory.
         local_session_logs=False,
         drain_grace_seconds=0.0,
+        # No agent comes back for a run's sessions: they die with it.
+        restart_grace_seconds=0.0,
         report_interval_seconds=report_interval,
         # This farm assigns work whatever the host has (match_host_requirements=False),
         # so the worker need not ask nvidia-smi (nor warn when there is none).

@@ -11,6 +11,15 @@ The sequence is the official agent's (worker API contract, "Bootstrap"):
    the worker's credentials; the answer says where the agent's own log goes;
 4. a worker id from disk that the farm no longer knows starts over at 1.
 
+An agent that found sessions its predecessor left running (``resuming``; see
+``actors/_restart.py``) does not say ``STARTED`` in step 3: to the farm that
+is a fresh start, whose sessions are over. It updates the worker's
+capabilities and properties only, and makes one ``UpdateWorkerSchedule`` to
+learn whether the farm still counts the worker as online (its sessions still
+assigned). If it does not (``STATUS_CONFLICT``: the worker went
+``NOT_RESPONDING`` or ``STOPPED``), the sessions are lost anyway: the agent
+starts as usual, and ``Bootstrapped.resumed`` says so.
+
 ``refresh_credentials`` renews the worker's credentials before they expire:
 from 15 minutes before expiry, once a minute until it works, first with the
 worker's current credentials and, once those have expired (a host that
@@ -32,7 +41,7 @@ import httpx
 import structlog
 import trio
 
-from .._errors import FarmhandError, InstanceProfileAttached, WorkerNotFound
+from .._errors import FarmhandError, InstanceProfileAttached, WorkerNotFound, WorkerOffline
 from ..deadline import CredentialHolder, DeadlineClient, ServiceEndpoint, WorkerClient
 from ._config import WorkerConfig
 from ._hostinfo import HostFacts
@@ -66,6 +75,8 @@ class Bootstrapped:
     log_stream: str | None
     host_configuration: Mapping[str, Any] | None
     state: WorkerState
+    #: The farm still had the worker online: its held sessions can be taken over.
+    resumed: bool = False
 
 
 def _usable(cached: CachedCredentials | None) -> bool:
@@ -79,6 +90,7 @@ async def bootstrap(
     endpoint: ServiceEndpoint,
     bootstrap_credentials: CredentialHolder,
     facts: HostFacts,
+    resuming: bool = False,
     schedule_http: httpx.AsyncClient | None = None,
 ) -> Bootstrapped:
     directory = config.worker_persistence_dir
@@ -109,11 +121,15 @@ async def bootstrap(
             worker = DeadlineClient(
                 http, endpoint, credentials, schedule_http=schedule_http
             ).for_worker(farm_id, fleet_id, worker_id)
-            started = await worker.update_worker(
-                status="STARTED",
-                capabilities=facts.capabilities.to_api(),
-                host_properties=facts.host_properties.to_api(),
-            )
+            resumed = False
+            if resuming and from_disk:
+                resumed, started = await _update_online(worker, facts)
+            if not resumed:
+                started = await worker.update_worker(
+                    status="STARTED",
+                    capabilities=facts.capabilities.to_api(),
+                    host_properties=facts.host_properties.to_api(),
+                )
         except WorkerNotFound:
             if not from_disk:
                 raise
@@ -139,7 +155,23 @@ async def bootstrap(
             log_stream=options.get("logStreamName") if driver == "awslogs" else None,
             host_configuration=started.get("hostConfiguration"),
             state=state,
+            resumed=resumed,
         )
+
+
+async def _update_online(worker: WorkerClient, facts: HostFacts) -> tuple[bool, dict[str, Any]]:
+    """``UpdateWorker`` with no status, and whether the farm still has the worker
+    online (an ``UpdateWorkerSchedule`` that reports nothing goes through)."""
+    answer = await worker.update_worker(
+        capabilities=facts.capabilities.to_api(),
+        host_properties=facts.host_properties.to_api(),
+    )
+    try:
+        await worker.update_worker_schedule()
+    except WorkerOffline as exc:
+        log.warning("bootstrap.not_online", status=exc.status, action="starting afresh")
+        return False, answer
+    return True, answer
 
 
 async def _wait_instance_profile_detached(config: WorkerConfig, worker: WorkerClient) -> None:

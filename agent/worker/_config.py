@@ -275,6 +275,10 @@ class WorkerConfig:
     #: Drain and exit after this many seconds without a successful UpdateWorkerSchedule;
     #: 0: never. Running work goes on meanwhile, its reports and logs wait.
     farm_outage_limit: float = 600.0
+    #: How long a session's launcher keeps its processes when the agent dies (not when
+    #: it stops on purpose), waiting for an agent with the same worker id to take the
+    #: session over; 0: they die with the agent. A little under the service's 600 s.
+    restart_grace_seconds: float = 540.0
     #: Serve the health endpoint on this port (0: any free port); ``None``: no endpoint.
     health_port: int | None = None
     health_address: str = "127.0.0.1"
@@ -489,6 +493,13 @@ _SETTINGS: tuple[_Setting, ...] = (
              "--farm-outage-limit", _E + "FARM_OUTAGE_LIMIT", ("worker", "farm_outage_limit"),
              "drain and exit 1 after this many seconds without reaching the farm (default "
              "600, the service's offline threshold; 0: never); work goes on meanwhile",
+             metavar="SECONDS"),
+    _Setting("restart_grace_seconds", at_least(parse_float, 0),
+             "--restart-grace-seconds", _E + "RESTART_GRACE_SECONDS",
+             ("worker", "restart_grace_seconds"),
+             "when the agent dies (a crash, kill -9; not a stop), how long running sessions "
+             "wait for the agent to come back and take them over (default 540, under the "
+             "service's 600 s offline threshold; 0: they die with the agent)",
              metavar="SECONDS"),
     _Setting("health_port", parse_port,
              "--health-port", _E + "HEALTH_PORT", ("worker", "health_port"),

@@ -64,6 +64,7 @@ from actors import (
     FinishSessions,
     Heartbeat,
     HeartbeatCommand,
+    Held,
     IntervalChanged,
     JobUser,
     LogShipper,
@@ -100,7 +101,7 @@ from ..deadline import (
     LogsClient,
     completed_counts,
 )
-from ._bootstrap import Bootstrapped, bootstrap, refresh_credentials
+from ._bootstrap import Bootstrapped, refresh_credentials
 from ._config import WorkerConfig
 from ._costs import CostsSnapshot
 from ._endpoints import Endpoints as Endpoints
@@ -116,6 +117,7 @@ from ._imds import ImdsMonitor, drain_on_notice
 from ._logsink import CloudWatchSink
 from ._pause import FARM_CALL_SECONDS, PauseControl, PausePolicy, farm_call
 from ._queuecreds import QueueCredentials
+from ._restarts import bootstrap_taking_over, end_unclaimed, restart_hold
 from ._sessionwatch import SessionWatch
 
 log = structlog.get_logger("farmhand.worker")
@@ -582,7 +584,7 @@ async def open_agent(
     try:
         await _make_dirs(config)
         facts = await probe_host(overrides=config.capabilities, scratch_dir=config.session_root_dir)
-        booted = await bootstrap(
+        booted, held = await bootstrap_taking_over(
             config,
             http=client,
             endpoint=endpoints.deadline,
@@ -604,6 +606,7 @@ async def open_agent(
                 jobs_get_agent_credentials,
                 idle_source,
                 local_time,
+                held,
             ) as worker:
                 running = True
                 yield worker
@@ -650,7 +653,9 @@ async def _run_worker(
     jobs_get_agent_credentials: bool,
     idle_source: IdleSource | None = None,
     local_time: Callable[[], datetime] | None = None,
+    held: dict[str, Held] | None = None,
 ) -> AsyncIterator[Worker]:
+    held = {} if held is None else held
     logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
     identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
     override = config.posix_job_user_and_group
@@ -669,6 +674,7 @@ async def _run_worker(
         job_user_override=JobUser(override[0], override[1] or None) if override else None,
         jobs_get_agent_credentials=jobs_get_agent_credentials,
         cleanup_user_processes=config.cleanup_session_user_processes,
+        restart_hold=restart_hold(config) if config.restart_grace_seconds > 0 else None,
     )
     own_containment = containment is None
     if containment is None:
@@ -745,6 +751,7 @@ async def _run_worker(
                     containment=containment,
                     queue_credentials=queue_credentials,
                     attachments=attachments,
+                    held=held.pop(assignment.session_id, None),
                 )
 
             events_send, events_receive = trio.open_memory_channel[SchedulerEvent](16)
@@ -811,6 +818,8 @@ async def _run_worker(
             )
             heartbeat_inbox = await nursery.start(run_heartbeat)
             nursery.start_soon(worker._follow_scheduler, events_receive, heartbeat_inbox)
+            if held:
+                nursery.start_soon(end_unclaimed, held, restart_hold(config), scheduler_inbox)
 
             async def credentials_failed(seconds_left: float) -> None:
                 worker.request_stop("credentials", grace=seconds_left)

@@ -129,7 +129,11 @@ def test_a_new_start_ends_what_a_killed_agent_launcher_and_watchdog_left(
     assert _alive(task) and _alive(daemon)
     [leftover] = list(sessions.iterdir())
     [registration] = list(registry.glob("*.lock"))
-    cgroup = registration.read_text().splitlines()[0].removeprefix("cgroup ")
+    lines = registration.read_text().splitlines()
+    cgroup = lines[0].removeprefix("cgroup ")
+    # A cgroup v1 memory root (``_memcg.py``), where the host has one to write.
+    memcgs = [line.removeprefix("memcg ") for line in lines if line.startswith("memcg ")]
+    assert all(Path(memcg).is_dir() for memcg in memcgs)
 
     # The next agent starts: its containment ends what the old one left.
     containment = Containment(use_cgroup=False)
@@ -139,6 +143,7 @@ def test_a_new_start_ends_what_a_killed_agent_launcher_and_watchdog_left(
         assert not leftover.exists()
         assert not registration.exists()
         assert not cgroup or not Path(cgroup).exists()
+        assert not any(Path(memcg).exists() for memcg in memcgs)
         # ... and it registered itself, held, so a third start leaves it alone.
         assert (registry / f"{containment.instance}.lock").exists()
         assert reap_stale_instances(registry) == []

@@ -41,11 +41,12 @@ def unit() -> configparser.ConfigParser:
 
 
 def test_the_systemd_unit_drains_on_stop_and_restarts_on_failure() -> None:
-    """Restart=on-failure; KillMode=mixed (SIGTERM to the agent alone); a stop timeout
-    longer than the longest drain with the default grace."""
+    """Restart=on-failure; KillMode=process (signals to the agent alone: a stop drains,
+    and sessions held through the agent's death are the restarted agent's to take
+    over); a stop timeout longer than the longest drain with the default grace."""
     service = unit()["Service"]
     assert service["Restart"] == "on-failure"
-    assert service["KillMode"] == "mixed"
+    assert service["KillMode"] == "process"
     assert service.get("KillSignal", "SIGTERM") == "SIGTERM"
     timeout = float(service["TimeoutStopSec"])
     assert timeout > stop_bound(DEFAULT_DRAIN_GRACE_SECONDS)

@@ -17,10 +17,12 @@ from actors import (
     OUTPUT_LIMIT_FAILURE,
     ActionEnded,
     ActionUsage,
+    Containment,
     SessionEvent,
+    _memcg,
 )
 from agent.jobs import JobRun, JobSpec, JobStatus, OutputTail
-from tests.session_harness import job, py, step
+from tests.session_harness import job, memory_cgroups_here, py, step
 
 MiB = 2**20
 
@@ -159,7 +161,18 @@ ALLOCATE = (
 )
 
 
-async def test_an_action_over_the_memory_limit_fails_saying_so() -> None:
+@pytest.fixture(params=["sampled", "cgroup"])
+def memory_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way a limit is held: the launcher's sampling (as on a host without a memory
+    controller to write), and the kernel's, through a memory cgroup (where there is one)."""
+    if request.param == "sampled":
+        monkeypatch.setattr(_memcg, "make_memory_root", lambda instance, v2_root: None)
+    elif not memory_cgroups_here():
+        pytest.skip("no writable memory cgroup here (cgroup v2 memory controller or v1 memory)")
+    return str(request.param)
+
+
+async def test_an_action_over_the_memory_limit_fails_saying_so(memory_guard: str) -> None:
     """Over the limit its processes are killed and it fails with a message that names
     the limit, the use and the largest process; a job under the limit runs on."""
     events: list[SessionEvent] = []
@@ -172,8 +185,20 @@ async def test_an_action_over_the_memory_limit_fails_saying_so() -> None:
     assert outcome.status is JobStatus.FAILED and outcome.exit_code == -9
     [ended] = [e for e in events if isinstance(e, ActionEnded)]
     assert ended.fail_message is not None
-    assert ended.fail_message.startswith(f"{MEMORY_LIMIT_FAILURE}: its processes used ")
-    assert "over the 150.0 MiB limit (largest: pid " in ended.fail_message
+    if memory_guard == "sampled":
+        assert ended.fail_message.startswith(f"{MEMORY_LIMIT_FAILURE}: its processes used ")
+        assert "over the 150.0 MiB limit (largest: pid " in ended.fail_message
+        assert ended.fail_message.endswith("; farmhand killed them")
+    else:
+        assert ended.fail_message.startswith(
+            f"{MEMORY_LIMIT_FAILURE}: its processes reached the 150.0 MiB limit (largest: pid "
+        )
+        assert ended.fail_message.endswith(
+            "; the kernel's OOM killer ended one in the session's memory cgroup, farmhand the rest"
+        )
+        # The kernel counted up to its limit, and no further.
+        assert ended.usage is not None and ended.usage.peak_rss_bytes is not None
+        assert 140 * MiB <= ended.usage.peak_rss_bytes <= 151 * MiB
     assert " python" in ended.fail_message  # the largest process, by name
     assert ended.usage is not None and ended.usage.wall_seconds < 20
 
@@ -182,6 +207,65 @@ async def test_an_action_over_the_memory_limit_fails_saying_so() -> None:
         memory_limit=150 * MiB,
     )
     assert (await under.run()).status is JobStatus.SUCCEEDED
+
+
+#: Three children, each touching 40 MiB, alive together (each waits for the others to
+#: be ready) for a moment far shorter than the launcher's sampling interval.
+SPIKE = """
+import os
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+children = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        block = bytearray(40 * 2**20)
+        for at in range(0, len(block), 4096):
+            block[at] = 1
+        os.write(ready_w, b"x")
+        os.read(go_r, 1)  # until the parent closes its end
+        os._exit(0)
+    children.append(pid)
+for _ in children:
+    os.read(ready_r, 1)
+os.close(go_w)
+for pid in children:
+    os.waitpid(pid, 0)
+"""
+
+
+async def test_a_memory_cgroup_counts_a_peak_between_samples() -> None:
+    """Where a memory cgroup charges the action, a tree's brief peak (three 40 MiB
+    children together for a moment, well inside one sampling interval) is counted
+    whole."""
+    if not memory_cgroups_here():
+        pytest.skip("no writable memory cgroup here (cgroup v2 memory controller or v1 memory)")
+    [ended], _lines, status = await _run(SPIKE)
+    assert status is JobStatus.SUCCEEDED
+    assert ended.usage is not None and ended.usage.peak_rss_bytes is not None
+    assert ended.usage.peak_rss_bytes >= 120 * MiB
+
+
+async def test_the_launchers_memory_cgroups_are_removed_with_them(tmp_path: Path) -> None:
+    """A v1 launcher's memory cgroup is removed when it goes, and the instance's root
+    when the containment closes."""
+    containment = Containment()
+    root = containment.memory_root
+    if root is None or root.version != 1:
+        containment.close()
+        pytest.skip("no cgroup v1 memory hierarchy to write here")
+    try:
+        launcher = await containment.start_launcher("session-1")
+        assert launcher is not None and launcher.memory_cgroup is not None
+        path = launcher.memory_cgroup[0]
+        assert str(launcher.pid) in (path / "cgroup.procs").read_text().split()
+        await launcher.sweep_and_close()
+        await containment.sweep("session-1", swept_below=True)
+        assert not path.exists()
+    finally:
+        containment.close()
+    assert not root.path.exists()
 
 
 @pytest.mark.parametrize(
@@ -292,3 +376,33 @@ async def test_gpu_memory_is_sampled_where_nvidia_smi_is(
     [ended] = [e for e in events if isinstance(e, ActionEnded)]
     assert ended.usage is not None and ended.usage.peak_gpu_bytes == 512 * MiB
     assert "peak GPU memory 512.0 MiB" in ended.usage.describe()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_launcher_reads_each_cgroup_versions_files(tmp_path: Path, version: int) -> None:
+    """The files of each version, as the kernel lays them out (a host here has one
+    version at most, so the other is read from a copy): the limit written before the
+    action, "no limit" as that version spells it, OOM kills counted from the events."""
+    from actors._launcher import MemoryCgroup
+
+    if version == 1:
+        events, key_file = "memory.oom_control", "memory.limit_in_bytes"
+        text = "oom_kill_disable 0\nunder_oom 0\noom_kill {}\n"
+        (tmp_path / "memory.max_usage_in_bytes").write_text("4096\n")
+    else:
+        events, key_file = "memory.events", "memory.max"
+        text = "low 0\nhigh 0\nmax 7\noom 1\noom_kill {}\noom_group_kill 0\n"
+        (tmp_path / "memory.peak").write_text("")
+    (tmp_path / events).write_text(text.format(2))
+    (tmp_path / key_file).write_text("")
+    cgroup = MemoryCgroup.from_request([str(tmp_path), version])
+    assert cgroup is not None and cgroup.arm(150 * MiB)
+    assert (tmp_path / key_file).read_text() == str(150 * MiB)
+    assert not cgroup.oom_killed()
+    (tmp_path / events).write_text(text.format(3))
+    assert cgroup.oom_killed()
+    assert cgroup.arm(None)
+    assert (tmp_path / key_file).read_text() == ("-1" if version == 1 else "max")
+    cgroup.close()
+    assert MemoryCgroup.from_request([str(tmp_path), 3]) is None
+    assert MemoryCgroup.from_request("garbage") is None
