@@ -311,7 +311,13 @@ class Cancel:
 @attrs.frozen
 class Finish:
     """No more actions will be queued: run what is queued, exit the environments
-    still entered, and end. (Closing the inbox means the same.)"""
+    still entered, and end. (Closing the inbox means the same.)
+
+    ``running_only``: let the running action run to its end, but start no other
+    task: the queued ones are reported ``NEVER_ATTEMPTED`` (the farm gives them to
+    another worker) once it has ended; then the environments are exited."""
+
+    running_only: bool = False
 
 
 @attrs.frozen
@@ -733,7 +739,10 @@ class WaitSessions:
 @attrs.frozen
 class FinishSessions:
     """Take no new sessions; each current one finishes the actions it has, then ends
-    (the farm's later additions are returned once it has ended)."""
+    (the farm's later additions are returned once it has ended). ``running_only``:
+    each finishes its running action only (see ``Finish``)."""
+
+    running_only: bool = False
 
 
 @attrs.frozen

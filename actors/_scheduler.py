@@ -258,7 +258,7 @@ class Scheduler:
             for session_id, session in self._sessions.items():
                 if session_id not in self._finishing and session_id not in self._stopping:
                     self._finishing.add(session_id)
-                    _tell(session, Finish())
+                    _tell(session, Finish(running_only=command.running_only))
         elif isinstance(command, StopSessions):
             self._refuse_new = True
             for session_id, session in self._sessions.items():

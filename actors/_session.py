@@ -203,6 +203,8 @@ class SessionRunner(SessionRestarts):
         self._wakeup = trio.Event()
         self._inbox_closed = False
         self._ending = False  # an action did not succeed: only exits from now on
+        #: ``Finish(running_only=True)``: once the running action ends, only exits.
+        self._finish_running_only = False
         self._succeeded = True
         self._stop: Stop | None = None
         self._stop_deadline = math.inf
@@ -349,6 +351,9 @@ class SessionRunner(SessionRestarts):
             await self._cancel(command)
         elif isinstance(command, Finish):
             self._inbox_closed = True
+            # The running action goes on; every other task is never attempted, each
+            # reported as the loop comes to it: after the running one's final state.
+            self._finish_running_only |= command.running_only
         else:
             await self._begin_stop(command)
         self._wake()
@@ -425,6 +430,8 @@ class SessionRunner(SessionRestarts):
             await self._resume_session(self._resume, context)
         while self._stop is None:
             if self._queue:
+                if self._finish_running_only:
+                    self._ending = True
                 await self._run_item(self._queue.popleft())
             elif self._inbox_closed:
                 break

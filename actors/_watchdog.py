@@ -61,24 +61,46 @@ def find_processes(tag: str, *, exact: bool = False) -> list[int]:
     return found
 
 
+def _cgroup_members(path: str) -> set[int]:
+    """The pids in a cgroup directory and below."""
+    members: set[int] = set()
+    for root, _dirs, _files in os.walk(path):
+        for pid in (_read(os.path.join(root, "cgroup.procs")) or b"").split():
+            try:
+                members.add(int(pid))
+            except ValueError:
+                pass
+    return members
+
+
 def kill_cgroup(path: str) -> None:
     """Kill every process in a cgroup directory and below (best effort): v2's
-    ``cgroup.kill`` where there is one, else (older kernels, cgroup v1) each member."""
-    kill = os.path.join(path, "cgroup.kill")
+    ``cgroup.kill`` where there is one, else (older kernels, cgroup v1) each member.
+    Returns once they are gone (bounded, as ``kill_all``): a dying process has no
+    environment left to find it by, but it is not dead yet."""
+    members = _cgroup_members(path)
     try:
-        with open(kill, "w") as file:
+        with open(os.path.join(path, "cgroup.kill"), "w") as file:
             file.write("1")
-        return
     except OSError:
-        pass
-    # Kernels before 5.14 have no cgroup.kill: signal the members ourselves.
-    for root, _dirs, _files in os.walk(path):
-        procs = _read(os.path.join(root, "cgroup.procs")) or b""
-        for pid in procs.split():
+        # Kernels before 5.14 and cgroup v1 have no cgroup.kill: signal each member.
+        for pid in members:
             try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (OSError, ValueError):
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
                 pass
+    _wait_gone(members)
+
+
+def _wait_gone(pids: set[int]) -> None:
+    """Wait (at most ``KILL_WAIT_SECONDS``) for killed processes to be gone. SIGKILL is
+    delivered when a process next runs: on a busy host a scan can still see it."""
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    waiting = set(pids)
+    while waiting and time.monotonic() < deadline:
+        waiting = {pid for pid in waiting if _platform.is_alive(pid)}
+        if waiting:
+            time.sleep(0.01)
 
 
 def kill_cgroup_except(path: str, keep: frozenset[str]) -> None:
@@ -94,11 +116,14 @@ def kill_cgroup_except(path: str, keep: frozenset[str]) -> None:
     for child in children:
         if child not in keep:
             kill_cgroup(child)
+    members: set[int] = set()
     for pid in (_read(os.path.join(path, "cgroup.procs")) or b"").split():
         try:
             os.kill(int(pid), signal.SIGKILL)
+            members.add(int(pid))
         except (OSError, ValueError):
             pass
+    _wait_gone(members)
 
 
 def parse_held(line: str, held: dict[str, str]) -> bool:
@@ -151,14 +176,8 @@ def kill_all(
                 killed.add(pid)
             except OSError:
                 pass
-    # SIGKILL is delivered when the process next runs: on a busy host a scan can
-    # still see it. Return once they are gone (bounded), so "killed" means dead.
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    waiting = set(killed)
-    while waiting and time.monotonic() < deadline:
-        waiting = {pid for pid in waiting if _platform.is_alive(pid)}
-        if waiting:
-            time.sleep(0.01)
+    # Return once they are gone (bounded), so "killed" means dead.
+    _wait_gone(killed)
     return len(killed)
 
 

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from .worker._config import load_config as load_config
     from .worker._embed import run as run
     from .worker._embed import serve_worker as serve_worker
+    from .worker._fleethttp import FleetHttp as FleetHttp
+    from .worker._fleethttp import open_fleet_http as open_fleet_http
     from .worker._hostinfo import Capabilities as Capabilities
     from .worker._worker import Endpoints as Endpoints
     from .worker._worker import StopReason as StopReason
@@ -69,6 +71,8 @@ _EXPORTS: dict[str, str] = {
     "load_config": ".worker._config",
     "run": ".worker._embed",
     "serve_worker": ".worker._embed",
+    "FleetHttp": ".worker._fleethttp",
+    "open_fleet_http": ".worker._fleethttp",
     "Capabilities": ".worker._hostinfo",
     "Endpoints": ".worker._worker",
     "StopReason": ".worker._worker",

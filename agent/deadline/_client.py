@@ -250,7 +250,11 @@ class ServiceClient:
     ``policies`` maps operation names to their ``RetryPolicy``; others get
     ``default_policy``. ``random`` is the jitter source (``random.random``
     unless given; tests inject their own);
-    ``attempt_limit`` bounds one attempt, in seconds.
+    ``attempt_limit`` bounds one attempt, in seconds. ``lanes`` maps operation
+    names to their own ``httpx.AsyncClient`` (a connection pool of their own), so
+    that those calls never wait for a connection behind the others: the worker
+    gives ``UpdateWorkerSchedule``, its heartbeat, a lane when it shares ``http``
+    with many workers.
     """
 
     def __init__(
@@ -264,8 +268,10 @@ class ServiceClient:
         random: RandomSource | None = None,
         attempt_limit: float = ATTEMPT_LIMIT,
         user_agent: str = USER_AGENT,
+        lanes: Mapping[str, httpx.AsyncClient] | None = None,
     ) -> None:
         self._http = http
+        self._lanes = dict(lanes or {})
         self.endpoint = endpoint
         self.credentials = credentials
         self.model = service_model(endpoint.service)
@@ -412,14 +418,15 @@ class ServiceClient:
 
     async def _attempt(self, op: _Operation, request: _Request, number: int) -> dict[str, Any]:
         headers = await self._sign(request, number)
+        http = self._lanes.get(op.name, self._http)
         # Not content=: see _httpbody (an attempt may be cut short mid-body).
         http_request = request_with_body(
-            self._http, request.method, request.http_url, request.body, headers=headers
+            http, request.method, request.http_url, request.body, headers=headers
         )
         response: httpx.Response | None = None
         with trio.move_on_after(self._attempt_limit):
             try:
-                response = await self._http.send(http_request)
+                response = await http.send(http_request)
             except httpx.RequestError as exc:
                 raise _transport_error(op.name, exc) from exc
         if response is None:

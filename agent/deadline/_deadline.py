@@ -187,7 +187,10 @@ class DeadlineClient(ServiceClient):
         default_policy: RetryPolicy = DEFAULT_POLICY,
         random: RandomSource | None = None,
         attempt_limit: float = ATTEMPT_LIMIT,
+        schedule_http: httpx.AsyncClient | None = None,
     ) -> None:
+        """``schedule_http``: a connection pool for ``UpdateWorkerSchedule`` alone (see
+        ``ServiceClient``'s ``lanes``); ``None``: it goes through ``http`` too."""
         if endpoint.service != "deadline":
             raise ValueError(f"a DeadlineClient needs a deadline endpoint, not {endpoint.service}")
         super().__init__(
@@ -198,6 +201,7 @@ class DeadlineClient(ServiceClient):
             default_policy=default_policy,
             random=random,
             attempt_limit=attempt_limit,
+            lanes=None if schedule_http is None else {"UpdateWorkerSchedule": schedule_http},
         )
 
     def for_worker(self, farm_id: str, fleet_id: str, worker_id: str) -> WorkerClient:

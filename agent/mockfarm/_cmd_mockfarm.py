@@ -139,6 +139,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="task runs assigned ahead per session (default 2)",
     )
     serve.add_argument(
+        "--pipeline-seconds",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="assign more ahead to a session whose task runs are quick: enough for this "
+        "much work at their recent pace, up to 64 (default 0: --pipeline-depth only)",
+    )
+    serve.add_argument(
         "--worker-timeout",
         type=float,
         default=180.0,
@@ -278,6 +286,7 @@ def _serve(args: argparse.Namespace) -> int:
             update_interval_seconds=args.update_interval,
             long_poll=not args.no_long_poll,
             pipeline_depth=args.pipeline_depth,
+            pipeline_seconds=args.pipeline_seconds,
             worker_timeout_seconds=args.worker_timeout,
             max_retries_per_task=args.max_retries,
             max_sessions_per_worker=args.max_sessions,

@@ -84,6 +84,13 @@ class FarmConfig:
     long_poll: bool = True
     #: Task runs assigned ahead in a session, so the worker never waits.
     pipeline_depth: int = attrs.field(default=2, validator=_positive)
+    #: With it, a session whose task runs are quick is assigned more ahead: enough to
+    #: cover this many seconds of work at its recent runs' pace (at most
+    #: ``MAX_PIPELINE_DEPTH``, never fewer than ``pipeline_depth``), so that a worker
+    #: running short tasks does not wait a round trip for every ``pipeline_depth`` of
+    #: them, and still holds no more than this much work another worker could do.
+    #: 0 (the default, here and in ``mockfarm serve``): ``pipeline_depth`` only.
+    pipeline_seconds: float = attrs.field(default=0.0, validator=_not_negative)
     #: Sessions (one job each) a worker runs at once.
     max_sessions_per_worker: int = attrs.field(default=1, validator=_positive)
     #: Seconds without a heartbeat before a worker is ``NOT_RESPONDING`` and its work requeued.
@@ -178,6 +185,7 @@ class FarmBase:
             self.state,
             SchedulingConfig(
                 pipeline_depth=self.config.pipeline_depth,
+                pipeline_seconds=self.config.pipeline_seconds,
                 max_sessions_per_worker=self.config.max_sessions_per_worker,
                 match_host_requirements=self.config.match_host_requirements,
             ),

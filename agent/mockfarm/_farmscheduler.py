@@ -62,6 +62,12 @@ _ENDED_ROLLUPS = frozenset({"SUCCEEDED", "FAILED", "CANCELED"})
 _RELEASED: Mapping[str, Any] = {}
 
 
+#: The most task runs assigned ahead in one session, however quick they are.
+MAX_PIPELINE_DEPTH = 64
+#: How much the latest task run weighs in a session's running mean of run times.
+_RUN_WEIGHT = 0.25
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -71,6 +77,9 @@ class SchedulingConfig:
     """The knobs of scheduling (a part of ``FarmConfig``)."""
 
     pipeline_depth: int = 2
+    #: Seconds of work to keep assigned ahead, by the session's recent task runs
+    #: (``FarmConfig.pipeline_seconds``; 0: ``pipeline_depth`` alone).
+    pipeline_seconds: float = 0.0
     max_sessions_per_worker: int = 1
     match_host_requirements: bool = True
 
@@ -94,6 +103,8 @@ class FarmScheduler:
         #: Whether a worker may get a task of a step: its host requirements by default;
         #: the farm adds queue-fleet associations, budgets and limits (``_policy``).
         self.admits: Callable[[WorkerRecord, Step], bool] = self.satisfies
+        #: Session id -> the running mean of its task runs' seconds (``pipeline_seconds``).
+        self._run_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------ task status
 
@@ -280,9 +291,29 @@ class FarmScheduler:
         session.open.remove(action)
         session.updated_at = now or utcnow()
         if action.kind == "taskRun" and action.task is not None:
+            if status == "SUCCEEDED" and self.config.pipeline_seconds > 0:
+                self._note_run_time(action)
             self._task_run_completed(action.task, action, "FAILED" if charge_task else status)
         if status != "SUCCEEDED":
             self._withdraw_after(session, action)
+
+    def _note_run_time(self, action: SessionAction) -> None:
+        started, ended = action.started_at, action.ended_at
+        if started is None or ended is None:
+            return
+        seconds = max((ended - started).total_seconds(), 0.0)
+        key = action.session.session_id
+        mean = self._run_seconds.get(key)
+        self._run_seconds[key] = seconds if mean is None else mean + _RUN_WEIGHT * (seconds - mean)
+
+    def _depth(self, session: Session) -> int:
+        """Task runs to keep assigned ahead in ``session`` (see ``SchedulingConfig``)."""
+        depth = self.config.pipeline_depth
+        mean = self._run_seconds.get(session.session_id)
+        if mean is None or self.config.pipeline_seconds <= 0:
+            return depth
+        by_time = int(self.config.pipeline_seconds / max(mean, 1e-3))
+        return max(depth, min(MAX_PIPELINE_DEPTH, by_time))
 
     def _task_run_completed(self, task: Task, action: SessionAction, status: str) -> None:
         if task.latest_action is not action:
@@ -376,7 +407,8 @@ class FarmScheduler:
             session.winding_down = True
         if not session.winding_down:
             queued = sum(1 for a in session.open if a.kind == "taskRun")
-            while queued < self.config.pipeline_depth:
+            depth = self._depth(session)
+            while queued < depth:
                 task = self._next_task(session)
                 if task is None:
                     break
@@ -539,6 +571,7 @@ class FarmScheduler:
         session.lifecycle_status = "ENDED"
         session.ended_at = session.updated_at = utcnow()
         session.worker.sessions.pop(session.session_id, None)
+        self._run_seconds.pop(session.session_id, None)
         job = session.job
         job.active_sessions -= 1
         log.debug("mockfarm.session_ended", session_id=session.session_id)

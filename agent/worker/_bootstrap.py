@@ -91,6 +91,7 @@ async def bootstrap(
     bootstrap_credentials: CredentialHolder,
     facts: HostFacts,
     resuming: bool = False,
+    schedule_http: httpx.AsyncClient | None = None,
 ) -> Bootstrapped:
     directory = config.worker_persistence_dir
     farm_id, fleet_id = config.farm_id, config.fleet_id
@@ -117,9 +118,9 @@ async def bootstrap(
             assert cached is not None
             credentials = CredentialHolder(None)
             credentials.set_from_api(_api_form(cached))
-            worker = DeadlineClient(http, endpoint, credentials).for_worker(
-                farm_id, fleet_id, worker_id
-            )
+            worker = DeadlineClient(
+                http, endpoint, credentials, schedule_http=schedule_http
+            ).for_worker(farm_id, fleet_id, worker_id)
             resumed = False
             if resuming and from_disk:
                 resumed, started = await _update_online(worker, facts)

@@ -11,8 +11,9 @@ Pausing, in order (the drain's first steps, and its last):
 
 1. ``UpdateWorker(STOPPING)``: the farm assigns nothing new and winds down the
    worker's sessions.
-2. The running sessions either finish what they have (``FinishSessions``;
-   policy ``finish``) or are stopped, their running action reported
+2. The running sessions either finish their running task, the rest of their
+   queue going back to the farm (``FinishSessions(running_only=True)``; policy
+   ``finish``) or are stopped, their running action reported
    INTERRUPTED at once (the farm requeues it for another worker) and cancelled
    within the drain grace (``StopSessions``; policy ``cancel``). A hold with
    ``cancel`` that comes while the sessions are finishing hurries them.
@@ -306,7 +307,8 @@ class PauseControl:
         if running == "cancel":
             self._cancel_sessions(next(h.reason for h in holds if h.running == "cancel"))
         else:
-            tell(self._scheduler, FinishSessions())
+            # The running task runs to its end; what was sent ahead goes back.
+            tell(self._scheduler, FinishSessions(running_only=True))
         # However long the sessions take to finish (the policy's choice); the farm
         # hears from the worker meanwhile, as the heartbeat goes on.
         await wait_sessions(self._scheduler, "closed")

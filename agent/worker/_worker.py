@@ -377,8 +377,9 @@ class Worker:
         detail: str = "",
     ) -> None:
         """Take no work while ``reason`` holds: the farm is told the worker is STOPPING,
-        the running sessions finish what they have (``running="finish"``) or are
-        stopped, their running action INTERRUPTED (``"cancel"``), then STOPPED; once
+        the running sessions finish their running action, what was sent ahead going
+        back to the farm (``running="finish"``), or are stopped, their running
+        action INTERRUPTED (``"cancel"``), then STOPPED; once
         no reason holds, STARTED again. ``seconds``: the hold lifts by itself that long
         after the worker is paused. The process keeps running (``agent.worker._pause``)."""
         self._pauses.hold(reason, running=running, seconds=seconds, detail=detail)
@@ -539,6 +540,7 @@ async def open_agent(
     config: WorkerConfig,
     *,
     http: httpx.AsyncClient | None = None,
+    schedule_http: httpx.AsyncClient | None = None,
     endpoints: Endpoints | None = None,
     bootstrap_credentials: CredentialHolder | None = None,
     on_event: Callable[[str, SessionEvent], None] | None = None,
@@ -557,6 +559,11 @@ async def open_agent(
     credential variables unless ``jobs_get_agent_credentials`` (``run`` does: its
     jobs are the user's own). ``endpoints`` and ``http`` let several
     workers in one process share one resolution and one connection pool.
+    ``schedule_http`` is a pool for UpdateWorkerSchedule alone, the worker's
+    heartbeat (default: ``http``): give workers that share ``http`` one of these
+    too, without a connection limit (each worker has at most one such call in
+    flight, and the farm may hold an idle worker's call until work comes), so that
+    no heartbeat waits for a connection behind log uploads and other calls.
 
     From an asyncio program the tree runs as a Trio guest on the host's loop
     (``agent/worker/_guest.py``); an ``http`` client given there is the workers' only.
@@ -591,6 +598,7 @@ async def open_agent(
             endpoint=endpoints.deadline,
             bootstrap_credentials=bootstrap_credentials,
             facts=facts,
+            schedule_http=schedule_http,
         )
         running = False
         try:

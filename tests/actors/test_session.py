@@ -22,6 +22,7 @@ from actors import (
     Cancel,
     Enqueue,
     ExitEnvironment,
+    Finish,
     Replace,
     RunTask,
     SessionLog,
@@ -821,6 +822,33 @@ async def test_stop_reports_interrupted_at_once_and_exits_environments(tmp_path:
         ActionState.CANCELED,
         NEVER,
     ]
+
+
+async def test_finish_running_only_ends_the_running_task_and_returns_the_queue(
+    tmp_path: Path,
+) -> None:
+    """Finish(running_only=True): the running task runs to its end (no signal), the
+    queued tasks are never attempted, reported only after the running one's end, and
+    the environment's exit runs."""
+    flag = tmp_path / "go"
+    waits = f"import os, time\nprint('ready', flush=True)\nwhile not os.path.exists({str(flag)!r}):\n    time.sleep(0.01)\n"
+    template = job(
+        step("S", py(waits), parameterSpace=int_range("N", "1-3")),
+        jobEnvironments=[env("E", echo("enter"), echo("exit"))],
+    )
+    lp = plan(tmp_path, template)
+    with trio.fail_after(30):
+        async with open_session(config_for(lp, tmp_path)) as session:
+            await session.enqueue(lp.actions)
+            await session.recorder.wait_for_line("ready")
+            await session.send(Finish(running_only=True))
+            await trio.testing.wait_all_tasks_blocked()
+            ended = [e for e in session.recorder.events if isinstance(e, ActionEnded)]
+            assert [e.state for e in ended] == [OK]  # nothing reported while it runs
+            flag.touch()
+    assert session.recorder.states() == [OK, OK, NEVER, NEVER, OK]
+    assert session.recorder.output().count("ready") == 1
+    assert "exit" in session.recorder.output()
 
 
 async def test_stop_with_no_grace_skips_the_exits(

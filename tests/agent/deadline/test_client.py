@@ -859,3 +859,29 @@ async def test_query_protocol_bodies_are_form_encoded_and_signed() -> None:
     }
     [item] = answer["TerminatingInstances"]
     assert (item["InstanceId"], item["CurrentState"]["Name"]) == ("i-1", "shutting-down")
+
+
+async def test_schedule_lane_carries_update_worker_schedule_only() -> None:
+    """schedule_http (a lane): UpdateWorkerSchedule goes through it, every other call
+    through http, so that the heartbeat never queues behind them for a connection."""
+    seen: dict[str, list[str]] = {"http": [], "lane": []}
+
+    def recorder(name: str) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen[name].append(request.url.path.rsplit("/", 1)[-1])
+            return ok(
+                {"assignedSessions": {}, "cancelSessionActions": {}, "updateIntervalSeconds": 15}
+            )
+
+        return httpx.MockTransport(handler)
+
+    async with (
+        httpx.AsyncClient(transport=recorder("http")) as http,
+        httpx.AsyncClient(transport=recorder("lane")) as lane,
+    ):
+        deadline = DeadlineClient(http, endpoint(), holder(), schedule_http=lane)
+        worker = deadline.for_worker(FARM, FLEET, WORKER)
+        await worker.update_worker_schedule()
+        await worker.update_worker(status="STOPPED")
+        await worker.update_worker_schedule()
+    assert seen == {"http": [WORKER], "lane": ["schedule", "schedule"]}

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from trio.testing import wait_all_tasks_blocked
 
 from actors import _entities
 from agent.mockfarm import ApiError, FarmConfig, MockFarm, open_mock_farm
+from agent.mockfarm._farmscheduler import MAX_PIPELINE_DEPTH
 from tests.mockfarm_helpers import CAPABILITIES, completed, invoke, job_template, kind_of
 
 ACTION_ID = re.compile(r"sessionaction-[0-9a-f]{32}-(0|[1-9][0-9]*)")
@@ -148,6 +150,32 @@ async def test_pipeline_depth_bounds_the_queued_task_runs() -> None:
         assert [describe(a) for a in actions] == ["task 1", "task 2", "task 3"]
         actions = await agent.actions({actions[0]["sessionActionId"]: completed()})
         assert [describe(a) for a in actions] == ["task 2", "task 3", "task 4"]
+
+
+async def test_pipeline_seconds_assigns_quick_task_runs_further_ahead() -> None:
+    """With pipeline_seconds, a session whose task runs are quick gets enough of them
+    for that much work at their pace (capped at MAX_PIPELINE_DEPTH); slow ones keep
+    pipeline_depth."""
+    config = FarmConfig(pipeline_depth=2, pipeline_seconds=0.5)
+    async with open_mock_farm(config=config) as farm:
+        farm.create_job(job_template(frames="1-200", job_environments=0))
+        agent = Agent(farm)
+        await agent.start()
+        actions = await agent.actions()
+        assert [describe(a) for a in actions] == ["task 1", "task 2"]  # no pace yet
+        start = datetime.now(UTC)
+        slow = completed(startedAt=start, endedAt=start + timedelta(seconds=1))
+        actions = await agent.actions({actions[0]["sessionActionId"]: slow})
+        assert [describe(a) for a in actions] == ["task 2", "task 3"]
+        quick = completed(startedAt=start, endedAt=start + timedelta(milliseconds=20))
+        for _ in range(30):  # the running mean comes down to the quick runs' pace
+            actions = await agent.actions({actions[0]["sessionActionId"]: quick})
+        # 0.5 s at about 20 ms a run: about 25 runs ahead.
+        assert 23 <= len(actions) <= 25
+        quickest = completed(startedAt=start, endedAt=start)
+        for _ in range(8):
+            actions = await agent.actions({actions[0]["sessionActionId"]: quickest})
+        assert len(actions) == MAX_PIPELINE_DEPTH
 
 
 async def test_repeated_reports_change_nothing(farm: MockFarm) -> None:

@@ -194,9 +194,9 @@ async def test_outside_its_hours_the_worker_is_paused_until_they_begin(
 async def test_when_the_hours_end_the_running_task_finishes_by_policy(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """--when-user-returns finish: at 07:00 the session finishes what the farm had given
-    it (the running task and the one sent ahead), takes no more, then the worker is
-    STOPPED (and stays paused)."""
+    """--when-user-returns finish: at 07:00 the running task runs to its end; the one
+    the farm sent ahead is not started but given back (NEVER_ATTEMPTED: READY again);
+    no more is taken, then the worker is STOPPED (and stays paused)."""
     flag = tmp_path / "go"
     clock = Clock(datetime(2024, 5, 7, 6, 59, 30))  # a Tuesday, 30 s before 07:00
     async with farm_and_worker(
@@ -216,8 +216,15 @@ async def test_when_the_hours_end_the_running_task_finishes_by_policy(
             await worker.wait_state("paused")
         job = farm.job(job_id)
         tasks = sorted(t.status for step in job.steps for t in step.tasks)
-    assert tasks == ["READY", "SUCCEEDED", "SUCCEEDED"]  # the third was never taken
-    assert events.lines().count("task done") == 2
+    assert tasks == ["READY", "READY", "SUCCEEDED"]
+    assert events.lines().count("task done") == 1
+    given_back = [
+        fields
+        for call in farm.calls_to("UpdateWorkerSchedule")
+        for fields in (call.input.get("updatedSessionActions") or {}).values()
+        if fields.get("completedStatus") == "NEVER_ATTEMPTED"
+    ]
+    assert len(given_back) == 1
     assert statuses(farm)[:3] == ["STARTED", "STOPPING", "STOPPED"]
 
 
