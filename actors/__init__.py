@@ -112,9 +112,9 @@ from ._scheduler import close_schedule as close_schedule
 from ._scheduler import sync_now as sync_now
 from ._scheduler import tell as tell
 from ._scheduler import wait_sessions as wait_sessions
-from ._session import SessionConfig as SessionConfig
 from ._session import SessionRunner as SessionRunner
-from ._session import default_session_root as default_session_root
+from ._sessionconfig import SessionConfig as SessionConfig
+from ._sessionconfig import default_session_root as default_session_root
 from ._supervise import RestartLimitExceeded as RestartLimitExceeded
 from ._supervise import SupervisorStatistics as SupervisorStatistics
 from ._supervise import supervise as supervise

@@ -51,13 +51,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import attrs
 import structlog
 import trio
-from openjd.expr import PathMappingRule
-from openjd.model import JobParameterValues
 
 from . import _output
 from ._actionoutput import OutputCap, apply_messages, output_limit_reached
@@ -68,7 +65,7 @@ from ._hostwork import (
     call_host_work,
     host_failed_state,
 )
-from ._jobuser import JobUser, JobUserError, ResolvedJobUser, remove_as, signal_as, sudo_path
+from ._jobuser import JobUserError, ResolvedJobUser, remove_as, signal_as, sudo_path
 from ._messages import (
     ActionEnded,
     ActionFailMessage,
@@ -98,7 +95,8 @@ from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_
 from ._paths import private_directory
 from ._platform import processes_of_user
 from ._process import ActionControl, ProcessResult, resume_process, run_process
-from ._restart import RestartHold, SessionResume
+from ._restart import SessionResume
+from ._sessionconfig import SessionConfig, default_session_root
 from ._sessionkeep import SessionRestarts, _describe, _final_state
 from ._spawn import Reattached, SessionLauncher
 from ._usage import memory_limit_message, usage_from_launcher
@@ -111,57 +109,6 @@ Resolver = Callable[[QueuedAction], Awaitable[Runnable]]
 #: How many finished action ids are remembered, so a ``Replace`` that still
 #: lists them (the farm has not seen the report yet) does not run them again.
 _REMEMBERED_DONE = 4096
-
-
-@attrs.frozen
-class SessionConfig:
-    """What a session needs to know before its first action."""
-
-    session_id: str
-    job_parameter_values: JobParameterValues = attrs.field(factory=dict)
-    job_name: str | None = None
-    path_mapping_rules: Sequence[PathMappingRule] = ()
-    #: Extra variables for every action of the session (e.g. ``DEADLINE_*``).
-    session_env: Mapping[str, str] = attrs.field(factory=dict)
-    #: The environment actions inherit; ``None`` means this process's.
-    base_env: Mapping[str, str] | None = None
-    #: OpenJD extensions the templates declared.
-    extensions: frozenset[str] = frozenset()
-    #: Where the working directory is created; ``None`` for the system default.
-    root_directory: Path | None = None
-    retain_working_directory: bool = False
-    #: Secrets shorter than this are not masked (so one letter does not mask the log).
-    min_secret_length: int = 1
-    #: Regular expressions whose matches are masked in every line and message, as
-    #: ``openjd_redacted_env`` values are.
-    secret_patterns: tuple[str, ...] = ()
-    #: Run the actions as this OS user (through sudo); ``None``: as the agent's user.
-    job_user: JobUser | None = None
-    #: When the last session running as the job user ends, kill every process that user
-    #: still has, daemons started outside the session included (the official agent's
-    #: ``cleanup_session_user_processes``). Never for the agent's own user.
-    cleanup_user_processes: bool = False
-    #: Bytes the session's processes may use together while an action runs (``None``:
-    #: no limit). An action over it is killed and fails saying so; a task's step may
-    #: set a lower ceiling of its own (``RunTask.memory_limit``).
-    memory_limit: int | None = None
-    #: Characters of output one action may print (``None``: no cap). Past it, by
-    #: ``output_limit_mode``: ``truncate`` keeps the first part and drops the rest
-    #: with a note (the action runs on); ``fail`` fails the action.
-    output_limit: int | None = None
-    output_limit_mode: Literal["truncate", "fail"] = "truncate"
-    #: Keep the session through the agent's death (``_sessionkeep.py``); the queue
-    #: and job ids go into its state file.
-    restart_hold: RestartHold | None = None
-    queue_id: str = ""
-    job_id: str = ""
-
-
-def default_session_root() -> Path:
-    """Where sessions go when no root is configured: a directory of this user's
-    own in the temporary directory (``/tmp/farmhand-sessions-<uid>``), which
-    ``private_directory`` makes or checks before use."""
-    return Path(tempfile.gettempdir()) / f"farmhand-sessions-{os.geteuid()}"
 
 
 def _now() -> datetime:

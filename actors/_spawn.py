@@ -203,7 +203,7 @@ class LaunchedProcess:
         self._launcher = launcher
         self.pid = pid
         self.returncode: int | None = None
-        #: What it cost, as the launcher measured it (see ``_launcher.Usage``), once
+        #: What it cost, as the launcher measured it (see ``_launchusage.Usage``), once
         #: it has ended; ``None`` if the launcher went first.
         self.usage: Mapping[str, object] | None = None
 

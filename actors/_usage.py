@@ -1,4 +1,4 @@
-"""What an action cost, from its launcher's report (see ``_launcher.Usage``), and the
+"""What an action cost, from its launcher's report (see ``_launchusage.Usage``), and the
 message of an action killed for memory (``SessionConfig.memory_limit``)."""
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ from ._openjd import step_memory_ceiling
 from ._output import Redactor
 from ._paths import path_under
 from ._restart import Held, RestartHold, SessionResume
-from ._session import SessionConfig, SessionRunner
+from ._session import SessionRunner
+from ._sessionconfig import SessionConfig
 
 log = structlog.get_logger("farmhand.worksession")
 

@@ -66,7 +66,6 @@ from actors import (
     HeartbeatCommand,
     Held,
     IntervalChanged,
-    JobUser,
     LogShipper,
     LogStream,
     RefuseNewSessions,
@@ -81,7 +80,6 @@ from actors import (
     SupervisorStatistics,
     WorkerIdentity,
     WorkSession,
-    WorkSessionOptions,
     close_schedule,
     open_log_stream,
     set_interval,
@@ -118,6 +116,7 @@ from ._logsink import CloudWatchSink
 from ._pause import FARM_CALL_SECONDS, PauseControl, PausePolicy, farm_call
 from ._queuecreds import QueueCredentials
 from ._restarts import bootstrap_taking_over, end_unclaimed, restart_hold
+from ._sessionoptions import make_directories, work_session_options
 from ._sessionwatch import SessionWatch
 
 log = structlog.get_logger("farmhand.worker")
@@ -590,7 +589,7 @@ async def open_agent(
         ),
     )
     try:
-        await _make_dirs(config)
+        await make_directories(config)
         facts = await probe_host(overrides=config.capabilities, scratch_dir=config.session_root_dir)
         booted, held = await bootstrap_taking_over(
             config,
@@ -640,14 +639,6 @@ def _frozen(holder: CredentialHolder) -> tuple[str, str, str | None] | None:
     return frozen.access_key, frozen.secret_key, frozen.token
 
 
-async def _make_dirs(config: WorkerConfig) -> None:
-    def make() -> None:
-        config.worker_logs_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        config.session_root_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-
-    await trio.to_thread.run_sync(make)
-
-
 @asynccontextmanager
 async def _run_worker(
     config: WorkerConfig,
@@ -666,23 +657,10 @@ async def _run_worker(
     held = {} if held is None else held
     logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
     identity = WorkerIdentity(config.farm_id, config.fleet_id, booted.worker_id)
-    override = config.posix_job_user_and_group
-    options = WorkSessionOptions(
-        logs_dir=config.worker_logs_dir,
-        session_root=config.session_root_dir,
-        retain_working_directory=config.retain_session_dir,
-        local_session_logs=config.local_session_logs,
+    options = work_session_options(
+        config,
         ship_session_logs=ship_session_logs,
-        min_secret_length=config.min_secret_length,
-        memory_limit=config.session_memory_limit,
-        output_limit=config.action_output_limit,
-        output_limit_mode=config.action_output_limit_mode,
-        secret_patterns=config.secret_patterns,
-        run_jobs_as_agent_user=config.run_jobs_as_agent_user,
-        job_user_override=JobUser(override[0], override[1] or None) if override else None,
         jobs_get_agent_credentials=jobs_get_agent_credentials,
-        cleanup_user_processes=config.cleanup_session_user_processes,
-        restart_hold=restart_hold(config) if config.restart_grace_seconds > 0 else None,
     )
     own_containment = containment is None
     if containment is None:

@@ -342,7 +342,7 @@ async def test_output_past_the_limit_fails_the_action_in_fail_mode() -> None:
 def test_nvidia_smi_compute_apps_are_read_as_recorded() -> None:
     """As nvidia-smi 550 prints ``--query-compute-apps=pid,used_memory
     --format=csv,noheader,nounits``: a line per process per GPU, ``[N/A]`` under MIG."""
-    from actors._launcher import parse_compute_apps
+    from actors._launchusage import parse_compute_apps
 
     recorded = "41230, 10240\n41231, [N/A]\n41230, 2048\n\nNo running processes found\n"
     assert parse_compute_apps(recorded) == {41230: 12288 * MiB, 41231: 0}
@@ -383,7 +383,7 @@ def test_the_launcher_reads_each_cgroup_versions_files(tmp_path: Path, version: 
     """The files of each version, as the kernel lays them out (a host here has one
     version at most, so the other is read from a copy): the limit written before the
     action, "no limit" as that version spells it, OOM kills counted from the events."""
-    from actors._launcher import MemoryCgroup
+    from actors._launchusage import MemoryCgroup
 
     if version == 1:
         events, key_file = "memory.oom_control", "memory.limit_in_bytes"
