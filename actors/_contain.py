@@ -73,14 +73,9 @@ log = structlog.get_logger("farmhand.contain")
 def _cgroup2_mount() -> Path | None:
     if not _platform.use_proc():
         return None  # no /proc: no cgroups either (or the POSIX fallback is forced)
-    try:
-        with open("/proc/self/mountinfo") as file:
-            for line in file:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    return Path(left.split()[4])
-    except OSError:
-        pass
+    for point, kind, _options in _memcg.mountinfo():
+        if kind == "cgroup2":
+            return Path(point)
     return None
 
 
@@ -126,13 +121,7 @@ def _registration(
 
 def _plausible_cgroup(text: str) -> str | None:
     """A cgroup root from a registration, if it is one of ours under the cgroup2 mount."""
-    mount = _cgroup2_mount()
-    path = Path(text)
-    if not text or mount is None or not path.is_absolute() or ".." in path.parts:
-        return None
-    if not path.name.startswith("farmhand-") or not path.is_relative_to(mount):
-        return None
-    return text
+    return _memcg.plausible_root(text, _cgroup2_mount())
 
 
 def reap_stale_instances(directory: Path | None = None) -> list[dict[str, object]]:

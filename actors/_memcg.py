@@ -49,7 +49,7 @@ class MemoryCgroupRoot:
         return self.path / f"l{pid}"
 
 
-def _mountinfo() -> list[tuple[str, str, str]]:
+def mountinfo() -> list[tuple[str, str, str]]:
     """(mount point, file system type, super options) of each mount."""
     found: list[tuple[str, str, str]] = []
     try:
@@ -66,7 +66,7 @@ def _mountinfo() -> list[tuple[str, str, str]]:
 
 def memory_v1_mount() -> Path | None:
     """The cgroup v1 hierarchy that has the ``memory`` controller, if one is mounted."""
-    for point, kind, options in _mountinfo():
+    for point, kind, options in mountinfo():
         if kind == "cgroup" and "memory" in options.split(","):
             return Path(point)
     return None
@@ -123,15 +123,20 @@ def make_memory_root(instance: str, v2_root: Path | None) -> MemoryCgroupRoot | 
     return MemoryCgroupRoot(root, 1)
 
 
-def plausible_v1_root(text: str) -> str | None:
-    """A v1 memory root from a registration, if it is one of ours in the hierarchy."""
-    mount = memory_v1_mount()
+def plausible_root(text: str, mount: Path | None) -> str | None:
+    """``text`` (from a registration) if it is one of our roots (``farmhand-*``) below
+    ``mount``, else ``None``."""
     path = Path(text)
     if not text or mount is None or not path.is_absolute() or ".." in path.parts:
         return None
     if not path.name.startswith("farmhand-") or not path.is_relative_to(mount):
         return None
     return text
+
+
+def plausible_v1_root(text: str) -> str | None:
+    """A v1 memory root from a registration, if it is one of ours in the hierarchy."""
+    return plausible_root(text, memory_v1_mount())
 
 
 def remove_launcher_cgroup(path: Path) -> None:
