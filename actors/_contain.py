@@ -418,21 +418,28 @@ class Containment:
         return True
 
     async def keep_spare_launcher(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        sessions: int | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Keep the next session's launcher started ahead, in a cgroup of its own that
         the session takes over, so a session waits neither for the
         launcher's interpreter to start nor for a cgroup migration (together about
         20 ms); and take a session's launcher back at its end (``recycle_launcher``)
         for a later one, so sessions one after another start no interpreter at all.
-        For hosts that run many short sessions (the one-job adapters); it costs an
-        idle process or two. Run it in the host's nursery; cancelled, it ends the
-        spares."""
+        For hosts that run many short sessions (the one-job adapters), and for a
+        host that knows how many sessions it will run (``sessions``: no launcher is
+        started ahead beyond them; ``python -m agent run`` runs one, and starts its
+        launcher while the farm and the worker start). It costs an idle process or
+        two. Run it in the host's nursery; cancelled, it ends the spares."""
         task_status.started()
         self._keeping = True
+        started = 0
         try:
             while True:
-                if not self._spares:
+                if not self._spares and (sessions is None or started < sessions):
+                    started += 1
                     self._spare_coming = True
                     try:
                         spare = await self._make_spare()

@@ -16,9 +16,10 @@ import ipaddress
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hypercorn.config import Config as HypercornConfig
+if TYPE_CHECKING:
+    from hypercorn.config import Config as HypercornConfig
 
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -45,6 +46,8 @@ def hypercorn_config(
     graceful_timeout: float = 2.0,
 ) -> HypercornConfig:
     """Serve on ``host:port`` (IPv6 literals welcome), errors to the logger ``logger``."""
+    from hypercorn.config import Config as HypercornConfig  # only where one serves
+
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

@@ -11,10 +11,13 @@ install openjd-cli`).
     python -m benchmarks.overhead [--tasks 2000] [--repeat 3]
 
 Targets (issue 16), through the farm: at most 1.0 ms per task above the shell
-loop, 64 MiB peak RSS and 0.4 s start-up (openjd-sessions needs about 4.5 ms a
-task). The figures include start-up, spread over the tasks; start-up is also
-shown on its own (one task). The exit status says whether the default path met
-the per-task target.
+loop, 64 MiB peak RSS and 0.4 s start-up to the first task (openjd-sessions
+needs about 4.5 ms a task). The figures include start-up, spread over the
+tasks. Start-up is also shown on its own, two ways: the whole run of a job of
+one task (start, the task, and the way out), and from the command's start to
+its first task's start (the task runs ``date +%s.%N``; its output, on the same
+clock as the benchmark's, says when it ran). The exit status says whether the
+default path met the per-task target.
 
 farmhand runs with its bytecode cached (in a temporary directory, each command
 run once first to fill it), as an installed farmhand has it;
@@ -27,10 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks._common import (
+    ROOT,
     Measurement,
     add_json_option,
     bytecode_cache_env,
@@ -65,6 +73,25 @@ def template(tasks: int) -> dict[str, object]:
     }
 
 
+def first_task_template() -> dict[str, object]:
+    """One task that prints when it runs (seconds since the epoch)."""
+    document = template(1)
+    steps = document["steps"]
+    assert isinstance(steps, list)
+    steps[0]["script"] = {"actions": {"onRun": {"command": "date", "args": ["+%s.%N"]}}}
+    return document
+
+
+def to_first_task(argv: list[str], env: dict[str, str] | None) -> float:
+    """Seconds from starting ``argv`` to its first task's start, by the task's own clock."""
+    start = time.time()
+    done = subprocess.run(argv, capture_output=True, env=env, cwd=ROOT, check=True, timeout=120)
+    stamps = re.findall(rb"^(\d+\.\d{9})$", done.stdout, re.MULTILINE)
+    if not stamps:
+        raise RuntimeError(f"no time stamp in the output of {argv}: {done.stdout[-500:]!r}")
+    return float(stamps[0]) - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,6 +113,8 @@ def main() -> int:
         path.write_text(json.dumps(template(args.tasks)))
         one = Path(tmp) / "one.json"
         one.write_text(json.dumps(template(1)))
+        stamp = Path(tmp) / "stamp.json"
+        stamp.write_text(json.dumps(first_task_template()))
         env = None if args.compile_each_run else bytecode_cache_env(Path(tmp) / "pycache")
 
         def run_farmhand(*argv: str) -> Measurement:
@@ -102,6 +131,12 @@ def main() -> int:
         )
         startup = median_of(args.repeat, lambda: run_farmhand("run", str(one)))
         startup_direct = median_of(args.repeat, lambda: run_farmhand("run", str(one), "--direct"))
+        first = statistics.median(
+            to_first_task(farmhand("run", str(stamp)), env) for _ in range(args.repeat)
+        )
+        first_direct = statistics.median(
+            to_first_task(farmhand("run", str(stamp), "--direct"), env) for _ in range(args.repeat)
+        )
         ours = median_of(args.repeat, lambda: run_farmhand("run", str(path)))
         direct = median_of(args.repeat, lambda: run_farmhand("run", str(path), "--direct"))
         rows: list[list[object]] = [
@@ -140,8 +175,12 @@ def main() -> int:
         above_ms = (ours.seconds - shell.seconds) / args.tasks * 1000
         direct_ms = (direct.seconds - shell.seconds) / args.tasks * 1000
         print(
-            f"farmhand start-up (1 task): {startup.seconds:.3f} s through the farm, "
-            f"{startup_direct.seconds:.3f} s direct"
+            f"farmhand start-up (a job of 1 task, the whole run): {startup.seconds:.3f} s "
+            f"through the farm, {startup_direct.seconds:.3f} s direct"
+        )
+        print(
+            f"farmhand start-up to the first task: {first:.3f} s through the farm, "
+            f"{first_direct:.3f} s direct"
         )
         print(
             f"farmhand overhead: {above_ms:.3f} ms/task above the shell loop through the farm, "
@@ -154,8 +193,8 @@ def main() -> int:
         print(
             f"targets through the farm: {above_ms:.3f} <= {TARGET_MS} ms/task "
             f"{_met(above_ms <= TARGET_MS)}, {ours.peak_rss_mib:.1f} <= {TARGET_RSS_MIB:g} MiB "
-            f"{_met(ours.peak_rss_mib <= TARGET_RSS_MIB)}, start-up {startup.seconds:.3f} <= "
-            f"{TARGET_STARTUP_S} s {_met(startup.seconds <= TARGET_STARTUP_S)}"
+            f"{_met(ours.peak_rss_mib <= TARGET_RSS_MIB)}, start-up to the first task "
+            f"{first:.3f} <= {TARGET_STARTUP_S} s {_met(first <= TARGET_STARTUP_S)}"
         )
         if not openjd:
             print("openjd CLI not found: pass --openjd PATH to compare")
@@ -171,6 +210,8 @@ def main() -> int:
                 # Medians of whole runs, start-up included: seconds and peak RSS (MiB).
                 "runners": runners,
                 "startup_seconds": {"farm": startup.seconds, "direct": startup_direct.seconds},
+                # From the command's start to its first task's, medians.
+                "first_task_seconds": {"farm": first, "direct": first_direct},
                 "target_ms_above_shell": TARGET_MS,
             },
         )

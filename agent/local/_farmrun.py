@@ -2,7 +2,7 @@
 
 ::
 
-    mock farm (this process, 127.0.0.1, real HTTP)
+    mock farm (this process; over loopback HTTP only with --monitor)
       └─ queue environments   one per ``--environment``, in the order given
       └─ the job              the steps and tasks chosen, the path-mapping rules
     worker (``open_agent``)   bootstrap, scheduler, session, fetcher, heartbeat, logs
@@ -11,6 +11,11 @@
 ``run_through_farm`` submits the plan that ``plan_local_session`` made (the
 template was validated there, so a bad one never reaches the farm), starts one
 worker against the farm and shows the session's events as the worker sees them.
+The worker reaches the farm through the farm's in-process transport
+(``agent._asgitransport``): its Deadline and Logs calls are serialized, signed,
+answered and parsed as on the wire, with no socket or HTTP codec between them,
+and hypercorn is not even imported. With ``--monitor`` the farm listens on
+loopback (the page is for a browser) and the worker calls it there.
 The farm is told to run the job as ``openjd run`` would: in one session
 (``session_limit=1``), on this host whatever the steps' host requirements, with
 no retries, the job failing at its first failed task. The session's output
@@ -37,17 +42,19 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import structlog
 import trio
 from openjd.expr import PathMappingRule
 
-from actors import SessionEvent, default_session_root, private_directory
+from actors import Containment, SessionEvent, default_session_root, private_directory
 
 from .._progress import StatusLine
 from .._signals import StopLevel, open_stop_signals
@@ -250,6 +257,7 @@ async def run_through_farm(
         )
     with tempfile.TemporaryDirectory(prefix="farmhand-run-") as tmp:
         async with (
+            _containment_ahead() as containment,
             open_mock_farm(
                 config=attrs.evolve(_farm_config(settings), keep_log_events=True)
                 if monitor is not None
@@ -258,6 +266,7 @@ async def run_through_farm(
                 s3=S3Config() if assets is not None else None,
                 port=monitor_port if monitor is not None else 0,
                 monitor=monitor,
+                listen=monitor is not None,
             ) as farm,
             trio.open_nursery() as nursery,
         ):
@@ -275,30 +284,35 @@ async def run_through_farm(
                 nursery.start_soon(_forward_signals, interrupt, holder, on_interrupt)
             # The output gone (a closed pipe) interrupts the run as a first signal does.
             output = OutputGuard(on_event, interrupt)
-            async with open_agent(
-                attrs.evolve(
-                    worker_config(
-                        farm,
-                        Path(tmp),
-                        preserve=preserve,
-                        report_interval=settings.report_interval_seconds,
+            async with (
+                _farm_http(farm) as http,
+                open_agent(
+                    attrs.evolve(
+                        worker_config(
+                            farm,
+                            Path(tmp),
+                            preserve=preserve,
+                            report_interval=settings.report_interval_seconds,
+                        ),
+                        s3_endpoint_url=farm.s3_endpoint_url or None,
+                        session_memory_limit=limits.memory if limits else None,
+                        action_output_limit=limits.output if limits else None,
+                        action_output_limit_mode=limits.output_mode if limits else "truncate",
                     ),
-                    s3_endpoint_url=farm.s3_endpoint_url or None,
-                    session_memory_limit=limits.memory if limits else None,
-                    action_output_limit=limits.output if limits else None,
-                    action_output_limit_mode=limits.output_mode if limits else "truncate",
-                ),
-                endpoints=_endpoints(farm),
-                bootstrap_credentials=CredentialHolder(
-                    static_credentials("AKIDFARMHANDRUN", "farmhand-run")
-                ),
-                on_event=lambda _session_id, event: output(event),
-                # The output goes to the renderer only, as with the direct runner: the
-                # embedded farm would throw a shipped copy away (unless its monitor shows it).
-                ship_session_logs=monitor is not None,
-                # As with `openjd run`, the user's jobs see the user's own environment.
-                jobs_get_agent_credentials=True,
-            ) as worker:
+                    endpoints=_endpoints(farm),
+                    http=http,
+                    containment=containment,
+                    bootstrap_credentials=CredentialHolder(
+                        static_credentials("AKIDFARMHANDRUN", "farmhand-run")
+                    ),
+                    on_event=lambda _session_id, event: output(event),
+                    # The output goes to the renderer only, as with the direct runner: the
+                    # embedded farm would throw a shipped copy away (unless its monitor shows it).
+                    ship_session_logs=monitor is not None,
+                    # As with `openjd run`, the user's jobs see the user's own environment.
+                    jobs_get_agent_credentials=True,
+                ) as worker,
+            ):
                 holder.append(worker)
                 await farm.wait_until(
                     lambda: job.status in FINAL_JOB_STATUSES and not job.active_sessions
@@ -311,6 +325,35 @@ async def run_through_farm(
                 await _download_bundle(farm, assets, job_id)
             nursery.cancel_scope.cancel(reason="the run is over")
             return job.status
+
+
+@asynccontextmanager
+async def _containment_ahead() -> AsyncIterator[Containment]:
+    """The run's containment (``actors._contain``), its watchdog started, and the one
+    session's launcher started ahead: its interpreter starts on another core while
+    the farm and the worker start, instead of after them."""
+    containment = Containment()
+    # It first ends what a killed earlier run left (/proc scans): not on the loop.
+    await trio.to_thread.run_sync(containment.start_watchdog)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(containment.keep_spare_launcher, sessions=1))
+            yield containment
+            nursery.cancel_scope.cancel(reason="the run is over")
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(containment.close)
+
+
+@asynccontextmanager
+async def _farm_http(farm: MockFarm) -> AsyncIterator[httpx.AsyncClient | None]:
+    """The worker's way to the farm: the farm's in-process transport, or ``None`` (the
+    worker's own client, to the port of a farm that listens)."""
+    if farm.transport is None:
+        yield None
+        return
+    async with httpx.AsyncClient(transport=farm.transport, timeout=httpx.Timeout(30.0)) as http:
+        yield http
 
 
 async def _upload_bundle(farm: MockFarm, assets: BundleAssets) -> dict[str, Any]:

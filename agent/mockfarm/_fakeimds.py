@@ -29,7 +29,6 @@ from typing import Any, cast
 
 import attrs
 import trio
-from hypercorn.trio import serve
 
 from .._asgi import Receive, Scope, Send, answer_lifespan, hypercorn_config
 
@@ -129,6 +128,8 @@ class FakeImds:
 @asynccontextmanager
 async def open_fake_imds(*, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[FakeImds]:
     """Serve a ``FakeImds`` on ``host:port`` (a free loopback port by default)."""
+    from hypercorn.trio import serve  # not at import: ``agent.mockfarm`` users may not serve
+
     imds = FakeImds()
     config = hypercorn_config(host, port, logger="farmhand.mockfarm.imds", keep_alive_timeout=30.0)
     config.graceful_timeout = 0.0  # hanging requests (``unavailable``) must not hold the exit

@@ -1,4 +1,5 @@
-"""``open_mock_farm``: the farm served by hypercorn's Trio worker, on loopback.
+"""``open_mock_farm``: the farm served by hypercorn's Trio worker, on loopback, or
+reached in this process only (``listen=False``, for ``python -m agent run``).
 
 ::
 
@@ -8,7 +9,9 @@
         await farm.wait_for_job(job_id)
 
 The server binds ``127.0.0.1`` on a free port unless told otherwise; the farm's
-records, logs and call record are on the ``MockFarm`` for assertions.
+records, logs and call record are on the ``MockFarm`` for assertions. A farm that
+does not listen is reached through ``MockFarm.transport`` (``agent._asgitransport``):
+the same app, the same API, no socket, and none of hypercorn imported.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import trio
-from hypercorn.trio import serve
 
 from .._asgi import hypercorn_config
 from ._app import CallLog, CallRecord, MockFarmApp
@@ -34,6 +36,13 @@ from ._monitor import Monitor, MonitorConfig
 from ._records import FarmState, Job, WorkerRecord
 from ._s3 import S3Config, open_s3
 from ._store import FarmStore
+
+if TYPE_CHECKING:
+    import httpx
+
+#: The endpoint of a farm that does not listen: loopback's port 0, which nothing
+#: serves, so a client not given the farm's transport fails at once, on this host.
+IN_PROCESS_URL = "http://127.0.0.1:0"
 
 #: Job statuses after which nothing more happens unless someone requeues.
 FINAL_JOB_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SUSPENDED", "NOT_COMPATIBLE"})
@@ -79,6 +88,9 @@ class MockFarm:
         self.calls = calls
         self._faults = faults
         self.endpoint_url = ""
+        #: The way in for clients in this process, when the farm does not listen
+        #: (``httpx.AsyncClient(transport=farm.transport)``); ``None`` when it does.
+        self.transport: httpx.AsyncBaseTransport | None = None
         #: The S3 endpoint of the farm's job attachments ("" when it has none).
         self.s3_endpoint_url = ""
         self.s3: S3Config | None = None
@@ -368,6 +380,7 @@ async def open_mock_farm(
     s3: S3Config | None = None,
     state_dir: Path | None = None,
     monitor: MonitorConfig | None = None,
+    listen: bool = True,
 ) -> AsyncIterator[MockFarm]:
     """Serve a mock farm on ``host:port`` (a free loopback port by default) while in the block.
 
@@ -383,10 +396,24 @@ async def open_mock_farm(
     without, the farm lives in memory. Raises ``StoreError`` for an unusable state dir.
     ``monitor`` serves the monitor page at ``/monitor`` on the same port (``_monitor``;
     ``MockFarm.monitor_url``), read-only unless ``MonitorConfig(actions=True)``.
+    ``listen=False``: no server; clients in this process reach the farm through
+    ``MockFarm.transport``, and ``endpoint_url`` is ``IN_PROCESS_URL`` (for their
+    requests' URLs and signatures only). A monitor needs a server.
     """
+    if not listen and monitor is not None:
+        raise ValueError("the monitor page needs a farm that listens")
     if state_dir is None:
         async with _serve_farm(
-            Farm(config), faults, host, port, call_history, keep_alive_timeout, keys, s3, monitor
+            Farm(config),
+            faults,
+            host,
+            port,
+            call_history,
+            keep_alive_timeout,
+            keys,
+            s3,
+            monitor,
+            listen,
         ) as mock:
             yield mock
         return
@@ -403,7 +430,16 @@ async def open_mock_farm(
             await writer_nursery.start(run_writer)
             try:
                 async with _serve_farm(
-                    farm, faults, host, port, call_history, keep_alive_timeout, keys, s3, monitor
+                    farm,
+                    faults,
+                    host,
+                    port,
+                    call_history,
+                    keep_alive_timeout,
+                    keys,
+                    s3,
+                    monitor,
+                    listen,
                 ) as mock:
                     yield mock
             finally:
@@ -423,6 +459,7 @@ async def _serve_farm(
     keys: Mapping[str, str] | None,
     s3: S3Config | None,
     monitor: MonitorConfig | None = None,
+    listen: bool = True,
 ) -> AsyncIterator[MockFarm]:
     calls = CallLog(call_history)
     injector = FaultInjector(faults)
@@ -450,9 +487,6 @@ async def _serve_farm(
             verified=keys is not None,
             stop_worker=farm.request_worker_stop,
         )
-    server_config = hypercorn_config(
-        host, port, logger="farmhand.mockfarm.http", keep_alive_timeout=keep_alive_timeout
-    )
     shutdown = trio.Event()
     async with contextlib.AsyncExitStack() as stack:
         if s3 is not None:
@@ -471,10 +505,21 @@ async def _serve_farm(
         # MockFarmApp is an ASGI 3 application; hypercorn's TypedDict signature
         # is stricter than the plain mappings it is written with.
         asgi = cast(Any, app)
-        binds = await nursery.start(
-            partial(serve, asgi, server_config, shutdown_trigger=shutdown.wait)
-        )
-        mock.endpoint_url = binds[0]
+        if listen:
+            from hypercorn.trio import serve
+
+            server_config = hypercorn_config(
+                host, port, logger="farmhand.mockfarm.http", keep_alive_timeout=keep_alive_timeout
+            )
+            binds = await nursery.start(
+                partial(serve, asgi, server_config, shutdown_trigger=shutdown.wait)
+            )
+            mock.endpoint_url = binds[0]
+        else:
+            from .._asgitransport import AppTransport
+
+            mock.endpoint_url = IN_PROCESS_URL
+            mock.transport = AppTransport(asgi, nursery)
         watchdog = trio.CancelScope()
 
         async def run_watchdog() -> None:
@@ -489,6 +534,9 @@ async def _serve_farm(
             if mock.monitor is not None:
                 mock.monitor.closing.set()  # its event streams end, so the server can
             shutdown.set()
+            if not listen:
+                # No server to end: its requests' tasks go with the farm.
+                nursery.cancel_scope.cancel(reason="mock farm closing")
 
 
 def make_client(

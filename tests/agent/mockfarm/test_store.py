@@ -399,6 +399,12 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path) -> 
                 # Answered: every report in it is acknowledged.
                 reported.update(dict.fromkeys(updates, "SUCCEEDED"))
                 trio.from_thread.run_sync(progress)
+                if "assignedSessions" not in response:
+                    # The kill cut the answer short after its headers (the farm answers
+                    # once the call's changes are committed, so the reports stand):
+                    # botocore does not hold a body to its Content-Length, and parses
+                    # the empty rest as {}.
+                    return
                 updates = {
                     action["sessionActionId"]: completed()
                     for session in response["assignedSessions"].values()
