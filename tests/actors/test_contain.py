@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -348,6 +349,43 @@ async def test_a_session_waits_for_a_spare_on_its_way_rather_than_starting_its_o
                 following = await containment.wait_spare_launcher()
                 assert launcher is not None
                 assert started == [launcher.pid, following]
+                await launcher.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        containment.close()
+
+
+async def test_a_host_that_runs_one_session_starts_one_launcher_ahead_and_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """keep_spare_launcher(sessions=1) (``python -m agent run``): the launcher is started
+    before the session asks, the session takes it, and none is started after it (a
+    second interpreter would only compete with the session's tasks)."""
+    from actors._spawn import SessionLauncher
+
+    started: list[int] = []
+    asked = 0
+    real_start = SessionLauncher.start.__func__  # type: ignore[attr-defined]
+
+    async def counted_start(cls: type[SessionLauncher], /, **kwargs: object) -> SessionLauncher:
+        nonlocal asked
+        asked += 1
+        launcher: SessionLauncher = await real_start(cls, **kwargs)
+        started.append(launcher.pid)
+        return launcher
+
+    monkeypatch.setattr(SessionLauncher, "start", classmethod(counted_start))
+    containment = Containment(use_cgroup=False)
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(containment.keep_spare_launcher, sessions=1))
+                ahead = await containment.wait_spare_launcher()
+                assert started == [ahead]
+                launcher = await containment.start_launcher("s1")
+                assert launcher is not None and launcher.pid == ahead
+                await trio.testing.wait_all_tasks_blocked()
+                assert (asked, started) == (1, [ahead]) and containment.spare_pid is None
                 await launcher.aclose()
                 nursery.cancel_scope.cancel()
     finally:
