@@ -190,6 +190,8 @@ class Launcher:
         self.action: subprocess.Popen[bytes] | None = None
         #: What the running action has cost so far.
         self.usage = _launchusage.Usage()
+        #: The memory cgroup the last spawn named (see ``cgroup_for``).
+        self.memory_cgroup: _launchusage.MemoryCgroup | None = None
         #: GPU memory sampling, where there is a GPU to ask about.
         self.gpu = _launchusage.GpuSampler.find()
         #: Swept and asked to exit: nothing is left to sweep on the way out.
@@ -295,12 +297,10 @@ class Launcher:
         try:
             if len(fds) not in (1, 2) or not argv:
                 raise OSError(errno.EINVAL, "a spawn request needs an argv and one or two fds")
-            if self.usage.cgroup is not None:
-                self.usage.cgroup.close()
             # Limit set and peak reset before the action starts.
             usage = _launchusage.Usage(
                 int(limit) if isinstance(limit, int) and limit > 0 else None,
-                _launchusage.MemoryCgroup.from_request(request.get("memory_cgroup")),
+                self.cgroup_for(request.get("memory_cgroup")),
             )
             process = _spawn(argv, env, cwd, fds[0])
         except OSError as exc:
@@ -319,6 +319,17 @@ class Launcher:
             for fd in fds:
                 if fd != self.output:
                     os.close(fd)
+
+    def cgroup_for(self, value: object) -> _launchusage.MemoryCgroup | None:
+        """The memory cgroup a spawn names (its ``memory_cgroup``): the one the last
+        spawn named, when it is the same, so its files stay open and its limit is
+        written only when it changes."""
+        if self.memory_cgroup is not None and self.memory_cgroup.same_as(value):
+            return self.memory_cgroup
+        if self.memory_cgroup is not None:
+            self.memory_cgroup.close()
+        self.memory_cgroup = _launchusage.MemoryCgroup.from_request(value)
+        return self.memory_cgroup
 
     def set_output(self, fd: int | None) -> None:
         if self.output is not None:
