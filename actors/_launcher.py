@@ -213,6 +213,8 @@ class Launcher:
         self.listener_path = ""
         #: The hold we were under when the grace passed with no agent: its files go.
         self.expired: dict[str, object] | None = None
+        #: The actions' stdin, opened once (``subprocess.DEVNULL`` opens it per spawn).
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         wake_read, wake_write = _platform.nonblocking_pipe()
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
@@ -302,7 +304,7 @@ class Launcher:
                 int(limit) if isinstance(limit, int) and limit > 0 else None,
                 self.cgroup_for(request.get("memory_cgroup")),
             )
-            process = _spawn(argv, env, cwd, fds[0])
+            process = _spawn(argv, env, cwd, fds[0], self.devnull)
         except OSError as exc:
             self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
         except (ValueError, TypeError) as exc:
@@ -571,10 +573,12 @@ class Launcher:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], env: dict[str, str], cwd: str, output: int, devnull: int
+) -> subprocess.Popen[bytes]:
     """Start ``argv`` exactly as trio (``subprocess``) would start it directly: in a
-    new session, found on the ``PATH`` of ``env``, stdin from /dev/null, stdout
-    and stderr to ``output``. Raises the ``OSError`` exec raised.
+    new session, found on the ``PATH`` of ``env``, stdin from /dev/null (``devnull``,
+    an fd of it), stdout and stderr to ``output``. Raises the ``OSError`` exec raised.
 
     ``subprocess`` forks with vfork here, and resets SIGPIPE and SIGXFSZ, which
     Python ignores. (Not ``posix_spawn``: glibc's leaves its internal signals 32
@@ -583,7 +587,7 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subpr
     """
     return subprocess.Popen(
         argv,
-        stdin=subprocess.DEVNULL,
+        stdin=devnull,
         stdout=output,
         stderr=output,
         cwd=cwd,
