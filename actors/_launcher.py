@@ -190,6 +190,8 @@ class Launcher:
         self.action: subprocess.Popen[bytes] | None = None
         #: What the running action has cost so far.
         self.usage = _launchusage.Usage()
+        #: The memory cgroup the last spawn named (see ``cgroup_for``).
+        self.memory_cgroup: _launchusage.MemoryCgroup | None = None
         #: GPU memory sampling, where there is a GPU to ask about.
         self.gpu = _launchusage.GpuSampler.find()
         #: Swept and asked to exit: nothing is left to sweep on the way out.
@@ -211,6 +213,8 @@ class Launcher:
         self.listener_path = ""
         #: The hold we were under when the grace passed with no agent: its files go.
         self.expired: dict[str, object] | None = None
+        #: The actions' stdin, opened once (``subprocess.DEVNULL`` opens it per spawn).
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         wake_read, wake_write = _platform.nonblocking_pipe()
         self.wake = wake_read
         signal.set_wakeup_fd(wake_write)
@@ -295,14 +299,12 @@ class Launcher:
         try:
             if len(fds) not in (1, 2) or not argv:
                 raise OSError(errno.EINVAL, "a spawn request needs an argv and one or two fds")
-            if self.usage.cgroup is not None:
-                self.usage.cgroup.close()
             # Limit set and peak reset before the action starts.
             usage = _launchusage.Usage(
                 int(limit) if isinstance(limit, int) and limit > 0 else None,
-                _launchusage.MemoryCgroup.from_request(request.get("memory_cgroup")),
+                self.cgroup_for(request.get("memory_cgroup")),
             )
-            process = _spawn(argv, env, cwd, fds[0])
+            process = _spawn(argv, env, cwd, fds[0], self.devnull)
         except OSError as exc:
             self.send({"errno": exc.errno or errno.EIO, "message": exc.strerror or str(exc)})
         except (ValueError, TypeError) as exc:
@@ -319,6 +321,17 @@ class Launcher:
             for fd in fds:
                 if fd != self.output:
                     os.close(fd)
+
+    def cgroup_for(self, value: object) -> _launchusage.MemoryCgroup | None:
+        """The memory cgroup a spawn names (its ``memory_cgroup``): the one the last
+        spawn named, when it is the same, so its files stay open and its limit is
+        written only when it changes."""
+        if self.memory_cgroup is not None and self.memory_cgroup.same_as(value):
+            return self.memory_cgroup
+        if self.memory_cgroup is not None:
+            self.memory_cgroup.close()
+        self.memory_cgroup = _launchusage.MemoryCgroup.from_request(value)
+        return self.memory_cgroup
 
     def set_output(self, fd: int | None) -> None:
         if self.output is not None:
@@ -560,10 +573,12 @@ class Launcher:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], env: dict[str, str], cwd: str, output: int, devnull: int
+) -> subprocess.Popen[bytes]:
     """Start ``argv`` exactly as trio (``subprocess``) would start it directly: in a
-    new session, found on the ``PATH`` of ``env``, stdin from /dev/null, stdout
-    and stderr to ``output``. Raises the ``OSError`` exec raised.
+    new session, found on the ``PATH`` of ``env``, stdin from /dev/null (``devnull``,
+    an fd of it), stdout and stderr to ``output``. Raises the ``OSError`` exec raised.
 
     ``subprocess`` forks with vfork here, and resets SIGPIPE and SIGXFSZ, which
     Python ignores. (Not ``posix_spawn``: glibc's leaves its internal signals 32
@@ -572,7 +587,7 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str, output: int) -> subpr
     """
     return subprocess.Popen(
         argv,
-        stdin=subprocess.DEVNULL,
+        stdin=devnull,
         stdout=output,
         stderr=output,
         cwd=cwd,

@@ -66,10 +66,18 @@ class Usage:
         self.largest = 0
         self.tree = 0
         self.sampled = False
-        self.next_sample = time.monotonic()
+        #: The first sample: at once where only samples measure the tree; after the
+        #: usual interval where a cgroup counts its peak (and the kernel holds the
+        #: limit), as a sample taken as the action starts finds nothing to count.
+        self.next_sample = time.monotonic() + (self.interval if self.cgroup is not None else 0.0)
         #: Peak GPU memory of the session's processes (``None``: not sampled).
         self.gpu: int | None = None
         self.next_gpu_sample = time.monotonic() + GPU_FIRST_SAMPLE_SECONDS
+
+    @property
+    def interval(self) -> float:
+        """Seconds between samples."""
+        return SAMPLE_SECONDS if self.limit is None else LIMIT_SAMPLE_SECONDS
 
     @property
     def watching_kernel(self) -> bool:
@@ -98,9 +106,7 @@ class Usage:
     def sample(self, me: int) -> bool:
         """Measure; ``True`` when the limit has just been passed."""
         found = _platform.tree_memory(me)
-        self.next_sample = time.monotonic() + (
-            SAMPLE_SECONDS if self.limit is None else LIMIT_SAMPLE_SECONDS
-        )
+        self.next_sample = time.monotonic() + self.interval
         if found is None:
             return False
         size, largest, largest_size = found
@@ -230,16 +236,27 @@ CGROUP_FILES = {
 
 class MemoryCgroup:
     """The launcher's memory cgroup (made and joined by the agent: ``_memcg.py``):
-    per action, the limit written, the peak reset, the OOM kills counted."""
+    per action, the limit written, the peak reset, the OOM kills counted.
+
+    One per launcher, armed for each action (``Launcher.cgroup_for``): the limit is
+    written only when it changes (nothing else writes it), and the peak and events
+    files stay open, to be reset and read again, so an action's start and exit
+    cost a write and a read or two rather than opening three files."""
 
     def __init__(self, path: str, version: int) -> None:
         self.path = path
         self.version = version
         self.limit_file, self.peak_file, self.events_file, self.unlimited = CGROUP_FILES[version]
-        #: v2: the open ``memory.peak`` whose peak was reset (per open file).
+        #: The open peak file (v2 ``memory.peak``: its peak is per open file), reset
+        #: at each arm.
         self.peak_fd: int | None = None
-        #: The peak could not be reset for this action: ``peak`` has none to give.
+        #: The peak could not be reset: ``peak`` has none to give (before Linux 6.12,
+        #: which is so for every action).
         self.peak_unknown = False
+        #: The open events file (``None``: not opened yet, or it could not be).
+        self.events_fd: int | None = None
+        #: What the limit file was last set to here (``None``: not yet, or unknown).
+        self.limit_written: str | None = None
         self.kills_before = 0
 
     @classmethod
@@ -251,42 +268,57 @@ class MemoryCgroup:
             return None
         return cls(path, version)
 
+    def same_as(self, value: object) -> bool:
+        """Whether a spawn's ``memory_cgroup`` names this one."""
+        return value == [self.path, self.version]
+
     def _write(self, name: str, text: str) -> None:
         with open(os.path.join(self.path, name), "w") as file:
             file.write(text)
 
     def arm(self, limit: int | None) -> bool:
         """Set for an action; ``False`` (sample instead) where a file would not take it."""
-        self.close()
-        try:
-            self._write(self.limit_file, str(limit) if limit is not None else self.unlimited)
-        except OSError:
-            return False
-        try:
-            if self.version == 1:
-                self._write(self.peak_file, "0")
-            else:
-                self.peak_fd = os.open(os.path.join(self.path, self.peak_file), os.O_RDWR)
-                os.write(self.peak_fd, b"reset\n")  # Linux 6.12+: this file's own peak
-        except OSError:
-            # No peak of the action's own (before 6.12): the samples measure it.
-            self.close()
-            self.peak_unknown = True
-        self.kills_before = self.oom_kills()
+        text = str(limit) if limit is not None else self.unlimited
+        if text != self.limit_written:
+            self.limit_written = None
+            try:
+                self._write(self.limit_file, text)
+            except OSError:
+                return False
+            self.limit_written = text
+        if not self.peak_unknown:
+            try:
+                if self.peak_fd is None:
+                    path = os.path.join(self.path, self.peak_file)
+                    self.peak_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                # v2: Linux 6.12+, this open file's own peak; v1: the cgroup's.
+                os.write(self.peak_fd, b"0" if self.version == 1 else b"reset\n")
+            except OSError:
+                # No peak of the action's own (before 6.12): the samples measure it.
+                self.close()
+                self.peak_unknown = True
+        # Only a limit is watched for kills (``Usage.check_kernel_kill``).
+        self.kills_before = self.oom_kills() if limit is not None else 0
         return True
 
     def close(self) -> None:
         if self.peak_fd is not None:
             os.close(self.peak_fd)
             self.peak_fd = None
+        if self.events_fd is not None:
+            os.close(self.events_fd)
+            self.events_fd = None
 
     def oom_kills(self) -> int:
         try:
-            with open(os.path.join(self.path, self.events_file)) as file:
-                for line in file:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
+            if self.events_fd is None:
+                path = os.path.join(self.path, self.events_file)
+                self.events_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            text = os.pread(self.events_fd, 4096, 0).decode()
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
         except (OSError, ValueError):
             pass
         return 0
@@ -301,9 +333,6 @@ class MemoryCgroup:
         try:
             if self.peak_fd is not None:
                 return int(os.pread(self.peak_fd, 64, 0))
-            if self.version == 1:
-                with open(os.path.join(self.path, self.peak_file)) as file:
-                    return int(file.read())
         except (OSError, ValueError):
             pass
         return None

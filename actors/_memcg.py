@@ -12,10 +12,12 @@ starts anything, so every action it starts is charged there:
   below our own memory cgroup, one per launcher, removed with it.
 
 For each action the launcher sets the limit (``memory.max``; v1
-``memory.limit_in_bytes``), resets the peak (``memory.peak``, per open file, Linux
-6.12 and later; v1 ``memory.max_usage_in_bytes``) and notes the count of OOM kills
+``memory.limit_in_bytes``; written only when it changes), resets the peak
+(``memory.peak``, per open file, Linux 6.12 and later; v1
+``memory.max_usage_in_bytes``) and, under a limit, notes the count of OOM kills
 (``memory.events``; v1 ``memory.oom_control``): a kill in the cgroup while the
-action ran is the kernel holding its limit. Pages already charged when the launcher
+action ran is the kernel holding its limit. The launcher keeps these files open
+from one action to the next (``_launchusage.MemoryCgroup``). Pages already charged when the launcher
 joins stay with the cgroup they were charged to, so the launcher's own start is
 not counted.
 

@@ -717,7 +717,10 @@ class SessionRunner(SessionRestarts):
         if self.redactor and not isinstance(event, ActionOutput):
             event = _redact_event(self.redactor, event)
         try:
-            await self._events.send(event)
+            try:
+                self._events.send_nowait(event)
+            except trio.WouldBlock:
+                await self._events.send(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The owner stopped listening (it is going away); keep running the
             # session to its end so processes and environments are cleaned up.
