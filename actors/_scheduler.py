@@ -15,7 +15,10 @@ the latest fields winning), and syncs with the farm through a ``ScheduleApi``
 - at once when an action reaches a final state (the contract asks for FAILED,
   CANCELED and INTERRUPTED to be reported immediately; we do it for every final
   state, so the farm can hand out the next work without waiting). A success
-  while its session still has assigned work to run is not urgent: such syncs
+  that leaves its session one assigned action (the one it runs next) is urgent
+  too: the farm, told now, assigns the next while that one runs, and a farm
+  that assigns two ahead keeps the worker busy. A success while its session
+  still has more assigned work than that is not urgent: such syncs
   start at most one per ``report_interval`` (20 ms by default), so a stream of
   millisecond tasks is reported in batches instead of one call per task, and a
   fleet of them does not flood the farm (``report_interval_seconds`` in the
@@ -412,8 +415,11 @@ class Scheduler:
         still_open = self._open.get(report.session_id)
         if still_open is not None:
             still_open.discard(report.action_id)
-        if report.state is not ActionState.SUCCESS or not still_open:
-            self._request_sync()  # the contract's "immediately", or the session is out of work
+        if report.state is not ActionState.SUCCESS or not still_open or len(still_open) == 1:
+            # The contract's "immediately"; or the session is out of work; or it runs its
+            # last assigned action now: told now, the farm's next assignment can arrive
+            # before that one ends, instead of a round trip after it.
+            self._request_sync()
         elif not self._report_pending:
             self._report_pending = True
             self._wake()

@@ -773,6 +773,45 @@ async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
     ]
 
 
+async def test_a_success_that_leaves_one_assigned_action_goes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A success that leaves the session only the action it runs next is reported at
+    once, within the report interval: the farm can assign the next one while it runs."""
+    farm = FakeFarm(py("pass"))
+    farm.assigned = {SESSION: session(task(0, 1), task(1, 2), task(2, 3))}
+    sessions: list[ScriptedSession] = []
+    times: list[float] = []
+    real_sync = farm.update_worker_schedule
+
+    async def timed(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        times.append(trio.current_time())
+        return await real_sync(updated)
+
+    farm.update_worker_schedule = timed  # type: ignore[method-assign]
+
+    def factory(
+        assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
+    ) -> Any:
+        sessions.append(ScriptedSession(assignment, reports))
+        return sessions[-1]
+
+    async with trio.open_nursery() as nursery:
+        scheduler = await start_scheduler(nursery, farm, factory, report_interval=1.0)
+        await scheduler.sync_now()  # t=0: the session arrives with three task runs
+        [worker_session] = sessions
+        await trio.sleep(0.1)
+        await worker_session.final(0, "SUCCEEDED")  # two left: waits for the interval
+        await trio.testing.wait_all_tasks_blocked()
+        assert times == [0.0]
+        await trio.sleep(0.1)
+        await worker_session.final(1, "SUCCEEDED")  # one left: at once
+        await farm.wait_until(lambda: len(farm.completed) == 2)
+        assert times == [0.0, 0.2]
+        nursery.cancel_scope.cancel()
+    assert farm.calls[1].keys() == {action_id(0), action_id(1)}
+
+
 async def test_close_waits_for_the_call_in_flight_and_makes_no_more(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
