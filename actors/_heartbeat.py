@@ -10,6 +10,8 @@ Beats are scheduled on a fixed grid (``start + n * interval``), so a slow beat
 does not push all later ones back; slots missed by more than one interval are
 skipped rather than beaten in a burst. Lateness (how long after its slot a
 beat started) is kept for the last ``history`` beats for ``statistics()``.
+A beat may read its slot (``slot``): work that started at or after it, such as
+a farm call already in flight, is as good as a new one.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ class Heartbeat:
         self._lateness: deque[float] = deque(maxlen=history)
         self._beats = 0
         self._last_beat: float | None = None
+        self._slot = -math.inf
+
+    @property
+    def slot(self) -> float:
+        """When the beat in progress (or, between beats, the last one) was due
+        (``trio.current_time()``)."""
+        return self._slot
 
     def age(self) -> float | None:
         """Seconds since the last beat finished."""
@@ -107,6 +116,7 @@ class Heartbeat:
                 if not inbox_open:
                     await trio.sleep_until(slot)
                 started = trio.current_time()
+                self._slot = slot
                 self._lateness.append(started - slot)
                 await self._beat()
                 self._beats += 1

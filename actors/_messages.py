@@ -63,7 +63,8 @@ Work sessions report to the scheduler (``SessionReport``)::
 
 The owner commands the scheduler (``SchedulerCommand``)::
 
-    SyncNow(reply_to)         call the farm now; reply once a later call is done
+    SyncNow(reply_to, since)  call the farm now; reply once a later call is done
+                              (or one that started at or after ``since``)
     WaitSessions(until, ...)  reply once the sessions are reported/closed/busy
     FinishSessions()          no new sessions; current ones finish what they have
     StopSessions(...)         stop every session (a drain)
@@ -721,9 +722,15 @@ SessionReport = ActionUpdate | SessionReported | SessionClosed
 @attrs.frozen
 class SyncNow:
     """Call the farm now; the reply comes once a call that started after this one is
-    done (at once once the scheduler is closed or its sync loop has ended)."""
+    done (at once once the scheduler is closed or its sync loop has ended).
+
+    With ``since`` (``trio.current_time()``), a call that started at or after it
+    will do: one already done answers at once, one in flight when it is done, and
+    only otherwise is a new call made (a heartbeat's slot: the farm needs a call
+    per interval, whoever made it)."""
 
     reply_to: trio.MemorySendChannel[None]
+    since: float | None = None
 
 
 @attrs.frozen

@@ -180,6 +180,10 @@ class Scheduler:
         self._stop_requested = False
         self._closed = False
         self._in_flight = False
+        #: What the call in flight answers (``_requested`` when it started).
+        self._in_flight_target = 0
+        #: When the last call that succeeded started.
+        self._done_started = -math.inf
         #: Replies owed: SyncNow (by the sync that answers it), CloseSchedule (once no
         #: call is in flight), WaitSessions (by what they wait for).
         self._sync_waiters: list[tuple[int, trio.MemorySendChannel[None]]] = []
@@ -251,8 +255,14 @@ class Scheduler:
             if self._closed or not self._syncing:
                 _answer(command.reply_to)
                 return
-            self._request_sync()
-            self._sync_waiters.append((self._requested, command.reply_to))
+            since = command.since
+            if since is not None and self._done_started >= since:
+                _answer(command.reply_to)  # a call that started since then is done
+            elif since is not None and self._in_flight and self._last_sync_started >= since:
+                self._sync_waiters.append((self._in_flight_target, command.reply_to))
+            else:
+                self._request_sync()
+                self._sync_waiters.append((self._requested, command.reply_to))
         elif isinstance(command, WaitSessions):
             self._session_waiters.append(command)
             self._check_session_waiters()
@@ -364,9 +374,9 @@ class Scheduler:
                     await self._wait_for_wakeup()
             if self._nothing_to_send():
                 continue  # closed while waiting
-            target = self._requested
+            target = self._in_flight_target = self._requested
             self._report_pending = False
-            self._last_sync_started = trio.current_time()
+            started = self._last_sync_started = trio.current_time()
             self._in_flight = True
             try:
                 await self._sync(sessions, reports)
@@ -383,6 +393,7 @@ class Scheduler:
                     _answer(reply_to)
                 self._close_waiters = []
             self._completed = target
+            self._done_started = started
             self._answer_syncs()
 
     def _nothing_to_send(self) -> bool:
@@ -600,10 +611,13 @@ async def _ask(
             pass  # the scheduler is gone: nothing is coming
 
 
-async def sync_now(scheduler: trio.MemorySendChannel[SchedulerCommand]) -> None:
+async def sync_now(
+    scheduler: trio.MemorySendChannel[SchedulerCommand], *, since: float | None = None
+) -> None:
     """``SyncNow``: call the farm now; returns once a call that started after this one
-    is done (at once, with no call, once the scheduler is closed or gone)."""
-    await _ask(scheduler, SyncNow)
+    (or, with ``since``, at or after ``since``) is done (at once, with no call, once
+    the scheduler is closed or gone)."""
+    await _ask(scheduler, partial(SyncNow, since=since))
 
 
 async def wait_sessions(

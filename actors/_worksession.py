@@ -112,6 +112,7 @@ from ._paths import path_under
 from ._restart import Held, RestartHold, SessionResume
 from ._session import SessionRunner
 from ._sessionconfig import SessionConfig
+from ._turn import Turn
 
 log = structlog.get_logger("farmhand.worksession")
 
@@ -299,8 +300,10 @@ class WorkSession:
         queue_credentials: QueueCredentialSource | None = None,
         attachments: AttachmentProvider | None = None,
         held: Held | None = None,
+        starts: trio.CapacityLimiter | None = None,
     ) -> None:
         self.assignment = assignment
+        self._turn = Turn(starts)  # to start in (``_turn.py``)
         #: The session as an earlier agent left it, to take over.
         self._held = held
         self._queue_credentials = queue_credentials
@@ -360,11 +363,13 @@ class WorkSession:
         succeeded = False
         try:
             with self._command_send:
+                await self._turn.take()
                 self._stream = await self._open_log()
                 job = await self._job_details()
                 if job is not None:
                     succeeded = await self._run_runner(job)
         finally:
+            self._turn.end()
             with trio.CancelScope(shield=True):
                 held, self._held = self._held, None
                 if held is not None and self._options.restart_hold is not None:
@@ -777,6 +782,7 @@ class WorkSession:
         if isinstance(event, ActionOutput):
             self._write(event.lines)
             return
+        self._turn.end()  # it has started: the next session's turn
         action_id = event.action_id if not isinstance(event, SessionEnded) else None
         if isinstance(event, ActionStarted):
             if action_id is not None:

@@ -238,15 +238,26 @@ def fleet(document: Mapping[str, Any]) -> Figure:
     def ms(key: str) -> list[float]:
         return [(s[key] or 0.0) * 1000 for s in sizes]
 
-    late.plot(workers, ms("lateness_p99_working"), marker="o", label="p99, working")
-    late.plot(workers, ms("lateness_p99_idle"), marker="o", label="p99, idle")
-    late.plot(
-        workers, ms("lateness_max_working"), marker="x", linestyle=":", label="worst, working"
+    # UpdateWorkerSchedule lateness as the farm sees it (fleet.py); older documents
+    # have only the heartbeat's own figure (how late each beat started).
+    farm_view = all("uws_lateness_p99_working" in s for s in sizes)
+    p99, worst = (
+        ("uws_lateness_p99_", "uws_lateness_max_")
+        if farm_view
+        else ("lateness_p99_", "lateness_max_")
     )
-    late.plot(workers, ms("lateness_max_idle"), marker="x", linestyle=":", label="worst, idle")
+    late.plot(workers, ms(p99 + "working"), marker="o", label="p99, working")
+    late.plot(workers, ms(p99 + "idle"), marker="o", label="p99, idle")
+    late.plot(workers, ms(worst + "working"), marker="x", linestyle=":", label="worst, working")
+    late.plot(workers, ms(worst + "idle"), marker="x", linestyle=":", label="worst, idle")
     late.set_yscale("symlog", linthresh=1)
-    late.set_ylabel("heartbeat lateness, ms")
-    late.set_title("how late each beat started", fontsize=9)
+    late.set_ylabel("lateness, ms")
+    late.set_title(
+        "how late each UpdateWorkerSchedule went out"
+        if farm_view
+        else "how late each beat started",
+        fontsize=9,
+    )
     late.legend(fontsize=7)
     memory.plot(workers, [s["memory_per_worker_mib"] for s in sizes], marker="o")
     memory.set_ylabel("MiB per worker")

@@ -17,6 +17,15 @@ calls (``connections`` per group of ``group`` workers) and its group's schedule
 pool, for UpdateWorkerSchedule only, with no connection limit (a worker has at
 most one such call in flight, so it holds at most ``group`` connections). Pools
 are opened when a group's first worker asks, and share one TLS context.
+
+It also makes the fleet's session starts take turns (``session_starts``: at
+most ``starts`` at once, each from its first call to its first action's start).
+A job that reaches a thousand idle workers starts a thousand sessions at once,
+each with its calls (BatchGetJobEntity, a log stream, AssumeQueueRoleForWorker)
+and a launcher process to start; all at once they fill Trio's run queue, and
+every heartbeat waits its turn behind them for seconds. Four at a time, the
+job ran faster and on less CPU, and UpdateWorkerSchedule went out about ten
+times closer to on time (``benchmarks/RESULTS.md``, "The fleet on time").
 """
 
 from __future__ import annotations
@@ -26,11 +35,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final, TypedDict
 
 import httpx
+import trio
 
 #: Workers per pair of pools: small enough that a pool's bookkeeping stays cheap.
 DEFAULT_GROUP: Final = 16
 #: Connections of a group's pool for the calls other than UpdateWorkerSchedule.
 DEFAULT_CONNECTIONS: Final = 8
+#: Sessions of the fleet starting at once.
+DEFAULT_STARTS: Final = 4
 
 
 class WorkerHttp(TypedDict):
@@ -38,22 +50,31 @@ class WorkerHttp(TypedDict):
 
     http: httpx.AsyncClient
     schedule_http: httpx.AsyncClient
+    #: Shared by every worker of the fleet.
+    session_starts: trio.CapacityLimiter
 
 
 class FleetHttp:
     """See the module docstring; open with ``open_fleet_http``."""
 
     def __init__(
-        self, stack: AsyncExitStack, *, group: int, connections: int, timeout: float
+        self,
+        stack: AsyncExitStack,
+        *,
+        group: int,
+        connections: int,
+        timeout: float,
+        starts: int = DEFAULT_STARTS,
     ) -> None:
-        if group < 1 or connections < 1:
-            raise ValueError("group and connections must be at least 1")
+        if group < 1 or connections < 1 or starts < 1:
+            raise ValueError("group, connections and starts must be at least 1")
         self._stack = stack
         self._group = group
         self._connections = connections
         self._timeout = httpx.Timeout(timeout)
         self._tls = httpx.create_ssl_context()
         self._pools: dict[int, WorkerHttp] = {}
+        self._starts = trio.CapacityLimiter(starts)
 
     @property
     def pools(self) -> int:
@@ -80,7 +101,9 @@ class FleetHttp:
             )
             self._stack.push_async_callback(http.aclose)
             self._stack.push_async_callback(schedule_http.aclose)
-            found = self._pools[key] = WorkerHttp(http=http, schedule_http=schedule_http)
+            found = self._pools[key] = WorkerHttp(
+                http=http, schedule_http=schedule_http, session_starts=self._starts
+            )
         return found
 
 
@@ -90,9 +113,17 @@ async def open_fleet_http(
     group: int = DEFAULT_GROUP,
     connections: int = DEFAULT_CONNECTIONS,
     attempt_seconds: float = 30.0,
+    starts: int = DEFAULT_STARTS,
 ) -> AsyncIterator[FleetHttp]:
     """Pools for many workers in this process; closed at the end of the block
     (after the workers: open it outside their nursery). ``attempt_seconds`` is
-    httpx's timeout (the client bounds each attempt itself too)."""
+    httpx's timeout (the client bounds each attempt itself too); ``starts``, the
+    sessions starting at once."""
     async with AsyncExitStack() as stack:
-        yield FleetHttp(stack, group=group, connections=connections, timeout=attempt_seconds)
+        yield FleetHttp(
+            stack,
+            group=group,
+            connections=connections,
+            timeout=attempt_seconds,
+            starts=starts,
+        )

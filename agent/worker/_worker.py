@@ -548,6 +548,7 @@ async def open_agent(
     jobs_get_agent_credentials: bool = False,
     idle_source: IdleSource | None = None,
     local_time: Callable[[], datetime] | None = None,
+    session_starts: trio.CapacityLimiter | None = None,
 ) -> AsyncIterator[Worker]:
     """Bootstrap a worker and run it for the block (see the module docstring).
 
@@ -563,6 +564,10 @@ async def open_agent(
     too, without a connection limit (each worker has at most one such call in
     flight, and the farm may hold an idle worker's call until work comes), so that
     no heartbeat waits for a connection behind log uploads and other calls.
+    ``session_starts`` makes the starts of sessions take turns (at most its total
+    at once, from the first call to the first action's start) with the other
+    workers that share it, so that a job reaching many workers at once does not
+    queue their heartbeats behind a thousand start-ups (``open_fleet_http``).
 
     From an asyncio program the tree runs as a Trio guest on the host's loop
     (``agent/worker/_guest.py``); an ``http`` client given there is the workers' only.
@@ -614,6 +619,7 @@ async def open_agent(
                 idle_source,
                 local_time,
                 held,
+                session_starts,
             ) as worker:
                 running = True
                 yield worker
@@ -653,6 +659,7 @@ async def _run_worker(
     idle_source: IdleSource | None = None,
     local_time: Callable[[], datetime] | None = None,
     held: dict[str, Held] | None = None,
+    session_starts: trio.CapacityLimiter | None = None,
 ) -> AsyncIterator[Worker]:
     held = {} if held is None else held
     logs_client = LogsClient(http, endpoints.logs, booted.credentials, default_policy=NO_RETRIES)
@@ -738,6 +745,7 @@ async def _run_worker(
                     queue_credentials=queue_credentials,
                     attachments=attachments,
                     held=held.pop(assignment.session_id, None),
+                    starts=session_starts,
                 )
 
             events_send, events_receive = trio.open_memory_channel[SchedulerEvent](16)
@@ -767,7 +775,10 @@ async def _run_worker(
                 # A paused worker makes no calls (the farm has it STOPPED): the beat waits.
                 assert worker is not None
                 await worker._pauses.wait_open()
-                await sync_now(scheduler_inbox)
+                # The farm needs an UpdateWorkerSchedule per interval, whoever makes it:
+                # one that started since this beat's slot (a report in flight) will do,
+                # instead of waiting for it and then for one more round trip.
+                await sync_now(scheduler_inbox, since=heartbeat.slot)
 
             heartbeat = Heartbeat(beat, scheduler.statistics().interval)
             worker = Worker(

@@ -32,6 +32,22 @@ async def test_beats_follow_a_fixed_grid(autojump_clock: trio.testing.MockClock)
     assert stats.lateness_max == 0
 
 
+async def test_a_beat_reads_its_slot(autojump_clock: trio.testing.MockClock) -> None:
+    """``slot`` is when the beat in progress was due, even when it starts late."""
+    seen: list[tuple[float, float]] = []
+
+    async def beat() -> None:
+        seen.append((heartbeat.slot, trio.current_time()))
+        await trio.sleep(12 if len(seen) == 1 else 0.5)
+
+    heartbeat = Heartbeat(beat, 10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(heartbeat.run)
+        await trio.sleep(25)
+        nursery.cancel_scope.cancel()
+    assert seen == [(0, 0), (10, 12), (20, 20)]
+
+
 async def test_a_shorter_interval_applies_at_once(autojump_clock: trio.testing.MockClock) -> None:
     """When the farm asks for a shorter interval, the next beat moves up."""
     starts: list[float] = []

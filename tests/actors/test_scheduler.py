@@ -260,7 +260,9 @@ async def collect_events(
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, farm: FakeFarm) -> AsyncIterator[Running]:
+async def running(
+    tmp_path: Path, farm: FakeFarm, *, starts: trio.CapacityLimiter | None = None
+) -> AsyncIterator[Running]:
     stop_requests: list[bool] = []
     async with trio.open_nursery() as nursery:
         shipper = await nursery.start(LogShipper(None).run)
@@ -278,6 +280,7 @@ async def running(tmp_path: Path, farm: FakeFarm) -> AsyncIterator[Running]:
                 options=WorkSessionOptions(
                     logs_dir=tmp_path / "logs", session_root=tmp_path / "sessions"
                 ),
+                starts=starts,
             )
 
         events_send, events_receive = trio.open_memory_channel[SchedulerEvent](16)
@@ -840,3 +843,69 @@ async def test_close_waits_for_the_call_in_flight_and_makes_no_more(
         await trio.sleep(60)
         nursery.cancel_scope.cancel()
     assert len(farm.calls) == 1
+
+
+async def test_sync_now_since_counts_a_call_that_started_since_then(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A heartbeat's SyncNow(since=slot): a call that started at or after the slot will
+    do, done (answered at once) or in flight (answered when it is done); one that
+    started before the slot does not (it waits for it, then for a new call)."""
+    farm = FakeFarm(py("pass"))
+    real_sync = farm.update_worker_schedule
+    starts: list[float] = []
+
+    async def slow(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        starts.append(trio.current_time())
+        await trio.sleep(5)
+        return await real_sync(updated)
+
+    async with trio.open_nursery() as nursery:
+        scheduler = await start_scheduler(nursery, farm, lambda a, r: pytest.fail("no sessions"))
+        farm.update_worker_schedule = slow  # type: ignore[method-assign]
+        slot = trio.current_time()
+        scheduler.request_sync()  # a report's call, at the slot
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(starts) == 1
+        await trio.sleep(1)
+        await sync_now(scheduler.inbox, since=slot)  # the call in flight will do
+        assert trio.current_time() - slot == 5
+        assert len(starts) == 1
+        await sync_now(scheduler.inbox, since=slot)  # done since the slot: at once
+        assert trio.current_time() - slot == 5
+        assert len(starts) == 1
+
+        later = trio.current_time() + 1
+        await trio.sleep(0.5)
+        scheduler.request_sync()  # starts before the next slot
+        await trio.sleep(1)
+        await sync_now(scheduler.inbox, since=later)  # waits for it, then a new call
+        assert len(starts) == 3
+        assert starts[2] >= later
+        assert trio.current_time() - starts[1] == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_sessions_sharing_starts_take_turns_until_their_first_action_starts(
+    tmp_path: Path,
+) -> None:
+    """With one start at a time, a session's turn ends when its first action starts,
+    not when it ends: each task here waits for the other to have started."""
+    met = tmp_path / "met"
+    met.mkdir()
+    code = (
+        "import pathlib, time\n"
+        f"d = pathlib.Path({str(met)!r})\n"
+        "(d / '{{Task.Param.F}}').touch()\n"
+        "while len(list(d.iterdir())) < 2: time.sleep(0.01)\n"
+    )
+    farm = FakeFarm(py(code))
+    other = f"session-{'b' * 32}"
+    farm.assigned = {SESSION: session(task(0, 1)), other: session(task(1, 2))}
+    starts = trio.CapacityLimiter(1)
+    with trio.fail_after(30):
+        async with running(tmp_path, farm, starts=starts) as r:
+            await r.scheduler.sync_now()
+            await farm.wait_until(lambda: len(farm.completed) == 2)
+    assert farm.completed == {action_id(0): "SUCCEEDED", action_id(1): "SUCCEEDED"}
+    assert starts.borrowed_tokens == 0
