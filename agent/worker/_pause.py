@@ -13,7 +13,8 @@ Pausing, in order (the drain's first steps, and its last):
    worker's sessions.
 2. The running sessions either finish their running task, the rest of their
    queue going back to the farm (``FinishSessions(running_only=True)``; policy
-   ``finish``) or are stopped, their running action reported
+   ``finish``; told before step 1, so that no queued task starts while the
+   farm hears of it) or are stopped, their running action reported
    INTERRUPTED at once (the farm requeues it for another worker) and cancelled
    within the drain grace (``StopSessions``; policy ``cancel``). A hold with
    ``cancel`` that comes while the sessions are finishing hurries them.
@@ -303,12 +304,16 @@ class PauseControl:
             running=running,
             sessions=self._sessions(),
         )
+        if running == "finish":
+            # The running task runs to its end; what was sent ahead goes back. Told
+            # before the farm is: a task that ended while UpdateWorker(STOPPING) was
+            # on its way would otherwise let the next one start. What the farm sends
+            # meanwhile a finishing session does not take (WorkSession freezes its
+            # queue), and the farm takes it back when the worker is STOPPED.
+            tell(self._scheduler, FinishSessions(running_only=True))
         await _pause_call(self._update_worker("STOPPING"), "UpdateWorker(STOPPING)")
         if running == "cancel":
             self._cancel_sessions(next(h.reason for h in holds if h.running == "cancel"))
-        else:
-            # The running task runs to its end; what was sent ahead goes back.
-            tell(self._scheduler, FinishSessions(running_only=True))
         # However long the sessions take to finish (the policy's choice); the farm
         # hears from the worker meanwhile, as the heartbeat goes on.
         await wait_sessions(self._scheduler, "closed")

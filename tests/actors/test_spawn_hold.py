@@ -96,7 +96,10 @@ async def _kill(process: trio.Process) -> None:
 
 async def _wait_gone(pid: int) -> None:
     """Wait (event-driven) until ``pid``, not our child, has ended."""
-    pidfd = _platform.open_pidfd(pid)
+    try:
+        pidfd = _platform.open_pidfd(pid)
+    except ProcessLookupError:
+        return  # ended, and reaped by its parent, already
     assert pidfd is not None
     try:
         await trio.lowlevel.wait_readable(pidfd)
