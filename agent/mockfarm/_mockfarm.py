@@ -402,19 +402,20 @@ async def open_mock_farm(
     """
     if not listen and monitor is not None:
         raise ValueError("the monitor page needs a farm that listens")
+    serve_farm = partial(
+        _serve_farm,
+        faults=faults,
+        host=host,
+        port=port,
+        call_history=call_history,
+        keep_alive_timeout=keep_alive_timeout,
+        keys=keys,
+        s3=s3,
+        monitor=monitor,
+        listen=listen,
+    )
     if state_dir is None:
-        async with _serve_farm(
-            Farm(config),
-            faults,
-            host,
-            port,
-            call_history,
-            keep_alive_timeout,
-            keys,
-            s3,
-            monitor,
-            listen,
-        ) as mock:
+        async with serve_farm(Farm(config)) as mock:
             yield mock
         return
     store = FarmStore(state_dir)
@@ -429,18 +430,7 @@ async def open_mock_farm(
 
             await writer_nursery.start(run_writer)
             try:
-                async with _serve_farm(
-                    farm,
-                    faults,
-                    host,
-                    port,
-                    call_history,
-                    keep_alive_timeout,
-                    keys,
-                    s3,
-                    monitor,
-                    listen,
-                ) as mock:
+                async with serve_farm(farm) as mock:
                     yield mock
             finally:
                 writer.cancel(reason="mock farm closed")
@@ -451,6 +441,7 @@ async def open_mock_farm(
 @asynccontextmanager
 async def _serve_farm(
     farm: Farm,
+    *,
     faults: FaultConfig | None,
     host: str,
     port: int,
@@ -458,8 +449,8 @@ async def _serve_farm(
     keep_alive_timeout: float,
     keys: Mapping[str, str] | None,
     s3: S3Config | None,
-    monitor: MonitorConfig | None = None,
-    listen: bool = True,
+    monitor: MonitorConfig | None,
+    listen: bool,
 ) -> AsyncIterator[MockFarm]:
     calls = CallLog(call_history)
     injector = FaultInjector(faults)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -726,14 +726,8 @@ class ScriptedSession:
         )
 
 
-async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """A success while the session has work left waits for the report interval (so
-    millisecond tasks share calls); a failure, or a session out of work, syncs at once."""
-    farm = FakeFarm(py("pass"))
-    farm.assigned = {SESSION: session(task(0, 1), task(1, 2), task(2, 3), task(3, 4), task(4, 5))}
-    sessions: list[ScriptedSession] = []
+def time_calls(farm: FakeFarm) -> list[float]:
+    """When each of ``farm``'s UpdateWorkerSchedule calls came (the list fills as they do)."""
     times: list[float] = []
     real_sync = farm.update_worker_schedule
 
@@ -742,12 +736,35 @@ async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
         return await real_sync(updated)
 
     farm.update_worker_schedule = timed  # type: ignore[method-assign]
+    return times
+
+
+def scripted_sessions() -> tuple[
+    list[ScriptedSession],
+    Callable[[SessionAssignment, trio.MemorySendChannel[SessionReport]], Any],
+]:
+    """A session factory for the scheduler that makes ``ScriptedSession``s, and the
+    list they go into."""
+    sessions: list[ScriptedSession] = []
 
     def factory(
         assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
     ) -> Any:
         sessions.append(ScriptedSession(assignment, reports))
         return sessions[-1]
+
+    return sessions, factory
+
+
+async def test_routine_successes_are_batched_and_the_rest_goes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A success while the session has work left waits for the report interval (so
+    millisecond tasks share calls); a failure, or a session out of work, syncs at once."""
+    farm = FakeFarm(py("pass"))
+    farm.assigned = {SESSION: session(task(0, 1), task(1, 2), task(2, 3), task(3, 4), task(4, 5))}
+    times = time_calls(farm)
+    sessions, factory = scripted_sessions()
 
     async with trio.open_nursery() as nursery:
         scheduler = await start_scheduler(nursery, farm, factory, report_interval=1.0)
@@ -783,21 +800,8 @@ async def test_a_success_that_leaves_one_assigned_action_goes_at_once(
     once, within the report interval: the farm can assign the next one while it runs."""
     farm = FakeFarm(py("pass"))
     farm.assigned = {SESSION: session(task(0, 1), task(1, 2), task(2, 3))}
-    sessions: list[ScriptedSession] = []
-    times: list[float] = []
-    real_sync = farm.update_worker_schedule
-
-    async def timed(updated: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
-        times.append(trio.current_time())
-        return await real_sync(updated)
-
-    farm.update_worker_schedule = timed  # type: ignore[method-assign]
-
-    def factory(
-        assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
-    ) -> Any:
-        sessions.append(ScriptedSession(assignment, reports))
-        return sessions[-1]
+    times = time_calls(farm)
+    sessions, factory = scripted_sessions()
 
     async with trio.open_nursery() as nursery:
         scheduler = await start_scheduler(nursery, farm, factory, report_interval=1.0)
