@@ -116,7 +116,10 @@ def test_a_new_start_ends_what_a_killed_agent_launcher_and_watchdog_left(
             if "_launcher.py" in _cmdline(pid) or "_watchdog.py" in _cmdline(pid)
         )
         assert kinds == ["launcher", "watchdog"], [_cmdline(pid) for pid in helpers]
-        # All at once: nobody is left to clean up.
+        # All at once: nobody is left to clean up. Stopped first, so the watchdog
+        # cannot see the agent die and end the session before its own kill lands.
+        for pid in (agent.pid, *helpers):
+            os.kill(pid, signal.SIGSTOP)
         for pid in (agent.pid, *helpers):
             os.kill(pid, signal.SIGKILL)
         agent.wait()
