@@ -34,6 +34,7 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -103,12 +104,15 @@ class ActionControl:
         #: The earliest requested time limit, as an absolute ``trio.current_time()``.
         self.limit_deadline = math.inf
         self._changed = trio.Event()
+        #: Called at the first request (the supervisor starts its canceller then).
+        self.on_request: Callable[[], None] | None = None
 
     def cancel(
         self, *, time_limit: float | None = None, mark_failed: bool = False, reason: str
     ) -> None:
         """Ask for cancellation with the action's method, within ``time_limit`` seconds."""
-        if not self.requested:
+        first = not self.requested
+        if first:
             self.reason = reason
         self.requested = True
         self.mark_failed = self.mark_failed or mark_failed
@@ -116,6 +120,8 @@ class ActionControl:
             self.limit_deadline = min(self.limit_deadline, trio.current_time() + time_limit)
         self._changed.set()
         self._changed = trio.Event()
+        if first and self.on_request is not None:
+            self.on_request()
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
@@ -328,15 +334,24 @@ class _Supervisor:
 
     async def run(self) -> ProcessResult:
         process = self._process
+        control = self._control
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump)
-                nursery.start_soon(self._canceller)
-                await process.wait()
+                # The canceller is a task of its own only once a cancel is asked for:
+                # most actions end without one, and a task costs loop steps at its
+                # start and end, the latter between the exit and the next spawn.
+                if control.requested:
+                    self._start_canceller(nursery)
+                else:
+                    control.on_request = partial(self._start_canceller, nursery)
+                await self._wait_exit()
                 self._exited = True
+                control.on_request = None
                 await self._drain_output()
                 nursery.cancel_scope.cancel(reason="the action's process has ended")
         finally:
+            control.on_request = None
             if process.returncode is None:
                 # We are being cancelled from outside (the agent is going down
                 # hard): nothing of this action may outlive us.
@@ -348,7 +363,6 @@ class _Supervisor:
             # Sweep the group: members that ignored SIGTERM, or were still
             # starting up, go with the action.
             self._signal(signal.SIGKILL)
-        control = self._control
         return ProcessResult(
             process.returncode,
             canceled=self._canceled,
@@ -357,6 +371,27 @@ class _Supervisor:
             pid=process.pid,
             usage=getattr(process, "usage", None),
         )
+
+    def _start_canceller(self, nursery: trio.Nursery) -> None:
+        self._control.on_request = None
+        if not self._exited:
+            nursery.start_soon(self._canceller)
+
+    async def _wait_exit(self) -> None:
+        """Wait for the process to exit; past its runtime limit, cancel it (TIMEOUT)."""
+        process = self._process
+        control = self._control
+        if self._runtime_limit is not None:
+            with trio.move_on_after(self._runtime_limit):
+                await process.wait()
+                return
+            if not control.requested:
+                control.timed_out = True
+                self._log(
+                    "info", f"TIMEOUT: the runtime limit of {self._runtime_limit:g} s was reached"
+                )
+                control.cancel(reason="timeout")
+        await process.wait()
 
     async def _pump(self) -> None:
         stream = self._stream
@@ -374,6 +409,8 @@ class _Supervisor:
 
     async def _drain_output(self) -> None:
         """After exit: read what is left; give a child holding the pipe a grace period."""
+        if self._pump_done.is_set():
+            return  # usually: the pipe ended with the process (no loop step spent)
         with trio.move_on_after(STDOUT_GRACE_SECONDS):
             await self._pump_done.wait()
             return
@@ -388,22 +425,8 @@ class _Supervisor:
         await self._pump_done.wait()
 
     async def _canceller(self) -> None:
+        """Started at the first cancel request (or the runtime limit, as one)."""
         control = self._control
-        if not control.requested:
-            deadline = (
-                math.inf
-                if self._runtime_limit is None
-                else trio.current_time() + self._runtime_limit
-            )
-            with trio.move_on_at(deadline):
-                while not control.requested:
-                    await control.wait_changed()
-            if not control.requested:
-                control.timed_out = True
-                self._log(
-                    "info", f"TIMEOUT: the runtime limit of {self._runtime_limit:g} s was reached"
-                )
-                control.cancel(reason="timeout")
         if self._exited:
             return  # too late: it ended on its own (a child may still hold the pipe)
         self._canceled = True

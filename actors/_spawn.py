@@ -342,12 +342,20 @@ class SessionLauncher:
         fds = [output_fd]
         if output_read_fd is not None and self._held:
             fds.append(output_read_fd)
-        async with self._lock:
+        try:
+            # Not ``async with``: acquiring a free trio lock is a loop step of its own,
+            # and every task ready then would run before the request goes.
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
             with self._exchange():
                 await self._send(body, *fds)
                 reply = await self._receive()
                 while "exit" in reply or "held" in reply:  # a process the last sweep
                     reply = await self._receive()  # killed, or a release's answer
+        finally:
+            self._lock.release()
         if "pid" in reply:
             return LaunchedProcess(self, int(reply["pid"]))
         code = int(reply.get("errno") or errno.EIO)
