@@ -55,6 +55,9 @@ class RunningAction:
     mark_failed: bool = False
     #: What its process cost, once it has ended.
     usage: ActionUsage | None = None
+    #: When it ended, if that was decided before its report (the next task was
+    #: started first: its start must not come before this end).
+    ended_at: datetime | None = None
 
 
 class ActionHostContext:

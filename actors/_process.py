@@ -41,7 +41,14 @@ from typing import Protocol
 import attrs
 import trio
 
-from ._spawn import Reattached, SessionLauncher, check_exec_arguments
+from ._spawn import (
+    LaunchedProcess,
+    PendingSpawn,
+    Reattached,
+    SessionLauncher,
+    SpawnRequest,
+    check_exec_arguments,
+)
 
 #: Largest read from the output pipe.
 CHUNK_BYTES = 1 << 20
@@ -180,9 +187,12 @@ async def run_process(
     file_group: int | None = None,
     memory_limit: int | None = None,
     launcher_meta: Mapping[str, object] | None = None,
+    ahead: StartedAhead | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
     ``launcher_meta`` goes with the spawn request (``SessionLauncher.spawn(meta=)``).
+    ``ahead``: its process, started already (``start_ahead``); a cancel that came
+    before this kills it unreported, as if it had never started.
 
     ``launcher`` starts the process, when given (to contain it and whatever it
     starts); otherwise we start it ourselves.
@@ -192,13 +202,36 @@ async def run_process(
     ``file_group`` is the group that must be able to read ``cancel_info.json``.
     """
     if control.requested:
+        if ahead is not None:
+            await ahead.discard()
         return ProcessResult(None, canceled=True, timed_out=False, mark_failed=control.mark_failed)
+    if ahead is not None:
+        read_fd = ahead.read_fd
+        try:
+            process: _Process = await ahead.take()
+        except OSError as exc:
+            os.close(read_fd)
+            return _spawn_failed(argv, exc)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        return await _Supervisor(
+            process,
+            read_fd,
+            method,
+            runtime_limit,
+            control,
+            on_output,
+            log,
+            cwd,
+            also_signal,
+            file_group,
+        ).run()
     try:
         check_exec_arguments(argv, env, cwd)
         read_fd, write_fd = _open_pipe()
     except OSError as exc:
         return _spawn_failed(argv, exc)
-    process: _Process
     try:
         try:
             if launcher is not None:
@@ -239,6 +272,65 @@ async def run_process(
         file_group,
     )
     return await supervisor.run()
+
+
+@attrs.define(eq=False)
+class StartedAhead:
+    """An action's process started ahead of its turn (``start_ahead``): its spawn
+    request sent, the answer not read yet, and the read end of its output pipe
+    (ours to close). ``run_process(ahead=)`` runs it, or it is discarded."""
+
+    spawn: PendingSpawn
+    read_fd: int
+    #: Run or discarded: no longer the runner's to let go.
+    taken: bool = False
+
+    async def take(self) -> LaunchedProcess:
+        """Its process, to be run (``read_fd`` goes with it)."""
+        self.taken = True
+        return await self.spawn.started()
+
+    async def discard(self) -> None:
+        """Not to be run after all: its group killed before it was ever reported,
+        its exit read (the launcher's next answer is then the next request's)."""
+        self.taken = True
+        try:
+            process = await self.spawn.started()
+        except OSError:
+            return  # it never started
+        finally:
+            os.close(self.read_fd)
+        _killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+    def abandon(self) -> None:
+        """We are going away without reading its answer: the launcher goes, and it
+        with it (see ``PendingSpawn.abandon``)."""
+        if not self.taken:
+            self.taken = True
+            self.spawn.abandon()
+            os.close(self.read_fd)
+
+
+async def start_ahead(launcher: SessionLauncher, request: SpawnRequest) -> StartedAhead | None:
+    """Have ``launcher`` start a process now, its answer read later (``StartedAhead``);
+    ``None`` if the request cannot be sent (its start then fails when the action
+    is run the usual way)."""
+    try:
+        read_fd, write_fd = _open_pipe()
+    except OSError:
+        return None
+    try:
+        spawn = await launcher.send_spawn(request, output_fd=write_fd)
+    except OSError:
+        os.close(read_fd)
+        return None
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return StartedAhead(spawn, read_fd)
 
 
 async def resume_process(

@@ -58,6 +58,7 @@ import trio
 
 from . import _output
 from ._actionoutput import OutputCap, apply_messages, output_limit_reached
+from ._ahead import Begun, succeeded
 from ._contain import Containment
 from ._hostwork import (
     ActionHostContext,
@@ -94,7 +95,14 @@ from ._messages import (
 from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
 from ._paths import private_directory
 from ._platform import processes_of_user
-from ._process import ActionControl, ProcessResult, resume_process, run_process
+from ._process import (
+    ActionControl,
+    ProcessResult,
+    StartedAhead,
+    resume_process,
+    run_process,
+    start_ahead,
+)
 from ._restart import SessionResume
 from ._sessionconfig import SessionConfig, default_session_root
 from ._sessionkeep import SessionRestarts, _describe, _final_state
@@ -160,6 +168,8 @@ class SessionRunner(SessionRestarts):
         self._setup_error: str | None = None
         self._actions_started = 0
         self._running: RunningAction | None = None
+        #: The next task, begun (and maybe started) ahead of its turn (``_ahead.py``).
+        self._next: Begun | None = None
         self._done_ids: deque[str] = deque(maxlen=_REMEMBERED_DONE)
         self._done_set: set[str] = set()
         self._context: SessionContext | None = None
@@ -375,15 +385,12 @@ class SessionRunner(SessionRestarts):
         assert context is not None
         if self._resume is not None:
             await self._resume_session(self._resume, context)
-        while self._stop is None:
-            if self._queue:
-                if self._finish_running_only:
-                    self._ending = True
-                await self._run_item(self._queue.popleft())
-            elif self._inbox_closed:
-                break
-            else:
-                await self._wait_for_wakeup()
+        try:
+            await self._run_queue()
+        except BaseException:
+            if self._next is not None and self._next.ahead is not None:
+                self._next.ahead.abandon()  # going away: its launcher goes, and it
+            raise
         # Exit what is still entered, innermost first; within the stop's grace.
         queued_exits = {
             item.environment_id: item for item in self._queue if item.kind is ActionKind.ENV_EXIT
@@ -402,21 +409,53 @@ class SessionRunner(SessionRestarts):
         for item in queued_exits.values():
             await self._never_attempted(item)
 
+    async def _run_queue(self) -> None:
+        while self._stop is None:
+            if self._queue:
+                if self._finish_running_only:
+                    self._ending = True
+                await self._run_item(self._queue.popleft())
+            else:
+                # A task begun ahead whose turn has not come (a Replace took it).
+                next_begun, self._next = self._next, None
+                await self._discard(next_begun)
+                if self._inbox_closed:
+                    break
+                await self._wait_for_wakeup()
+        next_begun, self._next = self._next, None
+        await self._discard(next_begun)
+
     async def _run_item(self, item: QueuedAction) -> None:
         context = self._context
         assert context is not None
         if item.kind is ActionKind.ENV_EXIT:
-            if item.environment_id is None or not context.is_entered(item.environment_id):
-                await self._never_attempted(item)
-                return
-        elif self._ending:
+            runs = item.environment_id is not None and context.is_entered(item.environment_id)
+        else:
+            runs = not self._ending
+        begun, self._next = self._next, None
+        if begun is not None and not (runs and begun.matches(item)):
+            await self._discard(begun)
+            begun = None
+        if not runs:
             await self._never_attempted(item)
             return
-        running = RunningAction(item.action_id, item.kind, ActionControl())
+        running = (
+            begun.running
+            if begun is not None
+            else RunningAction(item.action_id, item.kind, ActionControl())
+        )
         self._running = running
         try:
             with structlog.contextvars.bound_contextvars(action_id=item.action_id):
-                await self._attempt(item, running, context)
+                if running.started_at is None:
+                    running.started_at = _now()
+                if begun is None:
+                    begun = await self._begin(item, running)
+                await self._proceed(begun, context)
+        except BaseException:
+            if begun is not None and begun.ahead is not None:
+                begun.ahead.abandon()  # going away before it was run
+            raise
         finally:
             self._running = None
             if item.action_id is not None:
@@ -424,13 +463,44 @@ class SessionRunner(SessionRestarts):
             if item.kind is ActionKind.ENV_EXIT and item.environment_id is not None:
                 context.finish_exit(item.environment_id)
 
-    async def _attempt(
-        self, item: QueuedAction, running: RunningAction, context: SessionContext
-    ) -> None:
-        running.started_at = _now()
+    async def _begin(self, item: QueuedAction, running: RunningAction) -> Begun:
+        """Resolve an action, reporting nothing yet (see ``_ahead.py``)."""
+        begun = Begun(item, running)
         try:
             runnable = await self._resolver(item)
         except Exception as exc:  # the resolver's failure fails this action only
+            begun.error = exc
+            return begun
+        begun.runnable = runnable
+        if running.reported:
+            return begun  # a Stop already reported it while it was being resolved
+        begun.number = self._actions_started + 1
+        if self._containment:
+            begun.tag = self._containment.action_environment(self.session_id, begun.number)
+        begun.runnable = attrs.evolve(runnable, env={**runnable.env, **begun.tag})
+        return begun
+
+    def _prepare_begun(self, begun: Begun, context: SessionContext) -> None:
+        runnable = begun.runnable
+        if (
+            runnable is None
+            or isinstance(runnable, HostAction)
+            or begun.prepared is not None
+            or begun.setup_error is not None
+        ):
+            return
+        try:
+            if self._setup_error is not None:
+                raise ActionSetupError(self._setup_error)
+            begun.prepared = self._prepare(runnable, context)
+        except ActionSetupError as exc:
+            begun.setup_error = exc
+
+    async def _proceed(self, begun: Begun, context: SessionContext) -> None:
+        """Report and run an action ``_begin`` made ready."""
+        item, running, runnable = begun.item, begun.running, begun.runnable
+        if begun.error is not None:
+            exc = begun.error
             log.warning(
                 "session.resolve_failed",
                 session_id=self.session_id,
@@ -442,31 +512,26 @@ class SessionRunner(SessionRestarts):
             await self._note(item.action_id, "error", f"cannot run this action: {exc}")
             await self._end_action(running, ActionState.FAILED, None)
             return
-        if running.reported:
+        if running.reported or runnable is None:
             return  # a Stop already reported it while it was being resolved
+        self._prepare_begun(begun, context)
         name, parameters = _describe(runnable, context)
         # action_id (and session_id) come from the bound context.
         log.debug("session.action_started", kind=runnable.kind.value, name=name)
         await self._started(running, runnable.kind, name, parameters)
-        self._actions_started += 1
-        tag = (
-            self._containment.action_environment(self.session_id, self._actions_started)
-            if self._containment
-            else {}
-        )
-        runnable = attrs.evolve(runnable, env={**runnable.env, **tag})
+        self._actions_started = begun.number
         if isinstance(runnable, HostAction):
             await self._run_host(runnable, running, context)
             return
-        try:
-            if self._setup_error is not None:
-                raise ActionSetupError(self._setup_error)
-            prepared = self._prepare(runnable, context)
-        except ActionSetupError as exc:
-            running.fail_message = str(exc)
-            await self._note(item.action_id, "error", f"cannot run this action: {exc}")
+        if begun.setup_error is not None:
+            running.fail_message = str(begun.setup_error)
+            await self._note(
+                item.action_id, "error", f"cannot run this action: {begun.setup_error}"
+            )
             await self._end_action(running, ActionState.FAILED, None)
             return
+        prepared = begun.prepared
+        assert prepared is not None
         for note in context.notes:
             await self._note(item.action_id, "warning", note)
         context.notes.clear()
@@ -481,12 +546,14 @@ class SessionRunner(SessionRestarts):
         if isinstance(runnable, EnterEnvironment):
             context.entering = runnable.environment_id
         try:
-            limits = [self.config.memory_limit]
-            if isinstance(runnable, RunTask):
-                limits.append(runnable.memory_limit)
-            limit = min((x for x in limits if x is not None), default=None)
             result = await self._run_process(
-                prepared, running, context, tag.get(TAG_VARIABLE), memory_limit=limit
+                prepared,
+                running,
+                context,
+                begun.tag.get(TAG_VARIABLE),
+                memory_limit=self._memory_limit(runnable),
+                ahead=begun.ahead,
+                go_ahead=hook is None and isinstance(runnable, RunTask),
             )
         finally:
             context.entering = None
@@ -503,6 +570,106 @@ class SessionRunner(SessionRestarts):
             else:
                 state = host_failed_state(running)
         await self._end_action(running, state, result.exit_code, manifests=manifests)
+
+    def _memory_limit(self, runnable: Runnable) -> int | None:
+        limits = [self.config.memory_limit]
+        if isinstance(runnable, RunTask):
+            limits.append(runnable.memory_limit)
+        return min((x for x in limits if x is not None), default=None)
+
+    def _ahead_possible(self) -> bool:
+        """Whether the next queued action may be begun and started ahead of its turn."""
+        context = self._context
+        return (
+            bool(self._queue)
+            and self._queue[0].kind is ActionKind.TASK_RUN
+            and self._launcher is not None
+            and not self._holding
+            and context is not None
+            and context.job_user is None
+            and self._stop is None
+            and not self._ending
+            and not self._finish_running_only
+            and not self._cancel_after_running
+        )
+
+    async def _begin_next(self) -> None:
+        """While a task that went ahead runs: resolve and prepare the next one, and
+        make its spawn request, so that only the request is left to send once this
+        one has succeeded (``_go_ahead``). Not where preparing has effects (the
+        step's embedded files are written then: only after this task has ended)."""
+        context = self._context
+        if self._next is not None or not self._ahead_possible() or context is None:
+            return
+        item = self._queue[0]
+        following = RunningAction(item.action_id, item.kind, ActionControl())
+        with structlog.contextvars.bound_contextvars(action_id=item.action_id):
+            begun = await self._begin(item, following)
+        runnable = begun.runnable
+        if (
+            isinstance(runnable, RunTask)
+            and runnable.hook is None
+            and not runnable.script.embeddedFiles
+        ):
+            self._prepare_begun(begun, context)
+            self._spawn_request(begun, context)
+        if self._queue and begun.matches(self._queue[0]):
+            self._next = begun
+
+    def _spawn_request(self, begun: Begun, context: SessionContext) -> None:
+        prepared, launcher = begun.prepared, self._launcher
+        if prepared is None or prepared.argv is None or launcher is None:
+            return
+        assert begun.runnable is not None
+        try:
+            begun.request = launcher.spawn_request(
+                prepared.argv,
+                env=prepared.env,
+                cwd=context.working_directory,
+                memory_limit=self._memory_limit(begun.runnable),
+            )
+        except OSError:
+            pass  # its start fails at its turn, the usual way
+
+    async def _go_ahead(self, running: RunningAction, result: ProcessResult) -> None:
+        """Once a task has succeeded, start the next queued one before reporting the
+        last (see ``_ahead.py``); the runner takes it up at its turn (``_run_item``)."""
+        context = self._context
+        launcher = self._launcher
+        if not (succeeded(result, running) and self._ahead_possible()):
+            return
+        assert context is not None
+        assert launcher is not None
+        item = self._queue[0]
+        running.ended_at = _now()  # before the next one's start
+        begun = self._next
+        if begun is None or not begun.matches(item):
+            following = RunningAction(item.action_id, item.kind, ActionControl())
+            with structlog.contextvars.bound_contextvars(action_id=item.action_id):
+                begun = await self._begin(item, following)
+            self._next = begun
+        begun.running.started_at = _now()
+        runnable = begun.runnable
+        if not isinstance(runnable, RunTask) or runnable.hook is not None:
+            return  # its turn comes the usual way, resolved already
+        if begun.request is None:
+            self._prepare_begun(begun, context)
+            self._spawn_request(begun, context)
+        if (
+            begun.request is None
+            or not succeeded(result, running)
+            or not self._ahead_possible()
+            or not begun.matches(self._queue[0])
+        ):
+            return
+        begun.ahead = await start_ahead(launcher, begun.request)
+
+    async def _discard(self, begun: Begun | None) -> None:
+        """An action begun ahead of its turn that is not to run (see ``_ahead.py``)."""
+        if begun is not None and begun.ahead is not None:
+            ahead, begun.ahead = begun.ahead, None
+            log.debug("session.ahead_discarded", action_id=begun.item.action_id)
+            await ahead.discard()
 
     async def _run_host(
         self, runnable: HostAction, running: RunningAction, context: SessionContext
@@ -531,7 +698,11 @@ class SessionRunner(SessionRestarts):
         *,
         memory_limit: int | None = None,
         reattached: Reattached | None = None,
+        ahead: StartedAhead | None = None,
+        go_ahead: bool = False,
     ) -> ProcessResult:
+        """Run an action's process (``ahead``: started already); ``go_ahead``: once it
+        has succeeded, start the next task before reporting this one (``_ahead.py``)."""
         assert prepared.argv is not None
         action_id = running.action_id
         pending: list[SessionEvent] = []
@@ -591,6 +762,8 @@ class SessionRunner(SessionRestarts):
             )
         else:
             await self._note(action_id, "info", f"running: {describe_command(prepared.argv)}")
+            if ahead is not None and go_ahead:
+                await self._begin_next()  # while this one runs: it started already
             result = await run_process(
                 prepared.argv,
                 env=prepared.env,
@@ -605,15 +778,19 @@ class SessionRunner(SessionRestarts):
                 file_group=file_group,
                 memory_limit=memory_limit,
                 launcher_meta=self._spawn_meta(running, prepared, context, tag),
+                ahead=ahead,
             )
+        ended = trio.current_time()
         await flush(processor.finish())
+        if go_ahead:
+            await self._go_ahead(running, result)
         if result.spawn_error is not None:
             running.fail_message = running.fail_message or f"cannot start {result.spawn_error}"
             await self._note(action_id, "error", f"cannot start {result.spawn_error}")
         elif result.exit_code is not None:
             await self._note(action_id, "info", f"process exited with code {result.exit_code}")
         if result.spawn_error is None and result.pid is not None:
-            running.usage = usage_from_launcher(trio.current_time() - began, result.usage)
+            running.usage = usage_from_launcher(ended - began, result.usage)
             await self._note(action_id, "info", f"usage: {running.usage.describe()}")
         over = (result.usage or {}).get("memory_limit")
         if isinstance(over, dict):
@@ -666,7 +843,7 @@ class SessionRunner(SessionRestarts):
                 status_message=running.status_message,
                 fail_message=running.fail_message,
                 started_at=running.started_at,
-                ended_at=_now(),
+                ended_at=running.ended_at or _now(),
                 manifests=manifests,
                 usage=running.usage,
             )

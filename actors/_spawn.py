@@ -11,7 +11,9 @@ daemons included, and closing it, or the agent dying, kills the rest.
 started directly would.
 
 One exchange at a time: a session runs one action at a time, and the lock
-makes ``sweep()`` wait for a running action's process to end.
+makes ``sweep()`` wait for a running action's process to end. ``send_spawn()``
+is a spawn's request alone, its answer read later (``PendingSpawn``): the
+session starts its next task's process so while it reports the last one.
 
 Restarts: ``hold()`` asks the launcher to keep the session's processes for a
 grace period should the agent die (not when it closes the launcher on
@@ -39,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -213,6 +216,51 @@ class LaunchedProcess:
         return self.returncode
 
 
+@attrs.frozen
+class SpawnRequest:
+    """A spawn's request, ready to send (``SessionLauncher.spawn_request``)."""
+
+    body: bytes
+    command: str
+
+
+class PendingSpawn:
+    """A spawn request sent, its answer not yet read (``SessionLauncher.send_spawn``)."""
+
+    def __init__(self, launcher: SessionLauncher, command: str) -> None:
+        self._launcher = launcher
+        self._command = command
+        self._open = True
+
+    async def started(self) -> LaunchedProcess:
+        """The process, once the launcher has started it. Raises ``OSError`` as exec
+        would (``FileNotFoundError`` for a missing command), or ``LauncherGone``."""
+        launcher = self._launcher
+        if not self._open:
+            raise RuntimeError("this spawn's answer was read or abandoned already")
+        self._open = False
+        try:
+            with launcher._exchange():
+                reply = await launcher._receive()
+                while "exit" in reply or "held" in reply:  # a process the last sweep
+                    reply = await launcher._receive()  # killed, or a release's answer
+        finally:
+            launcher._lock.release()
+        if "pid" in reply:
+            return LaunchedProcess(launcher, int(reply["pid"]))
+        code = int(reply.get("errno") or errno.EIO)
+        raise OSError(code, str(reply.get("message") or os.strerror(code)), self._command)
+
+    def abandon(self) -> None:
+        """The answer will not be read (we are going away): the launcher goes, and
+        whatever it started with it. Called by the task that sent the request."""
+        if self._open:
+            self._open = False
+            log.warning("spawn.exchange_abandoned", launcher=self._launcher.pid)
+            self._launcher._close_socket()
+            self._launcher._lock.release()
+
+
 class SessionLauncher:
     """See the module docstring. Start one with ``await SessionLauncher.start()``."""
 
@@ -330,6 +378,21 @@ class SessionLauncher:
 
         Raises ``OSError`` as exec would (``FileNotFoundError`` for a missing command).
         """
+        request = self.spawn_request(argv, env=env, cwd=cwd, memory_limit=memory_limit, meta=meta)
+        pending = await self.send_spawn(request, output_fd=output_fd, output_read_fd=output_read_fd)
+        return await pending.started()
+
+    def spawn_request(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        memory_limit: int | None = None,
+        meta: Mapping[str, object] | None = None,
+    ) -> SpawnRequest:
+        """A spawn's request, made ready to send (``send_spawn``) as ``spawn`` would
+        send it. Raises ``OSError`` (EINVAL) for what exec cannot take."""
         check_exec_arguments(argv, env, cwd)
         request: dict[str, object] = {"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}
         if memory_limit is not None:
@@ -338,28 +401,34 @@ class SessionLauncher:
             request["meta"] = dict(meta)
         if self.memory_cgroup is not None:
             request["memory_cgroup"] = [str(self.memory_cgroup[0]), self.memory_cgroup[1]]
-        body = json.dumps(request).encode()
+        return SpawnRequest(json.dumps(request).encode(), argv[0])
+
+    async def send_spawn(
+        self, request: SpawnRequest, *, output_fd: int, output_read_fd: int | None = None
+    ) -> PendingSpawn:
+        """``spawn``'s request alone: the launcher starts the process while we go on,
+        and ``PendingSpawn.started()`` reads its answer. Until then the launcher is
+        this exchange's (its other exchanges wait); the task that sent it reads the
+        answer, or ``abandon()``s it. ``output_fd`` may be closed once this returns.
+
+        Raises ``LauncherGone``.
+        """
         fds = [output_fd]
         if output_read_fd is not None and self._held:
             fds.append(output_read_fd)
         try:
-            # Not ``async with``: acquiring a free trio lock is a loop step of its own,
-            # and every task ready then would run before the request goes.
+            # Not ``await acquire()``: taking a free trio lock is a loop step of its
+            # own, and every task ready then would run before the request goes.
             self._lock.acquire_nowait()
         except trio.WouldBlock:
             await self._lock.acquire()
         try:
             with self._exchange():
-                await self._send(body, *fds)
-                reply = await self._receive()
-                while "exit" in reply or "held" in reply:  # a process the last sweep
-                    reply = await self._receive()  # killed, or a release's answer
-        finally:
+                await self._send(request.body, *fds)
+        except BaseException:
             self._lock.release()
-        if "pid" in reply:
-            return LaunchedProcess(self, int(reply["pid"]))
-        code = int(reply.get("errno") or errno.EIO)
-        raise OSError(code, str(reply.get("message") or os.strerror(code)), argv[0])
+            raise
+        return PendingSpawn(self, request.command)
 
     async def _wait_exit(self, pid: int) -> tuple[int, Mapping[str, object] | None]:
         async with self._lock:
