@@ -188,11 +188,15 @@ async def run_process(
     memory_limit: int | None = None,
     launcher_meta: Mapping[str, object] | None = None,
     ahead: StartedAhead | None = None,
+    on_ended: Callable[[ProcessResult], Awaitable[None]] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
     ``launcher_meta`` goes with the spawn request (``SessionLauncher.spawn(meta=)``).
     ``ahead``: its process, started already (``start_ahead``); a cancel that came
     before this kills it unreported, as if it had never started.
+    ``on_ended(result)``: called once the process has ended and its output is read,
+    before the clean-up (closing the pipe: system calls the next action need not
+    wait for).
 
     ``launcher`` starts the process, when given (to contain it and whatever it
     starts); otherwise we start it ourselves.
@@ -226,6 +230,7 @@ async def run_process(
             cwd,
             also_signal,
             file_group,
+            on_ended,
         ).run()
     try:
         check_exec_arguments(argv, env, cwd)
@@ -270,6 +275,7 @@ async def run_process(
         cwd,
         also_signal,
         file_group,
+        on_ended,
     )
     return await supervisor.run()
 
@@ -312,12 +318,20 @@ class StartedAhead:
             os.close(self.read_fd)
 
 
-async def start_ahead(launcher: SessionLauncher, request: SpawnRequest) -> StartedAhead | None:
-    """Have ``launcher`` start a process now, its answer read later (``StartedAhead``);
-    ``None`` if the request cannot be sent (its start then fails when the action
-    is run the usual way)."""
+def open_output_pipe() -> tuple[int, int]:
+    """An action's output pipe, (read end, write end), made ahead (``start_ahead``)."""
+    return _open_pipe()
+
+
+async def start_ahead(
+    launcher: SessionLauncher, request: SpawnRequest, pipe: tuple[int, int] | None = None
+) -> StartedAhead | None:
+    """Have ``launcher`` start a process now, its answer read later (``StartedAhead``),
+    its output to ``pipe`` (``open_output_pipe``; ours until this returns, then the
+    read end is the ``StartedAhead``'s); ``None`` if the request cannot be sent (its
+    start then fails when the action is run the usual way)."""
     try:
-        read_fd, write_fd = _open_pipe()
+        read_fd, write_fd = pipe if pipe is not None else _open_pipe()
     except OSError:
         return None
     try:
@@ -407,8 +421,10 @@ class _Supervisor:
         cwd: Path,
         also_signal: Callable[[signal.Signals], None] | None,
         file_group: int | None,
+        on_ended: Callable[[ProcessResult], Awaitable[None]] | None = None,
     ) -> None:
         self._process = process
+        self._on_ended = on_ended
         self._also_signal = also_signal
         self._file_group = file_group
         self._stream = trio.lowlevel.FdStream(read_fd)
@@ -442,6 +458,20 @@ class _Supervisor:
                 control.on_request = None
                 await self._drain_output()
                 nursery.cancel_scope.cancel(reason="the action's process has ended")
+            if self._canceled:
+                # Sweep the group: members that ignored SIGTERM, or were still
+                # starting up, go with the action.
+                self._signal(signal.SIGKILL)
+            result = ProcessResult(
+                process.returncode,
+                canceled=self._canceled,
+                timed_out=control.timed_out and self._canceled,
+                mark_failed=control.mark_failed and self._canceled,
+                pid=process.pid,
+                usage=getattr(process, "usage", None),
+            )
+            if self._on_ended is not None:
+                await self._on_ended(result)
         finally:
             control.on_request = None
             if process.returncode is None:
@@ -451,18 +481,7 @@ class _Supervisor:
                 with trio.move_on_after(REAP_TIMEOUT_SECONDS, shield=True):
                     await process.wait()
             self._stream.close()
-        if self._canceled:
-            # Sweep the group: members that ignored SIGTERM, or were still
-            # starting up, go with the action.
-            self._signal(signal.SIGKILL)
-        return ProcessResult(
-            process.returncode,
-            canceled=self._canceled,
-            timed_out=control.timed_out and self._canceled,
-            mark_failed=control.mark_failed and self._canceled,
-            pid=process.pid,
-            usage=getattr(process, "usage", None),
-        )
+        return result
 
     def _start_canceller(self, nursery: trio.Nursery) -> None:
         self._control.on_request = None

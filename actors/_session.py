@@ -41,6 +41,7 @@ death, and a runner given a ``SessionResume`` takes one over (``_sessionkeep.py`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -99,6 +100,7 @@ from ._process import (
     ActionControl,
     ProcessResult,
     StartedAhead,
+    open_output_pipe,
     resume_process,
     run_process,
     start_ahead,
@@ -170,6 +172,8 @@ class SessionRunner(SessionRestarts):
         self._running: RunningAction | None = None
         #: The next task, begun (and maybe started) ahead of its turn (``_ahead.py``).
         self._next: Begun | None = None
+        #: Its output pipe, made while the last one ran (read end, write end).
+        self._pipe: tuple[int, int] | None = None
         self._done_ids: deque[str] = deque(maxlen=_REMEMBERED_DONE)
         self._done_set: set[str] = set()
         self._context: SessionContext | None = None
@@ -246,6 +250,10 @@ class SessionRunner(SessionRestarts):
             inbox_send, inbox_receive = trio.open_memory_channel[SessionCommand](0)
             await self._run_session(inbox_send, inbox_receive, task_status)
         finally:
+            if self._pipe is not None:
+                os.close(self._pipe[0])
+                os.close(self._pipe[1])
+                self._pipe = None
             with trio.CancelScope(shield=True):
                 try:
                     await self._cleanup(working_directory)
@@ -615,6 +623,10 @@ class SessionRunner(SessionRestarts):
             self._spawn_request(begun, context)
         if self._queue and begun.matches(self._queue[0]):
             self._next = begun
+        if self._pipe is None and begun.request is not None:
+            # Its output pipe too: two system calls fewer once this one has ended.
+            with contextlib.suppress(OSError):
+                self._pipe = open_output_pipe()
 
     def _spawn_request(self, begun: Begun, context: SessionContext) -> None:
         prepared, launcher = begun.prepared, self._launcher
@@ -662,7 +674,8 @@ class SessionRunner(SessionRestarts):
             or not begun.matches(self._queue[0])
         ):
             return
-        begun.ahead = await start_ahead(launcher, begun.request)
+        pipe, self._pipe = self._pipe, None
+        begun.ahead = await start_ahead(launcher, begun.request, pipe)
 
     async def _discard(self, begun: Begun | None) -> None:
         """An action begun ahead of its turn that is not to run (see ``_ahead.py``)."""
@@ -742,7 +755,16 @@ class SessionRunner(SessionRestarts):
             else None
         )
         file_group = context.job_user.gid if context.job_user is not None else None
-        began = trio.current_time()
+        began = ended = trio.current_time()
+        finished = False
+
+        async def on_ended(result: ProcessResult) -> None:
+            # Before the supervisor's clean-up: the next task need not wait for it.
+            nonlocal ended, finished
+            ended, finished = trio.current_time(), True
+            await flush(processor.finish())
+            await self._go_ahead(running, result)
+
         if reattached is not None:
             process = reattached.process
             pid = process.pid if process is not None else None
@@ -779,11 +801,11 @@ class SessionRunner(SessionRestarts):
                 memory_limit=memory_limit,
                 launcher_meta=self._spawn_meta(running, prepared, context, tag),
                 ahead=ahead,
+                on_ended=on_ended if go_ahead else None,
             )
-        ended = trio.current_time()
-        await flush(processor.finish())
-        if go_ahead:
-            await self._go_ahead(running, result)
+        if not finished:
+            ended = trio.current_time()
+            await flush(processor.finish())
         if result.spawn_error is not None:
             running.fail_message = running.fail_message or f"cannot start {result.spawn_error}"
             await self._note(action_id, "error", f"cannot start {result.spawn_error}")
