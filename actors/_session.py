@@ -41,15 +41,13 @@ death, and a runner given a ``SessionResume`` takes one over (``_sessionkeep.py`
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 import signal
 import tempfile
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -59,7 +57,7 @@ import trio
 
 from . import _output
 from ._actionoutput import OutputCap, apply_messages, output_limit_reached
-from ._ahead import Begun, succeeded
+from ._ahead import Begun, Resolver, SessionAhead, _now
 from ._contain import Containment
 from ._hostwork import (
     ActionHostContext,
@@ -93,17 +91,15 @@ from ._messages import (
     SessionLog,
     Stop,
 )
-from ._openjd import ActionSetupError, PreparedAction, SessionContext, describe_command
+from ._openjd import PreparedAction, SessionContext, describe_command
 from ._paths import private_directory
 from ._platform import processes_of_user
 from ._process import (
     ActionControl,
     ProcessResult,
     StartedAhead,
-    open_output_pipe,
     resume_process,
     run_process,
-    start_ahead,
 )
 from ._restart import SessionResume
 from ._sessionconfig import SessionConfig, default_session_root
@@ -114,15 +110,9 @@ from ._watchdog import TAG_VARIABLE, find_processes
 
 log = structlog.get_logger("farmhand.session")
 
-Resolver = Callable[[QueuedAction], Awaitable[Runnable]]
-
 #: How many finished action ids are remembered, so a ``Replace`` that still
 #: lists them (the farm has not seen the report yet) does not run them again.
 _REMEMBERED_DONE = 4096
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def _resolve_runnable(item: QueuedAction) -> Runnable:
@@ -131,7 +121,7 @@ async def _resolve_runnable(item: QueuedAction) -> Runnable:
     raise TypeError(f"no resolver for queued action of type {type(item).__name__}")
 
 
-class SessionRunner(SessionRestarts):
+class SessionRunner(SessionRestarts, SessionAhead):
     """Runs one OpenJD session's actions. Start it with ``nursery.start(runner.run)``;
     the value it starts with is its inbox (a ``MemorySendChannel[SessionCommand]``).
     """
@@ -145,7 +135,8 @@ class SessionRunner(SessionRestarts):
         containment: Containment | None = None,
         resume: SessionResume | None = None,
     ) -> None:
-        super().__init__()
+        SessionRestarts.__init__(self)
+        SessionAhead.__init__(self)
         self.config = config
         self._resume = resume
         # A working directory the user keeps is not the launcher's to remove.
@@ -170,10 +161,6 @@ class SessionRunner(SessionRestarts):
         self._setup_error: str | None = None
         self._actions_started = 0
         self._running: RunningAction | None = None
-        #: The next task, begun (and maybe started) ahead of its turn (``_ahead.py``).
-        self._next: Begun | None = None
-        #: Its output pipe, made while the last one ran (read end, write end).
-        self._pipe: tuple[int, int] | None = None
         self._done_ids: deque[str] = deque(maxlen=_REMEMBERED_DONE)
         self._done_set: set[str] = set()
         self._context: SessionContext | None = None
@@ -471,39 +458,6 @@ class SessionRunner(SessionRestarts):
             if item.kind is ActionKind.ENV_EXIT and item.environment_id is not None:
                 context.finish_exit(item.environment_id)
 
-    async def _begin(self, item: QueuedAction, running: RunningAction) -> Begun:
-        """Resolve an action, reporting nothing yet (see ``_ahead.py``)."""
-        begun = Begun(item, running)
-        try:
-            runnable = await self._resolver(item)
-        except Exception as exc:  # the resolver's failure fails this action only
-            begun.error = exc
-            return begun
-        begun.runnable = runnable
-        if running.reported:
-            return begun  # a Stop already reported it while it was being resolved
-        begun.number = self._actions_started + 1
-        if self._containment:
-            begun.tag = self._containment.action_environment(self.session_id, begun.number)
-        begun.runnable = attrs.evolve(runnable, env={**runnable.env, **begun.tag})
-        return begun
-
-    def _prepare_begun(self, begun: Begun, context: SessionContext) -> None:
-        runnable = begun.runnable
-        if (
-            runnable is None
-            or isinstance(runnable, HostAction)
-            or begun.prepared is not None
-            or begun.setup_error is not None
-        ):
-            return
-        try:
-            if self._setup_error is not None:
-                raise ActionSetupError(self._setup_error)
-            begun.prepared = self._prepare(runnable, context)
-        except ActionSetupError as exc:
-            begun.setup_error = exc
-
     async def _proceed(self, begun: Begun, context: SessionContext) -> None:
         """Report and run an action ``_begin`` made ready."""
         item, running, runnable = begun.item, begun.running, begun.runnable
@@ -579,111 +533,6 @@ class SessionRunner(SessionRestarts):
                 state = host_failed_state(running)
         await self._end_action(running, state, result.exit_code, manifests=manifests)
 
-    def _memory_limit(self, runnable: Runnable) -> int | None:
-        limits = [self.config.memory_limit]
-        if isinstance(runnable, RunTask):
-            limits.append(runnable.memory_limit)
-        return min((x for x in limits if x is not None), default=None)
-
-    def _ahead_possible(self) -> bool:
-        """Whether the next queued action may be begun and started ahead of its turn."""
-        context = self._context
-        return (
-            bool(self._queue)
-            and self._queue[0].kind is ActionKind.TASK_RUN
-            and self._launcher is not None
-            and not self._holding
-            and context is not None
-            and context.job_user is None
-            and self._stop is None
-            and not self._ending
-            and not self._finish_running_only
-            and not self._cancel_after_running
-        )
-
-    async def _begin_next(self) -> None:
-        """While a task that went ahead runs: resolve and prepare the next one, and
-        make its spawn request, so that only the request is left to send once this
-        one has succeeded (``_go_ahead``). Not where preparing has effects (the
-        step's embedded files are written then: only after this task has ended)."""
-        context = self._context
-        if self._next is not None or not self._ahead_possible() or context is None:
-            return
-        item = self._queue[0]
-        following = RunningAction(item.action_id, item.kind, ActionControl())
-        with structlog.contextvars.bound_contextvars(action_id=item.action_id):
-            begun = await self._begin(item, following)
-        runnable = begun.runnable
-        if (
-            isinstance(runnable, RunTask)
-            and runnable.hook is None
-            and not runnable.script.embeddedFiles
-        ):
-            self._prepare_begun(begun, context)
-            self._spawn_request(begun, context)
-        if self._queue and begun.matches(self._queue[0]):
-            self._next = begun
-        if self._pipe is None and begun.request is not None:
-            # Its output pipe too: two system calls fewer once this one has ended.
-            with contextlib.suppress(OSError):
-                self._pipe = open_output_pipe()
-
-    def _spawn_request(self, begun: Begun, context: SessionContext) -> None:
-        prepared, launcher = begun.prepared, self._launcher
-        if prepared is None or prepared.argv is None or launcher is None:
-            return
-        assert begun.runnable is not None
-        try:
-            begun.request = launcher.spawn_request(
-                prepared.argv,
-                env=prepared.env,
-                cwd=context.working_directory,
-                memory_limit=self._memory_limit(begun.runnable),
-            )
-        except OSError:
-            pass  # its start fails at its turn, the usual way
-
-    async def _go_ahead(self, running: RunningAction, result: ProcessResult) -> None:
-        """Once a task has succeeded, start the next queued one before reporting the
-        last (see ``_ahead.py``); the runner takes it up at its turn (``_run_item``)."""
-        context = self._context
-        launcher = self._launcher
-        if not (succeeded(result, running) and self._ahead_possible()):
-            return
-        assert context is not None
-        assert launcher is not None
-        item = self._queue[0]
-        running.ended_at = _now()  # before the next one's start
-        begun = self._next
-        if begun is None or not begun.matches(item):
-            following = RunningAction(item.action_id, item.kind, ActionControl())
-            with structlog.contextvars.bound_contextvars(action_id=item.action_id):
-                begun = await self._begin(item, following)
-            self._next = begun
-        begun.running.started_at = _now()
-        runnable = begun.runnable
-        if not isinstance(runnable, RunTask) or runnable.hook is not None:
-            return  # its turn comes the usual way, resolved already
-        if begun.request is None:
-            self._prepare_begun(begun, context)
-            self._spawn_request(begun, context)
-        if (
-            begun.request is None
-            or not succeeded(result, running)
-            or not self._ahead_possible()
-            or not begun.matches(self._queue[0])
-        ):
-            return
-        pipe, self._pipe = self._pipe, None
-        begun.ahead = await start_ahead(launcher, begun.request, pipe)
-
-    async def _discard(self, begun: Begun | None) -> None:
-        """An action begun ahead of its turn that is not to run (see ``_ahead.py``)."""
-        if begun is not None and begun.ahead is not None:
-            ahead, begun.ahead = begun.ahead, None
-            log.debug("session.ahead_discarded", action_id=begun.item.action_id)
-            await ahead.discard()
-
     async def _run_host(
         self, runnable: HostAction, running: RunningAction, context: SessionContext
     ) -> None:
@@ -692,15 +541,6 @@ class SessionRunner(SessionRestarts):
             await self._end_action(running, ActionState.SUCCESS, None)
         else:
             await self._end_action(running, host_failed_state(running), None)
-
-    @staticmethod
-    def _prepare(runnable: Runnable, context: SessionContext) -> PreparedAction:
-        if isinstance(runnable, EnterEnvironment):
-            return context.prepare_enter(runnable)
-        if isinstance(runnable, ExitEnvironment):
-            return context.prepare_exit(runnable)
-        assert isinstance(runnable, RunTask), "host actions are not prepared"
-        return context.prepare_task(runnable)
 
     async def _run_process(
         self,
