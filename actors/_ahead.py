@@ -190,7 +190,7 @@ class SessionAhead:
         )
 
     async def _begin_next(self) -> None:
-        """While a task that went ahead runs: resolve and prepare the next one, and
+        """While a task runs (its output read meanwhile): resolve and prepare the next one, and
         make its spawn request, so that only the request is left to send once this
         one has succeeded (``_go_ahead``). Not where preparing has effects (the
         step's embedded files are written then: only after this task has ended)."""

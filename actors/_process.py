@@ -195,6 +195,7 @@ async def run_process(
     launcher_meta: Mapping[str, object] | None = None,
     ahead: StartedAhead | None = None,
     on_ended: Callable[[ProcessResult], Awaitable[None]] | None = None,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion under ``control``; feed its output to ``on_output``.
     ``launcher_meta`` goes with the spawn request (``SessionLauncher.spawn(meta=)``).
@@ -202,7 +203,8 @@ async def run_process(
     before this kills it unreported, as if it had never started.
     ``on_ended(result)``: called once the process has ended and its output is read,
     before the clean-up (closing the pipe: system calls the next action need not
-    wait for).
+    wait for). ``meanwhile()``: called once the process runs and its output is
+    read, before its exit is waited for (the runtime limit counts from before).
 
     ``launcher`` starts the process, when given (to contain it and whatever it
     starts); otherwise we start it ourselves.
@@ -237,6 +239,7 @@ async def run_process(
             also_signal,
             file_group,
             on_ended,
+            meanwhile,
         ).run()
     try:
         check_exec_arguments(argv, env, cwd)
@@ -282,6 +285,7 @@ async def run_process(
         also_signal,
         file_group,
         on_ended,
+        meanwhile,
     )
     return await supervisor.run()
 
@@ -428,9 +432,11 @@ class _Supervisor:
         also_signal: Callable[[signal.Signals], None] | None,
         file_group: int | None,
         on_ended: Callable[[ProcessResult], Awaitable[None]] | None = None,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._process = process
         self._on_ended = on_ended
+        self._meanwhile = meanwhile
         self._also_signal = also_signal
         self._file_group = file_group
         self._stream = trio.lowlevel.FdStream(read_fd)
@@ -449,6 +455,8 @@ class _Supervisor:
     async def run(self) -> ProcessResult:
         process = self._process
         control = self._control
+        limit = self._runtime_limit
+        deadline = math.inf if limit is None else trio.current_time() + limit
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump)
@@ -459,7 +467,9 @@ class _Supervisor:
                     self._start_canceller(nursery)
                 else:
                     control.on_request = partial(self._start_canceller, nursery)
-                await self._wait_exit()
+                if self._meanwhile is not None:
+                    await self._meanwhile()
+                await self._wait_exit(deadline)
                 self._exited = True
                 control.on_request = None
                 await self._drain_output()
@@ -494,12 +504,12 @@ class _Supervisor:
         if not self._exited:
             nursery.start_soon(self._canceller)
 
-    async def _wait_exit(self) -> None:
+    async def _wait_exit(self, deadline: float) -> None:
         """Wait for the process to exit; past its runtime limit, cancel it (TIMEOUT)."""
         process = self._process
         control = self._control
         if self._runtime_limit is not None:
-            with trio.move_on_after(self._runtime_limit):
+            with trio.move_on_at(deadline):
                 await process.wait()
                 return
             if not control.requested:

@@ -624,8 +624,6 @@ class SessionRunner(SessionRestarts, SessionAhead):
             )
         else:
             await self._note(action_id, "info", f"running: {describe_command(prepared.argv)}")
-            if ahead is not None and go_ahead:
-                await self._begin_next()  # while this one runs: it started already
             result = await run_process(
                 prepared.argv,
                 env=prepared.env,
@@ -642,6 +640,7 @@ class SessionRunner(SessionRestarts, SessionAhead):
                 launcher_meta=self._spawn_meta(running, prepared, context, tag),
                 ahead=ahead,
                 on_ended=on_ended if go_ahead else None,
+                meanwhile=self._begin_next if go_ahead else None,
             )
         if not finished:
             ended = trio.current_time()
