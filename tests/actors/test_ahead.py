@@ -21,6 +21,7 @@ from actors import (
     Enqueue,
     Finish,
     QueuedAction,
+    Replace,
     RunTask,
     SessionCommand,
     SessionEvent,
@@ -208,7 +209,6 @@ async def _command_while_ahead(
                 three, _ = await listener.accept()
                 three.close()
     assert tasks[1].action_id not in gated.started()
-    assert gated.ended(tasks[1].action_id).state is NEVER
     return gated, tasks
 
 
@@ -218,6 +218,7 @@ async def test_a_stop_kills_the_task_started_ahead_unreported(tmp_path: Path) ->
     as a Stop reports the running action."""
     gated, tasks = await _command_while_ahead(tmp_path, lambda _: Stop(reason="stop"), 2)
     assert gated.ended(tasks[0].action_id).state is ActionState.INTERRUPTED
+    assert gated.ended(tasks[1].action_id).state is NEVER
 
 
 async def test_a_cancel_of_the_task_started_ahead_kills_it_and_runs_the_rest(
@@ -230,4 +231,16 @@ async def test_a_cancel_of_the_task_started_ahead_kills_it_and_runs_the_rest(
     )
     assert gated.started() == [tasks[0].action_id, tasks[2].action_id]
     assert gated.ended(tasks[0].action_id).state is OK
+    assert gated.ended(tasks[1].action_id).state is NEVER
     assert gated.ended(tasks[2].action_id).state is OK
+
+
+async def test_a_replace_without_the_task_started_ahead_kills_it(tmp_path: Path) -> None:
+    """A Replace that no longer lists the task running ahead of its turn: it is killed,
+    and reported neither started nor ended (the farm took it back); the new queue runs."""
+    gated, tasks = await _command_while_ahead(
+        tmp_path, lambda tasks: Replace((tasks[0], tasks[2])), 3
+    )
+    assert gated.started() == [tasks[0].action_id, tasks[2].action_id]
+    ended = [e.action_id for e in gated.events if isinstance(e, ActionEnded)]
+    assert ended == [tasks[0].action_id, tasks[2].action_id]
