@@ -12,6 +12,13 @@ a session: a session imports botocore's client machinery (clients, waiters,
 paginators, docs, credential providers) that nothing reading a model needs.
 botocore registers no handler of its own on the ``service-data-loaded`` event a
 session emits, so the model is the same.
+
+It reads them as ``Loader.load_service_model`` does (the latest version of
+``service-2``, then its SDK extras merged in) but without that method's first
+step, ``list_available_services``, which lists and stats every service
+directory on the search path (about 450 with botocore's own data, ~45 ms) only
+to check that the name is one of them: ``determine_latest_version`` looks in
+the service's own directories and fails just as surely for an unknown name.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 
+import botocore.exceptions
 import botocore.loaders
 import botocore.model
 
@@ -33,5 +41,14 @@ def _loader() -> botocore.loaders.Loader:
 @functools.cache
 def service_model(service: str) -> botocore.model.ServiceModel:
     """botocore's model for ``service`` (latest API version), loaded once per process."""
-    data = _loader().load_service_model(service, "service-2")
+    loader = _loader()
+    version = loader.determine_latest_version(service, "service-2")
+    data = loader.load_data(f"{service}/{version}/service-2")
+    extras = []
+    for kind in loader.extras_types:
+        try:
+            extras.append(loader.load_data(f"{service}/{version}/service-2.{kind}-extras"))
+        except botocore.exceptions.DataNotFoundError:
+            pass
+    botocore.loaders.ExtrasProcessor().process(data, extras)
     return botocore.model.ServiceModel(data, service_name=service)

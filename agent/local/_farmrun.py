@@ -338,6 +338,10 @@ async def _containment_ahead() -> AsyncIterator[Containment]:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(containment.keep_spare_launcher, sessions=1))
+            # Wait for it to be spawned: the farm's set-up and the worker's next hold the
+            # loop (and the GIL) for tens of milliseconds, and the spawning thread would
+            # wait on them; the launcher's own start then overlaps theirs.
+            await containment.wait_spare_launcher()
             yield containment
             nursery.cancel_scope.cancel(reason="the run is over")
     finally:

@@ -35,7 +35,6 @@ from ._logstore import LogStore
 from ._monitor import Monitor, MonitorConfig
 from ._records import FarmState, Job, WorkerRecord
 from ._s3 import S3Config, open_s3
-from ._store import FarmStore
 
 if TYPE_CHECKING:
     import httpx
@@ -418,6 +417,10 @@ async def open_mock_farm(
         async with serve_farm(Farm(config)) as mock:
             yield mock
         return
+    # Imported here: a farm in memory (``python -m agent run``'s) needs no sqlite3
+    # (about 1 MiB and 2 ms to import).
+    from ._store import FarmStore
+
     store = FarmStore(state_dir)
     try:
         async with trio.open_nursery() as writer_nursery:

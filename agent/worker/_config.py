@@ -52,7 +52,6 @@ import argparse
 import json
 import re
 import sys
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -716,6 +715,9 @@ def _choose_file(
 
 
 def _read_toml(path: Path, named_by: str | None) -> dict[str, Any] | None:
+    # Imported here: ``python -m agent run``'s worker reads no config file.
+    import tomllib
+
     try:
         with path.open("rb") as file:
             return tomllib.load(file)
