@@ -8,7 +8,8 @@ the long poll, two task runs assigned ahead; a fresh state directory and a free
 port; ``--pipeline-seconds`` passes the farm's own option, to compare). farmhand's worker (``python -m agent --farm-id ... --fleet-id ...``) starts
 and goes idle; then ``--rounds`` jobs of ``--tasks`` tasks of ``true`` are
 submitted one after another, each timed from its first task's start to its end
-(the job's ``startedAt`` and ``endedAt``, as the farm recorded them). The worker
+(the job's ``startedAt`` and ``endedAt``, as the farm recorded them); its pick-up
+(``createdAt`` to ``startedAt``) is printed beside it. The worker
 is then stopped and, with ``.venv-official`` present (``.ci/run`` installs the
 official agent 0.33.6 there), the official ``deadline-worker-agent`` runs one
 such job against the same farm process: the baseline. Everything runs inside a
@@ -137,8 +138,11 @@ def wait_idle(deadline: Any, farm: dict[str, str], timeout: float = 120) -> None
     raise TimeoutError("no worker started")
 
 
-def run_job(deadline: Any, farm: dict[str, str], tasks: int, timeout: float = 600) -> float:
-    """Submit a job, wait for it; seconds from its first task's start to its end."""
+def run_job(
+    deadline: Any, farm: dict[str, str], tasks: int, timeout: float = 600
+) -> tuple[float, float]:
+    """Submit a job, wait for it; seconds from its first task's start to its end, and
+    from its creation to its first task's start (the pick-up)."""
     job_id = deadline.create_job(
         farmId=farm["farm"],
         queueId=farm["queue"],
@@ -152,7 +156,10 @@ def run_job(deadline: Any, farm: dict[str, str], tasks: int, timeout: float = 60
         if job["taskRunStatus"] in ("SUCCEEDED", "FAILED", "CANCELED"):
             if job["taskRunStatus"] != "SUCCEEDED":
                 raise RuntimeError(f"job {job_id}: {job['taskRunStatus']}")
-            return float((job["endedAt"] - job["startedAt"]).total_seconds())
+            return (
+                (job["endedAt"] - job["startedAt"]).total_seconds(),
+                (job["startedAt"] - job["createdAt"]).total_seconds(),
+            )
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} did not end within {timeout:g} s")
 
@@ -187,6 +194,7 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             env = farm_environ(farm)
             deadline = make_client("deadline", farm["endpoint"])
             ours: list[float] = []
+            pickups: list[float] = []
             worker = subprocess.Popen(
                 [
                     sys.executable,
@@ -216,10 +224,13 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                 wait_idle(deadline, farm)
                 for round_ in range(args.rounds):
                     cpu0, farm0 = cpu_seconds(me), cpu_seconds(farm_process)
-                    ours.append(run_job(deadline, farm, args.tasks))
+                    seconds, pickup = run_job(deadline, farm, args.tasks)
+                    ours.append(seconds)
+                    pickups.append(pickup)
                     cpu, farm_cpu = cpu_seconds(me) - cpu0, cpu_seconds(farm_process) - farm0
                     print(
-                        f"  farmhand, round {round_ + 1}: {ours[-1]:.3f} s; CPU per task: "
+                        f"  farmhand, round {round_ + 1}: {seconds:.3f} s (picked up after "
+                        f"{pickup * 1000:.0f} ms); CPU per task: "
                         f"worker {cpu / args.tasks * 1000:.2f} ms, "
                         f"farm {farm_cpu / args.tasks * 1000:.2f} ms",
                         file=sys.stderr,
@@ -227,6 +238,7 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 stop(worker)
             theirs: float | None = None
+            their_pickup: float | None = None
             if OFFICIAL.is_file() and not args.no_official:
                 for name in ("logs", "persist", "sessions"):
                     (root / "o" / name).mkdir(parents=True)
@@ -255,11 +267,20 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                     # farmhand's worker is STOPPED now; wait for the official one.
                     time.sleep(3)
                     wait_idle(deadline, farm)
-                    theirs = run_job(deadline, farm, args.tasks)
-                    print(f"  official agent: {theirs:.3f} s", file=sys.stderr)
+                    theirs, their_pickup = run_job(deadline, farm, args.tasks)
+                    print(
+                        f"  official agent: {theirs:.3f} s (picked up after "
+                        f"{their_pickup * 1000:.0f} ms)",
+                        file=sys.stderr,
+                    )
                 finally:
                     stop(official)
-    return {"farmhand_seconds": ours, "official_seconds": theirs}
+    return {
+        "farmhand_seconds": ours,
+        "official_seconds": theirs,
+        "farmhand_pickup_seconds": pickups,
+        "official_pickup_seconds": their_pickup,
+    }
 
 
 def main() -> int:
