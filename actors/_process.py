@@ -227,53 +227,20 @@ async def run_process(
         except BaseException:
             os.close(read_fd)
             raise
-        return await _Supervisor(
-            process,
-            read_fd,
-            method,
-            runtime_limit,
-            control,
-            on_output,
-            log,
-            cwd,
-            also_signal,
-            file_group,
-            on_ended,
-            meanwhile,
-        ).run()
-    try:
-        check_exec_arguments(argv, env, cwd)
-        read_fd, write_fd = _open_pipe()
-    except OSError as exc:
-        return _spawn_failed(argv, exc)
-    try:
+    else:
         try:
-            if launcher is not None:
-                process = await launcher.spawn(
-                    argv,
-                    env=env,
-                    cwd=cwd,
-                    output_fd=write_fd,
-                    output_read_fd=read_fd,
-                    memory_limit=memory_limit,
-                    meta=launcher_meta,
-                )
-            else:
-                process = await trio.lowlevel.open_process(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=write_fd,
-                    stderr=write_fd,
-                    cwd=cwd,
-                    env=dict(env),
-                    start_new_session=True,
-                )
-        finally:
-            os.close(write_fd)
-    except OSError as exc:
-        os.close(read_fd)
-        return _spawn_failed(argv, exc)
-    supervisor = _Supervisor(
+            check_exec_arguments(argv, env, cwd)
+            read_fd, write_fd = _open_pipe()
+        except OSError as exc:
+            return _spawn_failed(argv, exc)
+        try:
+            process = await _spawn(
+                argv, env, cwd, write_fd, read_fd, launcher, memory_limit, launcher_meta
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            return _spawn_failed(argv, exc)
+    return await _Supervisor(
         process,
         read_fd,
         method,
@@ -286,8 +253,43 @@ async def run_process(
         file_group,
         on_ended,
         meanwhile,
-    )
-    return await supervisor.run()
+    ).run()
+
+
+async def _spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    write_fd: int,
+    read_fd: int,
+    launcher: SessionLauncher | None,
+    memory_limit: int | None,
+    launcher_meta: Mapping[str, object] | None,
+) -> _Process:
+    """Start ``argv`` writing to ``write_fd`` (closed here either way): through the
+    launcher when there is one, else ourselves in a session of its own."""
+    try:
+        if launcher is not None:
+            return await launcher.spawn(
+                argv,
+                env=env,
+                cwd=cwd,
+                output_fd=write_fd,
+                output_read_fd=read_fd,
+                memory_limit=memory_limit,
+                meta=launcher_meta,
+            )
+        return await trio.lowlevel.open_process(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
+    finally:
+        os.close(write_fd)
 
 
 @attrs.define(eq=False)
