@@ -11,7 +11,11 @@ does not push all later ones back; slots missed by more than one interval are
 skipped rather than beaten in a burst. Lateness (how long after its slot a
 beat started) is kept for the last ``history`` beats for ``statistics()``.
 A beat may read its slot (``slot``): work that started at or after it, such as
-a farm call already in flight, is as good as a new one.
+a farm call already in flight, is as good as a new one. At interval 0 (a farm
+that holds each call until it has work) each beat starts as the last one ends,
+and its slot is ``None``: only new work will do, since the last answer asked for
+another call (under a virtual clock, work done "at" the slot may be the very
+call that asked).
 """
 
 from __future__ import annotations
@@ -55,12 +59,13 @@ class Heartbeat:
         self._lateness: deque[float] = deque(maxlen=history)
         self._beats = 0
         self._last_beat: float | None = None
-        self._slot = -math.inf
+        self._slot: float | None = -math.inf
 
     @property
-    def slot(self) -> float:
+    def slot(self) -> float | None:
         """When the beat in progress (or, between beats, the last one) was due
-        (``trio.current_time()``)."""
+        (``trio.current_time()``); ``None`` for a beat at interval 0, which is due
+        once the last has ended."""
         return self._slot
 
     def age(self) -> float | None:
@@ -116,7 +121,7 @@ class Heartbeat:
                 if not inbox_open:
                     await trio.sleep_until(slot)
                 started = trio.current_time()
-                self._slot = slot
+                self._slot = slot if self._interval > 0 else None
                 self._lateness.append(started - slot)
                 await self._beat()
                 self._beats += 1

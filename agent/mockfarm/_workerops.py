@@ -100,9 +100,11 @@ class WorkerOperations(FarmBase):
             self.scheduler.apply_updates(worker, updates)
         self.scheduler.schedule(worker)
         response = self.scheduler.response(worker, self.config.update_interval_seconds)
-        if self.long_poll_seconds(p, response):
-            # An idle worker is held (see MockFarmApp) and called back at once: its
-            # next call is held in turn, so new work reaches it as it arrives.
+        if self._leaves_idle(p, response):
+            # An idle worker's call is held (see MockFarmApp), and its answer tells
+            # it to call again at once, as does the answer to a report that leaves
+            # it idle (its last session ended): its next call is held in turn, so
+            # new work reaches it as it arrives, not an interval later.
             response["updateIntervalSeconds"] = 0
         return response
 
@@ -112,21 +114,26 @@ class WorkerOperations(FarmBase):
         An idle worker's call (STARTED, no session, nothing to report, nothing for it)
         is held until work for it may have come or ``LONG_POLL_SECONDS`` (at most
         the update interval) pass, when ``FarmConfig.long_poll`` is on. On the wire
-        that is a slower answer, so any agent gets its work at once."""
-        interval = self.config.update_interval_seconds
-        if not self.config.long_poll or interval <= 0 or p.get("updatedSessionActions"):
+        that is a slower answer, so any agent gets its work at once. A call that
+        reports is answered at once."""
+        if p.get("updatedSessionActions") or not self._leaves_idle(p, response):
             return 0.0
+        return float(min(self.config.update_interval_seconds, LONG_POLL_SECONDS))
+
+    def _leaves_idle(self, p: Mapping[str, Any], response: Mapping[str, Any]) -> bool:
+        """Whether this answer leaves a STARTED worker with nothing to do, with the
+        long poll on: its next call would be held."""
+        if not self.config.long_poll or self.config.update_interval_seconds <= 0:
+            return False
         worker = self.state.workers.get(p.get("workerId", ""))
-        if (
+        return not (
             worker is None
             or worker.status != "STARTED"
             or worker.sessions
             or worker.stop_requested
             or response.get("assignedSessions")
             or response.get("desiredWorkerStatus")
-        ):
-            return 0.0
-        return float(min(interval, LONG_POLL_SECONDS))
+        )
 
     def BatchGetJobEntity(self, p: dict[str, Any]) -> Mapping[str, Any]:
         worker = self.worker(p)

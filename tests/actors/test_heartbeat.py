@@ -34,7 +34,7 @@ async def test_beats_follow_a_fixed_grid(autojump_clock: trio.testing.MockClock)
 
 async def test_a_beat_reads_its_slot(autojump_clock: trio.testing.MockClock) -> None:
     """``slot`` is when the beat in progress was due, even when it starts late."""
-    seen: list[tuple[float, float]] = []
+    seen: list[tuple[float | None, float]] = []
 
     async def beat() -> None:
         seen.append((heartbeat.slot, trio.current_time()))
@@ -72,9 +72,11 @@ async def test_interval_zero_beats_again_as_each_beat_ends(
     """Interval 0 (a farm that holds each call until it has work): the next beat starts
     as the last one ends, paced by the beats themselves, and back to a grid after."""
     starts: list[float] = []
+    slots: list[float | None] = []
 
     async def beat() -> None:
         starts.append(trio.current_time())
+        slots.append(heartbeat.slot)
         await trio.sleep(4)  # the farm holds the call
 
     heartbeat = Heartbeat(beat, 10)
@@ -86,6 +88,9 @@ async def test_interval_zero_beats_again_as_each_beat_ends(
         await trio.sleep(20)
         nursery.cancel_scope.cancel()
     assert starts == [0, 4, 8, 12, 22, 32]  # back on the grid from the last slot
+    # At interval 0 (from the second beat) a beat has no slot: only a call begun after
+    # the last answer will do.
+    assert slots == [0, None, None, None, 22, 32]
     assert heartbeat.statistics().lateness_max == 0
 
 

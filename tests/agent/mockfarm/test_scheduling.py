@@ -883,6 +883,49 @@ async def test_held_calls_wake_for_a_stop_and_never_hold_reports(
         assert farm.app.held_calls == 0
 
 
+async def test_a_report_that_ends_the_last_session_asks_for_a_call_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The answer to the report that ends a worker's last session says to call again
+    at once (0), not at the interval: that call is held, and a job submitted just
+    after the previous one ended is picked up at once (it used to wait up to the
+    interval, 15 s, for the worker's next call)."""
+    async with open_mock_farm(config=FarmConfig(update_interval_seconds=15)) as farm:
+        agent = Agent(farm)
+        await agent.start()
+        farm.create_job(job_template(frames="1", job_environments=0))
+        [action] = await agent.actions()
+        start = trio.current_time()
+        response = await agent.sync({action["sessionActionId"]: completed()})
+        assert trio.current_time() == start  # a report: answered at once
+        assert response["assignedSessions"] == {}
+        assert response["updateIntervalSeconds"] == 0
+        answers: list[dict[str, Any]] = []
+
+        async def sync() -> None:
+            answers.append(await agent.sync())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync)
+            await wait_all_tasks_blocked()
+            assert farm.app.held_calls == 1
+            farm.create_job(job_template(frames="1", job_environments=0))
+        assert trio.current_time() == start
+        assert len(answers[0]["assignedSessions"]) == 1
+        assert answers[0]["updateIntervalSeconds"] == 15  # busy: the usual interval
+
+
+async def test_a_report_that_leaves_work_keeps_the_interval(farm: MockFarm) -> None:
+    """A report whose answer still has work for the worker keeps the usual interval."""
+    farm.create_job(job_template(frames="1-3", job_environments=0))
+    agent = Agent(farm)
+    await agent.start()
+    actions = await agent.actions()
+    response = await agent.sync({actions[0]["sessionActionId"]: completed()})
+    assert len(response["assignedSessions"]) == 1
+    assert response["updateIntervalSeconds"] == 1
+
+
 async def test_without_long_poll_the_farm_answers_at_once_as_the_service(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

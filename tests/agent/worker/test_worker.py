@@ -464,6 +464,30 @@ async def test_an_idle_worker_gets_a_new_job_in_its_held_call(tmp_path: Path) ->
         assert worker.statistics().heartbeat_age is not None
 
 
+async def test_a_worker_whose_job_ended_gets_the_next_job_in_its_held_call(
+    tmp_path: Path,
+) -> None:
+    """The answer to the report that ends the worker's last session asks it to call
+    again at once, and that call is held: the next job reaches it there, not at the
+    15 s interval after the first job ended."""
+    config = FarmConfig(update_interval_seconds=15, max_retries_per_task=0)
+    async with farm_and_worker(tmp_path, farm_config=config) as (farm, worker, _events):
+        first = farm.create_job(simple_job(py("print('frame')"), frames="1"))
+        assert await wait_job(farm, first) == "SUCCEEDED"
+        with trio.fail_after(10):  # well inside the 15 s a polling worker would wait
+            await farm.wait_until(
+                lambda: not farm.job(first).active_sessions and farm.app.held_calls > 0
+            )
+        submitted = trio.current_time()
+        second = farm.create_job(simple_job(py("print('frame')"), frames="1"))
+        with trio.fail_after(10):
+            await farm.wait_until(lambda: bool(farm.job(second).sessions))
+        after = [c for c in farm.calls_to("UpdateWorkerSchedule") if c.time >= submitted]
+        assert after == []
+        assert await wait_job(farm, second) == "SUCCEEDED"
+        assert worker.statistics().sessions_finished >= 1
+
+
 async def test_a_task_over_the_session_memory_limit_is_reported_failed_for_memory(
     tmp_path: Path,
 ) -> None:
