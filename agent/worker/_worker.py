@@ -91,7 +91,6 @@ from actors import (
 
 from .._errors import RetriesExhausted, TransportError
 from .._logging import add_log_sink, quiet_by_default, remove_log_sink
-from ..attachments._worker import WorkerAttachments
 from ..deadline import (
     NO_RETRIES,
     CredentialHolder,
@@ -99,6 +98,7 @@ from ..deadline import (
     LogsClient,
     completed_counts,
 )
+from ._attachments import LazyAttachments
 from ._bootstrap import Bootstrapped, refresh_credentials
 from ._config import WorkerConfig
 from ._costs import CostsSnapshot
@@ -717,7 +717,7 @@ async def _run_worker(
                 booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
             )
             await nursery.start(queue_credentials.run)
-            attachments = WorkerAttachments(
+            attachments = LazyAttachments(
                 endpoint_url=config.s3_endpoint_url,
                 region=config.region,
                 max_concurrency=config.attachment_concurrency,
