@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..attachments._worker import SessionAttachments, WorkerAttachments
+    from ._config import WorkerConfig
 
 
 class LazyAttachments:
@@ -28,6 +29,14 @@ class LazyAttachments:
         self.region = region
         self.max_concurrency = max_concurrency
         self._made: WorkerAttachments | None = None
+
+    @classmethod
+    def for_worker(cls, config: WorkerConfig) -> LazyAttachments:
+        return cls(
+            endpoint_url=config.s3_endpoint_url,
+            region=config.region,
+            max_concurrency=config.attachment_concurrency,
+        )
 
     @property
     def made(self) -> bool:
