@@ -32,6 +32,7 @@ import functools
 import gzip
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import botocore.exceptions
@@ -39,21 +40,24 @@ import botocore.loaders
 import botocore.model
 
 #: botocore's ``JSONFileLoader`` reads ``NAME.json``, else ``NAME.json.gz``.
-_OPENERS: tuple[tuple[str, Any], ...] = ((".json", open), (".json.gz", gzip.open))
+_DECODERS: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
+    (".json", bytes),
+    (".json.gz", gzip.decompress),  # at once: a third faster than reading a GzipFile
+)
 
 
 class _PlainJSONFileLoader:
     """botocore's ``JSONFileLoader`` (the ``file_loader`` of its ``Loader``), into plain dicts."""
 
     def exists(self, file_path: str) -> bool:
-        return any(os.path.isfile(file_path + extension) for extension, _ in _OPENERS)
+        return any(os.path.isfile(file_path + extension) for extension, _ in _DECODERS)
 
     def load_file(self, file_path: str) -> Any:
-        for extension, opener in _OPENERS:
+        for extension, decode in _DECODERS:
             path = file_path + extension
             if os.path.isfile(path):
-                with opener(path, "rb") as file:
-                    return json.loads(file.read().decode("utf-8"))
+                with open(path, "rb") as file:
+                    return json.loads(decode(file.read()).decode("utf-8"))
         return None
 
 

@@ -336,8 +336,10 @@ async def _containment_ahead() -> AsyncIterator[Containment]:
             await nursery.start(partial(containment.keep_spare_launcher, sessions=1))
             # Wait for it to be spawned: the farm's set-up and the worker's next hold the
             # loop (and the GIL) for tens of milliseconds, and the spawning thread would
-            # wait on them; the launcher's own start then overlaps theirs.
-            await containment.wait_spare_launcher()
+            # wait on them; the launcher's own start then overlaps theirs, and so do its
+            # moves into cgroups (~10 ms of the kernel's, in a thread), which the session
+            # waits for when it takes the launcher.
+            await containment.wait_spare_spawned()
             yield containment
             nursery.cancel_scope.cancel(reason="the run is over")
     finally:
