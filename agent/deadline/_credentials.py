@@ -28,6 +28,7 @@ import trio
 from .._errors import CredentialsError
 
 if TYPE_CHECKING:
+    import botocore.credentials
     import botocore.session
 
 # Resolving the default chain or refreshing can block on the network (instance
@@ -185,7 +186,7 @@ class CredentialHolder:
 
 async def load_default_credentials(
     session: botocore.session.Session | None = None,
-) -> Credentials | None:
+) -> botocore.credentials.Credentials | None:
     """Resolve botocore's default credential chain (env, profile, process, SSO,
     container, instance metadata) in a thread; ``None`` when it finds nothing.
 
@@ -201,7 +202,7 @@ async def load_default_credentials(
     try:
         # Abandoned on cancel: a read with no side effects; a hung metadata
         # lookup must not hold up shutdown.
-        credentials: Credentials | None = await trio.to_thread.run_sync(
+        credentials: botocore.credentials.Credentials | None = await trio.to_thread.run_sync(
             session.get_credentials, abandon_on_cancel=True, limiter=_CREDENTIALS_LIMITER
         )
     except _CREDENTIAL_ERRORS as exc:
