@@ -239,6 +239,10 @@ class Containment:
         self._spare_ready = trio.Event()
         #: A spare is being started now.
         self._spare_coming = False
+        #: The spare being started has its process (its cgroup moves may be under way).
+        self._spare_spawned = False
+        #: Set (and replaced) when a spare's process is started or the keeper stops.
+        self._spare_spawn = trio.Event()
         self._spares_made = 0
         #: Sessions that took a spare launcher, and the cgroup it came in.
         self._claimed_cgroups: dict[str, Path] = {}
@@ -369,6 +373,15 @@ class Containment:
             await self._spare_ready.wait()
         return self._spares[-1].launcher.pid
 
+    async def wait_spare_spawned(self) -> None:
+        """Wait until the spare launcher's process is started (or the keeper, which must
+        be running, has stopped): not for its moves into cgroups, which take the kernel
+        a few milliseconds each in a thread and can overlap what the host does next.
+        The session that takes it waits for those (``python -m agent run``: its farm
+        and worker start meanwhile)."""
+        while self._keeping and not self._spares and not self._spare_spawned:
+            await self._spare_spawn.wait()
+
     def session_memory(self) -> dict[str, int]:
         """Resident bytes of each running session's processes (those below its
         launcher), for the host memory guard; empty without /proc."""
@@ -433,8 +446,8 @@ class Containment:
         started ahead beyond them; ``python -m agent run`` runs one, and starts its
         launcher while the farm and the worker start). It costs an idle process or
         two. Run it in the host's nursery; cancelled, it ends the spares."""
-        task_status.started()
         self._keeping = True
+        task_status.started()
         started = 0
         try:
             while True:
@@ -444,7 +457,7 @@ class Containment:
                     try:
                         spare = await self._make_spare()
                     finally:
-                        self._spare_coming = False
+                        self._spare_coming = self._spare_spawned = False
                     if spare is None:
                         return  # launchers cannot be started here: sessions say so
                     self._spares.append(spare)
@@ -455,6 +468,7 @@ class Containment:
             self._keeping = False
             spares, self._spares = self._spares, []
             self._announce_spare()
+            self._announce_spawn()
             with trio.CancelScope(shield=True):
                 for spare in spares:
                     await spare.aclose()
@@ -463,12 +477,18 @@ class Containment:
         self._spare_ready.set()
         self._spare_ready = trio.Event()
 
+    def _announce_spawn(self) -> None:
+        self._spare_spawn.set()
+        self._spare_spawn = trio.Event()
+
     async def _make_spare(self) -> _SpareLauncher | None:
         try:
             launcher = await SessionLauncher.start()
         except OSError as exc:
             log.warning("contain.no_spare_launcher", error=str(exc))
             return None
+        self._spare_spawned = True
+        self._announce_spawn()
         cgroup: Path | None = None
         if self._cgroup_root is not None:
             self._spares_made += 1

@@ -123,6 +123,13 @@ def main(argv: Sequence[str] | None = None, *, freeze_imports: bool = False) -> 
 
 def program() -> None:
     """The ``farmhand`` program (as ``python -m agent``)."""
+    # httpx's package imports its own command-line client (``httpx._main``, for
+    # ``httpx.main``), which imports click, pygments and rich: where click is
+    # installed, ~10 ms and 1.8 MiB, even when rich is not and the import then
+    # fails (httpx puts a stub ``main`` in its place). This program never runs
+    # httpx's client: a ``None`` entry makes that import fail at once, as it does
+    # without the CLI's dependencies (issue 16).
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
         code = main(freeze_imports=True)
         sys.stdout.flush()

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ def template_max_chars() -> int:
     return int(service_model("deadline").shape_for("JobTemplate").metadata["max"])
 
 
+#: A string shape is one flat object: ``"JobTemplate":{"type":"string","max":1000000,...}``.
+_JOB_TEMPLATE_SHAPE = re.compile(rb'"JobTemplate"\s*:\s*(\{[^{}]*\})')
+
+
 def _job_template_max_from_file() -> int | None:
     spec = importlib.util.find_spec("botocore")
     if spec is None or not spec.submodule_search_locations:
@@ -76,21 +81,40 @@ def _job_template_max_from_file() -> int | None:
             path = service / latest / name
             if path.is_file():
                 with opener(path, "rb") as file:
-                    text = file.read().decode("utf-8")
+                    match = _find_job_template(file.read)
                 break
         else:
             return None
-    except (OSError, ValueError, UnicodeDecodeError):  # ValueError: no version directory
+    except (OSError, ValueError, EOFError):  # ValueError: no version directory
         return None
-    # A string shape is one flat object: {"type":"string","max":1000000,...}.
-    match = re.search(r'"JobTemplate"\s*:\s*(\{[^{}]*\})', text)
     if match is None:
         return None
     try:
-        value = json.loads(match.group(1)).get("max")
-    except ValueError:
+        value = json.loads(match.decode("utf-8")).get("max")
+    except ValueError:  # UnicodeDecodeError too
         return None
     return value if type(value) is int and value > 0 else None
+
+
+def _find_job_template(read: Callable[[int], bytes]) -> bytes | None:
+    """The ``JobTemplate`` shape's object, read only as far as it: a third of the model,
+    and the name found with ``bytes.find`` (a regex search of the text from its start
+    took longer than decompressing it)."""
+    key = b'"JobTemplate"'
+    data = b""
+    start = 0
+    while chunk := read(1 << 16):
+        data += chunk
+        while (at := data.find(key, start)) != -1:
+            if data.find(b"}", at) == -1:
+                break  # what follows the name is not all here yet
+            match = _JOB_TEMPLATE_SHAPE.match(data, at)
+            if match is not None:
+                return match.group(1)
+            start = at + 1  # the name, not the shape's definition ("shape":"JobTemplate")
+        else:
+            start = max(start, len(data) - len(key))
+    return None
 
 
 def _one_line(text: object) -> str:

@@ -42,7 +42,6 @@ import botocore.validate
 import httpx
 import structlog
 import trio
-from botocore.credentials import ReadOnlyCredentials
 
 from .._errors import (
     AccessDeniedError,
@@ -59,7 +58,7 @@ from .._errors import (
 )
 from .._httpbody import request_with_body
 from .._servicemodels import service_model as _service_model
-from ._credentials import CredentialHolder
+from ._credentials import CredentialHolder, FrozenCredentials
 from ._endpoints import ServiceEndpoint
 from ._parse import create_parser
 from ._retry import DEFAULT_POLICY, RETRY, Attempt, RandomSource, RetryPolicy
@@ -284,7 +283,7 @@ class ServiceClient:
         self._user_agent = user_agent
         self._retry_event = f"{self.model.service_name}.retry"
         self._signer: botocore.auth.SigV4Auth | None = None
-        self._signer_key: ReadOnlyCredentials | None = None
+        self._signer_key: FrozenCredentials | None = None
         self._urls: dict[str, httpx.URL] = {}
         self._counts: dict[str, _Counts] = {}
         self._retries_by_code: Counter[str] = Counter()

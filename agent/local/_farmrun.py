@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
@@ -59,7 +59,6 @@ from actors import Containment, SessionEvent, default_session_root, private_dire
 from .._progress import StatusLine
 from .._signals import StopLevel, open_stop_signals
 from .._words import counted
-from ..attachments import AttachmentError, S3Settings, TransferStatistics
 from ..deadline import CredentialHolder, ServiceEndpoint, static_credentials
 from ..mockfarm import (
     ApiError,
@@ -75,18 +74,15 @@ from ..mockfarm._s3 import moto_available
 from ..worker._config import WorkerConfig
 from ..worker._hostinfo import Capabilities
 from ..worker._worker import Endpoints, Worker, open_agent
-from ._bundle import (
-    BundleAssets,
-    JobBundle,
-    bundle_assets,
-    describe,
-    download_outputs,
-    transfer_progress,
-    upload_inputs,
-)
 from ._localrun import Limits, LocalPlan
 from ._render import OutputGuard
 from ._templates import TemplateError
+
+if TYPE_CHECKING:
+    # A bundle's job attachments (``agent.local._bundle``, ``agent.attachments``) are
+    # imported when a run has a bundle: a plain template's run never needs them.
+    from ..attachments import TransferStatistics
+    from ._bundle import BundleAssets, JobBundle
 
 log = structlog.get_logger("farmhand.run")
 
@@ -245,11 +241,11 @@ async def run_through_farm(
     settings = settings or FarmRunSettings()
     # Before the worker makes it: the worker would make it world-readable, not private.
     private_directory(default_session_root())
-    assets = (
-        bundle_assets(bundle, plan.template_document, plan.created.parameter_values)
-        if bundle is not None
-        else None
-    )
+    assets: BundleAssets | None = None
+    if bundle is not None:
+        from ._bundle import bundle_assets
+
+        assets = bundle_assets(bundle, plan.template_document, plan.created.parameter_values)
     if assets is not None and not moto_available():
         raise TemplateError(
             "a job bundle's files go through job attachments, which need moto's S3 "
@@ -340,8 +336,10 @@ async def _containment_ahead() -> AsyncIterator[Containment]:
             await nursery.start(partial(containment.keep_spare_launcher, sessions=1))
             # Wait for it to be spawned: the farm's set-up and the worker's next hold the
             # loop (and the GIL) for tens of milliseconds, and the spawning thread would
-            # wait on them; the launcher's own start then overlaps theirs.
-            await containment.wait_spare_launcher()
+            # wait on them; the launcher's own start then overlaps theirs, and so do its
+            # moves into cgroups (~10 ms of the kernel's, in a thread), which the session
+            # waits for when it takes the launcher.
+            await containment.wait_spare_spawned()
             yield containment
             nursery.cancel_scope.cancel(reason="the run is over")
     finally:
@@ -361,6 +359,9 @@ async def _farm_http(farm: MockFarm) -> AsyncIterator[httpx.AsyncClient | None]:
 
 
 async def _upload_bundle(farm: MockFarm, assets: BundleAssets) -> dict[str, Any]:
+    from ..attachments import AttachmentError, S3Settings
+    from ._bundle import transfer_progress, upload_inputs
+
     assert farm.s3 is not None
     settings = S3Settings(farm.s3.bucket, farm.s3.root_prefix)
     try:
@@ -387,6 +388,9 @@ async def _upload_bundle(farm: MockFarm, assets: BundleAssets) -> dict[str, Any]
 
 
 async def _download_bundle(farm: MockFarm, assets: BundleAssets, job_id: str) -> None:
+    from ..attachments import AttachmentError, S3Settings
+    from ._bundle import describe, download_outputs, transfer_progress
+
     assert farm.s3 is not None
     settings = S3Settings(farm.s3.bucket, farm.s3.root_prefix)
     try:

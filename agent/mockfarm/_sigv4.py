@@ -16,10 +16,10 @@ import hmac
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from ._apierrors import ApiError
 
@@ -33,6 +33,14 @@ MAX_SKEW = timedelta(minutes=15)
 
 #: A secret access key for an access key id, or None for an unknown key.
 SecretLookup = Callable[[str], "str | None"]
+
+
+class _Keys(NamedTuple):
+    """What ``SigV4Auth`` signs with (botocore's ``ReadOnlyCredentials``)."""
+
+    access_key: str
+    secret_key: str
+    token: str | None
 
 
 def _denied(code: str, message: str) -> ApiError:
@@ -94,7 +102,7 @@ def verify_request(
     )
     request.context["timestamp"] = amz_date
     signer = SigV4Auth(
-        Credentials(access_key, secret, fields.get("x-amz-security-token")),
+        _Keys(access_key, secret, fields.get("x-amz-security-token")),
         match["service"],
         match["region"],
     )

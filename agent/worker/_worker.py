@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import httpx
@@ -91,7 +91,6 @@ from actors import (
 
 from .._errors import RetriesExhausted, TransportError
 from .._logging import add_log_sink, quiet_by_default, remove_log_sink
-from ..attachments._worker import WorkerAttachments
 from ..deadline import (
     NO_RETRIES,
     CredentialHolder,
@@ -99,6 +98,7 @@ from ..deadline import (
     LogsClient,
     completed_counts,
 )
+from ._attachments import LazyAttachments
 from ._bootstrap import Bootstrapped, refresh_credentials
 from ._config import WorkerConfig
 from ._costs import CostsSnapshot
@@ -111,13 +111,15 @@ from ._hostconfig import HostConfigurationFailed, run_host_configuration
 from ._hostinfo import probe_host
 from ._hostmetrics import log_host_metrics
 from ._idle import IdleSource, LogindIdle
-from ._imds import ImdsMonitor, drain_on_notice
 from ._logsink import CloudWatchSink
 from ._pause import FARM_CALL_SECONDS, PauseControl, PausePolicy, farm_call
 from ._queuecreds import QueueCredentials
 from ._restarts import bootstrap_taking_over, end_unclaimed, restart_hold
 from ._sessionoptions import make_directories, work_session_options
 from ._sessionwatch import SessionWatch
+
+if TYPE_CHECKING:
+    from ._imds import ImdsMonitor
 
 log = structlog.get_logger("farmhand.worker")
 
@@ -717,11 +719,7 @@ async def _run_worker(
                 booted.worker.assume_queue_role_for_worker, config.worker_persistence_dir
             )
             await nursery.start(queue_credentials.run)
-            attachments = WorkerAttachments(
-                endpoint_url=config.s3_endpoint_url,
-                region=config.region,
-                max_concurrency=config.attachment_concurrency,
-            )
+            attachments = LazyAttachments.for_worker(config)
 
             def make_session(
                 assignment: SessionAssignment, reports: trio.MemorySendChannel[SessionReport]
@@ -851,6 +849,7 @@ async def _run_worker(
                     )
                 )
             if config.imds_monitor:
+                from ._imds import ImdsMonitor, drain_on_notice  # EC2 hosts only, when asked
 
                 def interrupted(grace: float) -> None:
                     worker.request_stop("interruption", grace=grace)

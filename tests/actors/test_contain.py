@@ -355,6 +355,78 @@ async def test_a_session_waits_for_a_spare_on_its_way_rather_than_starting_its_o
         containment.close()
 
 
+async def test_the_host_goes_on_once_the_spare_is_spawned_and_the_session_waits_for_its_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """wait_spare_spawned (``python -m agent run``, issue 16) returns once the spare
+    launcher's process is started, before its cgroup moves are done; a session that
+    asks meanwhile waits for them and takes that launcher, and no other is started."""
+    from actors._spawn import SessionLauncher
+
+    started: list[int] = []
+    real_start = SessionLauncher.start.__func__  # type: ignore[attr-defined]
+
+    async def counted_start(cls: type[SessionLauncher], /, **kwargs: object) -> SessionLauncher:
+        launcher: SessionLauncher = await real_start(cls, **kwargs)
+        started.append(launcher.pid)
+        return launcher
+
+    moved = trio.Event()
+    real_join = Containment._join_memory_cgroup
+
+    async def slow_moves(self: Containment, launcher: SessionLauncher, cgroup: Path | None) -> None:
+        await moved.wait()
+        await real_join(self, launcher, cgroup)
+
+    monkeypatch.setattr(SessionLauncher, "start", classmethod(counted_start))
+    monkeypatch.setattr(Containment, "_join_memory_cgroup", slow_moves)
+    containment = Containment(use_cgroup=False)
+    taken: list[SessionLauncher | None] = []
+    took = trio.Event()
+
+    async def take() -> None:
+        taken.append(await containment.start_launcher("s1"))
+        took.set()
+
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(containment.keep_spare_launcher, sessions=1))
+                await containment.wait_spare_spawned()
+                assert len(started) == 1 and containment.spare_pid is None
+                nursery.start_soon(take)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not taken  # the session waits for the moves
+                moved.set()
+                await took.wait()
+                launcher = taken[0]
+                assert launcher is not None and started == [launcher.pid]
+                await launcher.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        containment.close()
+
+
+async def test_waiting_for_a_spare_to_be_spawned_ends_when_none_can_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from actors._spawn import SessionLauncher
+
+    async def refused(cls: type[SessionLauncher], /, **kwargs: object) -> SessionLauncher:
+        raise OSError("no launchers here")
+
+    monkeypatch.setattr(SessionLauncher, "start", classmethod(refused))
+    containment = Containment(use_cgroup=False)
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(containment.keep_spare_launcher, sessions=1))
+                await containment.wait_spare_spawned()
+                assert containment.spare_pid is None
+    finally:
+        containment.close()
+
+
 async def test_a_host_that_runs_one_session_starts_one_launcher_ahead_and_no_more(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -3,11 +3,12 @@ in one line, and whoever reads them (``check``, ``run``, the mock farm) goes on.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 from agent._documents import (
     ALIAS_BUDGET,
     DocumentError,
+    _find_job_template,
     _job_template_max_from_file,
     load_document,
     template_max_chars,
@@ -118,6 +120,24 @@ def test_the_size_read_from_the_model_file_is_botocores(
         assert template_max_chars() == parsed
     finally:
         template_max_chars.cache_clear()
+
+
+@pytest.mark.parametrize("read_size", [1, 7, 13, 1 << 16])
+def test_the_job_template_shape_is_found_whatever_the_reads(read_size: int) -> None:
+    # The model file is read only as far as the shape: found across read boundaries,
+    # past mentions of the name that are not its definition, and not from a cut-off one.
+    text = (
+        b'{"shapes":{"A":{"members":{"t":{"shape":"JobTemplate"}}},'
+        b'"JobTemplate" : {"type":"string","max":1000000,"min":1},"Z":{}}}'
+    )
+
+    def reads(data: bytes) -> Callable[[int], bytes]:
+        file = io.BytesIO(data)
+        return lambda _size: file.read(read_size)
+
+    found = _find_job_template(reads(text))
+    assert found is not None and json.loads(found)["max"] == 1_000_000
+    assert _find_job_template(reads(text[: text.index(b'"max"')])) is None
 
 
 def test_check_refuses_the_billion_laughs_in_one_line(tmp_path: Path) -> None:

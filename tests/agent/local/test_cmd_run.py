@@ -676,3 +676,29 @@ def test_check_validates_job_and_environment_templates(tmp_path: Path) -> None:
     assert good_job.returncode == 0 and "valid jobtemplate-2023-09 job template" in good_job.stdout
     assert good_env.returncode == 0 and "environment template" in good_env.stdout
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_a_plain_run_through_the_farm_imports_what_it_uses(tmp_path: Path) -> None:
+    # Job attachments (a bundle's, or a queue's with jobAttachmentSettings) are imported
+    # when a run needs them, and httpx's own command-line client (click, pygments) never
+    # is: issue 16's start-up and memory. The output is the same (other tests here).
+    template = write(tmp_path, job(step("A", {"command": "echo", "args": ["hi"]})))
+    probe = (
+        "import atexit, runpy, sys\n"
+        "names = ('agent.attachments', 'agent.local._bundle', 'xxhash', 'httpx._main', 'click')\n"
+        "atexit.register(lambda: print('imported:', [n for n in names if sys.modules.get(n)],"
+        " file=sys.stderr))\n"
+        f"sys.argv = ['agent', 'run', {str(template)!r}]\n"
+        "runpy.run_module('agent', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hi" in result.stdout
+    assert "imported: []" in result.stderr
