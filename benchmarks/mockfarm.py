@@ -272,8 +272,8 @@ async def farm_main(args: argparse.Namespace) -> None:
 
     import structlog
 
+    from agent._gc import tune_gc
     from agent.mockfarm import FarmConfig, open_mock_farm
-    from agent.mockfarm._cmd_mockfarm import tune_gc
 
     # The farm logs a line per job and worker; keep the console for the results.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -23,7 +23,6 @@ is a terminal (``agent._progress``).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import signal
@@ -38,6 +37,7 @@ import trio
 
 # Re-exported: the serve checks name it.
 from .._asgi import is_loopback as is_loopback
+from .._gc import tune_gc
 from .._progress import StatusLine
 from .._signals import StopRequest, open_stop_signals, stop_server_on_signals
 from .._words import counted
@@ -450,20 +450,6 @@ async def _serve_until_signal(
                 nursery.start_soon(_reload_faults, hangups, farm, args.faults)
                 await stopping.wait()
             nursery.cancel_scope.cancel(reason="the farm has stopped")
-
-
-def tune_gc() -> None:
-    """Collector settings for a process that serves the farm.
-
-    The farm keeps many long-lived records (tasks, actions, call records) and
-    the server allocates many short-lived ones per request; CPython's default
-    thresholds then rescan the long-lived heap often. Freezing what exists after
-    start-up and collecting the young generation less often keeps that cost
-    off the request path.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
 
 
 # ---------------------------------------------------------------- the client side

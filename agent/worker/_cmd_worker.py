@@ -42,6 +42,7 @@ import structlog
 import trio
 
 from .._errors import ConfigurationError, FarmhandError, UnrecoverableError
+from .._gc import tune_gc
 from .._logging import configure_logging
 from .._progress import StatusLine, is_terminal
 from . import _credenv
@@ -54,6 +55,16 @@ log = structlog.get_logger("farmhand.main")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     configure_parser(parser)
+
+
+def preload(args: argparse.Namespace) -> None:
+    """The two service models every worker call reads (parsed once, several MiB of
+    objects), loaded before the start-up freeze (``agent._cli``) so that the
+    collector never scans them again."""
+    from ..deadline._client import service_model
+
+    service_model("deadline")
+    service_model("logs")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
     )
     for note in config.warnings:
         log.warning("config.note", note=note)
+    tune_gc()
     return trio.run(serve, config)
 
 
