@@ -82,6 +82,15 @@ async def _kill_and_wait(pid: int) -> None:
             os.close(pidfd)
 
 
+async def _acquire(lock: trio.Lock) -> None:
+    """``await lock.acquire()``, without its loop step when the lock is free: every task
+    ready then would run first, and a spawn request would wait for them."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 def check_exec_arguments(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str) -> None:
     """What exec cannot take, as the ``OSError`` (EINVAL) a failed start is: a NUL
     byte in an argument, a variable or the directory, an unusable variable name.
@@ -416,12 +425,7 @@ class SessionLauncher:
         fds = [output_fd]
         if output_read_fd is not None and self._held:
             fds.append(output_read_fd)
-        try:
-            # Not ``await acquire()``: taking a free trio lock is a loop step of its
-            # own, and every task ready then would run before the request goes.
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        await _acquire(self._lock)
         try:
             with self._exchange():
                 await self._send(request.body, *fds)
@@ -431,7 +435,8 @@ class SessionLauncher:
         return PendingSpawn(self, request.command)
 
     async def _wait_exit(self, pid: int) -> tuple[int, Mapping[str, object] | None]:
-        async with self._lock:
+        await _acquire(self._lock)
+        try:
             try:
                 while True:
                     reply = await self._receive()
@@ -443,6 +448,8 @@ class SessionLauncher:
                 log.error("spawn.launcher_gone", launcher=self._process.pid, pid=pid)
                 await _kill_and_wait(pid)
                 return -signal.SIGKILL, None
+        finally:
+            self._lock.release()
 
     async def sweep(self) -> int:
         """Kill every process below the launcher; how many were killed.
@@ -643,10 +650,13 @@ class SessionLauncher:
         if fds:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            async with self._send_lock:
+            await _acquire(self._send_lock)
+            try:
                 sent = await self._sock.sendmsg([data], ancillary)
                 while sent < len(data):
                     sent += await self._sock.send(data[sent:])
+            finally:
+                self._send_lock.release()
         except OSError as exc:
             self._gone = True
             raise LauncherGone(errno.EPIPE, "the session's launcher has exited") from exc
