@@ -111,12 +111,6 @@ HELD_READ_BYTES = 1 << 16
 ACTION_OOM_SCORE_ADJ = 500
 
 
-#: How long the launcher polls for the agent's next request after an action's exit
-#: report before it sleeps: the next task's spawn usually follows within about
-#: 0.1 ms, and a CPU that has gone idle takes longer than that to wake on a virtual
-#: machine (~70 us measured on a 2-vCPU VM against ~15 us for one still polling).
-EXPECT_REQUEST_SECONDS = 0.0003
-
 #: Received fds close on exec as they arrive (Linux), with no system call of their own.
 _CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
@@ -225,8 +219,6 @@ class Launcher:
         self.listener_path = ""
         #: The hold we were under when the grace passed with no agent: its files go.
         self.expired: dict[str, object] | None = None
-        #: Until when the agent's next request is polled for (``poll_expected``; 0: not).
-        self.expect_until = 0.0
         #: The last spawn's environment (the next may say only what differs).
         self.env: dict[str, str] | None = None
         #: The actions' stdin, opened once (``subprocess.DEVNULL`` opens it per spawn).
@@ -302,8 +294,6 @@ class Launcher:
                 action.returncode = code
                 self.last_exit = {"exit": pid, "code": code, "usage": self.usage.report()}
                 self.send(self.last_exit)
-                if self.sock is not None:
-                    self.expect_until = time.monotonic() + EXPECT_REQUEST_SECONDS
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> None:
         argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
@@ -450,9 +440,7 @@ class Launcher:
             assert self.sock is not None
             sock = self.sock.fileno()
             timeout = self.tick()
-            readable = self.poll_expected(sock) if self.expect_until else []
-            if not readable:
-                readable, _, _ = select.select([sock, self.wake], [], [], timeout)
+            readable, _, _ = select.select([sock, self.wake], [], [], timeout)
             if self.wake in readable:
                 _drain(self.wake)
                 self.reap()
@@ -483,15 +471,6 @@ class Launcher:
                     # The session's end in one exchange: swept, answered, gone.
                     self.done = True
                     return
-
-    def poll_expected(self, sock: int) -> list[int]:
-        """What is readable within ``EXPECT_REQUEST_SECONDS`` of an exit report (polled,
-        not slept on); nothing, once that has passed."""
-        until, self.expect_until = self.expect_until, 0.0
-        while True:
-            readable, _, _ = select.select([sock, self.wake], [], [], 0)
-            if readable or time.monotonic() >= until:
-                return readable
 
     def wait_for_agent(self) -> bool:
         """The agent went while we hold: keep everything running, read the action's
