@@ -19,6 +19,9 @@ after its length (4 bytes, big-endian); the launcher answers with JSON lines.
 
     agent -> {"spawn": [argv...], "env": {...}, "cwd": PATH, "memory_limit": BYTES,
               "memory_cgroup": [PATH, VERSION], "meta": ANY},
+             or, instead of "env", "env_changes": {"set": {...}, "unset": [NAME...]}:
+             the last spawn's environment (this launcher's, whichever agent sent
+             it) with these changes;
              with one fd (SCM_RIGHTS, on the length) for the action's stdout and
              stderr; over the (optional) limit, the action's processes are killed
              and its exit's usage says so ("memory_limit": {limit, used, pid,
@@ -107,6 +110,9 @@ HELD_READ_BYTES = 1 << 16
 #: of memory, the kernel picks a job's process before the agent.
 ACTION_OOM_SCORE_ADJ = 500
 
+
+#: Received fds close on exec as they arrive (Linux), with no system call of their own.
+_CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 #: Bound on kill rounds in one sweep (each round kills everything found below).
 SWEEP_ROUNDS = 100
@@ -213,6 +219,8 @@ class Launcher:
         self.listener_path = ""
         #: The hold we were under when the grace passed with no agent: its files go.
         self.expired: dict[str, object] | None = None
+        #: The last spawn's environment (the next may say only what differs).
+        self.env: dict[str, str] | None = None
         #: The actions' stdin, opened once (``subprocess.DEVNULL`` opens it per spawn).
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         wake_read, wake_write = _platform.nonblocking_pipe()
@@ -234,8 +242,8 @@ class Launcher:
         if self.sock is None:
             return None, []
         try:
-            header, fds, _flags, _addr = socket.recv_fds(self.sock, 4, 4)
-            for fd in fds:
+            header, fds, _flags, _addr = socket.recv_fds(self.sock, 4, 4, _CMSG_CLOEXEC)
+            for fd in fds if not _CMSG_CLOEXEC else ():
                 # Not inherited: the action gets it as its stdout and stderr only, so
                 # nothing it leaves behind holds its output open by accident.
                 os.set_inheritable(fd, False)
@@ -289,7 +297,7 @@ class Launcher:
 
     def spawn(self, request: dict[str, object], fds: list[int]) -> None:
         argv = [str(arg) for arg in request["spawn"]]  # type: ignore[attr-defined]
-        env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
+        env = self.env_of(request)
         cwd = str(request["cwd"])
         limit = request.get("memory_limit")
         kept = fds[1] if len(fds) == 2 else None
@@ -297,8 +305,10 @@ class Launcher:
         self.last_exit = None
         self.meta = None
         try:
-            if len(fds) not in (1, 2) or not argv:
-                raise OSError(errno.EINVAL, "a spawn request needs an argv and one or two fds")
+            if len(fds) not in (1, 2) or not argv or env is None:
+                raise OSError(
+                    errno.EINVAL, "a spawn request needs an argv, an environment and one or two fds"
+                )
             # Limit set and peak reset before the action starts.
             usage = _launchusage.Usage(
                 int(limit) if isinstance(limit, int) and limit > 0 else None,
@@ -321,6 +331,23 @@ class Launcher:
             for fd in fds:
                 if fd != self.output:
                     os.close(fd)
+
+    def env_of(self, request: dict[str, object]) -> dict[str, str] | None:
+        """A spawn's environment: its ``env``, or the last spawn's with its ``env_changes``
+        (``None``: neither is usable)."""
+        whole = request.get("env")
+        changes = request.get("env_changes")
+        if isinstance(whole, dict):
+            env = {str(k): str(v) for k, v in whole.items()}
+        elif isinstance(changes, dict) and self.env is not None:
+            env = dict(self.env)
+            env.update({str(k): str(v) for k, v in changes.get("set", {}).items()})
+            for name in changes.get("unset", ()):
+                env.pop(str(name), None)
+        else:
+            return None
+        self.env = env
+        return env
 
     def cgroup_for(self, value: object) -> _launchusage.MemoryCgroup | None:
         """The memory cgroup a spawn names (its ``memory_cgroup``): the one the last
@@ -602,8 +629,8 @@ def _exists(pid: int) -> bool:
 
 def _drain(fd: int) -> None:
     try:
-        while os.read(fd, 4096):
-            pass
+        while len(os.read(fd, 4096)) == 4096:
+            pass  # a read short of that took all there was: no second read to say so
     except BlockingIOError:
         pass
 

@@ -459,6 +459,8 @@ class _Supervisor:
         control = self._control
         limit = self._runtime_limit
         deadline = math.inf if limit is None else trio.current_time() + limit
+        result: ProcessResult | None = None
+        failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump)
@@ -475,21 +477,24 @@ class _Supervisor:
                 self._exited = True
                 control.on_request = None
                 await self._drain_output()
+                if not self._canceled:
+                    # The usual end, decided (no canceller can start now): ``on_ended``
+                    # (the next task's spawn) need not wait for the nursery's exit, a
+                    # loop step. Its failure is raised as itself, after the nursery.
+                    result = self._result()
+                    try:
+                        await self._ended(result)
+                    except Exception as exc:
+                        failure = exc
                 nursery.cancel_scope.cancel(reason="the action's process has ended")
-            if self._canceled:
-                # Sweep the group: members that ignored SIGTERM, or were still
-                # starting up, go with the action.
+            if failure is not None:
+                raise failure
+            if result is None:
+                # Cancelled: sweep the group (members that ignored SIGTERM, or were
+                # still starting up, go with the action), then it has ended.
                 self._signal(signal.SIGKILL)
-            result = ProcessResult(
-                process.returncode,
-                canceled=self._canceled,
-                timed_out=control.timed_out and self._canceled,
-                mark_failed=control.mark_failed and self._canceled,
-                pid=process.pid,
-                usage=getattr(process, "usage", None),
-            )
-            if self._on_ended is not None:
-                await self._on_ended(result)
+                result = self._result()
+                await self._ended(result)
         finally:
             control.on_request = None
             if process.returncode is None:
@@ -500,6 +505,21 @@ class _Supervisor:
                     await process.wait()
             self._stream.close()
         return result
+
+    def _result(self) -> ProcessResult:
+        process, control = self._process, self._control
+        return ProcessResult(
+            process.returncode,
+            canceled=self._canceled,
+            timed_out=control.timed_out and self._canceled,
+            mark_failed=control.mark_failed and self._canceled,
+            pid=process.pid,
+            usage=getattr(process, "usage", None),
+        )
+
+    async def _ended(self, result: ProcessResult) -> None:
+        if self._on_ended is not None:
+            await self._on_ended(result)
 
     def _start_canceller(self, nursery: trio.Nursery) -> None:
         self._control.on_request = None

@@ -56,6 +56,7 @@ import attrs
 import structlog
 import trio
 
+from ._channels import ready_items
 from ._messages import (
     ActionState,
     ActionUpdate,
@@ -402,7 +403,7 @@ class Scheduler:
     # ------------------------------------------------------------------ reports
 
     async def _receive_reports(self, reports: trio.MemoryReceiveChannel[SessionReport]) -> None:
-        async for report in reports:
+        async for report in ready_items(reports):  # a burst in one loop step
             if isinstance(report, SessionClosed):
                 await self._session_closed(report)
                 continue

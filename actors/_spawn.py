@@ -82,6 +82,15 @@ async def _kill_and_wait(pid: int) -> None:
             os.close(pidfd)
 
 
+async def _acquire(lock: trio.Lock) -> None:
+    """``await lock.acquire()``, without its loop step when the lock is free: every task
+    ready then would run first, and a spawn request would wait for them."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 def check_exec_arguments(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str) -> None:
     """What exec cannot take, as the ``OSError`` (EINVAL) a failed start is: a NUL
     byte in an argument, a variable or the directory, an unusable variable name.
@@ -220,8 +229,32 @@ class LaunchedProcess:
 class SpawnRequest:
     """A spawn's request, ready to send (``SessionLauncher.spawn_request``)."""
 
-    body: bytes
+    #: The request without its environment.
+    fields: dict[str, object]
+    #: The environment, whole (a copy of the caller's).
+    env: dict[str, str]
     command: str
+    #: The environment of the last spawn sent when it was made (``None``: none was),
+    #: and the request encoded for a launcher that has that one.
+    base: dict[str, str] | None
+    encoded: bytes
+
+    def body(self, last_env: dict[str, str] | None) -> bytes:
+        """The request as sent after a spawn with ``last_env``: as encoded, when that is
+        the environment it was made against, else with the whole environment."""
+        if last_env is self.base:
+            return self.encoded
+        return json.dumps({**self.fields, "env": self.env}).encode()
+
+
+def _env_changes(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, object] | None:
+    """What ``env`` changes in ``base`` (``{"set": {...}, "unset": [...]}``), or ``None``
+    when that is not much shorter than ``env`` itself."""
+    changed = {name: value for name, value in env.items() if base.get(name) != value}
+    unset = [name for name in base if name not in env]
+    if len(changed) + len(unset) > len(env) // 2:
+        return None
+    return {"set": changed, "unset": unset}
 
 
 class PendingSpawn:
@@ -281,6 +314,8 @@ class SessionLauncher:
         self._own_memory_cgroup: Path | None = None
         #: Whether the launcher holds the session should we die (``hold()``).
         self._held = False
+        #: The environment of the last spawn sent (``spawn_request``).
+        self._sent_env: dict[str, str] | None = None
 
     @property
     def held(self) -> bool:
@@ -392,16 +427,30 @@ class SessionLauncher:
         meta: Mapping[str, object] | None = None,
     ) -> SpawnRequest:
         """A spawn's request, made ready to send (``send_spawn``) as ``spawn`` would
-        send it. Raises ``OSError`` (EINVAL) for what exec cannot take."""
-        check_exec_arguments(argv, env, cwd)
-        request: dict[str, object] = {"spawn": list(argv), "env": dict(env), "cwd": str(cwd)}
+        send it. Raises ``OSError`` (EINVAL) for what exec cannot take.
+
+        A session's actions share most of their environment: the request carries only
+        what differs from the last spawn's (``env_changes``; the launcher keeps that
+        one), which was checked when it was made, so only the changes are checked."""
+        whole = dict(env)
+        base = self._sent_env
+        changes = _env_changes(base, whole) if base is not None else None
+        changed = changes["set"] if changes is not None else whole
+        assert isinstance(changed, dict)
+        check_exec_arguments(argv, changed, cwd)
+        request: dict[str, object] = {"spawn": list(argv), "cwd": str(cwd)}
         if memory_limit is not None:
             request["memory_limit"] = int(memory_limit)
         if meta is not None and self._held:
             request["meta"] = dict(meta)
         if self.memory_cgroup is not None:
             request["memory_cgroup"] = [str(self.memory_cgroup[0]), self.memory_cgroup[1]]
-        return SpawnRequest(json.dumps(request).encode(), argv[0])
+        encoded = json.dumps(
+            {**request, "env_changes": changes}
+            if changes is not None
+            else {**request, "env": whole}
+        ).encode()
+        return SpawnRequest(request, whole, argv[0], base, encoded)
 
     async def send_spawn(
         self, request: SpawnRequest, *, output_fd: int, output_read_fd: int | None = None
@@ -416,22 +465,19 @@ class SessionLauncher:
         fds = [output_fd]
         if output_read_fd is not None and self._held:
             fds.append(output_read_fd)
-        try:
-            # Not ``await acquire()``: taking a free trio lock is a loop step of its
-            # own, and every task ready then would run before the request goes.
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        await _acquire(self._lock)
         try:
             with self._exchange():
-                await self._send(request.body, *fds)
+                await self._send(request.body(self._sent_env), *fds)
         except BaseException:
             self._lock.release()
             raise
+        self._sent_env = request.env  # the launcher's now, should the next differ little
         return PendingSpawn(self, request.command)
 
     async def _wait_exit(self, pid: int) -> tuple[int, Mapping[str, object] | None]:
-        async with self._lock:
+        await _acquire(self._lock)
+        try:
             try:
                 while True:
                     reply = await self._receive()
@@ -443,6 +489,8 @@ class SessionLauncher:
                 log.error("spawn.launcher_gone", launcher=self._process.pid, pid=pid)
                 await _kill_and_wait(pid)
                 return -signal.SIGKILL, None
+        finally:
+            self._lock.release()
 
     async def sweep(self) -> int:
         """Kill every process below the launcher; how many were killed.
@@ -643,10 +691,13 @@ class SessionLauncher:
         if fds:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            async with self._send_lock:
+            await _acquire(self._send_lock)
+            try:
                 sent = await self._sock.sendmsg([data], ancillary)
                 while sent < len(data):
                     sent += await self._sock.send(data[sent:])
+            finally:
+                self._send_lock.release()
         except OSError as exc:
             self._gone = True
             raise LauncherGone(errno.EPIPE, "the session's launcher has exited") from exc

@@ -53,6 +53,7 @@ import attrs
 import structlog
 import trio
 
+from ._channels import ready_items, send_ready
 from ._contain import Containment
 from ._entities import (
     EntityError,
@@ -317,9 +318,8 @@ class WorkSession:
         self._options = options
         self._on_event = on_event
         self._containment = containment
-        # The scheduler never waits on a session: its commands queue here. They are
-        # few (one per UpdateWorkerSchedule response at most), so the buffer is not
-        # a memory risk.
+        # The scheduler never waits on a session: its commands queue here. They are few
+        # (one per UpdateWorkerSchedule response at most): the buffer is no memory risk.
         self._command_send, self._command_receive = trio.open_memory_channel[SessionCommand](
             math.inf
         )
@@ -549,7 +549,7 @@ class WorkSession:
             if access is not None:
                 nursery.start_soon(self._stop_when_failed, access)
             with events_receive:
-                async for event in events_receive:
+                async for event in ready_items(events_receive):
                     if isinstance(event, SessionEnded):
                         succeeded = event.succeeded
                     await self._handle_event(event)
@@ -866,7 +866,7 @@ class WorkSession:
 
     async def _report(self, report: SessionReport) -> None:
         try:
-            await self._reports.send(report)
+            await send_ready(self._reports, report)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.warning("worksession.report_dropped", session_id=self.session_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -117,6 +118,51 @@ async def test_commands_are_found_on_the_actions_path(tmp_path: Path) -> None:
             await run(launcher, [str(tmp_path)], cwd=tmp_path)
         # ... and the launcher still serves after the errors.
         assert (await run(launcher, ["true"], cwd=tmp_path))[0] == 0
+
+
+async def test_each_action_gets_its_own_environment_whole(tmp_path: Path) -> None:
+    """Spawns after the first say only what differs from the last one's environment;
+    each action still gets exactly its own: variables changed, added and removed,
+    and a request made before another spawn went (ahead of its turn) sent whole."""
+    code = "import json, os; print(json.dumps(dict(os.environ)))"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FARMHAND_TEST_")}
+    base |= {"FARMHAND_TEST_A": "1", "FARMHAND_TEST_B": "2"}
+    envs = [
+        base,
+        {**base, "FARMHAND_TEST_A": "changed", "FARMHAND_TEST_C": "added"},
+        {k: v for k, v in base.items() if k != "FARMHAND_TEST_B"},
+        {"PATH": "/usr/bin:/bin", "ONLY": "this"},  # mostly different: sent whole
+        base,
+    ]
+    argv = [sys.executable, "-c", code]
+
+    async def printed(env: dict[str, str]) -> dict[str, str]:
+        status, output = await run(launcher, argv, env=env, cwd=tmp_path)
+        assert status == 0
+        printed: dict[str, str] = json.loads(output)
+        printed.pop("LC_CTYPE", None)  # Python may set it for itself
+        return printed
+
+    async with open_launcher() as launcher:
+        for env in envs:
+            assert await printed(env) == env
+        # Made against the last environment sent, sent after another spawn.
+        stale = launcher.spawn_request(argv, env={**base, "FARMHAND_TEST_D": "stale"}, cwd=tmp_path)
+        assert await printed(envs[1]) == envs[1]
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            pending = await launcher.send_spawn(stale, output_fd=write_fd)
+        finally:
+            os.close(write_fd)
+        process = await pending.started()
+        async with trio.lowlevel.FdStream(read_fd) as stream:
+            output = b""
+            while chunk := await stream.receive_some(65536):
+                output += chunk
+        assert await process.wait() == 0
+        got = json.loads(output)
+        got.pop("LC_CTYPE", None)
+        assert got == {**base, "FARMHAND_TEST_D": "stale"}
 
 
 async def test_sweep_kills_daemons_that_left_everything_behind(tmp_path: Path) -> None:
