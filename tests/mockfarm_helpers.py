@@ -12,9 +12,12 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from agent.mockfarm import MockFarm
 
 CAPABILITIES = {
     "amounts": [
@@ -276,3 +279,39 @@ async def open_events(endpoint_url: str, path: str) -> AsyncIterator[EventStream
             await events._fill()
         events.headers, events._buffer = events._buffer.split(b"\r\n\r\n", 1)
         yield events
+
+
+class Agent:
+    """A worker driven through in-process calls to the farm's ASGI dispatch (``invoke``)."""
+
+    def __init__(self, farm: MockFarm) -> None:
+        self.farm = farm
+        self.worker_id = ""
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {
+            "farmId": self.farm.farm_id,
+            "fleetId": self.farm.fleet_id,
+            "workerId": self.worker_id,
+        }
+
+    async def start(self, capabilities: dict[str, Any] = CAPABILITIES) -> None:
+        created = await invoke(
+            self.farm.app, "CreateWorker", farmId=self.farm.farm_id, fleetId=self.farm.fleet_id
+        )
+        self.worker_id = created["workerId"]
+        await invoke(
+            self.farm.app, "UpdateWorker", status="STARTED", capabilities=capabilities, **self.ids
+        )
+
+    async def sync(self, updates: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await invoke(
+            self.farm.app, "UpdateWorkerSchedule", updatedSessionActions=updates or {}, **self.ids
+        )
+
+    async def actions(self, updates: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Sync; the actions of the (single) assigned session."""
+        sessions = (await self.sync(updates))["assignedSessions"]
+        assert len(sessions) <= 1
+        return [a for s in sessions.values() for a in s["sessionActions"]]
