@@ -7,6 +7,7 @@ Through the farm's ASGI dispatch in-process, so that time is the autojump clock'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,8 +15,29 @@ import trio
 import trio.testing
 from trio.testing import wait_all_tasks_blocked
 
-from agent.mockfarm import FarmConfig, open_mock_farm
+from agent.mockfarm import FarmConfig, MockFarm, open_mock_farm
 from tests.mockfarm_helpers import Agent, completed, job_template
+
+
+async def answer_to_a_held_call(
+    farm: MockFarm, agent: Agent, meanwhile: Callable[[], object]
+) -> tuple[float, float, dict[str, Any]]:
+    """The worker's next call (nothing to report), held by the farm; ``meanwhile`` runs
+    once it is held. When it was held, when it was answered, and the answer."""
+    answers: list[tuple[float, dict[str, Any]]] = []
+
+    async def sync() -> None:
+        response = await agent.sync()
+        answers.append((trio.current_time(), response))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sync)
+        await wait_all_tasks_blocked()
+        assert farm.app.held_calls == 1
+        held = trio.current_time()
+        meanwhile()
+    [(answered, response)] = answers
+    return held, answered, response
 
 
 async def test_an_idle_workers_call_is_held_until_work_comes(
@@ -27,26 +49,17 @@ async def test_an_idle_workers_call_is_held_until_work_comes(
     async with open_mock_farm(config=FarmConfig(update_interval_seconds=15)) as farm:
         agent = Agent(farm)
         await agent.start()
-        answers: list[tuple[float, dict[str, Any]]] = []
-
-        async def sync() -> None:
-            response = await agent.sync()
-            answers.append((trio.current_time(), response))
-
         start = trio.current_time()
-        await sync()
-        assert answers[0][0] - start == pytest.approx(15)  # held for the interval
-        assert answers[0][1]["assignedSessions"] == {}
-        assert answers[0][1]["updateIntervalSeconds"] == 0
-        assert farm.worker(agent.worker_id).last_seen == pytest.approx(answers[0][0])
+        response = await agent.sync()
+        answered = trio.current_time()
+        assert answered - start == pytest.approx(15)  # held for the interval
+        assert response["assignedSessions"] == {}
+        assert response["updateIntervalSeconds"] == 0
+        assert farm.worker(agent.worker_id).last_seen == pytest.approx(answered)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sync)
-            await wait_all_tasks_blocked()
-            assert farm.app.held_calls == 1
-            submitted = trio.current_time()
-            farm.create_job(job_template(frames="1", job_environments=0))
-        answered, response = answers[1]
+        submitted, answered, response = await answer_to_a_held_call(
+            farm, agent, lambda: farm.create_job(job_template(frames="1", job_environments=0))
+        )
         assert answered == submitted  # no time passed: the held call took it
         assert len(response["assignedSessions"]) == 1
         assert response["updateIntervalSeconds"] == 15  # busy: the usual interval
@@ -66,18 +79,11 @@ async def test_held_calls_wake_for_a_stop_and_never_hold_reports(
         start = trio.current_time()
         await agent.sync({action["sessionActionId"]: completed("CANCELED")})
         assert trio.current_time() == start  # a report: answered at once
-        answers: list[dict[str, Any]] = []
-
-        async def sync() -> None:
-            answers.append(await agent.sync())
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sync)
-            await wait_all_tasks_blocked()
-            assert farm.app.held_calls == 1
-            farm.request_worker_stop(agent.worker_id)
+        _, _, response = await answer_to_a_held_call(
+            farm, agent, lambda: farm.request_worker_stop(agent.worker_id)
+        )
         assert trio.current_time() == start
-        assert answers[0]["desiredWorkerStatus"] == "STOPPED"
+        assert response["desiredWorkerStatus"] == "STOPPED"
         assert farm.app.held_calls == 0
 
 
@@ -98,19 +104,12 @@ async def test_a_report_that_ends_the_last_session_asks_for_a_call_at_once(
         assert trio.current_time() == start  # a report: answered at once
         assert response["assignedSessions"] == {}
         assert response["updateIntervalSeconds"] == 0
-        answers: list[dict[str, Any]] = []
-
-        async def sync() -> None:
-            answers.append(await agent.sync())
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sync)
-            await wait_all_tasks_blocked()
-            assert farm.app.held_calls == 1
-            farm.create_job(job_template(frames="1", job_environments=0))
+        _, _, response = await answer_to_a_held_call(
+            farm, agent, lambda: farm.create_job(job_template(frames="1", job_environments=0))
+        )
         assert trio.current_time() == start
-        assert len(answers[0]["assignedSessions"]) == 1
-        assert answers[0]["updateIntervalSeconds"] == 15  # busy: the usual interval
+        assert len(response["assignedSessions"]) == 1
+        assert response["updateIntervalSeconds"] == 15  # busy: the usual interval
 
 
 async def test_a_report_that_leaves_work_keeps_the_interval() -> None:
