@@ -58,10 +58,6 @@ log = structlog.get_logger("farmhand.session")
 Resolver = Callable[[QueuedAction], Awaitable[Runnable]]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 @attrs.define(eq=False)
 class Begun:
     """An action resolved and prepared, nothing of it reported yet
@@ -241,14 +237,14 @@ class SessionAhead:
         assert context is not None
         assert launcher is not None
         item = self._queue[0]
-        running.ended_at = _now()  # before the next one's start
+        running.ended_at = datetime.now(UTC)  # before the next one's start
         begun = self._next
         if begun is None or not begun.matches(item):
             following = RunningAction(item.action_id, item.kind, ActionControl())
             with structlog.contextvars.bound_contextvars(action_id=item.action_id):
                 begun = await self._begin(item, following)
             self._next = begun
-        begun.running.started_at = _now()
+        begun.running.started_at = datetime.now(UTC)
         runnable = begun.runnable
         if not isinstance(runnable, RunTask) or runnable.hook is not None:
             return  # its turn comes the usual way, resolved already

@@ -48,6 +48,7 @@ import signal
 import tempfile
 from collections import deque
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -57,7 +58,7 @@ import trio
 
 from . import _output
 from ._actionoutput import OutputCap, apply_messages, output_limit_reached
-from ._ahead import Begun, Resolver, SessionAhead, _now
+from ._ahead import Begun, Resolver, SessionAhead
 from ._contain import Containment
 from ._hostwork import (
     ActionHostContext,
@@ -443,7 +444,7 @@ class SessionRunner(SessionRestarts, SessionAhead):
         try:
             with structlog.contextvars.bound_contextvars(action_id=item.action_id):
                 if running.started_at is None:
-                    running.started_at = _now()
+                    running.started_at = datetime.now(UTC)
                 if begun is None:
                     begun = await self._begin(item, running)
                 await self._proceed(begun, context)
@@ -704,7 +705,7 @@ class SessionRunner(SessionRestarts, SessionAhead):
                 status_message=running.status_message,
                 fail_message=running.fail_message,
                 started_at=running.started_at,
-                ended_at=running.ended_at or _now(),
+                ended_at=running.ended_at or datetime.now(UTC),
                 manifests=manifests,
                 usage=running.usage,
             )

@@ -60,10 +60,6 @@ from ._spawn import Reattached, SessionLauncher
 log = structlog.get_logger("farmhand.session")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class SessionRestarts:
     """See the module docstring."""
 
@@ -211,7 +207,7 @@ class SessionRestarts:
                 state=state,
                 exit_code=code,
                 started_at=running.started_at,
-                ended_at=_now(),
+                ended_at=datetime.now(UTC),
                 message=message,
             )
             self._ended_records = (*self._ended_records, ended)[-RECENT_ENDED:]

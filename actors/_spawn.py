@@ -91,6 +91,22 @@ async def _acquire(lock: trio.Lock) -> None:
         await lock.acquire()
 
 
+class _Holding:
+    """``async with _Holding(lock):``, taking it as ``_acquire`` does (``async with
+    lock`` would take a loop step even when the lock is free)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        await _acquire(self._lock)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
 def check_exec_arguments(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str) -> None:
     """What exec cannot take, as the ``OSError`` (EINVAL) a failed start is: a NUL
     byte in an argument, a variable or the directory, an unusable variable name.
@@ -476,8 +492,7 @@ class SessionLauncher:
         return PendingSpawn(self, request.command)
 
     async def _wait_exit(self, pid: int) -> tuple[int, Mapping[str, object] | None]:
-        await _acquire(self._lock)
-        try:
+        async with _Holding(self._lock):
             try:
                 while True:
                     reply = await self._receive()
@@ -489,8 +504,6 @@ class SessionLauncher:
                 log.error("spawn.launcher_gone", launcher=self._process.pid, pid=pid)
                 await _kill_and_wait(pid)
                 return -signal.SIGKILL, None
-        finally:
-            self._lock.release()
 
     async def sweep(self) -> int:
         """Kill every process below the launcher; how many were killed.
@@ -691,13 +704,10 @@ class SessionLauncher:
         if fds:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            await _acquire(self._send_lock)
-            try:
+            async with _Holding(self._send_lock):
                 sent = await self._sock.sendmsg([data], ancillary)
                 while sent < len(data):
                     sent += await self._sock.send(data[sent:])
-            finally:
-                self._send_lock.release()
         except OSError as exc:
             self._gone = True
             raise LauncherGone(errno.EPIPE, "the session's launcher has exited") from exc

@@ -43,6 +43,7 @@ import httpx
 import structlog
 import trio
 
+from .._awskeys import FrozenCredentials
 from .._errors import (
     AccessDeniedError,
     ConfigurationError,
@@ -58,7 +59,7 @@ from .._errors import (
 )
 from .._httpbody import request_with_body
 from .._servicemodels import service_model as _service_model
-from ._credentials import CredentialHolder, FrozenCredentials
+from ._credentials import CredentialHolder
 from ._endpoints import ServiceEndpoint
 from ._parse import create_parser
 from ._retry import DEFAULT_POLICY, RETRY, Attempt, RandomSource, RetryPolicy

@@ -19,12 +19,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import botocore.exceptions
 import trio
 
+from .._awskeys import FrozenCredentials
 from .._errors import CredentialsError
 
 if TYPE_CHECKING:
@@ -38,15 +39,6 @@ _CREDENTIALS_LIMITER = trio.CapacityLimiter(2)
 # What credential providers raise: botocore's own errors, and ClientError from
 # the STS or SSO calls some of them make.
 _CREDENTIAL_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
-
-
-class FrozenCredentials(NamedTuple):
-    """One request's keys, as botocore's ``ReadOnlyCredentials`` has them (what its
-    ``SigV4Auth`` signs with)."""
-
-    access_key: str
-    secret_key: str
-    token: str | None
 
 
 class Credentials(Protocol):

@@ -16,11 +16,11 @@ import hmac
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
+from .._awskeys import FrozenCredentials
 from ._apierrors import ApiError
 
 _AUTHORIZATION = re.compile(
@@ -33,14 +33,6 @@ MAX_SKEW = timedelta(minutes=15)
 
 #: A secret access key for an access key id, or None for an unknown key.
 SecretLookup = Callable[[str], "str | None"]
-
-
-class _Keys(NamedTuple):
-    """What ``SigV4Auth`` signs with (botocore's ``ReadOnlyCredentials``)."""
-
-    access_key: str
-    secret_key: str
-    token: str | None
 
 
 def _denied(code: str, message: str) -> ApiError:
@@ -102,7 +94,7 @@ def verify_request(
     )
     request.context["timestamp"] = amz_date
     signer = SigV4Auth(
-        _Keys(access_key, secret, fields.get("x-amz-security-token")),
+        FrozenCredentials(access_key, secret, fields.get("x-amz-security-token")),
         match["service"],
         match["region"],
     )
