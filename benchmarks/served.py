@@ -184,12 +184,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def farm_options(args: argparse.Namespace) -> list[str]:
+    """The farm's own options that were passed through (none: its defaults)."""
+    options: list[str] = []
+    for name in ("pipeline_depth", "pipeline_seconds"):
+        value = getattr(args, name)
+        if value is not None:
+            options += ["--" + name.replace("_", "-"), value]
+    return options
+
+
 def inside(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="farmhand-served-") as tmp:
         root = Path(tmp)
-        options = (
-            [] if args.pipeline_seconds is None else ["--pipeline-seconds", args.pipeline_seconds]
-        )
+        options = farm_options(args)
         with served_farm(root / "state", *options) as farm:
             env = farm_environ(farm)
             deadline = make_client("deadline", farm["endpoint"])
@@ -291,6 +299,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument(
+        "--pipeline-depth", help="the farm's --pipeline-depth (default: its default)"
+    )
+    parser.add_argument(
         "--pipeline-seconds", help="the farm's --pipeline-seconds (default: its default)"
     )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -302,8 +313,7 @@ def main() -> int:
     argv = [sys.executable, "-m", "benchmarks.served", "--inside"]
     argv += ["--tasks", str(args.tasks), "--rounds", str(args.rounds)]
     argv += ["--no-official"] if args.no_official else []
-    if args.pipeline_seconds is not None:
-        argv += ["--pipeline-seconds", args.pipeline_seconds]
+    argv += farm_options(args)
     netns = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
     done = subprocess.run(netns + argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     result = json.loads(done.stdout.splitlines()[-1])
@@ -342,6 +352,7 @@ def main() -> int:
         parameters={
             "tasks": args.tasks,
             "rounds": args.rounds,
+            "pipeline_depth": args.pipeline_depth,
             "pipeline_seconds": args.pipeline_seconds,
         },
         results=result,
