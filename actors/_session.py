@@ -47,7 +47,7 @@ import shutil
 import signal
 import tempfile
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -81,7 +81,6 @@ from ._messages import (
     ExitEnvironment,
     Finish,
     HostAction,
-    HostContext,
     QueuedAction,
     Replace,
     Runnable,
@@ -104,7 +103,7 @@ from ._process import (
 )
 from ._restart import SessionResume
 from ._sessionconfig import SessionConfig, default_session_root
-from ._sessionkeep import SessionRestarts, _describe, _final_state
+from ._sessionkeep import SessionRestarts, _describe
 from ._spawn import Reattached, SessionLauncher
 from ._usage import memory_limit_message, usage_from_launcher
 from ._watchdog import TAG_VARIABLE, find_processes
@@ -520,19 +519,7 @@ class SessionRunner(SessionRestarts, SessionAhead):
             )
         finally:
             context.entering = None
-        state = ActionState.FAILED if running.mark_failed else _final_state(result)
-        manifests: tuple[Mapping[str, str], ...] | None = None
-        if hook is not None and state is ActionState.SUCCESS and not running.reported:
-            found: list[Sequence[Mapping[str, str]]] = []
-
-            async def after(host: HostContext) -> None:
-                found.append(await hook.after(host))
-
-            if await call_host_work(after, host, running):
-                manifests = tuple(found[0])
-            else:
-                state = host_failed_state(running)
-        await self._end_action(running, state, result.exit_code, manifests=manifests)
+        await self._end_process_action(running, result, hook, host)
 
     async def _run_host(
         self, runnable: HostAction, running: RunningAction, context: SessionContext

@@ -41,6 +41,7 @@ from ._messages import (
     Runnable,
     RunTask,
     SessionEvent,
+    TaskHook,
 )
 from ._openjd import PreparedAction, SessionContext
 from ._process import ActionControl, CancelMethod, CancelMode, ProcessResult
@@ -114,6 +115,30 @@ class SessionRestarts:
         reattached: Reattached | None = None,
     ) -> ProcessResult:
         raise NotImplementedError
+
+    async def _end_process_action(
+        self,
+        running: RunningAction,
+        result: ProcessResult,
+        hook: TaskHook | None,
+        host: ActionHostContext,
+    ) -> None:
+        """End an action whose process has ended (run, or re-attached and supervised to
+        its end): its state from ``result``; for a task that succeeded, its hook's
+        ``after`` first (the output manifests it reports, or the action fails)."""
+        state = ActionState.FAILED if running.mark_failed else _final_state(result)
+        manifests: tuple[Mapping[str, str], ...] | None = None
+        if hook is not None and state is ActionState.SUCCESS and not running.reported:
+            found: list[Sequence[Mapping[str, str]]] = []
+
+            async def after(host: HostContext) -> None:
+                found.append(await hook.after(host))
+
+            if await call_host_work(after, host, running):
+                manifests = tuple(found[0])
+            else:
+                state = host_failed_state(running)
+        await self._end_action(running, state, result.exit_code, manifests=manifests)
 
     def _remember_done(self, action_id: str) -> None:
         raise NotImplementedError
@@ -301,21 +326,9 @@ class SessionRestarts:
                     )
                 finally:
                     context.entering = None
-                state = ActionState.FAILED if running.mark_failed else _final_state(result)
                 hook = runnable.hook if isinstance(runnable, RunTask) else None
-                manifests: tuple[Mapping[str, str], ...] | None = None
-                if hook is not None and state is ActionState.SUCCESS and not running.reported:
-                    host = ActionHostContext(self.session_id, running, context, self._emit)
-                    found: list[Sequence[Mapping[str, str]]] = []
-
-                    async def after(host: HostContext) -> None:
-                        found.append(await hook.after(host))
-
-                    if await call_host_work(after, host, running):
-                        manifests = tuple(found[0])
-                    else:
-                        state = host_failed_state(running)
-                await self._end_action(running, state, result.exit_code, manifests=manifests)
+                host = ActionHostContext(self.session_id, running, context, self._emit)
+                await self._end_process_action(running, result, hook, host)
         finally:
             self._running = None
             if record.action_id is not None:
