@@ -1,11 +1,12 @@
 """A worker process against a served mock farm, against the official agent on the same farm.
 
     python -m benchmarks.served [--tasks 200] [--rounds 3] [--no-official]
-        [--pipeline-seconds S]
+        [--pipeline-depth N] [--pipeline-seconds S]
 
 The farm is ``python -m agent mockfarm serve`` with its defaults (state in SQLite,
 the long poll, two task runs assigned ahead; a fresh state directory and a free
-port; ``--pipeline-seconds`` passes the farm's own option, to compare). farmhand's worker (``python -m agent --farm-id ... --fleet-id ...``) starts
+port; ``--pipeline-depth`` and ``--pipeline-seconds`` pass the farm's own
+options, to compare). farmhand's worker (``python -m agent --farm-id ... --fleet-id ...``) starts
 and goes idle; then ``--rounds`` jobs of ``--tasks`` tasks of ``true`` are
 submitted one after another, each timed from its first task's start to its end
 (the job's ``startedAt`` and ``endedAt``, as the farm recorded them); its pick-up
@@ -313,7 +314,8 @@ def main() -> int:
     argv = [sys.executable, "-m", "benchmarks.served", "--inside"]
     argv += ["--tasks", str(args.tasks), "--rounds", str(args.rounds)]
     argv += ["--no-official"] if args.no_official else []
-    argv += farm_options(args)
+    options = farm_options(args)
+    argv += options
     netns = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
     done = subprocess.run(netns + argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     result = json.loads(done.stdout.splitlines()[-1])
@@ -340,11 +342,13 @@ def main() -> int:
             ]
         )
         met = met and ratio >= TARGET_RATIO
-    print(f"{args.tasks} tasks of `true`, a served mock farm (defaults):")
+    farm = " ".join(options) or "defaults"
+    print(f"{args.tasks} tasks of `true`, a served mock farm ({farm}):")
     print(table(rows))
     print(
         f"target: at most {TARGET_SECONDS:g} s and at least {TARGET_RATIO:g}x the official "
         f"agent: {'met' if met else 'NOT met'}"
+        + ("" if not options else " (the target is for the farm's defaults)")
     )
     write_results(
         args.json,
