@@ -185,6 +185,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def agent_options(farm: dict[str, str], directory: Path) -> list[str]:
+    """The options both agents are started with (farmhand's worker takes the official
+    agent's), their directories made below ``directory``."""
+    options = ["--farm-id", farm["farm"], "--fleet-id", farm["fleet"]]
+    options += ["--run-jobs-as-agent-user", "--no-shutdown"]
+    for option, name in (
+        ("--logs-dir", "logs"),
+        ("--persistence-dir", "persistence"),
+        ("--session-root-dir", "sessions"),
+    ):
+        (directory / name).mkdir(parents=True)
+        options += [option, str(directory / name)]
+    return options
+
+
 def farm_options(args: argparse.Namespace) -> list[str]:
     """The farm's own options that were passed through (none: its defaults)."""
     options: list[str] = []
@@ -205,23 +220,7 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             ours: list[float] = []
             pickups: list[float] = []
             worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent",
-                    "--farm-id",
-                    farm["farm"],
-                    "--fleet-id",
-                    farm["fleet"],
-                    "--run-jobs-as-agent-user",
-                    "--no-shutdown",
-                    "--persistence-dir",
-                    str(root / "f" / "persistence"),
-                    "--logs-dir",
-                    str(root / "f" / "logs"),
-                    "--session-root-dir",
-                    str(root / "f" / "sessions"),
-                ],
+                [sys.executable, "-m", "agent", *agent_options(farm, root / "f")],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -249,24 +248,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             theirs: float | None = None
             their_pickup: float | None = None
             if OFFICIAL.is_file() and not args.no_official:
-                for name in ("logs", "persist", "sessions"):
-                    (root / "o" / name).mkdir(parents=True)
                 official = subprocess.Popen(
-                    [
-                        str(OFFICIAL),
-                        "--farm-id",
-                        farm["farm"],
-                        "--fleet-id",
-                        farm["fleet"],
-                        "--run-jobs-as-agent-user",
-                        "--no-shutdown",
-                        "--logs-dir",
-                        str(root / "o" / "logs"),
-                        "--persistence-dir",
-                        str(root / "o" / "persist"),
-                        "--session-root-dir",
-                        str(root / "o" / "sessions"),
-                    ],
+                    [str(OFFICIAL), *agent_options(farm, root / "o")],
                     cwd=root,
                     env=env,
                     stdout=subprocess.DEVNULL,
