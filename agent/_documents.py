@@ -77,7 +77,8 @@ def _job_template_max_from_file() -> int | None:
     service = Path(next(iter(spec.submodule_search_locations))) / "data" / "deadline"
     try:
         latest = max(entry.name for entry in service.iterdir() if entry.is_dir())
-        for name, opener in (("service-2.json.gz", gzip.open), ("service-2.json", open)):
+        # In botocore's order (its ``JSONFileLoader``): ``.json`` first, then ``.json.gz``.
+        for name, opener in (("service-2.json", open), ("service-2.json.gz", gzip.open)):
             path = service / latest / name
             if path.is_file():
                 with opener(path, "rb") as file:

@@ -3,6 +3,9 @@ in one line, and whoever reads them (``check``, ``run``, the mock farm) goes on.
 
 from __future__ import annotations
 
+import gzip
+import importlib.machinery
+import importlib.util
 import io
 import json
 import subprocess
@@ -120,6 +123,25 @@ def test_the_size_read_from_the_model_file_is_botocores(
         assert template_max_chars() == parsed
     finally:
         template_max_chars.cache_clear()
+
+
+def test_the_model_file_is_the_one_botocore_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With both ``service-2.json`` and ``service-2.json.gz`` in the latest version's
+    directory, the limit comes from the ``.json``, as botocore's loader reads it."""
+    version = tmp_path / "data" / "deadline" / "2023-10-12"
+    version.mkdir(parents=True)
+
+    def model(limit: int) -> bytes:
+        return json.dumps({"shapes": {"JobTemplate": {"type": "string", "max": limit}}}).encode()
+
+    (version / "service-2.json").write_bytes(model(2_000))
+    (version / "service-2.json.gz").write_bytes(gzip.compress(model(3_000)))
+    found = importlib.machinery.ModuleSpec("botocore", None, is_package=True)
+    found.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: found)
+    assert _job_template_max_from_file() == 2_000
 
 
 @pytest.mark.parametrize("read_size", [1, 7, 13, 1 << 16])
